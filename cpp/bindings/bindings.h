@@ -1,0 +1,9 @@
+#pragma once
+// Declarations of the per-component binding functions called by core_module.cc.
+#include <pybind11/pybind11.h>
+
+namespace mmcore::bindings {
+
+void bind_types(pybind11::module_& m);
+
+}  // namespace mmcore::bindings

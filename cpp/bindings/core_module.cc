@@ -1,0 +1,10 @@
+// mmcore._core: the C++ core exposed to Python. One bind_* function per component, each in
+// its own file (declared in bindings.h); arrays cross as numpy without per-request objects.
+#include <pybind11/pybind11.h>
+
+#include "bindings/bindings.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "mmcore C++ core: block manager, placeholders, encoder cache, scheduler";
+  mmcore::bindings::bind_types(m);
+}

@@ -1,0 +1,34 @@
+"""The ``mmcore`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import mmcore
+
+
+def _cmd_info(_args: argparse.Namespace) -> int:
+    from mmcore import _core
+
+    print(f"mmcore {mmcore.__version__}")
+    print(f"core module: {_core.__file__}")
+    print(f"CUDA kernels: {'yes' if mmcore.has_cuda_kernels() else 'no'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="print the version and which native modules are built")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
