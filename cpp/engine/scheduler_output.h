@@ -30,8 +30,8 @@ struct SchedulerOutput {
   // input_ids[i] == -1 means "the token sampled for this request by the previous step, not yet
   // known on the host" (overlapped scheduling); prev_sample_index says where to take it from.
   std::vector<TokenId> input_ids;
-  std::vector<int64_t> positions;  // num_tokens, or 3 x num_tokens (row-major) for M-RoPE
-  int32_t position_dims = 1;       // 1, or 3 for M-RoPE
+  std::vector<int64_t> positions;     // num_tokens, or 3 x num_tokens (row-major) for M-RoPE
+  int32_t position_dims = 1;          // 1, or 3 for M-RoPE
   std::vector<int64_t> slot_mapping;  // block_id * block_size + offset in block
 
   // --- sampling: requests whose chunk reaches the end of their known tokens ---

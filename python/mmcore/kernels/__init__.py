@@ -1,0 +1,1 @@
+"""Attention and KV-cache ops: CUDA kernels where available, pure-torch references elsewhere."""

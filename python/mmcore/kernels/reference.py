@@ -1,0 +1,114 @@
+"""Pure-torch references of the kernels in cpp/kernels/.
+
+They define the ops' semantics: the CPU path of the runner uses them, and every CUDA kernel is
+tested against them. Shapes (T = tokens of the step, B = requests, H = heads, D = head dim):
+
+- KV cache: ``[num_blocks, block_size, num_kv_heads, head_dim]``, one tensor for K, one for V.
+- ``slot_mapping[t] = block_id * block_size + offset`` for each new token (negative = skip).
+- Queries of request b are rows ``query_start_loc[b] : query_start_loc[b + 1]``; they are the
+  *last* tokens of its sequence of ``seq_lens[b]`` tokens, whose K/V are all in the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write K/V of the step's tokens ``[T, Hkv, D]`` into the paged caches, in place."""
+    block_size = key_cache.shape[1]
+    slots = slot_mapping.to(torch.long)
+    valid = slots >= 0
+    slots = slots[valid]
+    blocks, offsets = slots // block_size, slots % block_size
+    key_cache[blocks, offsets] = key[valid].to(key_cache.dtype)
+    value_cache[blocks, offsets] = value[valid].to(value_cache.dtype)
+
+
+def _gather_sequence(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+    block_size = cache.shape[1]
+    num_blocks = (seq_len + block_size - 1) // block_size
+    blocks = block_table[:num_blocks].to(torch.long)
+    return cache[blocks].reshape(-1, *cache.shape[2:])[:seq_len]
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int = -1,
+) -> torch.Tensor:
+    """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
+
+    Prefill chunks (many queries whose prefix is already cached) and decodes (one query) mix
+    freely in one batch. GQA/MQA: query head h reads KV head ``h // (Hq // Hkv)``.
+    ``sliding_window > 0`` lets a query at position p see keys in ``(p - window, p]``.
+
+    Returns:
+        ``[T, Hq, D]`` in the query's dtype (computed in float32).
+    """
+    num_q_heads = query.shape[1]
+    num_kv_heads = key_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    out = torch.empty_like(query)
+    qsl = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    for b, seq_len in enumerate(lens):
+        q_start, q_end = qsl[b], qsl[b + 1]
+        num_q = q_end - q_start
+        if num_q == 0:
+            continue
+        k = _gather_sequence(key_cache, block_tables[b], seq_len).float()
+        v = _gather_sequence(value_cache, block_tables[b], seq_len).float()
+        if group > 1:
+            k = k.repeat_interleave(group, dim=1)
+            v = v.repeat_interleave(group, dim=1)
+        q = query[q_start:q_end].float()
+        scores = torch.einsum("qhd,khd->hqk", q, k) * scale
+        q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
+        k_pos = torch.arange(seq_len, device=query.device)[None, :]
+        allowed = k_pos <= q_pos
+        if sliding_window > 0:
+            allowed &= k_pos > q_pos - sliding_window
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[q_start:q_end] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
+    return out
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Non-causal attention within each packed sequence (ViT over many images, no padding).
+
+    Args:
+        query, key, value: ``[T, H, D]``, sequences packed back to back.
+        cu_seqlens: int32 ``[N + 1]`` prefix sums of the sequence lengths.
+        scale: softmax scale.
+
+    Returns:
+        ``[T, H, D]`` in the query's dtype (computed in float32).
+    """
+    out = torch.empty_like(query)
+    bounds = cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:
+            continue
+        q, k, v = (t[start:end].float() for t in (query, key, value))
+        probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) * scale, dim=-1)
+        out[start:end] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
+    return out
