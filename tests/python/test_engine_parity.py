@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from hf_oracle import hf_greedy, hf_image_embeds
+
 from mmcore import Engine, SamplingParams
 from mmcore.engine.runner import kv_bytes_per_block
 
