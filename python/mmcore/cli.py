@@ -6,6 +6,8 @@ import argparse
 import sys
 
 import mmcore
+from mmcore.bench.cli import add_bench_parser
+from mmcore.commands import add_generate_parser, add_serve_parser
 
 
 def _cmd_info(_args: argparse.Namespace) -> int:
@@ -22,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print the version and which native modules are built")
     info.set_defaults(func=_cmd_info)
+    add_generate_parser(sub)
+    add_serve_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

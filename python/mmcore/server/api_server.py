@@ -1,0 +1,199 @@
+"""The OpenAI-compatible HTTP server: routes, app assembly, and running it with uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from mmcore.server.async_engine import AsyncEngine
+from mmcore.server.errors import install_error_handlers
+from mmcore.server.media_fetch import MediaPolicy
+from mmcore.server.metrics import CONTENT_TYPE, ServerMetrics
+from mmcore.server.middleware import GuardMiddleware
+from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
+from mmcore.server.serving_chat import create_chat_completion
+from mmcore.server.serving_common import ServerState
+from mmcore.server.serving_completions import create_completion
+
+logger = logging.getLogger("mmcore.server")
+
+
+@dataclass
+class ServerConfig:
+    """How the server listens and what it accepts.
+
+    Attributes:
+        host: address to bind (loopback by default).
+        port: TCP port (0: any free port).
+        model_names: names clients may use for the model (first one is reported).
+        api_key: when set, ``/v1/*`` needs ``Authorization: Bearer <api_key>``.
+        max_request_bytes: largest request body (413 beyond).
+        media: where images may come from.
+        input_workers: threads for media and prompt processing.
+        shutdown_timeout_s: on SIGTERM, how long in-flight requests may run before being aborted.
+        log_level: uvicorn's log level.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_names: list[str] = field(default_factory=lambda: ["default"])
+    api_key: str | None = None
+    max_request_bytes: int = 50 << 20
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    input_workers: int = 2
+    shutdown_timeout_s: float = 30.0
+    log_level: str = "info"
+
+
+def build_app(engine: Any, config: ServerConfig) -> FastAPI:
+    """Assemble the FastAPI app around an ``Engine``; the engine thread runs during its lifespan.
+
+    Args:
+        engine: a constructed ``mmcore.Engine``.
+        config: the server options.
+
+    Returns:
+        The app; ``app.state.server`` is its :class:`ServerState`.
+    """
+    async_engine = AsyncEngine(engine, input_workers=config.input_workers)
+    state = ServerState(
+        engine=async_engine,
+        metrics=ServerMetrics(async_engine.stats),
+        model_names=list(config.model_names),
+        media=config.media,
+        created=int(time.time()),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        async_engine.start()
+        try:
+            yield
+        finally:
+            async_engine.shutdown(timeout=config.shutdown_timeout_s)
+
+    app = FastAPI(title="mmcore", lifespan=lifespan)
+    app.state.server = state
+    install_error_handlers(app)
+    app.add_middleware(
+        GuardMiddleware,
+        metrics=state.metrics,
+        max_request_bytes=config.max_request_bytes,
+        api_key=config.api_key,
+    )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, raw_request: Request) -> Response:
+        return await create_chat_completion(state, body, raw_request)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, raw_request: Request) -> Response:
+        return await create_completion(state, body, raw_request)
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        data = [
+            {
+                "id": name,
+                "object": "model",
+                "created": state.created,
+                "owned_by": "mmcore",
+                "max_model_len": engine.max_model_len,
+            }
+            for name in state.model_names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if async_engine.is_running else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app
+
+
+def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=config.shutdown_timeout_s,
+            lifespan="on",
+        )
+    )
+
+
+def run_server(engine: Any, config: ServerConfig) -> None:
+    """Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish (up to
+    ``shutdown_timeout_s``, then abort them), stop the engine thread, and return."""
+    server = _uvicorn_server(build_app(engine, config), config)
+    # uvicorn re-raises the signal it caught after a graceful shutdown; a no-op handler
+    # underneath turns that into a normal return (exit status 0).
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class BackgroundServer:
+    """A server on a loopback port in a background thread (tests, notebooks).
+
+    Args:
+        engine: a constructed ``mmcore.Engine``.
+        config: server options; ``host`` and ``port`` are replaced by a free loopback port.
+        startup_timeout_s: how long :meth:`start` waits for the server to listen.
+    """
+
+    def __init__(self, engine: Any, config: ServerConfig, startup_timeout_s: float = 30.0) -> None:
+        self.app = build_app(engine, config)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = _uvicorn_server(self.app, config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+        self._startup_timeout_s = startup_timeout_s
+
+    @property
+    def state(self) -> ServerState:
+        return self.app.state.server
+
+    def start(self) -> BackgroundServer:
+        """Start serving; return once the server listens."""
+        self._thread.start()
+        deadline = time.monotonic() + self._startup_timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the background server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Shut down gracefully and wait for the thread."""
+        self._server.should_exit = True
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,356 @@
+"""An asyncio front for ``Engine``: one thread owns the engine, coroutines stream results.
+
+    HTTP handler ──process()──► worker pool (media fetch, chat template, image processor)
+         │                                    │ ProcessedPrompt
+         │ RequestStream ◄─ asyncio.Queue ◄── engine thread: commands (add/abort/stop), step()
+         ▼
+    SSE / JSON
+
+Every engine call happens on the engine thread, so the engine needs no locks; input processing
+runs in the pool so images never stall a step; many requests share each step's batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmcore.outputs import RequestOutput
+from mmcore.sampling_params import SamplingParams
+
+logger = logging.getLogger("mmcore.server")
+
+
+class EngineDeadError(RuntimeError):
+    """The engine thread failed or has stopped; the request cannot be served."""
+
+
+@dataclass
+class CompletionDelta:
+    """What one completion gained in one engine step.
+
+    Attributes:
+        index: the completion's index among the request's ``n``.
+        text: new text that is safe to show (no possible stop-string prefix held back).
+        token_ids: the new token ids.
+        logprobs: one dict token id -> log-probability per new token, when asked for.
+        finish_reason: ``"stop"``, ``"length"``, ``"abort"`` once finished, else None.
+    """
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[dict[int, float]] | None
+    finish_reason: str | None
+
+
+@dataclass
+class StreamUpdate:
+    """One step's news for one request; ``finished`` on the last update."""
+
+    deltas: list[CompletionDelta]
+    finished: bool
+
+
+@dataclass
+class _Accepted:
+    """First queue item: the engine took the request."""
+
+
+@dataclass
+class _Active:
+    """Engine-thread bookkeeping of one request being streamed."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    hold_back: int  # characters that could still be the start of a stop string
+    sent_chars: list[int]
+    sent_tokens: list[int]
+    done: list[bool]
+
+
+def _deltas(active: _Active, output: RequestOutput) -> list[CompletionDelta]:
+    """New text/tokens of each completion since the last update (stop-string safe)."""
+    deltas = []
+    for i, completion in enumerate(output.outputs):
+        if active.done[i]:
+            continue
+        finished = completion.finish_reason is not None
+        text = completion.text
+        safe_len = len(text) if finished else max(0, len(text) - active.hold_back)
+        new_text = text[active.sent_chars[i] : safe_len] if safe_len > active.sent_chars[i] else ""
+        active.sent_chars[i] = max(active.sent_chars[i], safe_len)
+        num_tokens = len(completion.token_ids)
+        new_tokens = completion.token_ids[active.sent_tokens[i] : num_tokens]
+        new_logprobs = (
+            completion.logprobs[active.sent_tokens[i] : num_tokens]
+            if completion.logprobs is not None
+            else None
+        )
+        active.sent_tokens[i] = num_tokens
+        active.done[i] = finished
+        if new_text or new_tokens or finished:
+            deltas.append(
+                CompletionDelta(i, new_text, new_tokens, new_logprobs, completion.finish_reason)
+            )
+    return deltas
+
+
+@dataclass
+class RequestStream:
+    """The results of one submitted request, as an async iterator of :class:`StreamUpdate`.
+
+    Attributes:
+        request_id: the engine request id.
+        prompt_token_ids: the prompt after placeholder expansion.
+        arrival_time: ``time.monotonic()`` when the HTTP request arrived.
+    """
+
+    request_id: str
+    prompt_token_ids: list[int]
+    arrival_time: float
+    _queue: asyncio.Queue
+    _engine: AsyncEngine
+    finished: bool = field(default=False)
+
+    async def __aiter__(self) -> AsyncIterator[StreamUpdate]:
+        try:
+            while not self.finished:
+                item = await self._queue.get()
+                if isinstance(item, BaseException):
+                    self.finished = True
+                    raise item
+                self.finished = item.finished
+                yield item
+        finally:
+            if not self.finished:  # the consumer left early (client gone, cancelled)
+                self._engine.abort(self.request_id)
+
+    def abort(self) -> None:
+        """Stop the request in the engine (frees its KV blocks)."""
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.request_id)
+
+
+class AsyncEngine:
+    """Runs an ``Engine`` on its own thread and serves it to coroutines.
+
+    Args:
+        engine: a constructed ``mmcore.Engine``.
+        input_workers: threads for input processing (media decode, image processor).
+    """
+
+    def __init__(self, engine: Any, input_workers: int = 2) -> None:
+        self.engine = engine
+        self._commands: queue.SimpleQueue = queue.SimpleQueue()
+        self._pool = ThreadPoolExecutor(max_workers=input_workers, thread_name_prefix="mm-input")
+        self._active: dict[str, _Active] = {}
+        self._stats: dict[str, Any] = {}
+        self._num_pending_inputs = 0
+        self._pending_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mm-engine", daemon=True)
+        self._publish_stats()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the engine thread."""
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Abort what is still running, stop the engine thread and the input pool."""
+        if self._thread.is_alive():
+            self._commands.put(("stop",))
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def is_running(self) -> bool:
+        """True while the engine thread is alive and has not failed."""
+        return self._thread.is_alive() and not self._stopped.is_set()
+
+    # ------------------------------------------------------------------ coroutine API
+    async def run_in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run blocking input work (media fetch, templating, processing) off the event loop."""
+        with self._pending_lock:
+            self._num_pending_inputs += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            with self._pending_lock:
+                self._num_pending_inputs -= 1
+
+    async def submit(
+        self,
+        request_id: str,
+        processed: Any,
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> RequestStream:
+        """Hand a processed prompt to the engine; wait until it is accepted.
+
+        Args:
+            request_id: unique id of the request.
+            processed: a ``ProcessedPrompt`` from ``engine.inputs.process``.
+            params: sampling parameters.
+            arrival_time: when the HTTP request arrived (for latency metrics).
+
+        Returns:
+            The stream of its results.
+
+        Raises:
+            ValueError: the engine refused the request (e.g. the prompt is too long).
+            EngineDeadError: the engine thread is not running.
+        """
+        if not self.is_running:
+            raise EngineDeadError("the engine is not running")
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        num = params.n
+        hold_back = max((len(s) for s in params.stop_strings), default=1) - 1
+        active = _Active(loop, q, hold_back, [0] * num, [0] * num, [False] * num)
+        self._commands.put(("add", request_id, processed, params, active))
+        try:
+            first = await q.get()
+        except asyncio.CancelledError:
+            self.abort(request_id)
+            raise
+        if isinstance(first, BaseException):
+            raise first
+        assert isinstance(first, _Accepted)
+        return RequestStream(
+            request_id=request_id,
+            prompt_token_ids=processed.token_ids.tolist(),
+            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+            _queue=q,
+            _engine=self,
+        )
+
+    def abort(self, request_id: str) -> None:
+        """Abort a request (thread-safe; unknown or finished ids are ignored)."""
+        self._commands.put(("abort", request_id))
+
+    def stats(self) -> dict[str, Any]:
+        """The latest engine counters, published by the engine thread after each step."""
+        stats = dict(self._stats)
+        stats["num_pending_inputs"] = self._num_pending_inputs
+        return stats
+
+    # ------------------------------------------------------------------ engine thread
+    def _send(self, active: _Active, item: Any) -> None:
+        # A closed event loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            active.loop.call_soon_threadsafe(active.queue.put_nowait, item)
+
+    def _publish_stats(self) -> None:
+        stats = dict(self.engine.stats())
+        stats["num_active_requests"] = len(self._active)
+        self._stats = stats
+
+    def _handle(self, command: tuple) -> bool:
+        """Apply one command; return False on stop."""
+        kind = command[0]
+        if kind == "stop":
+            return False
+        if kind == "abort":
+            request_id = command[1]
+            active = self._active.pop(request_id, None)
+            self.engine.abort_request(request_id)
+            if active is not None:
+                self._send(active, StreamUpdate([], finished=True))
+            return True
+        _, request_id, processed, params, active = command
+        try:
+            self.engine.add_processed(request_id, processed, params)
+        except ValueError as exc:
+            self._send(active, exc)
+            return True
+        self._active[request_id] = active
+        self._send(active, _Accepted())
+        return True
+
+    def _drain_commands(self, block: bool) -> bool:
+        """Apply queued commands (waiting for one when idle); return False on stop."""
+        try:
+            command = self._commands.get(block=block, timeout=None)
+        except queue.Empty:
+            return True
+        while True:
+            if not self._handle(command):
+                return False
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            active = self._active.get(output.request_id)
+            if active is None:
+                continue
+            deltas = _deltas(active, output)
+            if output.finished:
+                del self._active[output.request_id]
+            if deltas or output.finished:
+                self._send(active, StreamUpdate(deltas, output.finished))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for request_id, active in list(self._active.items()):
+            self._send(active, exc)
+            try:
+                self.engine.abort_request(request_id)
+            except Exception:  # the engine is already broken; keep failing the others
+                logger.exception("abort after engine failure failed")
+        self._active.clear()
+
+    def _run(self) -> None:
+        try:
+            running = True
+            while running:
+                running = self._drain_commands(block=not self.engine.has_unfinished_requests())
+                if running and self.engine.has_unfinished_requests():
+                    self._dispatch(self.engine.step())
+                self._publish_stats()
+        except BaseException as exc:
+            logger.exception("the engine thread failed")
+            self._error = exc
+            self._fail_all(EngineDeadError(f"engine failure: {exc!r}"))
+        finally:
+            self._stopped.set()
+            # Requests still running at shutdown end as aborted.
+            for request_id, active in list(self._active.items()):
+                try:
+                    self.engine.abort_request(request_id)
+                except Exception:
+                    logger.exception("abort at shutdown failed")
+                self._send(
+                    active,
+                    StreamUpdate(
+                        [
+                            CompletionDelta(i, "", [], None, "abort")
+                            for i, done in enumerate(active.done)
+                            if not done
+                        ],
+                        finished=True,
+                    ),
+                )
+            self._active.clear()
+            self._publish_stats()
+            # Fail commands that arrived too late.
+            while True:
+                try:
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                if command[0] == "add":
+                    self._send(command[4], EngineDeadError("the engine has stopped"))

@@ -1,0 +1,148 @@
+"""OpenAI response bodies and stream chunks, built from engine deltas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mmcore.server.async_engine import CompletionDelta
+
+
+def sse_event(payload: dict[str, Any] | str) -> str:
+    """One server-sent event: ``data: <json>`` and a blank line."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+SSE_DONE = sse_event("[DONE]")
+
+
+def usage(num_prompt: int, num_completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": num_prompt,
+        "completion_tokens": num_completion,
+        "total_tokens": num_prompt + num_completion,
+    }
+
+
+def _token_text(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def _sorted_top(logprobs: dict[int, float], k: int) -> list[tuple[int, float]]:
+    return sorted(logprobs.items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+
+def chat_logprobs(
+    tokenizer, token_ids: list[int], logprobs: list[dict[int, float]], top_k: int
+) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a chat completion: per token, its logprob and the top ``k``."""
+    content = []
+    for token_id, lp in zip(token_ids, logprobs):
+        text = _token_text(tokenizer, token_id)
+        top = []
+        for tid, value in _sorted_top(lp, top_k):
+            t = _token_text(tokenizer, tid)
+            top.append({"token": t, "logprob": value, "bytes": list(t.encode())})
+        content.append(
+            {
+                "token": text,
+                "logprob": lp.get(token_id, float("-inf")),
+                "bytes": list(text.encode()),
+                "top_logprobs": top,
+            }
+        )
+    return {"content": content}
+
+
+def completion_logprobs(
+    tokenizer,
+    token_ids: list[int],
+    logprobs: list[dict[int, float]],
+    top_k: int,
+    text_offset: int = 0,
+) -> dict[str, Any]:
+    """``choices[i].logprobs`` of a (legacy) completion."""
+    tokens, token_logprobs, tops, offsets = [], [], [], []
+    offset = text_offset
+    for token_id, lp in zip(token_ids, logprobs):
+        text = _token_text(tokenizer, token_id)
+        tokens.append(text)
+        token_logprobs.append(lp.get(token_id, float("-inf")))
+        tops.append({_token_text(tokenizer, t): v for t, v in _sorted_top(lp, top_k)})
+        offsets.append(offset)
+        offset += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_logprobs,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def chat_chunk(
+    response_id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage_value: dict[str, int] | None = None,
+    include_usage: bool = False,
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` (``usage`` is null on every chunk but the last, if asked)."""
+    chunk: dict[str, Any] = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if include_usage:
+        chunk["usage"] = usage_value
+    return chunk
+
+
+def chat_delta_choice(index: int, delta: dict[str, Any], finish_reason: str | None, logprobs=None):
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def completion_chunk(
+    response_id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage_value: dict[str, int] | None = None,
+    include_usage: bool = False,
+) -> dict[str, Any]:
+    """One streamed ``text_completion`` object."""
+    chunk: dict[str, Any] = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if include_usage:
+        chunk["usage"] = usage_value
+    return chunk
+
+
+class CompletionAccumulator:
+    """Collects the deltas of one completion into its final text, tokens and logprobs."""
+
+    def __init__(self) -> None:
+        self.text_parts: list[str] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[dict[int, float]] = []
+        self.finish_reason: str | None = None
+
+    def add(self, delta: CompletionDelta) -> None:
+        self.text_parts.append(delta.text)
+        self.token_ids.extend(delta.token_ids)
+        if delta.logprobs:
+            self.logprobs.extend(delta.logprobs)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)

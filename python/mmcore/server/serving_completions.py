@@ -1,0 +1,155 @@
+"""``POST /v1/completions``: text or token-id prompts (one or a batch), JSON or SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from mmcore.server.async_engine import EngineDeadError, RequestStream, StreamUpdate
+from mmcore.server.errors import error_body
+from mmcore.server.metrics import RequestRecorder
+from mmcore.server.protocol import CompletionRequest
+from mmcore.server.responses import (
+    SSE_DONE,
+    completion_chunk,
+    completion_logprobs,
+    sse_event,
+    usage,
+)
+from mmcore.server.serving_common import (
+    EngineStreamingResponse,
+    ServerState,
+    collect,
+    iterate,
+    merge,
+    new_request_id,
+    process_and_submit,
+    sampling_params,
+    until_disconnect,
+)
+
+
+async def create_completion(
+    state: ServerState, body: CompletionRequest, raw_request: Request
+) -> Response:
+    """Serve one completions request; prompt ``p``'s completion ``i`` is choice ``p * n + i``."""
+    arrival = time.monotonic()
+    model = state.check_model(body.model)
+    params = sampling_params(body.to_sampling_params)
+    inputs = state.engine.engine.inputs
+    response_id = new_request_id("cmpl")
+    streams: list[RequestStream] = []
+    try:
+        for p, prompt in enumerate(body.prompt_list()):
+            streams.append(
+                await process_and_submit(
+                    state,
+                    f"{response_id}-{p}",
+                    lambda pr=prompt: inputs.process(pr),
+                    params,
+                    arrival,
+                )
+            )
+    except BaseException:
+        for stream in streams:
+            stream.abort()
+        raise
+    updates = [
+        iterate(s, RequestRecorder(state.metrics, arrival, len(s.prompt_token_ids)), params.n)
+        for s in streams
+    ]
+    num_prompt = sum(len(s.prompt_token_ids) for s in streams)
+    top_k = body.logprobs
+    if body.stream:
+        return EngineStreamingResponse(
+            _sse(state, body, response_id, updates, model, num_prompt), streams
+        )
+
+    async def collect_all():
+        return await asyncio.gather(*(collect(u, params.n) for u in updates))
+
+    per_prompt = await until_disconnect(raw_request, collect_all())
+    if per_prompt is None:
+        return Response(status_code=499)
+    choices = []
+    for p, accs in enumerate(per_prompt):
+        for i, acc in enumerate(accs):
+            choices.append(
+                {
+                    "index": p * params.n + i,
+                    "text": acc.text,
+                    "logprobs": completion_logprobs(
+                        state.tokenizer, acc.token_ids, acc.logprobs, top_k
+                    )
+                    if top_k is not None
+                    else None,
+                    "finish_reason": acc.finish_reason,
+                }
+            )
+    num_completion = sum(len(a.token_ids) for accs in per_prompt for a in accs)
+    return JSONResponse(
+        {
+            "id": response_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": usage(num_prompt, num_completion),
+        }
+    )
+
+
+async def _sse(
+    state: ServerState,
+    body: CompletionRequest,
+    response_id: str,
+    updates: list[AsyncIterator[StreamUpdate]],
+    model: str,
+    num_prompt: int,
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    with_usage = body.include_usage
+    n = body.n
+    text_offsets: dict[int, int] = {}
+    num_completion = 0
+    try:
+        async for p, update in merge(updates):
+            choices = []
+            for d in update.deltas:
+                index = p * n + d.index
+                num_completion += len(d.token_ids)
+                logprobs = None
+                if body.logprobs is not None and d.token_ids:
+                    logprobs = completion_logprobs(
+                        state.tokenizer,
+                        d.token_ids,
+                        d.logprobs or [],
+                        body.logprobs,
+                        text_offsets.get(index, 0),
+                    )
+                text_offsets[index] = text_offsets.get(index, 0) + len(d.text)
+                choices.append(
+                    {
+                        "index": index,
+                        "text": d.text,
+                        "logprobs": logprobs,
+                        "finish_reason": d.finish_reason,
+                    }
+                )
+            if choices:
+                yield sse_event(
+                    completion_chunk(response_id, created, model, choices, None, with_usage)
+                )
+        if with_usage:
+            yield sse_event(
+                completion_chunk(
+                    response_id, created, model, [], usage(num_prompt, num_completion), True
+                )
+            )
+    except EngineDeadError as exc:
+        yield sse_event(error_body(503, str(exc), "engine_unavailable"))
+    yield SSE_DONE
