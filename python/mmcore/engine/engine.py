@@ -104,6 +104,15 @@ class Engine:
         processed = self.inputs.process(prompt)
         self._add_processed(request_id, processed, params)
 
+    def add_processed(
+        self, request_id: str, processed: ProcessedPrompt, params: SamplingParams
+    ) -> None:
+        """Queue a prompt already processed by ``self.inputs.process`` (which is thread-safe,
+        so a server can process inputs in worker threads). Raises ValueError on bad input."""
+        if request_id in self._trackers:
+            raise ValueError(f"request id {request_id!r} is already running")
+        self._add_processed(request_id, processed, params)
+
     def _add_processed(
         self, request_id: str, processed: ProcessedPrompt, params: SamplingParams
     ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import socket
@@ -125,17 +126,39 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     return app
 
 
-def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
-    return uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level,
-            timeout_graceful_shutdown=config.shutdown_timeout_s,
-            lifespan="on",
+# Time left after aborting in-flight requests for their streams to send the final chunks.
+_ABORT_GRACE_S = 5.0
+
+
+class _GracefulServer(uvicorn.Server):
+    """uvicorn's server, plus: requests still running ``shutdown_timeout_s`` after shutdown
+    began are aborted, so their clients get a final ``finish_reason="abort"`` chunk rather
+    than a cut connection."""
+
+    def __init__(self, app: FastAPI, config: ServerConfig) -> None:
+        super().__init__(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.port,
+                log_level=config.log_level,
+                timeout_graceful_shutdown=config.shutdown_timeout_s + _ABORT_GRACE_S,
+                lifespan="on",
+            )
         )
-    )
+        self._engine: AsyncEngine = app.state.server.engine
+        self._abort_after_s = config.shutdown_timeout_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self._abort_after_s, self._engine.abort_all)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+
+def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
+    return _GracefulServer(app, config)
 
 
 def run_server(engine: Any, config: ServerConfig) -> None:

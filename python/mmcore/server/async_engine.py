@@ -240,6 +240,10 @@ class AsyncEngine:
         """Abort a request (thread-safe; unknown or finished ids are ignored)."""
         self._commands.put(("abort", request_id))
 
+    def abort_all(self) -> None:
+        """Abort every running request; their streams end with ``finish_reason="abort"``."""
+        self._commands.put(("abort_all",))
+
     def stats(self) -> dict[str, Any]:
         """The latest engine counters, published by the engine thread after each step."""
         stats = dict(self._stats)
@@ -257,17 +261,29 @@ class AsyncEngine:
         stats["num_active_requests"] = len(self._active)
         self._stats = stats
 
+    def _abort(self, request_id: str) -> None:
+        """Abort in the engine; a listening consumer sees ``finish_reason="abort"``."""
+        active = self._active.pop(request_id, None)
+        self.engine.abort_request(request_id)
+        if active is not None:
+            deltas = [
+                CompletionDelta(i, "", [], None, "abort")
+                for i, done in enumerate(active.done)
+                if not done
+            ]
+            self._send(active, StreamUpdate(deltas, finished=True))
+
     def _handle(self, command: tuple) -> bool:
         """Apply one command; return False on stop."""
         kind = command[0]
         if kind == "stop":
             return False
         if kind == "abort":
-            request_id = command[1]
-            active = self._active.pop(request_id, None)
-            self.engine.abort_request(request_id)
-            if active is not None:
-                self._send(active, StreamUpdate([], finished=True))
+            self._abort(command[1])
+            return True
+        if kind == "abort_all":
+            for request_id in list(self._active):
+                self._abort(request_id)
             return True
         _, request_id, processed, params, active = command
         try:
@@ -328,22 +344,11 @@ class AsyncEngine:
         finally:
             self._stopped.set()
             # Requests still running at shutdown end as aborted.
-            for request_id, active in list(self._active.items()):
+            for request_id in list(self._active):
                 try:
-                    self.engine.abort_request(request_id)
+                    self._abort(request_id)
                 except Exception:
                     logger.exception("abort at shutdown failed")
-                self._send(
-                    active,
-                    StreamUpdate(
-                        [
-                            CompletionDelta(i, "", [], None, "abort")
-                            for i, done in enumerate(active.done)
-                            if not done
-                        ],
-                        finished=True,
-                    ),
-                )
             self._active.clear()
             self._publish_stats()
             # Fail commands that arrived too late.
