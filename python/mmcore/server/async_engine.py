@@ -132,7 +132,7 @@ class RequestStream:
                 yield item
         finally:
             if not self.finished:  # the consumer left early (client gone, cancelled)
-                self._engine.abort(self.request_id)
+                self.abort()
 
     def abort(self) -> None:
         """Stop the request in the engine (frees its KV blocks)."""
