@@ -28,4 +28,6 @@ def has_cuda_kernels() -> bool:
     return True
 
 
-__all__ = ["__version__", "has_cuda_kernels"]
+from mmcore.multimodal.registry import register_model  # noqa: E402
+
+__all__ = ["__version__", "has_cuda_kernels", "register_model"]
