@@ -38,7 +38,9 @@ def safetensors_files(model_dir: str) -> list[str]:
     return files
 
 
-def iterate_safetensors(files: list[str], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+def iterate_safetensors(
+    files: list[str], device: torch.device
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) of every tensor, materialized directly on ``device``."""
     from safetensors import safe_open
 

@@ -28,14 +28,22 @@ ROPES = {
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 256,
     },
-    "yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 256},
+    "yarn": {
+        "rope_type": "yarn",
+        "rope_theta": 10000.0,
+        "factor": 4.0,
+        "original_max_position_embeddings": 256,
+    },
 }
 
 
 @pytest.mark.parametrize("rope", list(ROPES))
 def test_rotary_matches_hf(rope):
     config = LlamaConfig(
-        hidden_size=128, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        hidden_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
         rope_parameters=dict(ROPES[rope]),
     )
     head_dim = 32
@@ -52,7 +60,9 @@ def test_rotary_matches_hf(rope):
 
 
 def test_position_dependent_rope_is_rejected():
-    config = LlamaConfig(rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0})
+    config = LlamaConfig(
+        rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
+    )
     with pytest.raises(ValueError, match="dynamic"):
         RotaryEmbedding(config, 64, device="cpu")
 
@@ -67,7 +77,9 @@ def test_rmsnorm_matches_hf():
     torch.testing.assert_close(ours(x), theirs(x))
 
 
-@pytest.mark.parametrize("name", ["gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "relu"])
+@pytest.mark.parametrize(
+    "name", ["gelu", "quick_gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "relu"]
+)
 def test_activations_match_hf(name):
     x = torch.linspace(-6, 6, 101)
     torch.testing.assert_close(get_activation(name)(x), ACT2FN[name](x))
@@ -97,7 +109,10 @@ def test_feature_layer_indices_resolve_like_hf_hidden_states():
 )
 def test_clip_feature_selection_variants_match_hf(tmp_path, photos, feature_layer, strategy):
     model_dir = build_tiny_llava(
-        tmp_path, seed=3, vision_feature_layer=feature_layer, vision_feature_select_strategy=strategy
+        tmp_path,
+        seed=3,
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy=strategy,
     )
     hf, hf_processor = load_hf(model_dir)
     model, _ = load_model(model_dir, dtype=torch.float32, device="cpu")

@@ -9,9 +9,15 @@ from mmcore.testing.oracle import hf_image_features, load_hf, scatter_embeds
 from mmcore.testing.paged import PagedKVCache
 
 PROMPTS = {
-    "two_images": ("USER: <image>\nWhat is in this image? And here: <image> ASSISTANT:", ["astronaut", "coffee_wide"]),
+    "two_images": (
+        "USER: <image>\nWhat is in this image? And here: <image> ASSISTANT:",
+        ["astronaut", "coffee_wide"],
+    ),
     "one_image": ("USER: Describe the picture <image> in detail. ASSISTANT:", ["rocket_tall"]),
-    "three_images": ("USER: <image><image> the cat <image>? ASSISTANT:", ["chelsea", "camera", "rocket"]),
+    "three_images": (
+        "USER: <image><image> the cat <image>? ASSISTANT:",
+        ["chelsea", "camera", "rocket"],
+    ),
 }
 
 
@@ -20,7 +26,9 @@ def setup(request, tiny_llava_dir, tiny_llava_next_dir):
     model_dir = tiny_llava_dir if request.param == "llava" else tiny_llava_next_dir
     hf, hf_processor = load_hf(model_dir)
     model, config = load_model(model_dir, dtype=torch.float32, device="cpu")
-    processor = get_processor_class(config.model_type)(model_dir, config, hf_processor.tokenizer, None)
+    processor = get_processor_class(config.model_type)(
+        model_dir, config, hf_processor.tokenizer, None
+    )
     return hf, hf_processor, model, processor, config
 
 
@@ -30,11 +38,17 @@ def _hf_inputs(hf_processor, prompt, images):
 
 def test_image_embeddings_match_hf(setup, photos):
     hf, hf_processor, model, _, _ = setup
-    images = [photos[n] for n in ("astronaut", "chelsea", "coffee", "camera", "rocket_tall", "coffee_wide")]
+    images = [
+        photos[n]
+        for n in ("astronaut", "chelsea", "coffee", "camera", "rocket_tall", "coffee_wide")
+    ]
     inputs = _hf_inputs(hf_processor, "<image>" * len(images), images)
     expected = hf_image_features(hf, inputs)
     if "image_sizes" in inputs:
-        items = [{"pixel_values": p, "image_sizes": s} for p, s in zip(inputs["pixel_values"], inputs["image_sizes"])]
+        items = [
+            {"pixel_values": p, "image_sizes": s}
+            for p, s in zip(inputs["pixel_values"], inputs["image_sizes"])
+        ]
     else:
         items = [{"pixel_values": p} for p in inputs["pixel_values"]]
     with torch.no_grad():
@@ -69,7 +83,9 @@ def test_packed_prompts_match_hf_last_token_logits(setup, photos):
             expected.append(hf(**inputs).logits[0, -1])
             # mmcore's own processor + encoder feed the LM, as the runner does
             image_embeds = model.encode("image", processor.process("image", images))
-        assert [e.shape[0] for e in image_embeds] == [processor.num_embeds("image", im) for im in images]
+        assert [e.shape[0] for e in image_embeds] == [
+            processor.num_embeds("image", im) for im in images
+        ]
         embeds.append(scatter_embeds(model, ids, image_token_id, image_embeds))
         requests.append((rid, 0, ids.shape[0]))
     attn, positions = cache.step(requests)
@@ -77,7 +93,10 @@ def test_packed_prompts_match_hf_last_token_logits(setup, photos):
         hidden = model(torch.cat(embeds), positions, cache.kv_caches, attn)
     last_rows = attn.query_start_loc[1:].long() - 1
     logits = model.compute_logits(hidden[last_rows])
-    assert logits.dtype == torch.float32 and logits.shape == (len(PROMPTS), config.text_config.vocab_size)
+    assert logits.dtype == torch.float32 and logits.shape == (
+        len(PROMPTS),
+        config.text_config.vocab_size,
+    )
     for got, want in zip(logits, expected):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
         assert got.argmax() == want.argmax()

@@ -16,7 +16,9 @@ def setup(request, tiny_llava_dir, tiny_llava_next_dir):
     model_dir = tiny_llava_dir if request.param == "llava" else tiny_llava_next_dir
     hf, hf_processor = load_hf(model_dir)
     model, config = load_model(model_dir, dtype=torch.float32, device="cpu")
-    processor = get_processor_class(config.model_type)(model_dir, config, hf_processor.tokenizer, None)
+    processor = get_processor_class(config.model_type)(
+        model_dir, config, hf_processor.tokenizer, None
+    )
     return hf, hf_processor, model, processor
 
 
@@ -32,11 +34,17 @@ def test_chunked_prefill_and_decode_match_hf(setup, photos):
     hf, hf_processor, model, processor = setup
     image_token_id = processor.placeholder_token_id("image")
     images_a = [photos["chelsea"], photos["coffee_wide"]]
-    ids_a, embeds_a = _prompt(hf_processor, processor, model, "USER: <image> and <image> ASSISTANT:", images_a)
-    ids_b, embeds_b = _prompt(hf_processor, processor, model, "USER: <image>\nWhat? ASSISTANT:", [photos["rocket_tall"]])
+    ids_a, embeds_a = _prompt(
+        hf_processor, processor, model, "USER: <image> and <image> ASSISTANT:", images_a
+    )
+    ids_b, embeds_b = _prompt(
+        hf_processor, processor, model, "USER: <image>\nWhat? ASSISTANT:", [photos["rocket_tall"]]
+    )
 
     # Oracle: HF greedy tokens, then one HF pass over prompt + generated tokens.
-    inputs_a = hf_processor(text="USER: <image> and <image> ASSISTANT:", images=images_a, return_tensors="pt")
+    inputs_a = hf_processor(
+        text="USER: <image> and <image> ASSISTANT:", images=images_a, return_tensors="pt"
+    )
     with torch.no_grad():
         generated = hf.generate(**inputs_a, max_new_tokens=NUM_DECODES, do_sample=False)
         full = dict(inputs_a, input_ids=generated, attention_mask=torch.ones_like(generated))

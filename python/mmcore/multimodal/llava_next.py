@@ -15,7 +15,9 @@ class LlavaNextMultiModalProcessor(LlavaMultiModalProcessor):
     def __init__(self, model_dir, hf_config, tokenizer, mm_processor_kwargs=None):
         super().__init__(model_dir, hf_config, tokenizer, mm_processor_kwargs)
         self.pinpoints = [[int(h), int(w)] for h, w in hf_config.image_grid_pinpoints]
-        processor_pinpoints = [[int(h), int(w)] for h, w in self.image_processor.image_grid_pinpoints]
+        processor_pinpoints = [
+            [int(h), int(w)] for h, w in self.image_processor.image_grid_pinpoints
+        ]
         if processor_pinpoints != self.pinpoints:
             raise ValueError(
                 f"image processor grid pinpoints {processor_pinpoints} differ from the model's "

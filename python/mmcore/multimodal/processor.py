@@ -18,7 +18,9 @@ def image_size(item: Any) -> tuple[int, int]:
     Raises:
         TypeError: for anything else.
     """
-    if hasattr(item, "size") and hasattr(item, "mode"):  # PIL.Image: size is (width, height)
+    from PIL import Image
+
+    if isinstance(item, Image.Image):  # size is (width, height)
         width, height = item.size
         return int(height), int(width)
     shape = getattr(item, "shape", None)
@@ -57,7 +59,9 @@ class MultiModalProcessor:
 
     supported_modalities: tuple[str, ...] = ()
 
-    def __init__(self, model_dir: str, hf_config, tokenizer, mm_processor_kwargs: dict | None = None):
+    def __init__(
+        self, model_dir: str, hf_config, tokenizer, mm_processor_kwargs: dict | None = None
+    ):
         self.model_dir = str(model_dir)
         self.hf_config = hf_config
         self.tokenizer = tokenizer
@@ -66,7 +70,9 @@ class MultiModalProcessor:
     def check_modality(self, modality: str) -> None:
         """Raise ValueError for a modality the model does not accept."""
         if modality not in self.supported_modalities:
-            raise ValueError(f"model {self.hf_config.model_type!r} does not accept {modality} input")
+            raise ValueError(
+                f"model {self.hf_config.model_type!r} does not accept {modality} input"
+            )
 
     def placeholder_token_id(self, modality: str) -> int:
         """Token id of the one placeholder per item in prompts (e.g. the ``<image>`` id)."""
