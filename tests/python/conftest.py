@@ -43,3 +43,23 @@ def photos() -> dict:
     images["rocket_tall"] = images["rocket"].crop((200, 0, 260, 427))  # 427 high, 60 wide
     images["coffee_wide"] = images["coffee"].resize((300, 40))  # 40 high, 300 wide
     return images
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_mistral_dir(tmp_path_factory) -> str:
+    """A tiny LLaVA-NeXT checkpoint over a Mistral LM (GQA, 24-token sliding window)."""
+    from mmcore.testing.tiny_checkpoints import build_tiny_llava_next
+
+    return build_tiny_llava_next(
+        tmp_path_factory.mktemp("tiny_llava_next_mistral"), seed=1, text_model_type="mistral"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tiny_llava_dir, tiny_llava_next_dir, tiny_llava_next_mistral_dir) -> dict:
+    """name -> checkpoint folder of every tiny checkpoint the parity tests run on."""
+    return {
+        "llava": tiny_llava_dir,
+        "llava_next": tiny_llava_next_dir,
+        "llava_next_mistral": tiny_llava_next_mistral_dir,
+    }

@@ -174,3 +174,28 @@ def test_bad_format_and_unknown_model_type(tmp_path, tiny_llava_dir):
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
     with pytest.raises(ValueError, match="'gpt2' is not supported.*llava"):
         load_model(str(tmp_path / "gpt2"), dtype=torch.float32, device="cpu")
+
+
+def test_tied_embeddings_follow_the_top_level_config(tmp_path, tiny_llava_dir):
+    """With tie_word_embeddings the head is the embedding matrix (HF saves no lm_head then)."""
+    model_dir = _rewrite(tiny_llava_dir, tmp_path / "tied", drop=["language_model.lm_head.weight"])
+    config_path = os.path.join(model_dir, "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["tie_word_embeddings"] = True
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    hf, hf_processor = load_hf(model_dir)
+    model, _ = load_model(model_dir, dtype=torch.float32, device="cpu")
+    assert not hasattr(model.language_model, "lm_head")
+    ids = hf_processor.tokenizer("The cat sleeps on a warm blanket", return_tensors="pt")[
+        "input_ids"
+    ]
+    from mmcore.testing.paged import PagedKVCache
+
+    cache = PagedKVCache(model, num_blocks=16, block_size=4, dtype=torch.float32, device="cpu")
+    attn, pos = cache.step([(0, 0, ids.shape[1])])
+    with torch.no_grad():
+        want = hf(input_ids=ids).logits[0]
+        got = model.compute_logits(model(model.embed_tokens(ids[0]), pos, cache.kv_caches, attn))
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)

@@ -21,9 +21,9 @@ PROMPTS = {
 }
 
 
-@pytest.fixture(scope="module", params=["llava", "llava_next"])
-def setup(request, tiny_llava_dir, tiny_llava_next_dir):
-    model_dir = tiny_llava_dir if request.param == "llava" else tiny_llava_next_dir
+@pytest.fixture(scope="module", params=["llava", "llava_next", "llava_next_mistral"])
+def setup(request, tiny_model_dirs):
+    model_dir = tiny_model_dirs[request.param]
     hf, hf_processor = load_hf(model_dir)
     model, config = load_model(model_dir, dtype=torch.float32, device="cpu")
     processor = get_processor_class(config.model_type)(

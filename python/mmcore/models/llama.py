@@ -1,4 +1,4 @@
-"""Llama decoder over a flattened varlen batch with a paged KV cache."""
+"""Llama (and Mistral: Llama + sliding window) decoder over a varlen batch with a paged KV cache."""
 
 from __future__ import annotations
 
@@ -121,14 +121,24 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Llama LM with its head: the text half of LLaVA-style models, usable on its own.
 
-    Weight names: ``model.*`` and ``lm_head.weight`` (HF ``LlamaForCausalLM``).
+    Weight names: ``model.*`` and ``lm_head.weight`` (HF ``LlamaForCausalLM``). With tied
+    embeddings there is no ``lm_head``: logits use ``embed_tokens.weight``.
     """
 
-    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self,
+        config,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        tie_word_embeddings: bool | None = None,
+    ):
         super().__init__()
         self.config = config
         self.model = LlamaModel(config, dtype=dtype, device=device)
-        self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
+        if tie_word_embeddings is None:  # a wrapping model's config may decide instead
+            tie_word_embeddings = getattr(config, "tie_word_embeddings", False)
+        self.tie_word_embeddings = bool(tie_word_embeddings)
         if not self.tie_word_embeddings:
             self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, device)
         attn0 = self.model.layers[0].self_attn

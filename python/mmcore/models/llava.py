@@ -48,12 +48,15 @@ class LlavaMultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+SUPPORTED_TEXT_MODELS = ("llama", "mistral")  # Mistral = Llama + sliding window
+
+
 def _check_supported(hf_config) -> None:
     vision_type = hf_config.vision_config.model_type
     text_type = hf_config.text_config.model_type
     if vision_type != "clip_vision_model":
         raise ValueError(f"{hf_config.model_type}: vision tower {vision_type!r} is not supported")
-    if text_type != "llama":
+    if text_type not in SUPPORTED_TEXT_MODELS:
         raise ValueError(f"{hf_config.model_type}: language model {text_type!r} is not supported")
 
 
@@ -89,7 +92,13 @@ class LlavaModel(nn.Module):
         self.multi_modal_projector = LlavaMultiModalProjector(
             hf_config, self.vision_tower.output_size, dtype=dtype, device=device
         )
-        self.language_model = LlamaForCausalLM(hf_config.text_config, dtype=dtype, device=device)
+        # HF ties lm_head to the embeddings by the top-level config's flag
+        self.language_model = LlamaForCausalLM(
+            hf_config.text_config,
+            dtype=dtype,
+            device=device,
+            tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", None),
+        )
         lm = self.language_model
         self.hidden_size, self.vocab_size = lm.hidden_size, lm.vocab_size
         self.num_layers, self.num_kv_heads, self.head_dim = (
@@ -108,6 +117,8 @@ class LlavaModel(nn.Module):
             return None
         if name.endswith("rotary_emb.inv_freq"):
             return None  # buffer saved by old checkpoints; recomputed from the config
+        if name == "language_model.lm_head.weight" and self.language_model.tie_word_embeddings:
+            return None  # tied: the embedding matrix serves as the head
         return name
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:

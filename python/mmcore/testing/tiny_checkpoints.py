@@ -166,12 +166,21 @@ def build_tiny_llava(
     return path
 
 
-def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0) -> str:
-    """Write a tiny LLaVA-NeXT checkpoint (anyres over 32px tiles, llama3 rope, MHA, 2 feature layers).
+def build_tiny_llava_next(
+    path: str | os.PathLike,
+    seed: int = 0,
+    *,
+    text_model_type: str = "llama",
+    sliding_window: int = 24,
+) -> str:
+    """Write a tiny LLaVA-NeXT checkpoint (anyres over 32px tiles, MHA, 2 feature layers).
 
     Args:
         path: folder to write (created if missing).
         seed: torch seed of the random weights.
+        text_model_type: ``"llama"`` (llama3 rope scaling) or ``"mistral"`` (default rope,
+            sliding-window attention of ``sliding_window`` tokens, GQA).
+        sliding_window: the Mistral window; shorter than test prompts so it takes effect.
 
     Returns:
         ``str(path)``.
@@ -183,6 +192,7 @@ def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0) -> str:
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessor,
         LlavaNextProcessor,
+        MistralConfig,
     )
 
     path = str(path)
@@ -211,7 +221,16 @@ def build_tiny_llava_next(path: str | os.PathLike, seed: int = 0) -> str:
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 64,
     }
-    text = LlamaConfig(vocab_size=len(tok), num_key_value_heads=4, rope_parameters=rope, **_TEXT)
+    if text_model_type == "llama":
+        text = LlamaConfig(
+            vocab_size=len(tok), num_key_value_heads=4, rope_parameters=rope, **_TEXT
+        )
+    elif text_model_type == "mistral":
+        text = MistralConfig(
+            vocab_size=len(tok), num_key_value_heads=2, sliding_window=sliding_window, **_TEXT
+        )
+    else:
+        raise ValueError(f"text_model_type must be 'llama' or 'mistral', got {text_model_type!r}")
     config = LlavaNextConfig(
         vision_config=CLIPVisionConfig(**_VISION),
         text_config=text,
