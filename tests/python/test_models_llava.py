@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from PIL import Image
 
 from mmcore.model_loader import load_model
 from mmcore.multimodal import get_processor_class
@@ -108,3 +109,21 @@ def test_unsupported_modality_is_rejected(setup):
         model.encode("audio", [{}])
     with pytest.raises(ValueError, match="audio"):
         processor.num_embeds("audio", None)
+
+
+def test_num_embeds_equals_encoder_output_for_many_sizes(setup):
+    """The count the core schedules with is exactly what encode() returns (and HF produces)."""
+    hf, hf_processor, model, processor, _ = setup
+    g = torch.Generator().manual_seed(0)
+    sizes = [(32, 32), (10, 300), (300, 10), (33, 65), (100, 37), (64, 64), (17, 23), (90, 20)]
+    images = []
+    for h, w in sizes:
+        array = torch.randint(0, 256, (h, w, 3), generator=g, dtype=torch.uint8).numpy()
+        images.append(Image.fromarray(array))
+    with torch.no_grad():
+        got = model.encode("image", processor.process("image", images))
+    inputs = _hf_inputs(hf_processor, "<image>" * len(images), images)
+    expected = hf_image_features(hf, inputs)
+    for image, (h, w), g_emb, e_emb in zip(images, sizes, got, expected):
+        assert g_emb.shape[0] == processor.num_embeds("image", image) == e_emb.shape[0], (h, w)
+        torch.testing.assert_close(g_emb, e_emb, atol=1e-5, rtol=0)

@@ -10,6 +10,7 @@ from mmcore.layers.activations import get_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
 from mmcore.layers.norm import RMSNorm
 from mmcore.layers.rotary import RotaryEmbedding
+from mmcore.models.weights import load_named_weights
 
 
 def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
@@ -148,12 +149,35 @@ class LlamaForCausalLM(nn.Module):
         self.num_kv_heads = attn0.num_kv_heads
         self.head_dim = attn0.head_dim
 
+    supported_modalities: tuple[str, ...] = ()
+
+    def encode(self, modality: str, items: list) -> list[torch.Tensor]:
+        """A text-only model encodes nothing: any modality is an error."""
+        raise ValueError(
+            f"{self.config.model_type} is text-only and does not accept {modality} input"
+        )
+
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[T] -> [T, hidden]``."""
         return self.model.embed_tokens(input_ids)
 
     def forward(self, inputs_embeds, positions, kv_caches, attn) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` of the step's tokens (see ``LlamaModel.forward``)."""
         return self.model(inputs_embeds, positions, kv_caches, attn)
 
+    def load_weights(self, weights) -> None:
+        """Load HF ``LlamaForCausalLM`` tensors (``model.*``, ``lm_head.weight``) strictly."""
+
+        def rename(name: str) -> str | None:
+            if name.endswith("rotary_emb.inv_freq"):
+                return None
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                return None
+            return name
+
+        load_named_weights(self, weights, rename)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
         weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
         return F.linear(hidden, weight).float()

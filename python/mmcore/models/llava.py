@@ -145,6 +145,7 @@ class LlavaModel(nn.Module):
 
     # -- language model ------------------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``[T] -> [T, hidden]`` (placeholders get overwritten by the runner)."""
         return self.language_model.embed_tokens(input_ids)
 
     def forward(
@@ -154,7 +155,19 @@ class LlavaModel(nn.Module):
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         attn: AttentionMetadata,
     ) -> torch.Tensor:
+        """LM over the step's flattened tokens; writes their K/V into ``kv_caches``.
+
+        Args:
+            inputs_embeds: ``[T, hidden]`` text embeddings with image embeddings scattered in.
+            positions: int64 ``[T]`` position of each token in its sequence.
+            kv_caches: per layer (key_cache, value_cache) ``[blocks, block_size, kv_heads, head_dim]``.
+            attn: where each request's tokens sit in the caches.
+
+        Returns:
+            Final-norm hidden states ``[T, hidden]``.
+        """
         return self.language_model(inputs_embeds, positions, kv_caches, attn)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
         return self.language_model.compute_logits(hidden)

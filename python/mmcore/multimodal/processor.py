@@ -48,7 +48,8 @@ def modality_enum(modality: str):
 
 class MultiModalProcessor:
     """Per-model media processing. Subclasses set ``supported_modalities`` and implement
-    ``placeholder_token_id``, ``num_embeds``, ``process`` and ``dummy_items``.
+    ``placeholder_token_id``, ``num_embeds``, ``process`` and ``dummy_items``. Used as is, it
+    serves text-only models: every modality is rejected with a ValueError.
 
     Args:
         model_dir: the checkpoint folder (HF processor files live there).
@@ -76,7 +77,8 @@ class MultiModalProcessor:
 
     def placeholder_token_id(self, modality: str) -> int:
         """Token id of the one placeholder per item in prompts (e.g. the ``<image>`` id)."""
-        raise NotImplementedError
+        self.check_modality(modality)
+        raise NotImplementedError(f"{type(self).__name__}.placeholder_token_id")
 
     def placeholder_text(self, modality: str) -> str:
         """The placeholder as text, e.g. ``"<image>"``."""
@@ -84,15 +86,18 @@ class MultiModalProcessor:
 
     def num_embeds(self, modality: str, item: Any) -> int:
         """Embeddings the model's ``encode`` returns for ``item``, from its size alone."""
-        raise NotImplementedError
+        self.check_modality(modality)
+        raise NotImplementedError(f"{type(self).__name__}.num_embeds")
 
     def process(self, modality: str, items: list) -> list[dict]:
         """Tensors per item for the model's ``encode`` (one batched call for all items)."""
-        raise NotImplementedError
+        self.check_modality(modality)
+        raise NotImplementedError(f"{type(self).__name__}.process")
 
     def dummy_items(self, modality: str, count: int) -> list:
         """``count`` items of the size with the most embeddings (memory profiling)."""
-        raise NotImplementedError
+        self.check_modality(modality)
+        raise NotImplementedError(f"{type(self).__name__}.dummy_items")
 
     def placeholder_item(self, modality: str, identifier: str, num_embeds: int):
         """The core's description of one item: ``num_embeds`` copies of the placeholder token.

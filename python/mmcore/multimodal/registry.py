@@ -9,6 +9,11 @@ from __future__ import annotations
 import importlib
 
 _BUILTIN: dict[str, tuple[str, str]] = {
+    # text-only: the base processor accepts no modality
+    "llama": (
+        "mmcore.models.llama:LlamaForCausalLM",
+        "mmcore.multimodal.processor:MultiModalProcessor",
+    ),
     "llava": ("mmcore.models.llava:LlavaModel", "mmcore.multimodal.llava:LlavaMultiModalProcessor"),
     "llava_next": (
         "mmcore.models.llava_next:LlavaNextModel",
