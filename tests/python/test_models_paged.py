@@ -19,7 +19,7 @@ def setup(request, tiny_model_dirs):
     processor = get_processor_class(config.model_type)(
         model_dir, config, hf_processor.tokenizer, None
     )
-    return hf, hf_processor, model, processor
+    return hf, hf_processor, model, processor, model_dir
 
 
 def _prompt(hf_processor, processor, model, prompt, images):
@@ -31,7 +31,7 @@ def _prompt(hf_processor, processor, model, prompt, images):
 
 
 def test_chunked_prefill_and_decode_match_hf(setup, photos):
-    hf, hf_processor, model, processor = setup
+    hf, hf_processor, model, processor, _ = setup
     image_token_id = processor.placeholder_token_id("image")
     images_a = [photos["chelsea"], photos["coffee_wide"]]
     ids_a, embeds_a = _prompt(
@@ -82,3 +82,22 @@ def test_chunked_prefill_and_decode_match_hf(setup, photos):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
     greedy = torch.stack([lg.argmax() for lg in step_logits[:NUM_DECODES]])
     assert torch.equal(greedy, new_tokens)
+
+
+def test_bfloat16_model_and_cache_track_float32(setup, photos):
+    """dtype plumbing: bf16 weights, bf16 KV cache, fp32 pixels in -> logits close to fp32."""
+    _, hf_processor, model32, processor, model_dir = setup
+    model16, _ = load_model(model_dir, dtype=torch.bfloat16, device="cpu")
+    results = []
+    for model in (model32, model16):
+        ids, embeds = _prompt(
+            hf_processor, processor, model, "USER: <image> hi ASSISTANT:", [photos["coffee"]]
+        )
+        assert embeds.dtype == model.language_model.model.embed_tokens.weight.dtype
+        cache = PagedKVCache(model, num_blocks=64, block_size=4, dtype=embeds.dtype, device="cpu")
+        attn, pos = cache.step([(0, 0, ids.shape[0])])
+        with torch.no_grad():
+            results.append(model.compute_logits(model(embeds, pos, cache.kv_caches, attn)[-1:])[0])
+    fp32, bf16 = results
+    assert bf16.dtype == torch.float32
+    assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()
