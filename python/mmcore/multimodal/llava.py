@@ -13,11 +13,15 @@ def _image_processor(model_dir: str, overrides: dict):
     return AutoImageProcessor.from_pretrained(model_dir, **overrides)
 
 
+def _field(size, key: str):
+    """A field of a size given as a dict or as transformers' ``SizeDict`` object."""
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
 def _crop_side(image_processor) -> int:
     crop = getattr(image_processor, "crop_size", None) or image_processor.size
-    crop = dict(crop) if not isinstance(crop, dict) else crop
-    height = crop.get("height") or crop.get("shortest_edge")
-    width = crop.get("width") or crop.get("shortest_edge")
+    height = _field(crop, "height") or _field(crop, "shortest_edge")
+    width = _field(crop, "width") or _field(crop, "shortest_edge")
     if height != width:
         raise ValueError(f"the image processor crops to {height}x{width}; CLIP needs a square")
     return int(height)
