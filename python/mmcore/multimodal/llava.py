@@ -61,6 +61,17 @@ class LlavaMultiModalProcessor(MultiModalProcessor):
         self.check_modality(modality)
         return self.num_image_embeds(*image_size(item))
 
+    def num_embeds_processed(self, modality: str, data: dict) -> int:
+        """Embeddings for an item the user already processed (``{"pixel_values": [3, S, S]}``)."""
+        self.check_modality(modality)
+        pixels = data["pixel_values"]
+        expected = (3, self.tile_size, self.tile_size)
+        if tuple(pixels.shape) != expected:
+            raise ValueError(
+                f"pixel_values must have shape {list(expected)}, got {list(pixels.shape)}"
+            )
+        return self.num_image_embeds(self.tile_size, self.tile_size)
+
     def _preprocess(self, items: list):
         return self.image_processor(images=items, return_tensors="pt")
 

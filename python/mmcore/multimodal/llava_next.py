@@ -28,6 +28,22 @@ class LlavaNextMultiModalProcessor(LlavaMultiModalProcessor):
         """Base tile tokens + unpadded grid tokens + one newline per grid row."""
         return anyres.num_embeds(height, width, self.pinpoints, self.tile_size, self.patch_size)
 
+    def num_embeds_processed(self, modality: str, data: dict) -> int:
+        """Embeddings for an already processed item: ``pixel_values`` [tiles, 3, S, S] and
+        ``image_sizes`` (height, width) of the original image."""
+        self.check_modality(modality)
+        if "image_sizes" not in data:
+            raise ValueError("processed LLaVA-NeXT items need 'image_sizes' besides 'pixel_values'")
+        height, width = (int(v) for v in data["image_sizes"].flatten().tolist())
+        tiles = anyres.num_tiles(height, width, self.pinpoints, self.tile_size)
+        pixels = data["pixel_values"]
+        expected = (tiles, 3, self.tile_size, self.tile_size)
+        if tuple(pixels.shape) != expected:
+            raise ValueError(
+                f"pixel_values must have shape {list(expected)}, got {list(pixels.shape)}"
+            )
+        return self.num_image_embeds(height, width)
+
     def process(self, modality: str, items: list) -> list[dict]:
         self.check_modality(modality)
         if not items:

@@ -89,6 +89,11 @@ class MultiModalProcessor:
         self.check_modality(modality)
         raise NotImplementedError(f"{type(self).__name__}.num_embeds")
 
+    def num_embeds_processed(self, modality: str, data: dict) -> int:
+        """Embeddings for an item already processed by the user (e.g. ``pixel_values``)."""
+        self.check_modality(modality)
+        raise NotImplementedError(f"{type(self).__name__}.num_embeds_processed")
+
     def process(self, modality: str, items: list) -> list[dict]:
         """Tensors per item for the model's ``encode`` (one batched call for all items)."""
         self.check_modality(modality)
