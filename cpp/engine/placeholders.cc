@@ -47,11 +47,6 @@ std::string count_given(int64_t count, const char* singular, const char* plural)
          (count == 1 ? " was given" : " were given");
 }
 
-std::string placeholder_text(TokenId token_id, const PlaceholderToken* known) {
-  if (known != nullptr && !known->text.empty()) return known->text;
-  return "token " + std::to_string(token_id);
-}
-
 // "image 1": the item's index among the items of its modality.
 std::string describe_item(const std::vector<PlaceholderItem>& items, size_t index) {
   const Modality modality = items[index].modality;
@@ -99,6 +94,25 @@ bool tokens_at(const std::vector<TokenId>& prompt, int64_t offset,
   return std::equal(tokens.begin(), tokens.end(), prompt.begin() + offset);
 }
 
+bool all_placeholders(const std::vector<TokenId>& expansion, TokenId token_id) {
+  return std::all_of(expansion.begin(), expansion.end(), [&](TokenId t) { return t == token_id; });
+}
+
+// Why a run of placeholders is no item's expansion: "... needs exactly 5 <image> tokens for
+// image 0, found 3". Empty when the item's expansion is not a plain run of placeholders.
+std::string run_mismatch(const Group& group, const std::vector<PlaceholderItem>& items, size_t item,
+                         const std::vector<TokenId>& expansion, int64_t run) {
+  const int64_t needed = static_cast<int64_t>(expansion.size());
+  if (needed <= 1 || run <= 1 || run == needed || !all_placeholders(expansion, group.token_id)) {
+    return "";
+  }
+  const bool named = group.known != nullptr && !group.known->text.empty();
+  const std::string tokens = named ? " " + group.known->text + " tokens"
+                                   : " copies of token " + std::to_string(group.token_id);
+  return "an already-expanded prompt needs exactly " + std::to_string(needed) + tokens + " for " +
+         describe_item(items, item) + ", found " + std::to_string(run);
+}
+
 // Reads the group's items as already expanded: each expansion present, in order, with no other
 // occurrence of the placeholder token. On failure fills `why` when there is a specific reason.
 bool match_expanded(const std::vector<TokenId>& prompt, const Group& group,
@@ -108,6 +122,11 @@ bool match_expanded(const std::vector<TokenId>& prompt, const Group& group,
   std::vector<Match> found;
   size_t next = 0;
   const int64_t n = static_cast<int64_t>(prompt.size());
+  auto run_from = [&](int64_t p) {
+    int64_t run = 0;
+    while (p + run < n && prompt[p + run] == group.token_id) ++run;
+    return run;
+  };
   for (int64_t p = 0; p < n;) {
     if (next < group.items.size()) {
       const size_t item = group.items[next];
@@ -118,20 +137,21 @@ bool match_expanded(const std::vector<TokenId>& prompt, const Group& group,
         ++next;
         continue;
       }
-      if (prompt[p] == group.token_id && expansion.size() > 1) {
-        const bool all_placeholders = std::all_of(expansion.begin(), expansion.end(),
-                                                  [&](TokenId t) { return t == group.token_id; });
-        int64_t run = 0;
-        while (p + run < n && prompt[p + run] == group.token_id) ++run;
-        if (all_placeholders && run > 1) {
-          why = "an already-expanded prompt needs exactly " + std::to_string(expansion.size()) +
-                " " + placeholder_text(group.token_id, group.known) + " tokens for " +
-                describe_item(items, item) + ", found " + std::to_string(run);
-        }
-        return false;
-      }
     }
-    if (prompt[p] == group.token_id) return false;  // more placeholders than items
+    if (prompt[p] == group.token_id) {
+      // A placeholder outside every expansion: not an expanded prompt. Name the run when it
+      // is a wrong-length expansion of the item before it or of the next item.
+      if (!found.empty() && found.back().prompt_offset + found.back().prompt_len == p) {
+        const Match& prev = found.back();
+        why = run_mismatch(group, items, prev.item, expansions[prev.item],
+                           prev.prompt_len + run_from(p));
+      }
+      if (why.empty() && next < group.items.size()) {
+        const size_t item = group.items[next];
+        why = run_mismatch(group, items, item, expansions[item], run_from(p));
+      }
+      return false;
+    }
     ++p;
   }
   if (next != group.items.size()) return false;

@@ -179,6 +179,15 @@ TEST(Placeholders, PartiallyExpandedPromptNamesTheCounts) {
   EXPECT_EQ(error_of({kImage, kImage, kImage}, {image("a", 5)}),
             "prompt has 3 <image> placeholders but 1 image was given (an already-expanded prompt "
             "needs exactly 5 <image> tokens for image 0, found 3)");
+  // Longer than the expansion: the first 2 would match, the third is left over.
+  EXPECT_EQ(error_of({1, kImage, kImage, kImage, 2}, {image("a", 2)}),
+            "prompt has 3 <image> placeholders but 1 image was given (an already-expanded prompt "
+            "needs exactly 2 <image> tokens for image 0, found 3)");
+  // The second image's run is short while the first is fully expanded.
+  EXPECT_EQ(error_of({kImage, kImage, 5, kImage, kImage}, {image("a", 2), image("b", 3)},
+                     kImageOnly, 64, {}),
+            "prompt has 4 placeholders of token 100 but 2 images were given (an already-expanded "
+            "prompt needs exactly 3 copies of token 100 for image 1, found 2)");
 }
 
 TEST(Placeholders, CountMismatchMessages) {

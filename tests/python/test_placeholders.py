@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mmcore import _core
@@ -153,6 +153,18 @@ def test_item_and_feature_objects():
         _core.MMFeature(IMG, "x", 0, 3, 2, [1, 1])
     with pytest.raises(ValueError, match="length > 0"):
         _core.MMFeature(IMG, "x", 0, 0, 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 12), st.lists(st.integers(0, 49), max_size=4))
+def test_partial_expansion_is_an_error_naming_the_counts(num_embeds, num_tokens, text):
+    assume(num_tokens != num_embeds)
+    prompt = text + [IMAGE] * num_tokens + text
+    with pytest.raises(ValueError) as err:
+        expand(prompt, [simple("a", num_embeds)])
+    message = str(err.value)
+    assert f"prompt has {num_tokens} <image> placeholders but 1 image was given" in message
+    assert f"needs exactly {num_embeds} <image> tokens for image 0, found {num_tokens}" in message
 
 
 # --- property test ------------------------------------------------------------------------------
