@@ -10,8 +10,6 @@ import torch
 
 from mmcore.multimodal.media import load_audio
 
-# --- audio --------------------------------------------------------------------------------------
-
 
 def wav_bytes(samples, rate, channels=1, width=2):
     scale = {1: 127, 2: 32767, 4: 2**31 - 1}[width]
@@ -87,3 +85,24 @@ def test_truncated_wav():
     data = wav_bytes(tone(16000), 16000)
     with pytest.raises(ValueError, match="truncated"):
         load_audio(data[: len(data) // 2], 16000)
+
+
+def test_24_bit_wav():
+    samples = tone(16000)
+    ints = np.round(samples * (2**23 - 1)).astype("<i4")
+    packed = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()  # low 3 bytes, little endian
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(3)
+        w.setframerate(16000)
+        w.writeframes(packed)
+    np.testing.assert_allclose(load_audio(buf.getvalue(), 16000), samples, atol=1e-6)
+
+
+def test_wav_from_allowed_local_file(tmp_path):
+    (tmp_path / "tone.wav").write_bytes(wav_bytes(tone(16000), 16000))
+    out = load_audio("tone.wav", 16000, allowed_local_media_path=str(tmp_path))
+    np.testing.assert_allclose(out, tone(16000), atol=1e-4)
+    with pytest.raises(ValueError, match="local media is disabled"):
+        load_audio(str(tmp_path / "tone.wav"), 16000)
