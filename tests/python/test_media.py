@@ -69,6 +69,19 @@ def test_pil_modes_become_rgb():
     np.testing.assert_array_equal(out[20:, 20:], cat[20:, 20:])
 
 
+def test_16_bit_and_float_images_are_scaled_not_clipped():
+    camera = photos.camera()  # 8-bit grayscale photo
+    sixteen = camera.astype(np.uint16) * 257  # the same picture at 16 bits
+    png = io.BytesIO()
+    Image.fromarray(sixteen).save(png, "PNG")
+    out = np.asarray(load_image(png.getvalue()))
+    np.testing.assert_array_equal(out[..., 0], camera)
+    floats = Image.fromarray(camera.astype(np.float32) / 255.0, "F")
+    np.testing.assert_array_equal(np.asarray(load_image(floats))[..., 1], camera)
+    with pytest.raises(ValueError, match="mode F"):
+        load_image(Image.fromarray(np.full((2, 2), 3.0, np.float32), "F"))
+
+
 @pytest.mark.parametrize("layout", ["hwc3", "hw", "hwc1", "hwc4"])
 def test_numpy_layouts(layout):
     coffee = photos.coffee()

@@ -103,7 +103,21 @@ def decode_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     return image
 
 
+def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit / 32-bit integer and float grayscale as 8-bit "L" (Pillow's convert would clip)."""
+    values = np.asarray(image)
+    if image.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ValueError("float (mode F) images must hold finite values in [0, 1]")
+        scaled = np.round(values * 255.0)
+    else:  # I;16 variants and I: 16-bit sample range, as 16-bit PNG and TIFF files store it
+        scaled = np.round(np.clip(values.astype(np.float64), 0, 65535) / 257.0)
+    return Image.fromarray(scaled.astype(np.uint8), "L")
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "F" or image.mode == "I" or image.mode.startswith("I;16"):
+        image = _high_depth_to_8bit(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or (
         image.mode == "P" and "transparency" in image.info
     )
