@@ -118,7 +118,7 @@ class InputProcessor:
             for it in items
         ]
         expanded = _core.expand_placeholders(
-            ids, placeholder_items, self._allowed, self.max_model_len
+            ids, placeholder_items, self._allowed, self.max_model_len, self._placeholder_tokens
         )
         return ProcessedPrompt(
             prompt=text,
