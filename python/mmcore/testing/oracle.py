@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -43,3 +45,36 @@ def scatter_embeds(
         raise ValueError(f"{int(mask.sum())} placeholders but {rows.shape[0]} image embeddings")
     embeds[mask] = rows.to(embeds.dtype)
     return embeds
+
+
+@functools.lru_cache(maxsize=4)
+def cached_hf(model_dir: str):
+    """``load_hf`` memoised per folder (tests reuse one reference model)."""
+    return load_hf(model_dir)
+
+
+def hf_inputs(model_dir: str, prompt: str, images: list):
+    """The HF processor's tensors for one prompt with its images."""
+    _, processor = cached_hf(model_dir)
+    return processor(text=prompt, images=images or None, return_tensors="pt")
+
+
+@torch.inference_mode()
+def hf_greedy(model_dir: str, prompt: str, images: list, max_new_tokens: int) -> list[int]:
+    """New token ids of HF greedy ``generate()`` on one prompt, cut after the first EOS."""
+    model, _ = cached_hf(model_dir)
+    inputs = hf_inputs(model_dir, prompt, images)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    new = out[0, inputs["input_ids"].shape[1] :].tolist()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for i, tok in enumerate(new):
+        if tok in eos:
+            return new[: i + 1]
+    return new
+
+
+def hf_image_embeds(model_dir: str, image) -> torch.Tensor:
+    """The projected embeddings HF's LM consumes for one image, ``[num_embeds, hidden]``."""
+    model, _ = cached_hf(model_dir)
+    return hf_image_features(model, hf_inputs(model_dir, "<image>", [image]))[0]
