@@ -12,8 +12,16 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 
-# Questions about example.png and the answers the shipped model gives (and must give).
-EXAMPLE_QUESTIONS: dict[str, str] = {}
+# example.png is shapes.render(shapes.random_items(rng, 3), rng) with
+# rng = numpy.random.default_rng(EXAMPLE_SEED); these are its questions and right answers.
+EXAMPLE_SEED = (21, 77)
+EXAMPLE_QUESTIONS: dict[str, str] = {
+    "Describe the image.": "an orange triangle, a purple star and a green circle",
+    "How many shapes are there?": "three",
+    "What colour is the star?": "purple",
+    "What shape is the orange one?": "triangle",
+    "Where is the circle?": "bottom left",
+}
 
 
 def default_model_path() -> Path:
@@ -36,4 +44,4 @@ def example_image_path() -> Path:
     return _HERE / "example.png"
 
 
-__all__ = ["EXAMPLE_QUESTIONS", "default_model_path", "example_image_path"]
+__all__ = ["EXAMPLE_QUESTIONS", "EXAMPLE_SEED", "default_model_path", "example_image_path"]
