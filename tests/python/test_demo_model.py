@@ -90,3 +90,14 @@ def test_missing_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(mmcore.demo, "_HERE", tmp_path)
     with pytest.raises(FileNotFoundError, match="demo checkpoint is missing"):
         mmcore.demo.default_model_path()
+
+
+def test_command_line_answers_questions_about_the_example(capsys):
+    from mmcore.demo.__main__ import main
+
+    assert (
+        main(["--question", "What colour is the star?", "--question", "Where is the circle?"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "Q: What colour is the star?\nA: purple\n" in out
+    assert "Q: Where is the circle?\nA: bottom left\n" in out
