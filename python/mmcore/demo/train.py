@@ -5,7 +5,7 @@
 Pictures and questions are drawn afresh for every batch by data-loader workers (the stream
 never repeats), the loss covers only the answer tokens, and the learning rate follows a
 warm-up and a cosine decay over a step count chosen to fill ``--minutes`` (measured after the
-first steps, logged, and fixed with ``--steps``). On one H100/H200 the default budget reaches
+first steps and logged; ``--steps N`` fixes it, to repeat a run). On one H100/H200 the default budget reaches
 over 95% on every question type; on a CPU it runs, slowly.
 """
 
@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -251,7 +252,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--final-questions", type=int, default=500, help="held-out questions at the end")
     p.add_argument("--eval-seed", type=int, default=4242)
     args = p.parse_args(argv)
-    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is available")
     return args
