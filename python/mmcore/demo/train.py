@@ -5,8 +5,9 @@
 Pictures and questions are drawn afresh for every batch by data-loader workers (the stream
 never repeats), the loss covers only the answer tokens, and the learning rate follows a
 warm-up and a cosine decay over a step count chosen to fill ``--minutes`` (measured after the
-first steps and logged; ``--steps N`` fixes it, to repeat a run). On one H100/H200 the default budget reaches
-over 95% on every question type; on a CPU it runs, slowly.
+first steps and logged; ``--steps N`` fixes it, to repeat a run). On one H200 the default
+budget (8 minutes, 8071 steps of 256) reached 100% on every held-out question type; on a CPU
+it runs, slowly.
 """
 
 from __future__ import annotations
