@@ -52,6 +52,7 @@ BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens
       h = hash_combine(h, hash_string(item.identifier));
       h = hash_combine(h, static_cast<uint64_t>(static_cast<int64_t>(item.offset)));
     }
+    for (int64_t pos : extra.mrope_positions) h = hash_combine(h, static_cast<uint64_t>(pos));
   }
   return h;
 }
@@ -68,6 +69,21 @@ BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index, int
   for (; it != request.features.end() && it->offset < end; ++it) {
     extra.items.push_back(BlockItemKey{it->identifier, it->offset - start});
   }
+  if (request.has_mrope()) {
+    const int32_t n = request.num_prompt_tokens;
+    std::vector<int64_t> positions(3 * static_cast<size_t>(block_size));
+    bool identity = true;
+    for (int32_t d = 0; d < 3; ++d) {
+      for (int32_t i = 0; i < block_size; ++i) {
+        const int32_t p = start + i;
+        const int64_t v = p < n ? request.mrope_positions[static_cast<size_t>(d) * n + p]
+                                : p + request.mrope_delta;
+        positions[static_cast<size_t>(d) * block_size + i] = v;
+        identity &= v == p;
+      }
+    }
+    if (!identity) extra.mrope_positions = std::move(positions);
+  }
   return extra;
 }
 
@@ -77,7 +93,7 @@ void extend_block_hashes(Request& request, int32_t block_size) {
   if (num_hashed >= num_full) return;
   request.block_hashes.reserve(num_full);
   BlockHash parent = num_hashed == 0 ? kNoParentHash : request.block_hashes.back();
-  const bool plain = request.features.empty() && request.cache_salt.empty();
+  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
   static const BlockExtraKeys kNoExtra;
   for (int32_t b = num_hashed; b < num_full; ++b) {
     const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * block_size;

@@ -3,7 +3,9 @@
 // prefixes. Extra keys carry what token ids alone do not show: which multimodal item (by
 // identifier) covers which positions, and the cache salt. Item offsets are stored RELATIVE to the
 // block start (negative when the item began in an earlier block); the chain fixes the absolute
-// position. Hashes only find candidates: the block pool re-compares stored contents on a hit.
+// position. M-RoPE positions that differ from the token index (images) are part of the key too,
+// so KV computed at other positions is never shared. Hashes only find candidates: the block pool
+// re-compares stored contents on a hit.
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -28,10 +30,14 @@ struct BlockItemKey {
 struct BlockExtraKeys {
   std::string cache_salt;  // only in the first block of a request
   std::vector<BlockItemKey> items;
+  std::vector<int64_t> mrope_positions;  // 3 x block_size, empty when all equal the index
 
-  [[nodiscard]] bool empty() const { return cache_salt.empty() && items.empty(); }
+  [[nodiscard]] bool empty() const {
+    return cache_salt.empty() && items.empty() && mrope_positions.empty();
+  }
   bool operator==(const BlockExtraKeys& other) const {
-    return cache_salt == other.cache_salt && items == other.items;
+    return cache_salt == other.cache_salt && items == other.items &&
+           mrope_positions == other.mrope_positions;
   }
 };
 

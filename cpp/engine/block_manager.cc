@@ -27,7 +27,7 @@ ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
   extend_block_hashes(request, bs);
   // The last known token is always computed again: its logits are needed.
   const int32_t max_blocks = (request.num_tokens() - 1) / bs;
-  const bool plain = request.features.empty() && request.cache_salt.empty();
+  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
   static const BlockExtraKeys kNoExtra;
   BlockId parent = kNoBlock;
   for (int32_t b = 0; b < max_blocks; ++b) {
@@ -113,7 +113,7 @@ void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
   const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
   if (table.num_cached_blocks >= num_full) return;
   extend_block_hashes(request, bs);
-  const bool plain = request.features.empty() && request.cache_salt.empty();
+  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
   for (int32_t b = table.num_cached_blocks; b < num_full; ++b) {
     const BlockId parent = b == 0 ? kNoBlock : table.blocks[b - 1];
     const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;

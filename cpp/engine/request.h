@@ -56,6 +56,13 @@ struct Request {
   // Chained hash of every full block of known tokens (filled lazily by extend_block_hashes).
   std::vector<BlockHash> block_hashes;
 
+  // --- scheduler bookkeeping of the multimodal items (one entry per feature) ---
+  std::vector<uint8_t> item_held;     // this request holds an encoder-cache reference for it
+  std::vector<int64_t> item_handles;  // encoder-cache handle while held
+  int32_t num_done_items = 0;         // leading features whose range is fully computed
+  // Index of this request in the previous step's sampling_req_ids (for overlapped scheduling).
+  int32_t last_sample_index = -1;
+
   [[nodiscard]] int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   [[nodiscard]] int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
   [[nodiscard]] bool has_mrope() const { return !mrope_positions.empty(); }
