@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hf_oracle import hf_greedy, hf_image_embeds
 
 from mmcore import Engine, SamplingParams
 from mmcore.engine.runner import kv_bytes_per_block
+from mmcore.testing.oracle import cached_hf, hf_greedy, hf_image_embeds
 
 MAX_TOKENS = 8
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
@@ -106,9 +106,7 @@ def test_image_embeds_input_matches_hf(model_case, photos):
 
 def test_chat_matches_hf_chat_template(model_case, photos):
     model_dir, _, _ = model_case
-    from hf_oracle import hf_model_and_processor
-
-    _, processor = hf_model_and_processor(model_dir)
+    _, processor = cached_hf(model_dir)
     messages = [
         {
             "role": "user",

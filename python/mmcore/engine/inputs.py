@@ -91,6 +91,13 @@ class InputProcessor:
         self.allowed_local_media_path = allowed_local_media_path
         self.max_image_pixels = max_image_pixels
         self._allowed = [_MODALITIES[m] for m in processor.supported_modalities]
+        # Names the placeholders in error messages, and finds placeholders without items.
+        self._placeholder_tokens = [
+            _core.PlaceholderToken(
+                processor.placeholder_token_id(m), _MODALITIES[m], processor.placeholder_text(m)
+            )
+            for m in processor.supported_modalities
+        ]
 
     def process(self, prompt: Any) -> ProcessedPrompt:
         """Process one prompt; raise ValueError naming what is wrong with it."""
@@ -111,7 +118,7 @@ class InputProcessor:
             for it in items
         ]
         expanded = _core.expand_placeholders(
-            ids, placeholder_items, self._allowed, self.max_model_len
+            ids, placeholder_items, self._allowed, self.max_model_len, self._placeholder_tokens
         )
         return ProcessedPrompt(
             prompt=text,

@@ -45,7 +45,8 @@ class ModelRunner:
 
     def __init__(self, model, *, num_blocks: int, block_size: int, kv_dtype: torch.dtype) -> None:
         self.model = model
-        self.device = next(model.parameters()).device
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
         shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
         self.kv_caches = [
             (
@@ -81,7 +82,7 @@ class ModelRunner:
                 continue
             item = self.requests[req_id].items[item_index]
             if item.embeds is not None:
-                self.encoder_cache[handle] = item.embeds.to(self.device, self.model.dtype)
+                self.encoder_cache[handle] = item.embeds.to(self.device, self.dtype)
             else:
                 pending.setdefault(item.modality, []).append((handle, item))
         for modality, entries in pending.items():
