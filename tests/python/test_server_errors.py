@@ -72,7 +72,7 @@ BAD_CHATS = {
         f"more than the {MAX_IMAGES} allowed",
     ),
     "user_typed_placeholder": ({"messages": user("look: <image> here")}, 400, "placeholder"),
-    "prompt_too_long": ({"messages": user("dog " * 5000)}, 400, "max_model_len"),
+    "prompt_too_long": ({"messages": user("dog " * 5000)}, 400, "longer than the maximum"),
     "negative_temperature": ({"messages": user("hi"), "temperature": -1}, 400, "temperature"),
     "top_p_above_one": ({"messages": user("hi"), "top_p": 1.5}, 400, "top_p"),
     "zero_max_tokens": ({"messages": user("hi"), "max_tokens": 0}, 400, "max_tokens"),
@@ -124,6 +124,17 @@ def test_bad_completion_prompt_token_ids(server):
         timeout=60,
     )
     _assert_error(response, 400, "prompt_token_ids")
+    _assert_still_serving(server)
+
+
+def test_prompt_filling_the_whole_context_is_refused_by_the_engine_thread(server):
+    max_len = server.state.engine.engine.max_model_len
+    response = requests.post(
+        server.url + "/v1/completions",
+        json={"model": MODEL_NAME, "prompt": [5] * max_len, "max_tokens": 2},
+        timeout=60,
+    )
+    _assert_error(response, 400, "no room to generate")
     _assert_still_serving(server)
 
 

@@ -72,6 +72,7 @@ def _aborted(server) -> float:
 
 def test_concurrent_streams_with_disconnects_free_every_block(server):
     aborted_before = _aborted(server)
+    steps_before = server.state.engine.stats()["num_steps"]
     results = asyncio.run(_run(server.url + "/v1/chat/completions"))
     statuses = [status for status, _, _ in results]
     assert all(s == 200 for s in statuses), [r for r in results if r[0] != 200][:3]
@@ -87,5 +88,7 @@ def test_concurrent_streams_with_disconnects_free_every_block(server):
         timeout_s=30,
     ), engine.stats()
     assert not engine.engine.has_unfinished_requests()
+    # Clients shared batches: far fewer steps than one request at a time would take.
+    assert engine.stats()["num_steps"] - steps_before < NUM_CLIENTS * MAX_TOKENS // 4
     # The clients that left were aborted (not run to their end).
     assert _aborted(server) - aborted_before >= len(left) // 2
