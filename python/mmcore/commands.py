@@ -49,7 +49,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         output = engine.chat([{"role": "user", "content": parts}], params, use_tqdm=False)[0]
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    print(output.outputs[0].text)
+    print(output.outputs[0].text.strip())
     return 0
 
 

@@ -80,9 +80,9 @@ def resolve_model(model: str | None) -> str:
         return model
     try:
         from mmcore.demo import default_model_path
-    except ImportError as exc:
+
+        return str(default_model_path())
+    except (ImportError, FileNotFoundError) as exc:
         raise SystemExit(
-            "no model given and the demo model is not available (mmcore.demo: "
-            f"{exc}); pass a checkpoint folder"
+            f"no model given and the demo model is not available ({exc}); pass a checkpoint folder"
         ) from exc
-    return str(default_model_path())

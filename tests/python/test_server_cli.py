@@ -87,7 +87,29 @@ def test_generate_prints_the_engine_answer(tiny_llava_dir, oracle, tmp_path, cap
         }
     ]
     expected = oracle.chat(messages, SamplingParams(temperature=0.0, max_tokens=6), use_tqdm=False)
-    assert printed == expected[0].outputs[0].text + "\n"
+    assert printed == expected[0].outputs[0].text.strip() + "\n"
+
+
+def test_generate_defaults_to_the_demo_model(capsys):
+    from mmcore.demo import EXAMPLE_QUESTIONS, example_image_path
+
+    question = "What colour is the star?"
+    assert main(["generate", "--image", str(example_image_path()), question]) == 0
+    assert capsys.readouterr().out.strip() == EXAMPLE_QUESTIONS[question]
+
+
+def test_server_over_the_demo_model_answers_about_the_example_picture():
+    from mmcore.demo import EXAMPLE_QUESTIONS, default_model_path, example_image_path
+
+    config = ServerConfig(model_names=["demo"], log_level="warning")
+    with BackgroundServer(Engine(str(default_model_path())), config) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="x", max_retries=0)
+        picture = image_part(data_url(example_image_path().read_bytes()))
+        for question in ("What colour is the star?", "How many shapes are there?"):
+            reply = client.chat.completions.create(
+                model="demo", messages=user(picture, question), temperature=0.0, max_tokens=16
+            )
+            assert reply.choices[0].message.content.strip() == EXAMPLE_QUESTIONS[question]
 
 
 def test_bench_serve_against_the_test_server(server, capsys):
