@@ -77,6 +77,12 @@ class _Active:
     done: list[bool]
 
 
+def _deliver(batch: list[tuple[asyncio.Queue, StreamUpdate]]) -> None:
+    """Runs on the event loop: hand each request its update."""
+    for q, update in batch:
+        q.put_nowait(update)
+
+
 def _deltas(active: _Active, output: RequestOutput) -> list[CompletionDelta]:
     """New text/tokens of each completion since the last update (stop-string safe)."""
     deltas = []
@@ -310,6 +316,8 @@ class AsyncEngine:
                 return True
 
     def _dispatch(self, outputs: list[RequestOutput]) -> None:
+        # One wake-up of each event loop per step, however many requests it serves.
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StreamUpdate]]] = {}
         for output in outputs:
             active = self._active.get(output.request_id)
             if active is None:
@@ -318,7 +326,11 @@ class AsyncEngine:
             if output.finished:
                 del self._active[output.request_id]
             if deltas or output.finished:
-                self._send(active, StreamUpdate(deltas, output.finished))
+                batch = batches.setdefault(active.loop, [])
+                batch.append((active.queue, StreamUpdate(deltas, output.finished)))
+        for loop, batch in batches.items():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, batch)
 
     def _fail_all(self, exc: BaseException) -> None:
         for request_id, active in list(self._active.items()):
