@@ -183,3 +183,33 @@ def test_metrics_counters_increase(client, server):
         _metric(after, gauge)
     # The same image twice: the prefix cache has hit by now.
     assert _metric(after, "mmcore_prefix_cache_hit_rate") > 0.0
+
+
+def test_completion_logprobs_and_streamed_n(client):
+    prompt = "USER: count with me\nASSISTANT:"
+    reply = client.completions.create(model=MODEL_NAME, prompt=prompt, logprobs=2, **GREEDY)
+    lp = reply.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == MAX_TOKENS
+    assert "".join(lp.tokens).endswith(reply.choices[0].text[-1:])
+    assert lp.text_offset == sorted(lp.text_offset)
+    assert all(len(top) <= 2 and max(top.values()) <= 0.0 for top in lp.top_logprobs)
+    streamed = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=ONE_IMAGE,
+        n=2,
+        seed=7,
+        temperature=1.0,
+        max_tokens=5,
+        stream=True,
+    )
+    texts, finished = {0: "", 1: ""}, {}
+    for chunk in streamed:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finished[choice.index] = choice.finish_reason
+    assert set(finished) == {0, 1}
+    full = client.chat.completions.create(
+        model=MODEL_NAME, messages=ONE_IMAGE, n=2, seed=7, temperature=1.0, max_tokens=5
+    )
+    assert [texts[0], texts[1]] == [c.message.content for c in full.choices]
