@@ -11,12 +11,12 @@ import tempfile
 import time
 
 import torch
-from mmcore.testing.tiny_checkpoints import build_tiny_llava
 from PIL import Image
 from skimage import data as skdata
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmcore import Engine, SamplingParams
+from mmcore.testing.tiny_checkpoints import build_tiny_llava
 
 _PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 

@@ -83,9 +83,15 @@ def test_preemption_keeps_parity(model_case):
     outputs = probe.generate(_engine_prompts(prompts), GREEDY, use_tqdm=False)
     longest = max(len(o.prompt_token_ids) for o in outputs)
     block_bytes = kv_bytes_per_block(probe.model, 16, probe.config.dtype)
-    # Room for about two of the longest requests: the batch must preempt to finish.
-    blocks = 2 * (-(-(longest + MAX_TOKENS) // 16)) + 1
-    engine = Engine(model_dir, kv_cache_memory=blocks * block_bytes, enable_prefix_caching=False)
+    # Room for the longest request and a little more, filled by small chunks of many requests:
+    # running requests run out of blocks and the newest must be preempted.
+    blocks = -(-(longest + MAX_TOKENS) // 16) + 2
+    engine = Engine(
+        model_dir,
+        kv_cache_memory=blocks * block_bytes,
+        max_num_batched_tokens=48,
+        enable_prefix_caching=False,
+    )
     outputs = engine.generate(_engine_prompts(prompts), GREEDY, use_tqdm=False)
     assert engine.stats()["num_preemptions"] > 0
     assert _token_ids(outputs) == expected

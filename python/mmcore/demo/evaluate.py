@@ -165,6 +165,51 @@ def hf_generate(
     return _cached_generator(os.fspath(model_dir), device)(images, questions)
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_engine(model_dir: str, device: str):
+    from mmcore import Engine
+
+    return Engine(model_dir, device=device, seed=0)
+
+
+def engine_generate(
+    model_dir: str | os.PathLike,
+    images: Sequence[Image.Image],
+    questions: Sequence[str],
+    device: str = "auto",
+) -> list[str]:
+    """A ``GenerateFn`` through mmcore's ``Engine.chat`` (greedy, one engine per folder).
+
+    Args:
+        model_dir: the checkpoint folder.
+        images: one picture per question.
+        questions: the questions.
+        device: "auto", "cpu" or "cuda".
+
+    Returns:
+        Greedy answers.
+    """
+    from mmcore import SamplingParams
+
+    engine = _cached_engine(os.fspath(model_dir), device)
+    conversations = [
+        [{"role": "user", "content": [{"type": "image", "image": im}, {"type": "text", "text": q}]}]
+        for im, q in zip(images, questions)
+    ]
+    outputs = engine.chat(
+        conversations, SamplingParams(temperature=0.0, max_tokens=32), use_tqdm=False
+    )
+    return [o.outputs[0].text.strip() for o in outputs]
+
+
+def agreement(first: Sequence[str], second: Sequence[str]) -> float:
+    """Fraction of answers two backends give identically (after normalisation)."""
+    if len(first) != len(second) or not first:
+        raise ValueError("agreement needs two non-empty answer lists of equal length")
+    same = sum(normalize_answer(a) == normalize_answer(b) for a, b in zip(first, second))
+    return same / len(first)
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     n: int = 500,
@@ -195,15 +240,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=4242, help="seed of the question set")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args(argv)
-    report = evaluate(
-        args.model,
-        args.n,
-        args.seed,
-        functools.partial(hf_generate, device=args.device),
-        args.batch_size,
+    parser.add_argument(
+        "--backend", choices=["hf", "mmcore", "both"], default="hf", help="generation backend"
     )
-    print(json.dumps(report.to_json(), indent=1))
+    args = parser.parse_args(argv)
+    backends = {
+        "hf": functools.partial(hf_generate, device=args.device),
+        "mmcore": functools.partial(engine_generate, device=args.device),
+    }
+    names = ["hf", "mmcore"] if args.backend == "both" else [args.backend]
+    answers: dict[str, list[str]] = {}
+    summary = {}
+    for name in names:
+        recorded: list[str] = []
+
+        def answer(model_dir, ims, qs, fn=backends[name], out=recorded):
+            got = fn(model_dir, ims, qs)
+            out.extend(got)
+            return got
+
+        report = evaluate(args.model, args.n, args.seed, answer, args.batch_size)
+        answers[name] = recorded
+        summary[name] = report.to_json()
+    if len(names) == 2:
+        summary["agreement"] = round(agreement(answers["hf"], answers["mmcore"]), 4)
+    print(json.dumps(summary, indent=1))
     return 0
 
 
