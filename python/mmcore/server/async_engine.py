@@ -28,6 +28,9 @@ from mmcore.sampling_params import SamplingParams
 
 logger = logging.getLogger("mmcore.server")
 
+# How often a waiting request checks that the engine thread is still alive.
+_LIVENESS_CHECK_S = 1.0
+
 
 class EngineDeadError(RuntimeError):
     """The engine thread failed or has stopped; the request cannot be served."""
@@ -130,7 +133,7 @@ class RequestStream:
     async def __aiter__(self) -> AsyncIterator[StreamUpdate]:
         try:
             while not self.finished:
-                item = await self._queue.get()
+                item = await self._engine.next_item(self._queue)
                 if isinstance(item, BaseException):
                     self.finished = True
                     raise item
@@ -227,7 +230,7 @@ class AsyncEngine:
         active = _Active(loop, q, hold_back, [0] * num, [0] * num, [False] * num)
         self._commands.put(("add", request_id, processed, params, active))
         try:
-            first = await q.get()
+            first = await self.next_item(q)
         except asyncio.CancelledError:
             self.abort(request_id)
             raise
@@ -241,6 +244,18 @@ class AsyncEngine:
             _queue=q,
             _engine=self,
         )
+
+    async def next_item(self, q: asyncio.Queue) -> Any:
+        """The next item the engine thread sent to ``q``; an EngineDeadError instead of
+        waiting forever if the thread is gone and nothing more can come."""
+        if not q.empty():
+            return q.get_nowait()
+        while True:
+            try:
+                return await asyncio.wait_for(q.get(), timeout=_LIVENESS_CHECK_S)
+            except asyncio.TimeoutError:
+                if not self._thread.is_alive() and q.empty():
+                    return EngineDeadError("the engine has stopped")
 
     def abort(self, request_id: str) -> None:
         """Abort a request (thread-safe; unknown or finished ids are ignored)."""
