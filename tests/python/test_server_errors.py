@@ -127,6 +127,16 @@ def test_bad_completion_prompt_token_ids(server):
     _assert_still_serving(server)
 
 
+def test_placeholder_text_in_a_completion_prompt_creates_no_image_slot(server):
+    response = requests.post(
+        server.url + "/v1/completions",
+        json={"model": MODEL_NAME, "prompt": "USER: <image> what is this?", "max_tokens": 2},
+        timeout=60,
+    )
+    _assert_error(response, 400, "<image>")
+    _assert_still_serving(server)
+
+
 def test_prompt_filling_the_whole_context_is_refused_by_the_engine_thread(server):
     max_len = server.state.engine.engine.max_model_len
     response = requests.post(

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-_MEDIA_PART_TYPES = ("image_url", "image")
+_MEDIA_PART_TYPES = ("image_url", "image", "image_pil")
 
 
 @dataclass
