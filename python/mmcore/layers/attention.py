@@ -1,8 +1,9 @@
 """Attention metadata of one step and the single dispatch to CUDA kernels or torch references.
 
 Every attention layer of every model goes through the three functions below; they pick
-``mmcore.kernels.ops.<op>`` for CUDA tensors when that module imports, else
-``mmcore.kernels.reference.<op>`` (same signatures).
+``mmcore.kernels.ops.<op>`` for CUDA tensors when that module imports, else the batched CPU
+path ``mmcore.kernels.cpu.<op>`` where it has the op, else ``mmcore.kernels.reference.<op>``
+(same signatures).
 
 Layout of one step (B requests, T new tokens in total)::
 
@@ -21,7 +22,7 @@ from types import ModuleType
 
 import torch
 
-from mmcore.kernels import reference
+from mmcore.kernels import cpu, reference
 
 
 @dataclass
@@ -63,11 +64,14 @@ def select_op(name: str, tensor: torch.Tensor):
         tensor: an input of the op; its device decides CUDA kernel vs torch reference.
 
     Returns:
-        ``mmcore.kernels.ops.<name>`` for CUDA tensors when importable, else the reference.
+        ``mmcore.kernels.ops.<name>`` for CUDA tensors when importable, else the CPU path's
+        version, else the reference.
     """
     ops = _cuda_ops() if tensor.is_cuda else None
     if ops is not None and hasattr(ops, name):
         return getattr(ops, name)
+    if not tensor.is_cuda and hasattr(cpu, name):
+        return getattr(cpu, name)
     return getattr(reference, name)
 
 

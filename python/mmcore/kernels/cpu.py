@@ -1,0 +1,127 @@
+"""The CPU path of the attention ops: batched torch SDPA over gathered KV blocks.
+
+Same signatures and semantics as :mod:`mmcore.kernels.reference` (the oracle it is tested
+against), but decode rows of a step run as one batched SDPA call per layer instead of a Python
+loop over requests, and prefill chunks use SDPA's fused kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _gather(cache: torch.Tensor, tables: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``[n, max_len, Hkv, D]`` K or V of n sequences (rows past a sequence's end are junk)."""
+    block_size = cache.shape[1]
+    num_blocks = -(-max_len // block_size)
+    blocks = tables[:, :num_blocks].to(torch.long).clamp(min=0)
+    gathered = cache[blocks]  # [n, num_blocks, block_size, Hkv, D]
+    return gathered.reshape(blocks.shape[0], num_blocks * block_size, *cache.shape[2:])[:, :max_len]
+
+
+def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int) -> torch.Tensor:
+    allowed = k_pos <= q_pos
+    if sliding_window > 0:
+        allowed &= k_pos > q_pos - sliding_window
+    return allowed
+
+
+def _decode_rows(query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window):
+    """One SDPA call for every request that has a single query this step."""
+    lens_t = torch.tensor([lens[b] for b in rows], device=query.device)
+    max_len = int(lens_t.max())
+    rows_t = torch.tensor(rows, device=query.device)
+    k = _gather(key_cache, block_tables[rows_t], max_len).transpose(1, 2)  # [n, Hkv, L, D]
+    v = _gather(value_cache, block_tables[rows_t], max_len).transpose(1, 2)
+    q = query[torch.tensor(q_index, device=query.device)].unsqueeze(2)  # [n, Hq, 1, D]
+    k_pos = torch.arange(max_len, device=query.device)[None, :]
+    mask = _visible((lens_t - 1)[:, None], k_pos, window) & (k_pos < lens_t[:, None])
+    out = F.scaled_dot_product_attention(
+        q.float(),
+        k.float(),
+        v.float(),
+        attn_mask=mask[:, None, None, :],
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[1],
+    )
+    return out.squeeze(2).to(query.dtype)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int = -1,
+) -> torch.Tensor:
+    """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables."""
+    out = torch.empty_like(query)
+    qsl = query_start_loc.tolist()
+    lens = seq_lens.tolist()
+    decode_rows = [b for b in range(len(lens)) if qsl[b + 1] - qsl[b] == 1]
+    if decode_rows:
+        q_index = [qsl[b] for b in decode_rows]
+        out[torch.tensor(q_index, device=query.device)] = _decode_rows(
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            lens,
+            decode_rows,
+            q_index,
+            scale,
+            sliding_window,
+        )
+    for b, seq_len in enumerate(lens):
+        start, end = qsl[b], qsl[b + 1]
+        num_q = end - start
+        if num_q <= 1:
+            continue
+        k = _gather(key_cache, block_tables[b : b + 1], seq_len)[0].transpose(0, 1)
+        v = _gather(value_cache, block_tables[b : b + 1], seq_len)[0].transpose(0, 1)
+        q = query[start:end].transpose(0, 1)
+        q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
+        mask = _visible(q_pos, torch.arange(seq_len, device=query.device)[None, :], sliding_window)
+        res = F.scaled_dot_product_attention(
+            q.float(),
+            k.float(),
+            v.float(),
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=q.shape[0] != k.shape[0],
+        )
+        out[start:end] = res.transpose(0, 1).to(query.dtype)
+    return out
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Bidirectional attention within packed sequences; equal-length runs batch into one call."""
+    bounds = cu_seqlens.tolist()
+    lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    out = torch.empty_like(query)
+    by_len: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        if n > 0:
+            by_len.setdefault(n, []).append(bounds[i])
+    for n, starts in by_len.items():
+        rows = (
+            torch.tensor(starts, device=query.device)[:, None]
+            + torch.arange(n, device=query.device)
+        ).flatten()
+        q, k, v = (
+            t[rows].view(len(starts), n, *t.shape[1:]).transpose(1, 2).float()
+            for t in (query, key, value)
+        )
+        res = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out[rows] = res.transpose(1, 2).reshape(-1, *query.shape[1:]).to(query.dtype)
+    return out
