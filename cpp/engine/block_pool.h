@@ -5,10 +5,10 @@
 // confirmed by comparing contents: collisions can cost a cache miss, never a wrong KV.
 #include <cstdint>
 #include <optional>
-#include <unordered_map>
 #include <vector>
 
 #include "engine/block_hash.h"
+#include "engine/block_hash_map.h"
 #include "engine/types.h"
 
 namespace mmcore {
@@ -23,7 +23,7 @@ class BlockPool {
   [[nodiscard]] int32_t block_size() const { return block_size_; }
   // Blocks with no reference (cached or not): what allocation can take.
   [[nodiscard]] int32_t num_free() const { return num_free_; }
-  [[nodiscard]] int32_t num_cached() const { return static_cast<int32_t>(hash_to_block_.size()); }
+  [[nodiscard]] int32_t num_cached() const { return hash_to_block_.size(); }
   [[nodiscard]] int32_t ref_count(BlockId block) const { return blocks_[block].ref_count; }
   [[nodiscard]] bool is_cached(BlockId block) const { return blocks_[block].cached; }
   [[nodiscard]] uint32_t generation(BlockId block) const { return blocks_[block].generation; }
@@ -73,7 +73,7 @@ class BlockPool {
   BlockId free_head_ = kNoBlock;
   BlockId free_tail_ = kNoBlock;
   int32_t num_free_ = 0;
-  std::unordered_map<BlockHash, BlockId> hash_to_block_;
+  BlockHashMap hash_to_block_;
 };
 
 }  // namespace mmcore

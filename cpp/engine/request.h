@@ -53,6 +53,9 @@ struct Request {
   std::vector<int64_t> mrope_positions;
   int64_t mrope_delta = 0;
 
+  // Index of this request's block table inside the block manager (-1: holds no blocks).
+  int32_t kv_table = -1;
+
   // Chained hash of every full block of known tokens (filled lazily by extend_block_hashes).
   std::vector<BlockHash> block_hashes;
 
