@@ -10,4 +10,6 @@ PYBIND11_MODULE(_core, m) {
   mmcore::bindings::bind_block_manager(m);
   mmcore::bindings::bind_scheduler(m);
   mmcore::bindings::bind_encoder_cache(m);
+  mmcore::bindings::bind_mm_feature(m);
+  mmcore::bindings::bind_placeholders(m);
 }

@@ -114,6 +114,9 @@ class EncoderCacheMachine(RuleBasedStateMachine):
         assert stats.num_entries == len(self.handles)
         assert stats.num_referenced_entries == sum(1 for h in self.holders.values() if h)
         assert self.cache.evictable_embeds == self._evictable()
+        for identifier, holders in self.holders.items():
+            if holders:  # referenced entries are never evicted
+                assert self.cache.contains(identifier)
         for identifier in (f"item-{i}" for i in range(8)):
             assert self.cache.contains(identifier) == (identifier in self.handles)
             assert self.cache.handle(identifier) == self.handles.get(identifier)
