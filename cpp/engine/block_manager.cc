@@ -56,8 +56,7 @@ ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
 
 bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
                                 const ComputedBlocks& computed) const {
-  const Table* table = table_of(request);
-  const int32_t held = table == nullptr ? 0 : static_cast<int32_t>(table->blocks.size());
+  const int32_t held = request.kv_table < 0 ? 0 : request.kv_num_blocks;
   const int32_t prefix_tokens = held == 0 ? computed.num_tokens : 0;
   const int32_t num_prefix = held == 0 ? static_cast<int32_t>(computed.blocks.size()) : 0;
   const int32_t needed =
@@ -74,6 +73,11 @@ bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
 std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t num_new_tokens,
                                                     const ComputedBlocks& computed) {
   if (num_new_tokens < 0) throw std::invalid_argument("num_new_tokens must be >= 0");
+  // Decode fast path: the last block still has room.
+  if (request.kv_table >= 0 &&
+      blocks_for(request.num_computed_tokens + num_new_tokens) <= request.kv_num_blocks) {
+    return 0;
+  }
   if (!can_allocate(request, num_new_tokens, computed)) return std::nullopt;
   const bool inserted = request.kv_table < 0;
   if (inserted) {
@@ -100,6 +104,7 @@ std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t nu
       table.blocks.push_back(block);
     }
     table.num_cached_blocks = static_cast<int32_t>(computed.blocks.size());
+    request.kv_num_cached_blocks = table.num_cached_blocks;
   }
   const int32_t prefix_tokens = inserted ? computed.num_tokens : 0;
   const int32_t target = blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens);
@@ -108,6 +113,7 @@ std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t nu
     table.blocks.push_back(pool_.allocate());
     ++num_new_blocks;
   }
+  request.kv_num_blocks = static_cast<int32_t>(table.blocks.size());
   return num_new_blocks;
 }
 
@@ -120,14 +126,18 @@ void BlockManager::free(Request& request) {
   table.owner = -1;
   free_tables_.push_back(request.kv_table);
   request.kv_table = -1;
+  request.kv_num_blocks = 0;
+  request.kv_num_cached_blocks = 0;
 }
 
 void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
-  if (!enable_prefix_caching_) return;
-  if (table_of(request) == nullptr) return;
+  if (!enable_prefix_caching_ || request.kv_table < 0) return;
+  const int32_t bs = pool_.block_size();
+  // Fast path: no block became full since the last call.
+  if (std::min(num_tokens, request.num_tokens()) / bs <= request.kv_num_cached_blocks) return;
+  (void)table_of(request);  // checks ownership
   Table& table = *tables_[request.kv_table];
   if (table.caching_stopped) return;
-  const int32_t bs = pool_.block_size();
   num_tokens = std::min(num_tokens, request.num_tokens());
   const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
   if (table.num_cached_blocks >= num_full) return;
@@ -142,6 +152,7 @@ void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
       return;
     }
     table.num_cached_blocks = b + 1;
+    request.kv_num_cached_blocks = b + 1;
   }
 }
 

@@ -58,9 +58,16 @@ const SchedulerOutput& Scheduler::schedule() {
         "flight)");
   }
   retire_old_requests();
-  // Build into the buffer that the step in flight (if any) does not use.
-  current_ =
-      !in_flight_.empty() && in_flight_.front() == &records_[0] ? &records_[1] : &records_[0];
+  // Build into a buffer neither in flight nor returned by the previous call.
+  StepRecord* last = current_;
+  for (StepRecord& candidate : records_) {
+    const bool in_flight =
+        std::find(in_flight_.begin(), in_flight_.end(), &candidate) != in_flight_.end();
+    if (!in_flight && &candidate != last) {
+      current_ = &candidate;
+      break;
+    }
+  }
   StepRecord& rec = *current_;
   rec.step_id = next_step_id_++;
   rec.scheduled.clear();
@@ -288,6 +295,10 @@ void Scheduler::check_invariants() const {
     const Request& r = *owned;
     const std::string name = "request " + std::to_string(id);
     const auto slots = static_cast<int64_t>(kv_.block_table(r).size()) * config_.block_size;
+    if (static_cast<int32_t>(kv_.block_table(r).size()) != r.kv_num_blocks) {
+      broken(name + " mirrors " + std::to_string(r.kv_num_blocks) + " blocks but holds " +
+             std::to_string(kv_.block_table(r).size()));
+    }
     if (r.status == RequestStatus::kRunning) {
       if (std::find(running_.begin(), running_.end(), &r) == running_.end()) {
         broken(name + " is marked running but not in the running list");

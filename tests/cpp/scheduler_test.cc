@@ -261,6 +261,26 @@ TEST(Scheduler, RequestWhoseChunkWouldStartInsideAnUnencodableImageWaits) {
   EXPECT_EQ(s.num_waiting(), 1);
 }
 
+// Regression: an image used twice must not stay pinned between its uses, or a different image
+// in between can never fit a small encoder cache.
+TEST(Scheduler, ReusedImageDoesNotBlockAnotherImageInBetween) {
+  SchedulerConfig c = small_config();
+  c.encoder_cache_size = 12;
+  c.encoder_budget = 12;
+  c.max_num_batched_tokens = 13;
+  Scheduler s(c);
+  Request r = text_request(1, 20, 1);
+  r.features = {image("a", 0, 5), image("b", 5, 7), image("a", 12, 5)};
+  s.add_request(std::move(r));
+  for (int step = 0; step < 10 && s.has_unfinished_requests(); ++step) {
+    const SchedulerOutput& out = s.schedule();
+    (void)s.update_from_output(out, sample_all(out, 1));
+    s.check_invariants();
+  }
+  EXPECT_FALSE(s.has_unfinished_requests());
+  EXPECT_EQ(s.stats().encoder.num_referenced_entries, 0);
+}
+
 TEST(Scheduler, OverlappedStepMarksPendingTokens) {
   Scheduler s(small_config());
   s.add_request(text_request(1, 3, 5));

@@ -168,7 +168,7 @@ def would_reject(spec: Spec, cfg) -> bool:
     return False
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_random_workloads_match_the_reference(data):
     cfg = _core.SchedulerConfig()
