@@ -19,6 +19,7 @@ BlockPool::BlockPool(int32_t num_blocks, int32_t block_size)
       blocks_(static_cast<size_t>(num_blocks)),
       tokens_(static_cast<size_t>(std::max(num_blocks, 0)) *
               static_cast<size_t>(std::max(block_size, 0))),
+      extras_(static_cast<size_t>(std::max(num_blocks, 0))),
       hash_to_block_(std::max(num_blocks, 0)) {
   if (num_blocks <= 0) throw std::invalid_argument("num_blocks must be positive");
   if (block_size <= 0) throw std::invalid_argument("block_size must be positive");
@@ -61,7 +62,10 @@ void BlockPool::drop_cached(BlockId block) {
   if (!blk.cached) return;
   hash_to_block_.erase(blk.hash);
   blk.cached = false;
-  if (!blk.extra.empty()) blk.extra = BlockExtraKeys{};
+  if (blk.has_extra) {
+    extras_[block] = BlockExtraKeys{};
+    blk.has_extra = false;
+  }
   ++blk.generation;  // children recorded against the old content no longer match
 }
 
@@ -97,7 +101,7 @@ std::optional<BlockId> BlockPool::find_cached(BlockHash hash, const TokenId* tok
   }
   const TokenId* stored = tokens_.data() + static_cast<size_t>(block) * block_size_;
   if (!std::equal(stored, stored + block_size_, tokens)) return std::nullopt;
-  if (!(blk.extra == extra)) return std::nullopt;
+  if (blk.has_extra ? !(extras_[block] == extra) : !extra.empty()) return std::nullopt;
   return block;
 }
 
@@ -111,7 +115,8 @@ bool BlockPool::cache(BlockId block, BlockHash hash, const TokenId* tokens, Bloc
   blk.hash = hash;
   blk.parent = parent;
   blk.parent_generation = parent == kNoBlock ? 0 : blocks_[parent].generation;
-  blk.extra = std::move(extra);
+  blk.has_extra = !extra.empty();
+  if (blk.has_extra) extras_[block] = std::move(extra);
   std::copy(tokens, tokens + block_size_,
             tokens_.begin() + static_cast<std::ptrdiff_t>(block) * block_size_);
   return true;

@@ -56,11 +56,11 @@ class BlockPool {
     BlockId next_free = kNoBlock;
     bool in_free_queue = false;
     bool cached = false;
+    bool has_extra = false;   // extras_[block] holds non-empty extra keys
     uint32_t generation = 0;  // bumped whenever cached content is dropped
     BlockHash hash = 0;
     BlockId parent = kNoBlock;
     uint32_t parent_generation = 0;
-    BlockExtraKeys extra;
   };
 
   void push_free_tail(BlockId block);
@@ -70,6 +70,8 @@ class BlockPool {
   int32_t block_size_;
   std::vector<Block> blocks_;
   std::vector<TokenId> tokens_;  // block_size tokens per block, valid while cached
+  // Extra keys live beside the hot per-block state so that Block stays small (cache lines).
+  std::vector<BlockExtraKeys> extras_;
   BlockId free_head_ = kNoBlock;
   BlockId free_tail_ = kNoBlock;
   int32_t num_free_ = 0;
