@@ -294,6 +294,7 @@ def test_mrope_positions_are_three_rows():
         ([1] * 30, {"max_tokens": 20}, "more than the whole cache"),
         ([], {}, "empty"),
         ([1, 2, 3], {"min_tokens": 9}, "min_tokens"),
+        ([1, -1, 3], {}, "negative"),
     ],
 )
 def test_requests_that_never_fit_are_value_errors(tokens, kwargs, match):
