@@ -1,0 +1,344 @@
+// Flash-attention forward over one flattened varlen batch, on mma.sync m16n8k16 tensor cores.
+//
+// One CTA owns a tile of kBlockM "rows" of one sequence and one KV head, where row r is query
+// token r / group with query head kv_head * group + r % group: the query heads of a GQA group
+// share every K/V tile they load. Warps are laid out kWarpsM (16 rows each) by kWarpsN (each a
+// slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at the
+// end (decode: few rows, long contexts). K/V tiles of 64 keys are double-buffered with cp.async.
+// Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows.
+// Softmax is online, in float32, in the log2 domain.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+#include "kernels/mma_utils.cuh"
+
+namespace mmcore::kernels {
+
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN>
+struct AttentionConfig {
+  static_assert(kHeadDim % 16 == 0 && (kHeadDim / 8) % 2 == 0, "head dim must be 16k, 8 | k*2");
+  static constexpr int kBlockM = 16 * kWarpsM;
+  static constexpr int kBlockN = 64;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kKeysPerWarp = kBlockN / kWarpsN;
+  static_assert(kKeysPerWarp % 16 == 0, "each warp needs whole 16-key steps");
+  static constexpr int kRowStride = kHeadDim + 8;  // 16 bytes of padding: conflict-free ldmatrix
+  static constexpr int kChunksPerRow = kHeadDim / 8;
+  static constexpr int kQElems = kBlockM * kRowStride;
+  static constexpr int kTileElems = kBlockN * kRowStride;
+  static constexpr size_t kSmemBytes = (kQElems + 4 * kTileElems) * sizeof(T);
+  // Cross-warp merge of kWarpsN key slices reuses the K/V buffers.
+  static constexpr size_t kMergeBytes = kWarpsN * 16 * (kHeadDim + 2) * sizeof(float);
+  static_assert(kWarpsN == 1 || kMergeBytes <= 4 * kTileElems * sizeof(T), "merge buffer");
+};
+
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, bool kPaged>
+__global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>::kThreads)
+    attention_kernel(const AttentionParams p) {
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>;
+  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStride = Cfg::kRowStride;
+  constexpr int kNT = Cfg::kKeysPerWarp / 8;  // 8-key accumulator tiles per warp
+  constexpr int kDT = kHeadDim / 8;           // 8-wide output tiles
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* s_q = reinterpret_cast<T*>(smem_raw);
+  T* s_k = s_q + Cfg::kQElems;         // two stages
+  T* s_v = s_k + 2 * Cfg::kTileElems;  // two stages
+
+  // Which sequence and row tile: the largest b with tile_offsets[b] <= blockIdx.x.
+  const int tile = blockIdx.x;
+  if (tile >= p.tile_offsets[p.num_seqs]) return;
+  int lo = 0, hi = p.num_seqs - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (p.tile_offsets[mid] <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const int seq = lo;
+  const int q_start = p.query_start_loc[seq];
+  const int num_q = p.query_start_loc[seq + 1] - q_start;
+  const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
+  const int group = p.group;
+  const int num_rows = num_q * group;
+  const int row0 = (tile - p.tile_offsets[seq]) * kBlockM;
+  const int kv_head = blockIdx.y;
+  const int context = seq_len - num_q;  // position of the first query token
+
+  // Keys this row tile can see, split evenly (in whole tiles) over blockIdx.z.
+  const int first_tok = row0 / group;
+  const int last_tok = (min(row0 + kBlockM, num_rows) - 1) / group;
+  const int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
+  int kv_begin = 0;
+  if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
+  kv_begin = kv_begin / kBlockN * kBlockN;
+  const int kv_tiles = ceil_div(max(kv_end - kv_begin, 0), kBlockN);
+  const int tiles_per_split = ceil_div(kv_tiles, p.num_splits);
+  const int tile_begin = blockIdx.z * tiles_per_split;
+  const int n_tiles = max(0, min(kv_tiles, tile_begin + tiles_per_split) - tile_begin);
+  // Tiles wholly inside every row's window need no masking.
+  const int min_hi = p.causal ? min(kv_end, context + first_tok + 1) : kv_end;
+  const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const T* q_base = static_cast<const T*>(p.q);
+  const T* k_base = static_cast<const T*>(p.k);
+  const T* v_base = static_cast<const T*>(p.v);
+
+  for (int c = tid; c < kBlockM * Cfg::kChunksPerRow; c += Cfg::kThreads) {
+    const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
+    const int row = row0 + r;
+    const bool valid = row < num_rows;
+    const T* src = q_base;
+    if (valid) {
+      src += (q_start + row / group) * p.q_stride_token +
+             (kv_head * group + row % group) * p.q_stride_head + ch * 8;
+    }
+    cp_async_16(s_q + r * kStride + ch * 8, src, valid);
+  }
+  cp_async_commit();
+
+  auto load_kv = [&](int kv_tile, int stage) {
+    const int n0 = kv_begin + kv_tile * kBlockN;
+    T* dk = s_k + stage * Cfg::kTileElems;
+    T* dv = s_v + stage * Cfg::kTileElems;
+    for (int c = tid; c < kBlockN * Cfg::kChunksPerRow; c += Cfg::kThreads) {
+      const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
+      const int key = n0 + r;
+      const bool valid = key < kv_end;
+      int64_t k_off = 0, v_off = 0;
+      if (valid) {
+        if constexpr (kPaged) {
+          const int64_t block = p.block_tables[seq * p.block_table_stride + key / p.block_size];
+          const int in_block = key % p.block_size;
+          k_off = block * p.k_stride_block + in_block * p.k_stride_token;
+          v_off = block * p.v_stride_block + in_block * p.v_stride_token;
+        } else {
+          k_off = static_cast<int64_t>(q_start + key) * p.k_stride_token;
+          v_off = static_cast<int64_t>(q_start + key) * p.v_stride_token;
+        }
+        k_off += kv_head * p.k_stride_head + ch * 8;
+        v_off += kv_head * p.v_stride_head + ch * 8;
+      }
+      cp_async_16(dk + r * kStride + ch * 8, k_base + k_off, valid);
+      cp_async_16(dv + r * kStride + ch * 8, v_base + v_off, valid);
+    }
+  };
+
+  if (n_tiles > 0) load_kv(tile_begin, 0);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  uint32_t q_frag[kHeadDim / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    ldmatrix_x4(q_frag[ks], s_q + (wm * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride + ks * 16 +
+                                (lane / 16) * 8);
+  }
+
+  float o_acc[kDT][4];
+#pragma unroll
+  for (int i = 0; i < kDT; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};
+  float l_run[2] = {0.f, 0.f};
+
+  // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16) and their key bounds.
+  const bool warp_active = row0 + wm * 16 < num_rows;
+  int key_lo[2], key_hi[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int pos = context + (row0 + wm * 16 + lane / 4 + h * 8) / group;
+    key_hi[h] = p.causal ? min(pos + 1, kv_end) : kv_end;
+    key_lo[h] = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+  }
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j & 1;
+    if (j + 1 < n_tiles) load_kv(tile_begin + j + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (warp_active) {
+      const int n0 = kv_begin + (tile_begin + j) * kBlockN;
+      const int warp_key0 = wn * Cfg::kKeysPerWarp;
+      const T* k_s = s_k + stage * Cfg::kTileElems + warp_key0 * kStride;
+      const T* v_s = s_v + stage * Cfg::kTileElems + warp_key0 * kStride;
+
+      float s[kNT][4];
+#pragma unroll
+      for (int i = 0; i < kNT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; nt += 2) {
+#pragma unroll
+        for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_s + (nt * 8 + lane % 8 + (lane / 16) * 8) * kStride + ks * 16 +
+                              ((lane / 8) % 2) * 8);
+          mma_16816<T>(s[nt], q_frag[ks], kb[0], kb[1]);
+          mma_16816<T>(s[nt + 1], q_frag[ks], kb[2], kb[3]);
+        }
+      }
+
+      const bool need_mask = n0 + kBlockN > min_hi || n0 < max_lo;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float x = s[nt][i] * p.scale_log2;
+          if (need_mask) {
+            const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
+            const int h = i / 2;
+            if (key >= key_hi[h] || key < key_lo[h]) x = -INFINITY;
+          }
+          s[nt][i] = x;
+        }
+      }
+
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_new = fmaxf(m_run[h], mx);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = exp2f(m_run[h] - m_use);
+        float sum = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+          s[nt][2 * h] = exp2f(s[nt][2 * h] - m_use);
+          s[nt][2 * h + 1] = exp2f(s[nt][2 * h + 1] - m_use);
+          sum += s[nt][2 * h] + s[nt][2 * h + 1];
+        }
+        l_run[h] = l_run[h] * alpha + sum;
+        m_run[h] = m_new;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          o_acc[dt][2 * h] *= alpha;
+          o_acc[dt][2 * h + 1] *= alpha;
+        }
+      }
+
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
+                                pack2<T>(s[2 * kk][2], s[2 * kk][3]),
+                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int dt = 0; dt < kDT; dt += 2) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride +
+                                    dt * 8 + (lane / 16) * 8);
+          mma_16816<T>(o_acc[dt], pa, vb[0], vb[1]);
+          mma_16816<T>(o_acc[dt + 1], pa, vb[2], vb[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
+  }
+
+  const bool split = p.num_splits > 1;
+  auto row_target = [&](int row, int& token, int& head) {
+    token = q_start + row / group;
+    head = kv_head * group + row % group;
+  };
+
+  if constexpr (kWarpsN == 1) {
+    if (!warp_active) return;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = row0 + wm * 16 + lane / 4 + h * 8;
+      if (row >= num_rows) continue;
+      int token, head;
+      row_target(row, token, head);
+      const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+      const float lse2 = l_run[h] > 0.f ? m_run[h] + __log2f(l_run[h]) : -INFINITY;
+      const int64_t slot =
+          (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int d = dt * 8 + 2 * (lane % 4);
+        const float o0 = o_acc[dt][2 * h] * inv, o1 = o_acc[dt][2 * h + 1] * inv;
+        if (split) {
+          *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) = make_float2(o0, o1);
+        } else {
+          T* dst =
+              static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
+          *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0, o1);
+        }
+      }
+      if (split && lane % 4 == 0) p.partial_lse[slot] = lse2;
+    }
+  } else {
+    // Merge the kWarpsN key slices of the single 16-row tile (kWarpsM == 1) via shared memory.
+    constexpr int kOStride = kHeadDim + 2;
+    float* s_o = reinterpret_cast<float*>(s_k);   // [kWarpsN][16][kOStride]
+    float* s_ml = s_o + kWarpsN * 16 * kOStride;  // [kWarpsN][16][2]
+    static_assert(kWarpsM == 1, "key-sliced warps need a single row tile");
+    __syncthreads();
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = lane / 4 + h * 8;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        const int d = dt * 8 + 2 * (lane % 4);
+        s_o[(wn * 16 + r) * kOStride + d] = o_acc[dt][2 * h];
+        s_o[(wn * 16 + r) * kOStride + d + 1] = o_acc[dt][2 * h + 1];
+      }
+      if (lane % 4 == 0) {
+        s_ml[(wn * 16 + r) * 2] = m_run[h];
+        s_ml[(wn * 16 + r) * 2 + 1] = l_run[h];
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < 16 * (kHeadDim / 2); e += Cfg::kThreads) {
+      const int r = e / (kHeadDim / 2), d = 2 * (e % (kHeadDim / 2));
+      const int row = row0 + r;
+      if (row >= num_rows) continue;
+      float m_tot = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kWarpsN; ++w) m_tot = fmaxf(m_tot, s_ml[(w * 16 + r) * 2]);
+      float l_tot = 0.f, o0 = 0.f, o1 = 0.f;
+      if (m_tot != -INFINITY) {
+#pragma unroll
+        for (int w = 0; w < kWarpsN; ++w) {
+          const float scale = exp2f(s_ml[(w * 16 + r) * 2] - m_tot);
+          l_tot += s_ml[(w * 16 + r) * 2 + 1] * scale;
+          o0 += s_o[(w * 16 + r) * kOStride + d] * scale;
+          o1 += s_o[(w * 16 + r) * kOStride + d + 1] * scale;
+        }
+      }
+      const float inv = l_tot > 0.f ? 1.f / l_tot : 0.f;
+      int token, head;
+      row_target(row, token, head);
+      const int64_t slot =
+          (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
+      if (split) {
+        *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) =
+            make_float2(o0 * inv, o1 * inv);
+        if (d == 0) p.partial_lse[slot] = l_tot > 0.f ? m_tot + __log2f(l_tot) : -INFINITY;
+      } else {
+        T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
+        *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0 * inv, o1 * inv);
+      }
+    }
+  }
+}
+
+}  // namespace mmcore::kernels
