@@ -91,8 +91,8 @@ int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens,
                                 ? num_seqs
                                 : (static_cast<int64_t>(num_tokens) * group + rows - 1) / rows;
   const int64_t ctas = std::max<int64_t>(1, row_tiles * num_kv_heads);
-  // Resident CTAs per SM (registers): 3 of the decode variant, 1 of the 128-row variants.
-  const int64_t target = static_cast<int64_t>(num_sms) * (rows == kDecodeRows ? 3 : 1);
+  // Resident CTAs per SM (registers, shared memory): 3 of the decode variant, 2 of the others.
+  const int64_t target = static_cast<int64_t>(num_sms) * (rows == kDecodeRows ? 3 : 2);
   if (ctas >= target) return 1;
   // Keep at least 4 key tiles per split so the combine stays cheap.
   const int64_t max_useful = std::max<int64_t>(1, max_seq_len / (4 * kKeysPerTile));

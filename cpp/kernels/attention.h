@@ -11,7 +11,7 @@ namespace mmcore::kernels {
 // The variants compiled per (dtype, head dim).
 enum class AttentionVariant : int {
   kPagedDecode = 0,   // 16 rows per CTA, 4 warps over key slices (decodes, short GQA groups)
-  kPagedPrefill = 1,  // 128 rows per CTA, 8 warps over rows (prefill chunks, mixed batches)
+  kPagedPrefill = 1,  // 128 rows per CTA, 4 warps of 32 rows (prefill chunks, mixed batches)
   kPacked = 2,        // packed [T, H, D] K/V, 128 rows per CTA (ViT, non-causal)
 };
 

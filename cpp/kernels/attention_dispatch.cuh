@@ -9,10 +9,10 @@
 
 namespace mmcore::kernels {
 
-template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, bool kPaged>
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
 cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stream) {
-  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>;
-  auto* kernel = attention_kernel<T, kHeadDim, kWarpsM, kWarpsN, kPaged>;
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>;
+  auto* kernel = attention_kernel<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kPaged>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
@@ -35,11 +35,11 @@ cudaError_t launch_for_dtype(const AttentionParams& p, AttentionVariant variant,
                              cudaStream_t stream) {
   switch (variant) {
     case AttentionVariant::kPagedDecode:
-      return launch_attention_variant<T, kHeadDim, 1, 4, true>(p, stream);
+      return launch_attention_variant<T, kHeadDim, 1, 4, 1, true>(p, stream);
     case AttentionVariant::kPagedPrefill:
-      return launch_attention_variant<T, kHeadDim, 8, 1, true>(p, stream);
+      return launch_attention_variant<T, kHeadDim, 4, 1, 2, true>(p, stream);
     case AttentionVariant::kPacked:
-      return launch_attention_variant<T, kHeadDim, 8, 1, false>(p, stream);
+      return launch_attention_variant<T, kHeadDim, 4, 1, 2, false>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -2,7 +2,7 @@
 //
 // One CTA owns a tile of kBlockM "rows" of one sequence and one KV head, where row r is query
 // token r / group with query head kv_head * group + r % group: the query heads of a GQA group
-// share every K/V tile they load. Warps are laid out kWarpsM (16 rows each) by kWarpsN (each a
+// share every K/V tile they load. Warps are laid out kWarpsM (16 * kMFrags rows each) by kWarpsN (each a
 // slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at the
 // end (decode: few rows, long contexts). K/V tiles of 64 keys are double-buffered with cp.async.
 // Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows.
@@ -20,10 +20,13 @@ namespace mmcore::kernels {
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
-template <typename T, int kHeadDim, int kWarpsM, int kWarpsN>
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags>
 struct AttentionConfig {
   static_assert(kHeadDim % 16 == 0 && (kHeadDim / 8) % 2 == 0, "head dim must be 16k, 8 | k*2");
-  static constexpr int kBlockM = 16 * kWarpsM;
+  static constexpr int kRowsPerWarp = 16 * kMFrags;  // each warp: kMFrags 16-row mma tiles
+  static constexpr int kBlockM = kRowsPerWarp * kWarpsM;
+  // Q fragments stay in registers unless that would crowd out the accumulators.
+  static constexpr bool kQInRegs = kMFrags * kHeadDim <= 128;
   static constexpr int kBlockN = 64;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kKeysPerWarp = kBlockN / kWarpsN;
@@ -35,13 +38,14 @@ struct AttentionConfig {
   static constexpr size_t kSmemBytes = (kQElems + 4 * kTileElems) * sizeof(T);
   // Cross-warp merge of kWarpsN key slices reuses the K/V buffers.
   static constexpr size_t kMergeBytes = kWarpsN * 16 * (kHeadDim + 2) * sizeof(float);
+  static_assert(kWarpsN == 1 || kMFrags == 1, "key-sliced warps hold one 16-row tile");
   static_assert(kWarpsN == 1 || kMergeBytes <= 4 * kTileElems * sizeof(T), "merge buffer");
 };
 
-template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, bool kPaged>
-__global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>::kThreads)
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
+__global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>::kThreads)
     attention_kernel(const AttentionParams p) {
-  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>;
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStride = Cfg::kRowStride;
   constexpr int kNT = Cfg::kKeysPerWarp / 8;  // 8-key accumulator tiles per warp
   constexpr int kDT = kHeadDim / 8;           // 8-wide output tiles
@@ -137,28 +141,40 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>
   cp_async_wait<0>();
   __syncthreads();
 
-  uint32_t q_frag[kHeadDim / 16][4];
+  constexpr int kKSteps = kHeadDim / 16;
+  const int warp_row0 = wm * Cfg::kRowsPerWarp;  // first row of this warp within the CTA tile
+  // Q fragment (16 rows x 16 dims) of m-tile mf, k-step ks, straight from shared memory.
+  auto load_q = [&](uint32_t(&frag)[4], int mf, int ks) {
+    ldmatrix_x4(frag, s_q + (warp_row0 + mf * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride +
+                          ks * 16 + (lane / 16) * 8);
+  };
+  uint32_t q_frag[Cfg::kQInRegs ? kMFrags : 1][Cfg::kQInRegs ? kKSteps : 1][4];
+  if constexpr (Cfg::kQInRegs) {
 #pragma unroll
-  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-    ldmatrix_x4(q_frag[ks], s_q + (wm * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride + ks * 16 +
-                                (lane / 16) * 8);
+    for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) load_q(q_frag[mf][ks], mf, ks);
+    }
   }
 
-  float o_acc[kDT][4];
+  float o_acc[kMFrags][kDT][4];
+  float m_run[kMFrags][2], l_run[kMFrags][2];
+  // This thread's rows (lane / 4 and lane / 4 + 8 of each 16-row tile) and their key bounds.
+  int key_lo[kMFrags][2], key_hi[kMFrags][2];
 #pragma unroll
-  for (int i = 0; i < kDT; ++i) o_acc[i][0] = o_acc[i][1] = o_acc[i][2] = o_acc[i][3] = 0.f;
-  float m_run[2] = {-INFINITY, -INFINITY};
-  float l_run[2] = {0.f, 0.f};
-
-  // This thread's two rows (lane / 4 and lane / 4 + 8 of the warp's 16) and their key bounds.
-  const bool warp_active = row0 + wm * 16 < num_rows;
-  int key_lo[2], key_hi[2];
+  for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int pos = context + (row0 + wm * 16 + lane / 4 + h * 8) / group;
-    key_hi[h] = p.causal ? min(pos + 1, kv_end) : kv_end;
-    key_lo[h] = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+    for (int i = 0; i < kDT; ++i) o_acc[mf][i][0] = o_acc[mf][i][1] = o_acc[mf][i][2] = o_acc[mf][i][3] = 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      m_run[mf][h] = -INFINITY;
+      l_run[mf][h] = 0.f;
+      const int pos = context + (row0 + warp_row0 + mf * 16 + lane / 4 + h * 8) / group;
+      key_hi[mf][h] = p.causal ? min(pos + 1, kv_end) : kv_end;
+      key_lo[mf][h] = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+    }
   }
+  const bool warp_active = row0 + warp_row0 < num_rows;
 
   for (int j = 0; j < n_tiles; ++j) {
     const int stage = j & 1;
@@ -172,75 +188,101 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>
       const T* k_s = s_k + stage * Cfg::kTileElems + warp_key0 * kStride;
       const T* v_s = s_v + stage * Cfg::kTileElems + warp_key0 * kStride;
 
-      float s[kNT][4];
+      float s[kMFrags][kNT][4];
 #pragma unroll
-      for (int i = 0; i < kNT; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
-      for (int nt = 0; nt < kNT; nt += 2) {
+        for (int i = 0; i < kNT; ++i) s[mf][i][0] = s[mf][i][1] = s[mf][i][2] = s[mf][i][3] = 0.f;
+      }
 #pragma unroll
-        for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        uint32_t qf[kMFrags][4];
+#pragma unroll
+        for (int mf = 0; mf < kMFrags; ++mf) {
+          if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) qf[mf][r] = q_frag[mf][ks][r];
+          } else {
+            load_q(qf[mf], mf, ks);
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNT; nt += 2) {
           uint32_t kb[4];
           ldmatrix_x4(kb, k_s + (nt * 8 + lane % 8 + (lane / 16) * 8) * kStride + ks * 16 +
                               ((lane / 8) % 2) * 8);
-          mma_16816<T>(s[nt], q_frag[ks], kb[0], kb[1]);
-          mma_16816<T>(s[nt + 1], q_frag[ks], kb[2], kb[3]);
+#pragma unroll
+          for (int mf = 0; mf < kMFrags; ++mf) {
+            mma_16816<T>(s[mf][nt], qf[mf], kb[0], kb[1]);
+            mma_16816<T>(s[mf][nt + 1], qf[mf], kb[2], kb[3]);
+          }
         }
       }
 
       const bool need_mask = n0 + kBlockN > min_hi || n0 < max_lo;
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float x = s[nt][i] * p.scale_log2;
-          if (need_mask) {
-            const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
-            const int h = i / 2;
-            if (key >= key_hi[h] || key < key_lo[h]) x = -INFINITY;
-          }
-          s[nt][i] = x;
-        }
-      }
-
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-        const float m_new = fmaxf(m_run[h], mx);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = exp2f(m_run[h] - m_use);
-        float sum = 0.f;
+      for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
-          s[nt][2 * h] = exp2f(s[nt][2 * h] - m_use);
-          s[nt][2 * h + 1] = exp2f(s[nt][2 * h + 1] - m_use);
-          sum += s[nt][2 * h] + s[nt][2 * h + 1];
-        }
-        l_run[h] = l_run[h] * alpha + sum;
-        m_run[h] = m_new;
 #pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
-          o_acc[dt][2 * h] *= alpha;
-          o_acc[dt][2 * h + 1] *= alpha;
+          for (int i = 0; i < 4; ++i) {
+            float x = s[mf][nt][i] * p.scale_log2;
+            if (need_mask) {
+              const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
+              const int h = i / 2;
+              if (key >= key_hi[mf][h] || key < key_lo[mf][h]) x = -INFINITY;
+            }
+            s[mf][nt][i] = x;
+          }
+        }
+
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mf][nt][2 * h], s[mf][nt][2 * h + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+          const float m_new = fmaxf(m_run[mf][h], mx);
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          const float alpha = exp2f(m_run[mf][h] - m_use);
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            s[mf][nt][2 * h] = exp2f(s[mf][nt][2 * h] - m_use);
+            s[mf][nt][2 * h + 1] = exp2f(s[mf][nt][2 * h + 1] - m_use);
+            sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
+          }
+          l_run[mf][h] = l_run[mf][h] * alpha + sum;
+          m_run[mf][h] = m_new;
+#pragma unroll
+          for (int dt = 0; dt < kDT; ++dt) {
+            o_acc[mf][dt][2 * h] *= alpha;
+            o_acc[mf][dt][2 * h + 1] *= alpha;
+          }
         }
       }
 
 #pragma unroll
       for (int kk = 0; kk < kNT / 2; ++kk) {
-        const uint32_t pa[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]),
-                                pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                                pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t pa[kMFrags][4];
+#pragma unroll
+        for (int mf = 0; mf < kMFrags; ++mf) {
+          pa[mf][0] = pack2<T>(s[mf][2 * kk][0], s[mf][2 * kk][1]);
+          pa[mf][1] = pack2<T>(s[mf][2 * kk][2], s[mf][2 * kk][3]);
+          pa[mf][2] = pack2<T>(s[mf][2 * kk + 1][0], s[mf][2 * kk + 1][1]);
+          pa[mf][3] = pack2<T>(s[mf][2 * kk + 1][2], s[mf][2 * kk + 1][3]);
+        }
 #pragma unroll
         for (int dt = 0; dt < kDT; dt += 2) {
           uint32_t vb[4];
           ldmatrix_x4_trans(vb, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride +
                                     dt * 8 + (lane / 16) * 8);
-          mma_16816<T>(o_acc[dt], pa, vb[0], vb[1]);
-          mma_16816<T>(o_acc[dt + 1], pa, vb[2], vb[3]);
+#pragma unroll
+          for (int mf = 0; mf < kMFrags; ++mf) {
+            mma_16816<T>(o_acc[mf][dt], pa[mf], vb[0], vb[1]);
+            mma_16816<T>(o_acc[mf][dt + 1], pa[mf], vb[2], vb[3]);
+          }
         }
       }
     }
@@ -248,9 +290,12 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>
   }
 
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
+  for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l_run[mf][h] += __shfl_xor_sync(0xffffffff, l_run[mf][h], 1);
+      l_run[mf][h] += __shfl_xor_sync(0xffffffff, l_run[mf][h], 2);
+    }
   }
 
   const bool split = p.num_splits > 1;
@@ -262,28 +307,32 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>
   if constexpr (kWarpsN == 1) {
     if (!warp_active) return;
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = row0 + wm * 16 + lane / 4 + h * 8;
-      if (row >= num_rows) continue;
-      int token, head;
-      row_target(row, token, head);
-      const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
-      const float lse2 = l_run[h] > 0.f ? m_run[h] + __log2f(l_run[h]) : -INFINITY;
-      const int64_t slot =
-          (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
+    for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int d = dt * 8 + 2 * (lane % 4);
-        const float o0 = o_acc[dt][2 * h] * inv, o1 = o_acc[dt][2 * h + 1] * inv;
-        if (split) {
-          *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) = make_float2(o0, o1);
-        } else {
-          T* dst =
-              static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
-          *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0, o1);
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + warp_row0 + mf * 16 + lane / 4 + h * 8;
+        if (row >= num_rows) continue;
+        int token, head;
+        row_target(row, token, head);
+        const float l = l_run[mf][h];
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float lse2 = l > 0.f ? m_run[mf][h] + __log2f(l) : -INFINITY;
+        const int64_t slot =
+            (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          const int d = dt * 8 + 2 * (lane % 4);
+          const float o0 = o_acc[mf][dt][2 * h] * inv, o1 = o_acc[mf][dt][2 * h + 1] * inv;
+          if (split) {
+            *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) = make_float2(o0, o1);
+          } else {
+            T* dst = static_cast<T*>(p.out) + token * p.out_stride_token +
+                     head * p.out_stride_head + d;
+            *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0, o1);
+          }
         }
+        if (split && lane % 4 == 0) p.partial_lse[slot] = lse2;
       }
-      if (split && lane % 4 == 0) p.partial_lse[slot] = lse2;
     }
   } else {
     // Merge the kWarpsN key slices of the single 16-row tile (kWarpsM == 1) via shared memory.
@@ -298,12 +347,12 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN>
 #pragma unroll
       for (int dt = 0; dt < kDT; ++dt) {
         const int d = dt * 8 + 2 * (lane % 4);
-        s_o[(wn * 16 + r) * kOStride + d] = o_acc[dt][2 * h];
-        s_o[(wn * 16 + r) * kOStride + d + 1] = o_acc[dt][2 * h + 1];
+        s_o[(wn * 16 + r) * kOStride + d] = o_acc[0][dt][2 * h];
+        s_o[(wn * 16 + r) * kOStride + d + 1] = o_acc[0][dt][2 * h + 1];
       }
       if (lane % 4 == 0) {
-        s_ml[(wn * 16 + r) * 2] = m_run[h];
-        s_ml[(wn * 16 + r) * 2 + 1] = l_run[h];
+        s_ml[(wn * 16 + r) * 2] = m_run[0][h];
+        s_ml[(wn * 16 + r) * 2 + 1] = l_run[0][h];
       }
     }
     __syncthreads();
