@@ -47,7 +47,7 @@ void check_common(const AttentionParams& p, DType dtype, int head_dim, const cha
             std::to_string(s));
   }
   require(p.out_stride_head % 2 == 0, n + ": bad out stride");
-  require(std::isfinite(p.scale_log2), n + ": scale must be finite");
+  require(std::isfinite(p.scale_log2) && p.scale_log2 > 0.f, n + ": scale must be positive");
   require(p.num_splits >= 1 && p.num_splits <= kMaxSplits,
           n + ": num_splits must be in [1, " + std::to_string(kMaxSplits) + "]");
   require(p.num_splits == 1 || (p.partial_out && p.partial_lse),
@@ -91,13 +91,25 @@ int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens,
                                 ? num_seqs
                                 : (static_cast<int64_t>(num_tokens) * group + rows - 1) / rows;
   const int64_t ctas = std::max<int64_t>(1, row_tiles * num_kv_heads);
-  // Resident CTAs per SM (registers, shared memory): 3 of the decode variant, 2 of the others.
-  const int64_t target = static_cast<int64_t>(num_sms) * (rows == kDecodeRows ? 3 : 2);
-  if (ctas >= target) return 1;
+  // Resident CTAs per SM (registers, shared memory): 2 of every variant.
+  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * 2;
+  // Prefill rows already fill the card; their float32 partials would be large.
+  if (variant != AttentionVariant::kPagedDecode && ctas >= slots) return 1;
   // Keep at least 4 key tiles per split so the combine stays cheap.
-  const int64_t max_useful = std::max<int64_t>(1, max_seq_len / (4 * kKeysPerTile));
-  const int64_t wanted = (target + ctas - 1) / ctas;
-  return static_cast<int>(std::clamp<int64_t>(std::min(wanted, max_useful), 1, kMaxSplits));
+  const int64_t max_useful = std::clamp<int64_t>(max_seq_len / (4 * kKeysPerTile), 1, kMaxSplits);
+  // Equal-work CTAs run in waves of `slots`: pick the split count with the fewest waves per
+  // unit of work, nudged towards fewer splits (each costs a partial write and the combine).
+  int best = 1;
+  double best_cost = 0.0;
+  for (int64_t s = 1; s <= max_useful; ++s) {
+    const int64_t waves = (ctas * s + slots - 1) / slots;
+    const double cost = static_cast<double>(waves) / s * (1.0 + 0.02 * (s - 1));
+    if (s == 1 || cost < best_cost) {
+      best = static_cast<int>(s);
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 void launch_paged_attention(AttentionParams p, DType dtype, int head_dim, int max_query_len,

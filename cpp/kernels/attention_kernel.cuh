@@ -2,9 +2,9 @@
 //
 // One CTA owns a tile of kBlockM "rows" of one sequence and one KV head, where row r is query
 // token r / group with query head kv_head * group + r % group: the query heads of a GQA group
-// share every K/V tile they load. Warps are laid out kWarpsM (16 * kMFrags rows each) by kWarpsN (each a
-// slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at the
-// end (decode: few rows, long contexts). K/V tiles of 64 keys are double-buffered with cp.async.
+// share every K/V tile they load. Warps are laid out kWarpsM (16 * kMFrags rows each) by kWarpsN
+// (each a slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at
+// the end (decode: few rows, long contexts). K/V tiles of 64 keys are multi-buffered with cp.async.
 // Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows.
 // Softmax is online, in float32, in the log2 domain.
 #pragma once
@@ -35,11 +35,14 @@ struct AttentionConfig {
   static constexpr int kChunksPerRow = kHeadDim / 8;
   static constexpr int kQElems = kBlockM * kRowStride;
   static constexpr int kTileElems = kBlockN * kRowStride;
-  static constexpr size_t kSmemBytes = (kQElems + 4 * kTileElems) * sizeof(T);
+  // K/V pipeline depth: the decode variant (few rows, memory-bound) keeps more tiles in flight.
+  static constexpr int kStages = kWarpsN > 1 ? 3 : 2;
+  static constexpr size_t kSmemBytes = (kQElems + 2 * kStages * kTileElems) * sizeof(T);
   // Cross-warp merge of kWarpsN key slices reuses the K/V buffers.
   static constexpr size_t kMergeBytes = kWarpsN * 16 * (kHeadDim + 2) * sizeof(float);
   static_assert(kWarpsN == 1 || kMFrags == 1, "key-sliced warps hold one 16-row tile");
-  static_assert(kWarpsN == 1 || kMergeBytes <= 4 * kTileElems * sizeof(T), "merge buffer");
+  static_assert(kWarpsN == 1 || kMergeBytes <= 2 * kStages * kTileElems * sizeof(T),
+                "merge buffer");
 };
 
 template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
@@ -51,11 +54,12 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   constexpr int kDT = kHeadDim / 8;           // 8-wide output tiles
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);
-  T* s_k = s_q + Cfg::kQElems;         // two stages
-  T* s_v = s_k + 2 * Cfg::kTileElems;  // two stages
+  T* s_k = s_q + Cfg::kQElems;                    // kStages tiles
+  T* s_v = s_k + Cfg::kStages * Cfg::kTileElems;  // kStages tiles
 
   // Which sequence and row tile: the largest b with tile_offsets[b] <= blockIdx.x.
-  const int tile = blockIdx.x;
+  // Causal: heavy (late) row tiles first, so the light ones fill the tail of the grid.
+  const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   if (tile >= p.tile_offsets[p.num_seqs]) return;
   int lo = 0, hi = p.num_seqs - 1;
   while (lo < hi) {
@@ -136,9 +140,13 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
     }
   };
 
-  if (n_tiles > 0) load_kv(tile_begin, 0);
-  cp_async_commit();
-  cp_async_wait<0>();
+  // Prologue: tiles 0 .. kStages - 2 in flight (one commit group each), then wait for Q only.
+#pragma unroll
+  for (int st = 0; st < Cfg::kStages - 1; ++st) {
+    if (st < n_tiles) load_kv(tile_begin + st, st);
+    cp_async_commit();
+  }
+  cp_async_wait<Cfg::kStages - 1>();
   __syncthreads();
 
   constexpr int kKSteps = kHeadDim / 16;
@@ -164,7 +172,8 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
 #pragma unroll
   for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
-    for (int i = 0; i < kDT; ++i) o_acc[mf][i][0] = o_acc[mf][i][1] = o_acc[mf][i][2] = o_acc[mf][i][3] = 0.f;
+    for (int i = 0; i < kDT; ++i)
+      o_acc[mf][i][0] = o_acc[mf][i][1] = o_acc[mf][i][2] = o_acc[mf][i][3] = 0.f;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       m_run[mf][h] = -INFINITY;
@@ -177,10 +186,11 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   const bool warp_active = row0 + warp_row0 < num_rows;
 
   for (int j = 0; j < n_tiles; ++j) {
-    const int stage = j & 1;
-    if (j + 1 < n_tiles) load_kv(tile_begin + j + 1, stage ^ 1);
+    const int stage = j % Cfg::kStages;
+    const int ahead = j + Cfg::kStages - 1;
+    if (ahead < n_tiles) load_kv(tile_begin + ahead, ahead % Cfg::kStages);
     cp_async_commit();
-    cp_async_wait<1>();
+    cp_async_wait<Cfg::kStages - 1>();
     __syncthreads();
     if (warp_active) {
       const int n0 = kv_begin + (tile_begin + j) * kBlockN;
@@ -226,7 +236,7 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
         for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            float x = s[mf][nt][i] * p.scale_log2;
+            float x = s[mf][nt][i];  // raw scores; the scale folds into the exp2 below
             if (need_mask) {
               const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
               const int h = i / 2;
@@ -240,17 +250,18 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
         for (int h = 0; h < 2; ++h) {
           float mx = -INFINITY;
 #pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[mf][nt][2 * h], s[mf][nt][2 * h + 1]));
+          for (int nt = 0; nt < kNT; ++nt)
+            mx = fmaxf(mx, fmaxf(s[mf][nt][2 * h], s[mf][nt][2 * h + 1]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-          const float m_new = fmaxf(m_run[mf][h], mx);
+          const float m_new = fmaxf(m_run[mf][h], mx * p.scale_log2);
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
           const float alpha = exp2f(m_run[mf][h] - m_use);
           float sum = 0.f;
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
-            s[mf][nt][2 * h] = exp2f(s[mf][nt][2 * h] - m_use);
-            s[mf][nt][2 * h + 1] = exp2f(s[mf][nt][2 * h + 1] - m_use);
+            s[mf][nt][2 * h] = exp2f(fmaf(s[mf][nt][2 * h], p.scale_log2, -m_use));
+            s[mf][nt][2 * h + 1] = exp2f(fmaf(s[mf][nt][2 * h + 1], p.scale_log2, -m_use));
             sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
           }
           l_run[mf][h] = l_run[mf][h] * alpha + sum;
@@ -326,8 +337,8 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
           if (split) {
             *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) = make_float2(o0, o1);
           } else {
-            T* dst = static_cast<T*>(p.out) + token * p.out_stride_token +
-                     head * p.out_stride_head + d;
+            T* dst =
+                static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
             *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0, o1);
           }
         }
