@@ -124,6 +124,10 @@ void launch_paged_attention(AttentionParams p, DType dtype, int head_dim, int ma
   require(max_query_len >= 0, "paged_attention: max_query_len must be >= 0");
   p.group = p.num_q_heads / p.num_kv_heads;
   p.causal = true;
+  p.block_shift = -1;
+  for (int shift = 0; shift < 31; ++shift) {
+    if ((1 << shift) == p.block_size) p.block_shift = shift;
+  }
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
   const AttentionVariant variant = paged_variant(max_query_len, p.group);
   check_launch(run_for_head_dim(p, dtype, head_dim, variant, stream), "paged_attention");

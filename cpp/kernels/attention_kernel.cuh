@@ -124,8 +124,10 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
       int64_t k_off = 0, v_off = 0;
       if (valid) {
         if constexpr (kPaged) {
-          const int64_t block = p.block_tables[seq * p.block_table_stride + key / p.block_size];
-          const int in_block = key % p.block_size;
+          // Power-of-two block sizes (the usual case) avoid an integer division per row.
+          const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+          const int in_block = key - block_idx * p.block_size;
+          const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
           k_off = block * p.k_stride_block + in_block * p.k_stride_token;
           v_off = block * p.v_stride_block + in_block * p.v_stride_token;
         } else {
@@ -256,12 +258,12 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
           const float m_new = fmaxf(m_run[mf][h], mx * p.scale_log2);
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          const float alpha = exp2f(m_run[mf][h] - m_use);
+          const float alpha = fast_exp2(m_run[mf][h] - m_use);
           float sum = 0.f;
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
-            s[mf][nt][2 * h] = exp2f(fmaf(s[mf][nt][2 * h], p.scale_log2, -m_use));
-            s[mf][nt][2 * h + 1] = exp2f(fmaf(s[mf][nt][2 * h + 1], p.scale_log2, -m_use));
+            s[mf][nt][2 * h] = fast_exp2(fmaf(s[mf][nt][2 * h], p.scale_log2, -m_use));
+            s[mf][nt][2 * h + 1] = fast_exp2(fmaf(s[mf][nt][2 * h + 1], p.scale_log2, -m_use));
             sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
           }
           l_run[mf][h] = l_run[mf][h] * alpha + sum;

@@ -24,6 +24,7 @@ struct AttentionParams {
   const int32_t* block_tables = nullptr;  // [B, max_blocks] (paged only)
   int64_t block_table_stride = 0;
   int block_size = 0;
+  int block_shift = -1;  // log2(block_size) when it is a power of two, else -1
 
   const int32_t* query_start_loc = nullptr;  // [B + 1]
   const int32_t* seq_lens = nullptr;         // [B]; nullptr: sequence length = query count

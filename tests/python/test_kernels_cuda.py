@@ -58,7 +58,7 @@ def _check_close(out, ref, dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("d", [64, 80, 128])
 @pytest.mark.parametrize("hq,hkv", [(8, 8), (8, 2), (8, 1)])
-@pytest.mark.parametrize("block_size", [16, 32])
+@pytest.mark.parametrize("block_size", [16, 24, 32])
 def test_paged_attention_mixed_batch(dtype, d, hq, hkv, block_size):
     gen = torch.Generator(device="cuda").manual_seed(d * 131 + hq * 7 + hkv + block_size)
     # decode, full prefill, chunk over a cached prefix, decode at a block edge, single-key seq
