@@ -130,6 +130,8 @@ void launch_paged_attention(AttentionParams p, DType dtype, int head_dim, int ma
   }
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
   const AttentionVariant variant = paged_variant(max_query_len, p.group);
+  // max_query_len * group <= 16 rows: each sequence is a single row tile of the decode variant.
+  p.one_tile_per_seq = variant == AttentionVariant::kPagedDecode;
   check_launch(run_for_head_dim(p, dtype, head_dim, variant, stream), "paged_attention");
 }
 

@@ -16,12 +16,15 @@ cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stre
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
-  row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group,
-                                                Cfg::kBlockM, p.tile_offsets);
-  err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
-  const int max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
+  int max_tiles = p.num_seqs;
+  if (!p.one_tile_per_seq) {
+    row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group,
+                                                  Cfg::kBlockM, p.tile_offsets);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
+    max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
+  }
   const dim3 grid(max_tiles, p.num_kv_heads, p.num_splits);
   kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
   err = cudaGetLastError();

@@ -60,22 +60,29 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   // Which sequence and row tile: the largest b with tile_offsets[b] <= blockIdx.x.
   // Causal: heavy (late) row tiles first, so the light ones fill the tail of the grid.
   const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  if (tile >= p.tile_offsets[p.num_seqs]) return;
-  int lo = 0, hi = p.num_seqs - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (p.tile_offsets[mid] <= tile)
-      lo = mid;
-    else
-      hi = mid - 1;
+  int seq = tile;  // one_tile_per_seq: CTA x is sequence x
+  if (!p.one_tile_per_seq) {
+    // The largest b with tile_offsets[b] <= tile.
+    if (tile >= p.tile_offsets[p.num_seqs]) return;
+    int lo = 0, hi = p.num_seqs - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.tile_offsets[mid] <= tile)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    seq = lo;
+  } else if (seq >= p.num_seqs) {
+    return;
   }
-  const int seq = lo;
   const int q_start = p.query_start_loc[seq];
   const int num_q = p.query_start_loc[seq + 1] - q_start;
   const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
   const int group = p.group;
   const int num_rows = num_q * group;
-  const int row0 = (tile - p.tile_offsets[seq]) * kBlockM;
+  const int row0 = p.one_tile_per_seq ? 0 : (tile - p.tile_offsets[seq]) * kBlockM;
+  if (row0 >= num_rows) return;  // a sequence without queries this step
   const int kv_head = blockIdx.y;
   const int context = seq_len - num_q;  // position of the first query token
 

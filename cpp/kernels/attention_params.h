@@ -29,6 +29,7 @@ struct AttentionParams {
   const int32_t* query_start_loc = nullptr;  // [B + 1]
   const int32_t* seq_lens = nullptr;         // [B]; nullptr: sequence length = query count
   int32_t* tile_offsets = nullptr;           // [B + 1] workspace: prefix sums of row tiles
+  bool one_tile_per_seq = false;             // every sequence fits one row tile: no prefix sums
 
   int num_seqs = 0;
   int num_tokens = 0;

@@ -319,8 +319,10 @@ def paged_attention(
         query_start_loc: ``[B + 1]`` ints.
         scale: softmax scale.
         sliding_window: ``> 0`` limits each query to the last ``sliding_window`` keys.
-        max_query_len, max_seq_len: upper bounds that pick the kernel variant and the KV split;
-            computed from the tensors (a device sync) when omitted. Pass them under CUDA graphs.
+        max_query_len, max_seq_len: upper bounds of the queries per request and of
+            ``seq_lens`` (they pick the kernel variant and the KV split; an understated
+            ``max_query_len`` gives wrong results). Computed from the tensors (a device sync)
+            when omitted; pass them under CUDA graph capture.
 
     Returns:
         ``[T, Hq, D]`` in the query's dtype.
