@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   T* s_k = s_q + Cfg::kQElems;                    // kStages tiles
   T* s_v = s_k + Cfg::kStages * Cfg::kTileElems;  // kStages tiles
 
-  // Which sequence and row tile: the largest b with tile_offsets[b] <= blockIdx.x.
+  // Which sequence and row tile this CTA owns.
   // Causal: heavy (late) row tiles first, so the light ones fill the tail of the grid.
   const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   int seq = tile;  // one_tile_per_seq: CTA x is sequence x

@@ -155,3 +155,13 @@ def test_launcher_rejects_unsupported_head_dim():
         ops.varlen_attention(q, q, q, cu, 0.1)
     with pytest.raises(ValueError, match="float16 or bfloat16"):
         ops.varlen_attention(q[..., :64].float(), q[..., :64].float(), q[..., :64].float(), cu, 0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_paged_attention_short_multi_token_queries_and_empty_requests(dtype):
+    # group 8 x at most 2 queries = 16 rows: the decode variant with several query tokens,
+    # plus a request with no queries this step.
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    args = _paged_batch([40, 300, 1500, 17], [2, 0, 1, 2], 16, 2, 128, 16, dtype, gen)
+    out = ops.paged_attention(*args, 0.09)
+    _check_close(out, reference.paged_attention(*args, 0.09), dtype)
