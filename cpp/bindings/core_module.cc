@@ -7,4 +7,9 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "mmcore C++ core: block manager, placeholders, encoder cache, scheduler";
   mmcore::bindings::bind_types(m);
+  mmcore::bindings::bind_block_manager(m);
+  mmcore::bindings::bind_scheduler(m);
+  mmcore::bindings::bind_encoder_cache(m);
+  mmcore::bindings::bind_mm_feature(m);
+  mmcore::bindings::bind_placeholders(m);
 }

@@ -2,16 +2,37 @@
 
 The C++ core (``mmcore._core``) schedules requests and manages the KV cache; the optional
 CUDA module (``mmcore._kernels``) holds the attention kernels; models run in PyTorch.
+
+    >>> from mmcore import Engine, SamplingParams
+    >>> engine = Engine("path/to/llava-checkpoint")
+    >>> engine.generate({"prompt": "USER: <image>\\nWhat is this?\\nASSISTANT:",
+    ...                  "multi_modal_data": {"image": image}}, SamplingParams(max_tokens=32))
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from importlib import metadata as _metadata
 
 try:
     __version__ = _metadata.version("mmcore")
 except _metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0.1.0"
+
+# Heavy modules (torch, transformers) load on first use, so `mmcore info` stays fast.
+_LAZY = {
+    "Engine": "mmcore.engine.engine",
+    "SamplingParams": "mmcore.sampling_params",
+    "RequestOutput": "mmcore.outputs",
+    "CompletionOutput": "mmcore.outputs",
+    "register_model": "mmcore.multimodal.registry",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mmcore' has no attribute {name!r}")
 
 
 def has_cuda_kernels() -> bool:
@@ -28,4 +49,12 @@ def has_cuda_kernels() -> bool:
     return True
 
 
-__all__ = ["__version__", "has_cuda_kernels"]
+__all__ = [
+    "__version__",
+    "has_cuda_kernels",
+    "Engine",
+    "SamplingParams",
+    "RequestOutput",
+    "CompletionOutput",
+    "register_model",
+]

@@ -1,0 +1,108 @@
+#include "engine/block_hash.h"
+
+#include <algorithm>
+
+#include "engine/request.h"
+
+namespace mmcore {
+
+namespace {
+
+constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
+
+uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+}  // namespace
+
+BlockHash hash_combine(BlockHash seed, uint64_t value) {
+  return mix64(seed ^ (mix64(value + kGolden) + kGolden + (seed << 6) + (seed >> 2)));
+}
+
+uint64_t hash_string(const std::string& text) {
+  uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 0x100000001b3ULL;  // FNV prime
+  }
+  return mix64(h ^ text.size());
+}
+
+BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens,
+                     const BlockExtraKeys& extra) {
+  BlockHash h = hash_combine(parent, static_cast<uint64_t>(num_tokens));
+  // Two tokens per 64-bit word halves the mixing work on the hot path.
+  int32_t i = 0;
+  for (; i + 1 < num_tokens; i += 2) {
+    const uint64_t word = (static_cast<uint64_t>(static_cast<uint32_t>(tokens[i])) << 32) |
+                          static_cast<uint32_t>(tokens[i + 1]);
+    h = hash_combine(h, word);
+  }
+  if (i < num_tokens) h = hash_combine(h, static_cast<uint32_t>(tokens[i]));
+  if (!extra.empty()) {
+    h = hash_combine(h, hash_string(extra.cache_salt));
+    h = hash_combine(h, extra.items.size());
+    for (const BlockItemKey& item : extra.items) {
+      h = hash_combine(h, hash_string(item.identifier));
+      h = hash_combine(h, static_cast<uint64_t>(static_cast<int64_t>(item.offset)));
+    }
+    for (int64_t pos : extra.mrope_positions) h = hash_combine(h, static_cast<uint64_t>(pos));
+  }
+  return h;
+}
+
+BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index, int32_t block_size) {
+  BlockExtraKeys extra;
+  if (block_index == 0) extra.cache_salt = request.cache_salt;
+  const int32_t start = block_index * block_size;
+  const int32_t end = start + block_size;
+  // First item ending after the block start (features are sorted and do not overlap).
+  auto it =
+      std::partition_point(request.features.begin(), request.features.end(),
+                           [start](const MMFeature& f) { return f.offset + f.length <= start; });
+  for (; it != request.features.end() && it->offset < end; ++it) {
+    extra.items.push_back(BlockItemKey{it->identifier, it->offset - start});
+  }
+  if (request.has_mrope()) {
+    const int32_t n = request.num_prompt_tokens;
+    std::vector<int64_t> positions(3 * static_cast<size_t>(block_size));
+    bool identity = true;
+    for (int32_t d = 0; d < 3; ++d) {
+      for (int32_t i = 0; i < block_size; ++i) {
+        const int32_t p = start + i;
+        const int64_t v = p < n ? request.mrope_positions[static_cast<size_t>(d) * n + p]
+                                : p + request.mrope_delta;
+        positions[static_cast<size_t>(d) * block_size + i] = v;
+        identity &= v == p;
+      }
+    }
+    if (!identity) extra.mrope_positions = std::move(positions);
+  }
+  return extra;
+}
+
+void extend_block_hashes(Request& request, int32_t block_size) {
+  const int32_t num_full = request.num_tokens() / block_size;
+  auto num_hashed = static_cast<int32_t>(request.block_hashes.size());
+  if (num_hashed >= num_full) return;
+  request.block_hashes.reserve(num_full);
+  BlockHash parent = num_hashed == 0 ? kNoParentHash : request.block_hashes.back();
+  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
+  static const BlockExtraKeys kNoExtra;
+  for (int32_t b = num_hashed; b < num_full; ++b) {
+    const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * block_size;
+    BlockHash h =
+        plain ? hash_block(parent, tokens, block_size, kNoExtra)
+              : hash_block(parent, tokens, block_size, block_extra_keys(request, b, block_size));
+    request.block_hashes.push_back(h);
+    parent = h;
+  }
+}
+
+}  // namespace mmcore

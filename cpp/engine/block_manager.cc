@@ -1,0 +1,171 @@
+#include "engine/block_manager.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+namespace mmcore {
+
+namespace {
+
+const std::vector<BlockId> kEmptyTable;
+
+}  // namespace
+
+BlockManager::BlockManager(const BlockManagerConfig& config)
+    : pool_(config.num_blocks, config.block_size),
+      enable_prefix_caching_(config.enable_prefix_caching) {}
+
+int32_t BlockManager::blocks_for(int32_t num_slots) const {
+  return (num_slots + pool_.block_size() - 1) / pool_.block_size();
+}
+
+ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
+  ComputedBlocks computed;
+  if (!enable_prefix_caching_ || tables_.count(request.id) != 0) return computed;
+  const int32_t bs = pool_.block_size();
+  extend_block_hashes(request, bs);
+  // The last known token is always computed again: its logits are needed.
+  const int32_t max_blocks = (request.num_tokens() - 1) / bs;
+  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
+  static const BlockExtraKeys kNoExtra;
+  BlockId parent = kNoBlock;
+  for (int32_t b = 0; b < max_blocks; ++b) {
+    const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;
+    std::optional<BlockId> hit =
+        plain ? pool_.find_cached(request.block_hashes[b], tokens, kNoExtra, parent)
+              : pool_.find_cached(request.block_hashes[b], tokens, block_extra_keys(request, b, bs),
+                                  parent);
+    if (!hit) break;
+    computed.blocks.push_back(*hit);
+    parent = *hit;
+  }
+  computed.num_tokens = static_cast<int32_t>(computed.blocks.size()) * bs;
+  return computed;
+}
+
+bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
+                                const ComputedBlocks& computed) const {
+  auto it = tables_.find(request.id);
+  const int32_t held = it == tables_.end() ? 0 : static_cast<int32_t>(it->second.blocks.size());
+  const int32_t prefix_tokens = held == 0 ? computed.num_tokens : 0;
+  const int32_t num_prefix = held == 0 ? static_cast<int32_t>(computed.blocks.size()) : 0;
+  const int32_t needed =
+      blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens) - held - num_prefix;
+  if (needed <= 0) return true;
+  // Free prefix blocks leave the free queue when taken, so they do not count as available.
+  int32_t prefix_in_free_queue = 0;
+  for (int32_t i = 0; i < num_prefix; ++i) {
+    if (pool_.ref_count(computed.blocks[i]) == 0) ++prefix_in_free_queue;
+  }
+  return needed <= pool_.num_free() - prefix_in_free_queue;
+}
+
+std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t num_new_tokens,
+                                                    const ComputedBlocks& computed) {
+  if (num_new_tokens < 0) throw std::invalid_argument("num_new_tokens must be >= 0");
+  if (!can_allocate(request, num_new_tokens, computed)) return std::nullopt;
+  auto [it, inserted] = tables_.try_emplace(request.id);
+  Table& table = it->second;
+  if (inserted) {
+    if (!spare_tables_.empty()) {
+      table.blocks = std::move(spare_tables_.back());
+      spare_tables_.pop_back();
+    }
+    if (enable_prefix_caching_) {
+      prefix_queries_ += request.num_tokens();
+      prefix_hits_ += computed.num_tokens;
+    }
+    for (BlockId block : computed.blocks) {
+      pool_.add_ref(block);
+      table.blocks.push_back(block);
+    }
+    table.num_cached_blocks = static_cast<int32_t>(computed.blocks.size());
+  }
+  const int32_t prefix_tokens = inserted ? computed.num_tokens : 0;
+  const int32_t target = blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens);
+  int32_t num_new_blocks = 0;
+  while (static_cast<int32_t>(table.blocks.size()) < target) {
+    table.blocks.push_back(pool_.allocate());
+    ++num_new_blocks;
+  }
+  return num_new_blocks;
+}
+
+void BlockManager::free(const Request& request) {
+  auto it = tables_.find(request.id);
+  if (it == tables_.end()) return;
+  std::vector<BlockId>& blocks = it->second.blocks;
+  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) pool_.release(*b);
+  blocks.clear();
+  spare_tables_.push_back(std::move(blocks));
+  tables_.erase(it);
+}
+
+void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
+  if (!enable_prefix_caching_) return;
+  auto it = tables_.find(request.id);
+  if (it == tables_.end()) return;
+  Table& table = it->second;
+  if (table.caching_stopped) return;
+  const int32_t bs = pool_.block_size();
+  num_tokens = std::min(num_tokens, request.num_tokens());
+  const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
+  if (table.num_cached_blocks >= num_full) return;
+  extend_block_hashes(request, bs);
+  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
+  for (int32_t b = table.num_cached_blocks; b < num_full; ++b) {
+    const BlockId parent = b == 0 ? kNoBlock : table.blocks[b - 1];
+    const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;
+    BlockExtraKeys extra = plain ? BlockExtraKeys{} : block_extra_keys(request, b, bs);
+    if (!pool_.cache(table.blocks[b], request.block_hashes[b], tokens, std::move(extra), parent)) {
+      table.caching_stopped = true;
+      return;
+    }
+    table.num_cached_blocks = b + 1;
+  }
+}
+
+const std::vector<BlockId>& BlockManager::block_table(RequestId request) const {
+  auto it = tables_.find(request);
+  return it == tables_.end() ? kEmptyTable : it->second.blocks;
+}
+
+BlockManagerStats BlockManager::stats() const {
+  BlockManagerStats s;
+  s.num_blocks = pool_.num_blocks();
+  s.num_free_blocks = pool_.num_free();
+  s.num_used_blocks = s.num_blocks - s.num_free_blocks;
+  s.num_cached_blocks = pool_.num_cached();
+  s.prefix_queries = prefix_queries_;
+  s.prefix_hits = prefix_hits_;
+  return s;
+}
+
+void BlockManager::check_invariants() const {
+  std::vector<int32_t> refs(static_cast<size_t>(pool_.num_blocks()), 0);
+  for (const auto& [id, table] : tables_) {
+    for (size_t i = 0; i < table.blocks.size(); ++i) {
+      const BlockId b = table.blocks[i];
+      if (b < 0 || b >= pool_.num_blocks()) {
+        throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +
+                               " holds out-of-range block " + std::to_string(b));
+      }
+      ++refs[b];
+      if (static_cast<int32_t>(i) < table.num_cached_blocks && !pool_.is_cached(b)) {
+        throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +
+                               " counts block " + std::to_string(b) +
+                               " as cached but the pool does not");
+      }
+    }
+    std::vector<BlockId> sorted = table.blocks;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +
+                             " holds one block twice");
+    }
+  }
+  pool_.check_invariants(refs);
+}
+
+}  // namespace mmcore

@@ -1,0 +1,91 @@
+#pragma once
+// Per-request block tables on top of the BlockPool: prefix lookup, slot allocation, freeing and
+// prefix caching of full blocks. A request's table covers its slots in order:
+//
+//   | prefix-cache hit | computed | new tokens of this step | (rest of the last block) |
+//
+// allocate_slots returns std::nullopt when the blocks do not fit; the caller preempts.
+#include <cstdint>
+#include <optional>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/block_pool.h"
+#include "engine/request.h"
+
+namespace mmcore {
+
+struct BlockManagerConfig {
+  int32_t num_blocks = 0;
+  int32_t block_size = 16;
+  bool enable_prefix_caching = true;
+};
+
+// The longest cached prefix of a request: whole blocks, never the request's last known token.
+struct ComputedBlocks {
+  std::vector<BlockId> blocks;
+  int32_t num_tokens = 0;  // blocks.size() * block_size
+};
+
+struct BlockManagerStats {
+  int32_t num_blocks = 0;
+  int32_t num_used_blocks = 0;
+  int32_t num_free_blocks = 0;
+  int32_t num_cached_blocks = 0;
+  int64_t prefix_queries = 0;  // tokens looked up when a request first got blocks
+  int64_t prefix_hits = 0;     // of those, tokens found in the prefix cache
+};
+
+class BlockManager {
+ public:
+  explicit BlockManager(const BlockManagerConfig& config);
+
+  [[nodiscard]] int32_t block_size() const { return pool_.block_size(); }
+  [[nodiscard]] int32_t num_blocks() const { return pool_.num_blocks(); }
+  [[nodiscard]] int32_t num_free_blocks() const { return pool_.num_free(); }
+  [[nodiscard]] bool prefix_caching_enabled() const { return enable_prefix_caching_; }
+
+  // Longest cached prefix of `request`'s known tokens (hashes them as needed). Empty when
+  // prefix caching is off or the request already holds blocks.
+  [[nodiscard]] ComputedBlocks get_computed_blocks(Request& request) const;
+
+  // Could `num_new_tokens` more slots (after num_computed_tokens and the `computed` prefix) be
+  // allocated now?
+  [[nodiscard]] bool can_allocate(const Request& request, int32_t num_new_tokens,
+                                  const ComputedBlocks& computed = {}) const;
+  // Takes the `computed` prefix (only for a request holding no blocks) and enough new blocks for
+  // num_new_tokens slots after it. Returns the number of new blocks, or std::nullopt (and
+  // changes nothing) when they do not fit.
+  [[nodiscard]] std::optional<int32_t> allocate_slots(Request& request, int32_t num_new_tokens,
+                                                      const ComputedBlocks& computed = {});
+  // Releases the request's blocks, last block first so that a prefix outlives its tail in the
+  // LRU free queue.
+  void free(const Request& request);
+  // Adds the request's full blocks among its first `num_tokens` known tokens to the prefix cache.
+  void cache_full_blocks(Request& request, int32_t num_tokens);
+
+  // The request's block ids in order (empty when it holds none).
+  [[nodiscard]] const std::vector<BlockId>& block_table(RequestId request) const;
+  [[nodiscard]] int32_t num_requests() const { return static_cast<int32_t>(tables_.size()); }
+  [[nodiscard]] BlockManagerStats stats() const;
+  // Throws std::logic_error naming the first broken invariant.
+  void check_invariants() const;
+
+ private:
+  struct Table {
+    std::vector<BlockId> blocks;
+    int32_t num_cached_blocks = 0;  // leading blocks registered in the prefix cache
+    bool caching_stopped = false;   // a block's hash was taken by another block: stop the chain
+  };
+
+  [[nodiscard]] int32_t blocks_for(int32_t num_slots) const;
+
+  BlockPool pool_;
+  bool enable_prefix_caching_;
+  std::unordered_map<RequestId, Table> tables_;
+  std::vector<std::vector<BlockId>> spare_tables_;  // recycled vectors: no per-request malloc
+  int64_t prefix_queries_ = 0;
+  int64_t prefix_hits_ = 0;
+};
+
+}  // namespace mmcore

@@ -1,0 +1,71 @@
+#pragma once
+// What the core knows of one request: its tokens (prompt + output), its multimodal items,
+// sampling limits and scheduling state. Owned by the scheduler; the block manager reads it.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/block_hash.h"
+#include "engine/types.h"
+
+namespace mmcore {
+
+enum class RequestStatus : uint8_t {
+  kWaiting,
+  kRunning,
+  kPreempted,  // waiting again, will be recomputed from its prefix-cache hit on
+  kFinishedStopped,
+  kFinishedLength,
+  kFinishedAborted,
+};
+
+[[nodiscard]] inline bool is_finished(RequestStatus status) {
+  return status == RequestStatus::kFinishedStopped || status == RequestStatus::kFinishedLength ||
+         status == RequestStatus::kFinishedAborted;
+}
+
+struct SamplingLimits {
+  int32_t max_tokens = 16;  // generated tokens at most
+  int32_t min_tokens = 0;   // eos / stop tokens are ignored before this many generated tokens
+  std::vector<TokenId> eos_token_ids;
+  std::vector<TokenId> stop_token_ids;
+  bool ignore_eos = false;
+};
+
+struct Request {
+  RequestId id = 0;
+  std::vector<TokenId> token_ids;  // prompt followed by the generated tokens
+  int32_t num_prompt_tokens = 0;
+  std::vector<MMFeature> features;  // sorted by offset, non-overlapping, inside the prompt
+  std::string cache_salt;           // separates prefix-cache namespaces (first block's hash)
+  SamplingLimits sampling;
+  int32_t priority = 0;       // lower runs first among waiting requests
+  int64_t arrival_order = 0;  // unique, increasing with add order
+  RequestStatus status = RequestStatus::kWaiting;
+
+  // Tokens whose KV is computed (or scheduled to be, optimistically, in the step in flight).
+  int32_t num_computed_tokens = 0;
+  // Sampled tokens of the step in flight that are not appended yet (overlapped scheduling).
+  int32_t num_pending_tokens = 0;
+
+  // M-RoPE: 3 x num_prompt_tokens positions (row-major); generated token i sits at
+  // i + mrope_delta in all three rows. Empty for 1-D RoPE models.
+  std::vector<int64_t> mrope_positions;
+  int64_t mrope_delta = 0;
+
+  // Chained hash of every full block of known tokens (filled lazily by extend_block_hashes).
+  std::vector<BlockHash> block_hashes;
+
+  // --- scheduler bookkeeping of the multimodal items (one entry per feature) ---
+  std::vector<uint8_t> item_held;     // this request holds an encoder-cache reference for it
+  std::vector<int64_t> item_handles;  // encoder-cache handle while held
+  int32_t num_done_items = 0;         // leading features whose range is fully computed
+  // Index of this request in the previous step's sampling_req_ids (for overlapped scheduling).
+  int32_t last_sample_index = -1;
+
+  [[nodiscard]] int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
+  [[nodiscard]] int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  [[nodiscard]] bool has_mrope() const { return !mrope_positions.empty(); }
+};
+
+}  // namespace mmcore

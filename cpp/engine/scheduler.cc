@@ -1,0 +1,309 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "engine/request_validation.h"
+#include "engine/stop_conditions.h"
+
+namespace mmcore {
+
+namespace {
+
+const SchedulerConfig& validated(const SchedulerConfig& config) {
+  validate_config(config);
+  return config;
+}
+
+[[noreturn]] void broken(const std::string& what) {
+  throw std::logic_error("scheduler invariant broken: " + what);
+}
+
+}  // namespace
+
+Scheduler::Scheduler(const SchedulerConfig& config)
+    : config_(validated(config)),
+      kv_(BlockManagerConfig{config.num_blocks, config.block_size, config.enable_prefix_caching}),
+      encoder_cache_(config.encoder_cache_size),
+      builder_(config.block_size) {
+  running_.reserve(static_cast<size_t>(config.max_num_seqs));
+}
+
+void Scheduler::add_request(Request request) {
+  if (requests_.count(request.id) != 0) {
+    throw std::invalid_argument("request " + std::to_string(request.id) + " already exists");
+  }
+  request.num_prompt_tokens = request.num_tokens();
+  validate_request(request, config_);
+  prepare_request_items(request);
+  request.status = RequestStatus::kWaiting;
+  request.num_computed_tokens = 0;
+  request.num_pending_tokens = 0;
+  request.block_hashes.clear();
+  request.arrival_order = next_arrival_++;
+  auto owned = std::make_unique<Request>(std::move(request));
+  waiting_.push_new(owned.get());
+  requests_.emplace(owned->id, std::move(owned));
+}
+
+const SchedulerOutput& Scheduler::schedule() {
+  if (in_flight_.size() >= 2) {
+    throw std::logic_error(
+        "schedule() called while two steps await update_from_output (at most one step may be in "
+        "flight)");
+  }
+  retire_old_requests();
+  // Build into the buffer that the step in flight (if any) does not use.
+  current_ =
+      !in_flight_.empty() && in_flight_.front() == &records_[0] ? &records_[1] : &records_[0];
+  StepRecord& rec = *current_;
+  rec.step_id = next_step_id_++;
+  rec.scheduled.clear();
+  rec.sampled.clear();
+  builder_.begin(rec.out, rec.step_id);
+  token_budget_ = config_.max_num_batched_tokens;
+  encoder_budget_ = config_.encoder_budget;
+  preempted_this_step_ = false;
+
+  schedule_running();
+  if (!preempted_this_step_) schedule_waiting();
+
+  builder_.finish();
+  rec.out.freed_encoder_handles = encoder_cache_.take_freed();
+  rec.out.finished_req_ids.swap(finished_since_last_step_);
+  finished_since_last_step_.clear();
+  // A step without requests needs no update: it is never in flight.
+  if (!rec.scheduled.empty()) in_flight_.push_back(&rec);
+  return rec.out;
+}
+
+void Scheduler::schedule_running() {
+  const bool chunked = config_.enable_chunked_prefill;
+  for (size_t i = 0; i < running_.size() && token_budget_ > 0; ++i) {
+    Request& r = *running_[i];
+    const int32_t total = r.num_tokens() + r.num_pending_tokens;
+    // The pending sample will finish the request: nothing more to compute for it.
+    if (r.num_pending_tokens > 0 &&
+        (r.num_output_tokens() + r.num_pending_tokens >= r.sampling.max_tokens ||
+         total >= config_.max_model_len)) {
+      continue;
+    }
+    int32_t num_new = total - r.num_computed_tokens;
+    if (num_new <= 0 || (!chunked && num_new > token_budget_)) continue;
+    num_new = std::min(num_new, token_budget_);
+    while (try_schedule(r, num_new, ComputedBlocks{}) == Fit::kNoBlocks) {
+      // Out of blocks: preempt the newest running request, possibly this one.
+      Request* victim = running_.back();
+      running_.pop_back();
+      preempt(*victim);
+      if (victim == &r) break;
+    }
+  }
+}
+
+void Scheduler::schedule_waiting() {
+  const bool chunked = config_.enable_chunked_prefill;
+  waiting_.for_each([&](Request* request) {
+    if (static_cast<int32_t>(running_.size()) >= config_.max_num_seqs || token_budget_ == 0) {
+      return RequestQueue::Visit::kStop;
+    }
+    Request& r = *request;
+    // Preempted this step while its last sample is still in flight: wait for the update.
+    if (r.num_pending_tokens > 0) return RequestQueue::Visit::kSkip;
+    const ComputedBlocks computed = kv_.get_computed_blocks(r);
+    int32_t num_new = r.num_tokens() - computed.num_tokens;
+    if (!chunked && num_new > token_budget_) return RequestQueue::Visit::kStop;
+    num_new = std::min(num_new, token_budget_);
+    switch (try_schedule(r, num_new, computed)) {
+      case Fit::kNoBlocks:
+        return RequestQueue::Visit::kStop;
+      case Fit::kNoTokens:
+        return RequestQueue::Visit::kSkip;
+      case Fit::kScheduled:
+        break;
+    }
+    r.status = RequestStatus::kRunning;
+    running_.push_back(&r);
+    return RequestQueue::Visit::kTake;
+  });
+}
+
+Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
+                                       const ComputedBlocks& computed) {
+  const int32_t start = r.num_computed_tokens + computed.num_tokens;
+  plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
+  const int32_t n = plan_.num_tokens;
+  if (n == 0 || (!config_.enable_chunked_prefill && n < num_tokens)) {
+    rollback_encoder_plan(r, plan_, encoder_cache_);
+    return Fit::kNoTokens;
+  }
+  if (!kv_.allocate_slots(r, n, computed)) {
+    rollback_encoder_plan(r, plan_, encoder_cache_);
+    return Fit::kNoBlocks;
+  }
+  StepRecord& rec = *current_;
+  commit_encoder_plan(r, plan_, encoder_cache_, rec.out);
+  encoder_budget_ -= plan_.num_new_embeds;
+  token_budget_ -= n;
+  const int32_t end = start + n;
+  const bool samples = end == r.num_tokens() + r.num_pending_tokens;
+  const int32_t row = builder_.add_request(r, kv_.block_table(r.id), start, n, samples);
+  append_scatter_plan(r, start, end, row, rec.out);
+  if (samples) {
+    r.last_sample_index = static_cast<int32_t>(rec.sampled.size());
+    ++r.num_pending_tokens;
+    rec.sampled.push_back(&r);
+  }
+  rec.scheduled.push_back(&r);
+  r.num_computed_tokens = end;  // optimistic: the step will compute them
+  return Fit::kScheduled;
+}
+
+void Scheduler::preempt(Request& r) {
+  kv_.free(r);
+  release_all_items(r, encoder_cache_);
+  r.num_computed_tokens = 0;
+  r.status = RequestStatus::kPreempted;
+  waiting_.push_front_preempted(&r);
+  current_->out.preempted_req_ids.push_back(r.id);
+  ++num_preemptions_;
+  preempted_this_step_ = true;
+}
+
+UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampled,
+                                           int32_t num_sampled) {
+  UpdateResult result;
+  if (in_flight_.empty() || in_flight_.front()->step_id != step_id) {
+    const bool in_flight = std::any_of(in_flight_.begin(), in_flight_.end(),
+                                       [&](const StepRecord* r) { return r->step_id == step_id; });
+    // A step that scheduled nothing was never in flight: its update is a no-op.
+    if (!in_flight && step_id >= 0 && step_id < next_step_id_ && num_sampled == 0 &&
+        (in_flight_.empty() || step_id > in_flight_.back()->step_id ||
+         step_id < in_flight_.front()->step_id)) {
+      return result;
+    }
+    throw std::logic_error("update_from_output for step " + std::to_string(step_id) +
+                           ", which is not the oldest step awaiting an update");
+  }
+  StepRecord& rec = *in_flight_.front();
+  if (num_sampled != static_cast<int32_t>(rec.sampled.size())) {
+    throw std::invalid_argument("step " + std::to_string(step_id) + " samples " +
+                                std::to_string(rec.sampled.size()) + " requests but " +
+                                std::to_string(num_sampled) + " tokens were given");
+  }
+  for (size_t i = 0; i < rec.scheduled.size(); ++i) {
+    Request& r = *rec.scheduled[i];
+    if (is_finished(r.status)) continue;
+    // Preempted since: num_computed_tokens is 0 and nothing is cached or released.
+    const int32_t done = std::min(rec.out.seq_lens[i], r.num_computed_tokens);
+    release_done_items(r, done, encoder_cache_);
+    kv_.cache_full_blocks(r, done);
+  }
+  result.req_ids.reserve(rec.sampled.size());
+  result.token_ids.reserve(rec.sampled.size());
+  for (size_t j = 0; j < rec.sampled.size(); ++j) {
+    Request& r = *rec.sampled[j];
+    if (is_finished(r.status)) continue;  // finished meanwhile: drop its token
+    r.token_ids.push_back(sampled[j]);
+    --r.num_pending_tokens;
+    result.req_ids.push_back(r.id);
+    result.token_ids.push_back(sampled[j]);
+    if (auto stop = check_stop(r, config_.max_model_len)) {
+      result.finished_req_ids.push_back(r.id);
+      result.finish_statuses.push_back(*stop);
+      finish(r, *stop);
+    }
+  }
+  in_flight_.pop_front();
+  retire_old_requests();
+  return result;
+}
+
+void Scheduler::finish_request(RequestId id, RequestStatus status) {
+  if (!is_finished(status)) {
+    throw std::invalid_argument("finish_request needs a finished status");
+  }
+  auto it = requests_.find(id);
+  if (it == requests_.end()) return;
+  finish(*it->second, status);
+}
+
+void Scheduler::finish(Request& r, RequestStatus status) {
+  if (r.status == RequestStatus::kRunning) {
+    running_.erase(std::find(running_.begin(), running_.end(), &r));
+  } else {
+    waiting_.remove(&r);
+  }
+  r.status = status;
+  kv_.free(r);
+  release_all_items(r, encoder_cache_);
+  finished_since_last_step_.push_back(r.id);
+  auto it = requests_.find(r.id);
+  // Steps up to the last scheduled one may still point at it: keep it until they are updated.
+  retired_.emplace_back(next_step_id_ - 1, std::move(it->second));
+  requests_.erase(it);
+}
+
+void Scheduler::retire_old_requests() {
+  while (!retired_.empty() &&
+         (in_flight_.empty() || retired_.front().first < in_flight_.front()->step_id)) {
+    retired_.pop_front();
+  }
+}
+
+const Request* Scheduler::find_request(RequestId id) const {
+  auto it = requests_.find(id);
+  return it == requests_.end() ? nullptr : it->second.get();
+}
+
+SchedulerStats Scheduler::stats() const {
+  SchedulerStats s;
+  s.kv = kv_.stats();
+  s.encoder = encoder_cache_.stats();
+  s.num_preemptions = num_preemptions_;
+  s.num_steps = next_step_id_;
+  s.num_running = num_running();
+  s.num_waiting = num_waiting();
+  return s;
+}
+
+void Scheduler::check_invariants() const {
+  kv_.check_invariants();
+  encoder_cache_.check_invariants();
+  if (static_cast<size_t>(num_running() + num_waiting()) != requests_.size()) {
+    broken(std::to_string(num_running()) + " running + " + std::to_string(num_waiting()) +
+           " waiting requests but " + std::to_string(requests_.size()) + " live ones");
+  }
+  if (kv_.num_requests() > num_running()) {
+    broken(std::to_string(kv_.num_requests()) + " requests hold blocks but only " +
+           std::to_string(num_running()) + " run");
+  }
+  if (num_running() > config_.max_num_seqs) broken("more running requests than max_num_seqs");
+  for (const auto& [id, owned] : requests_) {
+    const Request& r = *owned;
+    const std::string name = "request " + std::to_string(id);
+    const auto slots = static_cast<int64_t>(kv_.block_table(id).size()) * config_.block_size;
+    if (r.status == RequestStatus::kRunning) {
+      if (std::find(running_.begin(), running_.end(), &r) == running_.end()) {
+        broken(name + " is marked running but not in the running list");
+      }
+      if (slots < r.num_computed_tokens) broken(name + " has fewer slots than computed tokens");
+    } else if (is_finished(r.status)) {
+      broken(name + " is finished but still live");
+    } else if (slots != 0 || r.num_computed_tokens != 0) {
+      broken(name + " is waiting but holds blocks or computed tokens");
+    }
+    if (r.num_computed_tokens > r.num_tokens() + r.num_pending_tokens) {
+      broken(name + " has more computed tokens than tokens");
+    }
+    for (size_t f = 0; f < r.features.size(); ++f) {
+      if (r.item_held[f] && encoder_cache_.num_refs(r.features[f].identifier) == 0) {
+        broken(name + " holds item '" + r.features[f].identifier +
+               "' that nobody references in the encoder cache");
+      }
+    }
+  }
+}
+
+}  // namespace mmcore

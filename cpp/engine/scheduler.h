@@ -1,0 +1,120 @@
+#pragma once
+// The step scheduler: no prefill/decode phases. Each step gives running requests (in order),
+// then waiting ones (preempted first, then by priority and arrival), as many tokens as the
+// token budget and max_num_seqs allow, with chunked prefill, prefix-cache hits, whole-item
+// encoder scheduling and preemption (recompute) of the newest request when blocks run out.
+//
+// Overlapped scheduling: schedule() may run once more before update_from_output() of the step in
+// flight. Decode requests then get input id -1 (the sample not yet on the host) and advance
+// optimistically; a request that the late update finishes drops what was scheduled for it.
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/block_manager.h"
+#include "engine/encoder_cache.h"
+#include "engine/encoder_scheduling.h"
+#include "engine/request.h"
+#include "engine/request_queue.h"
+#include "engine/scheduler_config.h"
+#include "engine/scheduler_output.h"
+#include "engine/step_builder.h"
+
+namespace mmcore {
+
+// What update_from_output did; rows of req_ids / token_ids are parallel.
+struct UpdateResult {
+  std::vector<RequestId> req_ids;  // requests that received a token (finished ones drop theirs)
+  std::vector<TokenId> token_ids;
+  std::vector<RequestId> finished_req_ids;
+  std::vector<RequestStatus> finish_statuses;  // kFinishedStopped / kFinishedLength
+};
+
+struct SchedulerStats {
+  BlockManagerStats kv;
+  EncoderCacheStats encoder;
+  int64_t num_preemptions = 0;
+  int64_t num_steps = 0;
+  int32_t num_running = 0;
+  int32_t num_waiting = 0;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(const SchedulerConfig& config);
+
+  // Takes a request with id, token_ids (the expanded prompt), features, sampling, priority,
+  // cache_salt and M-RoPE positions filled in. Throws std::invalid_argument when it could never
+  // run or its id is live.
+  void add_request(Request request);
+  // Plans the next step. The returned output stays valid until the second next schedule().
+  // Throws std::logic_error if two steps already await update_from_output.
+  [[nodiscard]] const SchedulerOutput& schedule();
+  // Applies the tokens sampled by step `step_id` (one per its sampling_req_ids, in order).
+  // Steps must be updated in the order they were scheduled.
+  [[nodiscard]] UpdateResult update_from_output(int64_t step_id, const TokenId* sampled,
+                                                int32_t num_sampled);
+  [[nodiscard]] UpdateResult update_from_output(const SchedulerOutput& out,
+                                                const std::vector<TokenId>& sampled) {
+    return update_from_output(out.step_id, sampled.data(), static_cast<int32_t>(sampled.size()));
+  }
+  // Finishes a live request now (status kFinishedAborted / Stopped / Length), freeing its blocks
+  // and encoder references; its id is reported in the next step. Unknown ids are ignored.
+  void finish_request(RequestId id, RequestStatus status);
+
+  [[nodiscard]] bool has_unfinished_requests() const { return !requests_.empty(); }
+  [[nodiscard]] int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  [[nodiscard]] int32_t num_waiting() const { return waiting_.size(); }
+  [[nodiscard]] const Request* find_request(RequestId id) const;
+  [[nodiscard]] SchedulerStats stats() const;
+  [[nodiscard]] const SchedulerConfig& config() const { return config_; }
+  // Throws std::logic_error naming the first broken invariant of the scheduler, block manager
+  // or encoder cache.
+  void check_invariants() const;
+
+ private:
+  struct StepRecord {
+    int64_t step_id = -1;
+    std::vector<Request*> scheduled;  // batch order, parallel to out.req_ids
+    std::vector<Request*> sampled;    // parallel to out.sampling_req_ids
+    SchedulerOutput out;
+  };
+
+  // Tries to schedule up to num_tokens of `request` from its num_computed_tokens (after the
+  // `computed` prefix hit for a waiting request). Returns false when blocks do not fit.
+  enum class Fit { kScheduled, kNoTokens, kNoBlocks };
+  Fit try_schedule(Request& request, int32_t num_tokens, const ComputedBlocks& computed);
+  void schedule_running();
+  void schedule_waiting();
+  void preempt(Request& request);
+  void finish(Request& request, RequestStatus status);
+  void retire_old_requests();
+
+  SchedulerConfig config_;
+  BlockManager kv_;
+  EncoderCacheManager encoder_cache_;
+  StepBuilder builder_;
+  EncoderChunkPlan plan_;
+
+  std::unordered_map<RequestId, std::unique_ptr<Request>> requests_;  // live requests
+  std::vector<Request*> running_;  // admission order; the back is the newest
+  RequestQueue waiting_;
+  // Finished requests kept alive while a step in flight may still point at them.
+  std::deque<std::pair<int64_t, std::unique_ptr<Request>>> retired_;
+  std::vector<RequestId> finished_since_last_step_;
+
+  StepRecord records_[2];  // double buffer: the step in flight and the one being built
+  StepRecord* current_ = nullptr;
+  std::deque<StepRecord*> in_flight_;  // scheduled, non-empty, not yet updated; oldest first
+  int64_t next_step_id_ = 0;
+  int64_t next_arrival_ = 0;
+  int32_t token_budget_ = 0;
+  int32_t encoder_budget_ = 0;
+  bool preempted_this_step_ = false;
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace mmcore

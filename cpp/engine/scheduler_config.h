@@ -1,0 +1,22 @@
+#pragma once
+// Static limits of one scheduler: KV cache size, per-step budgets, encoder cache size.
+#include <cstdint>
+
+namespace mmcore {
+
+struct SchedulerConfig {
+  int32_t num_blocks = 0;  // KV cache blocks (required)
+  int32_t block_size = 16;
+  int32_t max_num_batched_tokens = 8192;  // tokens per step
+  int32_t max_num_seqs = 256;             // running requests at most
+  int32_t max_model_len = 4096;           // prompt + generated tokens
+  bool enable_prefix_caching = true;
+  bool enable_chunked_prefill = true;  // false: a prompt is scheduled whole or not at all
+  int32_t encoder_budget = 8192;       // encoder embeddings computed per step at most
+  int64_t encoder_cache_size = 8192;   // embeddings held in the encoder cache at most
+};
+
+// Throws std::invalid_argument naming the first bad field.
+void validate_config(const SchedulerConfig& config);
+
+}  // namespace mmcore

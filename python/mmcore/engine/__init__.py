@@ -1,0 +1,1 @@
+"""The engine: input processing, the model runner, and the generate/chat API."""

@@ -1,0 +1,101 @@
+"""HF/OpenAI chat messages -> a prompt with one placeholder per item, plus its media."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_MEDIA_PART_TYPES = {
+    "image": "image",
+    "image_url": "image",
+    "image_pil": "image",
+    "image_embeds": "image",
+}
+
+
+def _part_media(part: dict) -> Any:
+    kind = part["type"]
+    if kind == "image_url":
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str) or not url:
+            raise ValueError("an image_url content part needs image_url.url")
+        return url
+    if kind == "image_embeds":
+        return {"image_embeds": part["image_embeds"]}
+    for key in ("image", "image_pil", "url", "path"):
+        if key in part:
+            return part[key]
+    raise ValueError(f"a {kind!r} content part carries no image")
+
+
+def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
+    """Normalise content parts for a chat template and collect the media in order.
+
+    Returns:
+        The messages with every media part replaced by ``{"type": "image"}`` (what HF chat
+        templates expect) and ``{"image": [...]}`` with the media in order of appearance.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")
+    media: dict[str, list] = {}
+    rendered = []
+    for message in messages:
+        if not isinstance(message, dict) or "role" not in message:
+            raise ValueError("each message must be a dict with a 'role'")
+        content = message.get("content")
+        if content is None or isinstance(content, str):
+            rendered.append({"role": message["role"], "content": content or ""})
+            continue
+        if not isinstance(content, list):
+            raise ValueError("message content must be a string or a list of content parts")
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or "type" not in part:
+                raise ValueError("each content part must be a dict with a 'type'")
+            kind = part["type"]
+            if kind == "text":
+                text = part.get("text")
+                if not isinstance(text, str):
+                    raise ValueError("a text content part needs a string 'text'")
+                parts.append({"type": "text", "text": text})
+            elif kind in _MEDIA_PART_TYPES:
+                modality = _MEDIA_PART_TYPES[kind]
+                media.setdefault(modality, []).append(_part_media(part))
+                parts.append({"type": modality})
+            else:
+                raise ValueError(f"unsupported content part type {kind!r}")
+        rendered.append({"role": message["role"], "content": parts})
+    return rendered, media
+
+
+def render_chat(
+    tokenizer,
+    messages: list[dict],
+    chat_template: str | None,
+    placeholder_text: dict[str, str],
+) -> tuple[str, dict[str, list]]:
+    """Render messages with the chat template; return (prompt text, media by modality).
+
+    Text typed by the user that looks like a placeholder is rejected: only media parts may
+    create media slots.
+    """
+    rendered, media = split_messages(messages)
+    for message in rendered:
+        texts = (
+            [message["content"]]
+            if isinstance(message["content"], str)
+            else [p["text"] for p in message["content"] if p["type"] == "text"]
+        )
+        for text in texts:
+            for modality, placeholder in placeholder_text.items():
+                if placeholder in text:
+                    raise ValueError(
+                        f"message text contains the {modality} placeholder {placeholder!r}; "
+                        f"send {modality}s as content parts"
+                    )
+    if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the model has no chat template; pass chat_template=")
+    prompt = tokenizer.apply_chat_template(
+        rendered, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
+    return prompt, media

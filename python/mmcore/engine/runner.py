@@ -1,0 +1,142 @@
+"""Runs one scheduler step on the model: encoder, scatter, LM forward, sampling.
+
+The runner never walks request objects: it reads the step's flat arrays (SchedulerOutput) and
+keeps only what the model needs across steps — the KV caches, the encoder outputs by handle, and
+each request's multimodal items and sampling state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmcore.engine.inputs import MMItem
+from mmcore.layers.attention import AttentionMetadata
+from mmcore.sampling.sampler import SampledBatch, sample
+from mmcore.sampling_params import SamplingParams
+
+
+@dataclass
+class RequestState:
+    """What the runner keeps of one running request."""
+
+    items: list[MMItem]
+    params: SamplingParams
+    generator: torch.Generator
+
+
+def kv_bytes_per_block(model, block_size: int, kv_dtype: torch.dtype) -> int:
+    """Bytes one KV block takes across all layers, K and V."""
+    itemsize = torch.empty((), dtype=kv_dtype).element_size()
+    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * itemsize
+
+
+class ModelRunner:
+    """Owns the model, its paged KV cache and the encoder output cache.
+
+    Args:
+        model: an mmcore model (see python/mmcore/models).
+        num_blocks: KV cache blocks per layer.
+        block_size: tokens per block.
+        kv_dtype: dtype of the KV cache.
+    """
+
+    def __init__(self, model, *, num_blocks: int, block_size: int, kv_dtype: torch.dtype) -> None:
+        self.model = model
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=kv_dtype, device=self.device),
+                torch.zeros(shape, dtype=kv_dtype, device=self.device),
+            )
+            for _ in range(model.num_layers)
+        ]
+        self.encoder_cache: dict[int, torch.Tensor] = {}
+        self.requests: dict[int, RequestState] = {}
+        self.num_encoder_runs = 0
+
+    def add_request(self, req_id: int, state: RequestState) -> None:
+        self.requests[req_id] = state
+
+    def remove_request(self, req_id: int) -> None:
+        self.requests.pop(req_id, None)
+
+    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(
+            self.device, dtype, non_blocking=True
+        )
+
+    def _run_encoder(self, out) -> None:
+        """Encode the step's new items, batched across requests, into the encoder cache."""
+        pending: dict[str, list[tuple[int, MMItem]]] = {}
+        for req_id, item_index, handle in zip(
+            out.encoder_req_ids.tolist(),
+            out.encoder_item_indices.tolist(),
+            out.encoder_handles.tolist(),
+        ):
+            if handle in self.encoder_cache:
+                continue
+            item = self.requests[req_id].items[item_index]
+            if item.embeds is not None:
+                self.encoder_cache[handle] = item.embeds.to(self.device, self.dtype)
+            else:
+                pending.setdefault(item.modality, []).append((handle, item))
+        for modality, entries in pending.items():
+            data = [
+                {
+                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                    for k, v in it.data.items()
+                }
+                for _, it in entries
+            ]
+            outputs = self.model.encode(modality, data)
+            self.num_encoder_runs += 1
+            for (handle, item), emb in zip(entries, outputs):
+                if emb.shape[0] != item.num_embeds:
+                    raise RuntimeError(
+                        f"encoder gave {emb.shape[0]} embeddings for an item expected to have "
+                        f"{item.num_embeds}"
+                    )
+                self.encoder_cache[handle] = emb
+
+    def _input_embeds(self, out) -> torch.Tensor:
+        input_ids = self._tensor(out.input_ids, torch.long)
+        embeds = self.model.embed_tokens(input_ids.clamp(min=0))
+        for handle, src, dst, length in zip(
+            out.scatter_handles.tolist(),
+            out.scatter_src_offsets.tolist(),
+            out.scatter_dst_rows.tolist(),
+            out.scatter_lens.tolist(),
+        ):
+            embeds[dst : dst + length] = self.encoder_cache[handle][src : src + length]
+        return embeds
+
+    @torch.inference_mode()
+    def execute(self, out) -> SampledBatch:
+        """Run one step; return the tokens sampled for ``out.sampling_req_ids``."""
+        for handle in out.freed_encoder_handles.tolist():
+            self.encoder_cache.pop(handle, None)
+        for req_id in out.finished_req_ids.tolist():
+            self.remove_request(req_id)
+        if out.num_tokens == 0:
+            return SampledBatch(token_ids=[], logprobs=[])
+        self._run_encoder(out)
+        embeds = self._input_embeds(out)
+        attn = AttentionMetadata(
+            slot_mapping=self._tensor(out.slot_mapping, torch.long),
+            block_tables=self._tensor(out.block_tables, torch.int32),
+            seq_lens=self._tensor(out.seq_lens, torch.int32),
+            query_start_loc=self._tensor(out.query_start_loc, torch.int32),
+            max_seq_len=int(out.seq_lens.max()),
+        )
+        positions = self._tensor(out.positions, torch.long)
+        hidden = self.model.forward(embeds, positions, self.kv_caches, attn)
+        if len(out.logits_indices) == 0:
+            return SampledBatch(token_ids=[], logprobs=[])
+        logits = self.model.compute_logits(hidden[self._tensor(out.logits_indices, torch.long)])
+        states = [self.requests[r] for r in out.sampling_req_ids.tolist()]
+        return sample(logits, [s.params for s in states], [s.generator for s in states])

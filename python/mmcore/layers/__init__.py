@@ -1,0 +1,1 @@
+"""Building blocks shared by the models: attention dispatch, norms, rotary embeddings, activations."""

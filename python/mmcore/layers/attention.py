@@ -1,0 +1,126 @@
+"""Attention metadata of one step and the single dispatch to CUDA kernels or torch references.
+
+Every attention layer of every model goes through the three functions below; they pick
+``mmcore.kernels.ops.<op>`` for CUDA tensors when that module imports, else
+``mmcore.kernels.reference.<op>`` (same signatures).
+
+Layout of one step (B requests, T new tokens in total)::
+
+    tokens:          | req 0 new tokens | req 1 new tokens | ... |     T rows
+    query_start_loc: 0                  q1                 q2 ... T   int32[B + 1]
+    seq_lens[b]:     cached + new tokens of request b               int32[B]
+    slot_mapping[t]: block_id * block_size + offset of token t      int64[T] (negative = skip)
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+
+import torch
+
+from mmcore.kernels import reference
+
+
+@dataclass
+class AttentionMetadata:
+    """Where the step's tokens sit in the paged KV cache (tensors on the model's device).
+
+    Attributes:
+        slot_mapping: int64 ``[T]`` cache slot of each new token.
+        block_tables: int32 ``[B, max_blocks]`` KV blocks of each request.
+        seq_lens: int32 ``[B]`` tokens of each request after this step (cached + new).
+        query_start_loc: int32 ``[B + 1]`` prefix sums of the new tokens per request.
+        max_seq_len: the largest entry of ``seq_lens``.
+    """
+
+    slot_mapping: torch.Tensor
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    max_seq_len: int
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.seq_lens.shape[0])
+
+
+@cache
+def _cuda_ops() -> ModuleType | None:
+    try:
+        return importlib.import_module("mmcore.kernels.ops")
+    except ImportError:
+        return None
+
+
+def select_op(name: str, tensor: torch.Tensor):
+    """Return the implementation of kernel op ``name`` for tensors like ``tensor``.
+
+    Args:
+        name: op name, e.g. ``"paged_attention"``.
+        tensor: an input of the op; its device decides CUDA kernel vs torch reference.
+
+    Returns:
+        ``mmcore.kernels.ops.<name>`` for CUDA tensors when importable, else the reference.
+    """
+    ops = _cuda_ops() if tensor.is_cuda else None
+    if ops is not None and hasattr(ops, name):
+        return getattr(ops, name)
+    return getattr(reference, name)
+
+
+def write_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    attn: AttentionMetadata,
+) -> None:
+    """Store the step's keys/values ``[T, Hkv, D]`` at ``attn.slot_mapping`` in the layer's cache."""
+    key_cache, value_cache = kv_cache
+    select_op("reshape_and_cache", key)(key, value, key_cache, value_cache, attn.slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    attn: AttentionMetadata,
+    scale: float,
+    sliding_window: int = -1,
+) -> torch.Tensor:
+    """Causal attention of the step's queries ``[T, Hq, D]`` over each request's cached K/V.
+
+    Returns:
+        ``[T, Hq, D]`` in the query's dtype.
+    """
+    key_cache, value_cache = kv_cache
+    op = select_op("paged_attention", query)
+    return op(
+        query,
+        key_cache,
+        value_cache,
+        attn.block_tables,
+        attn.seq_lens,
+        attn.query_start_loc,
+        scale,
+        sliding_window,
+    )
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Bidirectional attention within packed sequences (vision encoders), ``[T, H, D]`` each.
+
+    Args:
+        cu_seqlens: int32 ``[N + 1]`` prefix sums of the packed sequence lengths.
+
+    Returns:
+        ``[T, H, D]`` in the query's dtype.
+    """
+    return select_op("varlen_attention", query)(query, key, value, cu_seqlens, scale)

@@ -1,0 +1,74 @@
+"""Rotary position embeddings, frequencies taken from the HF config's ``rope_parameters``.
+
+The "default" rope is computed here; the static scaled variants (linear, llama3, yarn, ...) reuse
+transformers' published frequency functions so the numbers match the checkpoint's training
+setup exactly. Position-dependent variants (dynamic NTK, longrope) are rejected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+_POSITION_DEPENDENT = ("dynamic", "longrope")
+
+
+def rope_parameters(config) -> dict:
+    """The config's rope parameters as a dict with at least ``rope_type`` and ``rope_theta``."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    params.setdefault("rope_type", params.pop("type", "default"))
+    if "rope_theta" not in params:
+        params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
+    return params
+
+
+def inverse_frequencies(config, head_dim: int) -> tuple[torch.Tensor, float]:
+    """Return (``inv_freq`` float32 ``[head_dim // 2]``, attention scaling of cos/sin).
+
+    Raises:
+        ValueError: for a rope type whose frequencies depend on the sequence length.
+    """
+    params = rope_parameters(config)
+    rope_type = params["rope_type"]
+    if rope_type == "default":
+        exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        return 1.0 / (params["rope_theta"] ** exponents), 1.0
+    if rope_type in _POSITION_DEPENDENT:
+        raise ValueError(f"rope_type {rope_type!r} is not supported (frequencies depend on length)")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"unknown rope_type {rope_type!r}")
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    return inv_freq.float(), float(scaling)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """Applies rope to queries/keys ``[T, H, D]`` given positions ``[T]`` (NeoX half-split layout)."""
+
+    def __init__(self, config, head_dim: int, *, device: torch.device):
+        super().__init__()
+        inv_freq, self.attention_scaling = inverse_frequencies(config, head_dim)
+        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
+
+    def cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[T, D]`` for the positions, computed in float32 then cast to ``dtype``."""
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.attention_scaling
+        sin = emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self.cos_sin(positions, query.dtype)
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin

@@ -1,0 +1,183 @@
+"""Llama (and Mistral: Llama + sliding window) decoder over a varlen batch with a paged KV cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmcore.layers.activations import get_activation
+from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
+from mmcore.layers.norm import RMSNorm
+from mmcore.layers.rotary import RotaryEmbedding
+from mmcore.models.weights import load_named_weights
+
+
+def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
+    return nn.Linear(in_f, out_f, bias=bias, dtype=dtype, device=device)
+
+
+class LlamaAttention(nn.Module):
+    """GQA self-attention: q/k/v projections, rope, cache write, paged attention, output proj."""
+
+    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_attention_heads {self.num_heads} is not a multiple of "
+                f"num_key_value_heads {self.num_kv_heads}"
+            )
+        self.scale = self.head_dim**-0.5
+        self.sliding_window = getattr(config, "sliding_window", None) or -1
+        bias = getattr(config, "attention_bias", False)
+        h = config.hidden_size
+        self.q_proj = _linear(h, self.num_heads * self.head_dim, bias, dtype, device)
+        self.k_proj = _linear(h, self.num_kv_heads * self.head_dim, bias, dtype, device)
+        self.v_proj = _linear(h, self.num_kv_heads * self.head_dim, bias, dtype, device)
+        self.o_proj = _linear(self.num_heads * self.head_dim, h, bias, dtype, device)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        positions: torch.Tensor,
+        rotary: RotaryEmbedding,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        attn: AttentionMetadata,
+    ) -> torch.Tensor:
+        num_tokens = hidden.shape[0]
+        q = self.q_proj(hidden).view(num_tokens, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden).view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden).view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k = rotary(positions, q, k)
+        write_kv(k, v, kv_cache, attn)
+        out = paged_attention(q, kv_cache, attn, self.scale, self.sliding_window)
+        return self.o_proj(out.reshape(num_tokens, -1))
+
+
+class LlamaMLP(nn.Module):
+    """Gated MLP: ``down(act(gate(x)) * up(x))``."""
+
+    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        bias = getattr(config, "mlp_bias", False)
+        h, i = config.hidden_size, config.intermediate_size
+        self.gate_proj = _linear(h, i, bias, dtype, device)
+        self.up_proj = _linear(h, i, bias, dtype, device)
+        self.down_proj = _linear(i, h, bias, dtype, device)
+        self.act = get_activation(config.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        eps = config.rms_norm_eps
+        self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
+        self.self_attn = LlamaAttention(config, dtype=dtype, device=device)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
+        self.mlp = LlamaMLP(config, dtype=dtype, device=device)
+
+    def forward(self, hidden, positions, rotary, kv_cache, attn):
+        hidden = hidden + self.self_attn(
+            self.input_layernorm(hidden), positions, rotary, kv_cache, attn
+        )
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder layers, final norm (HF ``LlamaModel``; weights named alike)."""
+
+    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(
+            config.vocab_size, config.hidden_size, dtype=dtype, device=device
+        )
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, dtype=dtype, device=device)
+            for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.rotary = RotaryEmbedding(config, self.layers[0].self_attn.head_dim, device=device)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        positions: torch.Tensor,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        attn: AttentionMetadata,
+    ) -> torch.Tensor:
+        if len(kv_caches) != len(self.layers):
+            raise ValueError(f"got {len(kv_caches)} KV caches for {len(self.layers)} layers")
+        hidden = inputs_embeds
+        for layer, kv_cache in zip(self.layers, kv_caches):
+            hidden = layer(hidden, positions, self.rotary, kv_cache, attn)
+        return self.norm(hidden)
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama LM with its head: the text half of LLaVA-style models, usable on its own.
+
+    Weight names: ``model.*`` and ``lm_head.weight`` (HF ``LlamaForCausalLM``). With tied
+    embeddings there is no ``lm_head``: logits use ``embed_tokens.weight``.
+    """
+
+    def __init__(
+        self,
+        config,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        tie_word_embeddings: bool | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config, dtype=dtype, device=device)
+        if tie_word_embeddings is None:  # a wrapping model's config may decide instead
+            tie_word_embeddings = getattr(config, "tie_word_embeddings", False)
+        self.tie_word_embeddings = bool(tie_word_embeddings)
+        if not self.tie_word_embeddings:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, device)
+        attn0 = self.model.layers[0].self_attn
+        self.hidden_size = config.hidden_size
+        self.vocab_size = config.vocab_size
+        self.num_layers = config.num_hidden_layers
+        self.num_kv_heads = attn0.num_kv_heads
+        self.head_dim = attn0.head_dim
+
+    supported_modalities: tuple[str, ...] = ()
+
+    def encode(self, modality: str, items: list) -> list[torch.Tensor]:
+        """A text-only model encodes nothing: any modality is an error."""
+        raise ValueError(
+            f"{self.config.model_type} is text-only and does not accept {modality} input"
+        )
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``[T] -> [T, hidden]``."""
+        return self.model.embed_tokens(input_ids)
+
+    def forward(self, inputs_embeds, positions, kv_caches, attn) -> torch.Tensor:
+        """Hidden states ``[T, hidden]`` of the step's tokens (see ``LlamaModel.forward``)."""
+        return self.model(inputs_embeds, positions, kv_caches, attn)
+
+    def load_weights(self, weights) -> None:
+        """Load HF ``LlamaForCausalLM`` tensors (``model.*``, ``lm_head.weight``) strictly."""
+
+        def rename(name: str) -> str | None:
+            if name.endswith("rotary_emb.inv_freq"):
+                return None
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                return None
+            return name
+
+        load_named_weights(self, weights, rename)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
+        weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()

@@ -1,0 +1,69 @@
+"""Which mmcore model class and processor class serve each HF ``config.model_type``.
+
+Built-in families are named by import path and imported on first use, so that
+``import mmcore`` stays light (no torch/transformers import).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_BUILTIN: dict[str, tuple[str, str]] = {
+    # text-only: the base processor accepts no modality
+    "llama": (
+        "mmcore.models.llama:LlamaForCausalLM",
+        "mmcore.multimodal.processor:MultiModalProcessor",
+    ),
+    "llava": ("mmcore.models.llava:LlavaModel", "mmcore.multimodal.llava:LlavaMultiModalProcessor"),
+    "llava_next": (
+        "mmcore.models.llava_next:LlavaNextModel",
+        "mmcore.multimodal.llava_next:LlavaNextMultiModalProcessor",
+    ),
+}
+_registered: dict[str, tuple[type, type]] = {}
+
+
+def _import(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def register_model(model_type: str, model_cls: type, processor_cls: type) -> None:
+    """Serve checkpoints whose ``config.model_type`` is ``model_type`` with these classes.
+
+    Args:
+        model_type: HF ``config.model_type`` (e.g. ``"llava"``); replaces a built-in entry.
+        model_cls: an ``nn.Module`` following mmcore's model contract.
+        processor_cls: a :class:`~mmcore.multimodal.processor.MultiModalProcessor` subclass.
+    """
+    if not isinstance(model_type, str) or not model_type:
+        raise ValueError("model_type must be a non-empty string")
+    if not isinstance(model_cls, type) or not isinstance(processor_cls, type):
+        raise TypeError("model_cls and processor_cls must be classes")
+    _registered[model_type] = (model_cls, processor_cls)
+
+
+def supported_model_types() -> list[str]:
+    """All model types with a registered or built-in implementation."""
+    return sorted(set(_BUILTIN) | set(_registered))
+
+
+def _lookup(model_type: str, index: int) -> type:
+    if model_type in _registered:
+        return _registered[model_type][index]
+    if model_type in _BUILTIN:
+        return _import(_BUILTIN[model_type][index])
+    raise ValueError(
+        f"model type {model_type!r} is not supported; supported: {supported_model_types()} "
+        "(add one with mmcore.register_model)"
+    )
+
+
+def get_model_class(model_type: str) -> type:
+    """The model class serving ``model_type``; ValueError naming the supported types if none."""
+    return _lookup(model_type, 0)
+
+
+def get_processor_class(model_type: str) -> type:
+    """The processor class serving ``model_type``; ValueError naming the supported types if none."""
+    return _lookup(model_type, 1)

@@ -1,0 +1,65 @@
+"""Session-wide fixtures: tiny HF checkpoints (built once) and real photos from scikit-image."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(tmp_path_factory) -> str:
+    """A tiny LLaVA-1.5 checkpoint (GQA LM, feature layer -2, CLS dropped)."""
+    from mmcore.testing.tiny_checkpoints import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_dir(tmp_path_factory) -> str:
+    """A tiny LLaVA-NeXT checkpoint (anyres 32px tiles, llama3 rope, feature layers [-3, -1])."""
+    from mmcore.testing.tiny_checkpoints import build_tiny_llava_next
+
+    return build_tiny_llava_next(tmp_path_factory.mktemp("tiny_llava_next"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    """Real RGB photos of different sizes and aspect ratios, name -> PIL image."""
+    from PIL import Image
+    from skimage import data
+
+    full = {
+        "astronaut": data.astronaut(),  # 512x512
+        "chelsea": data.chelsea(),  # 300x451
+        "coffee": data.coffee(),  # 400x600
+        "camera": data.camera(),  # 512x512 grayscale
+        "rocket": data.rocket(),  # 427x640
+    }
+    images = {name: Image.fromarray(array).convert("RGB") for name, array in full.items()}
+    # Extreme aspect ratios exercise anyres padding/unpadding on both axes.
+    images["rocket_tall"] = images["rocket"].crop((200, 0, 260, 427))  # 427 high, 60 wide
+    images["coffee_wide"] = images["coffee"].resize((300, 40))  # 40 high, 300 wide
+    return images
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next_mistral_dir(tmp_path_factory) -> str:
+    """A tiny LLaVA-NeXT checkpoint over a Mistral LM (GQA, 24-token sliding window)."""
+    from mmcore.testing.tiny_checkpoints import build_tiny_llava_next
+
+    return build_tiny_llava_next(
+        tmp_path_factory.mktemp("tiny_llava_next_mistral"), seed=1, text_model_type="mistral"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tiny_llava_dir, tiny_llava_next_dir, tiny_llava_next_mistral_dir) -> dict:
+    """name -> checkpoint folder of every tiny checkpoint the parity tests run on."""
+    return {
+        "llava": tiny_llava_dir,
+        "llava_next": tiny_llava_next_dir,
+        "llava_next_mistral": tiny_llava_next_mistral_dir,
+    }
