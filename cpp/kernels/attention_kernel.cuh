@@ -12,6 +12,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention_params.h"
 #include "kernels/mma_utils.cuh"
@@ -201,7 +202,8 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
     cp_async_commit();
     cp_async_wait<Cfg::kStages - 1>();
     __syncthreads();
-    if (warp_active) {
+    // Tiles wholly inside every row's key range skip the per-element mask (own code path).
+    auto compute_tile = [&](auto masked) {
       const int n0 = kv_begin + (tile_begin + j) * kBlockN;
       const int warp_key0 = wn * Cfg::kKeysPerWarp;
       const T* k_s = s_k + stage * Cfg::kTileElems + warp_key0 * kStride;
@@ -238,7 +240,6 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
         }
       }
 
-      const bool need_mask = n0 + kBlockN > min_hi || n0 < max_lo;
 #pragma unroll
       for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
@@ -246,7 +247,7 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             float x = s[mf][nt][i];  // raw scores; the scale folds into the exp2 below
-            if (need_mask) {
+            if constexpr (decltype(masked)::value) {
               const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
               const int h = i / 2;
               if (key >= key_hi[mf][h] || key < key_lo[mf][h]) x = -INFINITY;
@@ -305,6 +306,13 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
           }
         }
       }
+    };
+    if (warp_active) {
+      const int n0 = kv_begin + (tile_begin + j) * kBlockN;
+      if (n0 + kBlockN > min_hi || n0 < max_lo)
+        compute_tile(std::true_type{});
+      else
+        compute_tile(std::false_type{});
     }
     __syncthreads();
   }

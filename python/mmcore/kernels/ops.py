@@ -3,8 +3,9 @@
 ``mmcore::reshape_and_cache`` (mutates the caches), ``mmcore::paged_attention`` and
 ``mmcore::varlen_attention`` are registered with ``torch.library`` and carry fake (meta)
 implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. CUDA tensors go
-to ``mmcore._kernels`` (raw device pointers, strides and the current stream); CPU tensors, or
-CUDA tensors when the module was not built, go to :mod:`mmcore.kernels.reference`.
+to ``mmcore._kernels`` (raw device pointers, strides and the current stream); CPU tensors, and
+CUDA inputs the kernels are not built for (no module, float32, other head dims; see
+:func:`attention_kernel_supports`), go to :mod:`mmcore.kernels.reference`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,32 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+#: Head dims and dtypes the attention kernels are compiled for.
+ATTENTION_HEAD_DIMS = (64, 80, 128)
+ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
+
+
 def _use_kernel(t: torch.Tensor) -> bool:
     return t.is_cuda and _kernels() is not None
+
+
+def attention_kernel_supports(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether the CUDA attention kernels take these inputs (else the ops use the reference).
+
+    Args:
+        query: ``[T, Hq, D]`` queries.
+        key: the key cache or packed keys; must share the query's dtype.
+
+    Returns:
+        True for CUDA tensors of float16/bfloat16 with D in ``ATTENTION_HEAD_DIMS`` when
+        ``mmcore._kernels`` is built.
+    """
+    return (
+        _use_kernel(query)
+        and query.dtype in ATTENTION_DTYPES
+        and key.dtype == query.dtype
+        and query.shape[-1] in ATTENTION_HEAD_DIMS
+    )
 
 
 def _dtype_code(t: torch.Tensor, name: str) -> int:
@@ -153,13 +178,11 @@ def _paged_attention_op(
     max_query_len: int,
     max_seq_len: int,
 ) -> torch.Tensor:
-    if not _use_kernel(query):
+    if not attention_kernel_supports(query, key_cache) or value_cache.dtype != query.dtype:
         return reference.paged_attention(
             query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
             sliding_window,
         )  # fmt: skip
-    if key_cache.dtype != query.dtype or value_cache.dtype != query.dtype:
-        raise ValueError("paged_attention: query and caches must share a dtype on CUDA")
     if key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
         raise ValueError("paged_attention: caches need a contiguous head dim")
     q = _rows_aligned(query)
@@ -230,10 +253,8 @@ def _varlen_attention_op(
     cu_seqlens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    if not _use_kernel(query):
+    if not attention_kernel_supports(query, key) or value.dtype != query.dtype:
         return reference.varlen_attention(query, key, value, cu_seqlens, scale)
-    if key.dtype != query.dtype or value.dtype != query.dtype:
-        raise ValueError("varlen_attention: query, key and value must share a dtype on CUDA")
     q, k, v = (_rows_aligned(t) for t in (query, key, value))
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs = cu_seqlens.shape[0] - 1
