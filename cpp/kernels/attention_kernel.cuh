@@ -177,8 +177,6 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
 
   float o_acc[kMFrags][kDT][4];
   float m_run[kMFrags][2], l_run[kMFrags][2];
-  // This thread's rows (lane / 4 and lane / 4 + 8 of each 16-row tile) and their key bounds.
-  int key_lo[kMFrags][2], key_hi[kMFrags][2];
 #pragma unroll
   for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
@@ -188,9 +186,6 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
     for (int h = 0; h < 2; ++h) {
       m_run[mf][h] = -INFINITY;
       l_run[mf][h] = 0.f;
-      const int pos = context + (row0 + warp_row0 + mf * 16 + lane / 4 + h * 8) / group;
-      key_hi[mf][h] = p.causal ? min(pos + 1, kv_end) : kv_end;
-      key_lo[mf][h] = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
     }
   }
   const bool warp_active = row0 + warp_row0 < num_rows;
@@ -242,20 +237,26 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
 
 #pragma unroll
       for (int mf = 0; mf < kMFrags; ++mf) {
+        if constexpr (decltype(masked)::value) {
+          // Key bounds of this thread's rows (lane / 4 and lane / 4 + 8 of the 16-row tile),
+          // recomputed here rather than held in registers across the loop.
 #pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
+          for (int h = 0; h < 2; ++h) {
+            const int pos = context + (row0 + warp_row0 + mf * 16 + lane / 4 + h * 8) / group;
+            const int key_hi = p.causal ? min(pos + 1, kv_end) : kv_end;
+            const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            float x = s[mf][nt][i];  // raw scores; the scale folds into the exp2 below
-            if constexpr (decltype(masked)::value) {
-              const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
-              const int h = i / 2;
-              if (key >= key_hi[mf][h] || key < key_lo[mf][h]) x = -INFINITY;
+            for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+              for (int i = 2 * h; i < 2 * h + 2; ++i) {
+                const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
+                if (key >= key_hi || key < key_lo) s[mf][nt][i] = -INFINITY;
+              }
             }
-            s[mf][nt][i] = x;
           }
         }
 
+        // Online softmax on raw scores; the scale folds into the exp2's FMA.
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           float mx = -INFINITY;
