@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/attention_merge.cuh"
 #include "kernels/attention_params.h"
 #include "kernels/mma_utils.cuh"
 
@@ -364,58 +365,10 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
       }
     }
   } else {
-    // Merge the kWarpsN key slices of the single 16-row tile (kWarpsM == 1) via shared memory.
-    constexpr int kOStride = kHeadDim + 2;
-    float* s_o = reinterpret_cast<float*>(s_k);   // [kWarpsN][16][kOStride]
-    float* s_ml = s_o + kWarpsN * 16 * kOStride;  // [kWarpsN][16][2]
     static_assert(kWarpsM == 1, "key-sliced warps need a single row tile");
-    __syncthreads();
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int r = lane / 4 + h * 8;
-#pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        const int d = dt * 8 + 2 * (lane % 4);
-        s_o[(wn * 16 + r) * kOStride + d] = o_acc[0][dt][2 * h];
-        s_o[(wn * 16 + r) * kOStride + d + 1] = o_acc[0][dt][2 * h + 1];
-      }
-      if (lane % 4 == 0) {
-        s_ml[(wn * 16 + r) * 2] = m_run[0][h];
-        s_ml[(wn * 16 + r) * 2 + 1] = l_run[0][h];
-      }
-    }
-    __syncthreads();
-    for (int e = tid; e < 16 * (kHeadDim / 2); e += Cfg::kThreads) {
-      const int r = e / (kHeadDim / 2), d = 2 * (e % (kHeadDim / 2));
-      const int row = row0 + r;
-      if (row >= num_rows) continue;
-      float m_tot = -INFINITY;
-#pragma unroll
-      for (int w = 0; w < kWarpsN; ++w) m_tot = fmaxf(m_tot, s_ml[(w * 16 + r) * 2]);
-      float l_tot = 0.f, o0 = 0.f, o1 = 0.f;
-      if (m_tot != -INFINITY) {
-#pragma unroll
-        for (int w = 0; w < kWarpsN; ++w) {
-          const float scale = exp2f(s_ml[(w * 16 + r) * 2] - m_tot);
-          l_tot += s_ml[(w * 16 + r) * 2 + 1] * scale;
-          o0 += s_o[(w * 16 + r) * kOStride + d] * scale;
-          o1 += s_o[(w * 16 + r) * kOStride + d + 1] * scale;
-        }
-      }
-      const float inv = l_tot > 0.f ? 1.f / l_tot : 0.f;
-      int token, head;
-      row_target(row, token, head);
-      const int64_t slot =
-          (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
-      if (split) {
-        *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) =
-            make_float2(o0 * inv, o1 * inv);
-        if (d == 0) p.partial_lse[slot] = l_tot > 0.f ? m_tot + __log2f(l_tot) : -INFINITY;
-      } else {
-        T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
-        *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0 * inv, o1 * inv);
-      }
-    }
+    merge_key_slices<T, kHeadDim, kWarpsN, Cfg::kThreads>(p, reinterpret_cast<float*>(s_k),
+                                                          o_acc[0], m_run[0], l_run[0], row0,
+                                                          num_rows, q_start, kv_head, wn);
   }
 }
 
