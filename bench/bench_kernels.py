@@ -185,14 +185,19 @@ def bench_prefill(gen, cases):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
+    parser.add_argument("--only", default="vit,mixed,decode,prefill", help="tables to run")
     args = parser.parse_args()
+    only = args.only.split(",")
     gen = torch.Generator(device=DEV).manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    copy_bw = copy_bandwidth()
-    bench_vit_equal(gen, [1, 8, 64] if args.quick else [1, 4, 16, 64])
-    bench_vit_mixed(gen, [8, 32] if args.quick else [4, 16, 64])
-    bench_decode(gen, copy_bw, [1, 16, 64], [1024, 4096, 16384])
-    bench_prefill(gen, [(1, 4096), (4, 2048)] if args.quick else [(1, 1024), (1, 4096), (1, 8192),
+    if "vit" in only:
+        bench_vit_equal(gen, [1, 8, 64] if args.quick else [1, 4, 16, 64])
+    if "mixed" in only:
+        bench_vit_mixed(gen, [8, 32] if args.quick else [4, 16, 64])
+    if "decode" in only:
+        bench_decode(gen, copy_bandwidth(), [1, 16, 64], [1024, 4096, 16384])
+    if "prefill" in only:
+        bench_prefill(gen, [(1, 4096), (4, 2048)] if args.quick else [(1, 1024), (1, 4096), (1, 8192),
                                                                   (4, 2048)])  # fmt: skip
 
 
