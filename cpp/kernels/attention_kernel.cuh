@@ -29,12 +29,8 @@ struct AttentionConfig {
   static constexpr int kBlockM = kRowsPerWarp * kWarpsM;
   // Q fragments stay in registers unless that would crowd out the accumulators.
   static constexpr bool kQInRegs = kMFrags * kHeadDim <= 128;
-#ifndef MMCORE_ATTENTION_D128_BLOCK_N
-#define MMCORE_ATTENTION_D128_BLOCK_N 64
-#endif
-  // Keys per K/V tile; the 32-row-per-warp head-dim-128 variant is register-bound.
-  static constexpr int kBlockN =
-      kHeadDim == 128 && kMFrags == 2 ? MMCORE_ATTENTION_D128_BLOCK_N : 64;
+  // Keys per K/V tile (32 for head dim 128 removed its register spills but ran no faster).
+  static constexpr int kBlockN = 64;
   static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
   static constexpr int kKeysPerWarp = kBlockN / kWarpsN;
   static_assert(kKeysPerWarp % 16 == 0, "each warp needs whole 16-key steps");
