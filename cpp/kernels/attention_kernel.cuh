@@ -237,6 +237,7 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
         }
       }
 
+      float alpha[kMFrags][2];  // per-row rescale of the running sums and O
 #pragma unroll
       for (int mf = 0; mf < kMFrags; ++mf) {
         if constexpr (decltype(masked)::value) {
@@ -269,7 +270,7 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
           const float m_new = fmaxf(m_run[mf][h], mx * p.scale_log2);
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          const float alpha = fast_exp2(m_run[mf][h] - m_use);
+          alpha[mf][h] = fast_exp2(m_run[mf][h] - m_use);
           float sum = 0.f;
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
@@ -277,12 +278,21 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
             s[mf][nt][2 * h + 1] = fast_exp2(fmaf(s[mf][nt][2 * h + 1], p.scale_log2, -m_use));
             sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
           }
-          l_run[mf][h] = l_run[mf][h] * alpha + sum;
+          l_run[mf][h] = l_run[mf][h] * alpha[mf][h] + sum;
           m_run[mf][h] = m_new;
+        }
+      }
+      // Rescale O only when some row's running max moved (rare once the max settles).
+      bool moved = false;
+#pragma unroll
+      for (int mf = 0; mf < kMFrags; ++mf) moved |= alpha[mf][0] != 1.f || alpha[mf][1] != 1.f;
+      if (__any_sync(0xffffffff, moved)) {
+#pragma unroll
+        for (int mf = 0; mf < kMFrags; ++mf) {
 #pragma unroll
           for (int dt = 0; dt < kDT; ++dt) {
-            o_acc[mf][dt][2 * h] *= alpha;
-            o_acc[mf][dt][2 * h + 1] *= alpha;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) o_acc[mf][dt][i] *= alpha[mf][i / 2];
           }
         }
       }
