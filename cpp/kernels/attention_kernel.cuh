@@ -123,32 +123,55 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   }
   cp_async_commit();
 
+  // Each thread copies chunk column `ch` of rows r, r + kRowsPerPass, ... of every K/V tile, so
+  // the per-tile address work is one multiply-add per row (the chunk loop of a general thread
+  // count would redo the index math per chunk).
+  constexpr int kChunks = kBlockN * Cfg::kChunksPerRow;
+  constexpr bool kFixedColumn = Cfg::kThreads % Cfg::kChunksPerRow == 0;
+  constexpr int kRowsPerPass = kFixedColumn ? Cfg::kThreads / Cfg::kChunksPerRow : 1;
+  const int64_t k_head_off = kv_head * p.k_stride_head;
+  const int64_t v_head_off = kv_head * p.v_stride_head;
+  const T* k_seq = k_base + k_head_off;  // packed layout: row 0 of this sequence below
+  const T* v_seq = v_base + v_head_off;
+  if constexpr (!kPaged) {
+    k_seq += static_cast<int64_t>(q_start) * p.k_stride_token;
+    v_seq += static_cast<int64_t>(q_start) * p.v_stride_token;
+  }
+  auto copy_row_chunk = [&](T* dk, T* dv, int key, int ch) {
+    const bool valid = key < kv_end;
+    const T* k_src = k_base;
+    const T* v_src = v_base;
+    if (valid) {
+      if constexpr (kPaged) {
+        // Power-of-two block sizes (the usual case) avoid an integer division per row.
+        const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+        const int in_block = key - block_idx * p.block_size;
+        const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
+        k_src = k_base + block * p.k_stride_block + in_block * p.k_stride_token + k_head_off;
+        v_src = v_base + block * p.v_stride_block + in_block * p.v_stride_token + v_head_off;
+      } else {
+        k_src = k_seq + static_cast<int64_t>(key) * p.k_stride_token;
+        v_src = v_seq + static_cast<int64_t>(key) * p.v_stride_token;
+      }
+    }
+    cp_async_16(dk, k_src + ch * 8, valid);
+    cp_async_16(dv, v_src + ch * 8, valid);
+  };
   auto load_kv = [&](int kv_tile, int stage) {
     const int n0 = kv_begin + kv_tile * kBlockN;
     T* dk = s_k + stage * Cfg::kTileElems;
     T* dv = s_v + stage * Cfg::kTileElems;
-    for (int c = tid; c < kBlockN * Cfg::kChunksPerRow; c += Cfg::kThreads) {
-      const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
-      const int key = n0 + r;
-      const bool valid = key < kv_end;
-      int64_t k_off = 0, v_off = 0;
-      if (valid) {
-        if constexpr (kPaged) {
-          // Power-of-two block sizes (the usual case) avoid an integer division per row.
-          const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
-          const int in_block = key - block_idx * p.block_size;
-          const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
-          k_off = block * p.k_stride_block + in_block * p.k_stride_token;
-          v_off = block * p.v_stride_block + in_block * p.v_stride_token;
-        } else {
-          k_off = static_cast<int64_t>(q_start + key) * p.k_stride_token;
-          v_off = static_cast<int64_t>(q_start + key) * p.v_stride_token;
-        }
-        k_off += kv_head * p.k_stride_head + ch * 8;
-        v_off += kv_head * p.v_stride_head + ch * 8;
+    if constexpr (kFixedColumn) {
+      const int r0 = tid / Cfg::kChunksPerRow, ch = tid % Cfg::kChunksPerRow;
+#pragma unroll
+      for (int r = r0; r < kBlockN; r += kRowsPerPass) {
+        copy_row_chunk(dk + r * kStride + ch * 8, dv + r * kStride + ch * 8, n0 + r, ch);
       }
-      cp_async_16(dk + r * kStride + ch * 8, k_base + k_off, valid);
-      cp_async_16(dv + r * kStride + ch * 8, v_base + v_off, valid);
+    } else {
+      for (int c = tid; c < kChunks; c += Cfg::kThreads) {
+        const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
+        copy_row_chunk(dk + r * kStride + ch * 8, dv + r * kStride + ch * 8, n0 + r, ch);
+      }
     }
   };
 
