@@ -47,6 +47,7 @@ int main() {
       r = Request{};
       r.id = round * kNumRequests + i;
       // Requests i and i + 512 share a prompt: the second is a full prefix hit.
+      r.token_ids.reserve(kPromptLen + kDecodeSteps);  // decode appends must not reallocate
       r.token_ids = prompts[i % prompts.size()];
       r.num_prompt_tokens = kPromptLen;
       auto t0 = Clock::now();

@@ -27,6 +27,8 @@ file(GLOB MMCORE_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/kern
      ${PROJECT_SOURCE_DIR}/cpp/kernels/*.cc)
 pybind11_add_module(_kernels MODULE ${MMCORE_KERNEL_SOURCES})
 target_include_directories(_kernels PRIVATE ${PROJECT_SOURCE_DIR}/cpp)
+# The binding (.cc, host compiler) includes launcher headers that name cudaStream_t.
+target_include_directories(_kernels SYSTEM PRIVATE ${CMAKE_CUDA_TOOLKIT_INCLUDE_DIRECTORIES})
 if(MMCORE_CUTLASS_INCLUDE_DIR)
   target_include_directories(_kernels SYSTEM PRIVATE ${MMCORE_CUTLASS_INCLUDE_DIR})
   target_compile_definitions(_kernels PRIVATE MMCORE_HAS_CUTLASS=1)

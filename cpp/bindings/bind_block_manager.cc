@@ -159,8 +159,8 @@ void bind_block_manager(py::module_& m) {
       .def("remove_request", &BlockManagerHarness::remove_request, py::arg("request_id"))
       .def(
           "block_table",
-          [](const BlockManagerHarness& h, RequestId id) {
-            return to_numpy(h.manager_.block_table(id));
+          [](BlockManagerHarness& h, RequestId id) {
+            return to_numpy(h.manager_.block_table(h.get(id)));
           },
           py::arg("request_id"))
       .def(

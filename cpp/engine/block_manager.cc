@@ -16,13 +16,23 @@ BlockManager::BlockManager(const BlockManagerConfig& config)
     : pool_(config.num_blocks, config.block_size),
       enable_prefix_caching_(config.enable_prefix_caching) {}
 
+const BlockManager::Table* BlockManager::table_of(const Request& request) const {
+  if (request.kv_table < 0) return nullptr;
+  const Table& table = *tables_.at(static_cast<size_t>(request.kv_table));
+  if (!table.in_use || table.owner != request.id) {
+    throw std::logic_error("request " + std::to_string(request.id) +
+                           " points at a block table it does not own");
+  }
+  return &table;
+}
+
 int32_t BlockManager::blocks_for(int32_t num_slots) const {
   return (num_slots + pool_.block_size() - 1) / pool_.block_size();
 }
 
 ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
   ComputedBlocks computed;
-  if (!enable_prefix_caching_ || tables_.count(request.id) != 0) return computed;
+  if (!enable_prefix_caching_ || request.kv_table >= 0) return computed;
   const int32_t bs = pool_.block_size();
   extend_block_hashes(request, bs);
   // The last known token is always computed again: its logits are needed.
@@ -46,8 +56,7 @@ ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
 
 bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
                                 const ComputedBlocks& computed) const {
-  auto it = tables_.find(request.id);
-  const int32_t held = it == tables_.end() ? 0 : static_cast<int32_t>(it->second.blocks.size());
+  const int32_t held = request.kv_table < 0 ? 0 : request.kv_num_blocks;
   const int32_t prefix_tokens = held == 0 ? computed.num_tokens : 0;
   const int32_t num_prefix = held == 0 ? static_cast<int32_t>(computed.blocks.size()) : 0;
   const int32_t needed =
@@ -64,14 +73,28 @@ bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
 std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t num_new_tokens,
                                                     const ComputedBlocks& computed) {
   if (num_new_tokens < 0) throw std::invalid_argument("num_new_tokens must be >= 0");
+  // Decode fast path: the last block still has room.
+  if (request.kv_table >= 0 &&
+      blocks_for(request.num_computed_tokens + num_new_tokens) <= request.kv_num_blocks) {
+    return 0;
+  }
   if (!can_allocate(request, num_new_tokens, computed)) return std::nullopt;
-  auto [it, inserted] = tables_.try_emplace(request.id);
-  Table& table = it->second;
+  const bool inserted = request.kv_table < 0;
   if (inserted) {
-    if (!spare_tables_.empty()) {
-      table.blocks = std::move(spare_tables_.back());
-      spare_tables_.pop_back();
+    if (free_tables_.empty()) {
+      free_tables_.push_back(static_cast<int32_t>(tables_.size()));
+      tables_.push_back(std::make_unique<Table>());
     }
+    request.kv_table = free_tables_.back();
+    free_tables_.pop_back();
+    Table& fresh = *tables_[request.kv_table];
+    fresh.owner = request.id;
+    fresh.in_use = true;
+    fresh.num_cached_blocks = 0;
+    fresh.caching_stopped = false;
+  }
+  Table& table = *tables_[request.kv_table];
+  if (inserted) {
     if (enable_prefix_caching_) {
       prefix_queries_ += request.num_tokens();
       prefix_hits_ += computed.num_tokens;
@@ -81,6 +104,7 @@ std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t nu
       table.blocks.push_back(block);
     }
     table.num_cached_blocks = static_cast<int32_t>(computed.blocks.size());
+    request.kv_num_cached_blocks = table.num_cached_blocks;
   }
   const int32_t prefix_tokens = inserted ? computed.num_tokens : 0;
   const int32_t target = blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens);
@@ -89,26 +113,31 @@ std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t nu
     table.blocks.push_back(pool_.allocate());
     ++num_new_blocks;
   }
+  request.kv_num_blocks = static_cast<int32_t>(table.blocks.size());
   return num_new_blocks;
 }
 
-void BlockManager::free(const Request& request) {
-  auto it = tables_.find(request.id);
-  if (it == tables_.end()) return;
-  std::vector<BlockId>& blocks = it->second.blocks;
-  for (auto b = blocks.rbegin(); b != blocks.rend(); ++b) pool_.release(*b);
-  blocks.clear();
-  spare_tables_.push_back(std::move(blocks));
-  tables_.erase(it);
+void BlockManager::free(Request& request) {
+  if (table_of(request) == nullptr) return;
+  Table& table = *tables_[request.kv_table];
+  for (auto b = table.blocks.rbegin(); b != table.blocks.rend(); ++b) pool_.release(*b);
+  table.blocks.clear();
+  table.in_use = false;
+  table.owner = -1;
+  free_tables_.push_back(request.kv_table);
+  request.kv_table = -1;
+  request.kv_num_blocks = 0;
+  request.kv_num_cached_blocks = 0;
 }
 
 void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
-  if (!enable_prefix_caching_) return;
-  auto it = tables_.find(request.id);
-  if (it == tables_.end()) return;
-  Table& table = it->second;
-  if (table.caching_stopped) return;
+  if (!enable_prefix_caching_ || request.kv_table < 0) return;
   const int32_t bs = pool_.block_size();
+  // Fast path: no block became full since the last call.
+  if (std::min(num_tokens, request.num_tokens()) / bs <= request.kv_num_cached_blocks) return;
+  (void)table_of(request);  // checks ownership
+  Table& table = *tables_[request.kv_table];
+  if (table.caching_stopped) return;
   num_tokens = std::min(num_tokens, request.num_tokens());
   const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
   if (table.num_cached_blocks >= num_full) return;
@@ -123,12 +152,13 @@ void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
       return;
     }
     table.num_cached_blocks = b + 1;
+    request.kv_num_cached_blocks = b + 1;
   }
 }
 
-const std::vector<BlockId>& BlockManager::block_table(RequestId request) const {
-  auto it = tables_.find(request);
-  return it == tables_.end() ? kEmptyTable : it->second.blocks;
+const std::vector<BlockId>& BlockManager::block_table(const Request& request) const {
+  const Table* table = table_of(request);
+  return table == nullptr ? kEmptyTable : table->blocks;
 }
 
 BlockManagerStats BlockManager::stats() const {
@@ -144,7 +174,15 @@ BlockManagerStats BlockManager::stats() const {
 
 void BlockManager::check_invariants() const {
   std::vector<int32_t> refs(static_cast<size_t>(pool_.num_blocks()), 0);
-  for (const auto& [id, table] : tables_) {
+  for (const auto& owned : tables_) {
+    const Table& table = *owned;
+    if (!table.in_use) {
+      if (!table.blocks.empty()) {
+        throw std::logic_error("block manager invariant broken: a free block table holds blocks");
+      }
+      continue;
+    }
+    const RequestId id = table.owner;
     for (size_t i = 0; i < table.blocks.size(); ++i) {
       const BlockId b = table.blocks[i];
       if (b < 0 || b >= pool_.num_blocks()) {

@@ -6,8 +6,8 @@
 //
 // allocate_slots returns std::nullopt when the blocks do not fit; the caller preempts.
 #include <cstdint>
+#include <memory>
 #include <optional>
-#include <unordered_map>
 #include <vector>
 
 #include "engine/block_pool.h"
@@ -60,30 +60,38 @@ class BlockManager {
                                                       const ComputedBlocks& computed = {});
   // Releases the request's blocks, last block first so that a prefix outlives its tail in the
   // LRU free queue.
-  void free(const Request& request);
+  void free(Request& request);
   // Adds the request's full blocks among its first `num_tokens` known tokens to the prefix cache.
   void cache_full_blocks(Request& request, int32_t num_tokens);
 
   // The request's block ids in order (empty when it holds none).
-  [[nodiscard]] const std::vector<BlockId>& block_table(RequestId request) const;
-  [[nodiscard]] int32_t num_requests() const { return static_cast<int32_t>(tables_.size()); }
+  [[nodiscard]] const std::vector<BlockId>& block_table(const Request& request) const;
+  // Requests holding a block table.
+  [[nodiscard]] int32_t num_requests() const {
+    return static_cast<int32_t>(tables_.size() - free_tables_.size());
+  }
   [[nodiscard]] BlockManagerStats stats() const;
   // Throws std::logic_error naming the first broken invariant.
   void check_invariants() const;
 
  private:
   struct Table {
-    std::vector<BlockId> blocks;
+    RequestId owner = -1;
+    bool in_use = false;
+    std::vector<BlockId> blocks;    // capacity kept when the table is recycled
     int32_t num_cached_blocks = 0;  // leading blocks registered in the prefix cache
     bool caching_stopped = false;   // a block's hash was taken by another block: stop the chain
   };
 
   [[nodiscard]] int32_t blocks_for(int32_t num_slots) const;
+  [[nodiscard]] const Table* table_of(const Request& request) const;
 
   BlockPool pool_;
   bool enable_prefix_caching_;
-  std::unordered_map<RequestId, Table> tables_;
-  std::vector<std::vector<BlockId>> spare_tables_;  // recycled vectors: no per-request malloc
+  // Tables indexed by Request::kv_table (no hashing on the hot path); free ones are recycled.
+  // Heap-allocated once each: references stay valid while other tables are added.
+  std::vector<std::unique_ptr<Table>> tables_;
+  std::vector<int32_t> free_tables_;
   int64_t prefix_queries_ = 0;
   int64_t prefix_hits_ = 0;
 };

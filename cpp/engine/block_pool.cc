@@ -17,10 +17,12 @@ namespace {
 BlockPool::BlockPool(int32_t num_blocks, int32_t block_size)
     : block_size_(block_size),
       blocks_(static_cast<size_t>(num_blocks)),
-      tokens_(static_cast<size_t>(num_blocks) * static_cast<size_t>(block_size)) {
+      tokens_(static_cast<size_t>(std::max(num_blocks, 0)) *
+              static_cast<size_t>(std::max(block_size, 0))),
+      extras_(static_cast<size_t>(std::max(num_blocks, 0))),
+      hash_to_block_(std::max(num_blocks, 0)) {
   if (num_blocks <= 0) throw std::invalid_argument("num_blocks must be positive");
   if (block_size <= 0) throw std::invalid_argument("block_size must be positive");
-  hash_to_block_.reserve(static_cast<size_t>(num_blocks));
   for (BlockId b = 0; b < num_blocks; ++b) push_free_tail(b);
 }
 
@@ -60,7 +62,10 @@ void BlockPool::drop_cached(BlockId block) {
   if (!blk.cached) return;
   hash_to_block_.erase(blk.hash);
   blk.cached = false;
-  blk.extra = BlockExtraKeys{};
+  if (blk.has_extra) {
+    extras_[block] = BlockExtraKeys{};
+    blk.has_extra = false;
+  }
   ++blk.generation;  // children recorded against the old content no longer match
 }
 
@@ -87,9 +92,8 @@ void BlockPool::release(BlockId block) {
 
 std::optional<BlockId> BlockPool::find_cached(BlockHash hash, const TokenId* tokens,
                                               const BlockExtraKeys& extra, BlockId parent) const {
-  auto it = hash_to_block_.find(hash);
-  if (it == hash_to_block_.end()) return std::nullopt;
-  const BlockId block = it->second;
+  const BlockId block = hash_to_block_.find(hash);
+  if (block < 0) return std::nullopt;
   const Block& blk = blocks_[block];
   if (blk.parent != parent) return std::nullopt;
   if (parent != kNoBlock && blk.parent_generation != blocks_[parent].generation) {
@@ -97,7 +101,7 @@ std::optional<BlockId> BlockPool::find_cached(BlockHash hash, const TokenId* tok
   }
   const TokenId* stored = tokens_.data() + static_cast<size_t>(block) * block_size_;
   if (!std::equal(stored, stored + block_size_, tokens)) return std::nullopt;
-  if (!(blk.extra == extra)) return std::nullopt;
+  if (blk.has_extra ? !(extras_[block] == extra) : !extra.empty()) return std::nullopt;
   return block;
 }
 
@@ -105,13 +109,14 @@ bool BlockPool::cache(BlockId block, BlockHash hash, const TokenId* tokens, Bloc
                       BlockId parent) {
   Block& blk = blocks_[block];
   if (blk.cached) return blk.hash == hash;
-  if (hash_to_block_.count(hash) != 0) return false;
-  hash_to_block_.emplace(hash, block);
+  if (hash_to_block_.find(hash) >= 0) return false;
+  hash_to_block_.insert(hash, block);
   blk.cached = true;
   blk.hash = hash;
   blk.parent = parent;
   blk.parent_generation = parent == kNoBlock ? 0 : blocks_[parent].generation;
-  blk.extra = std::move(extra);
+  blk.has_extra = !extra.empty();
+  if (blk.has_extra) extras_[block] = std::move(extra);
   std::copy(tokens, tokens + block_size_,
             tokens_.begin() + static_cast<std::ptrdiff_t>(block) * block_size_);
   return true;
@@ -146,19 +151,19 @@ void BlockPool::check_invariants(const std::vector<int32_t>& expected_refs) cons
       broken(name + " has ref count " + std::to_string(blk.ref_count) + " but " +
              std::to_string(expected_refs[b]) + " block tables hold it");
     }
-    if (blk.cached) {
-      auto it = hash_to_block_.find(blk.hash);
-      if (it == hash_to_block_.end() || it->second != b) {
-        broken(name + " is cached but the hash map does not point to it");
-      }
+    if (blk.cached && hash_to_block_.find(blk.hash) != b) {
+      broken(name + " is cached but the hash map does not point to it");
     }
   }
-  for (const auto& [hash, block] : hash_to_block_) {
-    if (block < 0 || block >= n || !blocks_[block].cached || blocks_[block].hash != hash) {
+  int32_t entries = 0;
+  hash_to_block_.for_each([&](BlockHash hash, BlockId block) {
+    ++entries;
+    if (block >= n || !blocks_[block].cached || blocks_[block].hash != hash) {
       broken("hash map entry points to block " + std::to_string(block) +
              " which is not cached under that hash");
     }
-  }
+  });
+  if (entries != hash_to_block_.size()) broken("hash map size does not match its entries");
 }
 
 }  // namespace mmcore

@@ -5,10 +5,10 @@
 // confirmed by comparing contents: collisions can cost a cache miss, never a wrong KV.
 #include <cstdint>
 #include <optional>
-#include <unordered_map>
 #include <vector>
 
 #include "engine/block_hash.h"
+#include "engine/block_hash_map.h"
 #include "engine/types.h"
 
 namespace mmcore {
@@ -23,7 +23,7 @@ class BlockPool {
   [[nodiscard]] int32_t block_size() const { return block_size_; }
   // Blocks with no reference (cached or not): what allocation can take.
   [[nodiscard]] int32_t num_free() const { return num_free_; }
-  [[nodiscard]] int32_t num_cached() const { return static_cast<int32_t>(hash_to_block_.size()); }
+  [[nodiscard]] int32_t num_cached() const { return hash_to_block_.size(); }
   [[nodiscard]] int32_t ref_count(BlockId block) const { return blocks_[block].ref_count; }
   [[nodiscard]] bool is_cached(BlockId block) const { return blocks_[block].cached; }
   [[nodiscard]] uint32_t generation(BlockId block) const { return blocks_[block].generation; }
@@ -56,11 +56,11 @@ class BlockPool {
     BlockId next_free = kNoBlock;
     bool in_free_queue = false;
     bool cached = false;
+    bool has_extra = false;   // extras_[block] holds non-empty extra keys
     uint32_t generation = 0;  // bumped whenever cached content is dropped
     BlockHash hash = 0;
     BlockId parent = kNoBlock;
     uint32_t parent_generation = 0;
-    BlockExtraKeys extra;
   };
 
   void push_free_tail(BlockId block);
@@ -70,10 +70,12 @@ class BlockPool {
   int32_t block_size_;
   std::vector<Block> blocks_;
   std::vector<TokenId> tokens_;  // block_size tokens per block, valid while cached
+  // Extra keys live beside the hot per-block state so that Block stays small (cache lines).
+  std::vector<BlockExtraKeys> extras_;
   BlockId free_head_ = kNoBlock;
   BlockId free_tail_ = kNoBlock;
   int32_t num_free_ = 0;
-  std::unordered_map<BlockHash, BlockId> hash_to_block_;
+  BlockHashMap hash_to_block_;
 };
 
 }  // namespace mmcore

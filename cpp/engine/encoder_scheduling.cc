@@ -30,6 +30,10 @@ void plan_encoder_items(Request& request, int32_t start, int32_t num_tokens,
   plan.clear();
   int32_t end = start + num_tokens;
   const auto num_items = static_cast<int32_t>(request.features.size());
+  if (num_items == 0 || start >= request.features.back().offset + request.features.back().length) {
+    plan.num_tokens = num_tokens;  // past every item (decode): nothing to plan
+    return;
+  }
   // Invariant after every item: the new items planned so far can all be allocated.
   for (int32_t f = first_item_after(request, start);
        f < num_items && request.features[f].offset < end; ++f) {
@@ -99,6 +103,9 @@ void commit_encoder_plan(Request& request, const EncoderChunkPlan& plan, Encoder
 void append_scatter_plan(const Request& request, int32_t start, int32_t end, int32_t dst_row,
                          SchedulerOutput& out) {
   const auto num_items = static_cast<int32_t>(request.features.size());
+  if (num_items == 0 || start >= request.features.back().offset + request.features.back().length) {
+    return;
+  }
   for (int32_t f = first_item_after(request, start);
        f < num_items && request.features[f].offset < end; ++f) {
     const MMFeature& item = request.features[f];

@@ -53,6 +53,12 @@ struct Request {
   std::vector<int64_t> mrope_positions;
   int64_t mrope_delta = 0;
 
+  // Owned by the block manager: index of this request's block table (-1: holds no blocks) and
+  // mirrors of its size and cached prefix, so the hot path need not touch the table.
+  int32_t kv_table = -1;
+  int32_t kv_num_blocks = 0;
+  int32_t kv_num_cached_blocks = 0;
+
   // Chained hash of every full block of known tokens (filled lazily by extend_block_hashes).
   std::vector<BlockHash> block_hashes;
 

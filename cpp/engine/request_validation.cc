@@ -74,6 +74,10 @@ void validate_request(const Request& r, const SchedulerConfig& config) {
     reject(r, "the prompt is " + std::to_string(n) + " tokens, longer than max_model_len " +
                   std::to_string(config.max_model_len));
   }
+  for (TokenId t : r.token_ids) {
+    // -1 marks a pending sample in SchedulerOutput.input_ids; ids are never negative.
+    if (t < 0) reject(r, "token id " + std::to_string(t) + " is negative");
+  }
   if (r.sampling.max_tokens < 1) reject(r, "max_tokens must be >= 1");
   if (r.sampling.min_tokens < 0 || r.sampling.min_tokens > r.sampling.max_tokens) {
     reject(r, "min_tokens must be in [0, max_tokens]");

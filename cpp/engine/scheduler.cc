@@ -42,6 +42,10 @@ void Scheduler::add_request(Request request) {
   request.num_pending_tokens = 0;
   request.block_hashes.clear();
   request.arrival_order = next_arrival_++;
+  // Room for every token it may generate: no reallocation while decoding.
+  request.token_ids.reserve(static_cast<size_t>(std::min<int64_t>(
+      static_cast<int64_t>(request.num_prompt_tokens) + request.sampling.max_tokens,
+      config_.max_model_len)));
   auto owned = std::make_unique<Request>(std::move(request));
   waiting_.push_new(owned.get());
   requests_.emplace(owned->id, std::move(owned));
@@ -54,9 +58,16 @@ const SchedulerOutput& Scheduler::schedule() {
         "flight)");
   }
   retire_old_requests();
-  // Build into the buffer that the step in flight (if any) does not use.
-  current_ =
-      !in_flight_.empty() && in_flight_.front() == &records_[0] ? &records_[1] : &records_[0];
+  // Build into a buffer neither in flight nor returned by the previous call.
+  StepRecord* last = current_;
+  for (StepRecord& candidate : records_) {
+    const bool in_flight =
+        std::find(in_flight_.begin(), in_flight_.end(), &candidate) != in_flight_.end();
+    if (!in_flight && &candidate != last) {
+      current_ = &candidate;
+      break;
+    }
+  }
   StepRecord& rec = *current_;
   rec.step_id = next_step_id_++;
   rec.scheduled.clear();
@@ -148,7 +159,7 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   token_budget_ -= n;
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
-  const int32_t row = builder_.add_request(r, kv_.block_table(r.id), start, n, samples);
+  const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
   append_scatter_plan(r, start, end, row, rec.out);
   if (samples) {
     r.last_sample_index = static_cast<int32_t>(rec.sampled.size());
@@ -283,7 +294,11 @@ void Scheduler::check_invariants() const {
   for (const auto& [id, owned] : requests_) {
     const Request& r = *owned;
     const std::string name = "request " + std::to_string(id);
-    const auto slots = static_cast<int64_t>(kv_.block_table(id).size()) * config_.block_size;
+    const auto slots = static_cast<int64_t>(kv_.block_table(r).size()) * config_.block_size;
+    if (static_cast<int32_t>(kv_.block_table(r).size()) != r.kv_num_blocks) {
+      broken(name + " mirrors " + std::to_string(r.kv_num_blocks) + " blocks but holds " +
+             std::to_string(kv_.block_table(r).size()));
+    }
     if (r.status == RequestStatus::kRunning) {
       if (std::find(running_.begin(), running_.end(), &r) == running_.end()) {
         broken(name + " is marked running but not in the running list");

@@ -50,7 +50,8 @@ class Scheduler {
   // cache_salt and M-RoPE positions filled in. Throws std::invalid_argument when it could never
   // run or its id is live.
   void add_request(Request request);
-  // Plans the next step. The returned output stays valid until the second next schedule().
+  // Plans the next step. The returned output stays valid until the second next schedule()
+  // (and while its step awaits update_from_output).
   // Throws std::logic_error if two steps already await update_from_output.
   [[nodiscard]] const SchedulerOutput& schedule();
   // Applies the tokens sampled by step `step_id` (one per its sampling_req_ids, in order).
@@ -106,7 +107,8 @@ class Scheduler {
   std::deque<std::pair<int64_t, std::unique_ptr<Request>>> retired_;
   std::vector<RequestId> finished_since_last_step_;
 
-  StepRecord records_[2];  // double buffer: the step in flight and the one being built
+  // Output buffers, reused: the step in flight, the last returned step and the one being built.
+  StepRecord records_[3];
   StepRecord* current_ = nullptr;
   std::deque<StepRecord*> in_flight_;  // scheduled, non-empty, not yet updated; oldest first
   int64_t next_step_id_ = 0;

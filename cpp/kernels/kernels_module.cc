@@ -1,13 +1,189 @@
 // mmcore._kernels: launchers of the CUDA kernels. Arguments are raw device pointers (ints),
-// sizes, strides and a CUDA stream handle; torch custom ops in python/mmcore/kernels wrap them.
+// sizes, element strides, dtype codes and a CUDA stream handle; torch custom ops in
+// python/mmcore/kernels/ops.py wrap them. No torch headers: the module is torch-ABI-free.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <array>
+#include <cmath>
+#include <cstdint>
 #include <stdexcept>
 
+#include "kernels/attention.h"
+#include "kernels/cache_write.h"
 #include "kernels/probe.h"
 
 namespace py = pybind11;
+using mmcore::kernels::AttentionParams;
+using mmcore::kernels::DType;
+using Strides2 = std::array<int64_t, 2>;
+using Strides3 = std::array<int64_t, 3>;
+
+namespace {
+
+template <typename T>
+T* as_ptr(uintptr_t address) {
+  return reinterpret_cast<T*>(address);
+}
+
+cudaStream_t as_stream(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
+
+DType as_dtype(int code) {
+  if (code < 0 || code > 2)
+    throw std::invalid_argument("unknown dtype code " + std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Fields shared by both attention launchers.
+AttentionParams attention_params(uintptr_t q, Strides2 q_strides, uintptr_t out,
+                                 Strides2 out_strides, uintptr_t query_start_loc,
+                                 uintptr_t tile_offsets, int num_seqs, int num_tokens,
+                                 int num_q_heads, int num_kv_heads, double scale, int num_splits,
+                                 uintptr_t partial_out, uintptr_t partial_lse) {
+  AttentionParams p;
+  p.q = as_ptr<const void>(q);
+  p.q_stride_token = q_strides[0];
+  p.q_stride_head = q_strides[1];
+  p.out = as_ptr<void>(out);
+  p.out_stride_token = out_strides[0];
+  p.out_stride_head = out_strides[1];
+  p.query_start_loc = as_ptr<const int32_t>(query_start_loc);
+  p.tile_offsets = as_ptr<int32_t>(tile_offsets);
+  p.num_seqs = num_seqs;
+  p.num_tokens = num_tokens;
+  p.num_q_heads = num_q_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.scale_log2 = static_cast<float>(scale) * kLog2e;
+  p.num_splits = num_splits;
+  p.partial_out = as_ptr<float>(partial_out);
+  p.partial_lse = as_ptr<float>(partial_lse);
+  return p;
+}
+
+void bind_attention(py::module_& m) {
+  using mmcore::kernels::AttentionVariant;
+  m.def(
+      "paged_num_splits",
+      [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int max_query_len,
+         int max_seq_len, int num_sms) {
+        if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
+          throw std::invalid_argument("paged_num_splits: num_q_heads % num_kv_heads != 0");
+        const int group = num_q_heads / num_kv_heads;
+        return mmcore::kernels::attention_num_splits(
+            mmcore::kernels::paged_variant(max_query_len, group), num_seqs, num_tokens,
+            num_kv_heads, group, max_seq_len, num_sms);
+      },
+      py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"),
+      py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("num_sms"),
+      "KV splits (flash-decoding) paged_attention should use.");
+  m.def(
+      "paged_attention",
+      [](uintptr_t q, Strides2 q_strides, uintptr_t key_cache, Strides3 k_strides,
+         uintptr_t value_cache, Strides3 v_strides, int block_size, uintptr_t block_tables,
+         int64_t block_table_stride, uintptr_t seq_lens, uintptr_t query_start_loc,
+         uintptr_t tile_offsets, uintptr_t out, Strides2 out_strides, int num_seqs, int num_tokens,
+         int num_q_heads, int num_kv_heads, int head_dim, int dtype, double scale,
+         int sliding_window, int max_query_len, int num_splits, uintptr_t partial_out,
+         uintptr_t partial_lse, uintptr_t stream) {
+        AttentionParams p = attention_params(
+            q, q_strides, out, out_strides, query_start_loc, tile_offsets, num_seqs, num_tokens,
+            num_q_heads, num_kv_heads, scale, num_splits, partial_out, partial_lse);
+        p.k = as_ptr<const void>(key_cache);
+        p.k_stride_block = k_strides[0];
+        p.k_stride_token = k_strides[1];
+        p.k_stride_head = k_strides[2];
+        p.v = as_ptr<const void>(value_cache);
+        p.v_stride_block = v_strides[0];
+        p.v_stride_token = v_strides[1];
+        p.v_stride_head = v_strides[2];
+        p.block_size = block_size;
+        p.block_tables = as_ptr<const int32_t>(block_tables);
+        p.block_table_stride = block_table_stride;
+        p.seq_lens = as_ptr<const int32_t>(seq_lens);
+        p.sliding_window = sliding_window;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_paged_attention(p, as_dtype(dtype), head_dim, max_query_len,
+                                                as_stream(stream));
+      },
+      py::arg("q"), py::arg("q_strides"), py::arg("key_cache"), py::arg("k_strides"),
+      py::arg("value_cache"), py::arg("v_strides"), py::arg("block_size"), py::arg("block_tables"),
+      py::arg("block_table_stride"), py::arg("seq_lens"), py::arg("query_start_loc"),
+      py::arg("tile_offsets"), py::arg("out"), py::arg("out_strides"), py::arg("num_seqs"),
+      py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
+      py::arg("dtype"), py::arg("scale"), py::arg("sliding_window"), py::arg("max_query_len"),
+      py::arg("num_splits"), py::arg("partial_out"), py::arg("partial_lse"), py::arg("stream"),
+      "Causal paged attention over a mixed prefill/decode batch (device pointers as ints).");
+  m.def(
+      "varlen_attention",
+      [](uintptr_t q, Strides2 q_strides, uintptr_t k, Strides2 k_strides, uintptr_t v,
+         Strides2 v_strides, uintptr_t cu_seqlens, uintptr_t tile_offsets, uintptr_t out,
+         Strides2 out_strides, int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads,
+         int head_dim, int dtype, double scale, bool causal, uintptr_t stream) {
+        AttentionParams p =
+            attention_params(q, q_strides, out, out_strides, cu_seqlens, tile_offsets, num_seqs,
+                             num_tokens, num_q_heads, num_kv_heads, scale, 1, 0, 0);
+        p.k = as_ptr<const void>(k);
+        p.k_stride_token = k_strides[0];
+        p.k_stride_head = k_strides[1];
+        p.v = as_ptr<const void>(v);
+        p.v_stride_token = v_strides[0];
+        p.v_stride_head = v_strides[1];
+        p.causal = causal;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_varlen_attention(p, as_dtype(dtype), head_dim, as_stream(stream));
+      },
+      py::arg("q"), py::arg("q_strides"), py::arg("k"), py::arg("k_strides"), py::arg("v"),
+      py::arg("v_strides"), py::arg("cu_seqlens"), py::arg("tile_offsets"), py::arg("out"),
+      py::arg("out_strides"), py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("scale"),
+      py::arg("causal"), py::arg("stream"),
+      "Attention within each packed sequence (ViT), device pointers as ints.");
+}
+
+void bind_cache_write(py::module_& m) {
+  m.def(
+      "reshape_and_cache",
+      [](uintptr_t key, Strides2 key_strides, uintptr_t value, Strides2 value_strides,
+         uintptr_t key_cache, Strides3 kc_strides, uintptr_t value_cache, Strides3 vc_strides,
+         uintptr_t slot_mapping, int num_tokens, int num_kv_heads, int head_dim, int block_size,
+         int num_blocks, int src_dtype, int cache_dtype, uintptr_t stream) {
+        mmcore::kernels::CacheWriteParams p;
+        p.key = as_ptr<const void>(key);
+        p.value = as_ptr<const void>(value);
+        p.key_stride_token = key_strides[0];
+        p.key_stride_head = key_strides[1];
+        p.value_stride_token = value_strides[0];
+        p.value_stride_head = value_strides[1];
+        p.key_cache = as_ptr<void>(key_cache);
+        p.value_cache = as_ptr<void>(value_cache);
+        p.kc_stride_block = kc_strides[0];
+        p.kc_stride_token = kc_strides[1];
+        p.kc_stride_head = kc_strides[2];
+        p.vc_stride_block = vc_strides[0];
+        p.vc_stride_token = vc_strides[1];
+        p.vc_stride_head = vc_strides[2];
+        p.slot_mapping = as_ptr<const int64_t>(slot_mapping);
+        p.num_tokens = num_tokens;
+        p.num_kv_heads = num_kv_heads;
+        p.head_dim = head_dim;
+        p.block_size = block_size;
+        p.num_blocks = num_blocks;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_reshape_and_cache(p, as_dtype(src_dtype), as_dtype(cache_dtype),
+                                                  as_stream(stream));
+      },
+      py::arg("key"), py::arg("key_strides"), py::arg("value"), py::arg("value_strides"),
+      py::arg("key_cache"), py::arg("kc_strides"), py::arg("value_cache"), py::arg("vc_strides"),
+      py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("num_kv_heads"), py::arg("head_dim"),
+      py::arg("block_size"), py::arg("num_blocks"), py::arg("src_dtype"), py::arg("cache_dtype"),
+      py::arg("stream"),
+      "Write K/V rows into the paged caches by slot mapping (negative slot = skip).");
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
   m.doc() = "mmcore CUDA kernels";
@@ -25,4 +201,6 @@ PYBIND11_MODULE(_kernels, m) {
         return out;
       },
       py::arg("a"), py::arg("x"), py::arg("y"), "a * x + y computed by a CUDA kernel.");
+  bind_attention(m);
+  bind_cache_write(m);
 }

@@ -55,7 +55,7 @@ TEST(BlockManager, AllocateAndFreeCountBlocks) {
   auto n = bm.allocate_slots(r, 9);
   ASSERT_TRUE(n.has_value());
   EXPECT_EQ(*n, 3);
-  EXPECT_EQ(bm.block_table(1).size(), 3u);
+  EXPECT_EQ(bm.block_table(r).size(), 3u);
   EXPECT_EQ(bm.stats().num_used_blocks, 3);
   r.num_computed_tokens = 9;
   // Growing inside the last block needs no block; crossing the boundary needs one.
@@ -65,7 +65,7 @@ TEST(BlockManager, AllocateAndFreeCountBlocks) {
   bm.free(r);
   EXPECT_EQ(bm.stats().num_used_blocks, 0);
   EXPECT_EQ(bm.stats().num_free_blocks, 10);
-  EXPECT_TRUE(bm.block_table(1).empty());
+  EXPECT_TRUE(bm.block_table(r).empty());
   bm.check_invariants();
 }
 
@@ -76,7 +76,7 @@ TEST(BlockManager, ReturnsNulloptWithoutSideEffectsWhenFull) {
   Request b = make_request(2, iota_tokens(8, 500));
   EXPECT_FALSE(bm.can_allocate(b, 8));
   EXPECT_FALSE(bm.allocate_slots(b, 8).has_value());
-  EXPECT_TRUE(bm.block_table(2).empty());
+  EXPECT_TRUE(bm.block_table(b).empty());
   EXPECT_EQ(bm.stats().num_free_blocks, 1);
   EXPECT_TRUE(bm.allocate_slots(b, 4).has_value());
   bm.check_invariants();
@@ -104,9 +104,9 @@ TEST(BlockManager, SharedPrefixIsReferencedTwiceAndCounted) {
   Request b = make_request(2, iota_tokens(10));
   ComputedBlocks hit = run_whole(bm, b);
   EXPECT_EQ(hit.num_tokens, 8);
-  EXPECT_EQ(bm.block_table(1)[0], bm.block_table(2)[0]);
-  EXPECT_EQ(bm.block_table(1)[1], bm.block_table(2)[1]);
-  EXPECT_NE(bm.block_table(1)[2], bm.block_table(2)[2]);
+  EXPECT_EQ(bm.block_table(a)[0], bm.block_table(b)[0]);
+  EXPECT_EQ(bm.block_table(a)[1], bm.block_table(b)[1]);
+  EXPECT_NE(bm.block_table(a)[2], bm.block_table(b)[2]);
   EXPECT_EQ(bm.stats().num_used_blocks, 4);
   EXPECT_EQ(bm.stats().prefix_queries, 20);
   EXPECT_EQ(bm.stats().prefix_hits, 8);
@@ -188,7 +188,7 @@ TEST(BlockManager, ReusedBlocksLoseTheirCachedContent) {
   BlockManager bm({3, kBs, true});
   Request a = make_request(1, iota_tokens(9, 0));
   run_whole(bm, a);
-  const BlockId first = bm.block_table(1)[0];
+  const BlockId first = bm.block_table(a)[0];
   bm.free(a);
   // Reuse exactly a's first block for other content while its child stays cached.
   Request b = make_request(2, iota_tokens(4, 900));
@@ -197,7 +197,7 @@ TEST(BlockManager, ReusedBlocksLoseTheirCachedContent) {
   ASSERT_TRUE(bm.allocate_slots(c, 4).has_value());
   Request d = make_request(4, iota_tokens(4, 902));
   ASSERT_TRUE(bm.allocate_slots(d, 4).has_value());
-  std::set<BlockId> taken = {bm.block_table(2)[0], bm.block_table(3)[0], bm.block_table(4)[0]};
+  std::set<BlockId> taken = {bm.block_table(b)[0], bm.block_table(c)[0], bm.block_table(d)[0]};
   EXPECT_TRUE(taken.count(first));
   Request again = make_request(5, iota_tokens(9, 0));
   EXPECT_EQ(bm.get_computed_blocks(again).num_tokens, 0);

@@ -168,7 +168,7 @@ def would_reject(spec: Spec, cfg) -> bool:
     return False
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_random_workloads_match_the_reference(data):
     cfg = _core.SchedulerConfig()
@@ -294,6 +294,7 @@ def test_mrope_positions_are_three_rows():
         ([1] * 30, {"max_tokens": 20}, "more than the whole cache"),
         ([], {}, "empty"),
         ([1, 2, 3], {"min_tokens": 9}, "min_tokens"),
+        ([1, -1, 3], {}, "negative"),
     ],
 )
 def test_requests_that_never_fit_are_value_errors(tokens, kwargs, match):

@@ -1,0 +1,149 @@
+// Validation and variant selection for the attention launchers (see attention.h).
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/attention.h"
+
+namespace mmcore::kernels {
+namespace {
+
+constexpr int kDecodeRows = 16;
+constexpr int kPrefillRows = 128;
+constexpr int kKeysPerTile = 64;
+constexpr int kMaxSplits = 64;
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Shared checks of both launchers; `name` prefixes the messages.
+void check_common(const AttentionParams& p, DType dtype, int head_dim, const char* name) {
+  const std::string n(name);
+  require(head_dim == 64 || head_dim == 80 || head_dim == 128,
+          n + ": head_dim must be 64, 80 or 128, got " + std::to_string(head_dim));
+  require(dtype == DType::kFloat16 || dtype == DType::kBFloat16,
+          n + ": dtype must be float16 or bfloat16");
+  require(p.num_seqs >= 0 && p.num_tokens >= 0, n + ": negative batch size");
+  require(p.num_q_heads > 0 && p.num_kv_heads > 0 && p.num_q_heads % p.num_kv_heads == 0,
+          n + ": num_q_heads (" + std::to_string(p.num_q_heads) +
+              ") must be a positive multiple of num_kv_heads (" + std::to_string(p.num_kv_heads) +
+              ")");
+  require(p.num_kv_heads <= 65535, n + ": too many KV heads");
+  require(p.q && p.k && p.v && p.out && p.query_start_loc && p.tile_offsets,
+          n + ": null device pointer");
+  require(aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.out),
+          n + ": query/key/value/out must be 16-byte aligned");
+  const int64_t strides[] = {p.q_stride_token,   p.q_stride_head,  p.k_stride_token,
+                             p.k_stride_head,    p.v_stride_token, p.v_stride_head,
+                             p.out_stride_token, p.out_stride_head};
+  for (int64_t s : strides) {
+    require(
+        s >= 0 && s % 8 == 0,
+        n + ": token/head strides must be non-negative multiples of 8 elements (16 bytes), got " +
+            std::to_string(s));
+  }
+  require(p.out_stride_head % 2 == 0, n + ": bad out stride");
+  require(std::isfinite(p.scale_log2) && p.scale_log2 > 0.f, n + ": scale must be positive");
+  require(p.num_splits >= 1 && p.num_splits <= kMaxSplits,
+          n + ": num_splits must be in [1, " + std::to_string(kMaxSplits) + "]");
+  require(p.num_splits == 1 || (p.partial_out && p.partial_lse),
+          n + ": split-KV needs partial_out and partial_lse buffers");
+}
+
+void check_launch(cudaError_t err, const char* name) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string(name) + ": CUDA error: " + cudaGetErrorString(err));
+  }
+}
+
+cudaError_t run_for_head_dim(const AttentionParams& p, DType dtype, int head_dim,
+                             AttentionVariant variant, cudaStream_t stream) {
+  switch (head_dim) {
+    case 64:
+      return run_attention<64>(p, dtype, variant, stream);
+    case 80:
+      return run_attention<80>(p, dtype, variant, stream);
+    default:
+      return run_attention<128>(p, dtype, variant, stream);
+  }
+}
+
+}  // namespace
+
+int attention_block_rows(AttentionVariant variant) {
+  return variant == AttentionVariant::kPagedDecode ? kDecodeRows : kPrefillRows;
+}
+
+AttentionVariant paged_variant(int max_query_len, int group) {
+  return static_cast<int64_t>(max_query_len) * group <= kDecodeRows
+             ? AttentionVariant::kPagedDecode
+             : AttentionVariant::kPagedPrefill;
+}
+
+int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens, int num_kv_heads,
+                         int group, int max_seq_len, int num_sms) {
+  const int rows = attention_block_rows(variant);
+  const int64_t row_tiles = variant == AttentionVariant::kPagedDecode
+                                ? num_seqs
+                                : (static_cast<int64_t>(num_tokens) * group + rows - 1) / rows;
+  const int64_t ctas = std::max<int64_t>(1, row_tiles * num_kv_heads);
+  // Resident CTAs per SM (registers, shared memory): 2 of every variant.
+  const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * 2;
+  // Prefill rows already fill the card; their float32 partials would be large.
+  if (variant != AttentionVariant::kPagedDecode && ctas >= slots) return 1;
+  // Keep at least 4 key tiles per split so the combine stays cheap.
+  const int64_t max_useful = std::clamp<int64_t>(max_seq_len / (4 * kKeysPerTile), 1, kMaxSplits);
+  // Equal-work CTAs run in waves of `slots`: pick the split count with the fewest waves per
+  // unit of work, nudged towards fewer splits (each costs a partial write and the combine).
+  int best = 1;
+  double best_cost = 0.0;
+  for (int64_t s = 1; s <= max_useful; ++s) {
+    const int64_t waves = (ctas * s + slots - 1) / slots;
+    const double cost = static_cast<double>(waves) / s * (1.0 + 0.02 * (s - 1));
+    if (s == 1 || cost < best_cost) {
+      best = static_cast<int>(s);
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+void launch_paged_attention(AttentionParams p, DType dtype, int head_dim, int max_query_len,
+                            cudaStream_t stream) {
+  check_common(p, dtype, head_dim, "paged_attention");
+  require(p.block_tables && p.seq_lens, "paged_attention: null block_tables or seq_lens");
+  require(p.block_size > 0, "paged_attention: block_size must be positive");
+  require(p.block_table_stride >= 0 && p.k_stride_block >= 0 && p.v_stride_block >= 0,
+          "paged_attention: negative stride");
+  require(p.k_stride_block % 8 == 0 && p.v_stride_block % 8 == 0,
+          "paged_attention: cache block strides must be multiples of 8 elements");
+  require(max_query_len >= 0, "paged_attention: max_query_len must be >= 0");
+  p.group = p.num_q_heads / p.num_kv_heads;
+  p.causal = true;
+  p.block_shift = -1;
+  for (int shift = 0; shift < 31; ++shift) {
+    if ((1 << shift) == p.block_size) p.block_shift = shift;
+  }
+  if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  const AttentionVariant variant = paged_variant(max_query_len, p.group);
+  // max_query_len * group <= 16 rows: each sequence is a single row tile of the decode variant.
+  p.one_tile_per_seq = variant == AttentionVariant::kPagedDecode;
+  check_launch(run_for_head_dim(p, dtype, head_dim, variant, stream), "paged_attention");
+}
+
+void launch_varlen_attention(AttentionParams p, DType dtype, int head_dim, cudaStream_t stream) {
+  check_common(p, dtype, head_dim, "varlen_attention");
+  p.group = p.num_q_heads / p.num_kv_heads;
+  p.seq_lens = nullptr;
+  p.block_tables = nullptr;
+  p.sliding_window = -1;
+  if (p.num_seqs == 0 || p.num_tokens == 0) return;
+  check_launch(run_for_head_dim(p, dtype, head_dim, AttentionVariant::kPacked, stream),
+               "varlen_attention");
+}
+
+}  // namespace mmcore::kernels

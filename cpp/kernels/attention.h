@@ -1,0 +1,42 @@
+// Launchers of the attention kernels: validate the arguments (std::invalid_argument naming the
+// problem), pick the kernel variant for the head dim, dtype and batch shape, and launch on the
+// given stream. Pointers in AttentionParams are device pointers; nothing here allocates.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "kernels/attention_params.h"
+
+namespace mmcore::kernels {
+
+// The variants compiled per (dtype, head dim).
+enum class AttentionVariant : int {
+  kPagedDecode = 0,   // 16 rows per CTA, 4 warps over key slices (decodes, short GQA groups)
+  kPagedPrefill = 1,  // 128 rows per CTA, 4 warps of 32 rows (prefill chunks, mixed batches)
+  kPacked = 2,        // packed [T, H, D] K/V, 128 rows per CTA (ViT, non-causal)
+};
+
+// Rows (query token x head-in-group) per CTA of a variant.
+[[nodiscard]] int attention_block_rows(AttentionVariant variant);
+
+// The variant paged attention uses for a batch whose longest query run is max_query_len.
+[[nodiscard]] AttentionVariant paged_variant(int max_query_len, int group);
+
+// How many KV splits (flash-decoding) fill `num_sms` multiprocessors; 1 = no split.
+[[nodiscard]] int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens,
+                                       int num_kv_heads, int group, int max_seq_len, int num_sms);
+
+// Paged causal attention; p.tile_offsets needs num_seqs + 1 int32s; split buffers as documented
+// in AttentionParams when p.num_splits > 1. Throws std::invalid_argument on bad arguments and
+// std::runtime_error on a CUDA error.
+void launch_paged_attention(AttentionParams p, DType dtype, int head_dim, int max_query_len,
+                            cudaStream_t stream);
+
+// Packed varlen attention (cu_seqlens in p.query_start_loc, seq_lens null); causal as in p.
+void launch_varlen_attention(AttentionParams p, DType dtype, int head_dim, cudaStream_t stream);
+
+// Per-variant entry points, one translation unit per head dim (attention_d*.cu).
+template <int kHeadDim>
+[[nodiscard]] cudaError_t run_attention(const AttentionParams& p, DType dtype,
+                                        AttentionVariant variant, cudaStream_t stream);
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,60 @@
+// Small companions of attention_kernel: the row-tile prefix sums that map CTAs to sequences,
+// and the split-KV combine that merges per-split partial outputs by their log2-sum-exp.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+#include "kernels/mma_utils.cuh"
+
+namespace mmcore::kernels {
+
+// One warp: tile_offsets[b + 1] = sum over b' <= b of ceil(num_q(b') * group / block_m).
+static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query_start_loc,
+                                               int num_seqs, int group, int block_m,
+                                               int32_t* __restrict__ tile_offsets) {
+  const int lane = threadIdx.x;
+  int running = 0;
+  if (lane == 0) tile_offsets[0] = 0;
+  for (int base = 0; base < num_seqs; base += 32) {
+    const int b = base + lane;
+    int tiles = 0;
+    if (b < num_seqs) {
+      const int rows = (query_start_loc[b + 1] - query_start_loc[b]) * group;
+      tiles = rows > 0 ? (rows + block_m - 1) / block_m : 0;
+    }
+    int inclusive = tiles;
+#pragma unroll
+    for (int step = 1; step < 32; step *= 2) {
+      const int other = __shfl_up_sync(0xffffffff, inclusive, step);
+      if (lane >= step) inclusive += other;
+    }
+    if (b < num_seqs) tile_offsets[b + 1] = running + inclusive;
+    running += __shfl_sync(0xffffffff, inclusive, 31);
+  }
+}
+
+// One CTA per (token, head): out = sum_s exp2(lse_s - lse) * partial_s over the splits.
+template <typename T>
+__global__ void combine_splits_kernel(const AttentionParams p, int head_dim) {
+  const int token = blockIdx.x, head = blockIdx.y;
+  const int64_t stride_split = static_cast<int64_t>(p.num_tokens) * p.num_q_heads;
+  const int64_t slot = static_cast<int64_t>(token) * p.num_q_heads + head;
+  float m = -INFINITY;
+  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.partial_lse[s * stride_split + slot]);
+  T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float acc = 0.f, total = 0.f;
+    if (m != -INFINITY) {
+      for (int s = 0; s < p.num_splits; ++s) {
+        const float w = exp2f(p.partial_lse[s * stride_split + slot] - m);
+        total += w;
+        acc += w * p.partial_out[(s * stride_split + slot) * head_dim + d];
+      }
+    }
+    dst[d] = static_cast<T>(total > 0.f ? acc / total : 0.f);
+  }
+}
+
+}  // namespace mmcore::kernels

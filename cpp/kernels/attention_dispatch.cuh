@@ -1,0 +1,59 @@
+// Instantiates attention_kernel for one head dim over dtypes and variants, and launches it
+// after the row-tile prefix sums. Included once per head dim by attention_d*.cu.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "kernels/attention.h"
+#include "kernels/attention_aux.cuh"
+#include "kernels/attention_kernel.cuh"
+
+namespace mmcore::kernels {
+
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
+cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stream) {
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>;
+  auto* kernel = attention_kernel<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kPaged>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(Cfg::kSmemBytes));
+  if (err != cudaSuccess) return err;
+  int max_tiles = p.num_seqs;
+  if (!p.one_tile_per_seq) {
+    row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group,
+                                                  Cfg::kBlockM, p.tile_offsets);
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
+    max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
+  }
+  const dim3 grid(max_tiles, p.num_kv_heads, p.num_splits);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || p.num_splits == 1) return err;
+  combine_splits_kernel<T><<<dim3(p.num_tokens, p.num_q_heads), 128, 0, stream>>>(p, kHeadDim);
+  return cudaGetLastError();
+}
+
+template <typename T, int kHeadDim>
+cudaError_t launch_for_dtype(const AttentionParams& p, AttentionVariant variant,
+                             cudaStream_t stream) {
+  switch (variant) {
+    case AttentionVariant::kPagedDecode:
+      return launch_attention_variant<T, kHeadDim, 1, 4, 1, true>(p, stream);
+    case AttentionVariant::kPagedPrefill:
+      return launch_attention_variant<T, kHeadDim, 4, 1, 2, true>(p, stream);
+    case AttentionVariant::kPacked:
+      return launch_attention_variant<T, kHeadDim, 4, 1, 2, false>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int kHeadDim>
+cudaError_t run_attention(const AttentionParams& p, DType dtype, AttentionVariant variant,
+                          cudaStream_t stream) {
+  if (dtype == DType::kBFloat16)
+    return launch_for_dtype<__nv_bfloat16, kHeadDim>(p, variant, stream);
+  if (dtype == DType::kFloat16) return launch_for_dtype<__half, kHeadDim>(p, variant, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,409 @@
+// Flash-attention forward over one flattened varlen batch, on mma.sync m16n8k16 tensor cores.
+//
+// One CTA owns a tile of kBlockM "rows" of one sequence and one KV head, where row r is query
+// token r / group with query head kv_head * group + r % group: the query heads of a GQA group
+// share every K/V tile they load. Warps are laid out kWarpsM (16 * kMFrags rows each) by kWarpsN
+// (each a slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at
+// the end (decode: few rows, long contexts). K/V tiles of 64 keys are multi-buffered with cp.async.
+// Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows.
+// Softmax is online, in float32, in the log2 domain.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_merge.cuh"
+#include "kernels/attention_params.h"
+#include "kernels/mma_utils.cuh"
+
+namespace mmcore::kernels {
+
+__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags>
+struct AttentionConfig {
+  static_assert(kHeadDim % 16 == 0 && (kHeadDim / 8) % 2 == 0, "head dim must be 16k, 8 | k*2");
+  static constexpr int kRowsPerWarp = 16 * kMFrags;  // each warp: kMFrags 16-row mma tiles
+  static constexpr int kBlockM = kRowsPerWarp * kWarpsM;
+  // Q fragments stay in registers unless that would crowd out the accumulators.
+  static constexpr bool kQInRegs = kMFrags * kHeadDim <= 128;
+  // Keys per K/V tile (32 for head dim 128 removed its register spills but ran no faster).
+  static constexpr int kBlockN = 64;
+  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+  static constexpr int kKeysPerWarp = kBlockN / kWarpsN;
+  static_assert(kKeysPerWarp % 16 == 0, "each warp needs whole 16-key steps");
+  static constexpr int kRowStride = kHeadDim + 8;  // 16 bytes of padding: conflict-free ldmatrix
+  static constexpr int kChunksPerRow = kHeadDim / 8;
+  static constexpr int kQElems = kBlockM * kRowStride;
+  static constexpr int kTileElems = kBlockN * kRowStride;
+  // K/V pipeline depth: the decode variant (few rows, memory-bound) keeps more tiles in flight.
+  static constexpr int kStages = kWarpsN > 1 ? 3 : 2;
+  static constexpr size_t kSmemBytes = (kQElems + 2 * kStages * kTileElems) * sizeof(T);
+  // Cross-warp merge of kWarpsN key slices reuses the K/V buffers.
+  static constexpr size_t kMergeBytes = kWarpsN * 16 * (kHeadDim + 2) * sizeof(float);
+  static_assert(kWarpsN == 1 || kMFrags == 1, "key-sliced warps hold one 16-row tile");
+  static_assert(kWarpsN == 1 || kMergeBytes <= 2 * kStages * kTileElems * sizeof(T),
+                "merge buffer");
+};
+
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
+__global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>::kThreads)
+    attention_kernel(const AttentionParams p) {
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>;
+  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStride = Cfg::kRowStride;
+  constexpr int kNT = Cfg::kKeysPerWarp / 8;  // 8-key accumulator tiles per warp
+  constexpr int kDT = kHeadDim / 8;           // 8-wide output tiles
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* s_q = reinterpret_cast<T*>(smem_raw);
+  T* s_k = s_q + Cfg::kQElems;                    // kStages tiles
+  T* s_v = s_k + Cfg::kStages * Cfg::kTileElems;  // kStages tiles
+
+  // Which sequence and row tile this CTA owns.
+  // Causal: heavy (late) row tiles first, so the light ones fill the tail of the grid.
+  const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  int seq = tile;  // one_tile_per_seq: CTA x is sequence x
+  if (!p.one_tile_per_seq) {
+    // The largest b with tile_offsets[b] <= tile.
+    if (tile >= p.tile_offsets[p.num_seqs]) return;
+    int lo = 0, hi = p.num_seqs - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.tile_offsets[mid] <= tile)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    seq = lo;
+  } else if (seq >= p.num_seqs) {
+    return;
+  }
+  const int q_start = p.query_start_loc[seq];
+  const int num_q = p.query_start_loc[seq + 1] - q_start;
+  const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
+  const int group = p.group;
+  const int num_rows = num_q * group;
+  const int row0 = p.one_tile_per_seq ? 0 : (tile - p.tile_offsets[seq]) * kBlockM;
+  if (row0 >= num_rows) return;  // a sequence without queries this step
+  const int kv_head = blockIdx.y;
+  const int context = seq_len - num_q;  // position of the first query token
+
+  // Keys this row tile can see, split evenly (in whole tiles) over blockIdx.z.
+  const int first_tok = row0 / group;
+  const int last_tok = (min(row0 + kBlockM, num_rows) - 1) / group;
+  const int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
+  int kv_begin = 0;
+  if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
+  kv_begin = kv_begin / kBlockN * kBlockN;
+  const int kv_tiles = ceil_div(max(kv_end - kv_begin, 0), kBlockN);
+  const int tiles_per_split = ceil_div(kv_tiles, p.num_splits);
+  const int tile_begin = blockIdx.z * tiles_per_split;
+  const int n_tiles = max(0, min(kv_tiles, tile_begin + tiles_per_split) - tile_begin);
+  // Tiles wholly inside every row's window need no masking.
+  const int min_hi = p.causal ? min(kv_end, context + first_tok + 1) : kv_end;
+  const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
+  const T* q_base = static_cast<const T*>(p.q);
+  const T* k_base = static_cast<const T*>(p.k);
+  const T* v_base = static_cast<const T*>(p.v);
+
+  for (int c = tid; c < kBlockM * Cfg::kChunksPerRow; c += Cfg::kThreads) {
+    const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
+    const int row = row0 + r;
+    const bool valid = row < num_rows;
+    const T* src = q_base;
+    if (valid) {
+      src += (q_start + row / group) * p.q_stride_token +
+             (kv_head * group + row % group) * p.q_stride_head + ch * 8;
+    }
+    cp_async_16(s_q + r * kStride + ch * 8, src, valid);
+  }
+  cp_async_commit();
+
+  // Each thread copies chunk column `ch` of rows r, r + kRowsPerPass, ... of every K/V tile, so
+  // the per-tile address work is one multiply-add per row (the chunk loop of a general thread
+  // count would redo the index math per chunk).
+  constexpr int kChunks = kBlockN * Cfg::kChunksPerRow;
+  constexpr bool kFixedColumn = Cfg::kThreads % Cfg::kChunksPerRow == 0;
+  constexpr int kRowsPerPass = kFixedColumn ? Cfg::kThreads / Cfg::kChunksPerRow : 1;
+  const int64_t k_head_off = kv_head * p.k_stride_head;
+  const int64_t v_head_off = kv_head * p.v_stride_head;
+  const T* k_seq = k_base + k_head_off;  // packed layout: row 0 of this sequence below
+  const T* v_seq = v_base + v_head_off;
+  if constexpr (!kPaged) {
+    k_seq += static_cast<int64_t>(q_start) * p.k_stride_token;
+    v_seq += static_cast<int64_t>(q_start) * p.v_stride_token;
+  }
+  auto copy_row_chunk = [&](T* dk, T* dv, int key, int ch) {
+    const bool valid = key < kv_end;
+    const T* k_src = k_base;
+    const T* v_src = v_base;
+    if (valid) {
+      if constexpr (kPaged) {
+        // Power-of-two block sizes (the usual case) avoid an integer division per row.
+        const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+        const int in_block = key - block_idx * p.block_size;
+        const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
+        k_src = k_base + block * p.k_stride_block + in_block * p.k_stride_token + k_head_off;
+        v_src = v_base + block * p.v_stride_block + in_block * p.v_stride_token + v_head_off;
+      } else {
+        k_src = k_seq + static_cast<int64_t>(key) * p.k_stride_token;
+        v_src = v_seq + static_cast<int64_t>(key) * p.v_stride_token;
+      }
+    }
+    cp_async_16(dk, k_src + ch * 8, valid);
+    cp_async_16(dv, v_src + ch * 8, valid);
+  };
+  auto load_kv = [&](int kv_tile, int stage) {
+    const int n0 = kv_begin + kv_tile * kBlockN;
+    T* dk = s_k + stage * Cfg::kTileElems;
+    T* dv = s_v + stage * Cfg::kTileElems;
+    if constexpr (kFixedColumn) {
+      const int r0 = tid / Cfg::kChunksPerRow, ch = tid % Cfg::kChunksPerRow;
+#pragma unroll
+      for (int r = r0; r < kBlockN; r += kRowsPerPass) {
+        copy_row_chunk(dk + r * kStride + ch * 8, dv + r * kStride + ch * 8, n0 + r, ch);
+      }
+    } else {
+      for (int c = tid; c < kChunks; c += Cfg::kThreads) {
+        const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
+        copy_row_chunk(dk + r * kStride + ch * 8, dv + r * kStride + ch * 8, n0 + r, ch);
+      }
+    }
+  };
+
+  // Prologue: tiles 0 .. kStages - 2 in flight (one commit group each), then wait for Q only.
+#pragma unroll
+  for (int st = 0; st < Cfg::kStages - 1; ++st) {
+    if (st < n_tiles) load_kv(tile_begin + st, st);
+    cp_async_commit();
+  }
+  cp_async_wait<Cfg::kStages - 1>();
+  __syncthreads();
+
+  constexpr int kKSteps = kHeadDim / 16;
+  const int warp_row0 = wm * Cfg::kRowsPerWarp;  // first row of this warp within the CTA tile
+  // Q fragment (16 rows x 16 dims) of m-tile mf, k-step ks, straight from shared memory.
+  auto load_q = [&](uint32_t(&frag)[4], int mf, int ks) {
+    ldmatrix_x4(frag, s_q + (warp_row0 + mf * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride +
+                          ks * 16 + (lane / 16) * 8);
+  };
+  uint32_t q_frag[Cfg::kQInRegs ? kMFrags : 1][Cfg::kQInRegs ? kKSteps : 1][4];
+  if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+    for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) load_q(q_frag[mf][ks], mf, ks);
+    }
+  }
+
+  float o_acc[kMFrags][kDT][4];
+  float m_run[kMFrags][2], l_run[kMFrags][2];
+#pragma unroll
+  for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+    for (int i = 0; i < kDT; ++i)
+      o_acc[mf][i][0] = o_acc[mf][i][1] = o_acc[mf][i][2] = o_acc[mf][i][3] = 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      m_run[mf][h] = -INFINITY;
+      l_run[mf][h] = 0.f;
+    }
+  }
+  const bool warp_active = row0 + warp_row0 < num_rows;
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j % Cfg::kStages;
+    const int ahead = j + Cfg::kStages - 1;
+    if (ahead < n_tiles) load_kv(tile_begin + ahead, ahead % Cfg::kStages);
+    cp_async_commit();
+    cp_async_wait<Cfg::kStages - 1>();
+    __syncthreads();
+    // Tiles wholly inside every row's key range skip the per-element mask (own code path).
+    auto compute_tile = [&](auto masked) {
+      const int n0 = kv_begin + (tile_begin + j) * kBlockN;
+      const int warp_key0 = wn * Cfg::kKeysPerWarp;
+      const T* k_s = s_k + stage * Cfg::kTileElems + warp_key0 * kStride;
+      const T* v_s = s_v + stage * Cfg::kTileElems + warp_key0 * kStride;
+
+      float s[kMFrags][kNT][4];
+#pragma unroll
+      for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+        for (int i = 0; i < kNT; ++i) s[mf][i][0] = s[mf][i][1] = s[mf][i][2] = s[mf][i][3] = 0.f;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        uint32_t qf[kMFrags][4];
+#pragma unroll
+        for (int mf = 0; mf < kMFrags; ++mf) {
+          if constexpr (Cfg::kQInRegs) {
+#pragma unroll
+            for (int r = 0; r < 4; ++r) qf[mf][r] = q_frag[mf][ks][r];
+          } else {
+            load_q(qf[mf], mf, ks);
+          }
+        }
+#pragma unroll
+        for (int nt = 0; nt < kNT; nt += 2) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb, k_s + (nt * 8 + lane % 8 + (lane / 16) * 8) * kStride + ks * 16 +
+                              ((lane / 8) % 2) * 8);
+#pragma unroll
+          for (int mf = 0; mf < kMFrags; ++mf) {
+            mma_16816<T>(s[mf][nt], qf[mf], kb[0], kb[1]);
+            mma_16816<T>(s[mf][nt + 1], qf[mf], kb[2], kb[3]);
+          }
+        }
+      }
+
+      float alpha[kMFrags][2];  // per-row rescale of the running sums and O
+#pragma unroll
+      for (int mf = 0; mf < kMFrags; ++mf) {
+        if constexpr (decltype(masked)::value) {
+          // Key bounds of this thread's rows (lane / 4 and lane / 4 + 8 of the 16-row tile),
+          // recomputed here rather than held in registers across the loop.
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int pos = context + (row0 + warp_row0 + mf * 16 + lane / 4 + h * 8) / group;
+            const int key_hi = p.causal ? min(pos + 1, kv_end) : kv_end;
+            const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+#pragma unroll
+            for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+              for (int i = 2 * h; i < 2 * h + 2; ++i) {
+                const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
+                if (key >= key_hi || key < key_lo) s[mf][nt][i] = -INFINITY;
+              }
+            }
+          }
+        }
+
+        // Online softmax on raw scores; the scale folds into the exp2's FMA.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt)
+            mx = fmaxf(mx, fmaxf(s[mf][nt][2 * h], s[mf][nt][2 * h + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+          const float m_new = fmaxf(m_run[mf][h], mx * p.scale_log2);
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          alpha[mf][h] = fast_exp2(m_run[mf][h] - m_use);
+          float sum = 0.f;
+#pragma unroll
+          for (int nt = 0; nt < kNT; ++nt) {
+            s[mf][nt][2 * h] = fast_exp2(fmaf(s[mf][nt][2 * h], p.scale_log2, -m_use));
+            s[mf][nt][2 * h + 1] = fast_exp2(fmaf(s[mf][nt][2 * h + 1], p.scale_log2, -m_use));
+            sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
+          }
+          l_run[mf][h] = l_run[mf][h] * alpha[mf][h] + sum;
+          m_run[mf][h] = m_new;
+        }
+      }
+      // Rescale O only when some row's running max moved (rare once the max settles).
+      bool moved = false;
+#pragma unroll
+      for (int mf = 0; mf < kMFrags; ++mf) moved |= alpha[mf][0] != 1.f || alpha[mf][1] != 1.f;
+      if (__any_sync(0xffffffff, moved)) {
+#pragma unroll
+        for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+          for (int dt = 0; dt < kDT; ++dt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) o_acc[mf][dt][i] *= alpha[mf][i / 2];
+          }
+        }
+      }
+
+#pragma unroll
+      for (int kk = 0; kk < kNT / 2; ++kk) {
+        uint32_t pa[kMFrags][4];
+#pragma unroll
+        for (int mf = 0; mf < kMFrags; ++mf) {
+          pa[mf][0] = pack2<T>(s[mf][2 * kk][0], s[mf][2 * kk][1]);
+          pa[mf][1] = pack2<T>(s[mf][2 * kk][2], s[mf][2 * kk][3]);
+          pa[mf][2] = pack2<T>(s[mf][2 * kk + 1][0], s[mf][2 * kk + 1][1]);
+          pa[mf][3] = pack2<T>(s[mf][2 * kk + 1][2], s[mf][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dt = 0; dt < kDT; dt += 2) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(vb, v_s + (kk * 16 + lane % 8 + ((lane / 8) % 2) * 8) * kStride +
+                                    dt * 8 + (lane / 16) * 8);
+#pragma unroll
+          for (int mf = 0; mf < kMFrags; ++mf) {
+            mma_16816<T>(o_acc[mf][dt], pa[mf], vb[0], vb[1]);
+            mma_16816<T>(o_acc[mf][dt + 1], pa[mf], vb[2], vb[3]);
+          }
+        }
+      }
+    };
+    if (warp_active) {
+      const int n0 = kv_begin + (tile_begin + j) * kBlockN;
+      if (n0 + kBlockN > min_hi || n0 < max_lo)
+        compute_tile(std::true_type{});
+      else
+        compute_tile(std::false_type{});
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l_run[mf][h] += __shfl_xor_sync(0xffffffff, l_run[mf][h], 1);
+      l_run[mf][h] += __shfl_xor_sync(0xffffffff, l_run[mf][h], 2);
+    }
+  }
+
+  const bool split = p.num_splits > 1;
+  auto row_target = [&](int row, int& token, int& head) {
+    token = q_start + row / group;
+    head = kv_head * group + row % group;
+  };
+
+  if constexpr (kWarpsN == 1) {
+    if (!warp_active) return;
+#pragma unroll
+    for (int mf = 0; mf < kMFrags; ++mf) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + warp_row0 + mf * 16 + lane / 4 + h * 8;
+        if (row >= num_rows) continue;
+        int token, head;
+        row_target(row, token, head);
+        const float l = l_run[mf][h];
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float lse2 = l > 0.f ? m_run[mf][h] + __log2f(l) : -INFINITY;
+        const int64_t slot =
+            (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          const int d = dt * 8 + 2 * (lane % 4);
+          const float o0 = o_acc[mf][dt][2 * h] * inv, o1 = o_acc[mf][dt][2 * h + 1] * inv;
+          if (split) {
+            *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) = make_float2(o0, o1);
+          } else {
+            T* dst =
+                static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
+            *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0, o1);
+          }
+        }
+        if (split && lane % 4 == 0) p.partial_lse[slot] = lse2;
+      }
+    }
+  } else {
+    static_assert(kWarpsM == 1, "key-sliced warps need a single row tile");
+    merge_key_slices<T, kHeadDim, kWarpsN, Cfg::kThreads>(p, reinterpret_cast<float*>(s_k),
+                                                          o_acc[0], m_run[0], l_run[0], row0,
+                                                          num_rows, q_start, kv_head, wn);
+  }
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,75 @@
+// Epilogue of the decode variant of attention_kernel: its warps each hold the online-softmax
+// state of one slice of the keys for the same 16 rows; this merges them.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+#include "kernels/mma_utils.cuh"
+
+namespace mmcore::kernels {
+
+// Merges the per-warp (m, l, O) states of kWarpsN key slices of one 16-row tile through shared
+// memory (`smem`, free K/V buffers) and writes the normalized rows (or split partials).
+template <typename T, int kHeadDim, int kWarpsN, int kThreads>
+__device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float* smem,
+                                                 const float (&o_acc)[kHeadDim / 8][4],
+                                                 const float (&m_run)[2], const float (&l_run)[2],
+                                                 int row0, int num_rows, int q_start, int kv_head,
+                                                 int wn) {
+  constexpr int kDT = kHeadDim / 8;
+  const int tid = threadIdx.x, lane = tid % 32;
+  constexpr int kOStride = kHeadDim + 2;
+  float* s_o = smem;                            // [kWarpsN][16][kOStride]
+  float* s_ml = s_o + kWarpsN * 16 * kOStride;  // [kWarpsN][16][2]
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = lane / 4 + h * 8;
+#pragma unroll
+    for (int dt = 0; dt < kDT; ++dt) {
+      const int d = dt * 8 + 2 * (lane % 4);
+      s_o[(wn * 16 + r) * kOStride + d] = o_acc[dt][2 * h];
+      s_o[(wn * 16 + r) * kOStride + d + 1] = o_acc[dt][2 * h + 1];
+    }
+    if (lane % 4 == 0) {
+      s_ml[(wn * 16 + r) * 2] = m_run[h];
+      s_ml[(wn * 16 + r) * 2 + 1] = l_run[h];
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < 16 * (kHeadDim / 2); e += kThreads) {
+    const int r = e / (kHeadDim / 2), d = 2 * (e % (kHeadDim / 2));
+    const int row = row0 + r;
+    if (row >= num_rows) continue;
+    float m_tot = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarpsN; ++w) m_tot = fmaxf(m_tot, s_ml[(w * 16 + r) * 2]);
+    float l_tot = 0.f, o0 = 0.f, o1 = 0.f;
+    if (m_tot != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarpsN; ++w) {
+        const float scale = exp2f(s_ml[(w * 16 + r) * 2] - m_tot);
+        l_tot += s_ml[(w * 16 + r) * 2 + 1] * scale;
+        o0 += s_o[(w * 16 + r) * kOStride + d] * scale;
+        o1 += s_o[(w * 16 + r) * kOStride + d + 1] * scale;
+      }
+    }
+    const float inv = l_tot > 0.f ? 1.f / l_tot : 0.f;
+    const int token = q_start + row / p.group;
+    const int head = kv_head * p.group + row % p.group;
+    const int64_t slot =
+        (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
+    if (p.num_splits > 1) {
+      *reinterpret_cast<float2*>(p.partial_out + slot * kHeadDim + d) =
+          make_float2(o0 * inv, o1 * inv);
+      if (d == 0) p.partial_lse[slot] = l_tot > 0.f ? m_tot + __log2f(l_tot) : -INFINITY;
+    } else {
+      T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
+      *reinterpret_cast<uint32_t*>(dst) = pack2<T>(o0 * inv, o1 * inv);
+    }
+  }
+}
+
+}  // namespace mmcore::kernels

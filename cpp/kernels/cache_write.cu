@@ -1,0 +1,98 @@
+// KV-cache write by slot mapping: one CTA per token, threads over (head, dim) of K and V.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cache_write.h"
+
+namespace mmcore::kernels {
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float to_float(T x) {
+  return static_cast<float>(x);
+}
+
+template <typename TSrc, typename TDst>
+__global__ void reshape_and_cache_kernel(const CacheWriteParams p) {
+  const int token = blockIdx.x;
+  const int64_t slot = p.slot_mapping[token];
+  if (slot < 0) return;
+  const int64_t block = slot / p.block_size;
+  const int64_t offset = slot % p.block_size;
+  // Out-of-range slots would write outside the cache: skip them as well.
+  if (block >= p.num_blocks) return;
+  const auto* key = static_cast<const TSrc*>(p.key);
+  const auto* value = static_cast<const TSrc*>(p.value);
+  auto* key_cache = static_cast<TDst*>(p.key_cache);
+  auto* value_cache = static_cast<TDst*>(p.value_cache);
+  const int elems = p.num_kv_heads * p.head_dim;
+  for (int e = threadIdx.x; e < elems; e += blockDim.x) {
+    const int h = e / p.head_dim, d = e % p.head_dim;
+    const TSrc k = key[token * p.key_stride_token + h * p.key_stride_head + d];
+    const TSrc v = value[token * p.value_stride_token + h * p.value_stride_head + d];
+    key_cache[block * p.kc_stride_block + offset * p.kc_stride_token + h * p.kc_stride_head + d] =
+        static_cast<TDst>(to_float(k));
+    value_cache[block * p.vc_stride_block + offset * p.vc_stride_token + h * p.vc_stride_head + d] =
+        static_cast<TDst>(to_float(v));
+  }
+}
+
+template <typename TSrc>
+cudaError_t launch_for_cache(const CacheWriteParams& p, DType cache_dtype, cudaStream_t stream) {
+  const int threads = p.num_kv_heads * p.head_dim >= 256 ? 256 : 128;
+  switch (cache_dtype) {
+    case DType::kFloat32:
+      reshape_and_cache_kernel<TSrc, float><<<p.num_tokens, threads, 0, stream>>>(p);
+      break;
+    case DType::kFloat16:
+      reshape_and_cache_kernel<TSrc, __half><<<p.num_tokens, threads, 0, stream>>>(p);
+      break;
+    case DType::kBFloat16:
+      reshape_and_cache_kernel<TSrc, __nv_bfloat16><<<p.num_tokens, threads, 0, stream>>>(p);
+      break;
+  }
+  return cudaGetLastError();
+}
+
+bool valid_dtype(DType d) {
+  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+}
+
+}  // namespace
+
+void launch_reshape_and_cache(const CacheWriteParams& p, DType src_dtype, DType cache_dtype,
+                              cudaStream_t stream) {
+  if (!valid_dtype(src_dtype) || !valid_dtype(cache_dtype)) {
+    throw std::invalid_argument("reshape_and_cache: dtype must be float32, float16 or bfloat16");
+  }
+  if (p.num_tokens < 0 || p.num_kv_heads <= 0 || p.head_dim <= 0 || p.block_size <= 0 ||
+      p.num_blocks < 0) {
+    throw std::invalid_argument("reshape_and_cache: sizes must be positive");
+  }
+  if (p.num_tokens > 0 &&
+      (!p.key || !p.value || !p.key_cache || !p.value_cache || !p.slot_mapping)) {
+    throw std::invalid_argument("reshape_and_cache: null device pointer");
+  }
+  if (p.num_tokens == 0) return;
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (src_dtype) {
+    case DType::kFloat32:
+      err = launch_for_cache<float>(p, cache_dtype, stream);
+      break;
+    case DType::kFloat16:
+      err = launch_for_cache<__half>(p, cache_dtype, stream);
+      break;
+    case DType::kBFloat16:
+      err = launch_for_cache<__nv_bfloat16>(p, cache_dtype, stream);
+      break;
+  }
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string("reshape_and_cache: CUDA error: ") +
+                             cudaGetErrorString(err));
+  }
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,381 @@
+"""Torch custom ops over the CUDA kernels, with the pure-torch references as the CPU path.
+
+``mmcore::reshape_and_cache`` (mutates the caches), ``mmcore::paged_attention`` and
+``mmcore::varlen_attention`` are registered with ``torch.library`` and carry fake (meta)
+implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. CUDA tensors go
+to ``mmcore._kernels`` (raw device pointers, strides and the current stream); CPU tensors, and
+CUDA inputs the kernels are not built for (no module, float32, other head dims; see
+:func:`attention_kernel_supports`), go to :mod:`mmcore.kernels.reference`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from mmcore.kernels import reference
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+@functools.cache
+def _kernels():
+    """The CUDA module, or None when it was not built."""
+    try:
+        from mmcore import _kernels
+    except ImportError:
+        return None
+    return _kernels
+
+
+@functools.cache
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+#: Head dims and dtypes the attention kernels are compiled for.
+ATTENTION_HEAD_DIMS = (64, 80, 128)
+ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _use_kernel(t: torch.Tensor) -> bool:
+    return t.is_cuda and _kernels() is not None
+
+
+def attention_kernel_supports(query: torch.Tensor, key: torch.Tensor) -> bool:
+    """Whether the CUDA attention kernels take these inputs (else the ops use the reference).
+
+    Args:
+        query: ``[T, Hq, D]`` queries.
+        key: the key cache or packed keys; must share the query's dtype.
+
+    Returns:
+        True for CUDA tensors of float16/bfloat16 with D in ``ATTENTION_HEAD_DIMS`` when
+        ``mmcore._kernels`` is built.
+    """
+    return (
+        _use_kernel(query)
+        and query.dtype in ATTENTION_DTYPES
+        and key.dtype == query.dtype
+        and query.shape[-1] in ATTENTION_HEAD_DIMS
+    )
+
+
+def _dtype_code(t: torch.Tensor, name: str) -> int:
+    if t.dtype not in _DTYPE_CODES:
+        raise ValueError(f"{name}: unsupported dtype {t.dtype}")
+    return _DTYPE_CODES[t.dtype]
+
+
+def _int32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.int32).contiguous()
+
+
+def _rows_aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim is contiguous and other strides are 16-byte multiples."""
+    ok = t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
+    return t if ok else t.contiguous()
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc):
+    if query.dim() != 3 or key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
+        raise ValueError(
+            "paged_attention: expected query [T, Hq, D] and caches [blocks, block_size, Hkv, D], "
+            f"got {tuple(query.shape)}, {tuple(key_cache.shape)}, {tuple(value_cache.shape)}"
+        )
+    if query.shape[2] != key_cache.shape[3]:
+        raise ValueError(
+            f"paged_attention: query head dim {query.shape[2]} != cache head dim {key_cache.shape[3]}"
+        )
+    if query.shape[1] % key_cache.shape[2] != 0:
+        raise ValueError(
+            f"paged_attention: {query.shape[1]} query heads is not a multiple of "
+            f"{key_cache.shape[2]} KV heads"
+        )
+    num_seqs = seq_lens.shape[0]
+    if query_start_loc.shape != (num_seqs + 1,) or block_tables.dim() != 2:
+        raise ValueError(
+            "paged_attention: expected query_start_loc [B + 1] and block_tables [B, max_blocks] "
+            f"for B = {num_seqs} sequences"
+        )
+
+
+def _check_varlen(query, key, value, cu_seqlens):
+    if query.dim() != 3 or key.shape != value.shape or key.dim() != 3:
+        raise ValueError("varlen_attention: expected query/key/value [T, H, D]")
+    if key.shape[0] != query.shape[0] or key.shape[2] != query.shape[2]:
+        raise ValueError(
+            f"varlen_attention: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
+        )
+    if key.shape[1] != query.shape[1]:
+        raise ValueError("varlen_attention: query, key and value need the same number of heads")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
+        raise ValueError("varlen_attention: cu_seqlens must be [N + 1]")
+
+
+@torch.library.custom_op("mmcore::reshape_and_cache", mutates_args=("key_cache", "value_cache"))
+def _reshape_and_cache_op(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    if not _use_kernel(key):
+        reference.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+        return
+    for name, t in (
+        ("key", key),
+        ("value", value),
+        ("key_cache", key_cache),
+        ("value_cache", value_cache),
+    ):
+        if t.stride(-1) != 1:
+            raise ValueError(f"reshape_and_cache: {name} needs a contiguous last dim")
+    slots = slot_mapping.to(torch.int64).contiguous()
+    with torch.cuda.device(key.device):
+        _kernels().reshape_and_cache(
+            key=key.data_ptr(),
+            key_strides=key.stride()[:2],
+            value=value.data_ptr(),
+            value_strides=value.stride()[:2],
+            key_cache=key_cache.data_ptr(),
+            kc_strides=key_cache.stride()[:3],
+            value_cache=value_cache.data_ptr(),
+            vc_strides=value_cache.stride()[:3],
+            slot_mapping=slots.data_ptr(),
+            num_tokens=key.shape[0],
+            num_kv_heads=key.shape[1],
+            head_dim=key.shape[2],
+            block_size=key_cache.shape[1],
+            num_blocks=key_cache.shape[0],
+            src_dtype=_dtype_code(key, "reshape_and_cache"),
+            cache_dtype=_dtype_code(key_cache, "reshape_and_cache"),
+            stream=_stream(key),
+        )
+
+
+@_reshape_and_cache_op.register_fake
+def _(key, value, key_cache, value_cache, slot_mapping) -> None:
+    return None
+
+
+@torch.library.custom_op("mmcore::paged_attention", mutates_args=())
+def _paged_attention_op(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int,
+    max_query_len: int,
+    max_seq_len: int,
+) -> torch.Tensor:
+    if not attention_kernel_supports(query, key_cache) or value_cache.dtype != query.dtype:
+        return reference.paged_attention(
+            query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
+            sliding_window,
+        )  # fmt: skip
+    if key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
+        raise ValueError("paged_attention: caches need a contiguous head dim")
+    q = _rows_aligned(query)
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_seqs = seq_lens.shape[0]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    tile_offsets = torch.empty(num_seqs + 1, dtype=torch.int32, device=q.device)
+    tables = _int32(block_tables)
+    lens = _int32(seq_lens)
+    starts = _int32(query_start_loc)
+    kernels = _kernels()
+    num_splits = kernels.paged_num_splits(
+        num_seqs, num_tokens, num_q_heads, key_cache.shape[2], max_query_len, max_seq_len,
+        _num_sms(q.device.index or 0),
+    )  # fmt: skip
+    partial_out = partial_lse = None
+    if num_splits > 1:
+        partial_out = torch.empty(
+            (num_splits, num_tokens, num_q_heads, head_dim), dtype=torch.float32, device=q.device
+        )
+        partial_lse = torch.empty(
+            (num_splits, num_tokens, num_q_heads), dtype=torch.float32, device=q.device
+        )
+    with torch.cuda.device(q.device):
+        kernels.paged_attention(
+            q=q.data_ptr(),
+            q_strides=q.stride()[:2],
+            key_cache=key_cache.data_ptr(),
+            k_strides=key_cache.stride()[:3],
+            value_cache=value_cache.data_ptr(),
+            v_strides=value_cache.stride()[:3],
+            block_size=key_cache.shape[1],
+            block_tables=tables.data_ptr(),
+            block_table_stride=tables.stride(0),
+            seq_lens=lens.data_ptr(),
+            query_start_loc=starts.data_ptr(),
+            tile_offsets=tile_offsets.data_ptr(),
+            out=out.data_ptr(),
+            out_strides=out.stride()[:2],
+            num_seqs=num_seqs,
+            num_tokens=num_tokens,
+            num_q_heads=num_q_heads,
+            num_kv_heads=key_cache.shape[2],
+            head_dim=head_dim,
+            dtype=_dtype_code(q, "paged_attention"),
+            scale=scale,
+            sliding_window=sliding_window,
+            max_query_len=max_query_len,
+            num_splits=num_splits,
+            partial_out=0 if partial_out is None else partial_out.data_ptr(),
+            partial_lse=0 if partial_lse is None else partial_lse.data_ptr(),
+            stream=_stream(q),
+        )
+    return out
+
+
+@_paged_attention_op.register_fake
+def _(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
+      sliding_window, max_query_len, max_seq_len):  # fmt: skip
+    return query.new_empty(query.shape)
+
+
+@torch.library.custom_op("mmcore::varlen_attention", mutates_args=())
+def _varlen_attention_op(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    if not attention_kernel_supports(query, key) or value.dtype != query.dtype:
+        return reference.varlen_attention(query, key, value, cu_seqlens, scale)
+    q, k, v = (_rows_aligned(t) for t in (query, key, value))
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_seqs = cu_seqlens.shape[0] - 1
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    tile_offsets = torch.empty(num_seqs + 1, dtype=torch.int32, device=q.device)
+    starts = _int32(cu_seqlens)
+    with torch.cuda.device(q.device):
+        _kernels().varlen_attention(
+            q=q.data_ptr(),
+            q_strides=q.stride()[:2],
+            k=k.data_ptr(),
+            k_strides=k.stride()[:2],
+            v=v.data_ptr(),
+            v_strides=v.stride()[:2],
+            cu_seqlens=starts.data_ptr(),
+            tile_offsets=tile_offsets.data_ptr(),
+            out=out.data_ptr(),
+            out_strides=out.stride()[:2],
+            num_seqs=num_seqs,
+            num_tokens=num_tokens,
+            num_q_heads=num_q_heads,
+            num_kv_heads=k.shape[1],
+            head_dim=head_dim,
+            dtype=_dtype_code(q, "varlen_attention"),
+            scale=scale,
+            causal=False,
+            stream=_stream(q),
+        )
+    return out
+
+
+@_varlen_attention_op.register_fake
+def _(query, key, value, cu_seqlens, scale):
+    return query.new_empty(query.shape)
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write K/V ``[T, Hkv, D]`` into the paged caches at ``slot_mapping`` (negative = skip).
+
+    Args:
+        key, value: the step's new K/V rows.
+        key_cache, value_cache: ``[num_blocks, block_size, Hkv, D]``, written in place.
+        slot_mapping: ``[T]`` ints, ``block_id * block_size + offset``.
+    """
+    if key.dim() != 3 or value.shape != key.shape or key_cache.dim() != 4:
+        raise ValueError("reshape_and_cache: expected key/value [T, Hkv, D] and 4-D caches")
+    if key.shape[1:] != key_cache.shape[2:] or value_cache.shape != key_cache.shape:
+        raise ValueError(
+            f"reshape_and_cache: K/V rows {tuple(key.shape[1:])} do not fit caches "
+            f"{tuple(key_cache.shape)}"
+        )
+    if slot_mapping.shape != (key.shape[0],):
+        raise ValueError("reshape_and_cache: slot_mapping must have one slot per token")
+    torch.ops.mmcore.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    sliding_window: int = -1,
+    *,
+    max_query_len: int | None = None,
+    max_seq_len: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of varlen queries over paged K/V (semantics of the reference).
+
+    Args:
+        query: ``[T, Hq, D]``; rows of request b are ``query_start_loc[b]:query_start_loc[b+1]``.
+        key_cache, value_cache: ``[num_blocks, block_size, Hkv, D]``.
+        block_tables: ``[B, max_blocks]`` ints.
+        seq_lens: ``[B]`` total tokens per request (the queries are its last tokens).
+        query_start_loc: ``[B + 1]`` ints.
+        scale: softmax scale.
+        sliding_window: ``> 0`` limits each query to the last ``sliding_window`` keys.
+        max_query_len, max_seq_len: upper bounds of the queries per request and of
+            ``seq_lens`` (they pick the kernel variant and the KV split; an understated
+            ``max_query_len`` gives wrong results). Computed from the tensors (a device sync)
+            when omitted; pass them under CUDA graph capture.
+
+    Returns:
+        ``[T, Hq, D]`` in the query's dtype.
+    """
+    _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
+    if max_query_len is None:
+        counts = query_start_loc[1:] - query_start_loc[:-1]
+        max_query_len = int(counts.max()) if counts.numel() else 0
+    if max_seq_len is None:
+        max_seq_len = int(seq_lens.max()) if seq_lens.numel() else 0
+    return torch.ops.mmcore.paged_attention(
+        query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, float(scale),
+        int(sliding_window), int(max_query_len), int(max_seq_len),
+    )  # fmt: skip
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Non-causal attention within each packed sequence (ViT over many images, no padding).
+
+    Args:
+        query, key, value: ``[T, H, D]``.
+        cu_seqlens: ``[N + 1]`` prefix sums of the sequence lengths.
+        scale: softmax scale.
+
+    Returns:
+        ``[T, H, D]`` in the query's dtype.
+    """
+    _check_varlen(query, key, value, cu_seqlens)
+    return torch.ops.mmcore.varlen_attention(query, key, value, cu_seqlens, float(scale))

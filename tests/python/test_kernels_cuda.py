@@ -1,0 +1,186 @@
+"""CUDA kernels against the pure-torch references (needs a GPU and the built mmcore._kernels)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import mmcore
+from mmcore.kernels import ops, reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2}
+
+
+def test_kernels_module_is_built():
+    assert mmcore.has_cuda_kernels(), "mmcore._kernels must be built where a GPU exists"
+
+
+def _paged_batch(seq_lens, num_queries, hq, hkv, d, block_size, dtype, gen, qkv_slice=False):
+    """Random caches (every block filled, unused ones too) and shuffled block tables."""
+    dev = "cuda"
+    blocks_per_seq = [math.ceil(n / block_size) for n in seq_lens]
+    num_blocks = sum(blocks_per_seq) + 5
+    shape = (num_blocks, block_size, hkv, d)
+    key_cache = torch.randn(shape, generator=gen, device=dev).to(dtype)
+    value_cache = torch.randn(shape, generator=gen, device=dev).to(dtype)
+    perm = torch.randperm(num_blocks, generator=gen, device=dev).to(torch.int32)
+    max_blocks = max(blocks_per_seq) + 2
+    tables = torch.full((len(seq_lens), max_blocks), -1, dtype=torch.int32, device=dev)
+    at = 0
+    for b, n in enumerate(blocks_per_seq):
+        tables[b, :n] = perm[at : at + n]
+        at += n
+    total = sum(num_queries)
+    if qkv_slice:  # q as a strided view into a fused qkv projection
+        qkv = torch.randn(total, (hq + 2 * hkv) * d, generator=gen, device=dev).to(dtype)
+        query = qkv[:, : hq * d].view(total, hq, d)
+    else:
+        query = torch.randn(total, hq, d, generator=gen, device=dev).to(dtype)
+    starts = torch.tensor([0, *torch.tensor(num_queries).cumsum(0).tolist()], dtype=torch.int32)
+    lens = torch.tensor(seq_lens, dtype=torch.int32)
+    return query, key_cache, value_cache, tables, lens.to(dev), starts.to(dev)
+
+
+def _check_close(out, ref, dtype):
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.isfinite(out.float()).all()
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= TOL[dtype], f"max abs error {err}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 80, 128])
+@pytest.mark.parametrize("hq,hkv", [(8, 8), (8, 2), (8, 1)])
+@pytest.mark.parametrize("block_size", [16, 24, 32])
+def test_paged_attention_mixed_batch(dtype, d, hq, hkv, block_size):
+    gen = torch.Generator(device="cuda").manual_seed(d * 131 + hq * 7 + hkv + block_size)
+    # decode, full prefill, chunk over a cached prefix, decode at a block edge, single-key seq
+    seq_lens = [37, 200, 530, 64, 1]
+    num_queries = [1, 200, 130, 1, 1]
+    args = _paged_batch(seq_lens, num_queries, hq, hkv, d, block_size, dtype, gen, qkv_slice=True)
+    scale = d**-0.5
+    out = ops.paged_attention(*args, scale)
+    _check_close(out, reference.paged_attention(*args, scale), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("batch,context", [(1, 8192), (3, 4100), (16, 1000)])
+def test_paged_attention_long_decode_uses_splits(dtype, d, batch, context):
+    gen = torch.Generator(device="cuda").manual_seed(batch * 17 + context)
+    seq_lens = [context - 31 * b for b in range(batch)]
+    args = _paged_batch(seq_lens, [1] * batch, 32, 8, d, 16, dtype, gen)
+    scale = d**-0.5
+    out = ops.paged_attention(*args, scale)
+    _check_close(out, reference.paged_attention(*args, scale), dtype)
+
+
+@pytest.mark.parametrize("window", [1, 40, 300])
+@pytest.mark.parametrize("d", [80, 128])
+def test_paged_attention_sliding_window(window, d):
+    gen = torch.Generator(device="cuda").manual_seed(window + d)
+    seq_lens, num_queries = [700, 2100, 90], [1, 400, 90]
+    args = _paged_batch(seq_lens, num_queries, 16, 4, d, 16, torch.bfloat16, gen)
+    out = ops.paged_attention(*args, 0.1, sliding_window=window)
+    ref = reference.paged_attention(*args, 0.1, window)
+    _check_close(out, ref, torch.bfloat16)
+
+
+def test_paged_attention_long_prefill_8k():
+    gen = torch.Generator(device="cuda").manual_seed(8)
+    args = _paged_batch([8192, 3000], [8192, 1000], 8, 2, 128, 16, torch.bfloat16, gen)
+    out = ops.paged_attention(*args, 128**-0.5)
+    _check_close(out, reference.paged_attention(*args, 128**-0.5), torch.bfloat16)
+
+
+def test_paged_attention_in_cuda_graph_and_compile():
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    args = _paged_batch([300, 2000], [1, 1], 8, 2, 128, 16, torch.bfloat16, gen)
+    ref = reference.paged_attention(*args, 0.125)
+
+    def step(*a):
+        return ops.paged_attention(*a, 0.125, max_query_len=1, max_seq_len=4096)
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    _check_close(compiled(*args), ref, torch.bfloat16)
+    step(*args)  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(*args)
+    out.zero_()
+    graph.replay()
+    _check_close(out, ref, torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 80, 128])
+@pytest.mark.parametrize("lens", [[577], [1, 17, 64, 129, 1000], [577] * 6])
+def test_varlen_attention(dtype, d, lens):
+    gen = torch.Generator(device="cuda").manual_seed(d + len(lens) + lens[0])
+    total, h = sum(lens), 16
+    qkv = torch.randn(total, 3, h, d, generator=gen, device="cuda").to(dtype)
+    q, k, v = qkv.unbind(1)  # strided views of a fused projection
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32).cuda()
+    out = ops.varlen_attention(q, k, v, cu, d**-0.5)
+    _check_close(out, reference.varlen_attention(q, k, v, cu, d**-0.5), dtype)
+
+
+@pytest.mark.parametrize("src,cache", [(torch.bfloat16,) * 2, (torch.float16,) * 2,
+                                       (torch.float32,) * 2, (torch.float32, torch.bfloat16)])  # fmt: skip
+def test_reshape_and_cache(src, cache):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    t, hkv, d, blocks, bs = 50, 4, 80, 12, 16
+    kv = torch.randn(t, 2, hkv, d, generator=gen, device="cuda").to(src)
+    key, value = kv.unbind(1)
+    slots = torch.randperm(blocks * bs, generator=gen, device="cuda")[:t]
+    slots[::7] = -1
+    caches = [torch.randn(blocks, bs, hkv, d, generator=gen, device="cuda").to(cache) for _ in "kv"]
+    expect = [c.clone() for c in caches]
+    ops.reshape_and_cache(key, value, *caches, slots)
+    reference.reshape_and_cache(key, value, *expect, slots)
+    assert torch.equal(caches[0], expect[0]) and torch.equal(caches[1], expect[1])
+
+
+def test_unsupported_inputs_fall_back_to_reference():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    cu = torch.tensor([0, 9, 30], dtype=torch.int32, device="cuda")
+    for d, dtype in ((96, torch.bfloat16), (64, torch.float32)):
+        q, k, v = torch.randn(3, 30, 4, d, generator=gen, device="cuda").to(dtype).unbind(0)
+        assert not ops.attention_kernel_supports(q, k)
+        out = ops.varlen_attention(q, k, v, cu, 0.1)
+        torch.testing.assert_close(out, reference.varlen_attention(q, k, v, cu, 0.1))
+
+
+def _raw_varlen(q, cu, head_dim, dtype_code, num_kv_heads=None):
+    """Calls the launcher binding directly (bypassing the op's fallback)."""
+    ws = torch.empty(cu.numel(), dtype=torch.int32, device="cuda")
+    out = torch.empty_like(q)
+    ops._kernels().varlen_attention(
+        q=q.data_ptr(), q_strides=q.stride()[:2], k=q.data_ptr(), k_strides=q.stride()[:2],
+        v=q.data_ptr(), v_strides=q.stride()[:2], cu_seqlens=cu.data_ptr(),
+        tile_offsets=ws.data_ptr(), out=out.data_ptr(), out_strides=out.stride()[:2],
+        num_seqs=cu.numel() - 1, num_tokens=q.shape[0], num_q_heads=q.shape[1],
+        num_kv_heads=num_kv_heads or q.shape[1], head_dim=head_dim, dtype=dtype_code, scale=0.1,
+        causal=False, stream=torch.cuda.current_stream().cuda_stream,
+    )  # fmt: skip
+    return out
+
+
+def test_launcher_validation_raises_value_error():
+    q = torch.randn(4, 4, 96, device="cuda", dtype=torch.bfloat16)
+    cu = torch.tensor([0, 4], dtype=torch.int32, device="cuda")
+    with pytest.raises(ValueError, match="head_dim must be 64, 80 or 128"):
+        _raw_varlen(q, cu, 96, 2)
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        _raw_varlen(q[..., :64], cu, 64, 0)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        _raw_varlen(q[..., :64], cu, 64, 2, num_kv_heads=3)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        _raw_varlen(torch.randn(4, 4, 68, device="cuda", dtype=torch.bfloat16)[..., :64], cu, 64, 2)
