@@ -178,7 +178,11 @@ class EngineStreamingResponse(StreamingResponse):
     """
 
     def __init__(self, content: AsyncIterator[str], streams: list[RequestStream]) -> None:
-        super().__init__(content, media_type="text/event-stream")
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
         self._streams = streams
 
     async def __call__(self, scope, receive, send) -> None:
