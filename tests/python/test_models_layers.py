@@ -7,7 +7,7 @@ from transformers.activations import ACT2FN
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as hf_apply_rope
 
-from mmcore.kernels import reference
+from mmcore.kernels import cpu, reference
 from mmcore.layers import attention
 from mmcore.layers.activations import get_activation
 from mmcore.layers.norm import RMSNorm
@@ -90,10 +90,11 @@ def test_unknown_activation_names_itself():
         get_activation("swiglu_xyz")
 
 
-def test_attention_dispatch_uses_reference_on_cpu():
+def test_attention_dispatch_on_cpu_uses_the_batched_cpu_path_else_the_reference():
     x = torch.zeros(1)
-    for op in ("reshape_and_cache", "paged_attention", "varlen_attention"):
-        assert attention.select_op(op, x) is getattr(reference, op)
+    assert attention.select_op("paged_attention", x) is cpu.paged_attention
+    assert attention.select_op("varlen_attention", x) is cpu.varlen_attention
+    assert attention.select_op("reshape_and_cache", x) is reference.reshape_and_cache
 
 
 def test_feature_layer_indices_resolve_like_hf_hidden_states():
