@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mmcore.engine.inputs import MMItem
+from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
 from mmcore.sampling.sampler import SampledBatch, sample
 from mmcore.sampling_params import SamplingParams
@@ -58,6 +59,7 @@ class ModelRunner:
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.requests: dict[int, RequestState] = {}
         self.num_encoder_runs = 0
+        self.staging = HostStaging(self.device)
 
     def add_request(self, req_id: int, state: RequestState) -> None:
         self.requests[req_id] = state
@@ -65,10 +67,8 @@ class ModelRunner:
     def remove_request(self, req_id: int) -> None:
         self.requests.pop(req_id, None)
 
-    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(
-            self.device, dtype, non_blocking=True
-        )
+    def _tensor(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return self.staging.to_device(name, array, dtype)
 
     def _run_encoder(self, out) -> None:
         """Encode the step's new items, batched across requests, into the encoder cache."""
@@ -104,7 +104,7 @@ class ModelRunner:
                 self.encoder_cache[handle] = emb
 
     def _input_embeds(self, out) -> torch.Tensor:
-        input_ids = self._tensor(out.input_ids, torch.long)
+        input_ids = self._tensor("input_ids", out.input_ids, torch.long)
         embeds = self.model.embed_tokens(input_ids.clamp(min=0))
         for handle, src, dst, length in zip(
             out.scatter_handles.tolist(),
@@ -114,6 +114,18 @@ class ModelRunner:
         ):
             embeds[dst : dst + length] = self.encoder_cache[handle][src : src + length]
         return embeds
+
+    def _attention_metadata(self, out) -> AttentionMetadata:
+        """The step's paged-attention arrays on the device; the bounds come from the host."""
+        starts = out.query_start_loc
+        return AttentionMetadata(
+            slot_mapping=self._tensor("slot_mapping", out.slot_mapping, torch.long),
+            block_tables=self._tensor("block_tables", out.block_tables, torch.int32),
+            seq_lens=self._tensor("seq_lens", out.seq_lens, torch.int32),
+            query_start_loc=self._tensor("query_start_loc", starts, torch.int32),
+            max_seq_len=int(out.seq_lens.max()),
+            max_query_len=int(np.diff(starts).max()),
+        )
 
     @torch.inference_mode()
     def execute(self, out) -> SampledBatch:
@@ -126,17 +138,12 @@ class ModelRunner:
             return SampledBatch(token_ids=[], logprobs=[])
         self._run_encoder(out)
         embeds = self._input_embeds(out)
-        attn = AttentionMetadata(
-            slot_mapping=self._tensor(out.slot_mapping, torch.long),
-            block_tables=self._tensor(out.block_tables, torch.int32),
-            seq_lens=self._tensor(out.seq_lens, torch.int32),
-            query_start_loc=self._tensor(out.query_start_loc, torch.int32),
-            max_seq_len=int(out.seq_lens.max()),
-        )
-        positions = self._tensor(out.positions, torch.long)
+        attn = self._attention_metadata(out)
+        positions = self._tensor("positions", out.positions, torch.long)
         hidden = self.model.forward(embeds, positions, self.kv_caches, attn)
         if len(out.logits_indices) == 0:
             return SampledBatch(token_ids=[], logprobs=[])
-        logits = self.model.compute_logits(hidden[self._tensor(out.logits_indices, torch.long)])
+        rows = self._tensor("logits_indices", out.logits_indices, torch.long)
+        logits = self.model.compute_logits(hidden[rows])
         states = [self.requests[r] for r in out.sampling_req_ids.tolist()]
         return sample(logits, [s.params for s in states], [s.generator for s in states])
