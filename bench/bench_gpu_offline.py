@@ -126,42 +126,59 @@ def roofline(shapes: dict, machine: dict, *, num_requests, prompt_len, out_len, 
     }
 
 
-def bench_mmcore(path: str, args) -> tuple[dict, dict, Engine]:
-    engine = Engine(path, load_format="dummy", device="cuda", max_num_seqs=args.max_num_seqs)
-    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
-    engine.generate(make_requests(8, args.text_len, 336, seed=1), params, use_tqdm=False)
-    requests = make_requests(args.num_requests, args.text_len, 336, seed=2)
+def _throughput(engine: Engine, requests: list, params: SamplingParams, output_len: int) -> dict:
     start = time.perf_counter()
     outputs = engine.generate(requests, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
-    assert all(len(o.outputs[0].token_ids) == args.output_len for o in outputs)
-    t0 = time.perf_counter()
-    for r in requests[:50]:
-        engine.inputs.process(r)
-    preprocess_s = (time.perf_counter() - t0) / 50
+    assert all(len(o.outputs[0].token_ids) == output_len for o in outputs)
+    return {
+        "num_requests": len(requests),
+        "elapsed_s": elapsed,
+        "req_per_s": len(requests) / elapsed,
+        "out_tok_per_s": len(requests) * output_len / elapsed,
+    }
 
-    # Batch 1: TTFT (from add_request, image preprocessing included) and inter-token latency.
+
+def _latency(engine: Engine, prompts: list, params: SamplingParams) -> dict:
+    """Batch 1: TTFT (from add_request, image preprocessing included) and inter-token latency."""
     ttfts, itls = [], []
-    for i, prompt in enumerate(make_requests(5, args.text_len, 336, seed=3)):
+    for i, prompt in enumerate(prompts):
         start = time.perf_counter()
-        engine.add_request(f"lat{i}", prompt, params)
+        engine.add_request(f"lat{i}-{id(prompts)}", prompt, params)
         stamps = []
         while engine.has_unfinished_requests():
             if engine.step():
                 stamps.append(time.perf_counter())
         ttfts.append(stamps[0] - start)
         itls.append(float(np.median(np.diff(stamps))))
+    return {"ttft_s": float(np.median(ttfts)), "itl_s": float(np.median(itls))}
+
+
+def bench_mmcore(path: str, args) -> tuple[dict, dict, Engine]:
+    """Throughput and batch-1 latency with decode CUDA graphs, then eager, on one engine."""
+    start = time.perf_counter()
+    engine = Engine(path, load_format="dummy", device="cuda", max_num_seqs=args.max_num_seqs)
+    startup_s = time.perf_counter() - start
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    engine.generate(make_requests(8, args.text_len, 336, seed=1), params, use_tqdm=False)
     result = {
-        "num_requests": args.num_requests,
-        "elapsed_s": elapsed,
-        "req_per_s": args.num_requests / elapsed,
-        "out_tok_per_s": args.num_requests * args.output_len / elapsed,
-        "preprocess_s_per_request": preprocess_s,
+        "startup_s": startup_s,
         "num_blocks": engine.config.num_blocks,
         "block_size": engine.config.block_size,
-        "ttft_s": float(np.median(ttfts)),
-        "itl_s": float(np.median(itls)),
     }
+    for seed, mode in enumerate(args.modes):
+        engine.runner.use_decode_graphs = mode == "graphs"
+        requests = make_requests(args.num_requests, args.text_len, 336, seed=10 + seed)
+        result[mode] = _throughput(engine, requests, params, args.output_len)
+        result[mode].update(
+            _latency(engine, make_requests(5, args.text_len, 336, 20 + seed), params)
+        )
+        print("mmcore", mode, result[mode], flush=True)
+    t0 = time.perf_counter()
+    for r in make_requests(50, args.text_len, 336, seed=30):
+        engine.inputs.process(r)
+    result["preprocess_s_per_request"] = (time.perf_counter() - t0) / 50
+    result["cuda_graph_steps"] = engine.stats()["cuda_graph_steps"]
     return result, model_shapes(engine), engine
 
 
@@ -239,6 +256,7 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=[16, 64, 128])
+    parser.add_argument("--modes", nargs="+", default=["graphs", "eager"])
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
 
@@ -246,7 +264,6 @@ def main() -> None:
     print("machine", machine, flush=True)
     path = write_dummy_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
     ours, shapes, engine = bench_mmcore(path, args)
-    print("mmcore", ours, flush=True)
     hidden = shapes["hidden"]
     concurrent = min(
         args.max_num_seqs,

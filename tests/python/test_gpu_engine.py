@@ -23,8 +23,12 @@ pytestmark = [
 ]
 
 NUM_TOKENS = 16
-MIN_MATCH_FRACTION = 0.9
+# Random tiny models have many near-ties: CPU bf16 vs CPU fp32 alone matches 80% / 60% of these
+# prompts; every divergence must sit at an fp32 near-tie, and most prompts must match exactly.
+MIN_MATCH_FRACTION = 0.5
+NEAR_TIE = 0.25  # nats between the fp32 model's top two tokens
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True)
+TOP2 = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=2)
 # Head dim 64 in the LM (256 / 4) and in the vision tower (128 / 2): a size the kernels take.
 TEXT_D64 = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4}
 VISION_D64 = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2}
@@ -39,6 +43,10 @@ def model_dir(request, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def photos() -> dict:
+    return synthetic_images()
+
+
+def synthetic_images() -> dict:
     """Smooth random images of varied sizes and aspect ratios (no scikit-image on GPU hosts)."""
     rng = np.random.default_rng(0)
     sizes = {"square": (64, 64), "wide": (40, 300), "tall": (427, 60), "big": (512, 512)}
@@ -90,17 +98,31 @@ def test_gpu_engine_runs_bf16_with_kernels(model_dir):
     assert ops.attention_kernel_supports(query, engine.runner.kv_caches[0][0])
 
 
+def _divergences(got, reference) -> list[tuple[int, int, float]]:
+    """(prompt, step, fp32 top-2 log-prob margin) where ``got`` first leaves the fp32 tokens."""
+    found = []
+    for p, (ids, ref) in enumerate(zip(got, reference)):
+        ref_ids = ref.outputs[0].token_ids
+        step = next((k for k, (a, b) in enumerate(zip(ids, ref_ids)) if a != b), None)
+        if step is not None:
+            top = sorted(ref.outputs[0].logprobs[step].values(), reverse=True)
+            found.append((p, step, top[0] - top[1]))
+    return found
+
+
 def test_gpu_greedy_matches_cpu(model_dir, photos):
     prompts = _prompts(photos)
     cpu = Engine(model_dir, device="cpu", seed=0)
-    expected = _token_ids(cpu.generate(prompts, GREEDY, use_tqdm=False))
+    reference = cpu.generate(prompts, TOP2, use_tqdm=False)
     gpu = Engine(model_dir, device="cuda", seed=0)
     got = _token_ids(gpu.generate(prompts, GREEDY, use_tqdm=False))
     assert all(len(ids) == NUM_TOKENS for ids in got)
-    matches = sum(a == b for a, b in zip(got, expected))
-    fraction = matches / len(prompts)
+    diverged = _divergences(got, reference)
+    fraction = 1 - len(diverged) / len(prompts)
     print(f"\n{model_dir}: GPU bf16 == CPU fp32 on first {NUM_TOKENS} tokens: {fraction:.2f}")
-    assert fraction >= MIN_MATCH_FRACTION, (got, expected)
+    # bf16 flips only near-ties of the fp32 model (logits ~10-30 are rounded to 1/16-1/8).
+    assert all(margin < NEAR_TIE for _, _, margin in diverged), diverged
+    assert fraction >= MIN_MATCH_FRACTION, diverged
     assert gpu.stats()["kv_blocks_used"] == 0
 
 
@@ -111,6 +133,23 @@ def test_gpu_batching_does_not_change_greedy_tokens(model_dir, photos):
     alone = [_token_ids(engine.generate([p], GREEDY, use_tqdm=False))[0] for p in prompts]
     # bf16 matmuls may differ by batch shape; the tiny models' logits are decisive enough.
     assert sum(a == b for a, b in zip(batched, alone)) >= len(prompts) - 1
+
+
+def test_decode_cuda_graphs_match_eager(model_dir, photos):
+    prompts = _prompts(photos)
+    eager = Engine(model_dir, device="cuda", seed=0, enforce_eager=True)
+    reference = eager.generate(prompts, TOP2, use_tqdm=False)
+    assert eager.stats()["cuda_graph_steps"] == 0
+    graphs = Engine(model_dir, device="cuda", seed=0, max_num_seqs=12)
+    got = _token_ids(graphs.generate(prompts, GREEDY, use_tqdm=False))
+    # 20 prompts over 12 slots: decode batches of many sizes, padded to 1, 2, 4, 8 or 12.
+    assert graphs.stats()["cuda_graph_steps"] >= NUM_TOKENS
+    diverged = _divergences(got, reference)
+    print(
+        f"\n{model_dir}: graphs == eager on first {NUM_TOKENS} tokens: {1 - len(diverged) / 20:.2f}"
+    )
+    assert all(margin < NEAR_TIE for _, _, margin in diverged), diverged
+    assert len(diverged) <= len(prompts) // 4, diverged
 
 
 def test_profiled_peak_grows_with_batched_tokens(model_dir):

@@ -35,6 +35,7 @@ _ENGINE_ARGS = {
     "allowed_local_media_path",
     "gpu_memory_utilization",
     "processor_cache_bytes",
+    "enforce_eager",
 }
 
 
@@ -48,6 +49,8 @@ class EngineConfig:
     max_model_len: int
     block_size: int
     num_blocks: int
+    max_num_seqs: int
+    enforce_eager: bool
     seed: int
     limit_mm_per_prompt: dict[str, int] | None
     mm_processor_kwargs: dict | None
@@ -203,6 +206,8 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         max_model_len=max_model_len,
         block_size=block_size,
         num_blocks=num_blocks,
+        max_num_seqs=max_num_seqs,
+        enforce_eager=bool(get("enforce_eager", False)),
         seed=seed,
         limit_mm_per_prompt=get("limit_mm_per_prompt"),
         mm_processor_kwargs=get("mm_processor_kwargs"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
@@ -42,9 +43,21 @@ class ModelRunner:
         num_blocks: KV cache blocks per layer.
         block_size: tokens per block.
         kv_dtype: dtype of the KV cache.
+        cuda_graph_max_seqs: on CUDA, capture decode steps of up to this many requests as CUDA
+            graphs (0: always eager).
+        max_model_len: longest sequence (block-table width and attention bound of the graphs).
     """
 
-    def __init__(self, model, *, num_blocks: int, block_size: int, kv_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        num_blocks: int,
+        block_size: int,
+        kv_dtype: torch.dtype,
+        cuda_graph_max_seqs: int = 0,
+        max_model_len: int = 0,
+    ) -> None:
         self.model = model
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
@@ -60,6 +73,19 @@ class ModelRunner:
         self.requests: dict[int, RequestState] = {}
         self.num_encoder_runs = 0
         self.staging = HostStaging(self.device)
+        self.decode_graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and cuda_graph_max_seqs > 0:
+            self.decode_graphs = DecodeGraphs(
+                model,
+                self.kv_caches,
+                max_num_seqs=cuda_graph_max_seqs,
+                max_blocks_per_seq=-(-max_model_len // block_size),
+                max_seq_len=max_model_len,
+                staging=self.staging,
+            )
+            self.decode_graphs.capture()
+        self.use_decode_graphs = self.decode_graphs is not None
+        self.num_graph_steps = 0
 
     def add_request(self, req_id: int, state: RequestState) -> None:
         self.requests[req_id] = state
@@ -136,6 +162,9 @@ class ModelRunner:
             self.remove_request(req_id)
         if out.num_tokens == 0:
             return SampledBatch(token_ids=[], logprobs=[])
+        if self.use_decode_graphs and self.decode_graphs.can_run(out):
+            self.num_graph_steps += 1
+            return self._sample(self.decode_graphs.run(out), out)
         self._run_encoder(out)
         embeds = self._input_embeds(out)
         attn = self._attention_metadata(out)
@@ -144,6 +173,8 @@ class ModelRunner:
         if len(out.logits_indices) == 0:
             return SampledBatch(token_ids=[], logprobs=[])
         rows = self._tensor("logits_indices", out.logits_indices, torch.long)
-        logits = self.model.compute_logits(hidden[rows])
+        return self._sample(self.model.compute_logits(hidden[rows]), out)
+
+    def _sample(self, logits: torch.Tensor, out) -> SampledBatch:
         states = [self.requests[r] for r in out.sampling_req_ids.tolist()]
         return sample(logits, [s.params for s in states], [s.generator for s in states])

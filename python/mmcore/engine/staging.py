@@ -56,3 +56,13 @@ class HostStaging:
         out = staged.to(self.device, non_blocking=True).view(host.shape)
         done.record()
         return out
+
+    def copy_into(self, name: str, array: np.ndarray, dest: torch.Tensor) -> None:
+        """Copy ``array`` (same number of elements) into the device tensor ``dest`` in place.
+
+        Args:
+            name: the buffer to stage through.
+            array: host values, cast to ``dest.dtype``.
+            dest: a (possibly strided) view of a static device buffer, e.g. CUDA graph inputs.
+        """
+        dest.copy_(self.to_device(name, array, dest.dtype).view(dest.shape), non_blocking=True)
