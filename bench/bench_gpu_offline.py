@@ -126,16 +126,56 @@ def roofline(shapes: dict, machine: dict, *, num_requests, prompt_len, out_len, 
     }
 
 
+class StepTimer:
+    """Wall time of Engine.step and of the runner's execute inside it (which ends on the sampled
+    tokens' device sync): step minus execute is host work while the GPU idles (no overlap)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.steps, self.graph_steps, self.step_s, self.execute_s = 0, 0, 0.0, 0.0
+        self._engine = engine
+        self._execute, self._step = engine.runner.execute, engine.step
+        engine.runner.execute, engine.step = self._timed_execute, self._timed_step
+
+    def _timed_execute(self, out):
+        start = time.perf_counter()
+        result = self._execute(out)
+        self.execute_s += time.perf_counter() - start
+        return result
+
+    def _timed_step(self):
+        start = time.perf_counter()
+        graphs_before = self._engine.runner.num_graph_steps
+        result = self._step()
+        self.step_s += time.perf_counter() - start
+        self.steps += 1
+        self.graph_steps += self._engine.runner.num_graph_steps - graphs_before
+        return result
+
+    def close(self) -> dict:
+        self._engine.runner.execute, self._engine.step = self._execute, self._step
+        return {
+            "steps": self.steps,
+            "graph_steps": self.graph_steps,
+            "execute_ms_per_step": 1e3 * self.execute_s / max(1, self.steps),
+            "host_outside_execute_ms_per_step": 1e3
+            * (self.step_s - self.execute_s)
+            / max(1, self.steps),
+        }
+
+
 def _throughput(engine: Engine, requests: list, params: SamplingParams, output_len: int) -> dict:
+    timer = StepTimer(engine)
     start = time.perf_counter()
     outputs = engine.generate(requests, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
+    steps = timer.close()
     assert all(len(o.outputs[0].token_ids) == output_len for o in outputs)
     return {
         "num_requests": len(requests),
         "elapsed_s": elapsed,
         "req_per_s": len(requests) / elapsed,
         "out_tok_per_s": len(requests) * output_len / elapsed,
+        **steps,
     }
 
 

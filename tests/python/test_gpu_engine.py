@@ -126,13 +126,15 @@ def test_gpu_greedy_matches_cpu(model_dir, photos):
     assert gpu.stats()["kv_blocks_used"] == 0
 
 
-def test_gpu_batching_does_not_change_greedy_tokens(model_dir, photos):
+def test_gpu_batching_changes_greedy_tokens_only_at_near_ties(model_dir, photos):
     prompts = _prompts(photos)[:6]
     engine = Engine(model_dir, device="cuda", seed=0)
     batched = _token_ids(engine.generate(prompts, GREEDY, use_tqdm=False))
-    alone = [_token_ids(engine.generate([p], GREEDY, use_tqdm=False))[0] for p in prompts]
-    # bf16 matmuls may differ by batch shape; the tiny models' logits are decisive enough.
-    assert sum(a == b for a, b in zip(batched, alone)) >= len(prompts) - 1
+    alone = [engine.generate([p], TOP2, use_tqdm=False)[0] for p in prompts]
+    # bf16 matmuls (and padded graph batches) differ by batch shape: near-ties may flip.
+    diverged = _divergences(batched, alone)
+    assert all(margin < NEAR_TIE for _, _, margin in diverged), diverged
+    assert len(diverged) <= len(prompts) // 2, diverged
 
 
 def test_decode_cuda_graphs_match_eager(model_dir, photos):
