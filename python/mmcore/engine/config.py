@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
+from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
 from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.model_loader import load_model
 from mmcore.multimodal.processor_cache import ProcessorCache
@@ -34,6 +35,7 @@ _ENGINE_ARGS = {
     "allowed_local_media_path",
     "gpu_memory_utilization",
     "processor_cache_bytes",
+    "enforce_eager",
 }
 
 
@@ -47,6 +49,8 @@ class EngineConfig:
     max_model_len: int
     block_size: int
     num_blocks: int
+    max_num_seqs: int
+    enforce_eager: bool
     seed: int
     limit_mm_per_prompt: dict[str, int] | None
     mm_processor_kwargs: dict | None
@@ -164,12 +168,20 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
 
     block_bytes = kv_bytes_per_block(net, block_size, dtype)
     kv_bytes = get("kv_cache_memory")
-    if kv_bytes is None:
-        kv_bytes = (
-            _profile_kv_bytes(device, float(get("gpu_memory_utilization", 0.9)))
-            if device.type == "cuda"
-            else _CPU_KV_CACHE_BYTES
+    if kv_bytes is None and device.type == "cuda":
+        peak = profile_peak_activation_bytes(
+            net,
+            processor,
+            num_tokens=int(max_batched),
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            block_size=block_size,
+            encoder_budget=encoder_budget,
+            kv_dtype=dtype,
         )
+        kv_bytes = gpu_kv_cache_bytes(device, float(get("gpu_memory_utilization", 0.9)), peak)
+    elif kv_bytes is None:
+        kv_bytes = _CPU_KV_CACHE_BYTES
     num_blocks = int(kv_bytes) // block_bytes
     # No point holding more than every sequence at full length.
     num_blocks = min(num_blocks, max_num_seqs * -(-max_model_len // block_size) + 1)
@@ -194,6 +206,8 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         max_model_len=max_model_len,
         block_size=block_size,
         num_blocks=num_blocks,
+        max_num_seqs=max_num_seqs,
+        enforce_eager=bool(get("enforce_eager", False)),
         seed=seed,
         limit_mm_per_prompt=get("limit_mm_per_prompt"),
         mm_processor_kwargs=get("mm_processor_kwargs"),
@@ -206,12 +220,3 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         processor=processor,
         processor_cache=ProcessorCache(int(get("processor_cache_bytes", 1 << 30))),
     )
-
-
-def _profile_kv_bytes(device: torch.device, utilization: float) -> int:
-    """GPU memory left for the KV cache after the weights, keeping a margin for activations."""
-    torch.cuda.synchronize(device)
-    free, total = torch.cuda.mem_get_info(device)
-    used = total - free
-    activation_margin = int(0.08 * total)
-    return max(0, int(total * utilization) - used - activation_margin)

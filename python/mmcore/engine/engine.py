@@ -64,6 +64,8 @@ class Engine:
         load_format: "auto" | "safetensors" | "dummy" (random weights, real architecture).
         allowed_local_media_path: folder that local image paths must lie in.
         gpu_memory_utilization: fraction of GPU memory the engine may use.
+        enforce_eager: never replay CUDA graphs (by default decode-only steps on CUDA replay
+            graphs captured at start-up for padded batch sizes).
     """
 
     def __init__(self, model: str, **kwargs: Any) -> None:
@@ -83,7 +85,12 @@ class Engine:
             allowed_local_media_path=cfg.allowed_local_media_path,
         )
         self.runner = ModelRunner(
-            self.model, num_blocks=cfg.num_blocks, block_size=cfg.block_size, kv_dtype=cfg.dtype
+            self.model,
+            num_blocks=cfg.num_blocks,
+            block_size=cfg.block_size,
+            kv_dtype=cfg.dtype,
+            cuda_graph_max_seqs=0 if cfg.enforce_eager else cfg.max_num_seqs,
+            max_model_len=cfg.max_model_len,
         )
         self.scheduler = _core.Scheduler(cfg.scheduler_config)
         self._eos_token_ids = cfg.eos_token_ids
@@ -333,6 +340,7 @@ class Engine:
         """Counters of the core (KV blocks, prefix and encoder cache hits) and the runner."""
         stats = dict(self.scheduler.stats())
         stats["encoder_runs"] = self.runner.num_encoder_runs
+        stats["cuda_graph_steps"] = self.runner.num_graph_steps
         stats["num_blocks"] = self.config.num_blocks
         return stats
 

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.inputs import MMItem
+from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
 from mmcore.sampling.sampler import SampledBatch, sample
 from mmcore.sampling_params import SamplingParams
@@ -41,9 +43,21 @@ class ModelRunner:
         num_blocks: KV cache blocks per layer.
         block_size: tokens per block.
         kv_dtype: dtype of the KV cache.
+        cuda_graph_max_seqs: on CUDA, capture decode steps of up to this many requests as CUDA
+            graphs (0: always eager).
+        max_model_len: longest sequence (block-table width and attention bound of the graphs).
     """
 
-    def __init__(self, model, *, num_blocks: int, block_size: int, kv_dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        num_blocks: int,
+        block_size: int,
+        kv_dtype: torch.dtype,
+        cuda_graph_max_seqs: int = 0,
+        max_model_len: int = 0,
+    ) -> None:
         self.model = model
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
@@ -58,6 +72,20 @@ class ModelRunner:
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.requests: dict[int, RequestState] = {}
         self.num_encoder_runs = 0
+        self.staging = HostStaging(self.device)
+        self.decode_graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and cuda_graph_max_seqs > 0:
+            self.decode_graphs = DecodeGraphs(
+                model,
+                self.kv_caches,
+                max_num_seqs=cuda_graph_max_seqs,
+                max_blocks_per_seq=-(-max_model_len // block_size),
+                max_seq_len=max_model_len,
+                staging=self.staging,
+            )
+            self.decode_graphs.capture()
+        self.use_decode_graphs = self.decode_graphs is not None
+        self.num_graph_steps = 0
 
     def add_request(self, req_id: int, state: RequestState) -> None:
         self.requests[req_id] = state
@@ -65,10 +93,8 @@ class ModelRunner:
     def remove_request(self, req_id: int) -> None:
         self.requests.pop(req_id, None)
 
-    def _tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(
-            self.device, dtype, non_blocking=True
-        )
+    def _tensor(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return self.staging.to_device(name, array, dtype)
 
     def _run_encoder(self, out) -> None:
         """Encode the step's new items, batched across requests, into the encoder cache."""
@@ -104,7 +130,7 @@ class ModelRunner:
                 self.encoder_cache[handle] = emb
 
     def _input_embeds(self, out) -> torch.Tensor:
-        input_ids = self._tensor(out.input_ids, torch.long)
+        input_ids = self._tensor("input_ids", out.input_ids, torch.long)
         embeds = self.model.embed_tokens(input_ids.clamp(min=0))
         for handle, src, dst, length in zip(
             out.scatter_handles.tolist(),
@@ -115,6 +141,18 @@ class ModelRunner:
             embeds[dst : dst + length] = self.encoder_cache[handle][src : src + length]
         return embeds
 
+    def _attention_metadata(self, out) -> AttentionMetadata:
+        """The step's paged-attention arrays on the device; the bounds come from the host."""
+        starts = out.query_start_loc
+        return AttentionMetadata(
+            slot_mapping=self._tensor("slot_mapping", out.slot_mapping, torch.long),
+            block_tables=self._tensor("block_tables", out.block_tables, torch.int32),
+            seq_lens=self._tensor("seq_lens", out.seq_lens, torch.int32),
+            query_start_loc=self._tensor("query_start_loc", starts, torch.int32),
+            max_seq_len=int(out.seq_lens.max()),
+            max_query_len=int(np.diff(starts).max()),
+        )
+
     @torch.inference_mode()
     def execute(self, out) -> SampledBatch:
         """Run one step; return the tokens sampled for ``out.sampling_req_ids``."""
@@ -124,19 +162,19 @@ class ModelRunner:
             self.remove_request(req_id)
         if out.num_tokens == 0:
             return SampledBatch(token_ids=[], logprobs=[])
+        if self.use_decode_graphs and self.decode_graphs.can_run(out):
+            self.num_graph_steps += 1
+            return self._sample(self.decode_graphs.run(out), out)
         self._run_encoder(out)
         embeds = self._input_embeds(out)
-        attn = AttentionMetadata(
-            slot_mapping=self._tensor(out.slot_mapping, torch.long),
-            block_tables=self._tensor(out.block_tables, torch.int32),
-            seq_lens=self._tensor(out.seq_lens, torch.int32),
-            query_start_loc=self._tensor(out.query_start_loc, torch.int32),
-            max_seq_len=int(out.seq_lens.max()),
-        )
-        positions = self._tensor(out.positions, torch.long)
+        attn = self._attention_metadata(out)
+        positions = self._tensor("positions", out.positions, torch.long)
         hidden = self.model.forward(embeds, positions, self.kv_caches, attn)
         if len(out.logits_indices) == 0:
             return SampledBatch(token_ids=[], logprobs=[])
-        logits = self.model.compute_logits(hidden[self._tensor(out.logits_indices, torch.long)])
+        rows = self._tensor("logits_indices", out.logits_indices, torch.long)
+        return self._sample(self.model.compute_logits(hidden[rows]), out)
+
+    def _sample(self, logits: torch.Tensor, out) -> SampledBatch:
         states = [self.requests[r] for r in out.sampling_req_ids.tolist()]
         return sample(logits, [s.params for s in states], [s.generator for s in states])

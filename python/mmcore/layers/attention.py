@@ -35,6 +35,8 @@ class AttentionMetadata:
         seq_lens: int32 ``[B]`` tokens of each request after this step (cached + new).
         query_start_loc: int32 ``[B + 1]`` prefix sums of the new tokens per request.
         max_seq_len: the largest entry of ``seq_lens``.
+        max_query_len: the most new tokens of one request (known on the host, so the CUDA
+            kernel needs no device sync to pick its variant).
     """
 
     slot_mapping: torch.Tensor
@@ -42,6 +44,7 @@ class AttentionMetadata:
     seq_lens: torch.Tensor
     query_start_loc: torch.Tensor
     max_seq_len: int
+    max_query_len: int
 
     @property
     def num_requests(self) -> int:
@@ -100,16 +103,17 @@ def paged_attention(
     """
     key_cache, value_cache = kv_cache
     op = select_op("paged_attention", query)
-    return op(
-        query,
-        key_cache,
-        value_cache,
-        attn.block_tables,
-        attn.seq_lens,
-        attn.query_start_loc,
-        scale,
-        sliding_window,
-    )
+    args = (query, key_cache, value_cache, attn.block_tables, attn.seq_lens, attn.query_start_loc)
+    if op is getattr(_cuda_ops(), "paged_attention", None):
+        # Host-side bounds: the CUDA op would otherwise read them back from the device.
+        return op(
+            *args,
+            scale,
+            sliding_window,
+            max_query_len=attn.max_query_len,
+            max_seq_len=attn.max_seq_len,
+        )
+    return op(*args, scale, sliding_window)
 
 
 def varlen_attention(

@@ -83,5 +83,6 @@ class PagedKVCache:
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
             max_seq_len=max(seq_lens),
+            max_query_len=max(b - a for a, b in zip(starts, starts[1:])),
         )
         return attn, torch.tensor(positions, dtype=torch.int64, device=dev)

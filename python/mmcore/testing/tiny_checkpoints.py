@@ -112,6 +112,8 @@ def build_tiny_llava(
     *,
     vision_feature_layer: int | list[int] = -2,
     vision_feature_select_strategy: str = "default",
+    text_overrides: dict | None = None,
+    vision_overrides: dict | None = None,
 ) -> str:
     """Write a tiny LLaVA-1.5 checkpoint (CLIP 32px/8px patches + 2-layer Llama with GQA).
 
@@ -120,6 +122,9 @@ def build_tiny_llava(
         seed: torch seed of the random weights.
         vision_feature_layer: CLIP hidden state(s) the projector reads.
         vision_feature_select_strategy: ``"default"`` (drop CLS) or ``"full"``.
+        text_overrides: LM config values replacing the tiny defaults (e.g. a wider
+            ``hidden_size`` for head dim 64, which the CUDA attention kernels take).
+        vision_overrides: vision tower config values replacing the tiny defaults.
 
     Returns:
         ``str(path)``.
@@ -136,23 +141,27 @@ def build_tiny_llava(
     path = str(path)
     os.makedirs(path, exist_ok=True)
     tok = build_tokenizer()
-    size = _VISION["image_size"]
+    text_kwargs = {**_TEXT, **(text_overrides or {})}
+    vision_kwargs = {**_VISION, **(vision_overrides or {})}
+    size = vision_kwargs["image_size"]
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tok,
-        patch_size=_VISION["patch_size"],
+        patch_size=vision_kwargs["patch_size"],
         vision_feature_select_strategy=vision_feature_select_strategy,
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
     )
-    text = LlamaConfig(vocab_size=len(tok), num_key_value_heads=2, rope_theta=10000.0, **_TEXT)
-    num_patches = (size // _VISION["patch_size"]) ** 2
+    text = LlamaConfig(
+        vocab_size=len(tok), num_key_value_heads=2, rope_theta=10000.0, **text_kwargs
+    )
+    num_patches = (size // vision_kwargs["patch_size"]) ** 2
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(**_VISION),
+        vision_config=CLIPVisionConfig(**vision_kwargs),
         text_config=text,
         image_token_index=_image_token_id(tok),
         image_seq_length=num_patches + (vision_feature_select_strategy == "full"),
@@ -172,6 +181,8 @@ def build_tiny_llava_next(
     *,
     text_model_type: str = "llama",
     sliding_window: int = 24,
+    text_overrides: dict | None = None,
+    vision_overrides: dict | None = None,
 ) -> str:
     """Write a tiny LLaVA-NeXT checkpoint (anyres over 32px tiles, MHA, 2 feature layers).
 
@@ -181,6 +192,9 @@ def build_tiny_llava_next(
         text_model_type: ``"llama"`` (llama3 rope scaling) or ``"mistral"`` (default rope,
             sliding-window attention of ``sliding_window`` tokens, GQA).
         sliding_window: the Mistral window; shorter than test prompts so it takes effect.
+        text_overrides: LM config values replacing the tiny defaults (e.g. a wider
+            ``hidden_size`` for head dim 64, which the CUDA attention kernels take).
+        vision_overrides: vision tower config values replacing the tiny defaults.
 
     Returns:
         ``str(path)``.
@@ -198,7 +212,9 @@ def build_tiny_llava_next(
     path = str(path)
     os.makedirs(path, exist_ok=True)
     tok = build_tokenizer()
-    size = _VISION["image_size"]
+    text_kwargs = {**_TEXT, **(text_overrides or {})}
+    vision_kwargs = {**_VISION, **(vision_overrides or {})}
+    size = vision_kwargs["image_size"]
     image_processor = LlavaNextImageProcessor(
         size={"shortest_edge": size},
         crop_size={"height": size, "width": size},
@@ -207,7 +223,7 @@ def build_tiny_llava_next(
     processor = LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=tok,
-        patch_size=_VISION["patch_size"],
+        patch_size=vision_kwargs["patch_size"],
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
@@ -223,16 +239,16 @@ def build_tiny_llava_next(
     }
     if text_model_type == "llama":
         text = LlamaConfig(
-            vocab_size=len(tok), num_key_value_heads=4, rope_parameters=rope, **_TEXT
+            vocab_size=len(tok), num_key_value_heads=4, rope_parameters=rope, **text_kwargs
         )
     elif text_model_type == "mistral":
         text = MistralConfig(
-            vocab_size=len(tok), num_key_value_heads=2, sliding_window=sliding_window, **_TEXT
+            vocab_size=len(tok), num_key_value_heads=2, sliding_window=sliding_window, **text_kwargs
         )
     else:
         raise ValueError(f"text_model_type must be 'llama' or 'mistral', got {text_model_type!r}")
     config = LlavaNextConfig(
-        vision_config=CLIPVisionConfig(**_VISION),
+        vision_config=CLIPVisionConfig(**vision_kwargs),
         text_config=text,
         image_token_index=_image_token_id(tok),
         image_grid_pinpoints=PINPOINTS,

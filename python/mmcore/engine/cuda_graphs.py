@@ -1,0 +1,131 @@
+"""CUDA graphs of decode-only steps (one new token per request), captured at start-up.
+
+A decode step of a 7B model launches hundreds of small kernels; replaying a captured graph
+removes their host launch cost. Graphs are captured for padded batch sizes (1, 2, 4, 8, then
+multiples of 8 up to ``max_num_seqs``) over static input buffers; a step is padded up to the
+next captured size. Pad rows write no KV (slot -1), attend one key of block 0 and are dropped.
+Steps with prefill tokens, encoder work or a batch larger than the largest graph run eagerly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmcore.engine.staging import HostStaging
+from mmcore.layers.attention import AttentionMetadata
+
+
+def padded_batch_sizes(max_num_seqs: int) -> list[int]:
+    """Captured batch sizes: 1, 2, 4, 8, 16, 24, ... up to and including ``max_num_seqs``."""
+    sizes = [s for s in (1, 2, 4) if s < max_num_seqs]
+    sizes += list(range(8, max_num_seqs, 8))
+    return sorted(set(sizes + [max_num_seqs]))
+
+
+def is_decode_only(out) -> bool:
+    """True when every scheduled request gets exactly one token and no encoder work runs."""
+    return (
+        out.num_tokens > 0
+        and out.num_tokens == out.num_reqs
+        and len(out.logits_indices) == out.num_tokens
+        and len(out.encoder_handles) == 0
+        and len(out.scatter_handles) == 0
+        and out.position_dims == 1
+    )
+
+
+class DecodeGraphs:
+    """Captured decode steps of one model over its KV caches.
+
+    Args:
+        model: the mmcore model (CUDA).
+        kv_caches: the runner's per-layer (key, value) caches.
+        max_num_seqs: largest batch to capture.
+        max_blocks_per_seq: block-table width (``ceil(max_model_len / block_size)``).
+        max_seq_len: bound on sequence lengths given to the attention kernel at capture.
+        staging: the runner's pinned host buffers.
+    """
+
+    def __init__(
+        self,
+        model,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        max_num_seqs: int,
+        max_blocks_per_seq: int,
+        max_seq_len: int,
+        staging: HostStaging,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.staging = staging
+        self.sizes = padded_batch_sizes(max_num_seqs)
+        n, dev = self.sizes[-1], next(model.parameters()).device
+        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
+        self.slot_mapping = torch.full((n,), -1, dtype=torch.long, device=dev)
+        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
+        self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=dev)
+        self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
+        self.max_seq_len = max_seq_len
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+
+    def _forward(self, size: int) -> torch.Tensor:
+        attn = AttentionMetadata(
+            slot_mapping=self.slot_mapping[:size],
+            block_tables=self.block_tables[:size],
+            seq_lens=self.seq_lens[:size],
+            query_start_loc=self.query_start_loc[: size + 1],
+            max_seq_len=self.max_seq_len,
+            max_query_len=1,
+        )
+        embeds = self.model.embed_tokens(self.input_ids[:size])
+        hidden = self.model.forward(embeds, self.positions[:size], self.kv_caches, attn)
+        return self.model.compute_logits(hidden)
+
+    @torch.inference_mode()
+    def capture(self) -> None:
+        """Capture every size, largest first, into one shared memory pool."""
+        pool = None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for size in reversed(self.sizes):
+                self._forward(size)  # warm-up: lazy cuBLAS handles and workspaces
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool, stream=stream):
+                    self.logits[size] = self._forward(size)
+                pool = graph.pool()
+                self.graphs[size] = graph
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+
+    def can_run(self, out) -> bool:
+        """Whether ``out`` is a decode-only step within the captured sizes."""
+        return (
+            bool(self.graphs)
+            and is_decode_only(out)
+            and out.num_reqs <= self.sizes[-1]
+            and out.block_tables.shape[1] <= self.block_tables.shape[1]
+        )
+
+    def run(self, out) -> torch.Tensor:
+        """Replay the graph of the smallest size >= the batch; return its ``[B, vocab]`` logits."""
+        batch = out.num_reqs
+        size = next(s for s in self.sizes if s >= batch)
+        width = out.block_tables.shape[1]
+        self.staging.copy_into("input_ids", out.input_ids, self.input_ids[:batch])
+        self.staging.copy_into("positions", out.positions.reshape(-1), self.positions[:batch])
+        self.staging.copy_into("slot_mapping", out.slot_mapping, self.slot_mapping[:batch])
+        self.staging.copy_into("seq_lens", out.seq_lens, self.seq_lens[:batch])
+        self.staging.copy_into(
+            "block_tables", np.asarray(out.block_tables), self.block_tables[:batch, :width]
+        )
+        if size > batch:  # pad rows: no KV write, one key of block 0
+            self.slot_mapping[batch:size].fill_(-1)
+            self.seq_lens[batch:size].fill_(1)
+            self.block_tables[batch:size, 0].fill_(0)
+        self.graphs[size].replay()
+        return self.logits[size][:batch]

@@ -1,0 +1,139 @@
+"""Architectures of real checkpoints (values of their public Hugging Face config.json files).
+
+Used to build weightless dummy checkpoints (:mod:`mmcore.testing.dummy_checkpoint`) so the
+engine and benchmarks run the real shapes with random weights, without any download.
+"""
+
+from __future__ import annotations
+
+# CLIP ViT-L/14 at 336 px (openai/clip-vit-large-patch14-336), the tower of all LLaVA-1.5/1.6.
+CLIP_VIT_L_14_336 = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+# Llama-2-7B shapes as fine-tuned by Vicuna-7B-v1.5 (vocab padded to 32064 by LLaVA-HF).
+VICUNA_7B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "hidden_act": "silu",
+    "vocab_size": 32064,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+    "dtype": "float16",
+}
+
+# Mistral-7B-Instruct-v0.2 (GQA 32/8, rope theta 1e6, no sliding window), as in LLaVA-NeXT.
+MISTRAL_7B = {
+    "model_type": "mistral",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0,
+    "sliding_window": None,
+    "hidden_act": "silu",
+    "vocab_size": 32064,
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "dtype": "bfloat16",
+}
+
+# LLaVA-NeXT (1.6) anyres grid: 336 px tiles, up to 2x2 / 1x3 / 3x1.
+LLAVA_NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+
+_LLAVA_COMMON = {
+    "image_token_index": 32000,
+    "projector_hidden_act": "gelu",
+    "vision_feature_layer": -2,
+    "vision_feature_select_strategy": "default",
+    "tie_word_embeddings": False,
+    "vision_config": CLIP_VIT_L_14_336,
+}
+
+#: name -> (model config.json dict, chat template family)
+REAL_CONFIGS: dict[str, dict] = {
+    "llava-1.5-7b": {
+        **_LLAVA_COMMON,
+        "model_type": "llava",
+        "architectures": ["LlavaForConditionalGeneration"],
+        "pad_token_id": 32001,
+        "image_seq_length": 576,
+        "text_config": VICUNA_7B,
+        "dtype": "float16",
+    },
+    "llava-next-vicuna-7b": {
+        **_LLAVA_COMMON,
+        "model_type": "llava_next",
+        "architectures": ["LlavaNextForConditionalGeneration"],
+        "pad_token_id": 32001,
+        "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
+        "use_image_newline_parameter": True,
+        "image_seq_length": 576,
+        "text_config": VICUNA_7B,
+        "dtype": "float16",
+    },
+    "llava-next-mistral-7b": {
+        **_LLAVA_COMMON,
+        "model_type": "llava_next",
+        "architectures": ["LlavaNextForConditionalGeneration"],
+        "image_grid_pinpoints": LLAVA_NEXT_PINPOINTS,
+        "use_image_newline_parameter": True,
+        "image_seq_length": 576,
+        "text_config": MISTRAL_7B,
+        "dtype": "bfloat16",
+    },
+}
+
+# Prompt formats of the released checkpoints (Vicuna USER/ASSISTANT, Mistral [INST]).
+VICUNA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }} "
+    "{% elif message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %} "
+    "{% else %}ASSISTANT: {{ message['content'] if message['content'] is string "
+    "else message['content'][0]['text'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}[INST] "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %} [/INST]"
+    "{% else %} {{ message['content'] if message['content'] is string "
+    "else message['content'][0]['text'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+CHAT_TEMPLATES = {
+    "llava-1.5-7b": VICUNA_CHAT_TEMPLATE,
+    "llava-next-vicuna-7b": VICUNA_CHAT_TEMPLATE,
+    "llava-next-mistral-7b": MISTRAL_CHAT_TEMPLATE,
+}

@@ -1,0 +1,43 @@
+"""Weightless checkpoints of real architectures: configs, tokenizer size, processor sizes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoTokenizer
+
+from mmcore.multimodal.registry import get_model_class, get_processor_class
+from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
+
+# name -> (LM KV heads, embeddings of a 336x336 image, of a 672x672 image, params in billions)
+EXPECTED = {
+    "llava-1.5-7b": (32, 576, 576, 7.05),
+    "llava-next-mistral-7b": (8, 1176, 2928, 7.55),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_dummy_checkpoint_has_real_shapes(name, tmp_path):
+    kv_heads, embeds_336, embeds_672, billions = EXPECTED[name]
+    path = write_dummy_checkpoint(name, tmp_path / name)
+    config = AutoConfig.from_pretrained(path)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.vocab_size) == (4096, 32, 32064)
+    assert text.num_key_value_heads == kv_heads
+    assert (vision.image_size, vision.patch_size, vision.hidden_size) == (336, 14, 1024)
+    assert config.vision_feature_layer == -2
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert len(tokenizer) == 32002
+    assert tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id == 32000
+    processor = get_processor_class(config.model_type)(path, config, tokenizer, None)
+    assert processor.num_embeds("image", Image.new("RGB", (336, 336))) == embeds_336
+    assert processor.num_embeds("image", Image.new("RGB", (672, 672))) == embeds_672
+    model = get_model_class(config.model_type)(config, dtype=torch.bfloat16, device="meta")
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert params == pytest.approx(billions, abs=0.01)
+
+
+def test_unknown_architecture_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown architecture"):
+        write_dummy_checkpoint("llava-70b", tmp_path)
