@@ -143,24 +143,32 @@ void Scheduler::schedule_waiting() {
 Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
                                        const ComputedBlocks& computed) {
   const int32_t start = r.num_computed_tokens + computed.num_tokens;
-  plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
-  const int32_t n = plan_.num_tokens;
+  // Decode fast path: a chunk past every multimodal item needs no encoder planning.
+  const bool past_items =
+      r.features.empty() || start >= r.features.back().offset + r.features.back().length;
+  int32_t n = num_tokens;
+  if (!past_items) {
+    plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
+    n = plan_.num_tokens;
+  }
   if (n == 0 || (!config_.enable_chunked_prefill && n < num_tokens)) {
-    rollback_encoder_plan(r, plan_, encoder_cache_);
+    if (!past_items) rollback_encoder_plan(r, plan_, encoder_cache_);
     return Fit::kNoTokens;
   }
   if (!kv_.allocate_slots(r, n, computed)) {
-    rollback_encoder_plan(r, plan_, encoder_cache_);
+    if (!past_items) rollback_encoder_plan(r, plan_, encoder_cache_);
     return Fit::kNoBlocks;
   }
   StepRecord& rec = *current_;
-  commit_encoder_plan(r, plan_, encoder_cache_, rec.out);
-  encoder_budget_ -= plan_.num_new_embeds;
+  if (!past_items) {
+    commit_encoder_plan(r, plan_, encoder_cache_, rec.out);
+    encoder_budget_ -= plan_.num_new_embeds;
+  }
   token_budget_ -= n;
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
   const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
-  append_scatter_plan(r, start, end, row, rec.out);
+  if (!past_items) append_scatter_plan(r, start, end, row, rec.out);
   if (samples) {
     r.last_sample_index = static_cast<int32_t>(rec.sampled.size());
     ++r.num_pending_tokens;
@@ -208,7 +216,9 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
     if (is_finished(r.status)) continue;
     // Preempted since: num_computed_tokens is 0 and nothing is cached or released.
     const int32_t done = std::min(rec.out.seq_lens[i], r.num_computed_tokens);
-    release_done_items(r, done, encoder_cache_);
+    if (r.num_done_items < static_cast<int32_t>(r.features.size())) {
+      release_done_items(r, done, encoder_cache_);
+    }
     kv_.cache_full_blocks(r, done);
   }
   result.req_ids.reserve(rec.sampled.size());

@@ -31,6 +31,10 @@ class StepBuilder {
     int32_t end;
   };
 
+  // Appends input ids, positions and slots of the chunk [start, end) (several tokens).
+  void append_tokens(const Request& request, const std::vector<BlockId>& block_table, int32_t start,
+                     int32_t end);
+
   int32_t block_size_;
   SchedulerOutput* out_ = nullptr;
   std::vector<const std::vector<BlockId>*> tables_;
