@@ -6,25 +6,6 @@
 
 namespace mmcore {
 
-namespace {
-
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
-
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-
-}  // namespace
-
-BlockHash hash_combine(BlockHash seed, uint64_t value) {
-  return mix64(seed ^ (mix64(value + kGolden) + kGolden + (seed << 6) + (seed >> 2)));
-}
-
 uint64_t hash_string(const std::string& text) {
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
   for (unsigned char c : text) {
@@ -98,16 +79,29 @@ BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens
 
 BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index, int32_t block_size) {
   BlockExtraKeys extra;
-  if (block_index == 0) extra.cache_salt = request.cache_salt;
+  fill_block_extra_keys(request, block_index, block_size, extra);
+  return extra;
+}
+
+void fill_block_extra_keys(const Request& request, int32_t block_index, int32_t block_size,
+                           BlockExtraKeys& extra) {
+  static const std::string kNoSalt;
+  extra.cache_salt.assign(block_index == 0 ? request.cache_salt : kNoSalt);
+  extra.mrope_positions.clear();
   const int32_t start = block_index * block_size;
   const int32_t end = start + block_size;
+  size_t num_items = 0;
   for (auto it = first_feature_after(request, start);
-       it != request.features.end() && it->offset < end; ++it) {
-    extra.items.push_back(BlockItemKey{it->identifier, it->offset - start});
+       it != request.features.end() && it->offset < end; ++it, ++num_items) {
+    if (num_items == extra.items.size()) extra.items.emplace_back();
+    extra.items[num_items].identifier.assign(it->identifier);
+    extra.items[num_items].offset = it->offset - start;
   }
+  extra.items.resize(num_items);
   if (request.has_mrope()) {
     const int32_t n = request.num_prompt_tokens;
-    std::vector<int64_t> positions(3 * static_cast<size_t>(block_size));
+    std::vector<int64_t>& positions = extra.mrope_positions;
+    positions.resize(3 * static_cast<size_t>(block_size));
     bool identity = true;
     for (int32_t d = 0; d < 3; ++d) {
       for (int32_t i = 0; i < block_size; ++i) {
@@ -118,9 +112,8 @@ BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index, int
         identity &= v == p;
       }
     }
-    if (!identity) extra.mrope_positions = std::move(positions);
+    if (identity) positions.clear();  // positions equal to the index add nothing to the key
   }
-  return extra;
 }
 
 void extend_block_hashes(Request& request, int32_t block_size) {

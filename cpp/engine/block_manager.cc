@@ -6,6 +6,12 @@
 
 namespace mmcore {
 
+namespace {
+
+const BlockExtraKeys kNoExtra;  // extra keys of a plain request's blocks
+
+}  // namespace
+
 BlockManager::BlockManager(const BlockManagerConfig& config)
     : pool_(config.num_blocks, config.block_size),
       enable_prefix_caching_(config.enable_prefix_caching) {}
@@ -23,7 +29,6 @@ ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
   // The last known token is always computed again: its logits are needed.
   const int32_t max_blocks = (request.num_tokens() - 1) / bs;
   const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
-  static const BlockExtraKeys kNoExtra;
   BlockId parent = kNoBlock;
   for (int32_t b = 0; b < max_blocks; ++b) {
     const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;
@@ -123,8 +128,9 @@ void BlockManager::cache_new_full_blocks(Request& request, int32_t num_tokens) {
   for (int32_t b = table.num_cached_blocks; b < num_full; ++b) {
     const BlockId parent = b == 0 ? kNoBlock : table.blocks[b - 1];
     const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;
-    BlockExtraKeys extra = plain ? BlockExtraKeys{} : block_extra_keys(request, b, bs);
-    if (!pool_.cache(table.blocks[b], request.block_hashes[b], tokens, std::move(extra), parent)) {
+    if (!plain) fill_block_extra_keys(request, b, bs, scratch_extra_);
+    const BlockExtraKeys& extra = plain ? kNoExtra : scratch_extra_;
+    if (!pool_.cache(table.blocks[b], request.block_hashes[b], tokens, extra, parent)) {
       table.caching_stopped = true;
       return;
     }

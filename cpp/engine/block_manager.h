@@ -129,6 +129,7 @@ class BlockManager {
   int64_t prefix_queries_ = 0;
   int64_t prefix_hits_ = 0;
   std::vector<BlockId> empty_table_;  // what block_table returns for a request holding none
+  BlockExtraKeys scratch_extra_;      // reused by cache_new_full_blocks (no allocation per block)
 };
 
 }  // namespace mmcore

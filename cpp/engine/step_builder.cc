@@ -47,15 +47,6 @@ void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
   const std::vector<BlockId>& table = *chunk.block_table;
   const int32_t start = chunk.start;
   const int32_t end = start + chunk.num_tokens;
-  if (chunk.num_tokens == 1) {
-    // Decode fast path: one token.
-    const int32_t block_index = start / block_size_;
-    *ids = start < request.num_tokens() ? request.token_ids[start] : -1;
-    *pos = start;
-    *slot = static_cast<int64_t>(table[block_index]) * block_size_ +
-            (start - block_index * block_size_);
-    return;
-  }
   const int32_t known_end = std::max(start, std::min(end, request.num_tokens()));
   ids = std::copy(request.token_ids.begin() + start, request.token_ids.begin() + known_end, ids);
   std::fill(ids, ids + (end - known_end), -1);
@@ -97,8 +88,19 @@ void StepBuilder::finish() {
     out.num_computed_tokens[i] = c.start;
     out.seq_lens[i] = c.start + c.num_tokens;
     out.prev_sample_index[i] = c.prev_sample_index;
-    write_tokens(c, out.input_ids.data() + row, out.positions.data() + row,
-                 out.slot_mapping.data() + row);
+    if (c.num_tokens == 1) {
+      // Decode fast path: one token, written here.
+      const Request& r = *c.request;
+      const int32_t p = c.start;
+      const int32_t block_index = p / block_size_;
+      out.input_ids[row] = p < r.num_tokens() ? r.token_ids[p] : -1;
+      out.positions[row] = p;
+      out.slot_mapping[row] = static_cast<int64_t>((*c.block_table)[block_index]) * block_size_ +
+                              (p - block_index * block_size_);
+    } else {
+      write_tokens(c, out.input_ids.data() + row, out.positions.data() + row,
+                   out.slot_mapping.data() + row);
+    }
     row += c.num_tokens;
     out.query_start_loc[i + 1] = row;
     if (c.samples) {
