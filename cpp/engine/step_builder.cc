@@ -9,7 +9,6 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
   out.step_id = step_id;
   // The per-request, per-token and block-table arrays keep their size: finish() resizes and
   // overwrites every element, so only growth pays for initialisation.
-  out.max_blocks_per_req = 0;
   out.position_dims = 1;
   out.encoder_req_ids.clear();
   out.encoder_item_indices.clear();
@@ -24,21 +23,8 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
   chunks_.clear();
   num_tokens_ = 0;
   num_samples_ = 0;
+  max_blocks_ = 0;
   has_mrope_ = false;
-}
-
-int32_t StepBuilder::add_request(const Request& request, const std::vector<BlockId>& block_table,
-                                 int32_t start, int32_t num_tokens, bool samples) {
-  const int32_t row = num_tokens_;
-  const int32_t end = start + num_tokens;
-  chunks_.push_back({&request, &block_table, start, num_tokens,
-                     end > request.num_tokens() ? request.last_sample_index : -1, samples});
-  num_tokens_ += num_tokens;
-  num_samples_ += samples ? 1 : 0;
-  has_mrope_ |= request.has_mrope();
-  out_->max_blocks_per_req =
-      std::max(out_->max_blocks_per_req, static_cast<int32_t>(block_table.size()));
-  return row;
 }
 
 void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
@@ -115,7 +101,8 @@ void StepBuilder::finish() {
 
 void StepBuilder::write_block_tables() {
   SchedulerOutput& out = *out_;
-  const int32_t width = out.max_blocks_per_req;
+  out.max_blocks_per_req = max_blocks_;
+  const int32_t width = max_blocks_;
   // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
   out.block_tables.resize(chunks_.size() * static_cast<size_t>(width));
   BlockId* dst = out.block_tables.data();

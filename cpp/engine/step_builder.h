@@ -2,6 +2,7 @@
 // Writes the per-request and per-token arrays of one SchedulerOutput. Chunks are recorded as
 // they are scheduled (a few words each); finish() sizes every array once and fills it in one
 // pass, pads the block tables and lays out M-RoPE positions.
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -20,8 +21,19 @@ class StepBuilder {
   // pending sample of the step in flight (input id -1). `request` (its tokens and
   // last_sample_index as of this call) and `block_table` must not change until finish().
   // Returns the step row of the chunk's first token.
+  // Inline: called once per scheduled request.
   int32_t add_request(const Request& request, const std::vector<BlockId>& block_table,
-                      int32_t start, int32_t num_tokens, bool samples);
+                      int32_t start, int32_t num_tokens, bool samples) {
+    const int32_t row = num_tokens_;
+    const int32_t end = start + num_tokens;
+    chunks_.push_back({&request, &block_table, start, num_tokens,
+                       end > request.num_tokens() ? request.last_sample_index : -1, samples});
+    num_tokens_ += num_tokens;
+    num_samples_ += samples ? 1 : 0;
+    has_mrope_ |= request.has_mrope();
+    max_blocks_ = std::max(max_blocks_, static_cast<int32_t>(block_table.size()));
+    return row;
+  }
   // Writes the arrays of every added chunk, pads block tables with -1 and writes
   // 3 x num_tokens positions if any request uses M-RoPE.
   void finish();
@@ -46,6 +58,7 @@ class StepBuilder {
   std::vector<Chunk> chunks_;
   int32_t num_tokens_ = 0;
   int32_t num_samples_ = 0;
+  int32_t max_blocks_ = 0;  // widest block table so far: the step's max_blocks_per_req
   bool has_mrope_ = false;
 };
 
