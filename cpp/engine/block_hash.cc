@@ -6,25 +6,6 @@
 
 namespace mmcore {
 
-namespace {
-
-constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
-
-uint64_t mix64(uint64_t x) {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
-
-}  // namespace
-
-BlockHash hash_combine(BlockHash seed, uint64_t value) {
-  return mix64(seed ^ (mix64(value + kGolden) + kGolden + (seed << 6) + (seed >> 2)));
-}
-
 uint64_t hash_string(const std::string& text) {
   uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a offset basis
   for (unsigned char c : text) {
@@ -34,8 +15,10 @@ uint64_t hash_string(const std::string& text) {
   return mix64(h ^ text.size());
 }
 
-BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens,
-                     const BlockExtraKeys& extra) {
+namespace {
+
+// The token part of hash_block.
+BlockHash hash_tokens(BlockHash parent, const TokenId* tokens, int32_t num_tokens) {
   BlockHash h = hash_combine(parent, static_cast<uint64_t>(num_tokens));
   // Two tokens per 64-bit word halves the mixing work on the hot path.
   int32_t i = 0;
@@ -45,6 +28,43 @@ BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens
     h = hash_combine(h, word);
   }
   if (i < num_tokens) h = hash_combine(h, static_cast<uint32_t>(tokens[i]));
+  return h;
+}
+
+// First feature ending after `start` (features are sorted and do not overlap).
+std::vector<MMFeature>::const_iterator first_feature_after(const Request& request, int32_t start) {
+  return std::partition_point(request.features.begin(), request.features.end(),
+                              [start](const MMFeature& f) { return f.offset + f.length <= start; });
+}
+
+// hash_block(parent, tokens of block b, block_extra_keys(request, b)) for a request without
+// M-RoPE, without building the extra keys (no allocation).
+BlockHash hash_request_block(const Request& request, BlockHash parent, int32_t b,
+                             int32_t block_size) {
+  const int32_t start = b * block_size;
+  const int32_t end = start + block_size;
+  BlockHash h =
+      hash_tokens(parent, request.token_ids.data() + static_cast<size_t>(start), block_size);
+  const auto first = first_feature_after(request, start);
+  auto last = first;
+  while (last != request.features.end() && last->offset < end) ++last;
+  static const std::string kNoSalt;
+  const std::string& salt = b == 0 ? request.cache_salt : kNoSalt;
+  if (salt.empty() && first == last) return h;
+  h = hash_combine(h, hash_string(salt));
+  h = hash_combine(h, static_cast<uint64_t>(last - first));
+  for (auto it = first; it != last; ++it) {
+    h = hash_combine(h, hash_string(it->identifier));
+    h = hash_combine(h, static_cast<uint64_t>(static_cast<int64_t>(it->offset - start)));
+  }
+  return h;
+}
+
+}  // namespace
+
+BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens,
+                     const BlockExtraKeys& extra) {
+  BlockHash h = hash_tokens(parent, tokens, num_tokens);
   if (!extra.empty()) {
     h = hash_combine(h, hash_string(extra.cache_salt));
     h = hash_combine(h, extra.items.size());
@@ -59,19 +79,29 @@ BlockHash hash_block(BlockHash parent, const TokenId* tokens, int32_t num_tokens
 
 BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index, int32_t block_size) {
   BlockExtraKeys extra;
-  if (block_index == 0) extra.cache_salt = request.cache_salt;
+  fill_block_extra_keys(request, block_index, block_size, extra);
+  return extra;
+}
+
+void fill_block_extra_keys(const Request& request, int32_t block_index, int32_t block_size,
+                           BlockExtraKeys& extra) {
+  static const std::string kNoSalt;
+  extra.cache_salt.assign(block_index == 0 ? request.cache_salt : kNoSalt);
+  extra.mrope_positions.clear();
   const int32_t start = block_index * block_size;
   const int32_t end = start + block_size;
-  // First item ending after the block start (features are sorted and do not overlap).
-  auto it =
-      std::partition_point(request.features.begin(), request.features.end(),
-                           [start](const MMFeature& f) { return f.offset + f.length <= start; });
-  for (; it != request.features.end() && it->offset < end; ++it) {
-    extra.items.push_back(BlockItemKey{it->identifier, it->offset - start});
+  size_t num_items = 0;
+  for (auto it = first_feature_after(request, start);
+       it != request.features.end() && it->offset < end; ++it, ++num_items) {
+    if (num_items == extra.items.size()) extra.items.emplace_back();
+    extra.items[num_items].identifier.assign(it->identifier);
+    extra.items[num_items].offset = it->offset - start;
   }
+  extra.items.resize(num_items);
   if (request.has_mrope()) {
     const int32_t n = request.num_prompt_tokens;
-    std::vector<int64_t> positions(3 * static_cast<size_t>(block_size));
+    std::vector<int64_t>& positions = extra.mrope_positions;
+    positions.resize(3 * static_cast<size_t>(block_size));
     bool identity = true;
     for (int32_t d = 0; d < 3; ++d) {
       for (int32_t i = 0; i < block_size; ++i) {
@@ -82,9 +112,8 @@ BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index, int
         identity &= v == p;
       }
     }
-    if (!identity) extra.mrope_positions = std::move(positions);
+    if (identity) positions.clear();  // positions equal to the index add nothing to the key
   }
-  return extra;
 }
 
 void extend_block_hashes(Request& request, int32_t block_size) {
@@ -93,13 +122,13 @@ void extend_block_hashes(Request& request, int32_t block_size) {
   if (num_hashed >= num_full) return;
   request.block_hashes.reserve(num_full);
   BlockHash parent = num_hashed == 0 ? kNoParentHash : request.block_hashes.back();
-  const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
-  static const BlockExtraKeys kNoExtra;
   for (int32_t b = num_hashed; b < num_full; ++b) {
-    const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * block_size;
-    BlockHash h =
-        plain ? hash_block(parent, tokens, block_size, kNoExtra)
-              : hash_block(parent, tokens, block_size, block_extra_keys(request, b, block_size));
+    // Extra keys are hashed in place unless M-RoPE positions are part of them.
+    const BlockHash h =
+        request.has_mrope()
+            ? hash_block(parent, request.token_ids.data() + static_cast<size_t>(b) * block_size,
+                         block_size, block_extra_keys(request, b, block_size))
+            : hash_request_block(request, parent, b, block_size);
     request.block_hashes.push_back(h);
     parent = h;
   }

@@ -41,8 +41,22 @@ struct BlockExtraKeys {
   }
 };
 
+// splitmix64 finalizer.
+[[nodiscard]] inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
 // 64-bit mixing of one value into a running hash (splitmix64 finalizer over a combine step).
-[[nodiscard]] BlockHash hash_combine(BlockHash seed, uint64_t value);
+// Inline: the block hashing loop calls it once per two tokens.
+[[nodiscard]] inline BlockHash hash_combine(BlockHash seed, uint64_t value) {
+  constexpr uint64_t kGolden = 0x9e3779b97f4a7c15ULL;
+  return mix64(seed ^ (mix64(value + kGolden) + kGolden + (seed << 6) + (seed >> 2)));
+}
 // FNV-1a over the bytes, then mixed.
 [[nodiscard]] uint64_t hash_string(const std::string& text);
 
@@ -55,6 +69,9 @@ inline constexpr BlockHash kNoParentHash = 0x6a09e667f3bcc909ULL;
 // Extra keys of block `block_index` of `request`: items overlapping it, salt for block 0.
 [[nodiscard]] BlockExtraKeys block_extra_keys(const Request& request, int32_t block_index,
                                               int32_t block_size);
+// The same, written into `extra` (its capacity reused: no allocation on the hot path).
+void fill_block_extra_keys(const Request& request, int32_t block_index, int32_t block_size,
+                           BlockExtraKeys& extra);
 
 // Appends the hashes of the request's full blocks of known tokens not hashed yet.
 void extend_block_hashes(Request& request, int32_t block_size);

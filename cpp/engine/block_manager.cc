@@ -8,7 +8,7 @@ namespace mmcore {
 
 namespace {
 
-const std::vector<BlockId> kEmptyTable;
+const BlockExtraKeys kNoExtra;  // extra keys of a plain request's blocks
 
 }  // namespace
 
@@ -16,18 +16,9 @@ BlockManager::BlockManager(const BlockManagerConfig& config)
     : pool_(config.num_blocks, config.block_size),
       enable_prefix_caching_(config.enable_prefix_caching) {}
 
-const BlockManager::Table* BlockManager::table_of(const Request& request) const {
-  if (request.kv_table < 0) return nullptr;
-  const Table& table = *tables_.at(static_cast<size_t>(request.kv_table));
-  if (!table.in_use || table.owner != request.id) {
-    throw std::logic_error("request " + std::to_string(request.id) +
-                           " points at a block table it does not own");
-  }
-  return &table;
-}
-
-int32_t BlockManager::blocks_for(int32_t num_slots) const {
-  return (num_slots + pool_.block_size() - 1) / pool_.block_size();
+void BlockManager::throw_not_owner(const Request& request) {
+  throw std::logic_error("request " + std::to_string(request.id) +
+                         " points at a block table it does not own");
 }
 
 ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
@@ -38,7 +29,6 @@ ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
   // The last known token is always computed again: its logits are needed.
   const int32_t max_blocks = (request.num_tokens() - 1) / bs;
   const bool plain = request.features.empty() && request.cache_salt.empty() && !request.has_mrope();
-  static const BlockExtraKeys kNoExtra;
   BlockId parent = kNoBlock;
   for (int32_t b = 0; b < max_blocks; ++b) {
     const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;
@@ -70,14 +60,9 @@ bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
   return needed <= pool_.num_free() - prefix_in_free_queue;
 }
 
-std::optional<int32_t> BlockManager::allocate_slots(Request& request, int32_t num_new_tokens,
-                                                    const ComputedBlocks& computed) {
+std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_t num_new_tokens,
+                                                        const ComputedBlocks& computed) {
   if (num_new_tokens < 0) throw std::invalid_argument("num_new_tokens must be >= 0");
-  // Decode fast path: the last block still has room.
-  if (request.kv_table >= 0 &&
-      blocks_for(request.num_computed_tokens + num_new_tokens) <= request.kv_num_blocks) {
-    return 0;
-  }
   if (!can_allocate(request, num_new_tokens, computed)) return std::nullopt;
   const bool inserted = request.kv_table < 0;
   if (inserted) {
@@ -130,11 +115,8 @@ void BlockManager::free(Request& request) {
   request.kv_num_cached_blocks = 0;
 }
 
-void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
-  if (!enable_prefix_caching_ || request.kv_table < 0) return;
+void BlockManager::cache_new_full_blocks(Request& request, int32_t num_tokens) {
   const int32_t bs = pool_.block_size();
-  // Fast path: no block became full since the last call.
-  if (std::min(num_tokens, request.num_tokens()) / bs <= request.kv_num_cached_blocks) return;
   (void)table_of(request);  // checks ownership
   Table& table = *tables_[request.kv_table];
   if (table.caching_stopped) return;
@@ -146,19 +128,15 @@ void BlockManager::cache_full_blocks(Request& request, int32_t num_tokens) {
   for (int32_t b = table.num_cached_blocks; b < num_full; ++b) {
     const BlockId parent = b == 0 ? kNoBlock : table.blocks[b - 1];
     const TokenId* tokens = request.token_ids.data() + static_cast<size_t>(b) * bs;
-    BlockExtraKeys extra = plain ? BlockExtraKeys{} : block_extra_keys(request, b, bs);
-    if (!pool_.cache(table.blocks[b], request.block_hashes[b], tokens, std::move(extra), parent)) {
+    if (!plain) fill_block_extra_keys(request, b, bs, scratch_extra_);
+    const BlockExtraKeys& extra = plain ? kNoExtra : scratch_extra_;
+    if (!pool_.cache(table.blocks[b], request.block_hashes[b], tokens, extra, parent)) {
       table.caching_stopped = true;
       return;
     }
     table.num_cached_blocks = b + 1;
     request.kv_num_cached_blocks = b + 1;
   }
-}
-
-const std::vector<BlockId>& BlockManager::block_table(const Request& request) const {
-  const Table* table = table_of(request);
-  return table == nullptr ? kEmptyTable : table->blocks;
 }
 
 BlockManagerStats BlockManager::stats() const {

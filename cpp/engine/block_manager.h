@@ -5,6 +5,7 @@
 //   | prefix-cache hit | computed | new tokens of this step | (rest of the last block) |
 //
 // allocate_slots returns std::nullopt when the blocks do not fit; the caller preempts.
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -57,15 +58,33 @@ class BlockManager {
   // num_new_tokens slots after it. Returns the number of new blocks, or std::nullopt (and
   // changes nothing) when they do not fit.
   [[nodiscard]] std::optional<int32_t> allocate_slots(Request& request, int32_t num_new_tokens,
-                                                      const ComputedBlocks& computed = {});
+                                                      const ComputedBlocks& computed = {}) {
+    // Decode fast path (inline): the last block still has room.
+    if (request.kv_table >= 0 && num_new_tokens >= 0 &&
+        blocks_for(request.num_computed_tokens + num_new_tokens) <= request.kv_num_blocks) {
+      return 0;
+    }
+    return allocate_new_slots(request, num_new_tokens, computed);
+  }
   // Releases the request's blocks, last block first so that a prefix outlives its tail in the
   // LRU free queue.
   void free(Request& request);
   // Adds the request's full blocks among its first `num_tokens` known tokens to the prefix cache.
-  void cache_full_blocks(Request& request, int32_t num_tokens);
+  void cache_full_blocks(Request& request, int32_t num_tokens) {
+    // Fast path (inline): no block became full since the last call.
+    if (!enable_prefix_caching_ || request.kv_table < 0 ||
+        std::min(num_tokens, request.num_tokens()) / pool_.block_size() <=
+            request.kv_num_cached_blocks) {
+      return;
+    }
+    cache_new_full_blocks(request, num_tokens);
+  }
 
   // The request's block ids in order (empty when it holds none).
-  [[nodiscard]] const std::vector<BlockId>& block_table(const Request& request) const;
+  [[nodiscard]] const std::vector<BlockId>& block_table(const Request& request) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? empty_table_ : table->blocks;
+  }
   // Requests holding a block table.
   [[nodiscard]] int32_t num_requests() const {
     return static_cast<int32_t>(tables_.size() - free_tables_.size());
@@ -83,8 +102,23 @@ class BlockManager {
     bool caching_stopped = false;   // a block's hash was taken by another block: stop the chain
   };
 
-  [[nodiscard]] int32_t blocks_for(int32_t num_slots) const;
-  [[nodiscard]] const Table* table_of(const Request& request) const;
+  [[nodiscard]] int32_t blocks_for(int32_t num_slots) const {
+    return (num_slots + pool_.block_size() - 1) / pool_.block_size();
+  }
+  // The request's table (nullptr when it holds none); throws if it points at a foreign one.
+  [[nodiscard]] const Table* table_of(const Request& request) const {
+    if (request.kv_table < 0) return nullptr;
+    const auto index = static_cast<size_t>(request.kv_table);
+    if (index >= tables_.size() || !tables_[index]->in_use || tables_[index]->owner != request.id) {
+      throw_not_owner(request);
+    }
+    return tables_[index].get();
+  }
+  [[noreturn]] static void throw_not_owner(const Request& request);
+  // Slow paths of allocate_slots / cache_full_blocks.
+  [[nodiscard]] std::optional<int32_t> allocate_new_slots(Request& request, int32_t num_new_tokens,
+                                                          const ComputedBlocks& computed);
+  void cache_new_full_blocks(Request& request, int32_t num_tokens);
 
   BlockPool pool_;
   bool enable_prefix_caching_;
@@ -94,6 +128,8 @@ class BlockManager {
   std::vector<int32_t> free_tables_;
   int64_t prefix_queries_ = 0;
   int64_t prefix_hits_ = 0;
+  std::vector<BlockId> empty_table_;  // what block_table returns for a request holding none
+  BlockExtraKeys scratch_extra_;      // reused by cache_new_full_blocks (no allocation per block)
 };
 
 }  // namespace mmcore

@@ -63,7 +63,11 @@ void BlockPool::drop_cached(BlockId block) {
   hash_to_block_.erase(blk.hash);
   blk.cached = false;
   if (blk.has_extra) {
-    extras_[block] = BlockExtraKeys{};
+    // Cleared, not freed: the next content of this block reuses the capacity.
+    BlockExtraKeys& extra = extras_[block];
+    extra.cache_salt.clear();
+    extra.items.clear();
+    extra.mrope_positions.clear();
     blk.has_extra = false;
   }
   ++blk.generation;  // children recorded against the old content no longer match
@@ -105,8 +109,8 @@ std::optional<BlockId> BlockPool::find_cached(BlockHash hash, const TokenId* tok
   return block;
 }
 
-bool BlockPool::cache(BlockId block, BlockHash hash, const TokenId* tokens, BlockExtraKeys extra,
-                      BlockId parent) {
+bool BlockPool::cache(BlockId block, BlockHash hash, const TokenId* tokens,
+                      const BlockExtraKeys& extra, BlockId parent) {
   Block& blk = blocks_[block];
   if (blk.cached) return blk.hash == hash;
   if (hash_to_block_.find(hash) >= 0) return false;
@@ -116,7 +120,7 @@ bool BlockPool::cache(BlockId block, BlockHash hash, const TokenId* tokens, Bloc
   blk.parent = parent;
   blk.parent_generation = parent == kNoBlock ? 0 : blocks_[parent].generation;
   blk.has_extra = !extra.empty();
-  if (blk.has_extra) extras_[block] = std::move(extra);
+  if (blk.has_extra) extras_[block] = extra;  // copy assignment reuses capacity
   std::copy(tokens, tokens + block_size_,
             tokens_.begin() + static_cast<std::ptrdiff_t>(block) * block_size_);
   return true;

@@ -42,7 +42,7 @@ class BlockPool {
                                                    BlockId parent) const;
   // Records `block` (full, referenced) as holding this content. Returns false (and caches
   // nothing) when another block already holds this hash.
-  bool cache(BlockId block, BlockHash hash, const TokenId* tokens, BlockExtraKeys extra,
+  bool cache(BlockId block, BlockHash hash, const TokenId* tokens, const BlockExtraKeys& extra,
              BlockId parent);
 
   // Throws std::logic_error naming the first broken invariant; `expected_refs[b]` is the number

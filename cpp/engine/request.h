@@ -33,31 +33,35 @@ struct SamplingLimits {
 };
 
 struct Request {
+  // Hot per-step state first: the fields every step reads for each running request share the
+  // first cache lines (field order only; nothing depends on it).
   RequestId id = 0;
-  std::vector<TokenId> token_ids;  // prompt followed by the generated tokens
-  int32_t num_prompt_tokens = 0;
-  std::vector<MMFeature> features;  // sorted by offset, non-overlapping, inside the prompt
-  std::string cache_salt;           // separates prefix-cache namespaces (first block's hash)
-  SamplingLimits sampling;
-  int32_t priority = 0;       // lower runs first among waiting requests
-  int64_t arrival_order = 0;  // unique, increasing with add order
   RequestStatus status = RequestStatus::kWaiting;
-
+  int32_t num_prompt_tokens = 0;
   // Tokens whose KV is computed (or scheduled to be, optimistically, in the step in flight).
   int32_t num_computed_tokens = 0;
   // Sampled tokens of the step in flight that are not appended yet (overlapped scheduling).
   int32_t num_pending_tokens = 0;
-
-  // M-RoPE: 3 x num_prompt_tokens positions (row-major); generated token i sits at
-  // i + mrope_delta in all three rows. Empty for 1-D RoPE models.
-  std::vector<int64_t> mrope_positions;
-  int64_t mrope_delta = 0;
-
   // Owned by the block manager: index of this request's block table (-1: holds no blocks) and
   // mirrors of its size and cached prefix, so the hot path need not touch the table.
   int32_t kv_table = -1;
   int32_t kv_num_blocks = 0;
   int32_t kv_num_cached_blocks = 0;
+  // Index of this request in the previous step's sampling_req_ids (for overlapped scheduling).
+  int32_t last_sample_index = -1;
+  std::vector<TokenId> token_ids;   // prompt followed by the generated tokens
+  std::vector<MMFeature> features;  // sorted by offset, non-overlapping, inside the prompt
+  int32_t num_done_items = 0;       // leading features whose range is fully computed
+  // M-RoPE: 3 x num_prompt_tokens positions (row-major); generated token i sits at
+  // i + mrope_delta in all three rows. Empty for 1-D RoPE models.
+  std::vector<int64_t> mrope_positions;
+  SamplingLimits sampling;
+
+  // --- colder state ---
+  std::string cache_salt;     // separates prefix-cache namespaces (first block's hash)
+  int32_t priority = 0;       // lower runs first among waiting requests
+  int64_t arrival_order = 0;  // unique, increasing with add order
+  int64_t mrope_delta = 0;
 
   // Chained hash of every full block of known tokens (filled lazily by extend_block_hashes).
   std::vector<BlockHash> block_hashes;
@@ -65,9 +69,6 @@ struct Request {
   // --- scheduler bookkeeping of the multimodal items (one entry per feature) ---
   std::vector<uint8_t> item_held;     // this request holds an encoder-cache reference for it
   std::vector<int64_t> item_handles;  // encoder-cache handle while held
-  int32_t num_done_items = 0;         // leading features whose range is fully computed
-  // Index of this request in the previous step's sampling_req_ids (for overlapped scheduling).
-  int32_t last_sample_index = -1;
 
   [[nodiscard]] int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   [[nodiscard]] int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }

@@ -90,7 +90,6 @@ const SchedulerOutput& Scheduler::schedule() {
 }
 
 void Scheduler::schedule_running() {
-  const bool chunked = config_.enable_chunked_prefill;
   for (size_t i = 0; i < running_.size() && token_budget_ > 0; ++i) {
     Request& r = *running_[i];
     const int32_t total = r.num_tokens() + r.num_pending_tokens;
@@ -101,7 +100,7 @@ void Scheduler::schedule_running() {
       continue;
     }
     int32_t num_new = total - r.num_computed_tokens;
-    if (num_new <= 0 || (!chunked && num_new > token_budget_)) continue;
+    if (num_new <= 0 || (!may_chunk(r) && num_new > token_budget_)) continue;
     num_new = std::min(num_new, token_budget_);
     while (try_schedule(r, num_new, ComputedBlocks{}) == Fit::kNoBlocks) {
       // Out of blocks: preempt the newest running request, possibly this one.
@@ -114,7 +113,6 @@ void Scheduler::schedule_running() {
 }
 
 void Scheduler::schedule_waiting() {
-  const bool chunked = config_.enable_chunked_prefill;
   waiting_.for_each([&](Request* request) {
     if (static_cast<int32_t>(running_.size()) >= config_.max_num_seqs || token_budget_ == 0) {
       return RequestQueue::Visit::kStop;
@@ -124,7 +122,7 @@ void Scheduler::schedule_waiting() {
     if (r.num_pending_tokens > 0) return RequestQueue::Visit::kSkip;
     const ComputedBlocks computed = kv_.get_computed_blocks(r);
     int32_t num_new = r.num_tokens() - computed.num_tokens;
-    if (!chunked && num_new > token_budget_) return RequestQueue::Visit::kStop;
+    if (!may_chunk(r) && num_new > token_budget_) return RequestQueue::Visit::kStop;
     num_new = std::min(num_new, token_budget_);
     switch (try_schedule(r, num_new, computed)) {
       case Fit::kNoBlocks:
@@ -143,24 +141,32 @@ void Scheduler::schedule_waiting() {
 Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
                                        const ComputedBlocks& computed) {
   const int32_t start = r.num_computed_tokens + computed.num_tokens;
-  plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
-  const int32_t n = plan_.num_tokens;
-  if (n == 0 || (!config_.enable_chunked_prefill && n < num_tokens)) {
-    rollback_encoder_plan(r, plan_, encoder_cache_);
+  // Decode fast path: a chunk past every multimodal item needs no encoder planning.
+  const bool past_items =
+      r.features.empty() || start >= r.features.back().offset + r.features.back().length;
+  int32_t n = num_tokens;
+  if (!past_items) {
+    plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
+    n = plan_.num_tokens;
+  }
+  if (n == 0 || (!may_chunk(r) && n < num_tokens)) {
+    if (!past_items) rollback_encoder_plan(r, plan_, encoder_cache_);
     return Fit::kNoTokens;
   }
   if (!kv_.allocate_slots(r, n, computed)) {
-    rollback_encoder_plan(r, plan_, encoder_cache_);
+    if (!past_items) rollback_encoder_plan(r, plan_, encoder_cache_);
     return Fit::kNoBlocks;
   }
   StepRecord& rec = *current_;
-  commit_encoder_plan(r, plan_, encoder_cache_, rec.out);
-  encoder_budget_ -= plan_.num_new_embeds;
+  if (!past_items) {
+    commit_encoder_plan(r, plan_, encoder_cache_, rec.out);
+    encoder_budget_ -= plan_.num_new_embeds;
+  }
   token_budget_ -= n;
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
   const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
-  append_scatter_plan(r, start, end, row, rec.out);
+  if (!past_items) append_scatter_plan(r, start, end, row, rec.out);
   if (samples) {
     r.last_sample_index = static_cast<int32_t>(rec.sampled.size());
     ++r.num_pending_tokens;
@@ -208,7 +214,9 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
     if (is_finished(r.status)) continue;
     // Preempted since: num_computed_tokens is 0 and nothing is cached or released.
     const int32_t done = std::min(rec.out.seq_lens[i], r.num_computed_tokens);
-    release_done_items(r, done, encoder_cache_);
+    if (r.num_done_items < static_cast<int32_t>(r.features.size())) {
+      release_done_items(r, done, encoder_cache_);
+    }
     kv_.cache_full_blocks(r, done);
   }
   result.req_ids.reserve(rec.sampled.size());

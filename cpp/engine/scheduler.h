@@ -88,6 +88,11 @@ class Scheduler {
   // `computed` prefix hit for a waiting request). Returns false when blocks do not fit.
   enum class Fit { kScheduled, kNoTokens, kNoBlocks };
   Fit try_schedule(Request& request, int32_t num_tokens, const ComputedBlocks& computed);
+  // Chunked prefill, or a request (preempted, then recomputed) whose tokens exceed the token
+  // budget: without chunking it could never run again.
+  [[nodiscard]] bool may_chunk(const Request& r) const {
+    return config_.enable_chunked_prefill || r.num_tokens() > config_.max_num_batched_tokens;
+  }
   void schedule_running();
   void schedule_waiting();
   void preempt(Request& request);

@@ -11,9 +11,11 @@ struct SchedulerConfig {
   int32_t max_num_seqs = 256;             // running requests at most
   int32_t max_model_len = 4096;           // prompt + generated tokens
   bool enable_prefix_caching = true;
-  bool enable_chunked_prefill = true;  // false: a prompt is scheduled whole or not at all
-  int32_t encoder_budget = 8192;       // encoder embeddings computed per step at most
-  int64_t encoder_cache_size = 8192;   // embeddings held in the encoder cache at most
+  // false: a prompt is scheduled whole or not at all (a preempted request whose prompt plus
+  // output exceeds max_num_batched_tokens is still recomputed in chunks).
+  bool enable_chunked_prefill = true;
+  int32_t encoder_budget = 8192;      // encoder embeddings computed per step at most
+  int64_t encoder_cache_size = 8192;  // embeddings held in the encoder cache at most
 };
 
 // Throws std::invalid_argument naming the first bad field.

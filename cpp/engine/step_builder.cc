@@ -7,20 +7,9 @@ namespace mmcore {
 void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
   out_ = &out;
   out.step_id = step_id;
-  out.req_ids.clear();
-  out.num_scheduled_tokens.clear();
-  out.num_computed_tokens.clear();
-  out.seq_lens.clear();
-  out.query_start_loc.assign(1, 0);
-  out.block_tables.clear();
-  out.max_blocks_per_req = 0;
-  out.input_ids.clear();
-  out.positions.clear();
+  // The per-request, per-token and block-table arrays keep their size: finish() resizes and
+  // overwrites every element, so only growth pays for initialisation.
   out.position_dims = 1;
-  out.slot_mapping.clear();
-  out.logits_indices.clear();
-  out.sampling_req_ids.clear();
-  out.prev_sample_index.clear();
   out.encoder_req_ids.clear();
   out.encoder_item_indices.clear();
   out.encoder_handles.clear();
@@ -31,61 +20,102 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
   out.freed_encoder_handles.clear();
   out.finished_req_ids.clear();
   out.preempted_req_ids.clear();
-  tables_.clear();
-  mrope_ranges_.clear();
+  chunks_.clear();
+  num_tokens_ = 0;
+  num_samples_ = 0;
+  max_blocks_ = 0;
+  has_mrope_ = false;
 }
 
-int32_t StepBuilder::add_request(const Request& request, const std::vector<BlockId>& block_table,
-                                 int32_t start, int32_t num_tokens, bool samples) {
-  SchedulerOutput& out = *out_;
-  const int32_t end = start + num_tokens;
-  const auto row = static_cast<int32_t>(out.input_ids.size());
-  out.req_ids.push_back(request.id);
-  out.num_scheduled_tokens.push_back(num_tokens);
-  out.num_computed_tokens.push_back(start);
-  out.seq_lens.push_back(end);
-  out.query_start_loc.push_back(row + num_tokens);
-
-  const int32_t known_end = std::min(end, request.num_tokens());
-  out.input_ids.insert(out.input_ids.end(), request.token_ids.begin() + start,
-                       request.token_ids.begin() + known_end);
-  out.input_ids.resize(static_cast<size_t>(row) + num_tokens, -1);
-  out.prev_sample_index.push_back(end > request.num_tokens() ? request.last_sample_index : -1);
-
-  const size_t base = out.positions.size();
-  out.positions.resize(base + num_tokens);
-  out.slot_mapping.resize(base + num_tokens);
-  int64_t* pos = out.positions.data() + base;
-  int64_t* slot = out.slot_mapping.data() + base;
+void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
+                               int64_t* slot) const {
+  const Request& request = *chunk.request;
+  const std::vector<BlockId>& table = *chunk.block_table;
+  const int32_t start = chunk.start;
+  const int32_t end = start + chunk.num_tokens;
+  const int32_t known_end = std::max(start, std::min(end, request.num_tokens()));
+  ids = std::copy(request.token_ids.begin() + start, request.token_ids.begin() + known_end, ids);
+  std::fill(ids, ids + (end - known_end), -1);
   for (int32_t p = start; p < end; ++p) *pos++ = p;
   // Slots block by block: one division per block instead of one per token.
   for (int32_t p = start; p < end;) {
     const int32_t block_index = p / block_size_;
     const int32_t block_end = std::min(end, (block_index + 1) * block_size_);
     const int64_t base_slot =
-        static_cast<int64_t>(block_table[block_index]) * block_size_ - block_index * block_size_;
+        static_cast<int64_t>(table[block_index]) * block_size_ - block_index * block_size_;
     for (; p < block_end; ++p) *slot++ = base_slot + p;
   }
-  if (request.has_mrope()) mrope_ranges_.push_back({&request, row, start, end});
-
-  tables_.push_back(&block_table);
-  out.max_blocks_per_req =
-      std::max(out.max_blocks_per_req, static_cast<int32_t>(block_table.size()));
-  if (samples) {
-    out.logits_indices.push_back(row + num_tokens - 1);
-    out.sampling_req_ids.push_back(request.id);
-  }
-  return row;
 }
 
 void StepBuilder::finish() {
   SchedulerOutput& out = *out_;
-  const int32_t width = out.max_blocks_per_req;
-  out.block_tables.assign(tables_.size() * static_cast<size_t>(width), -1);
-  for (size_t i = 0; i < tables_.size(); ++i) {
-    std::copy(tables_[i]->begin(), tables_[i]->end(), out.block_tables.begin() + i * width);
+  const size_t num_reqs = chunks_.size();
+  const auto num_tokens = static_cast<size_t>(num_tokens_);
+  const auto num_samples = static_cast<size_t>(num_samples_);
+  out.req_ids.resize(num_reqs);
+  out.num_scheduled_tokens.resize(num_reqs);
+  out.num_computed_tokens.resize(num_reqs);
+  out.seq_lens.resize(num_reqs);
+  out.query_start_loc.resize(num_reqs + 1);
+  out.prev_sample_index.resize(num_reqs);
+  out.input_ids.resize(num_tokens);
+  out.positions.resize(num_tokens);
+  out.slot_mapping.resize(num_tokens);
+  out.logits_indices.resize(num_samples);
+  out.sampling_req_ids.resize(num_samples);
+  int32_t row = 0;
+  size_t sample = 0;
+  out.query_start_loc[0] = 0;
+  for (size_t i = 0; i < num_reqs; ++i) {
+    const Chunk& c = chunks_[i];
+    const RequestId id = c.request->id;
+    out.req_ids[i] = id;
+    out.num_scheduled_tokens[i] = c.num_tokens;
+    out.num_computed_tokens[i] = c.start;
+    out.seq_lens[i] = c.start + c.num_tokens;
+    out.prev_sample_index[i] = c.prev_sample_index;
+    if (c.num_tokens == 1) {
+      // Decode fast path: one token, written here.
+      const Request& r = *c.request;
+      const int32_t p = c.start;
+      const int32_t block_index = p / block_size_;
+      out.input_ids[row] = p < r.num_tokens() ? r.token_ids[p] : -1;
+      out.positions[row] = p;
+      out.slot_mapping[row] = static_cast<int64_t>((*c.block_table)[block_index]) * block_size_ +
+                              (p - block_index * block_size_);
+    } else {
+      write_tokens(c, out.input_ids.data() + row, out.positions.data() + row,
+                   out.slot_mapping.data() + row);
+    }
+    row += c.num_tokens;
+    out.query_start_loc[i + 1] = row;
+    if (c.samples) {
+      out.logits_indices[sample] = row - 1;
+      out.sampling_req_ids[sample] = id;
+      ++sample;
+    }
   }
-  if (mrope_ranges_.empty()) return;
+  write_block_tables();
+  if (has_mrope_) write_mrope_positions();
+}
+
+void StepBuilder::write_block_tables() {
+  SchedulerOutput& out = *out_;
+  out.max_blocks_per_req = max_blocks_;
+  const int32_t width = max_blocks_;
+  // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
+  out.block_tables.resize(chunks_.size() * static_cast<size_t>(width));
+  BlockId* dst = out.block_tables.data();
+  for (const Chunk& c : chunks_) {
+    BlockId* row_end = dst + width;
+    dst = std::copy(c.block_table->begin(), c.block_table->end(), dst);
+    std::fill(dst, row_end, -1);
+    dst = row_end;
+  }
+}
+
+void StepBuilder::write_mrope_positions() {
+  SchedulerOutput& out = *out_;
   // 3 rows: text positions repeat in every row; M-RoPE prompt tokens take their own positions.
   const size_t n = out.positions.size();
   out.position_dims = 3;
@@ -94,16 +124,22 @@ void StepBuilder::finish() {
             out.positions.begin() + static_cast<std::ptrdiff_t>(n));
   std::copy(out.positions.begin(), out.positions.begin() + static_cast<std::ptrdiff_t>(n),
             out.positions.begin() + static_cast<std::ptrdiff_t>(2 * n));
-  for (const MropeRange& range : mrope_ranges_) {
-    const Request& r = *range.request;
-    for (int dim = 0; dim < 3; ++dim) {
-      int64_t* row = out.positions.data() + dim * n + range.row;
-      const int64_t* prompt_pos =
-          r.mrope_positions.data() + static_cast<size_t>(dim) * r.num_prompt_tokens;
-      for (int32_t p = range.start; p < range.end; ++p) {
-        *row++ = p < r.num_prompt_tokens ? prompt_pos[p] : p + r.mrope_delta;
+  int32_t row = 0;
+  for (const Chunk& c : chunks_) {
+    const Request& r = *c.request;
+    const int32_t start = c.start;
+    const int32_t end = start + c.num_tokens;
+    if (r.has_mrope()) {
+      for (int dim = 0; dim < 3; ++dim) {
+        int64_t* dst = out.positions.data() + dim * n + row;
+        const int64_t* prompt_pos =
+            r.mrope_positions.data() + static_cast<size_t>(dim) * r.num_prompt_tokens;
+        for (int32_t p = start; p < end; ++p) {
+          *dst++ = p < r.num_prompt_tokens ? prompt_pos[p] : p + r.mrope_delta;
+        }
       }
     }
+    row += c.num_tokens;
   }
 }
 

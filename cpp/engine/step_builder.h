@@ -1,6 +1,8 @@
 #pragma once
-// Writes the per-request and per-token arrays of one SchedulerOutput, request after request,
-// then pads the block tables and lays out M-RoPE positions once the step is complete.
+// Writes the per-request and per-token arrays of one SchedulerOutput. Chunks are recorded as
+// they are scheduled (a few words each); finish() sizes every array once and fills it in one
+// pass, pads the block tables and lays out M-RoPE positions.
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -13,28 +15,51 @@ class StepBuilder {
  public:
   explicit StepBuilder(int32_t block_size) : block_size_(block_size) {}
 
-  // Clears `out` (keeping its capacity) and starts step `step_id`.
+  // Clears `out`'s lists (keeping their capacity) and starts step `step_id`.
   void begin(SchedulerOutput& out, int64_t step_id);
   // Adds the chunk [start, start + num_tokens) of `request`; tokens past the known ones are the
-  // pending sample of the step in flight (input id -1). `block_table` must outlive finish().
+  // pending sample of the step in flight (input id -1). `request` (its tokens and
+  // last_sample_index as of this call) and `block_table` must not change until finish().
   // Returns the step row of the chunk's first token.
+  // Inline: called once per scheduled request.
   int32_t add_request(const Request& request, const std::vector<BlockId>& block_table,
-                      int32_t start, int32_t num_tokens, bool samples);
-  // Pads block tables with -1 and writes 3 x num_tokens positions if any request uses M-RoPE.
+                      int32_t start, int32_t num_tokens, bool samples) {
+    const int32_t row = num_tokens_;
+    const int32_t end = start + num_tokens;
+    chunks_.push_back({&request, &block_table, start, num_tokens,
+                       end > request.num_tokens() ? request.last_sample_index : -1, samples});
+    num_tokens_ += num_tokens;
+    num_samples_ += samples ? 1 : 0;
+    has_mrope_ |= request.has_mrope();
+    max_blocks_ = std::max(max_blocks_, static_cast<int32_t>(block_table.size()));
+    return row;
+  }
+  // Writes the arrays of every added chunk, pads block tables with -1 and writes
+  // 3 x num_tokens positions if any request uses M-RoPE.
   void finish();
 
  private:
-  struct MropeRange {
+  struct Chunk {
     const Request* request;
-    int32_t row;
+    const std::vector<BlockId>* block_table;
     int32_t start;
-    int32_t end;
+    int32_t num_tokens;
+    int32_t prev_sample_index;  // -1 unless the chunk ends with the pending sample
+    bool samples;
   };
+
+  // Input ids, positions and slots of one chunk, starting at the given output pointers.
+  void write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos, int64_t* slot) const;
+  void write_block_tables();
+  void write_mrope_positions();
 
   int32_t block_size_;
   SchedulerOutput* out_ = nullptr;
-  std::vector<const std::vector<BlockId>*> tables_;
-  std::vector<MropeRange> mrope_ranges_;
+  std::vector<Chunk> chunks_;
+  int32_t num_tokens_ = 0;
+  int32_t num_samples_ = 0;
+  int32_t max_blocks_ = 0;  // widest block table so far: the step's max_blocks_per_req
+  bool has_mrope_ = false;
 };
 
 }  // namespace mmcore

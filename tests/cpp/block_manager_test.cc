@@ -283,5 +283,24 @@ TEST(BlockHash, ExtraKeysListOverlappingItemsRelativeToBlockStart) {
   EXPECT_TRUE(k3.items.empty());
 }
 
+TEST(BlockHash, ExtendedHashesEqualHashOfExtraKeys) {
+  // extend_block_hashes hashes extra keys in place: it must match hash_block(block_extra_keys).
+  std::vector<TokenId> tokens(20);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<TokenId>(7 * i + 1);
+  for (const std::string& salt : {std::string(), std::string("salt")}) {
+    Request r = make_request(1, tokens, {image("a", 2, 3), image("b", 6, 6)});
+    r.cache_salt = salt;
+    extend_block_hashes(r, kBs);
+    ASSERT_EQ(r.block_hashes.size(), 5u);
+    BlockHash parent = kNoParentHash;
+    for (int32_t b = 0; b < 5; ++b) {
+      const BlockHash expected =
+          hash_block(parent, r.token_ids.data() + b * kBs, kBs, block_extra_keys(r, b, kBs));
+      EXPECT_EQ(r.block_hashes[b], expected) << "salt '" << salt << "' block " << b;
+      parent = expected;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mmcore

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 #include <stdexcept>
 
@@ -178,6 +179,38 @@ TEST(Scheduler, PreemptsTheNewestRequestWhenBlocksRunOut) {
   EXPECT_FALSE(s.has_unfinished_requests());
   EXPECT_EQ(resumed_inputs, std::vector<TokenId>({300, 301, 302, 303, 304, 305, 306, 1, 2}));
   EXPECT_GE(s.stats().num_preemptions, 1);
+  EXPECT_EQ(s.stats().kv.num_used_blocks, 0);
+}
+
+TEST(Scheduler, PreemptedRequestLongerThanTheTokenBudgetResumesWithoutChunkedPrefill) {
+  // Regression: with chunked prefill off, a preempted request whose prompt plus output exceeded
+  // max_num_batched_tokens could never be scheduled again (no progress, queue blocked).
+  SchedulerConfig c = small_config();
+  c.num_blocks = 5;
+  c.max_num_batched_tokens = 8;
+  c.enable_prefix_caching = false;
+  c.enable_chunked_prefill = false;
+  Scheduler s(c);
+  s.add_request(text_request(1, 4, 12));
+  s.add_request(text_request(2, 7, 12, 300));
+  int32_t generated_2 = 0;
+  int32_t longest_resume = 0;
+  for (int step = 0; step < 100 && s.has_unfinished_requests(); ++step) {
+    const SchedulerOutput& out = s.schedule();
+    EXPECT_LE(out.num_tokens(), c.max_num_batched_tokens);
+    for (int32_t i = 0; i < out.num_reqs(); ++i) {
+      if (out.req_ids[i] == 2 && s.stats().num_preemptions > 0) {
+        longest_resume = std::max(longest_resume, out.num_scheduled_tokens[i]);
+      }
+    }
+    const UpdateResult res = s.update_from_output(out, sample_all(out, 1));
+    generated_2 += static_cast<int32_t>(std::count(res.req_ids.begin(), res.req_ids.end(), 2));
+    s.check_invariants();
+  }
+  EXPECT_GE(s.stats().num_preemptions, 1);
+  EXPECT_FALSE(s.has_unfinished_requests());
+  EXPECT_EQ(generated_2, 12);
+  EXPECT_EQ(longest_resume, c.max_num_batched_tokens);  // recomputed in budget-sized chunks
   EXPECT_EQ(s.stats().kv.num_used_blocks, 0);
 }
 
