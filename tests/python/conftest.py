@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
+from hypothesis import settings
+
+# CI explores the same examples on every run (a failure there reproduces); developers explore new
+# random examples each run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 warnings.filterwarnings("ignore", message=".*requires torchvision.*")
 
