@@ -168,3 +168,30 @@ def test_profiled_peak_grows_with_batched_tokens(model_dir):
     assert 0 < kv <= 0.5 * total - (total - free) - large + (64 << 20)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         Engine(model_dir, device="cuda", gpu_memory_utilization=1.5)
+
+
+def test_overlapped_scheduling_matches_sync(model_dir, photos):
+    prompts = _prompts(photos)
+    seeded = SamplingParams(
+        temperature=0.8, top_p=0.95, seed=11, n=2, max_tokens=NUM_TOKENS, ignore_eos=True
+    )
+    unseeded = SamplingParams(temperature=1.0, top_k=50, max_tokens=NUM_TOKENS, ignore_eos=True)
+    params = [GREEDY, seeded, unseeded, TOP2] * (len(prompts) // 4)
+    sync = Engine(model_dir, device="cuda", seed=0, async_scheduling=False)
+    expected = sync.generate(prompts, params, use_tqdm=False)
+    overlapped = Engine(model_dir, device="cuda", seed=0)
+    assert overlapped.async_scheduling  # the default on CUDA
+    got = overlapped.generate(prompts, params, use_tqdm=False)
+    stats = overlapped.stats()
+    # Every request fits one batch and all join at step 0, so batches are the same in both
+    # modes: the tokens must be bit-identical (greedy, seeded and unseeded sampling, n=2).
+    assert [[c.token_ids for c in o.outputs] for o in got] == [
+        [c.token_ids for c in o.outputs] for o in expected
+    ]
+    assert [[c.finish_reason for c in o.outputs] for o in got] == [
+        [c.finish_reason for c in o.outputs] for o in expected
+    ]
+    assert stats["overlapped_steps"] >= NUM_TOKENS - 2
+    assert stats["cuda_graph_steps"] >= NUM_TOKENS - 2
+    assert stats["kv_blocks_used"] == 0
+    assert sync.stats()["overlapped_steps"] == 0
