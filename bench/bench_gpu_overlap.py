@@ -64,6 +64,8 @@ class StepEvents:
             busy.append(cur[0].elapsed_time(cur[1]) * 1e3)
             walls.append(prev[1].elapsed_time(cur[1]) * 1e3)
             launch_host.append((cur[4] - cur[3]) * 1e6)
+        if not gaps:
+            return {"batch": batch, "steps": len(self.records), "decode_pairs": 0}
         return {
             "batch": batch,
             "steps": len(self.records),
