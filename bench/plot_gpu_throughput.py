@@ -45,6 +45,8 @@ def main() -> None:
             style = "o-" if name.startswith("mmcore") else "s--"
             ax.plot(xs, ys, style, label=name)
     ax.set_xscale("log", base=2)
+    ticks = sorted({x for line in ax.get_lines() for x in line.get_xdata()})
+    ax.set_xticks(ticks, [str(int(t)) for t in ticks])
     ax.set_xlabel("batch size / concurrent requests")
     ax.set_ylabel("output tokens / s")
     ax.set_title("LLaVA-1.5-7B (random bf16 weights), 1 image + 64 text tokens, 128 out")

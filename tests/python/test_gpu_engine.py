@@ -7,6 +7,8 @@ and the vision tower.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from PIL import Image
 from mmcore import Engine, SamplingParams
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
 from mmcore.kernels import ops
+from mmcore.sampling.sampler import sample_on_device
 from mmcore.testing.tiny_checkpoints import build_tiny_llava, build_tiny_llava_next
 
 pytestmark = [
@@ -195,3 +198,17 @@ def test_overlapped_scheduling_matches_sync(model_dir, photos):
     assert stats["cuda_graph_steps"] >= NUM_TOKENS - 2
     assert stats["kv_blocks_used"] == 0
     assert sync.stats()["overlapped_steps"] == 0
+
+
+def test_resolving_a_step_does_not_wait_for_steps_launched_after_it():
+    logits = torch.randn(4, 100, device="cuda")
+    greedy = [SamplingParams(temperature=0.0)] * 4
+    pending = sample_on_device(logits, greedy, [torch.Generator() for _ in range(4)])
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU work queued behind the step's sampling
+    start = time.perf_counter()
+    tokens = pending.resolve().token_ids
+    waited = time.perf_counter() - start
+    torch.cuda.synchronize()
+    assert tokens == logits.argmax(dim=-1).tolist()
+    # The token copy was enqueued right after sampling: reading it must not wait for the sleep.
+    assert waited < 0.2, waited

@@ -70,21 +70,38 @@ def _filter_logits(
 class PendingSample:
     """One step's sampled tokens, still on the device (nothing has waited for them yet).
 
-    ``token_ids`` can feed the next step's input ids on the device; :meth:`resolve` brings the
-    tokens (and the asked-for log-probabilities) to the host, waiting for the step to finish.
+    ``token_ids`` can feed the next step's input ids on the device. On CUDA, creating it
+    enqueues the copies of the tokens (and log-probabilities) into pinned host memory right
+    behind the sampling kernels, so :meth:`resolve` waits for this step only, not for steps
+    launched after it on the same stream.
     """
 
     token_ids: torch.Tensor  # [N] int64 on the device
     logprob_rows: list[int]  # rows that asked for log-probabilities
     logprob_counts: list[int]  # top-n of each such row
     log_probs: torch.Tensor | None  # [len(logprob_rows), vocab] log-softmax, on the device
+    _host_tokens: torch.Tensor | None = None
+    _host_log_probs: torch.Tensor | None = None
+    _copied: torch.cuda.Event | None = None
+
+    def __post_init__(self) -> None:
+        if self.token_ids.device.type != "cuda" or self.token_ids.numel() == 0:
+            self._host_tokens, self._host_log_probs = self.token_ids.cpu(), self.log_probs
+            return
+        self._host_tokens = _to_pinned(self.token_ids)
+        if self.log_probs is not None:
+            self._host_log_probs = _to_pinned(self.log_probs)
+        self._copied = torch.cuda.Event()
+        self._copied.record()
 
     def resolve(self) -> SampledBatch:
         """Wait for the tokens; return them and the log-probabilities on the host."""
-        token_list = self.token_ids.tolist()
+        if self._copied is not None:
+            self._copied.synchronize()
+        token_list = self._host_tokens.tolist()
         logprobs: list[dict[int, float] | None] = [None] * len(token_list)
         if self.logprob_rows:
-            logp = self.log_probs.cpu()
+            logp = self._host_log_probs.cpu()
             for j, (i, n) in enumerate(zip(self.logprob_rows, self.logprob_counts)):
                 entry: dict[int, float] = {}
                 if n > 0:
@@ -93,6 +110,13 @@ class PendingSample:
                 entry[token_list[i]] = float(logp[j, token_list[i]])
                 logprobs[i] = entry
         return SampledBatch(token_ids=token_list, logprobs=logprobs)
+
+
+def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """Enqueue a copy of a CUDA tensor into (cached) pinned host memory; read after a sync."""
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    return host
 
 
 def sample_on_device(
