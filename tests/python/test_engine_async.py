@@ -95,23 +95,46 @@ def test_async_greedy_matches_hf(model_case):
     assert engine._in_flight is None  # an idle engine holds no pending step
 
 
-def test_async_preemption_and_chunked_prefill_match_hf(model_case):
-    model_dir, prompts, expected = model_case
+def _preempting_engine(model_dir, prompts, **kwargs):
+    """An engine whose KV cache holds the longest request and a little more, so running
+    requests run out of blocks and the newest are preempted."""
     probe = Engine(model_dir)
-    longest = max(len(probe.inputs.process(p).token_ids) for p in _engine_prompts(prompts))
+    longest = max(len(probe.inputs.process(p).token_ids) for p in prompts)
     block_bytes = kv_bytes_per_block(probe.model, 16, probe.config.dtype)
-    blocks = -(-(longest + MAX_TOKENS) // 16) + 2
-    engine = Engine(
+    blocks = -(-(longest + 12) // 16) + 2
+    return Engine(
         model_dir,
         kv_cache_memory=blocks * block_bytes,
         max_num_batched_tokens=48,
         enable_prefix_caching=False,
-        async_scheduling=True,
+        **kwargs,
     )
+
+
+def test_async_preemption_and_chunked_prefill_match_hf(model_case):
+    model_dir, prompts, expected = model_case
+    engine = _preempting_engine(model_dir, _engine_prompts(prompts), async_scheduling=True)
     outputs = engine.generate(_engine_prompts(prompts), GREEDY, use_tqdm=False)
     assert engine.stats()["num_preemptions"] > 0
     assert _token_ids(outputs) == expected
     assert engine.stats()["kv_blocks_used"] == 0
+
+
+def test_async_preemption_keeps_seeded_sampling(model_case):
+    model_dir, prompts, _ = model_case
+    prompts = _engine_prompts(prompts)
+    params = [
+        SamplingParams(temperature=0.9, seed=100 + i, n=1 + i % 2, max_tokens=12, ignore_eos=True)
+        for i in range(len(prompts))
+    ]
+    results = {}
+    for overlap in (False, True):
+        engine = _preempting_engine(model_dir, prompts, async_scheduling=overlap)
+        outputs = engine.generate(prompts, params, use_tqdm=False)
+        # Overlap changes when requests are preempted (one step later), not what they sample.
+        assert engine.stats()["num_preemptions"] > 0
+        results[overlap] = [[c.token_ids for c in o.outputs] for o in outputs]
+    assert results[True] == results[False]
 
 
 def _mixed_params(reference_texts, reference_ids):
