@@ -100,6 +100,13 @@ class ModelRunner:
     def _tensor(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return self.staging.to_device(name, array, dtype)
 
+    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device; on CUDA through pinned memory with a non-blocking copy,
+        so an overlapped step does not wait here for the step still running."""
+        if self.device.type != "cuda" or tensor.is_cuda:
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
+
     def _run_encoder(self, out) -> None:
         """Encode the step's new items, batched across requests, into the encoder cache."""
         pending: dict[str, list[tuple[int, MMItem]]] = {}
@@ -112,13 +119,13 @@ class ModelRunner:
                 continue
             item = self.requests[req_id].items[item_index]
             if item.embeds is not None:
-                self.encoder_cache[handle] = item.embeds.to(self.device, self.dtype)
+                self.encoder_cache[handle] = self._upload(item.embeds).to(self.dtype)
             else:
                 pending.setdefault(item.modality, []).append((handle, item))
         for modality, entries in pending.items():
             data = [
                 {
-                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                    k: self._upload(v) if isinstance(v, torch.Tensor) else v
                     for k, v in it.data.items()
                 }
                 for _, it in entries
