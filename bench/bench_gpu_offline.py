@@ -127,19 +127,20 @@ def roofline(shapes: dict, machine: dict, *, num_requests, prompt_len, out_len, 
 
 
 class StepTimer:
-    """Wall time of Engine.step and of the runner's execute inside it (which ends on the sampled
-    tokens' device sync): step minus execute is host work while the GPU idles (no overlap)."""
+    """Wall time of Engine.step and of the runner's launch inside it (host work enqueuing the
+    step). Without overlap a step also waits for its own tokens; with overlap (async
+    scheduling) it waits for the previous step's while the new one runs."""
 
     def __init__(self, engine: Engine) -> None:
-        self.steps, self.graph_steps, self.step_s, self.execute_s = 0, 0, 0.0, 0.0
+        self.steps, self.graph_steps, self.step_s, self.launch_s = 0, 0, 0.0, 0.0
         self._engine = engine
-        self._execute, self._step = engine.runner.execute, engine.step
-        engine.runner.execute, engine.step = self._timed_execute, self._timed_step
+        self._launch, self._step = engine.runner.launch, engine.step
+        engine.runner.launch, engine.step = self._timed_launch, self._timed_step
 
-    def _timed_execute(self, out):
+    def _timed_launch(self, out):
         start = time.perf_counter()
-        result = self._execute(out)
-        self.execute_s += time.perf_counter() - start
+        result = self._launch(out)
+        self.launch_s += time.perf_counter() - start
         return result
 
     def _timed_step(self):
@@ -152,14 +153,13 @@ class StepTimer:
         return result
 
     def close(self) -> dict:
-        self._engine.runner.execute, self._engine.step = self._execute, self._step
+        self._engine.runner.launch, self._engine.step = self._launch, self._step
         return {
             "steps": self.steps,
             "graph_steps": self.graph_steps,
-            "execute_ms_per_step": 1e3 * self.execute_s / max(1, self.steps),
-            "host_outside_execute_ms_per_step": 1e3
-            * (self.step_s - self.execute_s)
-            / max(1, self.steps),
+            "async_scheduling": self._engine.async_scheduling,
+            "step_ms": 1e3 * self.step_s / max(1, self.steps),
+            "launch_ms_per_step": 1e3 * self.launch_s / max(1, self.steps),
         }
 
 
@@ -195,7 +195,7 @@ def _latency(engine: Engine, prompts: list, params: SamplingParams) -> dict:
 
 
 def bench_mmcore(path: str, args) -> tuple[dict, dict, Engine]:
-    """Throughput and batch-1 latency with decode CUDA graphs, then eager, on one engine."""
+    """Throughput and batch-1 latency per mode (graphs + overlap, sync, eager), one engine."""
     start = time.perf_counter()
     engine = Engine(path, load_format="dummy", device="cuda", max_num_seqs=args.max_num_seqs)
     startup_s = time.perf_counter() - start
@@ -207,13 +207,34 @@ def bench_mmcore(path: str, args) -> tuple[dict, dict, Engine]:
         "block_size": engine.config.block_size,
     }
     for seed, mode in enumerate(args.modes):
-        engine.runner.use_decode_graphs = mode == "graphs"
+        # graphs: decode graphs + overlapped scheduling (the CUDA defaults); sync: graphs
+        # without overlap; eager: overlap without graphs.
+        engine.runner.use_decode_graphs = mode in ("graphs", "sync")
+        engine.async_scheduling = mode != "sync"
         requests = make_requests(args.num_requests, args.text_len, 336, seed=10 + seed)
         result[mode] = _throughput(engine, requests, params, args.output_len)
         result[mode].update(
             _latency(engine, make_requests(5, args.text_len, 336, 20 + seed), params)
         )
         print("mmcore", mode, result[mode], flush=True)
+    engine.runner.use_decode_graphs, engine.async_scheduling = True, True
+    result["sweep"] = []
+    for batch in args.sweep:
+        # As HF runs: 2 batches of `batch` requests one after the other.
+        requests = make_requests(2 * batch, args.text_len, 336, seed=40 + batch)
+        start = time.perf_counter()
+        for chunk in (requests[:batch], requests[batch:]):
+            engine.generate(chunk, params, use_tqdm=False)
+        elapsed = time.perf_counter() - start
+        row = {
+            "batch": batch,
+            "num_requests": 2 * batch,
+            "elapsed_s": elapsed,
+            "req_per_s": 2 * batch / elapsed,
+            "out_tok_per_s": 2 * batch * args.output_len / elapsed,
+        }
+        result["sweep"].append(row)
+        print("mmcore sweep", row, flush=True)
     t0 = time.perf_counter()
     for r in make_requests(50, args.text_len, 336, seed=30):
         engine.inputs.process(r)
@@ -296,7 +317,8 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=[16, 64, 128])
-    parser.add_argument("--modes", nargs="+", default=["graphs", "eager"])
+    parser.add_argument("--sweep", type=int, nargs="*", default=[16, 64, 128, 256])
+    parser.add_argument("--modes", nargs="+", default=["graphs", "sync", "eager"])
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
 

@@ -35,6 +35,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--no-chunked-prefill", action="store_true", help="never split prompts")
     g.add_argument(
+        "--no-async-scheduling",
+        action="store_true",
+        help="do not overlap scheduling with the GPU step (overlap is the CUDA default)",
+    )
+    g.add_argument(
         "--limit-mm-per-prompt",
         type=parse_limit_mm,
         help="most items per modality in one prompt, e.g. image=4",
@@ -55,6 +60,8 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "enable_prefix_caching": not args.no_prefix_caching,
         "enable_chunked_prefill": not args.no_chunked_prefill,
     }
+    if args.no_async_scheduling:
+        kwargs["async_scheduling"] = False
     for name in (
         "max_model_len",
         "max_num_seqs",

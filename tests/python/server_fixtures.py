@@ -79,10 +79,14 @@ def oracle(tiny_llava_dir):
 
 @pytest.fixture(scope="module")
 def server(tiny_llava_dir, media_dir):
-    """A server over the tiny LLaVA on a free loopback port, for the whole module."""
+    """A server over the tiny LLaVA on a free loopback port, for the whole module.
+
+    Its engine overlaps steps (async scheduling, the CUDA default) so every server test also
+    checks that the overlapped engine answers as the synchronous ``oracle``."""
     engine = Engine(
         tiny_llava_dir,
         seed=0,
+        async_scheduling=True,
         limit_mm_per_prompt={"image": MAX_IMAGES},
         allowed_local_media_path=str(media_dir),
     )

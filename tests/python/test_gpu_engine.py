@@ -7,6 +7,8 @@ and the vision tower.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from PIL import Image
 from mmcore import Engine, SamplingParams
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
 from mmcore.kernels import ops
+from mmcore.sampling.sampler import sample_on_device
 from mmcore.testing.tiny_checkpoints import build_tiny_llava, build_tiny_llava_next
 
 pytestmark = [
@@ -168,3 +171,44 @@ def test_profiled_peak_grows_with_batched_tokens(model_dir):
     assert 0 < kv <= 0.5 * total - (total - free) - large + (64 << 20)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         Engine(model_dir, device="cuda", gpu_memory_utilization=1.5)
+
+
+def test_overlapped_scheduling_matches_sync(model_dir, photos):
+    prompts = _prompts(photos)
+    seeded = SamplingParams(
+        temperature=0.8, top_p=0.95, seed=11, n=2, max_tokens=NUM_TOKENS, ignore_eos=True
+    )
+    unseeded = SamplingParams(temperature=1.0, top_k=50, max_tokens=NUM_TOKENS, ignore_eos=True)
+    params = [GREEDY, seeded, unseeded, TOP2] * (len(prompts) // 4)
+    sync = Engine(model_dir, device="cuda", seed=0, async_scheduling=False)
+    expected = sync.generate(prompts, params, use_tqdm=False)
+    overlapped = Engine(model_dir, device="cuda", seed=0)
+    assert overlapped.async_scheduling  # the default on CUDA
+    got = overlapped.generate(prompts, params, use_tqdm=False)
+    stats = overlapped.stats()
+    # Every request fits one batch and all join at step 0, so batches are the same in both
+    # modes: the tokens must be bit-identical (greedy, seeded and unseeded sampling, n=2).
+    assert [[c.token_ids for c in o.outputs] for o in got] == [
+        [c.token_ids for c in o.outputs] for o in expected
+    ]
+    assert [[c.finish_reason for c in o.outputs] for o in got] == [
+        [c.finish_reason for c in o.outputs] for o in expected
+    ]
+    assert stats["overlapped_steps"] >= NUM_TOKENS - 2
+    assert stats["cuda_graph_steps"] >= NUM_TOKENS - 2
+    assert stats["kv_blocks_used"] == 0
+    assert sync.stats()["overlapped_steps"] == 0
+
+
+def test_resolving_a_step_does_not_wait_for_steps_launched_after_it():
+    logits = torch.randn(4, 100, device="cuda")
+    greedy = [SamplingParams(temperature=0.0)] * 4
+    pending = sample_on_device(logits, greedy, [torch.Generator() for _ in range(4)])
+    torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU work queued behind the step's sampling
+    start = time.perf_counter()
+    tokens = pending.resolve().token_ids
+    waited = time.perf_counter() - start
+    torch.cuda.synchronize()
+    assert tokens == logits.argmax(dim=-1).tolist()
+    # The token copy was enqueued right after sampling: reading it must not wait for the sleep.
+    assert waited < 0.2, waited

@@ -36,6 +36,7 @@ _ENGINE_ARGS = {
     "gpu_memory_utilization",
     "processor_cache_bytes",
     "enforce_eager",
+    "async_scheduling",
 }
 
 
@@ -51,6 +52,7 @@ class EngineConfig:
     num_blocks: int
     max_num_seqs: int
     enforce_eager: bool
+    async_scheduling: bool
     seed: int
     limit_mm_per_prompt: dict[str, int] | None
     mm_processor_kwargs: dict | None
@@ -208,6 +210,9 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         num_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
         enforce_eager=bool(get("enforce_eager", False)),
+        async_scheduling=bool(
+            device.type == "cuda" if get("async_scheduling") is None else get("async_scheduling")
+        ),
         seed=seed,
         limit_mm_per_prompt=get("limit_mm_per_prompt"),
         mm_processor_kwargs=get("mm_processor_kwargs"),

@@ -111,12 +111,17 @@ class DecodeGraphs:
             and out.block_tables.shape[1] <= self.block_tables.shape[1]
         )
 
-    def run(self, out) -> torch.Tensor:
-        """Replay the graph of the smallest size >= the batch; return its ``[B, vocab]`` logits."""
+    def run(self, out, input_ids: torch.Tensor) -> torch.Tensor:
+        """Replay the graph of the smallest size >= the batch; return its ``[B, vocab]`` logits.
+
+        Args:
+            out: the decode-only step.
+            input_ids: its input ids, already on the device (unknown ids filled in).
+        """
         batch = out.num_reqs
         size = next(s for s in self.sizes if s >= batch)
         width = out.block_tables.shape[1]
-        self.staging.copy_into("input_ids", out.input_ids, self.input_ids[:batch])
+        self.input_ids[:batch].copy_(input_ids)
         self.staging.copy_into("positions", out.positions.reshape(-1), self.positions[:batch])
         self.staging.copy_into("slot_mapping", out.slot_mapping, self.slot_mapping[:batch])
         self.staging.copy_into("seq_lens", out.seq_lens, self.seq_lens[:batch])

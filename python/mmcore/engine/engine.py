@@ -17,6 +17,7 @@ from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
 from mmcore.engine.runner import ModelRunner, RequestState
 from mmcore.outputs import CompletionOutput, RequestOutput
 from mmcore.sampling.detokenizer import IncrementalDetokenizer
+from mmcore.sampling.sampler import PendingSample, SampledBatch
 from mmcore.sampling_params import SamplingParams
 
 
@@ -66,6 +67,11 @@ class Engine:
         gpu_memory_utilization: fraction of GPU memory the engine may use.
         enforce_eager: never replay CUDA graphs (by default decode-only steps on CUDA replay
             graphs captured at start-up for padded batch sizes).
+        async_scheduling: overlap the host with the device (default: on for CUDA, off on CPU).
+            Step N+1 is scheduled and launched before step N's tokens are read back; its
+            not-yet-known input ids are gathered on the device from step N's samples. Outputs
+            are identical to the synchronous mode; each step() returns the results of the step
+            launched before it.
     """
 
     def __init__(self, model: str, **kwargs: Any) -> None:
@@ -99,6 +105,9 @@ class Engine:
         self._next_core_id = itertools.count()
         self._next_request_id = itertools.count()
         self._seed = cfg.seed
+        self.async_scheduling = cfg.async_scheduling
+        # Overlapped mode: the launched step whose tokens are not yet applied.
+        self._in_flight: tuple[Any, PendingSample] | None = None
 
     # ----------------------------------------------------------------- request lifecycle
     def add_request(
@@ -199,23 +208,44 @@ class Engine:
         return bool(self._trackers)
 
     def step(self) -> list[RequestOutput]:
-        """Run one scheduler step; return the requests that got new tokens or finished."""
+        """Run one scheduler step; return the requests that got new tokens or finished.
+
+        With ``async_scheduling`` the step scheduled now is only launched: this call returns
+        what the previous step produced, read back after the new one was enqueued.
+        """
         out = self.scheduler.schedule()
-        sampled = self.runner.execute(out)
+        pending = self.runner.launch(out)
+        if not self.async_scheduling:
+            return self._apply(out, pending.resolve())
+        previous, self._in_flight = self._in_flight, (out, pending) if out.num_reqs else None
+        outputs = self._apply(previous[0], previous[1].resolve()) if previous else []
+        if self._in_flight is not None and not self._trackers:
+            # Only finished requests remain in the step in flight: settle it now so an idle
+            # engine holds no pending step.
+            outputs += self._apply(self._in_flight[0], self._in_flight[1].resolve())
+            self._in_flight = None
+        return outputs
+
+    def _apply(self, out, sampled: SampledBatch) -> list[RequestOutput]:
+        """Give step ``out``'s sampled tokens to the scheduler, detokenize, apply stop strings."""
         result = self.scheduler.update_from_output(
             out, np.asarray(sampled.token_ids, dtype=np.int32)
         )
+        sample_row = {core_id: row for row, core_id in enumerate(out.sampling_req_ids.tolist())}
         touched: dict[str, _Tracker] = {}
-        for row, (core_id, token) in enumerate(
-            zip(result.req_ids.tolist(), result.token_ids.tolist())
-        ):
+        for core_id, token in zip(result.req_ids.tolist(), result.token_ids.tolist()):
             entry = self._core_to_tracker.get(core_id)
             if entry is None:
                 continue
             tracker, index = entry
             completion = tracker.outputs[index]
             completion.token_ids.append(token)
-            if completion.logprobs is not None and sampled.logprobs[row] is not None:
+            row = sample_row.get(core_id)
+            if (
+                completion.logprobs is not None
+                and row is not None
+                and sampled.logprobs[row] is not None
+            ):
                 completion.logprobs.append(sampled.logprobs[row])
             detok = tracker.detokenizers[index]
             stop = detok.append(token)
@@ -341,6 +371,7 @@ class Engine:
         stats = dict(self.scheduler.stats())
         stats["encoder_runs"] = self.runner.num_encoder_runs
         stats["cuda_graph_steps"] = self.runner.num_graph_steps
+        stats["overlapped_steps"] = self.runner.num_overlapped_steps
         stats["num_blocks"] = self.config.num_blocks
         return stats
 

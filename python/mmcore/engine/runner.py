@@ -16,7 +16,7 @@ from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
-from mmcore.sampling.sampler import SampledBatch, sample
+from mmcore.sampling.sampler import PendingSample, SampledBatch, sample_on_device
 from mmcore.sampling_params import SamplingParams
 
 
@@ -86,6 +86,10 @@ class ModelRunner:
             self.decode_graphs.capture()
         self.use_decode_graphs = self.decode_graphs is not None
         self.num_graph_steps = 0
+        # Tokens sampled by the last launched step, on the device: overlapped scheduling fills
+        # the next step's unknown (-1) input ids from them.
+        self._last_sampled: torch.Tensor | None = None
+        self.num_overlapped_steps = 0  # steps whose input ids came from device-side samples
 
     def add_request(self, req_id: int, state: RequestState) -> None:
         self.requests[req_id] = state
@@ -95,6 +99,13 @@ class ModelRunner:
 
     def _tensor(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return self.staging.to_device(name, array, dtype)
+
+    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device; on CUDA through pinned memory with a non-blocking copy,
+        so an overlapped step does not wait here for the step still running."""
+        if self.device.type != "cuda" or tensor.is_cuda:
+            return tensor.to(self.device)
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     def _run_encoder(self, out) -> None:
         """Encode the step's new items, batched across requests, into the encoder cache."""
@@ -108,13 +119,13 @@ class ModelRunner:
                 continue
             item = self.requests[req_id].items[item_index]
             if item.embeds is not None:
-                self.encoder_cache[handle] = item.embeds.to(self.device, self.dtype)
+                self.encoder_cache[handle] = self._upload(item.embeds).to(self.dtype)
             else:
                 pending.setdefault(item.modality, []).append((handle, item))
         for modality, entries in pending.items():
             data = [
                 {
-                    k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                    k: self._upload(v) if isinstance(v, torch.Tensor) else v
                     for k, v in it.data.items()
                 }
                 for _, it in entries
@@ -129,9 +140,26 @@ class ModelRunner:
                     )
                 self.encoder_cache[handle] = emb
 
-    def _input_embeds(self, out) -> torch.Tensor:
+    def _input_ids(self, out) -> torch.Tensor:
+        """The step's input ids on the device, with each -1 (a token the previous step sampled,
+        not yet on the host) gathered from that step's device tokens: no host sync."""
         input_ids = self._tensor("input_ids", out.input_ids, torch.long)
-        embeds = self.model.embed_tokens(input_ids.clamp(min=0))
+        pending_rows = np.flatnonzero(out.input_ids < 0)
+        if len(pending_rows) == 0:
+            return input_ids
+        if self._last_sampled is None:
+            raise RuntimeError("the step has unknown input ids but no previous step was launched")
+        owners = np.searchsorted(out.query_start_loc, pending_rows, side="right") - 1
+        sources = out.prev_sample_index[owners]
+        if np.any(sources < 0) or np.any(sources >= len(self._last_sampled)):
+            raise RuntimeError(f"prev_sample_index {sources.tolist()} is out of range")
+        self.num_overlapped_steps += 1
+        rows = self._tensor("pending_rows", pending_rows, torch.long)
+        input_ids[rows] = self._last_sampled[self._tensor("prev_sample_index", sources, torch.long)]
+        return input_ids
+
+    def _input_embeds(self, out, input_ids: torch.Tensor) -> torch.Tensor:
+        embeds = self.model.embed_tokens(input_ids)
         for handle, src, dst, length in zip(
             out.scatter_handles.tolist(),
             out.scatter_src_offsets.tolist(),
@@ -153,28 +181,52 @@ class ModelRunner:
             max_query_len=int(np.diff(starts).max()),
         )
 
-    @torch.inference_mode()
     def execute(self, out) -> SampledBatch:
-        """Run one step; return the tokens sampled for ``out.sampling_req_ids``."""
+        """Run one step and wait for it; return the tokens sampled for ``out.sampling_req_ids``."""
+        return self.launch(out).resolve()
+
+    @torch.inference_mode()
+    def launch(self, out) -> PendingSample:
+        """Enqueue one step on the device without waiting for it.
+
+        Returns:
+            The tokens sampled for ``out.sampling_req_ids``, still on the device; the next
+            launched step reads them for its -1 input ids (``out.prev_sample_index``).
+        """
         for handle in out.freed_encoder_handles.tolist():
             self.encoder_cache.pop(handle, None)
         for req_id in out.finished_req_ids.tolist():
             self.remove_request(req_id)
-        if out.num_tokens == 0:
-            return SampledBatch(token_ids=[], logprobs=[])
+        if out.num_tokens == 0:  # nothing launched: the last step's tokens stay the reference
+            return PendingSample(
+                token_ids=torch.empty(0, dtype=torch.long, device=self.device),
+                logprob_rows=[],
+                logprob_counts=[],
+                log_probs=None,
+            )
+        input_ids = self._input_ids(out)
         if self.use_decode_graphs and self.decode_graphs.can_run(out):
             self.num_graph_steps += 1
-            return self._sample(self.decode_graphs.run(out), out)
+            return self._sample(self.decode_graphs.run(out, input_ids), out)
         self._run_encoder(out)
-        embeds = self._input_embeds(out)
+        embeds = self._input_embeds(out, input_ids)
         attn = self._attention_metadata(out)
         positions = self._tensor("positions", out.positions, torch.long)
         hidden = self.model.forward(embeds, positions, self.kv_caches, attn)
         if len(out.logits_indices) == 0:
-            return SampledBatch(token_ids=[], logprobs=[])
+            return self._no_sample()
         rows = self._tensor("logits_indices", out.logits_indices, torch.long)
         return self._sample(self.model.compute_logits(hidden[rows]), out)
 
-    def _sample(self, logits: torch.Tensor, out) -> SampledBatch:
+    def _no_sample(self) -> PendingSample:
+        empty = torch.empty(0, dtype=torch.long, device=self.device)
+        self._last_sampled = empty
+        return PendingSample(token_ids=empty, logprob_rows=[], logprob_counts=[], log_probs=None)
+
+    def _sample(self, logits: torch.Tensor, out) -> PendingSample:
         states = [self.requests[r] for r in out.sampling_req_ids.tolist()]
-        return sample(logits, [s.params for s in states], [s.generator for s in states])
+        pending = sample_on_device(
+            logits, [s.params for s in states], [s.generator for s in states], self._tensor
+        )
+        self._last_sampled = pending.token_ids
+        return pending
