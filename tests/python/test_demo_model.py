@@ -107,22 +107,17 @@ def test_engine_answers_as_accurately_as_hf_and_agrees_with_it(model_dir):
     """The same 50 held-out questions through mmcore's Engine and through HF generate()."""
     answers = {"hf": [], "mmcore": []}
 
-    def recording(fn, out):
-        def answer(path, images, questions):
-            got = fn(path, images, questions)
-            out.extend(got)
-            return got
-
-        return answer
-
     hf = evaluate.evaluate(
-        model_dir, n=50, seed=2024, generate_fn=recording(evaluate.hf_generate, answers["hf"])
+        model_dir,
+        n=50,
+        seed=2024,
+        generate_fn=evaluate.recording(evaluate.hf_generate, answers["hf"]),
     )
     ours = evaluate.evaluate(
         model_dir,
         n=50,
         seed=2024,
-        generate_fn=recording(evaluate.engine_generate, answers["mmcore"]),
+        generate_fn=evaluate.recording(evaluate.engine_generate, answers["mmcore"]),
     )
     assert min(ours.accuracy.values()) >= 0.9, ours.to_json()
     assert min(hf.accuracy.values()) >= 0.9, hf.to_json()

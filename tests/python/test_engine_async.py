@@ -9,6 +9,7 @@ n > 1, preemption and aborts.
 from __future__ import annotations
 
 import pytest
+from test_engine_parity import _engine_prompts, _token_ids
 
 from mmcore import Engine, SamplingParams
 from mmcore.engine.runner import kv_bytes_per_block
@@ -30,22 +31,12 @@ def _prompts(photos):
     ]
 
 
-def _engine_prompts(prompts):
-    return [
-        {"prompt": p, "multi_modal_data": {"image": imgs}} if imgs else p for p, imgs in prompts
-    ]
-
-
 @pytest.fixture(scope="module", params=["llava", "llava_next"])
 def model_case(request, tiny_llava_dir, tiny_llava_next_dir, photos):
     model_dir = tiny_llava_dir if request.param == "llava" else tiny_llava_next_dir
     prompts = _prompts(photos)
     expected = [hf_greedy(model_dir, p, imgs, MAX_TOKENS) for p, imgs in prompts]
     return model_dir, prompts, expected
-
-
-def _token_ids(outputs):
-    return [o.outputs[0].token_ids for o in outputs]
 
 
 def _summary(outputs):

@@ -24,20 +24,15 @@ def test_demo_model_on_gpu_is_accurate_and_agrees_with_hf_on_cpu():
     model_dir = mmcore.demo.default_model_path()
     answers = {"hf": [], "gpu": []}
 
-    def recording(fn, out):
-        def answer(path, images, questions):
-            got = fn(path, images, questions)
-            out.extend(got)
-            return got
-
-        return answer
-
     gpu_fn = functools.partial(evaluate.engine_generate, device="cuda")
     gpu = evaluate.evaluate(
-        model_dir, n=200, seed=31, generate_fn=recording(gpu_fn, answers["gpu"])
+        model_dir, n=200, seed=31, generate_fn=evaluate.recording(gpu_fn, answers["gpu"])
     )
     hf = evaluate.evaluate(
-        model_dir, n=200, seed=31, generate_fn=recording(evaluate.hf_generate, answers["hf"])
+        model_dir,
+        n=200,
+        seed=31,
+        generate_fn=evaluate.recording(evaluate.hf_generate, answers["hf"]),
     )
     print("gpu", gpu.to_json()["accuracy"], "hf", hf.to_json()["accuracy"])
     assert min(gpu.accuracy.values()) >= 0.95, gpu.to_json()

@@ -202,6 +202,17 @@ def engine_generate(
     return [o.outputs[0].text.strip() for o in outputs]
 
 
+def recording(generate_fn: GenerateFn, answers: list[str]) -> GenerateFn:
+    """Wrap a backend so every answer it gives is also appended to ``answers`` (for agreement)."""
+
+    def answer(model_dir, images, questions):
+        got = generate_fn(model_dir, images, questions)
+        answers.extend(got)
+        return got
+
+    return answer
+
+
 def agreement(first: Sequence[str], second: Sequence[str]) -> float:
     """Fraction of answers two backends give identically (after normalisation)."""
     if len(first) != len(second) or not first:
@@ -252,15 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     answers: dict[str, list[str]] = {}
     summary = {}
     for name in names:
-        recorded: list[str] = []
-
-        def answer(model_dir, ims, qs, fn=backends[name], out=recorded):
-            got = fn(model_dir, ims, qs)
-            out.extend(got)
-            return got
-
-        report = evaluate(args.model, args.n, args.seed, answer, args.batch_size)
-        answers[name] = recorded
+        answers[name] = []
+        report = evaluate(
+            args.model, args.n, args.seed, recording(backends[name], answers[name]), args.batch_size
+        )
         summary[name] = report.to_json()
     if len(names) == 2:
         summary["agreement"] = round(agreement(answers["hf"], answers["mmcore"]), 4)
