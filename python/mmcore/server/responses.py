@@ -80,6 +80,27 @@ def completion_logprobs(
     }
 
 
+def _stream_chunk(
+    kind: str,
+    response_id: str,
+    created: int,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage_value: dict[str, int] | None,
+    include_usage: bool,
+) -> dict[str, Any]:
+    chunk: dict[str, Any] = {
+        "id": response_id,
+        "object": kind,
+        "created": created,
+        "model": model,
+        "choices": choices,
+    }
+    if include_usage:
+        chunk["usage"] = usage_value
+    return chunk
+
+
 def chat_chunk(
     response_id: str,
     created: int,
@@ -89,16 +110,9 @@ def chat_chunk(
     include_usage: bool = False,
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` (``usage`` is null on every chunk but the last, if asked)."""
-    chunk: dict[str, Any] = {
-        "id": response_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": choices,
-    }
-    if include_usage:
-        chunk["usage"] = usage_value
-    return chunk
+    return _stream_chunk(
+        "chat.completion.chunk", response_id, created, model, choices, usage_value, include_usage
+    )
 
 
 def chat_delta_choice(index: int, delta: dict[str, Any], finish_reason: str | None, logprobs=None):
@@ -114,16 +128,9 @@ def completion_chunk(
     include_usage: bool = False,
 ) -> dict[str, Any]:
     """One streamed ``text_completion`` object."""
-    chunk: dict[str, Any] = {
-        "id": response_id,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": choices,
-    }
-    if include_usage:
-        chunk["usage"] = usage_value
-    return chunk
+    return _stream_chunk(
+        "text_completion", response_id, created, model, choices, usage_value, include_usage
+    )
 
 
 class CompletionAccumulator:
