@@ -112,3 +112,75 @@ def varlen_attention(
         probs = torch.softmax(torch.einsum("qhd,khd->hqk", q, k) * scale, dim=-1)
         out[start:end] = torch.einsum("hqk,khd->qhd", probs, v).to(query.dtype)
     return out
+
+
+# --------------------------------------------------------------------- fused elementwise ops
+# Numerics follow HF transformers' Llama modules op by op (each torch op rounds to the input
+# dtype), so the CUDA kernels can match them bit for bit.
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * (x / sqrt(mean(x^2) + eps))``: normalized in float32, rounded to ``x``'s
+    dtype, then scaled by ``weight`` (HF ``LlamaRMSNorm``). ``x``: ``[T, H]``."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add before a decoder layer's norm, fused with it.
+
+    Returns:
+        ``(rms_norm(x + residual), x + residual)``; the sum is rounded to ``x``'s dtype first,
+        as HF's ``hidden_states = residual + hidden_states`` does.
+    """
+    summed = residual + x
+    return rms_norm(summed, weight, eps), summed
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[:, :I]) * x[:, I:]`` for ``x`` ``[T, 2I]`` (the gate and up halves of a fused
+    gate_up projection); silu rounds to the dtype before the product, as in HF."""
+    half = x.shape[-1] // 2
+    return torch.nn.functional.silu(x[..., :half]) * x[..., half:]
+
+
+def rotary_cos_sin_cache(
+    inv_freq: torch.Tensor, max_positions: int, scaling: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """``[max_positions, D]``: cos of every position's angles in the first half, sin in the
+    second, computed in float32 (times the rope's attention scaling) then cast to ``dtype``."""
+    freqs = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)[:, None]
+    freqs = freqs * inv_freq.float()[None, :]
+    return torch.cat((freqs.cos() * scaling, freqs.sin() * scaling), dim=-1).to(dtype)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeoX-style (half-split) rope of queries ``[T, Hq, D]`` and keys ``[T, Hk, D]``.
+
+    Args:
+        positions: ``[T]`` ints, rows of ``cos_sin_cache``.
+        cos_sin_cache: ``[max_positions, D]`` from :func:`rotary_cos_sin_cache`, in the
+            queries' dtype.
+
+    Returns:
+        New (query, key): ``x * cos + rotate_half(x) * sin``, each product rounded to the
+        dtype before the sum, as HF's ``apply_rotary_pos_emb`` computes it.
+    """
+    half = query.shape[-1] // 2
+    rows = cos_sin_cache[positions.long()]
+    cos, sin = rows[:, None, :half], rows[:, None, half:]
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    return rotate(query), rotate(key)

@@ -1,0 +1,184 @@
+"""Where the GPU time of an engine step goes: torch profiler over real steps, kernels by category.
+
+Three scenarios on LLaVA-1.5-7B with random bf16 weights (``load_format="dummy"``), each request
+one random 336x336 image + 64 text tokens, 128 output tokens (ignore_eos):
+  * ``decode-1``: one request, decode steps only;
+  * ``decode-64``: 64 requests, decode steps only;
+  * ``offline-256``: 300 requests at once (max_num_seqs 256): steps from the middle of the run,
+    prefill chunks and decodes mixed as the offline benchmark sees them.
+Steps run eagerly under the profiler (CUDA graphs hide kernels from it); the GPU time per step
+of the graph mode is timed separately with CUDA events. Prints one ``profile`` JSON line per
+scenario (GPU ms per step by kernel category, kernel launches per step, top kernels) and writes
+``profile_gpu_steps.json`` to ``--out``.
+
+Usage: python bench/profile_gpu_steps.py --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.profiler import ProfilerActivity, profile
+
+from mmcore import Engine, SamplingParams
+from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
+
+BOS, IMAGE_TOKEN = 1, 32000
+
+#: Kernel name pattern -> category, first match wins.
+CATEGORIES = (
+    ("attention", re.compile(r"mmcore|flash|attention|fmha", re.I)),
+    ("kv_write", re.compile(r"cache", re.I)),
+    ("gemm", re.compile(r"gemm|gemv|sm90|sm80|cutlass|xmma|cublas|nvjet|splitK", re.I)),
+    ("norm", re.compile(r"rms|norm|reduce", re.I)),
+    ("elementwise", re.compile(r"elementwise|vectorized|unrolled|silu|mul|add", re.I)),
+    ("copy_cat_index", re.compile(r"copy|cat|index|gather|scatter|fill", re.I)),
+)
+
+
+def category(name: str) -> str:
+    for label, pattern in CATEGORIES:
+        if pattern.search(name):
+            return label
+    return "other"
+
+
+def requests(num: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "prompt_token_ids": [BOS, IMAGE_TOKEN] + rng.integers(3, IMAGE_TOKEN, 63).tolist(),
+            "multi_modal_data": {
+                "image": [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8))]
+            },
+        }
+        for _ in range(num)
+    ]
+
+
+def start(engine: Engine, num: int, seed: int) -> None:
+    params = SamplingParams(temperature=0.0, max_tokens=128, ignore_eos=True)
+    for i, prompt in enumerate(requests(num, seed)):
+        engine.add_request(f"r{seed}-{i}", prompt, params)
+
+
+def finish(engine: Engine) -> None:
+    while engine.has_unfinished_requests():
+        engine.step()
+    torch.cuda.synchronize()
+
+
+def kernel_table(prof, steps: int) -> dict:
+    """GPU time per step by category and the top kernels (ms per step)."""
+    by_cat: dict[str, float] = {}
+    kernels = []
+    launches = 0
+    for evt in prof.key_averages():
+        device_us = getattr(evt, "self_device_time_total", None)
+        if device_us is None:
+            device_us = evt.self_cuda_time_total
+        if device_us <= 0 or evt.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        launches += evt.count
+        label = category(evt.key)
+        by_cat[label] = by_cat.get(label, 0.0) + device_us / 1e3 / steps
+        kernels.append((device_us / 1e3 / steps, evt.count / steps, label, evt.key[:110]))
+    kernels.sort(reverse=True)
+    return {
+        "gpu_ms_per_step": sum(by_cat.values()),
+        "launches_per_step": launches / steps,
+        "by_category_ms": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
+        "top": [
+            {"ms": round(ms, 4), "per_step": round(n, 1), "cat": c, "name": k}
+            for ms, n, c, k in kernels[:25]
+        ],
+    }
+
+
+def profiled_steps(engine: Engine, steps: int) -> dict:
+    engine.runner.use_decode_graphs = False
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+    engine.runner.use_decode_graphs = engine.runner.decode_graphs is not None
+    return kernel_table(prof, steps)
+
+
+def timed_steps(engine: Engine, steps: int, graphs: bool) -> float:
+    """Median wall ms per step (synchronised), with or without decode graphs."""
+    engine.runner.use_decode_graphs = graphs and engine.runner.decode_graphs is not None
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        engine.step()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    engine.runner.use_decode_graphs = engine.runner.decode_graphs is not None
+    return float(np.median(times))
+
+
+def decode_scenario(engine: Engine, batch: int, seed: int) -> dict:
+    start(engine, batch, seed)
+    for _ in range(12):  # prefill (8192 tokens per step) then a few decodes
+        engine.step()
+    row = {"scenario": f"decode-{batch}"}
+    row.update(profiled_steps(engine, 10))
+    row["step_ms_graphs"] = timed_steps(engine, 10, graphs=True)
+    row["step_ms_eager"] = timed_steps(engine, 10, graphs=False)
+    finish(engine)
+    return row
+
+
+def offline_scenario(engine: Engine, num: int, seed: int) -> dict:
+    start(engine, num, seed)
+    for _ in range(40):
+        engine.step()
+    row = {"scenario": f"offline-{num}"}
+    row.update(profiled_steps(engine, 40))
+    finish(engine)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="llava-1.5-7b")
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    path = write_dummy_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
+    engine = Engine(
+        path, load_format="dummy", device="cuda", max_num_seqs=256, enable_prefix_caching=False
+    )
+    engine.async_scheduling = False  # one step per call: profiles attribute to steps exactly
+    start(engine, 4, seed=1)
+    finish(engine)  # warm-up
+    rows = [
+        decode_scenario(engine, 1, seed=2),
+        decode_scenario(engine, 64, seed=3),
+        offline_scenario(engine, 300, seed=4),
+    ]
+    for row in rows:
+        print("profile", json.dumps(row), flush=True)
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": args.model,
+        "rows": rows,
+    }
+    with open(os.path.join(args.out, "profile_gpu_steps.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
