@@ -120,9 +120,9 @@ def test_dummy_weights_are_seeded_and_need_no_weight_files(tmp_path, tiny_llava_
     for name, tensor in state_a.items():
         assert torch.isfinite(tensor).all(), name
         assert torch.equal(tensor, state_b[name]), name
-    proj = state_a["language_model.model.layers.0.self_attn.q_proj.weight"]
+    proj = state_a["language_model.model.layers.0.self_attn.qkv_proj.weight"]
     assert 0.015 < proj.std().item() < 0.025
-    assert not torch.equal(proj, state_c["language_model.model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(proj, state_c["language_model.model.layers.0.self_attn.qkv_proj.weight"])
     assert torch.equal(state_a["language_model.model.norm.weight"], torch.ones(64))
     # a dummy model runs end to end
     from mmcore.testing.paged import PagedKVCache

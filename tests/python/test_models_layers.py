@@ -126,3 +126,34 @@ def test_clip_feature_selection_variants_match_hf(tmp_path, photos, feature_laye
     for g, e in zip(got, expected):
         assert g.shape[0] == num_tokens
         torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
+
+
+def test_merged_linear_loads_hf_shards_and_names_a_missing_one():
+    from torch import nn
+
+    from mmcore.models.weights import MergedLinear, WeightLoadError, load_named_weights
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv_proj = MergedLinear(
+                4, {"q_proj": 3, "k_proj": 2, "v_proj": 2}, bias=True, dtype=torch.float32,
+                device="cpu",
+            )  # fmt: skip
+
+    g = torch.Generator().manual_seed(0)
+    shards = {n: (torch.randn(r, 4, generator=g), torch.randn(r, generator=g))
+              for n, r in (("q_proj", 3), ("k_proj", 2), ("v_proj", 2))}  # fmt: skip
+    weights = [(f"{n}.weight", w) for n, (w, _) in shards.items()]
+    weights += [(f"{n}.bias", b) for n, (_, b) in shards.items()]
+    block = Block()
+    load_named_weights(block, weights, lambda name: name)
+    x = torch.randn(5, 4, generator=g)
+    want = torch.cat([x @ w.T + b for w, b in shards.values()], dim=-1)
+    torch.testing.assert_close(block.qkv_proj(x), want)
+
+    with pytest.raises(WeightLoadError, match=r"missing weights: k_proj\.weight"):
+        load_named_weights(Block(), [w for w in weights if w[0] != "k_proj.weight"], lambda n: n)
+    with pytest.raises(WeightLoadError, match="v_proj.weight has shape"):
+        bad = [(n, t[:1]) if n == "v_proj.weight" else (n, t) for n, t in weights]
+        load_named_weights(Block(), bad, lambda n: n)

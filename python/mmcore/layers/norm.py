@@ -5,17 +5,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcore.layers.attention import select_op
+
 
 class RMSNorm(nn.Module):
-    """``weight * x / sqrt(mean(x^2) + eps)``; the weight is named ``weight`` as in HF."""
+    """``weight * x / sqrt(mean(x^2) + eps)``; the weight is named ``weight`` as in HF.
+
+    Called with a ``residual``, it first adds it (the decoder layer's skip connection) and
+    returns ``(normed, x + residual)`` from one fused kernel on CUDA.
+    """
 
     def __init__(self, hidden_size: int, eps: float, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=dtype, device=device))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        input_dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(input_dtype)
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return select_op("rms_norm", x)(x, self.weight, self.eps)
+        return select_op("fused_add_rms_norm", x)(x, residual, self.weight, self.eps)

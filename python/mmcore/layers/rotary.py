@@ -10,6 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcore.kernels.reference import rotary_cos_sin_cache
+from mmcore.layers.attention import select_op
+
 _POSITION_DEPENDENT = ("dynamic", "longrope")
 
 
@@ -43,32 +46,35 @@ def inverse_frequencies(config, head_dim: int) -> tuple[torch.Tensor, float]:
     return inv_freq.float(), float(scaling)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
 class RotaryEmbedding(nn.Module):
-    """Applies rope to queries/keys ``[T, H, D]`` given positions ``[T]`` (NeoX half-split layout)."""
+    """Applies rope to queries/keys ``[T, H, D]`` given positions ``[T]`` (NeoX half-split layout).
 
-    def __init__(self, config, head_dim: int, *, device: torch.device):
+    cos/sin of every position up to ``max_position_embeddings`` are computed once at start-up
+    (float32, then the model dtype, as HF computes them per step); on CUDA one kernel rotates
+    the queries and keys of all layers' steps from that cache.
+    """
+
+    def __init__(
+        self,
+        config,
+        head_dim: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         inv_freq, self.attention_scaling = inverse_frequencies(config, head_dim)
-        self.register_buffer("inv_freq", inv_freq.to(device), persistent=False)
-
-    def cos_sin(
-        self, positions: torch.Tensor, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin ``[T, D]`` for the positions, computed in float32 then cast to ``dtype``."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = emb.cos() * self.attention_scaling
-        sin = emb.sin() * self.attention_scaling
-        return cos.to(dtype), sin.to(dtype)
+        max_positions = int(getattr(config, "max_position_embeddings", 4096))
+        cache = rotary_cos_sin_cache(
+            inv_freq.to(device), max_positions, self.attention_scaling, dtype
+        )
+        self.register_buffer("cos_sin_cache", cache, persistent=False)
 
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self.cos_sin(positions, query.dtype)
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        return query * cos + rotate_half(query) * sin, key * cos + rotate_half(key) * sin
+        """Rotated copies of ``query`` ``[T, Hq, D]`` and ``key`` ``[T, Hk, D]``."""
+        cache = self.cos_sin_cache
+        if cache.dtype != query.dtype:
+            raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
+        return select_op("rotary_embedding", query)(positions, query, key, cache)

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmcore.layers.activations import get_activation
+from mmcore.layers.activations import get_gated_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
 from mmcore.layers.norm import RMSNorm
 from mmcore.layers.rotary import RotaryEmbedding
-from mmcore.models.weights import load_named_weights
+from mmcore.models.weights import MergedLinear, load_named_weights
 
 
 def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
@@ -18,7 +18,8 @@ def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
 
 
 class LlamaAttention(nn.Module):
-    """GQA self-attention: q/k/v projections, rope, cache write, paged attention, output proj."""
+    """GQA self-attention: fused q/k/v projection, rope, cache write, paged attention, output
+    projection (the checkpoint's q_proj/k_proj/v_proj load as rows of ``qkv_proj``)."""
 
     def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
@@ -34,9 +35,14 @@ class LlamaAttention(nn.Module):
         self.sliding_window = getattr(config, "sliding_window", None) or -1
         bias = getattr(config, "attention_bias", False)
         h = config.hidden_size
-        self.q_proj = _linear(h, self.num_heads * self.head_dim, bias, dtype, device)
-        self.k_proj = _linear(h, self.num_kv_heads * self.head_dim, bias, dtype, device)
-        self.v_proj = _linear(h, self.num_kv_heads * self.head_dim, bias, dtype, device)
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        self.qkv_proj = MergedLinear(
+            h,
+            {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size},
+            bias=bias,
+            dtype=dtype,
+            device=device,
+        )
         self.o_proj = _linear(self.num_heads * self.head_dim, h, bias, dtype, device)
 
     def forward(
@@ -48,9 +54,10 @@ class LlamaAttention(nn.Module):
         attn: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q = self.q_proj(hidden).view(num_tokens, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden).view(num_tokens, self.num_kv_heads, self.head_dim)
+        q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.shard_sizes, dim=-1)
+        q = q.view(num_tokens, self.num_heads, self.head_dim)
+        k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
+        v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         q, k = rotary(positions, q, k)
         write_kv(k, v, kv_cache, attn)
         out = paged_attention(q, kv_cache, attn, self.scale, self.sliding_window)
@@ -58,19 +65,20 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """Gated MLP: ``down(act(gate(x)) * up(x))``."""
+    """Gated MLP: ``down(act(gate(x)) * up(x))`` with gate and up as one GEMM (``gate_up_proj``)."""
 
     def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
         h, i = config.hidden_size, config.intermediate_size
-        self.gate_proj = _linear(h, i, bias, dtype, device)
-        self.up_proj = _linear(h, i, bias, dtype, device)
+        self.gate_up_proj = MergedLinear(
+            h, {"gate_proj": i, "up_proj": i}, bias=bias, dtype=dtype, device=device
+        )
         self.down_proj = _linear(i, h, bias, dtype, device)
-        self.act = get_activation(config.hidden_act)
+        self.act_and_mul = get_gated_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -82,11 +90,18 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
         self.mlp = LlamaMLP(config, dtype=dtype, device=device)
 
-    def forward(self, hidden, positions, rotary, kv_cache, attn):
-        hidden = hidden + self.self_attn(
-            self.input_layernorm(hidden), positions, rotary, kv_cache, attn
-        )
-        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, hidden, residual, positions, rotary, kv_cache, attn):
+        """Returns ``(mlp output, residual stream)``; the next layer's norm adds them (fused).
+
+        ``residual`` is None for the first layer, whose input is the residual stream itself.
+        """
+        if residual is None:
+            residual, hidden = hidden, self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(hidden, positions, rotary, kv_cache, attn)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
@@ -102,7 +117,9 @@ class LlamaModel(nn.Module):
             for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
-        self.rotary = RotaryEmbedding(config, self.layers[0].self_attn.head_dim, device=device)
+        self.rotary = RotaryEmbedding(
+            config, self.layers[0].self_attn.head_dim, device=device, dtype=dtype
+        )
 
     def forward(
         self,
@@ -113,10 +130,12 @@ class LlamaModel(nn.Module):
     ) -> torch.Tensor:
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"got {len(kv_caches)} KV caches for {len(self.layers)} layers")
-        hidden = inputs_embeds
+        hidden, residual = inputs_embeds, None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden = layer(hidden, positions, self.rotary, kv_cache, attn)
-        return self.norm(hidden)
+            hidden, residual = layer(hidden, residual, positions, self.rotary, kv_cache, attn)
+        if residual is None:  # no layers
+            return self.norm(hidden)
+        return self.norm(hidden, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):
