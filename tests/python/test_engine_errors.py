@@ -117,6 +117,27 @@ def test_a_bad_prompt_in_a_batch_runs_nothing(engine, photos):
     assert engine.stats()["kv_blocks_used"] == 0
 
 
+def test_a_large_batch_is_processed_in_workers_in_order_and_a_bad_prompt_runs_nothing(
+    engine, photos
+):
+    names = ["astronaut", "chelsea", "coffee"]
+    prompts = [
+        {"prompt": VALID, "multi_modal_data": {"image": photos[names[i % 3]]}} for i in range(20)
+    ]
+    singles = {n: engine.generate(prompts[i], GREEDY, use_tqdm=False) for i, n in enumerate(names)}
+    batch = engine.generate(prompts, GREEDY, use_tqdm=False)
+    assert engine._input_pool is not None  # 20 prompts went through the worker threads
+    for i, out in enumerate(batch):
+        assert out.outputs[0].token_ids == singles[names[i % 3]][0].outputs[0].token_ids, i
+
+    bad = list(prompts)
+    bad[13] = {"prompt": VALID, "multi_modal_data": {"image": b"garbage"}}
+    with pytest.raises(ValueError, match="image"):
+        engine.generate(bad, GREEDY, use_tqdm=False)
+    assert not engine.has_unfinished_requests()
+    assert engine.stats()["kv_blocks_used"] == 0
+
+
 def test_sampling_values_out_of_range_are_rejected():
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=1.5)
