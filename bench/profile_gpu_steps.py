@@ -4,6 +4,7 @@ Three scenarios on LLaVA-1.5-7B with random bf16 weights (``load_format="dummy"`
 one random 336x336 image + 64 text tokens, 128 output tokens (ignore_eos):
   * ``decode-1``: one request, decode steps only;
   * ``decode-64``: 64 requests, decode steps only;
+  * ``prefill-13-requests``: the first step of 13 requests (8,192 prompt tokens, 13 images);
   * ``offline-256``: 300 requests at once (max_num_seqs 256): steps from the middle of the run,
     prefill chunks and decodes mixed as the offline benchmark sees them.
 Steps run eagerly under the profiler (CUDA graphs hide kernels from it); the GPU time per step
@@ -140,6 +141,15 @@ def decode_scenario(engine: Engine, batch: int, seed: int) -> dict:
     return row
 
 
+def prefill_scenario(engine: Engine, num: int, seed: int) -> dict:
+    """The first step of ``num`` fresh requests: one full chunk of prefill with its images."""
+    start(engine, num, seed)
+    row = {"scenario": f"prefill-{num}-requests"}
+    row.update(profiled_steps(engine, 1))
+    finish(engine)
+    return row
+
+
 def offline_scenario(engine: Engine, num: int, seed: int) -> dict:
     start(engine, num, seed)
     for _ in range(40):
@@ -165,6 +175,7 @@ def main() -> None:
     rows = [
         decode_scenario(engine, 1, seed=2),
         decode_scenario(engine, 64, seed=3),
+        prefill_scenario(engine, 13, seed=5),
         offline_scenario(engine, 300, seed=4),
     ]
     for row in rows:

@@ -212,3 +212,16 @@ def test_resolving_a_step_does_not_wait_for_steps_launched_after_it():
     assert tokens == logits.argmax(dim=-1).tolist()
     # The token copy was enqueued right after sampling: reading it must not wait for the sleep.
     assert waited < 0.2, waited
+
+
+def test_lm_head_logits_are_not_rounded_to_the_model_dtype():
+    from mmcore.layers.logits import logits_float32
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    hidden = torch.randn(5, 256, device="cuda", generator=g).to(torch.bfloat16)
+    weight = (torch.randn(1000, 256, device="cuda", generator=g) * 0.5).to(torch.bfloat16)
+    got = logits_float32(hidden, weight)
+    exact = hidden.double() @ weight.double().T
+    rounded = (hidden @ weight.T).double()  # what a bf16 GEMM output would give
+    assert got.dtype == torch.float32
+    assert (got.double() - exact).abs().max() < 1e-3 < (rounded - exact).abs().max()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmcore.layers.activations import get_gated_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
+from mmcore.layers.logits import logits_float32
 from mmcore.layers.norm import RMSNorm
 from mmcore.layers.rotary import RotaryEmbedding
 from mmcore.models.weights import MergedLinear, load_named_weights
@@ -199,4 +199,4 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
         weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        return logits_float32(hidden, weight)
