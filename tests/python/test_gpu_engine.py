@@ -26,9 +26,11 @@ pytestmark = [
 ]
 
 NUM_TOKENS = 16
-# Random tiny models have many near-ties: CPU bf16 vs CPU fp32 alone matches 80% / 60% of these
-# prompts; every divergence must sit at an fp32 near-tie, and most prompts must match exactly.
-MIN_MATCH_FRACTION = 0.5
+# Random tiny models have many near-ties (5% of steps have a top-2 margin under 0.09 nats): the
+# CPU path itself in bf16 matches its float32 run on 80% / 60% of these prompts (fp16: 90% / 95%),
+# because weights rounded to bf16 (8 significant bits) move logits by more than those margins.
+# Every divergence must sit at an fp32 near-tie; the issue's 90% holds at fp16's precision.
+MIN_MATCH_FRACTION = {"bfloat16": 0.7, "float16": 0.9}
 NEAR_TIE = 0.25  # nats between the fp32 model's top two tokens
 GREEDY = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True)
 TOP2 = SamplingParams(temperature=0.0, max_tokens=NUM_TOKENS, ignore_eos=True, logprobs=2)
@@ -113,19 +115,21 @@ def _divergences(got, reference) -> list[tuple[int, int, float]]:
     return found
 
 
-def test_gpu_greedy_matches_cpu(model_dir, photos):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_gpu_greedy_matches_cpu(model_dir, photos, dtype):
     prompts = _prompts(photos)
     cpu = Engine(model_dir, device="cpu", seed=0)
     reference = cpu.generate(prompts, TOP2, use_tqdm=False)
-    gpu = Engine(model_dir, device="cuda", seed=0)
+    gpu = Engine(model_dir, device="cuda", seed=0, dtype=dtype)
+    assert gpu.runner.kv_caches[0][0].dtype == getattr(torch, dtype)
     got = _token_ids(gpu.generate(prompts, GREEDY, use_tqdm=False))
     assert all(len(ids) == NUM_TOKENS for ids in got)
     diverged = _divergences(got, reference)
     fraction = 1 - len(diverged) / len(prompts)
-    print(f"\n{model_dir}: GPU bf16 == CPU fp32 on first {NUM_TOKENS} tokens: {fraction:.2f}")
-    # bf16 flips only near-ties of the fp32 model (logits ~10-30 are rounded to 1/16-1/8).
+    print(f"\n{model_dir}: GPU {dtype} == CPU fp32 on first {NUM_TOKENS} tokens: {fraction:.2f}")
+    # Half precision flips only near-ties of the fp32 model.
     assert all(margin < NEAR_TIE for _, _, margin in diverged), diverged
-    assert fraction >= MIN_MATCH_FRACTION, diverged
+    assert fraction >= MIN_MATCH_FRACTION[dtype], diverged
     assert gpu.stats()["kv_blocks_used"] == 0
 
 
