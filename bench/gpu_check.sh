@@ -13,5 +13,7 @@ cmake -S . -B build/gpu -G Ninja -DMMCORE_BUILD_TESTS=OFF -DMMCORE_CUDA=ON \
   cmake --build build/gpu -j 16 >>"$LOG/build.log" 2>&1 || { tail -40 "$LOG/build.log"; exit 1; }
 echo "build: $(($(date +%s) - start)) s"
 python -m pytest -q -p no:cacheprovider tests/python/test_kernels_cuda.py \
-  tests/python/test_kernel_ops.py --maxfail=15 2>&1 | tee "$LOG/pytest.log" | tail -15
+  tests/python/test_kernels_cuda_fused.py tests/python/test_kernel_ops.py \
+  tests/python/test_fused_reference.py --maxfail=15 2>&1 | tee "$LOG/pytest.log" | tail -15
 python bench/bench_kernels.py "${@:3}" 2>&1 | tee "$LOG/bench.md"
+python bench/bench_fused_ops.py 2>&1 | tee "$LOG/bench_fused.jsonl"

@@ -10,9 +10,12 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/cache_write.h"
+#include "kernels/norm.h"
 #include "kernels/probe.h"
+#include "kernels/rotary.h"
 
 namespace py = pybind11;
 using mmcore::kernels::AttentionParams;
@@ -183,6 +186,110 @@ void bind_cache_write(py::module_& m) {
       "Write K/V rows into the paged caches by slot mapping (negative slot = skip).");
 }
 
+void bind_fused(py::module_& m) {
+  m.def(
+      "rms_norm",
+      [](uintptr_t x, int64_t x_stride, uintptr_t weight, uintptr_t out, int64_t out_stride,
+         int num_tokens, int hidden, double eps, int dtype, uintptr_t stream) {
+        mmcore::kernels::RmsNormParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.weight = as_ptr<const void>(weight);
+        p.out = as_ptr<void>(out);
+        p.out_stride = out_stride;
+        p.num_tokens = num_tokens;
+        p.hidden = hidden;
+        p.eps = static_cast<float>(eps);
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_rms_norm(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("weight"), py::arg("out"), py::arg("out_stride"),
+      py::arg("num_tokens"), py::arg("hidden"), py::arg("eps"), py::arg("dtype"), py::arg("stream"),
+      "RMSNorm of [num_tokens, hidden] rows (device pointers as ints).");
+  m.def(
+      "fused_add_rms_norm",
+      [](uintptr_t x, int64_t x_stride, uintptr_t residual, int64_t residual_stride,
+         uintptr_t weight, uintptr_t out, int64_t out_stride, uintptr_t summed,
+         int64_t summed_stride, int num_tokens, int hidden, double eps, int dtype,
+         uintptr_t stream) {
+        mmcore::kernels::RmsNormParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.residual = as_ptr<const void>(residual);
+        p.residual_stride = residual_stride;
+        p.weight = as_ptr<const void>(weight);
+        p.out = as_ptr<void>(out);
+        p.out_stride = out_stride;
+        p.summed = as_ptr<void>(summed);
+        p.summed_stride = summed_stride;
+        p.num_tokens = num_tokens;
+        p.hidden = hidden;
+        p.eps = static_cast<float>(eps);
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_fused_add_rms_norm(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("residual"), py::arg("residual_stride"),
+      py::arg("weight"), py::arg("out"), py::arg("out_stride"), py::arg("summed"),
+      py::arg("summed_stride"), py::arg("num_tokens"), py::arg("hidden"), py::arg("eps"),
+      py::arg("dtype"), py::arg("stream"),
+      "summed = residual + x and out = RMSNorm(summed), one launch (device pointers as ints).");
+  m.def(
+      "silu_and_mul",
+      [](uintptr_t x, int64_t x_stride, uintptr_t out, int64_t out_stride, int num_tokens,
+         int intermediate, int dtype, uintptr_t stream) {
+        mmcore::kernels::SiluAndMulParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.out = as_ptr<void>(out);
+        p.out_stride = out_stride;
+        p.num_tokens = num_tokens;
+        p.intermediate = intermediate;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_silu_and_mul(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("out"), py::arg("out_stride"),
+      py::arg("num_tokens"), py::arg("intermediate"), py::arg("dtype"), py::arg("stream"),
+      "silu(x[:, :I]) * x[:, I:] of [num_tokens, 2I] rows (device pointers as ints).");
+  m.def(
+      "rotary_embedding",
+      [](uintptr_t positions, bool positions_int64, uintptr_t query, Strides2 q_strides,
+         uintptr_t key, Strides2 k_strides, uintptr_t query_out, Strides2 qo_strides,
+         uintptr_t key_out, Strides2 ko_strides, uintptr_t cos_sin_cache, int64_t cache_stride,
+         int max_positions, int num_tokens, int num_q_heads, int num_kv_heads, int head_dim,
+         int dtype, uintptr_t stream) {
+        mmcore::kernels::RotaryParams p;
+        p.positions = as_ptr<const void>(positions);
+        p.positions_int64 = positions_int64;
+        p.query = as_ptr<const void>(query);
+        p.q_stride_token = q_strides[0];
+        p.q_stride_head = q_strides[1];
+        p.key = as_ptr<const void>(key);
+        p.k_stride_token = k_strides[0];
+        p.k_stride_head = k_strides[1];
+        p.query_out = as_ptr<void>(query_out);
+        p.qo_stride_token = qo_strides[0];
+        p.qo_stride_head = qo_strides[1];
+        p.key_out = as_ptr<void>(key_out);
+        p.ko_stride_token = ko_strides[0];
+        p.ko_stride_head = ko_strides[1];
+        p.cos_sin_cache = as_ptr<const void>(cos_sin_cache);
+        p.cache_stride = cache_stride;
+        p.max_positions = max_positions;
+        p.num_tokens = num_tokens;
+        p.num_q_heads = num_q_heads;
+        p.num_kv_heads = num_kv_heads;
+        p.head_dim = head_dim;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_rotary_embedding(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("positions"), py::arg("positions_int64"), py::arg("query"), py::arg("q_strides"),
+      py::arg("key"), py::arg("k_strides"), py::arg("query_out"), py::arg("qo_strides"),
+      py::arg("key_out"), py::arg("ko_strides"), py::arg("cos_sin_cache"), py::arg("cache_stride"),
+      py::arg("max_positions"), py::arg("num_tokens"), py::arg("num_q_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("stream"),
+      "NeoX rotary embedding of q/k into new tensors (device pointers as ints).");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -203,4 +310,5 @@ PYBIND11_MODULE(_kernels, m) {
       py::arg("a"), py::arg("x"), py::arg("y"), "a * x + y computed by a CUDA kernel.");
   bind_attention(m);
   bind_cache_write(m);
+  bind_fused(m);
 }

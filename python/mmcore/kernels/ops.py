@@ -6,6 +6,9 @@ implementations, so they trace under ``torch.compile`` and replay in CUDA graphs
 to ``mmcore._kernels`` (raw device pointers, strides and the current stream); CPU tensors, and
 CUDA inputs the kernels are not built for (no module, float32, other head dims; see
 :func:`attention_kernel_supports`), go to :mod:`mmcore.kernels.reference`.
+
+The fused elementwise ops (``rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul``,
+``rotary_embedding``) live in :mod:`mmcore.kernels.fused_ops` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -15,6 +18,12 @@ import functools
 import torch
 
 from mmcore.kernels import reference
+from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op finds ops.<name>)
+    fused_add_rms_norm,
+    rms_norm,
+    rotary_embedding,
+    silu_and_mul,
+)
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 

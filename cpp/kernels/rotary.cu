@@ -1,0 +1,119 @@
+// Rotary embedding: a 2-D grid, y over tokens, x over (head, chunk) items of the query heads
+// then the key heads; a chunk is kWidth elements of each half of a head (16-byte vectors when
+// aligned, scalars otherwise), rotated against the same chunk of the cache's cos and sin rows.
+#include <algorithm>
+#include <string>
+
+#include "kernels/elementwise_utils.cuh"
+#include "kernels/rotary.h"
+
+namespace mmcore::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) {
+  using V = Vec<T, kWidth>;
+  const int half = p.head_dim / 2;
+  const int chunks = half / kWidth;
+  const int item = blockIdx.x * kThreads + threadIdx.x;
+  if (item >= (p.num_q_heads + p.num_kv_heads) * chunks) return;
+  const int head = item / chunks;
+  const int offset = (item % chunks) * kWidth;
+  const bool is_query = head < p.num_q_heads;
+  const int h = is_query ? head : head - p.num_q_heads;
+  const T* src = static_cast<const T*>(is_query ? p.query : p.key) +
+                 h * (is_query ? p.q_stride_head : p.k_stride_head) + offset;
+  T* dst = static_cast<T*>(is_query ? p.query_out : p.key_out) +
+           h * (is_query ? p.qo_stride_head : p.ko_stride_head) + offset;
+  const int64_t src_stride = is_query ? p.q_stride_token : p.k_stride_token;
+  const int64_t dst_stride = is_query ? p.qo_stride_token : p.ko_stride_token;
+
+  for (int64_t token = blockIdx.y; token < p.num_tokens; token += gridDim.y) {
+    const int64_t pos = p.positions_int64 ? static_cast<const int64_t*>(p.positions)[token]
+                                          : static_cast<const int32_t*>(p.positions)[token];
+    V* out = reinterpret_cast<V*>(dst + token * dst_stride);
+    V o1, o2;
+    if (pos < 0 || pos >= p.max_positions) {
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) o1.v[k] = o2.v[k] = from_float<T>(0.f);
+    } else {
+      const T* row = static_cast<const T*>(p.cos_sin_cache) + pos * p.cache_stride + offset;
+      const V c = *reinterpret_cast<const V*>(row);
+      const V s = *reinterpret_cast<const V*>(row + half);
+      const T* x = src + token * src_stride;
+      const V x1 = *reinterpret_cast<const V*>(x);
+      const V x2 = *reinterpret_cast<const V*>(x + half);
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        const float a = to_float(x1.v[k]), b = to_float(x2.v[k]);
+        const float cf = to_float(c.v[k]), sf = to_float(s.v[k]);
+        // x * cos + rotate_half(x) * sin, each product rounded; -(b * s) == (-b) * s exactly.
+        o1.v[k] =
+            from_float<T>(__fadd_rn(round_to<T>(__fmul_rn(a, cf)), -round_to<T>(__fmul_rn(b, sf))));
+        o2.v[k] =
+            from_float<T>(__fadd_rn(round_to<T>(__fmul_rn(b, cf)), round_to<T>(__fmul_rn(a, sf))));
+      }
+    }
+    out[0] = o1;
+    *reinterpret_cast<V*>(reinterpret_cast<T*>(out) + half) = o2;
+  }
+}
+
+template <typename T, int kWidth>
+cudaError_t launch_width(const RotaryParams& p, cudaStream_t stream) {
+  const int items = (p.num_q_heads + p.num_kv_heads) * (p.head_dim / 2 / kWidth);
+  const dim3 grid((items + kThreads - 1) / kThreads, std::min(p.num_tokens, kMaxGridY));
+  rotary_kernel<T, kWidth><<<grid, kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_dtype(const RotaryParams& p, cudaStream_t stream) {
+  constexpr int kWidth = kVecWidth<T>;
+  bool vectorized =
+      (p.head_dim / 2) % kWidth == 0 && p.cache_stride % kWidth == 0 && aligned16(p.cos_sin_cache);
+  const void* ptrs[] = {p.query, p.key, p.query_out, p.key_out};
+  for (const void* ptr : ptrs) vectorized = vectorized && aligned16(ptr);
+  const int64_t strides[] = {p.q_stride_token,  p.q_stride_head,   p.k_stride_token,
+                             p.k_stride_head,   p.qo_stride_token, p.qo_stride_head,
+                             p.ko_stride_token, p.ko_stride_head};
+  for (int64_t s : strides) vectorized = vectorized && s % kWidth == 0;
+  return vectorized ? launch_width<T, kWidth>(p, stream) : launch_width<T, 1>(p, stream);
+}
+
+}  // namespace
+
+void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t stream) {
+  const std::string n = "rotary_embedding";
+  require(valid_dtype(dtype), n + ": dtype must be float32, float16 or bfloat16");
+  require(p.num_tokens >= 0, n + ": negative num_tokens");
+  require(p.num_q_heads > 0 && p.num_kv_heads > 0, n + ": head counts must be positive");
+  require(p.head_dim > 0 && p.head_dim % 2 == 0,
+          n + ": head_dim must be positive and even, got " + std::to_string(p.head_dim));
+  require(p.max_positions > 0 && p.cache_stride >= p.head_dim,
+          n + ": cos_sin_cache must have rows of at least head_dim elements");
+  require(p.qo_stride_head >= p.head_dim && p.ko_stride_head >= p.head_dim &&
+              p.qo_stride_token >= p.num_q_heads * p.qo_stride_head &&
+              p.ko_stride_token >= p.num_kv_heads * p.ko_stride_head,
+          n + ": output strides overlap");
+  if (p.num_tokens == 0) return;
+  require(p.positions && p.query && p.key && p.query_out && p.key_out && p.cos_sin_cache,
+          n + ": null device pointer");
+  cudaError_t err = cudaErrorInvalidValue;
+  switch (dtype) {
+    case DType::kFloat32:
+      err = launch_dtype<float>(p, stream);
+      break;
+    case DType::kFloat16:
+      err = launch_dtype<__half>(p, stream);
+      break;
+    case DType::kBFloat16:
+      err = launch_dtype<__nv_bfloat16>(p, stream);
+      break;
+  }
+  check_launch(err, "rotary_embedding");
+}
+
+}  // namespace mmcore::kernels

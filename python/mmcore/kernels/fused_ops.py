@@ -1,0 +1,281 @@
+"""Torch custom ops over the fused elementwise CUDA kernels, the references as the CPU path.
+
+``mmcore::rms_norm``, ``mmcore::fused_add_rms_norm``, ``mmcore::silu_and_mul`` and
+``mmcore::rotary_embedding`` are functional (new outputs, nothing mutated) and carry fake
+implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. They give the
+results of :mod:`mmcore.kernels.reference` (HF Llama numerics op by op) bit for bit, except that
+the RMSNorm mean is summed in another order. CUDA tensors whose operands share one dtype
+(float32, float16 or bfloat16) go to ``mmcore._kernels``; CPU tensors, mixed dtypes (say a
+float32 norm weight) and a missing module go to the reference. :mod:`mmcore.kernels.ops`
+re-exports the public wrappers, which is where ``select_op`` finds them.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from mmcore.kernels import reference
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+@functools.cache
+def _kernels():
+    """The CUDA module when it is built with these kernels, else None."""
+    try:
+        from mmcore import _kernels
+    except ImportError:
+        return None
+    return _kernels if hasattr(_kernels, "rms_norm") else None
+
+
+def _use_kernel(*tensors: torch.Tensor) -> bool:
+    first = tensors[0]
+    return (
+        first.is_cuda
+        and first.dtype in _DTYPE_CODES
+        and all(t.dtype == first.dtype and t.device == first.device for t in tensors[1:])
+        and _kernels() is not None
+    )
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as ``[N, last]`` with a contiguous last dim (a view where the layout allows)."""
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+# ------------------------------------------------------------------------------- custom ops
+
+
+@torch.library.custom_op("mmcore::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if not _use_kernel(x, weight):
+        return reference.rms_norm(x, weight, eps)
+    rows, w = _rows(x), weight.contiguous()
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _kernels().rms_norm(
+            x=rows.data_ptr(), x_stride=rows.stride(0), weight=w.data_ptr(), out=out.data_ptr(),
+            out_stride=out.stride(0), num_tokens=rows.shape[0], hidden=rows.shape[1], eps=eps,
+            dtype=_DTYPE_CODES[x.dtype], stream=_stream(x),
+        )  # fmt: skip
+    return out.view(x.shape)
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    return x.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, x.dtype))
+
+
+@torch.library.custom_op("mmcore::fused_add_rms_norm", mutates_args=())
+def _fused_add_rms_norm_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _use_kernel(x, residual, weight):
+        return reference.fused_add_rms_norm(x, residual, weight, eps)
+    rows, res, w = _rows(x), _rows(residual), weight.contiguous()
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+    summed = torch.empty_like(out)
+    with torch.cuda.device(x.device):
+        _kernels().fused_add_rms_norm(
+            x=rows.data_ptr(), x_stride=rows.stride(0), residual=res.data_ptr(),
+            residual_stride=res.stride(0), weight=w.data_ptr(), out=out.data_ptr(),
+            out_stride=out.stride(0), summed=summed.data_ptr(), summed_stride=summed.stride(0),
+            num_tokens=rows.shape[0], hidden=rows.shape[1], eps=eps,
+            dtype=_DTYPE_CODES[x.dtype], stream=_stream(x),
+        )  # fmt: skip
+    return out.view(x.shape), summed.view(x.shape)
+
+
+@_fused_add_rms_norm_op.register_fake
+def _(x, residual, weight, eps):
+    summed = x.new_empty(x.shape, dtype=torch.promote_types(residual.dtype, x.dtype))
+    return summed.new_empty(x.shape, dtype=torch.promote_types(weight.dtype, summed.dtype)), summed
+
+
+@torch.library.custom_op("mmcore::silu_and_mul", mutates_args=())
+def _silu_and_mul_op(x: torch.Tensor) -> torch.Tensor:
+    if not _use_kernel(x):
+        return reference.silu_and_mul(x)
+    rows = _rows(x)
+    half = rows.shape[1] // 2
+    out = torch.empty((rows.shape[0], half), dtype=x.dtype, device=x.device)
+    with torch.cuda.device(x.device):
+        _kernels().silu_and_mul(
+            x=rows.data_ptr(), x_stride=rows.stride(0), out=out.data_ptr(),
+            out_stride=out.stride(0), num_tokens=rows.shape[0], intermediate=half,
+            dtype=_DTYPE_CODES[x.dtype], stream=_stream(x),
+        )  # fmt: skip
+    return out.view(*x.shape[:-1], half)
+
+
+@_silu_and_mul_op.register_fake
+def _(x):
+    return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
+
+
+@torch.library.custom_op("mmcore::rotary_embedding", mutates_args=())
+def _rotary_embedding_op(
+    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _use_kernel(query, key, cos_sin_cache):
+        return reference.rotary_embedding(positions, query, key, cos_sin_cache)
+    q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
+    pos = positions.to(device=q.device)
+    if pos.dtype not in (torch.int32, torch.int64):
+        pos = pos.long()
+    pos = pos.contiguous()
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    with torch.cuda.device(q.device):
+        _kernels().rotary_embedding(
+            positions=pos.data_ptr(), positions_int64=pos.dtype == torch.int64,
+            query=q.data_ptr(), q_strides=q.stride()[:2], key=k.data_ptr(),
+            k_strides=k.stride()[:2], query_out=q_out.data_ptr(), qo_strides=q_out.stride()[:2],
+            key_out=k_out.data_ptr(), ko_strides=k_out.stride()[:2],
+            cos_sin_cache=cache.data_ptr(), cache_stride=cache.stride(0),
+            max_positions=cache.shape[0], num_tokens=q.shape[0], num_q_heads=q.shape[1],
+            num_kv_heads=k.shape[1], head_dim=q.shape[2], dtype=_DTYPE_CODES[q.dtype],
+            stream=_stream(q),
+        )  # fmt: skip
+    return q_out, k_out
+
+
+@_rotary_embedding_op.register_fake
+def _(positions, query, key, cos_sin_cache):
+    return (
+        query.new_empty(query.shape, dtype=torch.promote_types(query.dtype, cos_sin_cache.dtype)),
+        key.new_empty(key.shape, dtype=torch.promote_types(key.dtype, cos_sin_cache.dtype)),
+    )
+
+
+# -------------------------------------------------------------------------- public wrappers
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
+def _check_norm(name: str, x: torch.Tensor, weight: torch.Tensor) -> None:
+    if not x.is_floating_point() or not weight.is_floating_point():
+        raise ValueError(
+            f"{name}: x and weight must be floating point, got {x.dtype}, {weight.dtype}"
+        )
+    if x.dim() < 1 or weight.dim() != 1 or x.shape[-1] != weight.shape[0]:
+        raise ValueError(
+            f"{name}: expected x [..., H] and weight [H], got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    if weight.shape[0] == 0:
+        raise ValueError(f"{name}: hidden size must be positive")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of the last dim (HF ``LlamaRMSNorm`` numerics).
+
+    Args:
+        x: ``[..., H]`` activations; rows may be strided.
+        weight: ``[H]`` scale.
+        eps: added to the mean square.
+
+    Returns:
+        New ``[..., H]`` tensor: ``weight * round(x / sqrt(mean(x^2) + eps))``.
+    """
+    _check_norm("rms_norm", x, weight)
+    return torch.ops.mmcore.rms_norm(x, weight, float(eps))
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add before a decoder layer's norm, fused with it, in one launch.
+
+    Args:
+        x: ``[..., H]`` the previous sublayer's output.
+        residual: same shape as ``x``.
+        weight: ``[H]`` norm scale.
+        eps: added to the mean square.
+
+    Returns:
+        New tensors ``(rms_norm(residual + x), residual + x)``; neither input is modified.
+    """
+    _check_norm("fused_add_rms_norm", x, weight)
+    if residual.shape != x.shape or not residual.is_floating_point():
+        raise ValueError(
+            f"fused_add_rms_norm: residual {tuple(residual.shape)} ({residual.dtype}) must be a "
+            f"floating tensor of x's shape {tuple(x.shape)}"
+        )
+    return torch.ops.mmcore.fused_add_rms_norm(x, residual, weight, float(eps))
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of a fused gate_up projection (HF ``LlamaMLP`` numerics).
+
+    Args:
+        x: ``[..., 2I]``, gate in the first half of the last dim, up in the second.
+
+    Returns:
+        New ``[..., I]`` tensor.
+    """
+    if not x.is_floating_point() or x.dim() < 1:
+        raise ValueError(f"silu_and_mul: expected a floating tensor [..., 2I], got {x.dtype}")
+    if x.shape[-1] == 0 or x.shape[-1] % 2 != 0:
+        raise ValueError(f"silu_and_mul: last dim must be even and positive, got {x.shape[-1]}")
+    return torch.ops.mmcore.silu_and_mul(x)
+
+
+def rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """NeoX-style rope of queries and keys from a cos/sin cache (HF ``apply_rotary_pos_emb``).
+
+    Args:
+        positions: ``[T]`` ints (int64 or int32 stay as they are), rows of ``cos_sin_cache``;
+            each must be in ``[0, max_positions)``.
+        query: ``[T, Hq, D]``; key: ``[T, Hk, D]``. Strided views (say of a fused qkv
+            projection) are read in place as long as the last dim is contiguous.
+        cos_sin_cache: ``[max_positions, D]`` from ``reference.rotary_cos_sin_cache``: cos in
+            the first ``D / 2`` columns, sin in the rest.
+
+    Returns:
+        New contiguous ``(query, key)`` after the rotation.
+    """
+    if query.dim() != 3 or key.dim() != 3:
+        raise ValueError(
+            f"rotary_embedding: expected query [T, Hq, D] and key [T, Hk, D], got "
+            f"{tuple(query.shape)} and {tuple(key.shape)}"
+        )
+    num_tokens, _, head_dim = query.shape
+    if key.shape[0] != num_tokens or key.shape[2] != head_dim:
+        raise ValueError(
+            f"rotary_embedding: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
+        )
+    if head_dim == 0 or head_dim % 2 != 0:
+        raise ValueError(f"rotary_embedding: head dim must be even and positive, got {head_dim}")
+    if positions.shape != (num_tokens,) or not _is_integer(positions):
+        raise ValueError(
+            f"rotary_embedding: positions must be [T] = [{num_tokens}] integers, got "
+            f"{tuple(positions.shape)} {positions.dtype}"
+        )
+    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim:
+        raise ValueError(
+            f"rotary_embedding: cos_sin_cache must be [max_positions, {head_dim}], got "
+            f"{tuple(cos_sin_cache.shape)}"
+        )
+    if cos_sin_cache.shape[0] == 0:
+        raise ValueError("rotary_embedding: cos_sin_cache has no positions")
+    return torch.ops.mmcore.rotary_embedding(positions, query, key, cos_sin_cache)
