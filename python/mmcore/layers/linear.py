@@ -20,8 +20,15 @@ from mmcore.kernels.gemm_ops import skinny_gemm, skinny_gemm_supported
 class Linear(nn.Linear):
     """``y = x @ weight.T + bias`` with the skinny GEMM kernel for small batches on CUDA."""
 
+    #: Process-wide switch (benchmarks compare against cuBLAS with it off).
+    use_skinny_gemm: bool = True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = self.bias
-        if skinny_gemm_supported(x, self.weight) and (bias is None or bias.dtype == x.dtype):
+        if (
+            Linear.use_skinny_gemm
+            and skinny_gemm_supported(x, self.weight)
+            and (bias is None or bias.dtype == x.dtype)
+        ):
             return skinny_gemm(x, self.weight, bias)
         return F.linear(x, self.weight, bias)
