@@ -16,7 +16,6 @@
 #include "kernels/norm.h"
 #include "kernels/probe.h"
 #include "kernels/rotary.h"
-#include "kernels/skinny_gemm.h"
 
 namespace py = pybind11;
 using mmcore::kernels::AttentionParams;
@@ -291,32 +290,6 @@ void bind_fused(py::module_& m) {
       "NeoX rotary embedding of q/k into new tensors (device pointers as ints).");
 }
 
-void bind_gemm(py::module_& m) {
-  m.def(
-      "skinny_gemm",
-      [](uintptr_t x, int64_t x_stride, uintptr_t weight, int64_t weight_stride, uintptr_t bias,
-         uintptr_t out, int64_t out_stride, int m, int n, int k, int dtype, uintptr_t stream) {
-        mmcore::kernels::SkinnyGemmParams p;
-        p.x = as_ptr<const void>(x);
-        p.x_stride = x_stride;
-        p.weight = as_ptr<const void>(weight);
-        p.weight_stride = weight_stride;
-        p.bias = as_ptr<const void>(bias);
-        p.out = as_ptr<void>(out);
-        p.out_stride = out_stride;
-        p.m = m;
-        p.n = n;
-        p.k = k;
-        py::gil_scoped_release release;
-        mmcore::kernels::launch_skinny_gemm(p, as_dtype(dtype), as_stream(stream));
-      },
-      py::arg("x"), py::arg("x_stride"), py::arg("weight"), py::arg("weight_stride"),
-      py::arg("bias"), py::arg("out"), py::arg("out_stride"), py::arg("m"), py::arg("n"),
-      py::arg("k"), py::arg("dtype"), py::arg("stream"),
-      "out[m, n] = x[m, k] @ weight[n, k]^T (+ bias, 0 = none) for m <= 8 (device pointers as "
-      "ints).");
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_kernels, m) {
@@ -338,5 +311,4 @@ PYBIND11_MODULE(_kernels, m) {
   bind_attention(m);
   bind_cache_write(m);
   bind_fused(m);
-  bind_gemm(m);
 }

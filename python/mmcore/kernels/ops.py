@@ -8,8 +8,7 @@ CUDA inputs the kernels are not built for (no module, float32, other head dims; 
 :func:`attention_kernel_supports`), go to :mod:`mmcore.kernels.reference`.
 
 The fused elementwise ops (``rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul``,
-``rotary_embedding``) live in :mod:`mmcore.kernels.fused_ops`, the skinny GEMM of small-batch
-decode (``skinny_gemm``) in :mod:`mmcore.kernels.gemm_ops`; both are re-exported here.
+``rotary_embedding``) live in :mod:`mmcore.kernels.fused_ops` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -24,11 +23,6 @@ from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op fi
     rms_norm,
     rotary_embedding,
     silu_and_mul,
-)
-from mmcore.kernels.gemm_ops import (  # noqa: F401  (re-exported like the fused ops)
-    SKINNY_GEMM_MAX_ROWS,
-    skinny_gemm,
-    skinny_gemm_supported,
 )
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

@@ -184,21 +184,3 @@ def rotary_embedding(
         return x * cos + rotated * sin
 
     return rotate(query), rotate(key)
-
-
-# ------------------------------------------------------------------------------ skinny GEMM
-
-
-def skinny_gemm(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``F.linear(x, weight, bias)`` with ``F.linear``'s half-precision numerics made explicit:
-    products and sums in float32, the bias added in float32, one rounding to ``x``'s dtype.
-
-    ``x``: ``[..., K]``; ``weight``: ``[N, K]`` (``nn.Linear`` layout); ``bias``: ``[N]``.
-    Only the summation order is left open (the CUDA kernel's differs from cuBLAS's).
-    """
-    out = torch.nn.functional.linear(
-        x.float(), weight.float(), None if bias is None else bias.float()
-    )
-    return out.to(x.dtype)

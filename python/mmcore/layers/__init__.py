@@ -1,2 +1,1 @@
-"""Building blocks shared by the models: attention dispatch, linear layers, norms, rotary
-embeddings, activations."""
+"""Building blocks shared by the models: attention dispatch, norms, rotary embeddings, activations."""

@@ -7,15 +7,14 @@ from torch import nn
 
 from mmcore.layers.activations import get_gated_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
-from mmcore.layers.linear import Linear
 from mmcore.layers.logits import logits_float32
 from mmcore.layers.norm import RMSNorm
 from mmcore.layers.rotary import RotaryEmbedding
 from mmcore.models.weights import MergedLinear, load_named_weights
 
 
-def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> Linear:
-    return Linear(in_f, out_f, bias=bias, dtype=dtype, device=device)
+def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
+    return nn.Linear(in_f, out_f, bias=bias, dtype=dtype, device=device)
 
 
 class LlamaAttention(nn.Module):

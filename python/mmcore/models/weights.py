@@ -12,14 +12,12 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from mmcore.layers.linear import Linear
-
 
 class WeightLoadError(ValueError):
     """A checkpoint's tensors do not fit the model (missing, unexpected, or wrong shape)."""
 
 
-class MergedLinear(Linear):
+class MergedLinear(nn.Linear):
     """A linear layer whose output rows are the concatenated outputs of named HF projections.
 
     Args:
@@ -27,9 +25,6 @@ class MergedLinear(Linear):
         shards: HF projection name -> its output size, in output order (e.g.
             ``{"q_proj": 4096, "k_proj": 4096, "v_proj": 4096}``).
         bias, dtype, device: as for ``nn.Linear``.
-
-    Its forward is :class:`mmcore.layers.linear.Linear`'s (the skinny GEMM kernel for small
-    batches on CUDA).
     """
 
     def __init__(
