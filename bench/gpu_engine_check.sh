@@ -4,6 +4,7 @@
 #   tests    GPU engine tests, fused-op kernel tests, the trained demo model on the GPU
 #   fused    fused elementwise kernels vs their unfused torch references (bench_fused_ops.py)
 #   latency  batch-1 TTFT / inter-token latency and small-batch step periods vs the ITL bound
+#   timeline wall time of the offline run split into input processing, GPU busy and GPU idle
 #   profile  GPU time per step by kernel category (profile_gpu_steps.py)
 #   overlap  idle gap between decode steps with / without overlapped scheduling
 #   images   image-heavy LLaVA-NeXT throughput, encoder / prefix cache hits
@@ -28,7 +29,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, log its durat
   shift 2
   t0=$(date +%s)
   timeout "$limit" "$@" 2>&1 | tee -a "$LOG/$name.log" |
-    grep -E "^(overlap|images|mmcore|hf|machine|roofline|fused|profile|latency) |^\{\"op\"|passed|failed|GPU (bf16|float16|bfloat16)|graphs ==|Error" |
+    grep -E "^(overlap|images|mmcore|hf|machine|roofline|fused|profile|latency|timeline) |^\{\"op\"|passed|failed|GPU (bf16|float16|bfloat16)|graphs ==|Error" |
     cut -c1-600
   echo "stage $name: rc ${PIPESTATUS[0]}, $(($(date +%s) - t0)) s" | tee -a "$LOG/run.log"
 }
@@ -41,6 +42,7 @@ for s in $STAGES; do
       tests/python/test_kernels_cuda.py tests/python/test_kernel_ops.py ;;
     fused) stage fused 60 python bench/bench_fused_ops.py ;;
     latency) stage latency 120 python bench/bench_gpu_latency.py --out "$LOG" ;;
+    timeline) stage timeline 150 python bench/bench_gpu_timeline.py --num-requests "$NUM" --out "$LOG" ;;
     profile) stage profile 200 python bench/profile_gpu_steps.py --out "$LOG" ;;
     overlap) stage overlap 80 python bench/bench_gpu_overlap.py --batch 64 --repeats 1 --out "$LOG" ;;
     images) stage images 120 python bench/bench_gpu_images.py --num-requests 40 --out "$LOG" ;;
