@@ -1,10 +1,10 @@
 """Offline throughput and latency of mmcore on a GPU vs HF generate(), with a measured roofline.
 
-Model: a real architecture with random bf16 weights (``load_format="dummy"`` over
-:func:`mmcore.testing.dummy_checkpoint.write_dummy_checkpoint`; HF's model built from the same
+Model: a real architecture with random fp16 weights (its config's dtype) (``load_format="dummy"``
+over :func:`mmcore.testing.dummy_checkpoint.write_dummy_checkpoint`; HF's model built from the same
 config on the GPU). Each request: one distinct random 336x336 image + 64 text tokens, 128 output
-tokens (ignore_eos). The roofline uses the copy bandwidth and bf16 matmul throughput measured
-in the same process.
+tokens (ignore_eos). The roofline uses the copy bandwidth and bf16 matmul throughput measured in
+the same process.
 
 Usage: python bench/bench_gpu_offline.py --num-requests 1000 --out DIR
 """

@@ -7,8 +7,9 @@ to enqueue the next step. Without overlap the host reads step N's tokens, update
 detokenizes and schedules N+1 while the GPU waits; with overlap N+1 is enqueued while N runs.
 Only pairs of full decode-only steps (every request decoding one token) are counted.
 
-Model: LLaVA-1.5-7B architecture with random bf16 weights; ``--batch`` requests of one random
-336x336 image + 64 text tokens each, 128 output tokens (ignore_eos), max_num_seqs = batch.
+Model: LLaVA-1.5-7B architecture with random fp16 weights (its config's dtype); ``--batch``
+requests of one random 336x336 image + 64 text tokens each, 128 output tokens (ignore_eos),
+max_num_seqs = batch.
 
 Usage: python bench/bench_gpu_overlap.py --batch 64 --out DIR
 """

@@ -49,7 +49,7 @@ def main() -> None:
     ax.set_xticks(ticks, [str(int(t)) for t in ticks])
     ax.set_xlabel("batch size / concurrent requests")
     ax.set_ylabel("output tokens / s")
-    ax.set_title("LLaVA-1.5-7B (random bf16 weights), 1 image + 64 text tokens, 128 out")
+    ax.set_title("LLaVA-1.5-7B (random fp16 weights), 1 image + 64 text tokens, 128 out")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,12 +1,13 @@
 """Where the GPU time of an engine step goes: torch profiler over real steps, kernels by category.
 
-Three scenarios on LLaVA-1.5-7B with random bf16 weights (``load_format="dummy"``), each request
-one random 336x336 image + 64 text tokens, 128 output tokens (ignore_eos):
+Four scenarios on LLaVA-1.5-7B with random fp16 weights (its config's dtype,
+``load_format="dummy"``), each request one random 336x336 image + 64 text tokens, 128 output
+tokens (ignore_eos):
   * ``decode-1``: one request, decode steps only;
   * ``decode-64``: 64 requests, decode steps only;
   * ``prefill-13-requests``: the first step of 13 requests (8,192 prompt tokens, 13 images);
-  * ``offline-256``: 300 requests at once (max_num_seqs 256): steps from the middle of the run,
-    prefill chunks and decodes mixed as the offline benchmark sees them.
+  * ``offline-300``: 300 requests at once (max_num_seqs 256): steps from the middle of the run,
+    as many requests decoding as the KV cache holds.
 Steps run eagerly under the profiler (CUDA graphs hide kernels from it); the GPU time per step
 of the graph mode is timed separately with CUDA events. Prints one ``profile`` JSON line per
 scenario (GPU ms per step by kernel category, kernel launches per step, top kernels) and writes
