@@ -111,7 +111,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     kwargs = engine_kwargs(args)
     if args.allowed_local_media_path:
         kwargs["allowed_local_media_path"] = args.allowed_local_media_path
-    engine = Engine(model, **kwargs)
     limit = (args.limit_mm_per_prompt or {}).get("image")
     config = ServerConfig(
         host=args.host,
@@ -130,5 +129,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_timeout_s=args.shutdown_timeout,
         log_level=args.log_level,
     )
-    run_server(engine, config)
+    # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
+    run_server(lambda: Engine(model, **kwargs), config)
     return 0

@@ -82,14 +82,18 @@ def server(tiny_llava_dir, media_dir):
     """A server over the tiny LLaVA on a free loopback port, for the whole module.
 
     Its engine overlaps steps (async scheduling, the CUDA default) so every server test also
-    checks that the overlapped engine answers as the synchronous ``oracle``."""
-    engine = Engine(
-        tiny_llava_dir,
-        seed=0,
-        async_scheduling=True,
-        limit_mm_per_prompt={"image": MAX_IMAGES},
-        allowed_local_media_path=str(media_dir),
-    )
+    checks that the overlapped engine answers as the synchronous ``oracle``. It is built on the
+    server's engine thread, as ``mmcore serve`` builds it."""
+
+    def engine():
+        return Engine(
+            tiny_llava_dir,
+            seed=0,
+            async_scheduling=True,
+            limit_mm_per_prompt={"image": MAX_IMAGES},
+            allowed_local_media_path=str(media_dir),
+        )
+
     config = ServerConfig(
         model_names=[MODEL_NAME],
         max_request_bytes=MAX_REQUEST_BYTES,

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 
+import pytest
 import requests
 from server_fixtures import MODEL_NAME, user
 
@@ -38,3 +43,44 @@ def test_engine_failure_fails_requests_and_health(tiny_llava_dir):
         after = requests.post(srv.url + "/v1/chat/completions", json=body, timeout=30)
         assert after.status_code == 503
         assert after.json()["error"]["code"] == "engine_unavailable"
+
+
+def test_an_engine_factory_runs_on_the_engine_thread(tiny_llava_dir):
+    built_on = []
+
+    def factory():
+        built_on.append(threading.current_thread().name)
+        return Engine(tiny_llava_dir)
+
+    config = ServerConfig(model_names=[MODEL_NAME], log_level="critical")
+    with BackgroundServer(factory, config) as srv:
+        body = {"model": MODEL_NAME, "messages": user("hi"), "max_tokens": 3}
+        assert requests.post(srv.url + "/v1/chat/completions", json=body, timeout=30).ok
+        models = requests.get(srv.url + "/v1/models", timeout=10).json()["data"]
+        assert models[0]["max_model_len"] == srv.state.engine.engine.max_model_len
+    assert built_on == ["mm-engine"]
+
+
+def test_an_engine_that_fails_to_build_stops_the_server_with_its_error():
+    def factory():
+        raise ValueError("no model at /nowhere")
+
+    srv = BackgroundServer(factory, ServerConfig(model_names=[MODEL_NAME], log_level="critical"))
+    with pytest.raises(RuntimeError, match="did not start"):
+        srv.start()
+    assert isinstance(srv.state.engine.start_error, ValueError)
+    assert "no model at /nowhere" in str(srv.state.engine.start_error)
+    assert not srv.state.engine.is_running
+
+
+def test_serve_exits_nonzero_naming_the_build_error(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmcore.cli", "serve", str(tmp_path), "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert str(tmp_path) in proc.stdout + proc.stderr

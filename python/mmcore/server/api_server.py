@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
@@ -60,7 +61,8 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     """Assemble the FastAPI app around an ``Engine``; the engine thread runs during its lifespan.
 
     Args:
-        engine: a constructed ``mmcore.Engine``.
+        engine: a constructed ``mmcore.Engine``, or a no-argument function that builds one on
+            the engine thread at start-up (see :class:`AsyncEngine`).
         config: the server options.
 
     Returns:
@@ -109,7 +111,7 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
                 "object": "model",
                 "created": state.created,
                 "owned_by": "mmcore",
-                "max_model_len": engine.max_model_len,
+                "max_model_len": async_engine.engine.max_model_len,
             }
             for name in state.model_names
         ]
@@ -164,7 +166,8 @@ def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
 def run_server(engine: Any, config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish (up to
     ``shutdown_timeout_s``, then abort them), stop the engine thread, and return."""
-    server = _uvicorn_server(build_app(engine, config), config)
+    app = build_app(engine, config)
+    server = _uvicorn_server(app, config)
     # uvicorn re-raises the signal it caught after a graceful shutdown; a no-op handler
     # underneath turns that into a normal return (exit status 0).
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -172,13 +175,17 @@ def run_server(engine: Any, config: ServerConfig) -> None:
         server.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    start_error = app.state.server.engine.start_error
+    if start_error is not None:  # uvicorn logged it and exited; the caller gets it too
+        raise start_error
 
 
 class BackgroundServer:
     """A server on a loopback port in a background thread (tests, notebooks).
 
     Args:
-        engine: a constructed ``mmcore.Engine``.
+        engine: a constructed ``mmcore.Engine`` or a function building one (see
+            :func:`build_app`).
         config: server options; ``host`` and ``port`` are replaced by a free loopback port.
         startup_timeout_s: how long :meth:`start` waits for the server to listen.
     """
@@ -191,22 +198,33 @@ class BackgroundServer:
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = _uvicorn_server(self.app, config)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, daemon=True)
         self._startup_timeout_s = startup_timeout_s
+
+    def _serve(self) -> None:
+        # uvicorn exits with SystemExit when start-up fails (the engine did not build); the
+        # error stays in state.engine.start_error and start() reports it.
+        with contextlib.suppress(SystemExit):
+            self._server.run(sockets=[self._sock])
 
     @property
     def state(self) -> ServerState:
         return self.app.state.server
 
     def start(self) -> BackgroundServer:
-        """Start serving; return once the server listens."""
+        """Start serving; return once the server listens.
+
+        Raises:
+            RuntimeError: the server did not start in time, or its engine failed to build
+                (that error is chained and kept in ``state.engine.start_error``).
+        """
         self._thread.start()
         deadline = time.monotonic() + self._startup_timeout_s
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the background server did not start")
+                raise RuntimeError("the background server did not start") from (
+                    self.state.engine.start_error
+                )
             time.sleep(0.02)
         return self
 
