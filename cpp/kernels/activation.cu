@@ -60,19 +60,10 @@ void launch_silu_and_mul(const SiluAndMulParams& p, DType dtype, cudaStream_t st
           "silu_and_mul: x row stride must be >= 0 and out row stride >= intermediate");
   if (p.num_tokens == 0) return;
   require(p.x && p.out, "silu_and_mul: null device pointer");
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat32:
-      err = launch_dtype<float>(p, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_dtype<__half>(p, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_dtype<__nv_bfloat16>(p, stream);
-      break;
-  }
-  check_launch(err, "silu_and_mul");
+  check_launch(
+      dispatch_dtype(
+          dtype, [&](auto tag) { return launch_dtype<typename decltype(tag)::type>(p, stream); }),
+      "silu_and_mul");
 }
 
 }  // namespace mmcore::kernels

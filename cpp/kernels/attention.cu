@@ -5,6 +5,7 @@
 #include <string>
 
 #include "kernels/attention.h"
+#include "kernels/launch_utils.h"
 
 namespace mmcore::kernels {
 namespace {
@@ -13,12 +14,6 @@ constexpr int kDecodeRows = 16;
 constexpr int kPrefillRows = 128;
 constexpr int kKeysPerTile = 64;
 constexpr int kMaxSplits = 64;
-
-void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Shared checks of both launchers; `name` prefixes the messages.
 void check_common(const AttentionParams& p, DType dtype, int head_dim, const char* name) {
@@ -52,12 +47,6 @@ void check_common(const AttentionParams& p, DType dtype, int head_dim, const cha
           n + ": num_splits must be in [1, " + std::to_string(kMaxSplits) + "]");
   require(p.num_splits == 1 || (p.partial_out && p.partial_lse),
           n + ": split-KV needs partial_out and partial_lse buffers");
-}
-
-void check_launch(cudaError_t err, const char* name) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string(name) + ": CUDA error: " + cudaGetErrorString(err));
-  }
 }
 
 cudaError_t run_for_head_dim(const AttentionParams& p, DType dtype, int head_dim,

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/cache_write.h"
+#include "kernels/launch_utils.h"
 
 namespace mmcore::kernels {
 namespace {
@@ -43,22 +44,11 @@ __global__ void reshape_and_cache_kernel(const CacheWriteParams p) {
 template <typename TSrc>
 cudaError_t launch_for_cache(const CacheWriteParams& p, DType cache_dtype, cudaStream_t stream) {
   const int threads = p.num_kv_heads * p.head_dim >= 256 ? 256 : 128;
-  switch (cache_dtype) {
-    case DType::kFloat32:
-      reshape_and_cache_kernel<TSrc, float><<<p.num_tokens, threads, 0, stream>>>(p);
-      break;
-    case DType::kFloat16:
-      reshape_and_cache_kernel<TSrc, __half><<<p.num_tokens, threads, 0, stream>>>(p);
-      break;
-    case DType::kBFloat16:
-      reshape_and_cache_kernel<TSrc, __nv_bfloat16><<<p.num_tokens, threads, 0, stream>>>(p);
-      break;
-  }
-  return cudaGetLastError();
-}
-
-bool valid_dtype(DType d) {
-  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+  return dispatch_dtype(cache_dtype, [&](auto tag) {
+    using TDst = typename decltype(tag)::type;
+    reshape_and_cache_kernel<TSrc, TDst><<<p.num_tokens, threads, 0, stream>>>(p);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace
@@ -77,22 +67,12 @@ void launch_reshape_and_cache(const CacheWriteParams& p, DType src_dtype, DType 
     throw std::invalid_argument("reshape_and_cache: null device pointer");
   }
   if (p.num_tokens == 0) return;
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (src_dtype) {
-    case DType::kFloat32:
-      err = launch_for_cache<float>(p, cache_dtype, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_for_cache<__half>(p, cache_dtype, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_for_cache<__nv_bfloat16>(p, cache_dtype, stream);
-      break;
-  }
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string("reshape_and_cache: CUDA error: ") +
-                             cudaGetErrorString(err));
-  }
+  check_launch(dispatch_dtype(src_dtype,
+                              [&](auto tag) {
+                                using TSrc = typename decltype(tag)::type;
+                                return launch_for_cache<TSrc>(p, cache_dtype, stream);
+                              }),
+               "reshape_and_cache");
 }
 
 }  // namespace mmcore::kernels

@@ -1,5 +1,6 @@
 // Helpers shared by the elementwise kernels (norm.cu, activation.cu, rotary.cu): 16-byte
-// vectors, float conversions that round like torch's casts, a block-wide sum, launch checks.
+// vectors, float conversions that round like torch's casts, a block-wide sum (launch checks:
+// launch_utils.h).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "kernels/attention_params.h"
+#include "kernels/launch_utils.h"
 
 namespace mmcore::kernels {
 
@@ -70,22 +72,6 @@ __device__ __forceinline__ float block_sum(float v) {
   }
   __syncthreads();
   return total;
-}
-
-inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
-inline bool valid_dtype(DType d) {
-  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
-}
-
-inline void require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
-inline void check_launch(cudaError_t err, const char* name) {
-  if (err != cudaSuccess) {
-    throw std::runtime_error(std::string(name) + ": CUDA error: " + cudaGetErrorString(err));
-  }
 }
 
 // Grid rows cover the tokens with a grid-stride loop beyond this.

@@ -162,19 +162,11 @@ void launch(const RmsNormParams& p, DType dtype, cudaStream_t stream, const char
   if (p.num_tokens == 0) return;
   require(p.x && p.weight && p.out && (!kAdd || (p.residual && p.summed)),
           n + ": null device pointer");
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat32:
-      err = launch_dtype<float, kAdd>(p, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_dtype<__half, kAdd>(p, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_dtype<__nv_bfloat16, kAdd>(p, stream);
-      break;
-  }
-  check_launch(err, name);
+  check_launch(dispatch_dtype(dtype,
+                              [&](auto tag) {
+                                return launch_dtype<typename decltype(tag)::type, kAdd>(p, stream);
+                              }),
+               name);
 }
 
 }  // namespace

@@ -101,19 +101,10 @@ void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t st
   if (p.num_tokens == 0) return;
   require(p.positions && p.query && p.key && p.query_out && p.key_out && p.cos_sin_cache,
           n + ": null device pointer");
-  cudaError_t err = cudaErrorInvalidValue;
-  switch (dtype) {
-    case DType::kFloat32:
-      err = launch_dtype<float>(p, stream);
-      break;
-    case DType::kFloat16:
-      err = launch_dtype<__half>(p, stream);
-      break;
-    case DType::kBFloat16:
-      err = launch_dtype<__nv_bfloat16>(p, stream);
-      break;
-  }
-  check_launch(err, "rotary_embedding");
+  check_launch(
+      dispatch_dtype(
+          dtype, [&](auto tag) { return launch_dtype<typename decltype(tag)::type>(p, stream); }),
+      "rotary_embedding");
 }
 
 }  // namespace mmcore::kernels

@@ -1,0 +1,53 @@
+// Host-side helpers every kernel launcher shares: argument checks, the launch-error check and
+// the dispatch from a DType code to the element type.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/attention_params.h"
+
+namespace mmcore::kernels {
+
+inline void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+inline void check_launch(cudaError_t err, const char* name) {
+  if (err != cudaSuccess) {
+    throw std::runtime_error(std::string(name) + ": CUDA error: " + cudaGetErrorString(err));
+  }
+}
+
+inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+inline bool valid_dtype(DType d) {
+  return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;
+}
+
+// Names an element type without constructing one.
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+
+// Returns launch(TypeTag<T>{}) for the element type T of `dtype` (float, __half or
+// __nv_bfloat16); cudaErrorInvalidValue for any other code.
+template <typename Launch>
+cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return launch(TypeTag<float>{});
+    case DType::kFloat16:
+      return launch(TypeTag<__half>{});
+    case DType::kBFloat16:
+      return launch(TypeTag<__nv_bfloat16>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mmcore::kernels
