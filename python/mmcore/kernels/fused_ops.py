@@ -12,23 +12,18 @@ re-exports the public wrappers, which is where ``select_op`` finds them.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from mmcore.kernels import reference
+from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
 
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPE_CODES = DTYPE_CODES
 
 
-@functools.cache
 def _kernels():
     """The CUDA module when it is built with these kernels, else None."""
-    try:
-        from mmcore import _kernels
-    except ImportError:
-        return None
-    return _kernels if hasattr(_kernels, "rms_norm") else None
+    module = kernels_module()
+    return module if hasattr(module, "rms_norm") else None
 
 
 def _use_kernel(*tensors: torch.Tensor) -> bool:
@@ -41,8 +36,7 @@ def _use_kernel(*tensors: torch.Tensor) -> bool:
     )
 
 
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
+_stream = stream_handle
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import functools
 import torch
 
 from mmcore.kernels import reference
+from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
 from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op finds ops.<name>)
     fused_add_rms_norm,
     rms_norm,
@@ -25,17 +26,10 @@ from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op fi
     silu_and_mul,
 )
 
-_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPE_CODES = DTYPE_CODES
 
 
-@functools.cache
-def _kernels():
-    """The CUDA module, or None when it was not built."""
-    try:
-        from mmcore import _kernels
-    except ImportError:
-        return None
-    return _kernels
+_kernels = kernels_module
 
 
 @functools.cache
@@ -87,8 +81,7 @@ def _rows_aligned(t: torch.Tensor) -> torch.Tensor:
     return t if ok else t.contiguous()
 
 
-def _stream(t: torch.Tensor) -> int:
-    return torch.cuda.current_stream(t.device).cuda_stream
+_stream = stream_handle
 
 
 def _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc):

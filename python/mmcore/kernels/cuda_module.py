@@ -1,0 +1,25 @@
+"""The compiled CUDA kernels module and the arguments every op wrapper hands it."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+#: dtype codes of the launchers (``DType`` in cpp/kernels/attention_params.h).
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+@functools.cache
+def kernels_module():
+    """``mmcore._kernels``, or None when it was not built."""
+    try:
+        from mmcore import _kernels
+    except ImportError:
+        return None
+    return _kernels
+
+
+def stream_handle(t: torch.Tensor) -> int:
+    """The current CUDA stream of ``t``'s device, as the integer handle the launchers take."""
+    return torch.cuda.current_stream(t.device).cuda_stream
