@@ -16,18 +16,16 @@ import argparse
 import gc
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 import torch
 
+from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
+from bench_gpu_offline import make_requests, measure_machine, model_shapes
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
-
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_gpu_offline import make_requests, measure_machine, model_shapes  # noqa: E402
 
 TEXT_LEN, OUTPUT_LEN = 64, 64
 
@@ -46,17 +44,8 @@ def step_period_ms(engine: Engine, batch: int, seed: int) -> float:
 
 def latency(engine: Engine) -> dict:
     params = SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True)
-    ttfts, itls = [], []
-    for i, prompt in enumerate(make_requests(5, TEXT_LEN, 336, seed=20)):
-        start = time.perf_counter()
-        engine.add_request(f"lat{i}", prompt, params)
-        stamps = []
-        while engine.has_unfinished_requests():
-            if engine.step():
-                stamps.append(time.perf_counter())
-        ttfts.append(stamps[0] - start)
-        itls.append(float(np.median(np.diff(stamps))))
-    return {"ttft_ms": float(np.median(ttfts)) * 1e3, "itl_ms": float(np.median(itls)) * 1e3}
+    medians = batch1_latency(engine, make_requests(5, TEXT_LEN, 336, seed=20), params)
+    return {"ttft_ms": medians["ttft_s"] * 1e3, "itl_ms": medians["itl_s"] * 1e3}
 
 
 def main() -> None:

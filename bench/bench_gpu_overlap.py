@@ -25,10 +25,9 @@ import time
 import numpy as np
 import torch
 
+from bench_gpu_offline import make_requests  # the script folder is on sys.path
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
-
-BOS, IMAGE_TOKEN = 1, 32000
 
 
 class StepEvents:
@@ -82,26 +81,11 @@ class StepEvents:
         }
 
 
-def make_requests(num: int, seed: int) -> list[dict]:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return [
-        {
-            "prompt_token_ids": [BOS, IMAGE_TOKEN] + rng.integers(3, IMAGE_TOKEN, 63).tolist(),
-            "multi_modal_data": {
-                "image": [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8))]
-            },
-        }
-        for _ in range(num)
-    ]
-
-
 def measure(engine: Engine, batch: int, output_len: int, seed: int) -> dict:
     params = SamplingParams(temperature=0.0, max_tokens=output_len, ignore_eos=True)
     events = StepEvents(engine)
     start = time.perf_counter()
-    outputs = engine.generate(make_requests(batch, seed), params, use_tqdm=False)
+    outputs = engine.generate(make_requests(batch, 64, 336, seed), params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     result = events.close(batch)
     result["elapsed_s"] = elapsed

@@ -14,18 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import torch
 
+from bench_gpu_offline import make_requests  # the script folder is on sys.path
+from bench_gpu_overlap import StepEvents
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
-
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_gpu_offline import make_requests  # noqa: E402
-from bench_gpu_overlap import StepEvents  # noqa: E402
 
 
 def main() -> None:

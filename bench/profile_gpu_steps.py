@@ -27,13 +27,11 @@ import time
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.profiler import ProfilerActivity, profile
 
+from bench_gpu_offline import make_requests  # the script folder is on sys.path
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
-
-BOS, IMAGE_TOKEN = 1, 32000
 
 #: Kernel name pattern -> category, first match wins.
 CATEGORIES = (
@@ -53,22 +51,9 @@ def category(name: str) -> str:
     return "other"
 
 
-def requests(num: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    return [
-        {
-            "prompt_token_ids": [BOS, IMAGE_TOKEN] + rng.integers(3, IMAGE_TOKEN, 63).tolist(),
-            "multi_modal_data": {
-                "image": [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8))]
-            },
-        }
-        for _ in range(num)
-    ]
-
-
 def start(engine: Engine, num: int, seed: int) -> None:
     params = SamplingParams(temperature=0.0, max_tokens=128, ignore_eos=True)
-    for i, prompt in enumerate(requests(num, seed)):
+    for i, prompt in enumerate(make_requests(num, 64, 336, seed)):
         engine.add_request(f"r{seed}-{i}", prompt, params)
 
 
