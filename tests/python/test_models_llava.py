@@ -4,9 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmcore.model_loader import load_model
-from mmcore.multimodal import get_processor_class
-from mmcore.testing.oracle import hf_image_features, load_hf, scatter_embeds
+from mmcore.testing.oracle import hf_image_features, load_hf_and_mmcore, scatter_embeds
 from mmcore.testing.paged import PagedKVCache
 
 PROMPTS = {
@@ -24,13 +22,7 @@ PROMPTS = {
 
 @pytest.fixture(scope="module", params=["llava", "llava_next", "llava_next_mistral"])
 def setup(request, tiny_model_dirs):
-    model_dir = tiny_model_dirs[request.param]
-    hf, hf_processor = load_hf(model_dir)
-    model, config = load_model(model_dir, dtype=torch.float32, device="cpu")
-    processor = get_processor_class(config.model_type)(
-        model_dir, config, hf_processor.tokenizer, None
-    )
-    return hf, hf_processor, model, processor, config
+    return load_hf_and_mmcore(tiny_model_dirs[request.param])
 
 
 def _hf_inputs(hf_processor, prompt, images):

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from mmcore.model_loader import load_model
-from mmcore.multimodal import get_processor_class
-from mmcore.testing.oracle import load_hf, scatter_embeds
+from mmcore.testing.oracle import load_hf_and_mmcore, scatter_embeds
 from mmcore.testing.paged import PagedKVCache
 
 NUM_DECODES = 3
@@ -14,12 +13,7 @@ NUM_DECODES = 3
 @pytest.fixture(scope="module", params=["llava", "llava_next", "llava_next_mistral"])
 def setup(request, tiny_model_dirs):
     model_dir = tiny_model_dirs[request.param]
-    hf, hf_processor = load_hf(model_dir)
-    model, config = load_model(model_dir, dtype=torch.float32, device="cpu")
-    processor = get_processor_class(config.model_type)(
-        model_dir, config, hf_processor.tokenizer, None
-    )
-    return hf, hf_processor, model, processor, model_dir
+    return (*load_hf_and_mmcore(model_dir)[:4], model_dir)
 
 
 def _prompt(hf_processor, processor, model, prompt, images):

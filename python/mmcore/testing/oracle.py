@@ -15,6 +15,23 @@ def load_hf(model_dir: str):
     return model, AutoProcessor.from_pretrained(model_dir)
 
 
+def load_hf_and_mmcore(model_dir: str):
+    """The HF oracle and mmcore's own model and processor for one checkpoint, float32 on CPU.
+
+    Returns:
+        (HF model, HF processor, mmcore model, mmcore processor, mmcore model config).
+    """
+    from mmcore.model_loader import load_model
+    from mmcore.multimodal import get_processor_class
+
+    hf, hf_processor = load_hf(model_dir)
+    model, config = load_model(model_dir, dtype=torch.float32, device="cpu")
+    processor = get_processor_class(config.model_type)(
+        model_dir, config, hf_processor.tokenizer, None
+    )
+    return hf, hf_processor, model, processor, config
+
+
 def hf_image_features(hf_model, inputs) -> list[torch.Tensor]:
     """Projected image embeddings per image from HF ``get_image_features``."""
     kwargs = {"pixel_values": inputs["pixel_values"]}
