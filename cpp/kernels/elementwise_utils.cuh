@@ -6,11 +6,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <cstdint>
-#include <stdexcept>
-#include <string>
-
-#include "kernels/attention_params.h"
 #include "kernels/launch_utils.h"
 
 namespace mmcore::kernels {
