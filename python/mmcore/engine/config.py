@@ -33,6 +33,7 @@ _ENGINE_ARGS = {
     "seed",
     "load_format",
     "allowed_local_media_path",
+    "allowed_media_domains",
     "gpu_memory_utilization",
     "processor_cache_bytes",
     "enforce_eager",
@@ -57,6 +58,7 @@ class EngineConfig:
     limit_mm_per_prompt: dict[str, int] | None
     mm_processor_kwargs: dict | None
     allowed_local_media_path: str | None
+    allowed_media_domains: list[str]
     chat_template: str | None
     eos_token_ids: list[int]
     scheduler_config: Any
@@ -108,6 +110,14 @@ def _eos_ids(hf_config, tokenizer, model_path: str) -> list[int]:
             continue
         ids.update(src if isinstance(src, list) else [src])
     return sorted(ids)
+
+
+def _media_domains(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not all(isinstance(d, str) and d for d in value):
+        raise ValueError(f"allowed_media_domains must be a list of host names, got {value!r}")
+    return list(value)
 
 
 def _read_chat_template(model_path: str, tokenizer) -> str | None:
@@ -217,6 +227,7 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         limit_mm_per_prompt=get("limit_mm_per_prompt"),
         mm_processor_kwargs=get("mm_processor_kwargs"),
         allowed_local_media_path=get("allowed_local_media_path"),
+        allowed_media_domains=_media_domains(get("allowed_media_domains")),
         chat_template=_read_chat_template(model, tokenizer),
         eos_token_ids=_eos_ids(hf_config, tokenizer, model),
         scheduler_config=sc,

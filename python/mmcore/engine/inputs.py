@@ -65,6 +65,8 @@ class InputProcessor:
         mm_processor_kwargs: passed to the processor and folded into hashes.
         cache: processor output cache, shared across prompts.
         allowed_local_media_path: folder local image paths must lie in (None: no local files).
+        allowed_media_domains: hosts image URLs may be fetched from (empty: any public host;
+            see ``mmcore.multimodal.url_fetch``).
         max_image_pixels: larger images are refused before decoding.
     """
 
@@ -79,6 +81,7 @@ class InputProcessor:
         mm_processor_kwargs: dict | None,
         cache: ProcessorCache,
         allowed_local_media_path: str | None = None,
+        allowed_media_domains: list[str] | None = None,
         max_image_pixels: int = 64_000_000,
     ) -> None:
         self.processor = processor
@@ -89,6 +92,7 @@ class InputProcessor:
         self.mm_processor_kwargs = dict(mm_processor_kwargs or {})
         self.cache = cache
         self.allowed_local_media_path = allowed_local_media_path
+        self.allowed_media_domains = list(allowed_media_domains or [])
         self.max_image_pixels = max_image_pixels
         self._allowed = [_MODALITIES[m] for m in processor.supported_modalities]
         # Names the placeholders in error messages, and finds placeholders without items.
@@ -182,6 +186,7 @@ class InputProcessor:
                 media = load_image(
                     raw,
                     allowed_local_media_path=self.allowed_local_media_path,
+                    allowed_domains=self.allowed_media_domains,
                     max_pixels=self.max_image_pixels,
                 )
                 identifier = uuid or hash_item(

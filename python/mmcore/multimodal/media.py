@@ -2,8 +2,9 @@
 
 Accepted images: PIL images, numpy arrays (HW, HWC with 1/3/4 channels, uint8), torch tensors
 (CHW or HW, uint8 or float in [0, 1]), encoded bytes, ``data:image/...;base64,`` URLs, ``file://``
-URLs and local paths (only under ``allowed_local_media_path``), http(s) URLs (only from
-``allowed_domains``). Every bad input raises ValueError naming the problem.
+URLs and local paths (only under ``allowed_local_media_path``), http(s) URLs (public hosts, or
+only ``allowed_domains`` when given; see ``url_fetch``). Every bad input raises ValueError naming
+the problem.
 """
 
 from __future__ import annotations
@@ -42,13 +43,13 @@ def load_bytes(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout_s: float = DEFAULT_TIMEOUT_S,
 ) -> bytes:
-    """The raw bytes behind a data URL, file URL, local path or allowed http(s) URL.
+    """The raw bytes behind a data URL, file URL, local path or http(s) URL.
 
     Args:
         source: The URL or path.
         expected_type: Top-level MIME type a data URL must declare (``"image"``, ``"audio"``).
         allowed_local_media_path: Directory local files may come from; None refuses them.
-        allowed_domains: Hosts http(s) URLs may be fetched from; empty refuses them.
+        allowed_domains: Hosts http(s) URLs may be fetched from (empty: any public host).
         max_bytes: Largest file or download accepted.
         timeout_s: Network timeout.
 
@@ -188,7 +189,8 @@ def load_image(
         allowed_local_media_path: Directory local files may be read from (symlinks and ``..``
             resolved first); None refuses every local file. Relative paths are relative to it.
         max_pixels: Largest width x height accepted, checked before decoding.
-        allowed_domains: Hosts http(s) URLs may be fetched from; empty refuses every URL.
+        allowed_domains: Hosts http(s) URLs may be fetched from (empty: any public host, never
+            a loopback, private, link-local or metadata address); a listed host is trusted.
         max_bytes: Largest encoded file or download accepted.
         timeout_s: Network timeout for http(s) URLs.
 
@@ -240,7 +242,7 @@ def load_audio(
         obj: numpy/torch array already at ``sampling_rate`` (1-D, or 2-D channels x samples,
             float, or int16 PCM), ``(array, sr)`` tuple (resampled by linear interpolation when
             ``sr`` differs), WAV bytes, ``data:audio/wav;base64,`` URL, ``file://`` URL, local
-            path or allowed http(s) URL of a WAV file.
+            path or http(s) URL of a WAV file.
         sampling_rate: Rate the model expects, in Hz.
         allowed_local_media_path: See ``load_image``.
         allowed_domains: See ``load_image``.

@@ -1,7 +1,8 @@
-"""Where media bytes come from: data URLs, allowed local files, allowed http(s) hosts.
+"""Where media bytes come from: data URLs, allowed local files, http(s) URLs.
 
-Every source is refused unless the caller allowed it, and every failure is a ValueError that names
-the URL or path, so a server can answer 400 with the message.
+Local files are refused unless the caller allowed a folder; http(s) URLs go through
+``url_fetch.fetch_url`` (public hosts only, or the allowed domains). Every failure is a
+ValueError that names the URL or path, so a server can answer 400 with the message.
 """
 
 from __future__ import annotations
@@ -9,10 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Collection
+
+from mmcore.multimodal.url_fetch import fetch_url
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "fetch_url",
+    "file_url_path",
+    "parse_data_url",
+    "read_local_file",
+    "resolve_local_path",
+]
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 10.0
@@ -111,68 +121,3 @@ def file_url_path(url: str) -> str:
     if parsed.netloc not in ("", "localhost"):
         raise ValueError(f"file URL {url!r} names a remote host {parsed.netloc!r}")
     return urllib.parse.unquote(parsed.path)
-
-
-def _check_host(url: str, allowed_domains: Collection[str]) -> None:
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https"):
-        raise ValueError(f"URL scheme {parsed.scheme!r} is not allowed (http/https only): {url!r}")
-    host = (parsed.hostname or "").lower()
-    allowed = {d.lower() for d in allowed_domains}
-    if host not in allowed:
-        raise ValueError(
-            f"fetching from host {host!r} is not allowed ({url!r}); allowed domains: "
-            f"{sorted(allowed) if allowed else 'none'}"
-        )
-
-
-class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only to an allowed host, so a redirect cannot escape the allow-list."""
-
-    def __init__(self, allowed_domains: Collection[str]):
-        super().__init__()
-        self.allowed_domains = allowed_domains
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        _check_host(newurl, self.allowed_domains)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-def fetch_url(
-    url: str,
-    allowed_domains: Collection[str],
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-) -> bytes:
-    """Download an http(s) URL whose host (and every redirect's host) is in ``allowed_domains``.
-
-    Args:
-        url: ``http://`` or ``https://`` URL.
-        allowed_domains: Host names allowed, matched exactly (case-insensitive).
-        max_bytes: Largest body accepted.
-        timeout_s: Socket timeout for connecting and each read.
-
-    Returns:
-        The response body.
-
-    Raises:
-        ValueError: Host not allowed, body larger than ``max_bytes``, HTTP or network error.
-    """
-    _check_host(url, allowed_domains)
-    opener = urllib.request.build_opener(_CheckedRedirects(allowed_domains))
-    try:
-        with opener.open(url, timeout=timeout_s) as response:
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-                raise ValueError(
-                    f"{url!r} declares {declared} bytes, more than the limit of {max_bytes}"
-                )
-            data = response.read(max_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise ValueError(f"fetching {url!r} failed: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ValueError(f"fetching {url!r} failed: {reason}") from None
-    if len(data) > max_bytes:
-        raise ValueError(f"{url!r} returned more than the limit of {max_bytes} bytes")
-    return data

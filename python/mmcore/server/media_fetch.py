@@ -1,7 +1,8 @@
 """Checks and resolves the image URLs of chat messages before the engine sees them.
 
-``data:`` URLs pass through; ``http(s)://`` URLs are fetched (only from allowed hosts, with a
-size and time limit) and replaced by their bytes; ``file://`` URLs and plain paths must lie
+``data:`` URLs pass through; ``http(s)://`` URLs are fetched (public hosts, or only the allowed
+domains when listed; never loopback, private, link-local or metadata addresses, checked after DNS
+and on every redirect; with size, time and redirect limits) and replaced by their bytes; ``file://`` URLs and plain paths must lie
 inside the allowed local folder once symlinks and ``..`` are resolved. Anything else is refused.
 """
 
@@ -20,10 +21,12 @@ class MediaPolicy:
     """Where the server may take media from.
 
     Attributes:
-        allowed_domains: hosts http(s) image URLs may point to (empty: none).
+        allowed_domains: hosts http(s) image URLs may point to (empty: any public host); a
+            listed host is trusted even when it resolves to a private address.
         allowed_local_media_path: folder local files must lie in (None: no local files).
         max_bytes: largest fetched image.
         timeout_s: time limit of one fetch.
+        max_redirects: most redirects one fetch follows.
         max_images: most images in one request (None: the engine's limit only).
     """
 
@@ -31,6 +34,7 @@ class MediaPolicy:
     allowed_local_media_path: str | None = None
     max_bytes: int = 20 << 20
     timeout_s: float = 10.0
+    max_redirects: int = 5
     max_images: int | None = None
 
 
@@ -53,16 +57,11 @@ def _local_path(url: str, policy: MediaPolicy) -> str:
 
 
 def _fetch(url: str, policy: MediaPolicy) -> bytes:
-    host = (urlsplit(url).hostname or "").lower()
-    allowed = {d.lower() for d in policy.allowed_domains}
-    if not host or host not in allowed:
-        raise ValueError(
-            f"image URL host {host or url!r} is not allowed; allowed hosts: "
-            f"{sorted(allowed) or 'none (see --allowed-media-domains)'}"
-        )
-    from mmcore.multimodal.media import fetch_url
+    from mmcore.multimodal.url_fetch import fetch_url
 
-    return fetch_url(url, policy.allowed_domains, policy.max_bytes, policy.timeout_s)
+    return fetch_url(
+        url, policy.allowed_domains, policy.max_bytes, policy.timeout_s, policy.max_redirects
+    )
 
 
 def resolve_url(url: str, policy: MediaPolicy) -> str | bytes:
