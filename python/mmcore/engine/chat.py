@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from typing import Any
 
 _MEDIA_PART_TYPES = {
@@ -28,6 +30,40 @@ def _part_media(part: dict) -> Any:
     raise ValueError(f"a {kind!r} content part carries no image")
 
 
+_MESSAGE_EXTRAS = ("name", "tool_calls", "tool_call_id")
+# apply_chat_template's own arguments: chat_template_kwargs may not override them.
+_RESERVED_TEMPLATE_KWARGS = {
+    "conversation",
+    "messages",
+    "tools",
+    "documents",
+    "chat_template",
+    "add_generation_prompt",
+    "continue_final_message",
+    "tokenize",
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_dict",
+    "return_assistant_tokens_mask",
+    "tokenizer_kwargs",
+}
+
+
+def _template_tool_calls(tool_calls: list[dict]) -> list[dict]:
+    """Arguments given as JSON text (OpenAI's form) become dicts, as HF templates expect."""
+    converted = []
+    for call in tool_calls:
+        function = dict(call.get("function", {}))
+        if isinstance(function.get("arguments"), str):
+            # Text that is not JSON stays text: templates that print it still work.
+            with contextlib.suppress(json.JSONDecodeError):
+                function["arguments"] = json.loads(function["arguments"])
+        converted.append({**call, "function": function})
+    return converted
+
+
 def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
     """Normalise content parts for a chat template and collect the media in order.
 
@@ -43,8 +79,10 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
         if not isinstance(message, dict) or "role" not in message:
             raise ValueError("each message must be a dict with a 'role'")
         content = message.get("content")
+        # Tool-calling turns keep what templates read from them (tool_calls, tool_call_id, name).
+        extra = {k: message[k] for k in _MESSAGE_EXTRAS if message.get(k) is not None}
         if content is None or isinstance(content, str):
-            rendered.append({"role": message["role"], "content": content or ""})
+            rendered.append({"role": message["role"], "content": content or "", **extra})
             continue
         if not isinstance(content, list):
             raise ValueError("message content must be a string or a list of content parts")
@@ -64,7 +102,7 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
                 parts.append({"type": modality})
             else:
                 raise ValueError(f"unsupported content part type {kind!r}")
-        rendered.append({"role": message["role"], "content": parts})
+        rendered.append({"role": message["role"], "content": parts, **extra})
     return rendered, media
 
 
@@ -73,13 +111,39 @@ def render_chat(
     messages: list[dict],
     chat_template: str | None,
     placeholder_text: dict[str, str],
+    *,
+    tools: list[dict] | None = None,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    chat_template_kwargs: dict | None = None,
 ) -> tuple[str, dict[str, list]]:
     """Render messages with the chat template; return (prompt text, media by modality).
 
     Text typed by the user that looks like a placeholder is rejected: only media parts may
     create media slots.
+
+    Args:
+        tokenizer: the HF tokenizer whose ``apply_chat_template`` renders.
+        messages: HF/OpenAI messages (content parts, ``tool_calls``, ``tool_call_id``).
+        chat_template: a template overriding the tokenizer's.
+        placeholder_text: modality -> the placeholder text users may not type.
+        tools: OpenAI tool definitions the template shows the model.
+        add_generation_prompt: end with the assistant turn's opening.
+        continue_final_message: leave the last (assistant) message open to be continued.
+        chat_template_kwargs: extra template variables (e.g. ``enable_thinking``).
+
+    Returns:
+        ``(prompt, media)``.
     """
+    reserved = _RESERVED_TEMPLATE_KWARGS & set(chat_template_kwargs or {})
+    if reserved:
+        raise ValueError(f"chat_template_kwargs may not set {sorted(reserved)}")
+    if continue_final_message and add_generation_prompt:
+        raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
     rendered, media = split_messages(messages)
+    for message in rendered:
+        if "tool_calls" in message:
+            message["tool_calls"] = _template_tool_calls(message["tool_calls"])
     for message in rendered:
         texts = (
             [message["content"]]
@@ -95,7 +159,15 @@ def render_chat(
                     )
     if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the model has no chat template; pass chat_template=")
+    if continue_final_message and (not rendered or rendered[-1]["role"] != "assistant"):
+        raise ValueError("continue_final_message needs an assistant message last")
     prompt = tokenizer.apply_chat_template(
-        rendered, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+        rendered,
+        chat_template=chat_template,
+        tools=tools,
+        tokenize=False,
+        add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final_message,
+        **(chat_template_kwargs or {}),
     )
     return prompt, media

@@ -69,6 +69,9 @@ class Engine:
         seed: seed of the random weights (dummy) and of unseeded sampling.
         load_format: "auto" | "safetensors" | "dummy" (random weights, real architecture).
         allowed_local_media_path: folder that local image paths must lie in.
+        allowed_media_domains: hosts image URLs may be fetched from (default: any public host;
+            loopback, private, link-local and metadata addresses are always refused unless
+            their host is listed here).
         gpu_memory_utilization: fraction of GPU memory the engine may use.
         enforce_eager: never replay CUDA graphs (by default decode-only steps on CUDA replay
             graphs captured at start-up for padded batch sizes).
@@ -94,6 +97,7 @@ class Engine:
             mm_processor_kwargs=cfg.mm_processor_kwargs,
             cache=cfg.processor_cache,
             allowed_local_media_path=cfg.allowed_local_media_path,
+            allowed_media_domains=cfg.allowed_media_domains,
         )
         self.runner = ModelRunner(
             self.model,
@@ -371,13 +375,29 @@ class Engine:
         prompts = [self.chat_prompt(conv, chat_template) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
-    def chat_prompt(self, messages: list[dict], chat_template: str | None = None) -> dict:
-        """Render one conversation into a ``{"prompt", "multi_modal_data"}`` prompt."""
+    def chat_prompt(
+        self, messages: list[dict], chat_template: str | None = None, **render_options: Any
+    ) -> dict:
+        """Render one conversation into a ``{"prompt", "multi_modal_data"}`` prompt.
+
+        Args:
+            messages: one conversation, as :meth:`chat` takes it.
+            chat_template: a Jinja template overriding the checkpoint's.
+            render_options: ``tools``, ``add_generation_prompt``, ``continue_final_message``,
+                ``chat_template_kwargs`` (see ``mmcore.engine.chat.render_chat``).
+
+        Returns:
+            The prompt dict :meth:`generate` takes.
+        """
         placeholders = {
             m: self.processor.placeholder_text(m) for m in self.processor.supported_modalities
         }
         prompt, media = render_chat(
-            self.tokenizer, messages, chat_template or self.config.chat_template, placeholders
+            self.tokenizer,
+            messages,
+            chat_template or self.config.chat_template,
+            placeholders,
+            **render_options,
         )
         return {"prompt": prompt, "multi_modal_data": media}
 

@@ -17,8 +17,9 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+import mmcore
 from mmcore.server.async_engine import AsyncEngine
-from mmcore.server.errors import install_error_handlers
+from mmcore.server.errors import APIError, install_error_handlers
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import CONTENT_TYPE, ServerMetrics
 from mmcore.server.middleware import GuardMiddleware
@@ -26,6 +27,8 @@ from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from mmcore.server.serving_chat import create_chat_completion
 from mmcore.server.serving_common import ServerState
 from mmcore.server.serving_completions import create_completion
+from mmcore.server.serving_tokenize import detokenize, tokenize
+from mmcore.server.tool_parsers import get_tool_parser
 
 logger = logging.getLogger("mmcore.server")
 
@@ -44,6 +47,10 @@ class ServerConfig:
         input_workers: threads for media and prompt processing.
         shutdown_timeout_s: on SIGTERM, how long in-flight requests may run before being aborted.
         log_level: uvicorn's log level.
+        tool_call_parser: how tool calls are found in free text (``hermes``/``qwen``,
+            ``llama3_json``); needed for ``tool_choice="auto"``.
+        enable_auto_tool_choice: let the model decide whether to call a tool
+            (``tool_choice="auto"``, the default when a request has tools).
     """
 
     host: str = "127.0.0.1"
@@ -55,6 +62,14 @@ class ServerConfig:
     input_workers: int = 2
     shutdown_timeout_s: float = 30.0
     log_level: str = "info"
+    tool_call_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+
+    def __post_init__(self) -> None:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("enable_auto_tool_choice needs a tool_call_parser")
+        if self.tool_call_parser is not None:
+            get_tool_parser(self.tool_call_parser)  # an unknown name fails at start-up
 
 
 def build_app(engine: Any, config: ServerConfig) -> FastAPI:
@@ -71,10 +86,11 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     async_engine = AsyncEngine(engine, input_workers=config.input_workers)
     state = ServerState(
         engine=async_engine,
-        metrics=ServerMetrics(async_engine.stats),
+        metrics=ServerMetrics(async_engine.stats, config.model_names[0]),
         model_names=list(config.model_names),
         media=config.media,
         created=int(time.time()),
+        tool_call_parser=config.tool_call_parser if config.enable_auto_tool_choice else None,
     )
 
     @asynccontextmanager
@@ -121,11 +137,34 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     async def health() -> Response:
         return Response(status_code=200 if async_engine.is_running else 503)
 
+    @app.api_route("/ping", methods=["GET", "POST"])
+    async def ping() -> Response:
+        return Response(status_code=200 if async_engine.is_running else 503)
+
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": mmcore.__version__})
+
+    @app.post("/tokenize")
+    async def tokenize_route(raw_request: Request) -> Response:
+        return await tokenize(state, await _json_body(raw_request))
+
+    @app.post("/detokenize")
+    async def detokenize_route(raw_request: Request) -> Response:
+        return await detokenize(state, await _json_body(raw_request))
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     return app
+
+
+async def _json_body(raw_request: Request) -> Any:
+    try:
+        return await raw_request.json()
+    except ValueError as exc:
+        raise APIError(400, f"the request body is not valid JSON: {exc}", "invalid_json") from exc
 
 
 # Time left after aborting in-flight requests for their streams to send the final chunks.

@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from mmcore.server.vllm_metrics import VllmMetrics
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _TTFT_BUCKETS = (
@@ -107,9 +109,12 @@ class ServerMetrics:
 
     Args:
         engine_stats: returns the engine's latest stats dict (``AsyncEngine.stats``).
+        model_name: the served model name, the ``model_name`` label of the ``vllm:*`` metrics.
     """
 
-    def __init__(self, engine_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, engine_stats: Callable[[], dict[str, Any]], model_name: str = "default"
+    ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
@@ -147,6 +152,9 @@ class ServerMetrics:
             registry=r,
         )
         r.register(_EngineStatsCollector(engine_stats))
+        self.vllm = VllmMetrics(
+            r, engine_stats, model_name, _TTFT_BUCKETS, _ITL_BUCKETS, _E2E_BUCKETS
+        )
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -166,6 +174,7 @@ class RequestRecorder:
         self._m = metrics
         self._arrival = arrival_time
         self._last_token_time: dict[int, float] = {}
+        self._first_token_time: float | None = None
         self._finished = False
         self.num_prompt_tokens = num_prompt_tokens
         self.num_generated = 0
@@ -178,6 +187,8 @@ class RequestRecorder:
         if last is None:
             if not self._last_token_time:
                 self._m.ttft.observe(now - self._arrival)
+                self._m.vllm.ttft.observe(now - self._arrival)
+                self._first_token_time = now
             num_gaps = num_tokens - 1
             gap = 0.0
         else:
@@ -185,6 +196,7 @@ class RequestRecorder:
             gap = (now - last) / num_tokens
         for _ in range(num_gaps):
             self._m.itl.observe(gap)
+            self._m.vllm.itl.observe(gap)
         self._last_token_time[index] = now
         self.num_generated += num_tokens
 
@@ -198,3 +210,11 @@ class RequestRecorder:
         self._m.e2e.observe(now - self._arrival)
         for reason in finish_reasons:
             self._m.requests_finished.labels(finish_reason=reason).inc()
+        decode_s = now - self._first_token_time if self._first_token_time is not None else 0.0
+        self._m.vllm.on_finish(
+            finish_reasons,
+            self.num_prompt_tokens,
+            self.num_generated,
+            now - self._arrival,
+            decode_s,
+        )

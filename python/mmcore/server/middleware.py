@@ -15,6 +15,10 @@ _KNOWN_ENDPOINTS = {
     "/v1/models",
     "/health",
     "/metrics",
+    "/ping",
+    "/version",
+    "/tokenize",
+    "/detokenize",
 }
 
 

@@ -32,6 +32,7 @@ class ServerState:
         model_names: names the model is served under (the first is reported).
         media: where images may come from.
         created: server start time (Unix seconds), reported by ``/v1/models``.
+        tool_call_parser: the parser of ``tool_choice="auto"`` (None: auto is refused).
     """
 
     engine: AsyncEngine
@@ -39,6 +40,7 @@ class ServerState:
     model_names: list[str]
     media: MediaPolicy
     created: int
+    tool_call_parser: str | None = None
 
     @property
     def tokenizer(self):
@@ -55,12 +57,21 @@ def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
-def sampling_params(build: Callable[[], SamplingParams]) -> SamplingParams:
-    """Build sampling parameters, turning a ValueError into a 400."""
+def sampling_params(build: Callable[[], SamplingParams], vocab_size: int) -> SamplingParams:
+    """Build sampling parameters, turning a ValueError into a 400; token ids must be in the
+    vocabulary."""
     try:
-        return build()
+        params = build()
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_value") from exc
+    for field in ("logit_bias", "allowed_token_ids", "stop_token_ids"):
+        ids = getattr(params, field, None) or ()
+        bad = [t for t in ids if not 0 <= int(t) < vocab_size]
+        if bad:
+            raise APIError(
+                400, f"{field} has token ids outside [0, {vocab_size}): {bad[:5]}", "invalid_value"
+            )
+    return params
 
 
 async def process_and_submit(

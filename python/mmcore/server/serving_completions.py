@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from mmcore.server.async_engine import EngineDeadError, RequestStream, StreamUpdate
-from mmcore.server.errors import error_body
+from mmcore.server.errors import APIError, error_body
 from mmcore.server.metrics import RequestRecorder
 from mmcore.server.protocol import CompletionRequest
 from mmcore.server.responses import (
@@ -39,7 +39,9 @@ async def create_completion(
     """Serve one completions request; prompt ``p``'s completion ``i`` is choice ``p * n + i``."""
     arrival = time.monotonic()
     model = state.check_model(body.model)
-    params = sampling_params(body.to_sampling_params)
+    params = sampling_params(body.to_sampling_params, len(state.tokenizer))
+    if body.echo and body.logprobs is not None:
+        raise APIError(400, "echo together with logprobs is not supported", "invalid_value")
     inputs = state.engine.engine.inputs
     response_id = new_request_id("cmpl")
     streams: list[RequestStream] = []
@@ -64,9 +66,10 @@ async def create_completion(
     ]
     num_prompt = sum(len(s.prompt_token_ids) for s in streams)
     top_k = body.logprobs
+    echoes = [_echo_text(state, p) if body.echo else "" for p in body.prompt_list()]
     if body.stream:
         return EngineStreamingResponse(
-            _sse(state, body, response_id, updates, model, num_prompt), streams
+            _sse(state, body, response_id, updates, model, num_prompt, echoes), streams
         )
 
     async def collect_all():
@@ -81,7 +84,7 @@ async def create_completion(
             choices.append(
                 {
                     "index": p * params.n + i,
-                    "text": acc.text,
+                    "text": echoes[p] + acc.text,
                     "logprobs": completion_logprobs(
                         state.tokenizer, acc.token_ids, acc.logprobs, top_k
                     )
@@ -110,13 +113,21 @@ async def _sse(
     updates: list[AsyncIterator[StreamUpdate]],
     model: str,
     num_prompt: int,
+    echoes: list[str],
 ) -> AsyncIterator[str]:
     created = int(time.time())
-    with_usage = body.include_usage
+    with_usage = body.include_usage or body.continuous_usage
     n = body.n
     text_offsets: dict[int, int] = {}
     num_completion = 0
     try:
+        if body.echo:
+            choices = [
+                {"index": p * n + i, "text": echo, "logprobs": None, "finish_reason": None}
+                for p, echo in enumerate(echoes)
+                for i in range(n)
+            ]
+            yield sse_event(completion_chunk(response_id, created, model, choices, None, False))
         async for p, update in merge(updates):
             choices = []
             for d in update.deltas:
@@ -141,10 +152,11 @@ async def _sse(
                     }
                 )
             if choices:
+                running = usage(num_prompt, num_completion) if body.continuous_usage else None
                 yield sse_event(
-                    completion_chunk(response_id, created, model, choices, None, with_usage)
+                    completion_chunk(response_id, created, model, choices, running, with_usage)
                 )
-        if with_usage:
+        if body.include_usage:
             yield sse_event(
                 completion_chunk(
                     response_id, created, model, [], usage(num_prompt, num_completion), True
@@ -153,3 +165,10 @@ async def _sse(
     except EngineDeadError as exc:
         yield sse_event(error_body(503, str(exc), "engine_unavailable"))
     yield SSE_DONE
+
+
+def _echo_text(state: ServerState, prompt: str | dict[str, list[int]]) -> str:
+    """The prompt as ``echo`` prepends it: the text given, or the given token ids decoded."""
+    if isinstance(prompt, str):
+        return prompt
+    return state.tokenizer.decode(prompt["prompt_token_ids"], skip_special_tokens=False)
