@@ -38,8 +38,8 @@ USER = [{"role": "user", "content": "hi"}]
         ({"max_tokens": 0}, "max_tokens"),
         ({"top_logprobs": 3}, "top_logprobs requires logprobs"),
         ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
-        ({"tools": [{"type": "function"}]}, "tools is not supported"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
+        ({"tools": [{"type": "function"}]}, "tools.0.function"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"stop": ["", "x"]}, "stop strings must be non-empty"),
         ({"stream_options": {"include_usage": True}}, "stream_options is only allowed"),
         ({"messages": []}, "messages"),
@@ -80,8 +80,8 @@ def test_completion_prompt_forms():
         {"prompt_token_ids": [2, 3]},
     ]
     assert CompletionRequest(prompt="a").to_sampling_params().max_tokens == 16
-    with pytest.raises(ValidationError, match="echo"):
-        CompletionRequest(prompt="a", echo=True)
+    with pytest.raises(ValidationError, match="unsupported field 'suffix'"):
+        CompletionRequest(prompt="a", suffix="b")
     with pytest.raises(ValidationError, match="prompt must not be empty"):
         CompletionRequest(prompt=[])
 
