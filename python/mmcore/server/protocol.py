@@ -124,7 +124,7 @@ class _SamplingFields(BaseModel):
     spaces_between_special_tokens: bool = True
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] = 1.0
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
     logit_bias: (
         Annotated[
             dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=MAX_LOGIT_BIAS)
@@ -172,16 +172,27 @@ class _SamplingFields(BaseModel):
         return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
     def _sampling_params(
-        self, max_tokens: int | None, logprobs: int | None, structured: Any
+        self,
+        max_tokens: int | None,
+        logprobs: int | None,
+        structured: Any,
+        defaults: dict[str, Any] | None,
     ) -> SamplingParams:
+        # Unset fields take the model's generation_config defaults, as vLLM's server does.
+        defaults = defaults or {}
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(self, name)
+            return value if value is not None else defaults.get(name, fallback)
+
         return SamplingParams(
             n=self.n,
-            temperature=1.0 if self.temperature is None else self.temperature,
-            top_p=1.0 if self.top_p is None else self.top_p,
-            top_k=0 if self.top_k is None else self.top_k,
-            min_p=0.0 if self.min_p is None else self.min_p,
+            temperature=pick("temperature", 1.0),
+            top_p=pick("top_p", 1.0),
+            top_k=pick("top_k", 0),
+            min_p=pick("min_p", 0.0),
             seed=self.seed,
-            max_tokens=max_tokens,
+            max_tokens=max_tokens if max_tokens is not None else defaults.get("max_tokens"),
             min_tokens=self.min_tokens,
             stop=self.stop,
             stop_token_ids=self.stop_token_ids,
@@ -193,7 +204,7 @@ class _SamplingFields(BaseModel):
             spaces_between_special_tokens=self.spaces_between_special_tokens,
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
-            repetition_penalty=self.repetition_penalty,
+            repetition_penalty=pick("repetition_penalty", 1.0),
             logit_bias={int(k): v for k, v in self.logit_bias.items()} if self.logit_bias else None,
             allowed_token_ids=self.allowed_token_ids,
             bad_words=self.bad_words,
@@ -259,11 +270,16 @@ class ChatCompletionRequest(_SamplingFields):
             return "auto"
         return self.tool_choice if isinstance(self.tool_choice, str) else "named"
 
-    def to_sampling_params(self) -> SamplingParams:
-        """The engine's sampling parameters for this request (raises ValueError)."""
+    def to_sampling_params(self, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """The engine's sampling parameters for this request (raises ValueError).
+
+        Args:
+            defaults: SamplingParams values for fields the request leaves unset (the model's
+                generation_config).
+        """
         limit = self.max_completion_tokens or self.max_tokens
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._sampling_params(limit, logprobs, structured_outputs_of(self))
+        return self._sampling_params(limit, logprobs, structured_outputs_of(self), defaults)
 
     def message_dicts(self) -> list[dict[str, Any]]:
         """The messages as plain dicts, the form ``Engine.chat_prompt`` takes."""
@@ -298,9 +314,12 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("prompt must not be empty")
         return self
 
-    def to_sampling_params(self) -> SamplingParams:
-        """The engine's sampling parameters for this request (raises ValueError)."""
-        return self._sampling_params(self.max_tokens, self.logprobs, structured_outputs_of(self))
+    def to_sampling_params(self, defaults: dict[str, Any] | None = None) -> SamplingParams:
+        """The engine's sampling parameters for this request (raises ValueError); ``defaults``
+        as for chat."""
+        return self._sampling_params(
+            self.max_tokens, self.logprobs, structured_outputs_of(self), defaults
+        )
 
     def prompt_list(self) -> list[str | dict[str, list[int]]]:
         """Each prompt as the engine takes it: a string or ``{"prompt_token_ids": [...]}``."""

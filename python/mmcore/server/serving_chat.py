@@ -88,7 +88,9 @@ async def create_chat_completion(
     """Serve one chat completion request (see the OpenAI API reference)."""
     arrival = time.monotonic()
     model = state.check_model(body.model)
-    params = sampling_params(body.to_sampling_params, len(state.tokenizer))
+    params = sampling_params(
+        lambda: body.to_sampling_params(state.sampling_defaults), len(state.tokenizer)
+    )
     new_output = _tool_output_factory(state, body)
     engine = state.engine.engine
     messages = body.message_dicts()

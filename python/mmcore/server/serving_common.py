@@ -46,6 +46,11 @@ class ServerState:
     def tokenizer(self):
         return self.engine.engine.tokenizer
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """SamplingParams values for fields a request leaves unset (generation_config)."""
+        return dict(getattr(self.engine.engine.config, "sampling_defaults", {}))
+
     def check_model(self, name: str | None) -> str:
         """The served model name for a request's ``model`` field; 404 if unknown."""
         if name is None or name in self.model_names:

@@ -39,7 +39,9 @@ async def create_completion(
     """Serve one completions request; prompt ``p``'s completion ``i`` is choice ``p * n + i``."""
     arrival = time.monotonic()
     model = state.check_model(body.model)
-    params = sampling_params(body.to_sampling_params, len(state.tokenizer))
+    params = sampling_params(
+        lambda: body.to_sampling_params(state.sampling_defaults), len(state.tokenizer)
+    )
     if body.echo and body.logprobs is not None:
         raise APIError(400, "echo together with logprobs is not supported", "invalid_value")
     inputs = state.engine.engine.inputs
