@@ -175,7 +175,9 @@ async def _sse(
     running_usage = None
     try:
         first = {"role": "assistant", "content": echo}
-        yield chunk([chat_delta_choice(i, first, None) for i in range(body.n)])
+        if body.continuous_usage:
+            running_usage = usage(num_prompt, 0)
+        yield chunk([chat_delta_choice(i, first, None) for i in range(body.n)], running_usage)
         async for update in updates:
             choices = []
             for d in update.deltas:

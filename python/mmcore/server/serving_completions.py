@@ -129,7 +129,10 @@ async def _sse(
                 for p, echo in enumerate(echoes)
                 for i in range(n)
             ]
-            yield sse_event(completion_chunk(response_id, created, model, choices, None, False))
+            running = usage(num_prompt, 0) if body.continuous_usage else None
+            yield sse_event(
+                completion_chunk(response_id, created, model, choices, running, with_usage)
+            )
         async for p, update in merge(updates):
             choices = []
             for d in update.deltas:
