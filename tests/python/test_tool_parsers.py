@@ -148,3 +148,30 @@ def test_named_function_streams_its_arguments_as_generated():
 def test_unknown_parser_is_named():
     with pytest.raises(ValueError, match="unknown tool call parser 'mistral'.*hermes"):
         get_tool_parser("mistral")
+
+
+def test_auto_tool_choice_needs_a_configured_parser():
+    from types import SimpleNamespace
+
+    from mmcore.server.errors import APIError
+    from mmcore.server.protocol import ChatCompletionRequest
+    from mmcore.server.serving_chat import _tool_output_factory
+
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    body = ChatCompletionRequest(messages=[{"role": "user", "content": "x"}], tools=tools)
+    with pytest.raises(APIError, match="--enable-auto-tool-choice and --tool-call-parser"):
+        _tool_output_factory(SimpleNamespace(tool_call_parser=None), body)
+    output = _tool_output_factory(SimpleNamespace(tool_call_parser="llama3_json"), body)()
+    assert output.message('{"name": "f", "parameters": {}}')["tool_calls"]
+
+
+def test_cli_choices_are_the_registered_parsers():
+    import dataclasses
+
+    from mmcore.server.tool_parsers import TOOL_PARSERS
+    from mmcore.server_args import ServerArgs
+
+    field = next(f for f in dataclasses.fields(ServerArgs) if f.name == "tool_call_parser")
+    assert set(field.metadata["choices"]) == set(TOOL_PARSERS)
+    with pytest.raises(ValueError, match="needs --tool-call-parser"):
+        ServerArgs(enable_auto_tool_choice=True)
