@@ -373,6 +373,11 @@ class Engine:
         sampling_params: SamplingParams | None = None,
         chat_template: str | None = None,
         use_tqdm: bool = True,
+        *,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        tools: list[dict] | None = None,
     ) -> list[RequestOutput]:
         """Generate replies to chat conversations (HF/OpenAI content parts).
 
@@ -384,12 +389,22 @@ class Engine:
             chat_template: a Jinja template overriding the engine's (``chat_template``
                 option, else the checkpoint's).
             use_tqdm: show a progress bar.
+            add_generation_prompt: end the prompt with the assistant turn's opening.
+            continue_final_message: leave the last (assistant) message open to be continued.
+            chat_template_kwargs: extra template variables (e.g. ``enable_thinking``).
+            tools: OpenAI tool definitions the template shows the model.
 
         Returns:
             One RequestOutput per conversation.
         """
         conversations = messages if messages and isinstance(messages[0], list) else [messages]
-        prompts = [self.chat_prompt(conv, chat_template) for conv in conversations]
+        options = {
+            "add_generation_prompt": add_generation_prompt,
+            "continue_final_message": continue_final_message,
+            "chat_template_kwargs": chat_template_kwargs,
+            "tools": tools,
+        }
+        prompts = [self.chat_prompt(conv, chat_template, **options) for conv in conversations]
         return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
 
     def chat_prompt(
