@@ -161,13 +161,16 @@ def render_chat(
         raise ValueError("the model has no chat template; pass chat_template=")
     if continue_final_message and (not rendered or rendered[-1]["role"] != "assistant"):
         raise ValueError("continue_final_message needs an assistant message last")
+    options = dict(chat_template_kwargs or {})
+    if tools:
+        options["tools"] = tools
+    if continue_final_message:
+        options["continue_final_message"] = True
     prompt = tokenizer.apply_chat_template(
         rendered,
         chat_template=chat_template,
-        tools=tools,
         tokenize=False,
         add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_final_message,
-        **(chat_template_kwargs or {}),
+        **options,
     )
     return prompt, media
