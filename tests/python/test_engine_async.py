@@ -63,7 +63,9 @@ def _assert_same_logprobs(a, b):
     for out_a, out_b in zip(a, b):
         for comp_a, comp_b in zip(out_a.outputs, out_b.outputs):
             for entry_a, entry_b in zip(comp_a.logprobs or [], comp_b.logprobs or []):
-                assert entry_a == pytest.approx(entry_b, abs=1e-4)
+                assert entry_a.keys() == entry_b.keys()
+                for token_id, lp in entry_a.items():
+                    assert lp.logprob == pytest.approx(entry_b[token_id].logprob, abs=1e-4)
 
 
 def test_async_is_the_default_only_on_cuda(tiny_llava_dir, photos):

@@ -17,7 +17,7 @@ from PIL import Image
 from mmcore import Engine, SamplingParams
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
 from mmcore.kernels import ops
-from mmcore.sampling.sampler import sample_on_device
+from mmcore.sampling.sampler import rows_from_params, sample_on_device
 from mmcore.testing.tiny_checkpoints import build_tiny_llava, build_tiny_llava_next
 
 pytestmark = [
@@ -110,7 +110,9 @@ def _divergences(got, reference) -> list[tuple[int, int, float]]:
         ref_ids = ref.outputs[0].token_ids
         step = next((k for k, (a, b) in enumerate(zip(ids, ref_ids)) if a != b), None)
         if step is not None:
-            top = sorted(ref.outputs[0].logprobs[step].values(), reverse=True)
+            top = sorted(
+                (lp.logprob for lp in ref.outputs[0].logprobs[step].values()), reverse=True
+            )
             found.append((p, step, top[0] - top[1]))
     return found
 
@@ -207,7 +209,9 @@ def test_overlapped_scheduling_matches_sync(model_dir, photos):
 def test_resolving_a_step_does_not_wait_for_steps_launched_after_it():
     logits = torch.randn(4, 100, device="cuda")
     greedy = [SamplingParams(temperature=0.0)] * 4
-    pending = sample_on_device(logits, greedy, [torch.Generator() for _ in range(4)])
+    pending = sample_on_device(
+        logits, rows_from_params(greedy, [torch.Generator() for _ in range(4)])
+    )
     torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU work queued behind the step's sampling
     start = time.perf_counter()
     tokens = pending.resolve().token_ids

@@ -63,8 +63,11 @@ def test_logprobs_hold_top_n_and_the_chosen_token():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     out = sample(logits, [SamplingParams(temperature=0.0, logprobs=2)], _gens(1))
     entry = out.logprobs[0]
-    assert set(entry) == {0, 1}
-    assert entry[0] == pytest.approx(torch.log(torch.tensor(0.5)).item(), abs=1e-5)
+    # The chosen token first, then the top 2, with 1-based ranks.
+    assert entry.token_ids == [0, 0, 1]
+    assert entry.ranks == [1, 1, 2]
+    assert entry.logprobs[0] == pytest.approx(torch.log(torch.tensor(0.5)).item(), abs=1e-5)
+    assert entry.logprobs[2] == pytest.approx(torch.log(torch.tensor(0.3)).item(), abs=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +80,16 @@ def test_logprobs_hold_top_n_and_the_chosen_token():
         ({"max_tokens": 0}, "max_tokens"),
         ({"n": 0}, "n must"),
         ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
-        ({"logprobs": -1}, "logprobs"),
+        ({"logprobs": -2}, "logprobs"),
+        ({"prompt_logprobs": -3}, "prompt_logprobs"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -3}, "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"bad_words": [""]}, "bad_words"),
+        ({"logit_bias": {"x": 1.0}}, "logit_bias"),
+        ({"stop": ["x"], "detokenize": False}, "detokenize"),
         ({"stop": [""]}, "stop"),
         ({"stop_token_ids": [-3]}, "stop_token_ids"),
     ],

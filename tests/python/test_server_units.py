@@ -17,7 +17,7 @@ from mmcore.bench.serve_client import arrival_offsets
 from mmcore.bench.stats import RequestResult, summarize
 from mmcore.bench.workload import parse_image_size, random_mm_requests
 from mmcore.engine_args import parse_limit_mm
-from mmcore.outputs import CompletionOutput, RequestOutput
+from mmcore.outputs import CompletionOutput, Logprob, RequestOutput
 from mmcore.server.async_engine import _Active, _deltas
 from mmcore.server.errors import error_body
 from mmcore.server.media_fetch import MediaPolicy, resolve_messages, resolve_url
@@ -92,7 +92,7 @@ def _output(texts, tokens, finish=None):
         CompletionOutput(index=i, text=t, token_ids=list(k), finish_reason=f)
         for i, (t, k, f) in enumerate(zip(texts, tokens, finish or [None] * len(texts)))
     ]
-    return RequestOutput("r", None, [1], outs, finished=all(o.finished for o in outs))
+    return RequestOutput("r", None, [1], None, outs, finished=all(o.finished() for o in outs))
 
 
 def test_deltas_hold_back_possible_stop_prefix_and_release_on_finish():
@@ -136,7 +136,8 @@ class _CharTokenizer:
 
 
 def test_chat_logprobs_orders_top_and_reports_the_sampled_token():
-    lp = chat_logprobs(_CharTokenizer(), [2], [{0: -0.1, 1: -2.0, 2: -3.0}], top_k=2)
+    top = {0: Logprob(-0.1, 1), 1: Logprob(-2.0, 2), 2: Logprob(-3.0, 3)}
+    lp = chat_logprobs(_CharTokenizer(), [2], [top], top_k=2)
     entry = lp["content"][0]
     assert entry["token"] == "c" and entry["logprob"] == -3.0
     assert [t["token"] for t in entry["top_logprobs"]] == ["a", "b"]

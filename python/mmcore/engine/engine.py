@@ -6,7 +6,6 @@ import itertools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,37 +17,22 @@ from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
 from mmcore.engine.engine_logging import StatLogger, log_startup
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
-from mmcore.engine.runner import ModelRunner, RequestState
+from mmcore.engine.request_tracker import RequestTracker, TokenTexts
+from mmcore.engine.runner import LaunchedStep, ModelRunner, RequestState
+from mmcore.engine.sampling_setup import (
+    check_token_ids,
+    min_tokens_stop_ids,
+    tokenize_bad_words,
+    truncate_prompt,
+)
 from mmcore.engine_args import EngineArgs
-from mmcore.outputs import CompletionOutput, RequestOutput
-from mmcore.sampling.detokenizer import IncrementalDetokenizer
+from mmcore.outputs import RequestOutput
 from mmcore.sampling.sampler import PendingSample, SampledBatch
 from mmcore.sampling_params import SamplingParams
+from mmcore.structured_outputs import GrammarCompiler, StructuredOutputManager
 
 _PARALLEL_INPUT_MIN = 16  # fewer prompts are processed inline
 _MAX_INPUT_WORKERS = 8
-
-
-@dataclass
-class _Tracker:
-    """One user request: its prompt and its n completions (one core request each)."""
-
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    outputs: list[CompletionOutput]
-    detokenizers: list[IncrementalDetokenizer]
-    core_ids: list[int] = field(default_factory=list)
-
-    def to_output(self) -> RequestOutput:
-        return RequestOutput(
-            request_id=self.request_id,
-            prompt=self.prompt,
-            prompt_token_ids=self.prompt_token_ids,
-            outputs=self.outputs,
-            finished=all(o.finished for o in self.outputs),
-        )
 
 
 class Engine:
@@ -109,8 +93,14 @@ class Engine:
         )
         self.scheduler = _core.Scheduler(cfg.scheduler_config)
         self._eos_token_ids = cfg.eos_token_ids
-        self._trackers: dict[str, _Tracker] = {}
-        self._core_to_tracker: dict[int, tuple[_Tracker, int]] = {}
+        self._trackers: dict[str, RequestTracker] = {}
+        self._core_to_tracker: dict[int, tuple[RequestTracker, int]] = {}
+        self._not_yet_scheduled: set[int] = set()  # core ids whose first step is pending
+        self._token_text = TokenTexts(self.tokenizer)
+        self.vocab_size = self.model.vocab_size
+        self.structured_outputs = StructuredOutputManager(
+            lambda: GrammarCompiler(self.tokenizer, self.vocab_size, self._eos_token_ids)
+        )
         self._next_core_id = itertools.count()
         self._next_request_id = itertools.count()
         self._seed = cfg.seed
@@ -154,6 +144,9 @@ class Engine:
     def _add_processed(
         self, request_id: str, processed: ProcessedPrompt, params: SamplingParams
     ) -> None:
+        processed = truncate_prompt(
+            processed, params.truncate_prompt_tokens, self.config.max_model_len
+        )
         num_prompt = len(processed.token_ids)
         room = self.config.max_model_len - num_prompt
         if room < 1:
@@ -162,23 +155,18 @@ class Engine:
                 f"max_model_len={self.config.max_model_len}"
             )
         max_tokens = min(params.max_tokens or room, room)
-        prompt_ids = processed.token_ids.tolist()
-        tracker = _Tracker(
-            request_id=request_id,
-            prompt=processed.prompt,
-            prompt_token_ids=prompt_ids,
-            params=params,
-            outputs=[CompletionOutput(index=i) for i in range(params.n)],
-            detokenizers=[
-                IncrementalDetokenizer(
-                    self.tokenizer, prompt_ids, params.stop_strings, params.skip_special_tokens
-                )
-                for _ in range(params.n)
-            ],
+        check_token_ids(params, self.vocab_size)
+        bad_words_ids = tokenize_bad_words(self.tokenizer, params.bad_words, self.vocab_size)
+        grammar = (
+            self.structured_outputs.compile(params.structured_outputs)
+            if params.structured_outputs is not None
+            else None
         )
-        if params.logprobs is not None:
-            for out in tracker.outputs:
-                out.logprobs = []
+        prompt_ids = processed.token_ids.tolist()
+        tracker = RequestTracker.create(
+            request_id, processed.prompt, prompt_ids, params, self.tokenizer
+        )
+        stop_ids = min_tokens_stop_ids(params, self._eos_token_ids)
         core_ids = [next(self._next_core_id) for _ in range(params.n)]
         added = []
         try:
@@ -192,13 +180,34 @@ class Engine:
                     eos_token_ids=self._eos_token_ids,
                     stop_token_ids=params.stop_token_ids,
                     ignore_eos=params.ignore_eos,
+                    # Prompt log-probabilities need every prompt position computed: a salt of
+                    # its own keeps the request off prefix-cache hits.
+                    cache_salt=f"prompt-logprobs:{core_id}"
+                    if params.prompt_logprobs is not None
+                    else "",
                 )
                 added.append(core_id)
+                sampling = self.runner.new_sampling(
+                    params,
+                    self._generator(params, index, core_id),
+                    processed.token_ids,
+                    bad_words_ids,
+                    stop_ids,
+                )
                 self.runner.add_request(
                     core_id,
-                    RequestState(processed.items, params, self._generator(params, index, core_id)),
+                    RequestState(
+                        processed.items,
+                        sampling,
+                        processed.token_ids
+                        if params.prompt_logprobs is not None and index == 0
+                        else None,
+                    ),
                 )
+                if grammar is not None:
+                    self.structured_outputs.add(core_id, grammar)
                 self._core_to_tracker[core_id] = (tracker, index)
+                self._not_yet_scheduled.add(core_id)
         except ValueError:
             for core_id in added:
                 self._drop_core(core_id, "abort")
@@ -212,17 +221,21 @@ class Engine:
 
     def _drop_core(self, core_id: int, reason: str) -> None:
         self.scheduler.finish_request(core_id, reason)
+        self._forget_core(core_id)
+
+    def _forget_core(self, core_id: int) -> None:
         self.runner.remove_request(core_id)
+        self.structured_outputs.remove(core_id)
         self._core_to_tracker.pop(core_id, None)
+        self._not_yet_scheduled.discard(core_id)
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request now and free its KV blocks and encoder references."""
         tracker = self._trackers.pop(request_id, None)
         if tracker is None:
             return
-        for core_id, out in zip(tracker.core_ids, tracker.outputs):
-            if not out.finished:
-                out.finish_reason = "abort"
+        for index, core_id in enumerate(tracker.core_ids):
+            tracker.finish(index, "abort")
             self._drop_core(core_id, "abort")
 
     def has_unfinished_requests(self) -> bool:
@@ -233,16 +246,31 @@ class Engine:
         """Run one scheduler step; return the requests that got new tokens or finished.
 
         With ``async_scheduling`` the step scheduled now is only launched: this call returns
-        what the previous step produced, read back after the new one was enqueued.
+        what the previous step produced, read back after the new one was enqueued. When the
+        new step has rows whose grammar bitmask (or multi-token bad words) depends on the
+        previous step's tokens, its forward is enqueued first, then the previous tokens are
+        read and the masks filled on the host while the device runs that forward, then its
+        sampling is enqueued.
         """
         if self._stat_logger is not None:
             self._stat_logger.maybe_log()
         out = self.scheduler.schedule()
-        pending = self.runner.launch(out)
+        if self._not_yet_scheduled:
+            self._note_first_scheduled(out)
+        launched = self.runner.forward(out)
+        constrained = self.structured_outputs.needs_host_masks(launched.req_ids, launched.rows)
         if not self.async_scheduling:
+            pending = self.runner.sample(
+                launched, self._host_masks(launched) if constrained else None
+            )
             return self._apply(out, pending.resolve())
-        previous, self._in_flight = self._in_flight, (out, pending) if out.num_reqs else None
-        outputs = self._apply(previous[0], previous[1].resolve()) if previous else []
+        previous, outputs = self._in_flight, []
+        if constrained and previous is not None:
+            outputs, previous = self._apply(previous[0], previous[1].resolve()), None
+        pending = self.runner.sample(launched, self._host_masks(launched) if constrained else None)
+        self._in_flight = (out, pending) if out.num_reqs else None
+        if previous is not None:
+            outputs = self._apply(previous[0], previous[1].resolve())
         if self._in_flight is not None and not self._trackers:
             # Only finished requests remain in the step in flight: settle it now so an idle
             # engine holds no pending step.
@@ -250,45 +278,59 @@ class Engine:
             self._in_flight = None
         return outputs
 
+    def _note_first_scheduled(self, out) -> None:
+        """Metrics and prefix-cache hits of requests scheduled for the first time."""
+        for core_id, num_computed in zip(out.req_ids.tolist(), out.num_computed_tokens.tolist()):
+            if core_id in self._not_yet_scheduled:
+                self._not_yet_scheduled.discard(core_id)
+                self._core_to_tracker[core_id][0].mark_scheduled(num_computed)
+
+    def _output_ids(self, core_id: int) -> list[int] | None:
+        entry = self._core_to_tracker.get(core_id)
+        return None if entry is None else entry[0].outputs[entry[1]].token_ids
+
+    def _host_masks(self, launched: LaunchedStep):
+        return self.structured_outputs.host_masks(launched.req_ids, launched.rows, self._output_ids)
+
     def _apply(self, out, sampled: SampledBatch) -> list[RequestOutput]:
-        """Give step ``out``'s sampled tokens to the scheduler, detokenize, apply stop strings."""
+        """Give step ``out``'s sampled tokens to the scheduler, detokenize, apply stop strings,
+        advance grammars, collect log-probabilities."""
         result = self.scheduler.update_from_output(
             out, np.asarray(sampled.token_ids, dtype=np.int32)
         )
         self.num_generated_tokens += len(result.token_ids)
-        sample_row = {core_id: row for row, core_id in enumerate(out.sampling_req_ids.tolist())}
-        touched: dict[str, _Tracker] = {}
+        touched: dict[str, RequestTracker] = {}
+        for core_id, first, entries in sampled.prompt_logprobs:
+            entry = self._core_to_tracker.get(core_id)
+            if entry is not None:
+                entry[0].add_prompt_logprobs(first, entries, self._token_text)
+        sample_row = (
+            {core_id: row for row, core_id in enumerate(out.sampling_req_ids.tolist())}
+            if any(lp is not None for lp in sampled.logprobs)
+            else {}
+        )
         for core_id, token in zip(result.req_ids.tolist(), result.token_ids.tolist()):
             entry = self._core_to_tracker.get(core_id)
             if entry is None:
                 continue
             tracker, index = entry
-            completion = tracker.outputs[index]
-            completion.token_ids.append(token)
             row = sample_row.get(core_id)
-            if (
-                completion.logprobs is not None
-                and row is not None
-                and sampled.logprobs[row] is not None
-            ):
-                completion.logprobs.append(sampled.logprobs[row])
-            detok = tracker.detokenizers[index]
-            stop = detok.append(token)
-            completion.text = detok.text
+            logprobs = sampled.logprobs[row] if row is not None else None
+            if core_id in self.structured_outputs:
+                self.structured_outputs.accept(core_id, token)
+            stop = tracker.add_token(index, token, logprobs, self._token_text)
             if stop is not None:
-                completion.finish_reason, completion.stop_reason = "stop", stop
+                tracker.finish(index, "stop", stop)
                 self._drop_core(core_id, "stop")
             touched[tracker.request_id] = tracker
         for core_id, reason in zip(result.finished_req_ids.tolist(), result.finish_reasons):
-            entry = self._core_to_tracker.pop(core_id, None)
+            entry = self._core_to_tracker.get(core_id)
             if entry is None:
                 continue
             tracker, index = entry
-            completion = tracker.outputs[index]
-            completion.finish_reason = reason
-            if reason == "stop" and completion.token_ids:
-                completion.stop_reason = completion.token_ids[-1]
-            self.runner.remove_request(core_id)
+            token_ids = tracker.outputs[index].token_ids
+            tracker.finish(index, reason, token_ids[-1] if reason == "stop" and token_ids else None)
+            self._forget_core(core_id)
             touched[tracker.request_id] = tracker
         outputs = []
         for request_id, tracker in touched.items():

@@ -16,17 +16,50 @@ from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
+from mmcore.sampling.host_masks import HostMasks
+from mmcore.sampling.prompt_logprobs import PromptLogprobsChunk, compute_prompt_logprobs
+from mmcore.sampling.request_state import (
+    DeviceCounts,
+    RequestSampling,
+    build_request_sampling,
+)
 from mmcore.sampling.sampler import PendingSample, SampledBatch, sample_on_device
-from mmcore.sampling_params import SamplingParams
 
 
 @dataclass
 class RequestState:
-    """What the runner keeps of one running request."""
+    """What the runner keeps of one running request.
+
+    Attributes:
+        items: its multimodal items.
+        sampling: its sampling inputs (see :mod:`mmcore.sampling.request_state`).
+        prompt_token_ids: its prompt, kept when it asks for prompt log-probabilities.
+    """
 
     items: list[MMItem]
-    params: SamplingParams
-    generator: torch.Generator
+    sampling: RequestSampling
+    prompt_token_ids: np.ndarray | None = None
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose forward is enqueued and whose sampling is not yet.
+
+    Attributes:
+        logits: ``[rows, vocab]`` logits of the sampling rows (on the device).
+        req_ids: the request of each row (the step's ``sampling_req_ids``).
+        rows: each row's sampling inputs, captured at launch (a request removed before the
+            sampling is enqueued keeps its row).
+        prompt_logprobs: prompt log-probabilities computed by the forward, if any.
+        ran: whether a forward was enqueued at all (an empty step keeps the previous step's
+            tokens as the reference of the next step's -1 input ids).
+    """
+
+    logits: torch.Tensor | None
+    req_ids: list[int]
+    rows: list[RequestSampling]
+    prompt_logprobs: PromptLogprobsChunk | None = None
+    ran: bool = True
 
 
 def kv_bytes_per_block(model, block_size: int, kv_dtype: torch.dtype) -> int:
@@ -71,6 +104,10 @@ class ModelRunner:
         ]
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.requests: dict[int, RequestState] = {}
+        # Per-request token counts for penalties and min_tokens, on the device.
+        self.sampling_counts = DeviceCounts(model.vocab_size, self.device)
+        # Requests asking for prompt log-probabilities: id -> (prompt token ids, top-k).
+        self.prompt_logprob_requests: dict[int, tuple[np.ndarray, int]] = {}
         self.num_encoder_runs = 0
         self.staging = HostStaging(self.device)
         self.decode_graphs: DecodeGraphs | None = None
@@ -93,9 +130,28 @@ class ModelRunner:
 
     def add_request(self, req_id: int, state: RequestState) -> None:
         self.requests[req_id] = state
+        k = state.sampling.params.prompt_logprobs
+        if k is not None and state.prompt_token_ids is not None:
+            self.prompt_logprob_requests[req_id] = (state.prompt_token_ids, k)
+
+    def new_sampling(
+        self,
+        params,
+        generator: torch.Generator,
+        prompt_token_ids: np.ndarray,
+        bad_words_ids: list[list[int]],
+        stop_ids: list[int],
+    ) -> RequestSampling:
+        """A request's sampling inputs, with a device count slot when it needs one."""
+        return build_request_sampling(
+            params, generator, self.sampling_counts, prompt_token_ids, bad_words_ids, stop_ids
+        )
 
     def remove_request(self, req_id: int) -> None:
-        self.requests.pop(req_id, None)
+        state = self.requests.pop(req_id, None)
+        self.prompt_logprob_requests.pop(req_id, None)
+        if state is not None and state.sampling.slot >= 0:
+            self.sampling_counts.free(state.sampling.slot)
 
     def _tensor(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return self.staging.to_device(name, array, dtype)
@@ -185,48 +241,72 @@ class ModelRunner:
         """Run one step and wait for it; return the tokens sampled for ``out.sampling_req_ids``."""
         return self.launch(out).resolve()
 
-    @torch.inference_mode()
     def launch(self, out) -> PendingSample:
-        """Enqueue one step on the device without waiting for it.
+        """Enqueue one step (forward and sampling) on the device without waiting for it.
 
         Returns:
             The tokens sampled for ``out.sampling_req_ids``, still on the device; the next
             launched step reads them for its -1 input ids (``out.prev_sample_index``).
         """
+        return self.sample(self.forward(out))
+
+    @torch.inference_mode()
+    def forward(self, out) -> LaunchedStep:
+        """Enqueue one step's encoder and LM forward; the logits stay on the device.
+
+        The sampling rows' inputs are captured now; :meth:`sample` enqueues the sampling.
+        """
         for handle in out.freed_encoder_handles.tolist():
             self.encoder_cache.pop(handle, None)
         for req_id in out.finished_req_ids.tolist():
             self.remove_request(req_id)
+        req_ids = out.sampling_req_ids.tolist()
+        rows = [self.requests[r].sampling for r in req_ids]
         if out.num_tokens == 0:  # nothing launched: the last step's tokens stay the reference
-            return PendingSample(
-                token_ids=torch.empty(0, dtype=torch.long, device=self.device),
-                logprob_rows=[],
-                logprob_counts=[],
-                log_probs=None,
-            )
+            return LaunchedStep(None, [], [], ran=False)
         input_ids = self._input_ids(out)
         if self.use_decode_graphs and self.decode_graphs.can_run(out):
             self.num_graph_steps += 1
-            return self._sample(self.decode_graphs.run(out, input_ids), out)
+            return LaunchedStep(self.decode_graphs.run(out, input_ids), req_ids, rows)
         self._run_encoder(out)
         embeds = self._input_embeds(out, input_ids)
         attn = self._attention_metadata(out)
         positions = self._tensor("positions", out.positions, torch.long)
         hidden = self.model.forward(embeds, positions, self.kv_caches, attn)
-        if len(out.logits_indices) == 0:
-            return self._no_sample()
-        rows = self._tensor("logits_indices", out.logits_indices, torch.long)
-        return self._sample(self.model.compute_logits(hidden[rows]), out)
-
-    def _no_sample(self) -> PendingSample:
-        empty = torch.empty(0, dtype=torch.long, device=self.device)
-        self._last_sampled = empty
-        return PendingSample(token_ids=empty, logprob_rows=[], logprob_counts=[], log_probs=None)
-
-    def _sample(self, logits: torch.Tensor, out) -> PendingSample:
-        states = [self.requests[r] for r in out.sampling_req_ids.tolist()]
-        pending = sample_on_device(
-            logits, [s.params for s in states], [s.generator for s in states], self._tensor
+        prompt_logprobs = compute_prompt_logprobs(
+            self.model, hidden, out, self.prompt_logprob_requests, self._tensor
         )
-        self._last_sampled = pending.token_ids
+        if len(out.logits_indices) == 0:
+            return LaunchedStep(None, [], [], prompt_logprobs)
+        index = self._tensor("logits_indices", out.logits_indices, torch.long)
+        return LaunchedStep(
+            self.model.compute_logits(hidden[index]), req_ids, rows, prompt_logprobs
+        )
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep, host_masks: HostMasks | None = None) -> PendingSample:
+        """Enqueue the sampling of a launched step (after its host masks, if any, are filled).
+
+        Args:
+            step: what :meth:`forward` returned.
+            host_masks: grammar bitmask and bans computed on the host for this step.
+
+        Returns:
+            The pending tokens (and log-probabilities).
+        """
+        if step.logits is None:
+            pending = PendingSample(torch.empty(0, dtype=torch.long, device=self.device), [])
+            if step.ran:
+                self._last_sampled = pending.token_ids
+        else:
+            pending = sample_on_device(
+                step.logits,
+                step.rows,
+                counts=self.sampling_counts,
+                to_device=self._tensor,
+                host_masks=host_masks,
+            )
+            self._last_sampled = pending.token_ids
+        if step.prompt_logprobs is not None:
+            pending.attach_prompt_logprobs(step.prompt_logprobs)
         return pending

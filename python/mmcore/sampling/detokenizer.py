@@ -6,7 +6,24 @@ tokenizer its context, e.g. a leading space), so a step costs O(1) in the output
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 _CONTEXT_TOKENS = 5
+_ADDED_TOKENS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def added_tokens(tokenizer) -> dict[int, str]:
+    """Token id -> text of the tokenizer's added (special or user-added) tokens, cached."""
+    try:
+        return _ADDED_TOKENS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    table = {int(i): str(getattr(t, "content", t)) for i, t in decoder.items()}
+    with contextlib.suppress(TypeError):  # not weak-referenceable: decoded again next time
+        _ADDED_TOKENS[tokenizer] = table
+    return table
 
 
 class IncrementalDetokenizer:
@@ -15,8 +32,13 @@ class IncrementalDetokenizer:
     Args:
         tokenizer: a Hugging Face tokenizer.
         prompt_token_ids: the prompt, whose last tokens give the first output token context.
-        stop: strings that end the completion; the text is cut before the first one.
+        stop: strings that end the completion.
         skip_special_tokens: drop special tokens from the text.
+        spaces_between_special_tokens: True decodes special/added tokens as the tokenizer does
+            (HF slow tokenizers put spaces around them; fast ones decode natively); False
+            glues each one's raw text to its neighbours, with no space in between.
+        include_stop_str_in_output: keep the stop string at the end of the text (else the
+            text is cut before it).
     """
 
     def __init__(
@@ -25,6 +47,8 @@ class IncrementalDetokenizer:
         prompt_token_ids: list[int],
         stop: list[str],
         skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = True,
+        include_stop_str_in_output: bool = False,
     ) -> None:
         self._tokenizer = tokenizer
         self._ids = list(prompt_token_ids[-_CONTEXT_TOKENS:])
@@ -33,11 +57,30 @@ class IncrementalDetokenizer:
         self._stop = stop
         self._max_stop_len = max((len(s) for s in stop), default=0)
         self._skip_special = skip_special_tokens
+        self._include_stop = include_stop_str_in_output
+        self._glued = {} if spaces_between_special_tokens else added_tokens(tokenizer)
+        self._special = set(getattr(tokenizer, "all_special_ids", []) or [])
         self.text = ""
         self.stop_reason: str | None = None
 
     def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
+        if not self._glued or not any(i in self._glued for i in ids):
+            return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special)
+        # HF slow tokenizers' rule without spaces: decode runs of ordinary tokens, and put
+        # each added token's raw text between them.
+        parts, run = [], []
+        for token in ids:
+            if token not in self._glued:
+                run.append(token)
+                continue
+            if run:
+                parts.append(self._tokenizer.decode(run, skip_special_tokens=self._skip_special))
+                run = []
+            if not (self._skip_special and token in self._special):
+                parts.append(self._glued[token])
+        if run:
+            parts.append(self._tokenizer.decode(run, skip_special_tokens=self._skip_special))
+        return "".join(parts)
 
     def append(self, token_id: int) -> str | None:
         """Add one generated token; return the stop string it completed, if any."""
@@ -55,13 +98,15 @@ class IncrementalDetokenizer:
     def _add_text(self, delta: str) -> str | None:
         search_from = max(0, len(self.text) - self._max_stop_len + 1)
         self.text += delta
-        for stop in self._stop:
-            at = self.text.find(stop, search_from)
-            if at != -1:
-                self.text = self.text[:at]
-                self.stop_reason = stop
-                return stop
-        return None
+        hits = [
+            (at, stop) for stop in self._stop if (at := self.text.find(stop, search_from)) != -1
+        ]
+        if not hits:
+            return None
+        at, stop = min(hits, key=lambda hit: hit[0])  # the earliest stop string wins
+        self.text = self.text[: at + len(stop) if self._include_stop else at]
+        self.stop_reason = stop
+        return stop
 
     def stream_text(self, finished: bool) -> str:
         """Text safe to show now: while running, hold back what could still start a stop string."""

@@ -1,26 +1,40 @@
-"""Turns a batch of logits into tokens: greedy, or temperature / top-k / top-p / min-p sampling
-with one random generator per request so seeded requests are reproducible in any batch."""
+"""Turns a batch of logits into tokens on the device, in vLLM's order:
+
+    grammar bitmask -> (log-probabilities) -> allowed_token_ids, logit_bias, bad_words,
+    min_tokens -> repetition / frequency / presence penalties -> greedy argmax, or
+    temperature / top-k / top-p / min-p and a draw
+
+Every step is batched over rows and runs on the device; per-row values travel through the
+runner's pinned staging buffers, and nothing reads a device value back until ``resolve()``.
+Random rows use one CPU generator per request so seeded requests are reproducible in any batch.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from mmcore.sampling.host_masks import HostMasks, apply_token_bitmask
+from mmcore.sampling.logprobs import LogprobRequest, TokenLogprobs, gather_logprobs
+from mmcore.sampling.penalties import apply_penalties
+from mmcore.sampling.prompt_logprobs import PromptLogprobsChunk
+from mmcore.sampling.request_state import DeviceCounts, RequestSampling
 from mmcore.sampling_params import SamplingParams
+
+ToDevice = Callable[[str, np.ndarray, torch.dtype], torch.Tensor]
 
 
 @dataclass
 class SampledBatch:
-    """Tokens sampled for each row, and top log-probabilities where asked for."""
+    """Tokens sampled for each row, and their log-probabilities where asked for."""
 
     token_ids: list[int]
-    logprobs: list[dict[int, float] | None]
-
-
-ToDevice = Callable[[str, np.ndarray, torch.dtype], torch.Tensor]
+    logprobs: list[TokenLogprobs | None]
+    # (request id, first prompt position, log-probabilities per position) per request.
+    prompt_logprobs: list[tuple[int, int, list[TokenLogprobs]]] = field(default_factory=list)
 
 
 def _plain_to_device(device: torch.device) -> ToDevice:
@@ -66,6 +80,164 @@ def _filter_logits(
     return logits
 
 
+def _row_entries(
+    rows: list[RequestSampling], attr: str
+) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """(rows that have ``attr``, their row index per entry, the concatenated entries)."""
+    picked = [(i, getattr(r, attr)) for i, r in enumerate(rows) if getattr(r, attr) is not None]
+    if not picked:
+        return None
+    which = [i for i, _ in picked]
+    lengths = [len(a) for _, a in picked]
+    return which, np.repeat(np.arange(len(which)), lengths), np.concatenate([a for _, a in picked])
+
+
+def _apply_token_edits(
+    logits: torch.Tensor,
+    rows: list[RequestSampling],
+    counts: DeviceCounts | None,
+    to_device: ToDevice,
+    host_masks: HostMasks | None,
+) -> torch.Tensor:
+    """allowed_token_ids, logit_bias and single-token bad words, dynamic bans, min_tokens."""
+    allowed = _row_entries(rows, "allowed_ids")
+    if allowed is not None:
+        which, local, ids = allowed
+        mask = torch.full(
+            (len(which), logits.shape[1]), float("-inf"), device=logits.device, dtype=logits.dtype
+        )
+        mask[
+            to_device("allowed_local", local, torch.long), to_device("allowed_ids", ids, torch.long)
+        ] = 0.0
+        logits.index_add_(0, to_device("allowed_rows", np.array(which), torch.long), mask)
+    bias = _row_entries(rows, "bias_ids")
+    if bias is not None:
+        which, local, ids = bias
+        values = np.concatenate([rows[i].bias_values for i in which])
+        row_of = np.asarray(which)[local]
+        logits.index_put_(
+            (to_device("bias_rows", row_of, torch.long), to_device("bias_ids", ids, torch.long)),
+            to_device("bias_values", values, logits.dtype),
+            accumulate=True,
+        )
+    if host_masks is not None and len(host_masks.ban_rows):
+        logits[
+            to_device("ban_rows", host_masks.ban_rows, torch.long),
+            to_device("ban_ids", host_masks.ban_ids, torch.long),
+        ] = float("-inf")
+    stops = _row_entries(rows, "min_tokens_stop_ids")
+    if stops is not None and counts is not None:
+        which, local, ids = stops
+        slots = to_device("min_tokens_slots", np.array([rows[i].slot for i in which]), torch.long)
+        limits = to_device(
+            "min_tokens", np.array([rows[i].params.min_tokens for i in which]), torch.int32
+        )
+        too_early = counts.num_generated[slots] < limits  # [len(which)], on the device
+        values = torch.where(too_early, float("-inf"), 0.0).to(logits.dtype)
+        row_of = np.asarray(which)[local]
+        logits.index_put_(
+            (
+                to_device("min_tokens_rows", row_of, torch.long),
+                to_device("min_tokens_ids", ids, torch.long),
+            ),
+            values[to_device("min_tokens_local", local, torch.long)],
+            accumulate=True,
+        )
+    return logits
+
+
+def _apply_row_penalties(
+    logits: torch.Tensor, rows: list[RequestSampling], counts: DeviceCounts, to_device: ToDevice
+) -> torch.Tensor:
+    which = [i for i, r in enumerate(rows) if r.params.has_penalties]
+    if not which:
+        return logits
+    index = to_device("penalty_rows", np.array(which), torch.long)
+    slots = to_device("penalty_slots", np.array([rows[i].slot for i in which]), torch.long)
+    params = [rows[i].params for i in which]
+
+    def per_row(name: str, attr: str) -> torch.Tensor:
+        return to_device(name, np.array([getattr(p, attr) for p in params]), logits.dtype)
+
+    logits[index] = apply_penalties(
+        logits[index],
+        counts.output_counts[slots],
+        counts.prompt_mask[slots],
+        per_row("repetition_penalty", "repetition_penalty"),
+        per_row("frequency_penalty", "frequency_penalty"),
+        per_row("presence_penalty", "presence_penalty"),
+    )
+    return logits
+
+
+def sample_on_device(
+    logits: torch.Tensor,
+    rows: list[RequestSampling],
+    *,
+    counts: DeviceCounts | None = None,
+    to_device: ToDevice | None = None,
+    host_masks: HostMasks | None = None,
+) -> PendingSample:
+    """Pick one token per row of ``logits`` ``[N, vocab]`` without waiting for the device.
+
+    Greedy rows take the argmax of the processed logits. Random rows race the filtered
+    probabilities against Exp(1) noise drawn on the host from the row's CPU generator (so seeded
+    requests give the same tokens on any device and in any batch) and sent to the device.
+
+    Args:
+        logits: raw model logits, one row per request that samples this step.
+        rows: each row's sampling inputs (:func:`rows_from_params` makes plain ones).
+        counts: the device token counts (needed by rows with penalties or min_tokens); the
+            sampled tokens are counted into it.
+        to_device: ``(name, host array, dtype) -> device tensor`` for the small per-row arrays
+            (e.g. the runner's pinned staging); default: a plain copy.
+        host_masks: constraints filled on the host for this step (grammar bitmask, bans).
+
+    Returns:
+        The pending tokens; call ``resolve()`` for host values.
+    """
+    to_device = to_device or _plain_to_device(logits.device)
+    logits = logits.float()
+    if host_masks is not None and len(host_masks.bitmask_rows):
+        apply_token_bitmask(logits, host_masks, to_device)
+    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
+    log_probs = (
+        logits[to_device("logprob_rows", np.array(wanted), torch.long)].log_softmax(-1)
+        if wanted
+        else None
+    )
+    logits = _apply_token_edits(logits, rows, counts, to_device, host_masks)
+    if counts is not None:
+        logits = _apply_row_penalties(logits, rows, counts, to_device)
+    tokens = logits.argmax(dim=-1)
+    random_rows = [i for i, r in enumerate(rows) if not r.params.greedy]
+    if random_rows:
+        index = to_device("random_rows", np.array(random_rows), torch.long)
+        probs = _filter_logits(logits[index], [rows[i].params for i in random_rows], to_device)
+        probs = probs.softmax(dim=-1)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
+        noise = torch.stack(
+            [
+                torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(
+                    generator=rows[i].generator
+                )
+                for i in random_rows
+            ]
+        )
+        tokens[index] = (probs / to_device("noise", noise.numpy(), probs.dtype)).argmax(dim=-1)
+    counted = [i for i, r in enumerate(rows) if r.slot >= 0]
+    if counted and counts is not None:
+        counts.record(
+            to_device("counted_slots", np.array([rows[i].slot for i in counted]), torch.long),
+            tokens[to_device("counted_rows", np.array(counted), torch.long)],
+        )
+    logprobs = None
+    if wanted:
+        chosen = tokens[to_device("logprob_rows_again", np.array(wanted), torch.long)]
+        logprobs = gather_logprobs(log_probs, chosen, [rows[i].params.logprobs for i in wanted])
+    return PendingSample(tokens, wanted, logprobs)
+
+
 @dataclass
 class PendingSample:
     """One step's sampled tokens, still on the device (nothing has waited for them yet).
@@ -78,38 +250,46 @@ class PendingSample:
 
     token_ids: torch.Tensor  # [N] int64 on the device
     logprob_rows: list[int]  # rows that asked for log-probabilities
-    logprob_counts: list[int]  # top-n of each such row
-    log_probs: torch.Tensor | None  # [len(logprob_rows), vocab] log-softmax, on the device
+    logprobs: LogprobRequest | None = None
+    prompt_logprobs: PromptLogprobsChunk | None = None
     _host_tokens: torch.Tensor | None = None
-    _host_log_probs: torch.Tensor | None = None
     _copied: torch.cuda.Event | None = None
 
     def __post_init__(self) -> None:
         if self.token_ids.device.type != "cuda" or self.token_ids.numel() == 0:
-            self._host_tokens, self._host_log_probs = self.token_ids.cpu(), self.log_probs
+            self._host_tokens = self.token_ids.cpu()
             return
         self._host_tokens = _to_pinned(self.token_ids)
-        if self.log_probs is not None:
-            self._host_log_probs = _to_pinned(self.log_probs)
+        if self.logprobs is not None:
+            self.logprobs.to_host()
         self._copied = torch.cuda.Event()
         self._copied.record()
+
+    def attach_prompt_logprobs(self, chunk: PromptLogprobsChunk) -> None:
+        """Add prompt log-probabilities computed in the same step (their copy is queued now)."""
+        chunk.values.to_host()
+        self.prompt_logprobs = chunk
+        if chunk.values.chosen_ids.is_pinned():
+            self._copied = self._copied or torch.cuda.Event()
+            self._copied.record()
 
     def resolve(self) -> SampledBatch:
         """Wait for the tokens; return them and the log-probabilities on the host."""
         if self._copied is not None:
             self._copied.synchronize()
         token_list = self._host_tokens.tolist()
-        logprobs: list[dict[int, float] | None] = [None] * len(token_list)
-        if self.logprob_rows:
-            logp = self._host_log_probs.cpu()
-            for j, (i, n) in enumerate(zip(self.logprob_rows, self.logprob_counts)):
-                entry: dict[int, float] = {}
-                if n > 0:
-                    values, ids = logp[j].topk(n)
-                    entry = dict(zip(ids.tolist(), values.tolist()))
-                entry[token_list[i]] = float(logp[j, token_list[i]])
-                logprobs[i] = entry
-        return SampledBatch(token_ids=token_list, logprobs=logprobs)
+        logprobs: list[TokenLogprobs | None] = [None] * len(token_list)
+        if self.logprobs is not None:
+            for row, entry in zip(self.logprob_rows, self.logprobs.rows()):
+                logprobs[row] = entry
+        prompt = []
+        if self.prompt_logprobs is not None:
+            chunk, values = self.prompt_logprobs, self.prompt_logprobs.values.rows()
+            start = 0
+            for req_id, first, count in zip(chunk.req_ids, chunk.first_positions, chunk.counts):
+                prompt.append((req_id, first, values[start : start + count]))
+                start += count
+        return SampledBatch(token_ids=token_list, logprobs=logprobs, prompt_logprobs=prompt)
 
 
 def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
@@ -119,56 +299,11 @@ def _to_pinned(tensor: torch.Tensor) -> torch.Tensor:
     return host
 
 
-def sample_on_device(
-    logits: torch.Tensor,
-    params: list[SamplingParams],
-    generators: list[torch.Generator],
-    to_device: ToDevice | None = None,
-) -> PendingSample:
-    """Pick one token per row of ``logits`` ``[N, vocab]`` without waiting for the device.
-
-    Greedy rows take the argmax on the device. Random rows race the filtered probabilities
-    against Exp(1) noise drawn on the host from the row's CPU generator (so seeded requests give
-    the same tokens on any device and in any batch) and sent to the device.
-
-    Args:
-        logits: raw model logits, one row per request that samples this step.
-        params: the sampling parameters of each row.
-        generators: a CPU ``torch.Generator`` per row.
-        to_device: ``(name, host array, dtype) -> device tensor`` for the small per-row arrays
-            (e.g. the runner's pinned staging); default: a plain copy.
-
-    Returns:
-        The pending tokens; call ``resolve()`` for host values.
-    """
-    to_device = to_device or _plain_to_device(logits.device)
-    logits = logits.float()
-    tokens = logits.argmax(dim=-1)
-    random_rows = [i for i, p in enumerate(params) if not p.greedy]
-    if random_rows:
-        rows = to_device("random_rows", np.array(random_rows), torch.long)
-        probs = _filter_logits(logits[rows], [params[i] for i in random_rows], to_device).softmax(
-            dim=-1
-        )
-        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
-        noise = torch.stack(
-            [
-                torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(
-                    generator=generators[i]
-                )
-                for i in random_rows
-            ]
-        )
-        noise = to_device("noise", noise.numpy(), probs.dtype)
-        tokens[rows] = (probs / noise).argmax(dim=-1)
-    wanted = [i for i, p in enumerate(params) if p.logprobs is not None]
-    log_probs = logits[wanted].log_softmax(dim=-1) if wanted else None
-    return PendingSample(
-        token_ids=tokens,
-        logprob_rows=wanted,
-        logprob_counts=[params[i].logprobs or 0 for i in wanted],
-        log_probs=log_probs,
-    )
+def rows_from_params(
+    params: list[SamplingParams], generators: list[torch.Generator]
+) -> list[RequestSampling]:
+    """Plain per-row sampling inputs (no token edits, no count slots), e.g. for tests."""
+    return [RequestSampling(params=p, generator=g) for p, g in zip(params, generators)]
 
 
 def sample(
@@ -180,12 +315,13 @@ def sample(
 
     Args:
         logits: raw model logits, one row per request that samples this step.
-        params: the sampling parameters of each row.
+        params: the sampling parameters of each row (token edits and penalties need the
+            engine's per-request state and are not applied here).
         generators: a CPU ``torch.Generator`` per row; seeded requests own theirs, so their
             tokens do not depend on the rest of the batch.
 
     Returns:
-        The chosen token ids, and per row the top-``logprobs`` log-probabilities of the raw
+        The chosen token ids, and per row the top-``logprobs`` log-probabilities of the
         distribution plus the chosen token's (None where not requested).
     """
-    return sample_on_device(logits, params, generators).resolve()
+    return sample_on_device(logits, rows_from_params(params, generators)).resolve()

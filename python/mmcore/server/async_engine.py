@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmcore.outputs import RequestOutput
+from mmcore.outputs import Logprob, RequestOutput
 from mmcore.sampling_params import SamplingParams
 
 logger = logging.getLogger("mmcore.server")
@@ -44,14 +44,14 @@ class CompletionDelta:
         index: the completion's index among the request's ``n``.
         text: new text that is safe to show (no possible stop-string prefix held back).
         token_ids: the new token ids.
-        logprobs: one dict token id -> log-probability per new token, when asked for.
+        logprobs: one dict token id -> :class:`~mmcore.outputs.Logprob` per new token, when asked for.
         finish_reason: ``"stop"``, ``"length"``, ``"abort"`` once finished, else None.
     """
 
     index: int
     text: str
     token_ids: list[int]
-    logprobs: list[dict[int, float]] | None
+    logprobs: list[dict[int, Logprob]] | None
     finish_reason: str | None
 
 

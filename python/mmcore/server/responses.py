@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mmcore.outputs import Logprob
 from mmcore.server.async_engine import CompletionDelta
 
 
@@ -33,12 +34,17 @@ def _sorted_top(logprobs: dict[int, float], k: int) -> list[tuple[int, float]]:
     return sorted(logprobs.items(), key=lambda kv: kv[1], reverse=True)[:k]
 
 
+def _values(entry: dict[int, Logprob]) -> dict[int, float]:
+    return {token_id: lp.logprob for token_id, lp in entry.items()}
+
+
 def chat_logprobs(
-    tokenizer, token_ids: list[int], logprobs: list[dict[int, float]], top_k: int
+    tokenizer, token_ids: list[int], logprobs: list[dict[int, Logprob]], top_k: int
 ) -> dict[str, Any]:
     """``choices[i].logprobs`` of a chat completion: per token, its logprob and the top ``k``."""
     content = []
-    for token_id, lp in zip(token_ids, logprobs):
+    for token_id, entry in zip(token_ids, logprobs):
+        lp = _values(entry)
         text = _token_text(tokenizer, token_id)
         top = []
         for tid, value in _sorted_top(lp, top_k):
@@ -58,14 +64,15 @@ def chat_logprobs(
 def completion_logprobs(
     tokenizer,
     token_ids: list[int],
-    logprobs: list[dict[int, float]],
+    logprobs: list[dict[int, Logprob]],
     top_k: int,
     text_offset: int = 0,
 ) -> dict[str, Any]:
     """``choices[i].logprobs`` of a (legacy) completion."""
     tokens, token_logprobs, tops, offsets = [], [], [], []
     offset = text_offset
-    for token_id, lp in zip(token_ids, logprobs):
+    for token_id, entry in zip(token_ids, logprobs):
+        lp = _values(entry)
         text = _token_text(tokenizer, token_id)
         tokens.append(text)
         token_logprobs.append(lp.get(token_id, float("-inf")))
@@ -139,7 +146,7 @@ class CompletionAccumulator:
     def __init__(self) -> None:
         self.text_parts: list[str] = []
         self.token_ids: list[int] = []
-        self.logprobs: list[dict[int, float]] = []
+        self.logprobs: list[dict[int, Logprob]] = []
         self.finish_reason: str | None = None
 
     def add(self, delta: CompletionDelta) -> None:
