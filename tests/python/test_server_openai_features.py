@@ -74,6 +74,17 @@ def srv(tiny_llava_dir):
 
 
 @pytest.fixture(scope="module")
+def no_blanks(tiny_llava_dir) -> dict[str, float]:
+    """A logit_bias against whitespace-only tokens. JSON grammars allow any whitespace between
+    tokens, and a random tiny model would otherwise fill max_tokens with it."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llava_dir)
+    blank = [i for i in range(len(tok)) if not tok.decode([i]).strip()]
+    return {str(i): -100.0 for i in blank}
+
+
+@pytest.fixture(scope="module")
 def client(srv):
     return openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", timeout=60, max_retries=0)
 
@@ -91,15 +102,17 @@ def _check_calls(tool_calls, names=None) -> None:
 
 
 # ----------------------------------------------------------------------------- tool calling
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_required_tool_choice_returns_valid_calls(client, seed):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_required_tool_choice_returns_valid_calls(client, no_blanks, seed):
     reply = client.chat.completions.create(
         model=MODEL,
         messages=QUESTION,
         tools=TOOLS,
         tool_choice="required",
+        parallel_tool_calls=False,  # a random model would rarely close the list by itself
         max_tokens=80,
         seed=seed,
+        logit_bias=no_blanks,
     )
     choice = reply.choices[0]
     _check_calls(choice.message.tool_calls)
@@ -107,7 +120,7 @@ def test_required_tool_choice_returns_valid_calls(client, seed):
     assert choice.finish_reason == "tool_calls"
 
 
-def test_named_tool_choice_returns_that_function_with_valid_arguments(client):
+def test_named_tool_choice_returns_that_function_with_valid_arguments(client, no_blanks):
     for seed in (0, 1):
         reply = client.chat.completions.create(
             model=MODEL,
@@ -116,6 +129,7 @@ def test_named_tool_choice_returns_that_function_with_valid_arguments(client):
             tool_choice={"type": "function", "function": {"name": "get_time"}},
             max_tokens=40,
             seed=seed,
+            logit_bias=no_blanks,
         )
         _check_calls(reply.choices[0].message.tool_calls, names={"get_time"})
         assert len(reply.choices[0].message.tool_calls) == 1
@@ -139,8 +153,16 @@ def _assemble(stream) -> tuple[str, dict, list]:
 @pytest.mark.parametrize(
     "tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
 )
-def test_streamed_tool_call_deltas_assemble_to_valid_calls(client, tool_choice):
-    kwargs = dict(model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice=tool_choice, seed=3)
+def test_streamed_tool_call_deltas_assemble_to_valid_calls(client, no_blanks, tool_choice):
+    kwargs = dict(
+        model=MODEL,
+        messages=QUESTION,
+        tools=TOOLS,
+        tool_choice=tool_choice,
+        parallel_tool_calls=False,
+        seed=3,
+        logit_bias=no_blanks,
+    )
     whole = client.chat.completions.create(max_tokens=80, **kwargs)
     content, calls, finish = _assemble(
         client.chat.completions.create(max_tokens=80, stream=True, **kwargs)
@@ -156,25 +178,22 @@ def test_streamed_tool_call_deltas_assemble_to_valid_calls(client, tool_choice):
 def test_auto_tool_choice_parses_the_hermes_format(client):
     # The tiny model never chooses to call a tool by itself: a regex makes it write a call in
     # the Hermes format, which the server's --tool-call-parser then reads.
-    pattern = (
-        r'Calling\.<tool_call>\{"name": "get_weather", "arguments": '
-        r'\{"unit": "(celsius|fahrenheit)"\}\}</tool_call>'
-    )
+    pattern = r'Ok\.<tool_call>\{"name":"get_time","arguments":\{"utc":(true|false)\}\}</tool_call>'
     kwargs = dict(
         model=MODEL,
         messages=QUESTION,
         tools=TOOLS,
-        max_tokens=60,
+        max_tokens=100,
         extra_body={"structured_outputs": {"regex": pattern}},
     )
     reply = client.chat.completions.create(**kwargs)
     message = reply.choices[0].message
-    assert message.content == "Calling."
-    _check_calls(message.tool_calls, names={"get_weather"})
+    assert message.content == "Ok."
+    _check_calls(message.tool_calls, names={"get_time"})
     assert reply.choices[0].finish_reason == "tool_calls"
     content, calls, finish = _assemble(client.chat.completions.create(stream=True, **kwargs))
-    assert content == "Calling."
-    assert [c["name"] for c in calls.values()] == ["get_weather"]
+    assert content == "Ok."
+    assert [c["name"] for c in calls.values()] == ["get_time"]
     assert finish == ["tool_calls"]
 
 
@@ -222,7 +241,7 @@ def test_tool_choice_none_and_earlier_tool_turns_are_rendered(srv, client):
 
 
 # ----------------------------------------------------------------------------- structured output
-def test_response_format_json_schema_output_validates(client):
+def test_response_format_json_schema_output_validates(client, no_blanks):
     response_format = {
         "type": "json_schema",
         "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True},
@@ -231,9 +250,10 @@ def test_response_format_json_schema_output_validates(client):
         model=MODEL,
         messages=QUESTION,
         response_format=response_format,
-        n=3,
+        n=2,
         seed=7,
         max_tokens=80,
+        logit_bias=no_blanks,
     )
     for choice in reply.choices:
         jsonschema.validate(json.loads(choice.message.content), ANSWER_SCHEMA)
@@ -243,6 +263,7 @@ def test_response_format_json_schema_output_validates(client):
         response_format=response_format,
         seed=8,
         max_tokens=80,
+        logit_bias=no_blanks,
         stream=True,
     )
     text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
