@@ -443,3 +443,21 @@ def test_image_urls_to_the_servers_network_are_refused(srv, url, what):
     )
     assert response.status_code == 400, response.text
     assert what in response.json()["error"]["message"]
+
+
+def test_prompt_logprobs_are_returned(srv):
+    prompt_ids = _post(srv, "/tokenize", {"prompt": "Once upon a time"}).json()["tokens"]
+    reply = _post(
+        srv,
+        "/v1/completions",
+        {"prompt": "Once upon a time", "max_tokens": 2, "prompt_logprobs": 1},
+    ).json()
+    plp = reply["choices"][0]["prompt_logprobs"]
+    assert len(plp) == len(prompt_ids) and plp[0] is None
+    for token_id, position in zip(prompt_ids[1:], plp[1:]):
+        entry = position[str(token_id)]  # the actual prompt token is always reported
+        assert entry["logprob"] <= 0.0 and entry["rank"] >= 1
+    chat = _post(
+        srv, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 1, "prompt_logprobs": 0}
+    ).json()
+    assert len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"]

@@ -61,6 +61,7 @@ class StreamUpdate:
 
     deltas: list[CompletionDelta]
     finished: bool
+    prompt_logprobs: list | None = None  # once, when the request asked for them
 
 
 @dataclass
@@ -78,6 +79,7 @@ class _Active:
     sent_chars: list[int]
     sent_tokens: list[int]
     done: list[bool]
+    sent_prompt_logprobs: bool = False
 
 
 def _deliver(batch: list[tuple[asyncio.Queue, StreamUpdate]]) -> None:
@@ -129,6 +131,7 @@ class RequestStream:
     _queue: asyncio.Queue
     _engine: AsyncEngine
     finished: bool = field(default=False)
+    prompt_logprobs: list | None = None  # set once they arrive, when asked for
 
     async def __aiter__(self) -> AsyncIterator[StreamUpdate]:
         try:
@@ -138,6 +141,8 @@ class RequestStream:
                     self.finished = True
                     raise item
                 self.finished = item.finished
+                if item.prompt_logprobs is not None:
+                    self.prompt_logprobs = item.prompt_logprobs
                 yield item
         finally:
             if not self.finished:  # the consumer left early (client gone, cancelled)
@@ -354,11 +359,16 @@ class AsyncEngine:
             if active is None:
                 continue
             deltas = _deltas(active, output)
+            prompt_logprobs = getattr(output, "prompt_logprobs", None)
+            if prompt_logprobs is None or active.sent_prompt_logprobs:
+                prompt_logprobs = None
+            else:
+                active.sent_prompt_logprobs = True
             if output.finished:
                 del self._active[output.request_id]
-            if deltas or output.finished:
+            if deltas or output.finished or prompt_logprobs is not None:
                 batch = batches.setdefault(active.loop, [])
-                batch.append((active.queue, StreamUpdate(deltas, output.finished)))
+                batch.append((active.queue, StreamUpdate(deltas, output.finished, prompt_logprobs)))
         for loop, batch in batches.items():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, batch)

@@ -160,3 +160,23 @@ class CompletionAccumulator:
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+
+def prompt_logprobs_json(prompt_logprobs: list | None) -> list | None:
+    """vLLM's ``prompt_logprobs`` field: per prompt token, None (the first) or
+    ``{token id: {"logprob", "rank", "decoded_token"}}``."""
+    if prompt_logprobs is None:
+        return None
+    return [
+        None
+        if position is None
+        else {
+            str(token_id): {
+                "logprob": lp.logprob,
+                "rank": lp.rank,
+                "decoded_token": lp.decoded_token,
+            }
+            for token_id, lp in position.items()
+        }
+        for position in prompt_logprobs
+    ]

@@ -20,6 +20,7 @@ from mmcore.server.responses import (
     chat_chunk,
     chat_delta_choice,
     chat_logprobs,
+    prompt_logprobs_json,
     sse_event,
     usage,
 )
@@ -140,16 +141,17 @@ async def create_chat_completion(
             }
         )
     num_completion = sum(len(a.token_ids) for a in accs)
-    return JSONResponse(
-        {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": choices,
-            "usage": usage(len(stream.prompt_token_ids), num_completion),
-        }
-    )
+    body_json = {
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": usage(len(stream.prompt_token_ids), num_completion),
+    }
+    if body.prompt_logprobs is not None:
+        body_json["prompt_logprobs"] = prompt_logprobs_json(stream.prompt_logprobs)
+    return JSONResponse(body_json)
 
 
 async def _sse(
@@ -166,10 +168,11 @@ async def _sse(
     with_usage = body.include_usage or body.continuous_usage
     num_prompt = len(stream.prompt_token_ids)
 
-    def chunk(choices, usage_value=None):
-        return sse_event(
-            chat_chunk(stream.request_id, created, model, choices, usage_value, with_usage)
-        )
+    def chunk(choices, usage_value=None, prompt_logprobs=None):
+        payload = chat_chunk(stream.request_id, created, model, choices, usage_value, with_usage)
+        if prompt_logprobs is not None:
+            payload["prompt_logprobs"] = prompt_logprobs_json(prompt_logprobs)
+        return sse_event(payload)
 
     num_completion = 0
     running_usage = None
@@ -193,10 +196,10 @@ async def _sse(
                     delta = {"content": ""}
                 reason = _finish_reason(d.finish_reason, output, body)
                 choices.append(chat_delta_choice(d.index, delta, reason, logprobs))
-            if choices:
+            if choices or update.prompt_logprobs is not None:
                 if body.continuous_usage:
                     running_usage = usage(num_prompt, num_completion)
-                yield chunk(choices, running_usage)
+                yield chunk(choices, running_usage, update.prompt_logprobs)
         if body.include_usage:
             yield chunk([], usage(num_prompt, num_completion))
     except EngineDeadError as exc:

@@ -17,6 +17,7 @@ from mmcore.server.responses import (
     SSE_DONE,
     completion_chunk,
     completion_logprobs,
+    prompt_logprobs_json,
     sse_event,
     usage,
 )
@@ -95,6 +96,8 @@ async def create_completion(
                     "finish_reason": acc.finish_reason,
                 }
             )
+            if body.prompt_logprobs is not None:
+                choices[-1]["prompt_logprobs"] = prompt_logprobs_json(streams[p].prompt_logprobs)
     num_completion = sum(len(a.token_ids) for accs in per_prompt for a in accs)
     return JSONResponse(
         {
@@ -156,6 +159,8 @@ async def _sse(
                         "finish_reason": d.finish_reason,
                     }
                 )
+                if update.prompt_logprobs is not None:
+                    choices[-1]["prompt_logprobs"] = prompt_logprobs_json(update.prompt_logprobs)
             if choices:
                 running = usage(num_prompt, num_completion) if body.continuous_usage else None
                 yield sse_event(
