@@ -87,6 +87,28 @@ def parse_json_object(value: Any, name: str) -> dict:
     return value
 
 
+def parse_int(text: str, name: str) -> int:
+    """An integer from the command line; ``1k``/``32K``/``2G`` as vLLM reads them (lower case:
+    powers of 1000, upper case: powers of 1024)."""
+    suffixes = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, scale = (text[:-1], suffixes[text[-1]]) if text[-1:] in suffixes else (text, 1)
+    try:
+        value = float(number) * scale if scale > 1 else int(number)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {text!r}")
+    return int(value)
+
+
+def parse_float(text: str, name: str) -> float:
+    """A number from the command line."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
+
+
 def _convert(name: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against the type ``hint``; return it (ints widened to float)."""
     base, optional = _unwrap_optional(hint)
@@ -179,6 +201,10 @@ def _cli_parser(name: str, parse: Callable[[Any], Any] | None, base: Any) -> Cal
                 return parse(text)
             if typing.get_origin(base) is dict:
                 return parse_json_object(text, name)
+            if base is int:
+                return parse_int(text, name)
+            if base is float:
+                return parse_float(text, name)
             return base(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
