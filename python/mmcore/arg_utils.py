@@ -253,21 +253,35 @@ def namespace_kwargs(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def _flags_text(f: dataclasses.Field, base: Any) -> str:
+    if not f.metadata["cli"]:
+        return "(Python only)"
+    flags = [flag_name(f.name), *f.metadata["flags"]]
+    if base is bool:
+        flags.append("--no-" + f.name.replace("_", "-"))
+    return ", ".join(f"`{flag}`" for flag in flags)
+
+
 def options_table(cls: type) -> str:
-    """A Markdown table of the options of ``cls``: flag, type, default, choices, help."""
+    """A Markdown table of the options of ``cls``: name, flags, type, default, description."""
     hints = typing.get_type_hints(cls)
-    rows = ["| option | type | default | help |", "|---|---|---|---|"]
+    rows = [
+        "| Python | command line | type | default | description |",
+        "|---|---|---|---|---|",
+    ]
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if "help" not in meta:
             continue
         default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+        base, _ = _unwrap_optional(hints[f.name])
         type_name = str(hints[f.name]).replace("typing.", "").replace("<class '", "")
         type_name = type_name.replace("'>", "").replace("|", "\\|")
         help_text = meta["help"].replace("|", "\\|")
         if meta["choices"] is not None:
-            help_text += " Choices: " + ", ".join(f"`{c}`" for c in meta["choices"]) + "."
-        flag = f"`{flag_name(f.name)}`" if meta["cli"] else "(Python only)"
+            help_text += "; one of " + ", ".join(f"`{c}`" for c in meta["choices"])
         default_text = "" if default is None else f"`{_describe_default(default)}`"
-        rows.append(f"| `{f.name}` {flag} | {type_name} | {default_text} | {help_text} |")
+        rows.append(
+            f"| `{f.name}` | {_flags_text(f, base)} | {type_name} | {default_text} | {help_text} |"
+        )
     return "\n".join(rows) + "\n"

@@ -154,7 +154,7 @@ class EngineArgs:
     mm_processor_kwargs: dict | None = option(
         parse=parse_mm_processor_kwargs,
         metavar="JSON",
-        help="keyword arguments of the multimodal processor, e.g. '{\"num_crops\": 4}'",
+        help="keyword arguments of the multimodal processor, e.g. '{\"do_center_crop\": true}'",
     )
     mm_processor_cache_gb: float = option(
         1.0, help="GiB of processed multimodal inputs kept for reuse (0 disables)"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 
 import pytest
@@ -209,3 +210,30 @@ def test_options_table_lists_every_option():
     table = options_table(EngineArgs)
     for f in dataclasses.fields(EngineArgs):
         assert f"`{flag_name(f.name)}`" in table
+    assert "`--no-enable-prefix-caching`" in table
+
+
+def test_docs_page_is_generated_from_the_options():
+    from mmcore.options_doc import render
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "docs", "engine_args.md")) as f:
+        assert f.read() == render(), (
+            "regenerate: python -m mmcore.options_doc > docs/engine_args.md"
+        )
+
+
+def test_served_model_names_and_media_reach_the_server_config():
+    from mmcore.commands import server_config
+
+    args = _parse(
+        "serve org/model --served-model-name a b --allowed-local-media-path /data "
+        "--limit-mm-per-prompt image=3 --allowed-media-domains img.example --port 0"
+    )
+    config = server_config(serve_engine_args(args), ServerArgs.from_cli_args(args), "/cache/x")
+    assert config.model_names == ["a", "b"] and config.port == 0
+    assert config.media.allowed_local_media_path == "/data" and config.media.max_images == 3
+    assert config.media.allowed_domains == ["img.example"]
+    unnamed = server_config(EngineArgs(model="org/model"), ServerArgs(), "/cache/x")
+    assert unnamed.model_names == ["org/model"]
+    assert server_config(EngineArgs(), ServerArgs(), "/demo").model_names == ["/demo"]
