@@ -119,8 +119,9 @@ def check_remote_code(model_dir: str, trust_remote_code: bool) -> None:
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     model_type = config.get("model_type")
-    if model_type in CONFIG_MAPPING and model_type in supported_model_types():
+    if model_type in CONFIG_MAPPING:  # transformers reads the config; mmcore's registry decides
         return
+    supported = supported_model_types()
     if "auto_map" in config:
         hint = (
             " (trust_remote_code=True does not change this)"
@@ -129,5 +130,9 @@ def check_remote_code(model_dir: str, trust_remote_code: bool) -> None:
         )
         raise ValueError(
             f"the checkpoint's model type {model_type!r} needs its own remote code, which mmcore "
-            f"does not run{hint}; supported model types: {supported_model_types()}"
+            f"does not run{hint}; supported model types: {supported}"
         )
+    raise ValueError(
+        f"the checkpoint's model type {model_type!r} is unknown to transformers and mmcore; "
+        f"supported model types: {supported}"
+    )

@@ -141,3 +141,14 @@ def test_startup_summary_and_stats_lines(tiny_llava_dir, caplog):
     assert engine.num_generated_tokens == 4
     # Offline engines are quiet by default, as vLLM's LLM.
     assert Engine(tiny_llava_dir)._stat_logger is None
+
+
+def test_unknown_model_type_is_named(tiny_llava_dir, tmp_path):
+    model = _copy_checkpoint(tiny_llava_dir, tmp_path / "unknown")
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    config["model_type"] = "acme_unknown"
+    with open(os.path.join(model, "config.json"), "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match="'acme_unknown' is unknown to transformers and mmcore"):
+        Engine(model)
