@@ -158,7 +158,12 @@ def check_fields(instance: Any) -> None:
             continue
         value = getattr(instance, f.name)
         parse = f.metadata["parse"]
-        value = parse(value) if parse is not None else _convert(f.name, value, hints[f.name])
+        try:
+            value = parse(value) if parse is not None else _convert(f.name, value, hints[f.name])
+        except ValueError as exc:
+            if f.name in str(exc):
+                raise
+            raise ValueError(f"{f.name}: {exc}") from None
         choices = f.metadata["choices"]
         if choices is not None and value is not None and value not in choices:
             raise ValueError(

@@ -177,6 +177,7 @@ def test_limit_mm_per_prompt_forms(value, expected):
         ({"limit_mm_per_prompt": {"image": "2"}}, r"limit_mm_per_prompt\['image'\]"),
         ({"mm_processor_kwargs": "{oops"}, "mm_processor_kwargs must be a JSON object"),
         ({"served_model_name": [""]}, "served_model_name"),
+        ({"model": 7}, "model: expected a path or hub id string"),
         ({"tensor_parallel_size": 2}, "tensor_parallel_size=2 is not supported yet"),
         ({"distributed_executor_backend": "ray"}, "distributed_executor_backend='ray'"),
         ({"distributed_executor_backend": "nccl"}, "distributed_executor_backend must be"),
@@ -194,6 +195,11 @@ def test_unknown_argument_is_named_with_the_closest_option():
         EngineArgs.from_kwargs(kv_cache_memory=1 << 20)
     with pytest.raises(TypeError, match="'bogus'"):
         ServerArgs.from_kwargs(bogus=1)
+
+
+def test_paths_may_be_pathlib(tmp_path):
+    args = EngineArgs(model=tmp_path, chat_template=tmp_path / "t.jinja")
+    assert args.model == str(tmp_path) and args.chat_template == str(tmp_path / "t.jinja")
 
 
 def test_values_that_run_today_are_accepted():
