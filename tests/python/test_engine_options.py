@@ -133,6 +133,8 @@ def test_startup_summary_and_stats_lines(tiny_llava_dir, caplog):
     blocks = engine.config.num_blocks
     assert "device=cpu" in ready[0] and "dtype=float32" in ready[0]
     assert f"{blocks} blocks x 16 = {blocks * 16} tokens" in ready[0]
+    gib = blocks * engine.config.kv_block_bytes / (1 << 30)
+    assert f"({gib:.2f} GiB)" in ready[0] and "max_model_len=512" in ready[0]
     assert "eager (no CUDA graphs)" in ready[0] and "loaded in" in ready[0]
 
     engine.generate("USER: hi\nASSISTANT:", GREEDY, use_tqdm=False)

@@ -35,6 +35,7 @@ class EngineConfig:
     max_model_len: int
     block_size: int
     num_blocks: int
+    kv_block_bytes: int
     max_num_seqs: int
     enforce_eager: bool
     async_scheduling: bool
@@ -215,6 +216,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         max_model_len=max_model_len,
         block_size=block_size,
         num_blocks=num_blocks,
+        kv_block_bytes=block_bytes,
         max_num_seqs=max_num_seqs,
         enforce_eager=args.enforce_eager,
         async_scheduling=(

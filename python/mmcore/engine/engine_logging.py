@@ -39,7 +39,9 @@ def log_startup(engine: Any, load_s: float) -> str:
     line = (
         f"engine ready: model={cfg.model_path} device={cfg.device} dtype={dtype} "
         f"KV cache={cfg.num_blocks} blocks x {cfg.block_size} = "
-        f"{cfg.num_blocks * cfg.block_size} tokens, max_model_len={cfg.max_model_len}, "
+        f"{cfg.num_blocks * cfg.block_size} tokens "
+        f"({cfg.num_blocks * cfg.kv_block_bytes / (1 << 30):.2f} GiB), "
+        f"max_model_len={cfg.max_model_len}, "
         f"{graph_text}, loaded in {load_s:.1f} s"
     )
     _ensure_visible()
