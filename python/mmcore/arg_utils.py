@@ -29,7 +29,6 @@ def option(
     metavar: str | None = None,
     flags: Sequence[str] = (),
     default_factory: Callable[[], Any] | None = None,
-    cli: bool = True,
 ) -> Any:
     """A dataclass field that is also a command-line option.
 
@@ -42,7 +41,6 @@ def option(
         metavar: the placeholder shown by ``--help``.
         flags: extra spellings of the flag (e.g. a short or legacy name).
         default_factory: for mutable defaults.
-        cli: False for a Python-only option (no flag).
 
     Returns:
         A ``dataclasses.field``.
@@ -53,7 +51,6 @@ def option(
         "parse": parse,
         "metavar": metavar,
         "flags": tuple(flags),
-        "cli": cli,
     }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -219,7 +216,7 @@ def _cli_parser(name: str, parse: Callable[[Any], Any] | None, base: Any) -> Cal
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser | Any, cls: type, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type
 ) -> None:
     """Add one option per field of ``cls`` (declared with :func:`option`) to ``parser``.
 
@@ -230,7 +227,7 @@ def add_dataclass_args(
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if "help" not in meta or not meta["cli"] or f.name in skip:
+        if "help" not in meta:
             continue
         base, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
@@ -259,8 +256,6 @@ def namespace_kwargs(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _flags_text(f: dataclasses.Field, base: Any) -> str:
-    if not f.metadata["cli"]:
-        return "(Python only)"
     flags = [flag_name(f.name), *f.metadata["flags"]]
     if base is bool:
         flags.append("--no-" + f.name.replace("_", "-"))

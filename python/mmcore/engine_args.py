@@ -236,10 +236,9 @@ class EngineArgs:
         return cls(**kwargs)
 
     @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-        """Add every Engine option (except those in ``skip``) to ``parser`` as a group."""
-        group = parser.add_argument_group("engine options")
-        add_dataclass_args(group, EngineArgs, skip=skip)
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        """Add every Engine option to ``parser`` as a group."""
+        add_dataclass_args(parser.add_argument_group("engine options"), EngineArgs)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
