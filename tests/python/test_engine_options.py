@@ -62,6 +62,9 @@ def test_engine_refuses_unknown_and_bad_options(tiny_llava_dir):
         Engine(tiny_llava_dir, tensor_parallel_size=4)
     with pytest.raises(ValueError, match="max_model_len=100000 exceeds"):
         Engine(tiny_llava_dir, max_model_len=100000)
+    with pytest.raises(ValueError, match="names 'images', which this model does not accept"):
+        Engine(tiny_llava_dir, limit_mm_per_prompt={"images": 2})
+    assert Engine(tiny_llava_dir, limit_mm_per_prompt='{"image": 2, "video": 0}')
 
 
 def test_from_engine_args_matches_kwargs(tiny_llava_dir):

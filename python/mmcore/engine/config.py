@@ -121,6 +121,17 @@ def _load_tokenizer(args: EngineArgs, model_path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _check_limits(limits: dict[str, int] | None, supported: tuple[str, ...]) -> None:
+    """A limit for a modality the model does not take is a typo or a wrong model, not a no-op
+    (a limit of 0 is allowed: it only says "none")."""
+    for modality, count in (limits or {}).items():
+        if count > 0 and modality not in supported:
+            raise ValueError(
+                f"limit_mm_per_prompt names {modality!r}, which this model does not accept "
+                f"(it accepts: {', '.join(supported) or 'text only'})"
+            )
+
+
 def resolve_config(args: EngineArgs) -> EngineConfig:
     """Find the checkpoint, load its config, tokenizer, processor and model; size the KV cache.
 
@@ -146,6 +157,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     processor = get_processor_class(hf_config.model_type)(
         model, hf_config, tokenizer, args.mm_processor_kwargs
     )
+
+    _check_limits(args.limit_mm_per_prompt, processor.supported_modalities)
 
     text_config = getattr(hf_config, "text_config", hf_config)
     model_max = int(getattr(text_config, "max_position_embeddings", 4096))
