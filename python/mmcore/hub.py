@@ -106,11 +106,13 @@ def check_remote_code(model_dir: str, trust_remote_code: bool) -> None:
     """Refuse a checkpoint whose architecture only exists as remote code.
 
     mmcore never runs a checkpoint's own Python code: it serves model types it implements. A
-    checkpoint that declares remote code (``auto_map``) for a model type that transformers and
-    mmcore both know runs with mmcore's implementation, whatever ``trust_remote_code`` says.
+    checkpoint that declares remote code (``auto_map``) for a model type transformers knows is
+    read with transformers' config class and run by mmcore's implementation (if mmcore has
+    one), whatever ``trust_remote_code`` says.
 
     Raises:
-        ValueError: naming the model type and what mmcore supports instead.
+        ValueError: the model type is unknown to transformers (remote code only, or unknown),
+            naming it and the model types mmcore supports.
     """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
