@@ -54,6 +54,11 @@ At start-up the engine logs one line: device, dtype, KV cache blocks and tokens,
 `max_model_len`, CUDA graphs captured, load time. Unless `disable_log_stats` (the offline
 `Engine`'s default, as vLLM's `LLM`), it logs running/waiting requests, generation throughput,
 KV cache use and prefix cache hit rate every 10 seconds.
+
+To add an option, declare one field with `mmcore.arg_utils.option(default, help=...,
+choices=..., parse=...)` in `EngineArgs` (read it in `engine/config.py` from `EngineArgs`) or in
+`ServerArgs` (read it in `commands.server_config`), add its range check to `__post_init__` if
+its type does not say enough, and regenerate this page.
 """
 
 
