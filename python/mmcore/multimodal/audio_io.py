@@ -122,7 +122,7 @@ def _decode_with_av(data: bytes, max_seconds: float, sndfile_error) -> tuple[np.
 
     try:
         container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, ValueError) as e:
+    except (av.error.FFmpegError, ValueError):
         reason = str(sndfile_error).rsplit(": ", 1)[-1]  # drop libsndfile's "<BytesIO ...>"
         raise ValueError(f"audio data is not a readable audio file: {reason}") from None
     with container:
