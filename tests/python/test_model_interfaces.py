@@ -34,7 +34,9 @@ def test_per_request_settings_change_the_item_and_unknown_keys_fail(llava_engine
         "multi_modal_data": {"image": photos["chelsea"]},
     }
     base = llava_engine.inputs.process(prompt)
-    tuned = llava_engine.inputs.process({**prompt, "mm_processor_kwargs": {"image_std": [1.0, 1.0, 1.0]}})
+    tuned = llava_engine.inputs.process(
+        {**prompt, "mm_processor_kwargs": {"image_std": [1.0, 1.0, 1.0]}}
+    )
     assert base.items[0].identifier != tuned.items[0].identifier
     assert not torch.equal(base.items[0].data["pixel_values"], tuned.items[0].data["pixel_values"])
     with pytest.raises(ValueError, match=r"\['max_pixels'\] are not known.*known: \["):
