@@ -9,31 +9,35 @@ _MEDIA_PART_TYPES = {
     "image_url": "image",
     "image_pil": "image",
     "image_embeds": "image",
+    "video": "video",
+    "video_url": "video",
 }
+_URL_PARTS = ("image_url", "video_url")
 
 
 def _part_media(part: dict) -> Any:
     kind = part["type"]
-    if kind == "image_url":
-        url = part.get("image_url")
+    if kind in _URL_PARTS:
+        url = part.get(kind)
         url = url.get("url") if isinstance(url, dict) else url
         if not isinstance(url, str) or not url:
-            raise ValueError("an image_url content part needs image_url.url")
+            raise ValueError(f"a {kind} content part needs {kind}.url")
         return url
     if kind == "image_embeds":
         return {"image_embeds": part["image_embeds"]}
-    for key in ("image", "image_pil", "url", "path"):
+    for key in (kind, "image_pil", "url", "path"):
         if key in part:
             return part[key]
-    raise ValueError(f"a {kind!r} content part carries no image")
+    raise ValueError(f"a {kind!r} content part carries no {_MEDIA_PART_TYPES[kind]}")
 
 
 def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
     """Normalise content parts for a chat template and collect the media in order.
 
     Returns:
-        The messages with every media part replaced by ``{"type": "image"}`` (what HF chat
-        templates expect) and ``{"image": [...]}`` with the media in order of appearance.
+        The messages with every media part replaced by ``{"type": <modality>}`` (what HF chat
+        templates expect: ``image``, ``video``, ``audio``) and ``{modality: [...]}`` with the
+        media in order of appearance.
     """
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")

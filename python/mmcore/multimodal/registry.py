@@ -1,7 +1,9 @@
 """Which mmcore model class and processor class serve each HF ``config.model_type``.
 
 Built-in families are named by import path and imported on first use, so that
-``import mmcore`` stays light (no torch/transformers import).
+``import mmcore`` stays light (no torch/transformers import). A family is one folder under
+``mmcore/models/`` (model code and its processor) plus one line here; out-of-tree families
+call :func:`register_model` instead (``docs/adding_a_model.md``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def register_model(model_type: str, model_cls: type, processor_cls: type) -> Non
 
     Args:
         model_type: HF ``config.model_type`` (e.g. ``"llava"``); replaces a built-in entry.
-        model_cls: an ``nn.Module`` following mmcore's model contract.
+        model_cls: an ``nn.Module`` following :class:`mmcore.models.interfaces.MultiModalModel`.
         processor_cls: a :class:`~mmcore.multimodal.processor.MultiModalProcessor` subclass.
     """
     if not isinstance(model_type, str) or not model_type:
