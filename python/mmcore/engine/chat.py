@@ -11,8 +11,32 @@ _MEDIA_PART_TYPES = {
     "image_embeds": "image",
     "video": "video",
     "video_url": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
 }
-_URL_PARTS = ("image_url", "video_url")
+_URL_PARTS = ("image_url", "video_url", "audio_url")
+# OpenAI's input_audio formats; the decoder reads the container from the bytes themselves.
+_INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a", "webm")
+
+
+def _input_audio(part: dict) -> bytes:
+    """The bytes of an OpenAI ``{"type": "input_audio", "input_audio": {data, format}}``."""
+    import base64
+    import binascii
+
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+        raise ValueError("an input_audio content part needs input_audio.data (base64)")
+    fmt = audio.get("format", "wav")
+    if fmt not in _INPUT_AUDIO_FORMATS:
+        raise ValueError(
+            f"input_audio.format must be one of {list(_INPUT_AUDIO_FORMATS)}, got {fmt!r}"
+        )
+    try:
+        return base64.b64decode(audio["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("input_audio.data is not valid base64") from None
 
 
 def _part_media(part: dict) -> Any:
@@ -25,6 +49,8 @@ def _part_media(part: dict) -> Any:
         return url
     if kind == "image_embeds":
         return {"image_embeds": part["image_embeds"]}
+    if kind == "input_audio":
+        return _input_audio(part)
     for key in (kind, "image_pil", "url", "path"):
         if key in part:
             return part[key]

@@ -17,6 +17,10 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.multimodal.processor:MultiModalProcessor",
     ),
     "llava": ("mmcore.models.llava:LlavaModel", "mmcore.multimodal.llava:LlavaMultiModalProcessor"),
+    "qwen2_audio": (
+        "mmcore.models.qwen2_audio:Qwen2AudioModel",
+        "mmcore.models.qwen2_audio.processor:Qwen2AudioMultiModalProcessor",
+    ),
     "llava_next": (
         "mmcore.models.llava_next:LlavaNextModel",
         "mmcore.multimodal.llava_next:LlavaNextMultiModalProcessor",
