@@ -128,3 +128,15 @@ class MRotaryEmbedding(RotaryEmbedding):
             raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
         op = select_op("mrope_rotary_embedding", query)
         return op(positions, query, key, cache, self.mrope_section)
+
+
+def rotary_embedding_for(
+    config, head_dim: int, *, device: torch.device, dtype: torch.dtype = torch.float32
+) -> RotaryEmbedding:
+    """The rotary layer a config asks for: :class:`MRotaryEmbedding` when its rope parameters
+    carry an ``mrope_section``, else :class:`RotaryEmbedding`."""
+    params = rope_parameters(config)
+    scaling = getattr(config, "rope_scaling", None) or {}
+    if params.get("mrope_section") is not None or scaling.get("mrope_section") is not None:
+        return MRotaryEmbedding(config, head_dim, device=device, dtype=dtype)
+    return RotaryEmbedding(config, head_dim, device=device, dtype=dtype)
