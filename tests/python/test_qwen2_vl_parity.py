@@ -15,7 +15,6 @@ from mmcore import Engine, SamplingParams
 from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.multimodal.video import load_video
 from mmcore.testing.qwen2_vl_oracle import hf_greedy, hf_inputs, hf_rope_index
-from mmcore.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 
 MAX_TOKENS = 6
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
@@ -70,8 +69,8 @@ def _hf_case(model_dir, processor, text, images, videos):
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
-def case(request, tmp_path_factory, photos):
-    model_dir = build_tiny_qwen2_vl(tmp_path_factory.mktemp(request.param), variant=request.param)
+def case(request, photos):
+    model_dir = request.getfixturevalue(f"tiny_{request.param}_dir")
     engine = Engine(model_dir, seed=0)
     prompts = _prompts(photos)
     hf = [_hf_case(model_dir, engine.processor, *p) for p in prompts]
