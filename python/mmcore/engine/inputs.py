@@ -192,7 +192,7 @@ class InputProcessor:
                 uuid = raw["uuid"]
                 raw = raw.get("data", {k: v for k, v in raw.items() if k != "uuid"})
             if isinstance(raw, dict) and "image_embeds" in raw:
-                items[i] = self._embeds_item(modality, raw["image_embeds"], uuid)
+                items[i] = self._embeds_item(modality, raw, uuid)
             elif isinstance(raw, dict) and "pixel_values" in raw:
                 items[i] = self._preprocessed_item(modality, raw, uuid)
             else:
@@ -219,7 +219,10 @@ class InputProcessor:
                 items[i] = MMItem(modality, identifier, num_embeds, data=data)
         return [it for it in items if it is not None]
 
-    def _embeds_item(self, modality: str, embeds, uuid) -> MMItem:
+    def _embeds_item(self, modality: str, raw: dict, uuid) -> MMItem:
+        """Precomputed embeddings; other keys (e.g. Qwen2-VL's ``image_grid_thw``, which
+        M-RoPE needs) are kept as the item's data."""
+        embeds = raw["image_embeds"]
         if not isinstance(embeds, torch.Tensor):
             raise ValueError(
                 "image_embeds must be a torch.Tensor of shape [num_embeds, hidden_size]"
@@ -230,7 +233,8 @@ class InputProcessor:
                 f"image_embeds must have shape [num_embeds, {hidden}], got {list(embeds.shape)}"
             )
         identifier = uuid or hash_item(embeds, model=self.model_id, kind="embeds")
-        return MMItem(modality, identifier, int(embeds.shape[0]), embeds=embeds)
+        extra = {k: torch.as_tensor(v) for k, v in raw.items() if k != "image_embeds"}
+        return MMItem(modality, identifier, int(embeds.shape[0]), data=extra, embeds=embeds)
 
     def _preprocessed_item(self, modality: str, data: dict, uuid) -> MMItem:
         tensors = {k: torch.as_tensor(v) for k, v in data.items()}

@@ -104,7 +104,7 @@ class LlavaMultiModalProcessor(MultiModalProcessor):
         """(height, width) of an image with the most embeddings."""
         return self.tile_size, self.tile_size
 
-    def dummy_items(self, modality: str, count: int) -> list:
+    def dummy_items(self, modality: str, count: int, max_embeds: int | None = None) -> list:
         """``count`` mid-gray RGB images of :meth:`largest_image_size`."""
         from PIL import Image
 

@@ -230,8 +230,15 @@ class MultiModalProcessor:
         self.check_modality(modality)
         raise NotImplementedError(f"{type(self).__name__}.process")
 
-    def dummy_items(self, modality: str, count: int) -> list:
-        """``count`` loaded items of the size with the most embeddings (memory profiling)."""
+    def dummy_items(self, modality: str, count: int, max_embeds: int | None = None) -> list:
+        """``count`` loaded items of the size with the most embeddings (memory profiling).
+
+        Args:
+            modality: the items' modality.
+            count: how many.
+            max_embeds: for items of unbounded size (videos), the most embeddings one item may
+                have (the engine passes ``max_model_len``).
+        """
         self.check_modality(modality)
         raise NotImplementedError(f"{type(self).__name__}.dummy_items")
 

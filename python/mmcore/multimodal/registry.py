@@ -25,6 +25,14 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.models.llava_next:LlavaNextModel",
         "mmcore.multimodal.llava_next:LlavaNextMultiModalProcessor",
     ),
+    "qwen2_vl": (
+        "mmcore.models.qwen2_vl:Qwen2VLModel",
+        "mmcore.models.qwen2_vl.processor:Qwen2VLMultiModalProcessor",
+    ),
+    "qwen2_5_vl": (
+        "mmcore.models.qwen2_vl:Qwen2VLModel",
+        "mmcore.models.qwen2_vl.processor:Qwen2VLMultiModalProcessor",
+    ),
 }
 _registered: dict[str, tuple[type, type]] = {}
 
