@@ -98,8 +98,8 @@ class Qwen2AudioMultiModalProcessor(MultiModalProcessor):
             )
         return out
 
-    def dummy_items(self, modality: str, count: int) -> list:
-        """``count`` clips of the full 30 s window (the most embeddings)."""
+    def dummy_items(self, modality: str, count: int, max_embeds: int | None = None) -> list:
+        """``count`` clips of the full 30 s window (the most embeddings; clips are bounded)."""
         self.check_modality(modality)
         rng = np.random.default_rng(0)
         return [
