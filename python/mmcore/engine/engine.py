@@ -179,6 +179,7 @@ class Engine:
             for out in tracker.outputs:
                 out.logprobs = []
         core_ids = [next(self._next_core_id) for _ in range(params.n)]
+        mrope = processed.mrope
         added = []
         try:
             for index, core_id in enumerate(core_ids):
@@ -191,6 +192,8 @@ class Engine:
                     eos_token_ids=self._eos_token_ids,
                     stop_token_ids=params.stop_token_ids,
                     ignore_eos=params.ignore_eos,
+                    mrope_positions=None if mrope is None else mrope.positions,
+                    mrope_delta=0 if mrope is None else mrope.delta,
                 )
                 added.append(core_id)
                 self.runner.add_request(

@@ -65,6 +65,8 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # vLLM's extra: settings of the model's multimodal processor for this request only.
+    mm_processor_kwargs: dict[str, Any] | None = None
 
     def _check_common(self, unsupported: dict[str, Any]) -> None:
         extras = self.model_extra or {}
@@ -80,6 +82,12 @@ class _SamplingFields(BaseModel):
             raise ValueError("stop strings must be non-empty")
         if len(stops) > 16:
             raise ValueError("at most 16 stop strings are allowed")
+
+    def with_processor_kwargs(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """``prompt`` with this request's ``mm_processor_kwargs`` (if any) attached."""
+        if self.mm_processor_kwargs is None:
+            return prompt
+        return {**prompt, "mm_processor_kwargs": self.mm_processor_kwargs}
 
     @property
     def include_usage(self) -> bool:
@@ -161,7 +169,13 @@ class CompletionRequest(_SamplingFields):
         """Each prompt as the engine takes it: a string or ``{"prompt_token_ids": [...]}``."""
         p = self.prompt
         if isinstance(p, str):
-            return [p]
-        if all(isinstance(x, int) for x in p):
-            return [{"prompt_token_ids": list(p)}]
-        return [x if isinstance(x, str) else {"prompt_token_ids": list(x)} for x in p]
+            prompts = [p]
+        elif all(isinstance(x, int) for x in p):
+            prompts = [{"prompt_token_ids": list(p)}]
+        else:
+            prompts = [x if isinstance(x, str) else {"prompt_token_ids": list(x)} for x in p]
+        if self.mm_processor_kwargs is None:
+            return prompts
+        return [
+            self.with_processor_kwargs({"prompt": x} if isinstance(x, str) else x) for x in prompts
+        ]

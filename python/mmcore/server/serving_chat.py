@@ -45,7 +45,7 @@ async def create_chat_completion(
 
     def prepare():
         resolved = resolve_messages(messages, state.media)
-        return engine.inputs.process(engine.chat_prompt(resolved))
+        return engine.inputs.process(body.with_processor_kwargs(engine.chat_prompt(resolved)))
 
     request_id = new_request_id("chatcmpl")
     stream = await process_and_submit(state, request_id, prepare, params, arrival)
