@@ -181,7 +181,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             processor.num_embeds(m, item)
             for m in processor.supported_modalities
             for item in processor.dummy_items(m, 1, max_model_len)
-            if (get("limit_mm_per_prompt") or {}).get(m, 1) > 0
+            if (args.limit_mm_per_prompt or {}).get(m, 1) > 0
         ),
         default=0,
     )
@@ -199,7 +199,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             block_size=block_size,
             encoder_budget=encoder_budget,
             kv_dtype=dtype,
-            limit_mm_per_prompt=get("limit_mm_per_prompt"),
+            limit_mm_per_prompt=args.limit_mm_per_prompt,
         )
         kv_bytes = gpu_kv_cache_bytes(device, args.gpu_memory_utilization, peak)
     elif kv_bytes is None:
