@@ -256,10 +256,13 @@ void bind_fused(py::module_& m) {
          uintptr_t key, Strides2 k_strides, uintptr_t query_out, Strides2 qo_strides,
          uintptr_t key_out, Strides2 ko_strides, uintptr_t cos_sin_cache, int64_t cache_stride,
          int max_positions, int num_tokens, int num_q_heads, int num_kv_heads, int head_dim,
-         int dtype, uintptr_t stream) {
+         int dtype, uintptr_t stream, std::array<int, 3> mrope_section,
+         int64_t positions_row_stride) {
         mmcore::kernels::RotaryParams p;
         p.positions = as_ptr<const void>(positions);
         p.positions_int64 = positions_int64;
+        p.positions_row_stride = positions_row_stride;
+        for (int i = 0; i < 3; ++i) p.mrope_section[i] = mrope_section[i];
         p.query = as_ptr<const void>(query);
         p.q_stride_token = q_strides[0];
         p.q_stride_head = q_strides[1];
@@ -287,7 +290,9 @@ void bind_fused(py::module_& m) {
       py::arg("key_out"), py::arg("ko_strides"), py::arg("cos_sin_cache"), py::arg("cache_stride"),
       py::arg("max_positions"), py::arg("num_tokens"), py::arg("num_q_heads"),
       py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("stream"),
-      "NeoX rotary embedding of q/k into new tensors (device pointers as ints).");
+      py::arg("mrope_section") = std::array<int, 3>{0, 0, 0}, py::arg("positions_row_stride") = 0,
+      "NeoX rotary embedding of q/k into new tensors (device pointers as ints); with a non-zero "
+      "mrope_section, positions are 3 rows positions_row_stride apart (M-RoPE).");
 }
 
 }  // namespace

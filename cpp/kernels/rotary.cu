@@ -1,6 +1,7 @@
 // Rotary embedding: a 2-D grid, y over tokens, x over (head, chunk) items of the query heads
 // then the key heads; a chunk is kWidth elements of each half of a head (16-byte vectors when
 // aligned, scalars otherwise), rotated against the same chunk of the cache's cos and sin rows.
+// M-RoPE (3 position rows): each chunk reads the position of its frequency section's row.
 #include <algorithm>
 #include <string>
 
@@ -29,10 +30,17 @@ __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) 
            h * (is_query ? p.qo_stride_head : p.ko_stride_head) + offset;
   const int64_t src_stride = is_query ? p.q_stride_token : p.k_stride_token;
   const int64_t dst_stride = is_query ? p.qo_stride_token : p.ko_stride_token;
+  // M-RoPE: the position row of this chunk's frequencies (a chunk never straddles sections).
+  const int row = offset < p.mrope_section[0]                        ? 0
+                  : offset < p.mrope_section[0] + p.mrope_section[1] ? 1
+                                                                     : 2;
+  const bool mrope = p.mrope_section[0] + p.mrope_section[1] + p.mrope_section[2] > 0;
+  const int64_t row_offset = mrope ? row * p.positions_row_stride : 0;
 
   for (int64_t token = blockIdx.y; token < p.num_tokens; token += gridDim.y) {
-    const int64_t pos = p.positions_int64 ? static_cast<const int64_t*>(p.positions)[token]
-                                          : static_cast<const int32_t*>(p.positions)[token];
+    const int64_t index = row_offset + token;
+    const int64_t pos = p.positions_int64 ? static_cast<const int64_t*>(p.positions)[index]
+                                          : static_cast<const int32_t*>(p.positions)[index];
     V* out = reinterpret_cast<V*>(dst + token * dst_stride);
     V o1, o2;
     if (pos < 0 || pos >= p.max_positions) {
@@ -80,6 +88,9 @@ cudaError_t launch_dtype(const RotaryParams& p, cudaStream_t stream) {
                              p.k_stride_head,   p.qo_stride_token, p.qo_stride_head,
                              p.ko_stride_token, p.ko_stride_head};
   for (int64_t s : strides) vectorized = vectorized && s % kWidth == 0;
+  // M-RoPE section boundaries must fall between vectors.
+  vectorized = vectorized && p.mrope_section[0] % kWidth == 0 &&
+               (p.mrope_section[0] + p.mrope_section[1]) % kWidth == 0;
   return vectorized ? launch_width<T, kWidth>(p, stream) : launch_width<T, 1>(p, stream);
 }
 
@@ -98,6 +109,12 @@ void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t st
               p.qo_stride_token >= p.num_q_heads * p.qo_stride_head &&
               p.ko_stride_token >= p.num_kv_heads * p.ko_stride_head,
           n + ": output strides overlap");
+  const int sections = p.mrope_section[0] + p.mrope_section[1] + p.mrope_section[2];
+  require(p.mrope_section[0] >= 0 && p.mrope_section[1] >= 0 && p.mrope_section[2] >= 0 &&
+              (sections == 0 || sections == p.head_dim / 2),
+          n + ": mrope_section must be 3 non-negative sizes summing to head_dim / 2");
+  require(sections == 0 || p.positions_row_stride >= p.num_tokens,
+          n + ": M-RoPE position rows overlap");
   if (p.num_tokens == 0) return;
   require(p.positions && p.query && p.key && p.query_out && p.key_out && p.cos_sin_cache,
           n + ": null device pointer");

@@ -12,6 +12,11 @@ namespace mmcore::kernels {
 struct RotaryParams {
   const void* positions = nullptr;  // [num_tokens] rows of the cache, int64 or int32
   bool positions_int64 = true;
+  // M-RoPE: positions are 3 rows (temporal, height, width) of num_tokens, positions_row_stride
+  // elements apart; frequency j < mrope_section[0] takes row 0, the next mrope_section[1]
+  // row 1, the rest row 2. All sections zero: plain 1-D positions.
+  int64_t positions_row_stride = 0;
+  int mrope_section[3] = {0, 0, 0};
   const void* query = nullptr;
   int64_t q_stride_token = 0, q_stride_head = 0;
   const void* key = nullptr;
@@ -29,6 +34,8 @@ struct RotaryParams {
 // With h = head_dim / 2, c/s = the cache row of the token's position, for i < h:
 //   out[i]     = round(round(x[i] * c[i]) - round(x[i + h] * s[i]))
 //   out[i + h] = round(round(x[i + h] * c[i]) + round(x[i] * s[i]))
+// With M-RoPE, c[i] and s[i] come from the cache row of the position in row r(i) of the
+// section that frequency i falls in (HF apply_multimodal_rotary_pos_emb).
 // Positions outside [0, max_positions) give zero rows. Outputs must not alias the inputs.
 // Throws std::invalid_argument on bad arguments, std::runtime_error on a CUDA error.
 void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t stream);

@@ -29,7 +29,6 @@ def option(
     metavar: str | None = None,
     flags: Sequence[str] = (),
     default_factory: Callable[[], Any] | None = None,
-    cli: bool = True,
 ) -> Any:
     """A dataclass field that is also a command-line option.
 
@@ -42,7 +41,6 @@ def option(
         metavar: the placeholder shown by ``--help``.
         flags: extra spellings of the flag (e.g. a short or legacy name).
         default_factory: for mutable defaults.
-        cli: False for a Python-only option (no flag).
 
     Returns:
         A ``dataclasses.field``.
@@ -53,7 +51,6 @@ def option(
         "parse": parse,
         "metavar": metavar,
         "flags": tuple(flags),
-        "cli": cli,
     }
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -85,6 +82,28 @@ def parse_json_object(value: Any, name: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object (dict), got {type(value).__name__}")
     return value
+
+
+def parse_int(text: str, name: str) -> int:
+    """An integer from the command line; ``1k``/``32K``/``2G`` as vLLM reads them (lower case:
+    powers of 1000, upper case: powers of 1024)."""
+    suffixes = {"k": 10**3, "m": 10**6, "g": 10**9, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    number, scale = (text[:-1], suffixes[text[-1]]) if text[-1:] in suffixes else (text, 1)
+    try:
+        value = float(number) * scale if scale > 1 else int(number)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {text!r}") from None
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {text!r}")
+    return int(value)
+
+
+def parse_float(text: str, name: str) -> float:
+    """A number from the command line."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {text!r}") from None
 
 
 def _convert(name: str, value: Any, hint: Any) -> Any:
@@ -136,7 +155,12 @@ def check_fields(instance: Any) -> None:
             continue
         value = getattr(instance, f.name)
         parse = f.metadata["parse"]
-        value = parse(value) if parse is not None else _convert(f.name, value, hints[f.name])
+        try:
+            value = parse(value) if parse is not None else _convert(f.name, value, hints[f.name])
+        except ValueError as exc:
+            if f.name in str(exc):
+                raise
+            raise ValueError(f"{f.name}: {exc}") from None
         choices = f.metadata["choices"]
         if choices is not None and value is not None and value not in choices:
             raise ValueError(
@@ -179,6 +203,10 @@ def _cli_parser(name: str, parse: Callable[[Any], Any] | None, base: Any) -> Cal
                 return parse(text)
             if typing.get_origin(base) is dict:
                 return parse_json_object(text, name)
+            if base is int:
+                return parse_int(text, name)
+            if base is float:
+                return parse_float(text, name)
             return base(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
@@ -188,7 +216,7 @@ def _cli_parser(name: str, parse: Callable[[Any], Any] | None, base: Any) -> Cal
 
 
 def add_dataclass_args(
-    parser: argparse.ArgumentParser | Any, cls: type, skip: Sequence[str] = ()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type
 ) -> None:
     """Add one option per field of ``cls`` (declared with :func:`option`) to ``parser``.
 
@@ -199,7 +227,7 @@ def add_dataclass_args(
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if "help" not in meta or not meta["cli"] or f.name in skip:
+        if "help" not in meta:
             continue
         base, _ = _unwrap_optional(hints[f.name])
         default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
@@ -227,21 +255,33 @@ def namespace_kwargs(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
+def _flags_text(f: dataclasses.Field, base: Any) -> str:
+    flags = [flag_name(f.name), *f.metadata["flags"]]
+    if base is bool:
+        flags.append("--no-" + f.name.replace("_", "-"))
+    return ", ".join(f"`{flag}`" for flag in flags)
+
+
 def options_table(cls: type) -> str:
-    """A Markdown table of the options of ``cls``: flag, type, default, choices, help."""
+    """A Markdown table of the options of ``cls``: name, flags, type, default, description."""
     hints = typing.get_type_hints(cls)
-    rows = ["| option | type | default | help |", "|---|---|---|---|"]
+    rows = [
+        "| Python | command line | type | default | description |",
+        "|---|---|---|---|---|",
+    ]
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if "help" not in meta:
             continue
         default = f.default if f.default is not _MISSING else f.default_factory()  # type: ignore[misc]
+        base, _ = _unwrap_optional(hints[f.name])
         type_name = str(hints[f.name]).replace("typing.", "").replace("<class '", "")
         type_name = type_name.replace("'>", "").replace("|", "\\|")
         help_text = meta["help"].replace("|", "\\|")
         if meta["choices"] is not None:
-            help_text += " Choices: " + ", ".join(f"`{c}`" for c in meta["choices"]) + "."
-        flag = f"`{flag_name(f.name)}`" if meta["cli"] else "(Python only)"
+            help_text += "; one of " + ", ".join(f"`{c}`" for c in meta["choices"])
         default_text = "" if default is None else f"`{_describe_default(default)}`"
-        rows.append(f"| `{f.name}` {flag} | {type_name} | {default_text} | {help_text} |")
+        rows.append(
+            f"| `{f.name}` | {_flags_text(f, base)} | {type_name} | {default_text} | {help_text} |"
+        )
     return "\n".join(rows) + "\n"

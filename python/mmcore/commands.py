@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
 from mmcore.engine_args import EngineArgs
@@ -100,12 +101,18 @@ def serve_engine_args(args: argparse.Namespace) -> EngineArgs:
     return engine_args_or_exit(args)
 
 
-def server_config(engine_args: EngineArgs, server_args: ServerArgs):
-    """The server's runtime configuration from its options and the engine's."""
-    from mmcore.model_loader import default_model_name
+def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: str):
+    """The server's runtime configuration from its options and the engine's.
+
+    Args:
+        engine_args: the engine options (served names, local media folder, image limit).
+        server_args: the server options.
+        model_dir: the model's local folder (its name when neither --served-model-name nor
+            a model was given).
+    """
     from mmcore.server import MediaPolicy, ServerConfig
 
-    names = engine_args.served_model_name or [engine_args.model or default_model_name()]
+    names = engine_args.served_model_name or [engine_args.model or model_dir]
     return ServerConfig(
         host=server_args.host,
         port=server_args.port,
@@ -130,6 +137,7 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmcore import Engine
+    from mmcore.hub import resolve_model_path
     from mmcore.server import run_server
 
     engine_args = serve_engine_args(args)
@@ -141,7 +149,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=server_args.uvicorn_log_level.upper().replace("TRACE", "DEBUG"),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    config = server_config(engine_args, server_args)
-    # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
-    run_server(lambda: Engine.from_engine_args(engine_args), config)
+    # Find (or download) the model now, so a missing one is one line before the server starts.
+    try:
+        local_dir = resolve_model_path(
+            engine_args.model,
+            revision=engine_args.revision,
+            download_dir=engine_args.download_dir,
+            with_weights=engine_args.load_format != "dummy",
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    config = server_config(engine_args, server_args, local_dir)
+    engine_args = dataclasses.replace(engine_args, model=local_dir)
+    try:
+        # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
+        run_server(lambda: Engine.from_engine_args(engine_args), config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     return 0

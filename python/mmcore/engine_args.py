@@ -7,6 +7,7 @@ The same declaration builds the ``mmcore serve`` / ``generate`` / ``bench offlin
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,15 @@ EXECUTOR_BACKENDS = ("uni", "mp", "ray", "external_launcher")
 # Values that run today; the others get a clear error (multi-GPU lands with tensor parallelism).
 _RUNNABLE_BACKENDS = (None, "uni")
 _MAX_TENSOR_PARALLEL_SIZE = 1
+
+
+def parse_path(value: Any) -> str | None:
+    """A folder, file or hub id: a string or an ``os.PathLike`` (``pathlib.Path``), as a string."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise ValueError(f"expected a path or hub id string, got {value!r}")
 
 
 def parse_dtype(value: Any) -> str:
@@ -82,15 +92,18 @@ class EngineArgs:
 
     # ----------------------------------------------------------------- model and files
     model: str | None = option(
-        help="checkpoint folder or Hugging Face hub id (default: the bundled demo model)"
+        parse=parse_path,
+        help="checkpoint folder or Hugging Face hub id (default: the bundled demo model)",
     )
     tokenizer: str | None = option(
+        parse=parse_path,
         help="tokenizer folder or hub id (default: the model's own)",
     )
     revision: str | None = option(help="hub revision (branch, tag or commit) of the model")
     tokenizer_revision: str | None = option(help="hub revision of the tokenizer")
     download_dir: str | None = option(
-        help="folder hub downloads go to and are looked up in (default: the HF cache, HF_HOME)"
+        parse=parse_path,
+        help="folder hub downloads go to and are looked up in (default: the HF cache, HF_HOME)",
     )
     trust_remote_code: bool = option(
         False,
@@ -154,13 +167,14 @@ class EngineArgs:
     mm_processor_kwargs: dict | None = option(
         parse=parse_mm_processor_kwargs,
         metavar="JSON",
-        help="keyword arguments of the multimodal processor, e.g. '{\"num_crops\": 4}'",
+        help="keyword arguments of the multimodal processor, e.g. '{\"do_center_crop\": true}'",
     )
     mm_processor_cache_gb: float = option(
         1.0, help="GiB of processed multimodal inputs kept for reuse (0 disables)"
     )
     allowed_local_media_path: str | None = option(
-        help="folder that local image paths and file:// URLs must lie in (default: none)"
+        parse=parse_path,
+        help="folder that local image paths and file:// URLs must lie in (default: none)",
     )
     allowed_media_domains: list[str] | None = option(
         metavar="HOST",
@@ -173,7 +187,8 @@ class EngineArgs:
         help="names the model is served under; the first is reported (default: the model)",
     )
     chat_template: str | None = option(
-        help="Jinja chat template, or a file holding one (default: the checkpoint's)"
+        parse=parse_path,
+        help="Jinja chat template, or a file holding one (default: the checkpoint's)",
     )
     generation_config: str = option(
         "auto",
@@ -226,10 +241,9 @@ class EngineArgs:
         return cls(**kwargs)
 
     @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-        """Add every Engine option (except those in ``skip``) to ``parser`` as a group."""
-        group = parser.add_argument_group("engine options")
-        add_dataclass_args(group, EngineArgs, skip=skip)
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        """Add every Engine option to ``parser`` as a group."""
+        add_dataclass_args(parser.add_argument_group("engine options"), EngineArgs)
 
     @classmethod
     def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:

@@ -106,11 +106,13 @@ def check_remote_code(model_dir: str, trust_remote_code: bool) -> None:
     """Refuse a checkpoint whose architecture only exists as remote code.
 
     mmcore never runs a checkpoint's own Python code: it serves model types it implements. A
-    checkpoint that declares remote code (``auto_map``) for a model type that transformers and
-    mmcore both know runs with mmcore's implementation, whatever ``trust_remote_code`` says.
+    checkpoint that declares remote code (``auto_map``) for a model type transformers knows is
+    read with transformers' config class and run by mmcore's implementation (if mmcore has
+    one), whatever ``trust_remote_code`` says.
 
     Raises:
-        ValueError: naming the model type and what mmcore supports instead.
+        ValueError: the model type is unknown to transformers (remote code only, or unknown),
+            naming it and the model types mmcore supports.
     """
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -119,8 +121,9 @@ def check_remote_code(model_dir: str, trust_remote_code: bool) -> None:
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     model_type = config.get("model_type")
-    if model_type in CONFIG_MAPPING and model_type in supported_model_types():
+    if model_type in CONFIG_MAPPING:  # transformers reads the config; mmcore's registry decides
         return
+    supported = supported_model_types()
     if "auto_map" in config:
         hint = (
             " (trust_remote_code=True does not change this)"
@@ -129,5 +132,9 @@ def check_remote_code(model_dir: str, trust_remote_code: bool) -> None:
         )
         raise ValueError(
             f"the checkpoint's model type {model_type!r} needs its own remote code, which mmcore "
-            f"does not run{hint}; supported model types: {supported_model_types()}"
+            f"does not run{hint}; supported model types: {supported}"
         )
+    raise ValueError(
+        f"the checkpoint's model type {model_type!r} is unknown to transformers and mmcore; "
+        f"supported model types: {supported}"
+    )

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmcore.engine_args import LOAD_FORMATS
+from mmcore.models.interfaces import check_model
 from mmcore.multimodal.registry import get_model_class
 
 DUMMY_STD = 0.02
@@ -93,6 +94,7 @@ def load_model(
     Raises:
         ValueError: unknown load format or model type, or weights that do not fit the model
             (the message names the missing/unexpected tensors).
+        TypeError: the registered class does not follow ``mmcore.models.interfaces``.
     """
     from transformers import AutoConfig
 
@@ -102,6 +104,7 @@ def load_model(
     model_cls = get_model_class(hf_config.model_type)
     device = torch.device(device)
     model = model_cls(hf_config, dtype=dtype, device=device)
+    check_model(model)
     if load_format == "dummy":
         init_dummy_weights(model, seed)
     else:

@@ -71,3 +71,19 @@ def tiny_model_dirs(tiny_llava_dir, tiny_llava_next_dir, tiny_llava_next_mistral
         "llava_next": tiny_llava_next_dir,
         "llava_next_mistral": tiny_llava_next_mistral_dir,
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_vl_dir(tmp_path_factory) -> str:
+    """A tiny Qwen2-VL checkpoint (4 px patches, 2x2 merge, Qwen2 LM with M-RoPE)."""
+    from mmcore.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_vl"), variant="qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(tmp_path_factory) -> str:
+    """A tiny Qwen2.5-VL checkpoint (windowed vision blocks, absolute-time video M-RoPE)."""
+    from mmcore.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
+
+    return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), variant="qwen2_5_vl")

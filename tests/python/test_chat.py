@@ -47,7 +47,8 @@ def test_media_parts_become_image_slots_in_order():
     [
         ([], "non-empty"),
         ([{"content": "hi"}], "role"),
-        ([{"role": "user", "content": [{"type": "video_url"}]}], "unsupported content part"),
+        ([{"role": "user", "content": [{"type": "hologram_url"}]}], "unsupported content part"),
+        ([{"role": "user", "content": [{"type": "video_url"}]}], "video_url.url"),
         ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "image_url.url"),
         ([{"role": "user", "content": [{"type": "text"}]}], "string 'text'"),
         ([{"role": "user", "content": 5}], "string or a list"),

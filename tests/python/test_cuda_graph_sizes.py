@@ -18,9 +18,10 @@ def test_padded_batch_sizes_cover_every_batch():
     assert padded_batch_sizes(1) == [1]
 
 
-def _step(num_reqs, num_tokens, encoder=0, scatter=0, logits=None, dims=1):
+def _step(num_reqs, num_tokens, encoder=0, scatter=0, logits=None, dims=1, positions=None):
     empty = np.zeros(0, dtype=np.int32)
     return SimpleNamespace(
+        positions=positions,
         num_reqs=num_reqs,
         num_tokens=num_tokens,
         logits_indices=np.arange(num_reqs if logits is None else logits, dtype=np.int32),
@@ -37,4 +38,9 @@ def test_only_pure_decode_steps_qualify():
     assert not is_decode_only(_step(4, 4, encoder=1))
     assert not is_decode_only(_step(4, 4, scatter=1))
     assert not is_decode_only(_step(4, 4, logits=3))  # a request that does not sample
-    assert not is_decode_only(_step(4, 4, dims=3))  # M-RoPE positions
+    # M-RoPE: generated tokens (all rows equal) replay graphs; a prompt's vision token does not
+    same = np.tile(np.arange(4, dtype=np.int64), (3, 1))
+    assert is_decode_only(_step(4, 4, dims=3, positions=same))
+    vision = same.copy()
+    vision[2, 1] += 1
+    assert not is_decode_only(_step(4, 4, dims=3, positions=vision))

@@ -41,3 +41,29 @@ def test_dummy_checkpoint_has_real_shapes(name, tmp_path):
 def test_unknown_architecture_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown architecture"):
         write_dummy_checkpoint("llava-70b", tmp_path)
+
+
+# name -> (LM layers, KV heads, tied head, embeddings of a 1280x720 image, params in billions)
+EXPECTED_QWEN = {
+    "qwen2-vl-7b-instruct": (28, 4, False, 1196, 8.29),
+    "qwen2.5-vl-3b-instruct": (36, 2, True, 1196, 3.75),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_QWEN))
+def test_qwen_dummy_checkpoint_has_real_shapes(name, tmp_path):
+    layers, kv_heads, tied, embeds_720p, billions = EXPECTED_QWEN[name]
+    path = write_dummy_checkpoint(name, tmp_path / name)
+    config = AutoConfig.from_pretrained(path)
+    text = config.get_text_config()
+    assert (text.num_hidden_layers, text.num_key_value_heads) == (layers, kv_heads)
+    assert text.rope_parameters["mrope_section"] == [16, 24, 24]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") == config.image_token_id == 151655
+    assert tokenizer.convert_tokens_to_ids("<|video_pad|>") == config.video_token_id == 151656
+    processor = get_processor_class(config.model_type)(path, config, tokenizer, None)
+    assert processor.num_embeds("image", Image.new("RGB", (1280, 720))) == embeds_720p
+    model = get_model_class(config.model_type)(config, dtype=torch.bfloat16, device="meta")
+    assert model.language_model.tie_word_embeddings == tied
+    params = sum(p.numel() for p in model.parameters()) / 1e9
+    assert params == pytest.approx(billions, abs=0.01)

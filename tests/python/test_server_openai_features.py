@@ -286,7 +286,6 @@ def test_guided_choice_and_regex_on_completions(client):
     "field, value",
     [
         ("guided_decoding_backend", "outlines"),
-        ("mm_processor_kwargs", {"num_crops": 4}),
         ("functions", [{"name": "f"}]),
         ("use_beam_search", True),
         ("no_such_field", 1),

@@ -11,23 +11,52 @@ _MEDIA_PART_TYPES = {
     "image_url": "image",
     "image_pil": "image",
     "image_embeds": "image",
+    "video": "video",
+    "video_url": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
 }
+_URL_PARTS = ("image_url", "video_url", "audio_url")
+# OpenAI's input_audio formats; the decoder reads the container from the bytes themselves.
+_INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a", "webm")
+
+
+def _input_audio(part: dict) -> bytes:
+    """The bytes of an OpenAI ``{"type": "input_audio", "input_audio": {data, format}}``."""
+    import base64
+    import binascii
+
+    audio = part.get("input_audio")
+    if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+        raise ValueError("an input_audio content part needs input_audio.data (base64)")
+    fmt = audio.get("format", "wav")
+    if fmt not in _INPUT_AUDIO_FORMATS:
+        raise ValueError(
+            f"input_audio.format must be one of {list(_INPUT_AUDIO_FORMATS)}, got {fmt!r}"
+        )
+    try:
+        return base64.b64decode(audio["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("input_audio.data is not valid base64") from None
 
 
 def _part_media(part: dict) -> Any:
     kind = part["type"]
-    if kind == "image_url":
-        url = part.get("image_url")
+    if kind in _URL_PARTS:
+        url = part.get(kind)
         url = url.get("url") if isinstance(url, dict) else url
         if not isinstance(url, str) or not url:
-            raise ValueError("an image_url content part needs image_url.url")
+            raise ValueError(f"a {kind} content part needs {kind}.url")
         return url
     if kind == "image_embeds":
         return {"image_embeds": part["image_embeds"]}
-    for key in ("image", "image_pil", "url", "path"):
+    if kind == "input_audio":
+        return _input_audio(part)
+    for key in (kind, "image_pil", "url", "path"):
         if key in part:
             return part[key]
-    raise ValueError(f"a {kind!r} content part carries no image")
+    raise ValueError(f"a {kind!r} content part carries no {_MEDIA_PART_TYPES[kind]}")
 
 
 _MESSAGE_EXTRAS = ("name", "tool_calls", "tool_call_id")
@@ -68,8 +97,9 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
     """Normalise content parts for a chat template and collect the media in order.
 
     Returns:
-        The messages with every media part replaced by ``{"type": "image"}`` (what HF chat
-        templates expect) and ``{"image": [...]}`` with the media in order of appearance.
+        The messages with every media part replaced by ``{"type": <modality>}`` (what HF chat
+        templates expect: ``image``, ``video``, ``audio``) and ``{modality: [...]}`` with the
+        media in order of appearance.
     """
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {'role', 'content'} dicts")

@@ -35,6 +35,7 @@ class EngineConfig:
     max_model_len: int
     block_size: int
     num_blocks: int
+    kv_block_bytes: int
     max_num_seqs: int
     enforce_eager: bool
     async_scheduling: bool
@@ -121,6 +122,17 @@ def _load_tokenizer(args: EngineArgs, model_path: str):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _check_limits(limits: dict[str, int] | None, supported: tuple[str, ...]) -> None:
+    """A limit for a modality the model does not take is a typo or a wrong model, not a no-op
+    (a limit of 0 is allowed: it only says "none")."""
+    for modality, count in (limits or {}).items():
+        if count > 0 and modality not in supported:
+            raise ValueError(
+                f"limit_mm_per_prompt names {modality!r}, which this model does not accept "
+                f"(it accepts: {', '.join(supported) or 'text only'})"
+            )
+
+
 def resolve_config(args: EngineArgs) -> EngineConfig:
     """Find the checkpoint, load its config, tokenizer, processor and model; size the KV cache.
 
@@ -147,6 +159,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         model, hf_config, tokenizer, args.mm_processor_kwargs
     )
 
+    _check_limits(args.limit_mm_per_prompt, processor.supported_modalities)
+
     text_config = getattr(hf_config, "text_config", hf_config)
     model_max = int(getattr(text_config, "max_position_embeddings", 4096))
     max_model_len = args.max_model_len or model_max
@@ -167,7 +181,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         (
             processor.num_embeds(m, item)
             for m in processor.supported_modalities
-            for item in processor.dummy_items(m, 1)
+            for item in processor.dummy_items(m, 1, max_model_len)
+            if (args.limit_mm_per_prompt or {}).get(m, 1) > 0
         ),
         default=0,
     )
@@ -185,6 +200,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             block_size=block_size,
             encoder_budget=encoder_budget,
             kv_dtype=dtype,
+            limit_mm_per_prompt=args.limit_mm_per_prompt,
         )
         kv_bytes = gpu_kv_cache_bytes(device, args.gpu_memory_utilization, peak)
     elif kv_bytes is None:
@@ -216,6 +232,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         max_model_len=max_model_len,
         block_size=block_size,
         num_blocks=num_blocks,
+        kv_block_bytes=block_bytes,
         max_num_seqs=max_num_seqs,
         enforce_eager=args.enforce_eager,
         async_scheduling=(

@@ -5,6 +5,8 @@ removes their host launch cost. Graphs are captured for padded batch sizes (1, 2
 multiples of 8 up to ``max_num_seqs``) over static input buffers; a step is padded up to the
 next captured size. Pad rows write no KV (slot -1), attend one key of block 0 and are dropped.
 Steps with prefill tokens, encoder work or a batch larger than the largest graph run eagerly.
+M-RoPE decode steps replay the same graphs: generated tokens sit at one position in all three
+rows, so the first row is the 1-D position the rotary layer takes.
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ def is_decode_only(out) -> bool:
         and len(out.logits_indices) == out.num_tokens
         and len(out.encoder_handles) == 0
         and len(out.scatter_handles) == 0
-        and out.position_dims == 1
+        and (out.position_dims == 1 or _rows_equal(out.positions))
     )
+
+
+def _rows_equal(positions: np.ndarray) -> bool:
+    """True when the 3 M-RoPE rows of a step agree (every token past its prompt)."""
+    return bool((positions[1:] == positions[0]).all())
 
 
 class DecodeGraphs:
@@ -122,7 +129,8 @@ class DecodeGraphs:
         size = next(s for s in self.sizes if s >= batch)
         width = out.block_tables.shape[1]
         self.input_ids[:batch].copy_(input_ids)
-        self.staging.copy_into("positions", out.positions.reshape(-1), self.positions[:batch])
+        first_row = out.positions.reshape(out.position_dims, -1)[0]
+        self.staging.copy_into("positions", first_row, self.positions[:batch])
         self.staging.copy_into("slot_mapping", out.slot_mapping, self.slot_mapping[:batch])
         self.staging.copy_into("seq_lens", out.seq_lens, self.seq_lens[:batch])
         self.staging.copy_into(

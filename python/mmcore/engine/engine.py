@@ -168,6 +168,7 @@ class Engine:
         )
         stop_ids = min_tokens_stop_ids(params, self._eos_token_ids)
         core_ids = [next(self._next_core_id) for _ in range(params.n)]
+        mrope = processed.mrope
         added = []
         try:
             for index, core_id in enumerate(core_ids):
@@ -185,6 +186,8 @@ class Engine:
                     cache_salt=f"prompt-logprobs:{core_id}"
                     if params.prompt_logprobs is not None
                     else "",
+                    mrope_positions=None if mrope is None else mrope.positions,
+                    mrope_delta=0 if mrope is None else mrope.delta,
                 )
                 added.append(core_id)
                 sampling = self.runner.new_sampling(

@@ -12,6 +12,19 @@ logger = logging.getLogger("mmcore.engine")
 LOG_INTERVAL_S = 10.0
 
 
+def _ensure_visible() -> None:
+    """Show mmcore's INFO lines on stderr when the program configured no logging (as vLLM
+    does), so an offline script sees the start-up summary; configured logging is left alone."""
+    package = logging.getLogger("mmcore")
+    if package.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s %(name)s: %(message)s"))
+    package.addHandler(handler)
+    if package.level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+
+
 def log_startup(engine: Any, load_s: float) -> str:
     """Log (INFO) and return the one-line start-up summary.
 
@@ -26,9 +39,12 @@ def log_startup(engine: Any, load_s: float) -> str:
     line = (
         f"engine ready: model={cfg.model_path} device={cfg.device} dtype={dtype} "
         f"KV cache={cfg.num_blocks} blocks x {cfg.block_size} = "
-        f"{cfg.num_blocks * cfg.block_size} tokens, max_model_len={cfg.max_model_len}, "
+        f"{cfg.num_blocks * cfg.block_size} tokens "
+        f"({cfg.num_blocks * cfg.kv_block_bytes / (1 << 30):.2f} GiB), "
+        f"max_model_len={cfg.max_model_len}, "
         f"{graph_text}, loaded in {load_s:.1f} s"
     )
+    _ensure_visible()
     logger.info(line)
     return line
 

@@ -5,7 +5,10 @@ A prompt is a string, ``{"prompt": str, "multi_modal_data": {...}}`` or
 modality to one item or a list. An item is media (PIL image, numpy HWC uint8, torch CHW, bytes,
 data URL, allowed local path), ``{"image_embeds": tensor}`` (skips the encoder), or
 ``{"pixel_values": ..., ...}`` already processed. ``multi_modal_uuids`` (same shape) or a
-``"uuid"`` key in a dict item names an item instead of its content hash.
+``"uuid"`` key in a dict item names an item instead of its content hash. A prompt dict may carry
+``mm_processor_kwargs``: settings of the model's processor for this prompt only (unknown keys are
+refused). Each raw item is loaded by the processor's loader for its modality
+(``MultiModalProcessor.load_media``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import torch
 
 from mmcore import _core
 from mmcore.multimodal.hashing import hash_item
-from mmcore.multimodal.media import load_image
+from mmcore.multimodal.processor import MediaOptions, MRopePositions
 from mmcore.multimodal.processor_cache import ProcessorCache
+from mmcore.multimodal.video import VideoClip
 
 _MODALITIES = {
     "image": _core.Modality.IMAGE,
@@ -37,6 +41,7 @@ class MMItem:
     num_embeds: int
     data: dict[str, torch.Tensor] | None = None  # processor output, for the encoder
     embeds: torch.Tensor | None = None  # user-given projected embeddings
+    offset: int = -1  # first placeholder token in the expanded prompt (set after expansion)
 
 
 @dataclass
@@ -47,6 +52,7 @@ class ProcessedPrompt:
     token_ids: np.ndarray
     features: list = field(default_factory=list)  # _core.MMFeature, sorted by offset
     items: list[MMItem] = field(default_factory=list)  # same order as features
+    mrope: MRopePositions | None = None  # 3-row positions, for M-RoPE models
 
 
 def _as_list(value: Any) -> list:
@@ -62,12 +68,13 @@ class InputProcessor:
         model_id: folded into content hashes so two models never share cache entries.
         max_model_len: longest prompt + output in tokens.
         limit_mm_per_prompt: most items per modality in one prompt.
-        mm_processor_kwargs: passed to the processor and folded into hashes.
+        mm_processor_kwargs: the engine-wide settings (the processor holds the checked copy that
+            each prompt's settings start from and that hashes fold in).
         cache: processor output cache, shared across prompts.
-        allowed_local_media_path: folder local image paths must lie in (None: no local files).
-        allowed_media_domains: hosts image URLs may be fetched from (empty: any public host;
+        allowed_local_media_path: folder local media paths must lie in (None: no local files).
+        allowed_media_domains: hosts media URLs may be fetched from (empty: any public host;
             see ``mmcore.multimodal.url_fetch``).
-        max_image_pixels: larger images are refused before decoding.
+        max_image_pixels: larger images (and video frames) are refused before decoding.
     """
 
     def __init__(
@@ -91,9 +98,11 @@ class InputProcessor:
         self.limit_mm_per_prompt = dict(limit_mm_per_prompt or {})
         self.mm_processor_kwargs = dict(mm_processor_kwargs or {})
         self.cache = cache
-        self.allowed_local_media_path = allowed_local_media_path
-        self.allowed_media_domains = list(allowed_media_domains or [])
-        self.max_image_pixels = max_image_pixels
+        self.media_options = MediaOptions(
+            allowed_local_media_path=allowed_local_media_path,
+            allowed_domains=tuple(allowed_media_domains or ()),
+            max_image_pixels=max_image_pixels,
+        )
         self._allowed = [_MODALITIES[m] for m in processor.supported_modalities]
         # Names the placeholders in error messages, and finds placeholders without items.
         self._placeholder_tokens = [
@@ -105,7 +114,8 @@ class InputProcessor:
 
     def process(self, prompt: Any) -> ProcessedPrompt:
         """Process one prompt; raise ValueError naming what is wrong with it."""
-        text, token_ids, mm_data, uuids = self._split_prompt(prompt)
+        text, token_ids, mm_data, uuids, request_kwargs = self._split_prompt(prompt)
+        settings = self.processor.settings(request_kwargs)
         if token_ids is None:
             token_ids = self.tokenizer(text)["input_ids"]
         ids = np.asarray(token_ids, dtype=np.int32)
@@ -116,7 +126,9 @@ class InputProcessor:
 
         items: list[MMItem] = []
         for modality, raw in mm_data.items():
-            items.extend(self._process_modality(modality, _as_list(raw), uuids.get(modality)))
+            items.extend(
+                self._process_modality(modality, _as_list(raw), uuids.get(modality), settings)
+            )
         placeholder_items = [
             self.processor.placeholder_item(it.modality, it.identifier, it.num_embeds)
             for it in items
@@ -124,16 +136,19 @@ class InputProcessor:
         expanded = _core.expand_placeholders(
             ids, placeholder_items, self._allowed, self.max_model_len, self._placeholder_tokens
         )
+        expanded_ids = np.asarray(expanded.token_ids, dtype=np.int32)
+        ordered = _order_like_features(items, expanded.features)
         return ProcessedPrompt(
             prompt=text,
-            token_ids=np.asarray(expanded.token_ids, dtype=np.int32),
+            token_ids=expanded_ids,
             features=list(expanded.features),
-            items=_order_like_features(items, expanded.features),
+            items=ordered,
+            mrope=self.processor.mrope_positions(expanded_ids, ordered),
         )
 
     def _split_prompt(self, prompt: Any):
         if isinstance(prompt, str):
-            return prompt, None, {}, {}
+            return prompt, None, {}, {}, None
         if not isinstance(prompt, dict):
             raise ValueError(f"a prompt must be a string or a dict, got {type(prompt).__name__}")
         unknown = set(prompt) - {
@@ -141,6 +156,7 @@ class InputProcessor:
             "prompt_token_ids",
             "multi_modal_data",
             "multi_modal_uuids",
+            "mm_processor_kwargs",
         }
         if unknown:
             raise ValueError(f"unknown prompt fields: {sorted(unknown)}")
@@ -151,9 +167,11 @@ class InputProcessor:
         uuids = prompt.get("multi_modal_uuids") or {}
         if not isinstance(mm_data, dict):
             raise ValueError("multi_modal_data must be a dict of modality -> item(s)")
-        return text, token_ids, mm_data, uuids
+        return text, token_ids, mm_data, uuids, prompt.get("mm_processor_kwargs")
 
-    def _process_modality(self, modality: str, raw_items: list, uuids) -> list[MMItem]:
+    def _process_modality(
+        self, modality: str, raw_items: list, uuids, settings: dict
+    ) -> list[MMItem]:
         if modality not in _MODALITIES:
             raise ValueError(
                 f"unknown modality {modality!r}; expected one of {sorted(_MODALITIES)}"
@@ -179,18 +197,13 @@ class InputProcessor:
                 uuid = raw["uuid"]
                 raw = raw.get("data", {k: v for k, v in raw.items() if k != "uuid"})
             if isinstance(raw, dict) and "image_embeds" in raw:
-                items[i] = self._embeds_item(modality, raw["image_embeds"], uuid)
+                items[i] = self._embeds_item(modality, raw, uuid)
             elif isinstance(raw, dict) and "pixel_values" in raw:
                 items[i] = self._preprocessed_item(modality, raw, uuid)
             else:
-                media = load_image(
-                    raw,
-                    allowed_local_media_path=self.allowed_local_media_path,
-                    allowed_domains=self.allowed_media_domains,
-                    max_pixels=self.max_image_pixels,
-                )
+                media = self.processor.load_media(modality, raw, self.media_options, settings)
                 identifier = uuid or hash_item(
-                    media, model=self.model_id, **self.mm_processor_kwargs
+                    _hash_content(media), model=self.model_id, **settings
                 )
                 to_process.append((i, media, identifier))
 
@@ -200,19 +213,21 @@ class InputProcessor:
             if cached is None:
                 misses.append((i, media, identifier))
             else:
-                items[i] = MMItem(
-                    modality, identifier, self.processor.num_embeds(modality, media), data=cached
-                )
+                num_embeds = self.processor.num_embeds(modality, media, settings)
+                items[i] = MMItem(modality, identifier, num_embeds, data=cached)
         if misses:
-            outputs = self.processor.process(modality, [m for _, m, _ in misses])
-            for (i, media, identifier), data in zip(misses, outputs):
+            # Sizes first: an item the model can never take fails before any pixel work.
+            counts = [self.processor.num_embeds(modality, m, settings) for _, m, _ in misses]
+            outputs = self.processor.process(modality, [m for _, m, _ in misses], settings)
+            for (i, _, identifier), num_embeds, data in zip(misses, counts, outputs):
                 self.cache.put(identifier, data)
-                items[i] = MMItem(
-                    modality, identifier, self.processor.num_embeds(modality, media), data=data
-                )
+                items[i] = MMItem(modality, identifier, num_embeds, data=data)
         return [it for it in items if it is not None]
 
-    def _embeds_item(self, modality: str, embeds, uuid) -> MMItem:
+    def _embeds_item(self, modality: str, raw: dict, uuid) -> MMItem:
+        """Precomputed embeddings; other keys (e.g. Qwen2-VL's ``image_grid_thw``, which
+        M-RoPE needs) are kept as the item's data."""
+        embeds = raw["image_embeds"]
         if not isinstance(embeds, torch.Tensor):
             raise ValueError(
                 "image_embeds must be a torch.Tensor of shape [num_embeds, hidden_size]"
@@ -223,7 +238,8 @@ class InputProcessor:
                 f"image_embeds must have shape [num_embeds, {hidden}], got {list(embeds.shape)}"
             )
         identifier = uuid or hash_item(embeds, model=self.model_id, kind="embeds")
-        return MMItem(modality, identifier, int(embeds.shape[0]), embeds=embeds)
+        extra = {k: torch.as_tensor(v) for k, v in raw.items() if k != "image_embeds"}
+        return MMItem(modality, identifier, int(embeds.shape[0]), data=extra, embeds=embeds)
 
     def _preprocessed_item(self, modality: str, data: dict, uuid) -> MMItem:
         tensors = {k: torch.as_tensor(v) for k, v in data.items()}
@@ -234,13 +250,23 @@ class InputProcessor:
         return MMItem(modality, identifier, num_embeds, data=tensors)
 
 
+def _hash_content(media):
+    """What identifies a loaded item's content (a clip: its frames and their rate)."""
+    if isinstance(media, VideoClip):
+        return (media.frames, float(media.fps or 0.0))
+    return media
+
+
 def _order_like_features(items: list[MMItem], features) -> list[MMItem]:
-    """Items of each modality match that modality's features in prompt order."""
+    """Items of each modality match that modality's features in prompt order; each item
+    takes its feature's offset."""
     by_modality: dict[str, list[MMItem]] = {}
     for it in items:
         by_modality.setdefault(it.modality, []).append(it)
     ordered = []
     for feature in features:
         name = _core.modality_name(feature.modality)
-        ordered.append(by_modality[name].pop(0))
+        item = by_modality[name].pop(0)
+        item.offset = int(feature.offset)
+        ordered.append(item)
     return ordered

@@ -8,14 +8,21 @@ from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.layers.attention import AttentionMetadata
 
 
-def _dummy_encoder_inputs(processor, encoder_budget: int) -> dict[str, list[dict]]:
-    """Per modality, as many of its largest dummy items as one step's encoder budget takes."""
+def _dummy_encoder_inputs(
+    processor, encoder_budget: int, limits: dict[str, int] | None = None
+) -> dict[str, list[dict]]:
+    """Per modality, as many of its largest dummy items as one step's encoder budget takes
+    (each at most ``encoder_budget`` embeddings, as many as ``limit_mm_per_prompt`` allows)."""
     inputs = {}
     for modality in processor.supported_modalities:
-        largest = processor.dummy_items(modality, 1)
+        limit = (limits or {}).get(modality)
+        if limit == 0:
+            continue
+        largest = processor.dummy_items(modality, 1, encoder_budget)
         per_item = max(1, processor.num_embeds(modality, largest[0]))
         count = max(1, encoder_budget // per_item)
-        inputs[modality] = processor.process(modality, processor.dummy_items(modality, count))
+        items = processor.dummy_items(modality, count, encoder_budget)
+        inputs[modality] = processor.process(modality, items)
     return inputs
 
 
@@ -65,6 +72,7 @@ def profile_peak_activation_bytes(
     block_size: int,
     encoder_budget: int,
     kv_dtype: torch.dtype,
+    limit_mm_per_prompt: dict[str, int] | None = None,
 ) -> int:
     """Peak GPU bytes of one worst-case step beyond the weights and its own KV blocks.
 
@@ -80,6 +88,7 @@ def profile_peak_activation_bytes(
         block_size: tokens per KV block.
         encoder_budget: most encoder embeddings in one step.
         kv_dtype: dtype of the KV cache.
+        limit_mm_per_prompt: a modality limited to 0 items is not profiled.
 
     Returns:
         Peak allocated bytes during the step minus what was allocated before it (weights) and
@@ -87,7 +96,7 @@ def profile_peak_activation_bytes(
     """
     first = next(model.parameters())
     device = first.device
-    encoder_inputs = _dummy_encoder_inputs(processor, encoder_budget)
+    encoder_inputs = _dummy_encoder_inputs(processor, encoder_budget, limit_mm_per_prompt)
     attn, positions, num_blocks = _dummy_attention(num_tokens, max_model_len, block_size, device)
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()

@@ -1,7 +1,8 @@
 """Torch custom ops over the fused elementwise CUDA kernels, the references as the CPU path.
 
 ``mmcore::rms_norm``, ``mmcore::fused_add_rms_norm``, ``mmcore::silu_and_mul`` and
-``mmcore::rotary_embedding`` are functional (new outputs, nothing mutated) and carry fake
+``mmcore::rotary_embedding`` (and its M-RoPE variant ``mmcore::mrope_rotary_embedding``) are
+functional (new outputs, nothing mutated) and carry fake
 implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. They give the
 results of :mod:`mmcore.kernels.reference` (HF Llama numerics op by op) bit for bit, except that
 the RMSNorm mean is summed in another order. CUDA tensors whose operands share one dtype
@@ -154,6 +155,43 @@ def _(positions, query, key, cos_sin_cache):
     )
 
 
+@torch.library.custom_op("mmcore::mrope_rotary_embedding", mutates_args=())
+def _mrope_rotary_embedding_op(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    mrope_section: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _use_kernel(query, key, cos_sin_cache):
+        return reference.mrope_rotary_embedding(positions, query, key, cos_sin_cache, mrope_section)
+    q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
+    pos = positions.to(device=q.device)
+    if pos.dtype not in (torch.int32, torch.int64):
+        pos = pos.long()
+    pos = pos.contiguous()
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    with torch.cuda.device(q.device):
+        _kernels().rotary_embedding(
+            positions=pos.data_ptr(), positions_int64=pos.dtype == torch.int64,
+            query=q.data_ptr(), q_strides=q.stride()[:2], key=k.data_ptr(),
+            k_strides=k.stride()[:2], query_out=q_out.data_ptr(), qo_strides=q_out.stride()[:2],
+            key_out=k_out.data_ptr(), ko_strides=k_out.stride()[:2],
+            cos_sin_cache=cache.data_ptr(), cache_stride=cache.stride(0),
+            max_positions=cache.shape[0], num_tokens=q.shape[0], num_q_heads=q.shape[1],
+            num_kv_heads=k.shape[1], head_dim=q.shape[2], dtype=_DTYPE_CODES[q.dtype],
+            stream=_stream(q), mrope_section=list(mrope_section),
+            positions_row_stride=pos.stride(0),
+        )  # fmt: skip
+    return q_out, k_out
+
+
+@_mrope_rotary_embedding_op.register_fake
+def _(positions, query, key, cos_sin_cache, mrope_section):
+    return query.new_empty(query.shape), key.new_empty(key.shape)
+
+
 # -------------------------------------------------------------------------- public wrappers
 
 
@@ -273,3 +311,48 @@ def rotary_embedding(
     if cos_sin_cache.shape[0] == 0:
         raise ValueError("rotary_embedding: cos_sin_cache has no positions")
     return torch.ops.mmcore.rotary_embedding(positions, query, key, cos_sin_cache)
+
+
+def mrope_rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    mrope_section: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multimodal rope (Qwen2-VL's M-RoPE) of queries and keys from a cos/sin cache.
+
+    Args:
+        positions: ``[3, T]`` ints: temporal, height and width position of each token.
+        query: ``[T, Hq, D]``; key: ``[T, Hk, D]`` (last dim contiguous).
+        cos_sin_cache: ``[max_positions, D]`` as for :func:`rotary_embedding`.
+        mrope_section: 3 frequency counts summing to ``D / 2``: frequency ``j`` rotates by the
+            position of row 0 for the first ``mrope_section[0]`` frequencies, row 1 for the
+            next ``mrope_section[1]``, row 2 for the rest.
+
+    Returns:
+        New contiguous ``(query, key)`` after the rotation.
+    """
+    if query.dim() != 3 or key.dim() != 3 or key.shape[0] != query.shape[0]:
+        raise ValueError(
+            f"mrope_rotary_embedding: expected query [T, Hq, D] and key [T, Hk, D], got "
+            f"{tuple(query.shape)} and {tuple(key.shape)}"
+        )
+    num_tokens, _, head_dim = query.shape
+    if positions.shape != (3, num_tokens) or not _is_integer(positions):
+        raise ValueError(
+            f"mrope_rotary_embedding: positions must be [3, T] = [3, {num_tokens}] integers, got "
+            f"{tuple(positions.shape)} {positions.dtype}"
+        )
+    section = [int(v) for v in mrope_section]
+    if len(section) != 3 or min(section) < 0 or sum(section) != head_dim // 2:
+        raise ValueError(
+            f"mrope_rotary_embedding: mrope_section must be 3 sizes summing to {head_dim // 2}, "
+            f"got {section}"
+        )
+    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim:
+        raise ValueError(
+            f"mrope_rotary_embedding: cos_sin_cache must be [max_positions, {head_dim}], got "
+            f"{tuple(cos_sin_cache.shape)}"
+        )
+    return torch.ops.mmcore.mrope_rotary_embedding(positions, query, key, cos_sin_cache, section)

@@ -21,6 +21,7 @@ from mmcore.kernels import reference
 from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
 from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op finds ops.<name>)
     fused_add_rms_norm,
+    mrope_rotary_embedding,
     rms_norm,
     rotary_embedding,
     silu_and_mul,

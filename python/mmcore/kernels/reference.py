@@ -184,3 +184,50 @@ def rotary_embedding(
         return x * cos + rotated * sin
 
     return rotate(query), rotate(key)
+
+
+def mrope_columns(mrope_section: list[int], head_dim: int, device=None) -> torch.Tensor:
+    """Which position row (0 temporal, 1 height, 2 width) rotates each of the ``head_dim``
+    columns of a cos/sin cache row: section ``i`` of the frequencies takes row ``i``, in the
+    cos half and the sin half alike (HF ``apply_multimodal_rotary_pos_emb``)."""
+    half = head_dim // 2
+    if len(mrope_section) != 3 or sum(mrope_section) != half or min(mrope_section) < 0:
+        raise ValueError(
+            f"mrope_section must be 3 non-negative sizes summing to head_dim / 2 = {half}, "
+            f"got {list(mrope_section)}"
+        )
+    rows = torch.repeat_interleave(torch.arange(3), torch.tensor(list(mrope_section)))
+    return torch.cat((rows, rows)).to(device)
+
+
+def mrope_rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    mrope_section: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multimodal rope (Qwen2-VL): like :func:`rotary_embedding`, but frequency ``j`` takes the
+    angle of the position row its section names.
+
+    Args:
+        positions: ``[3, T]`` ints (temporal, height, width rows).
+        cos_sin_cache: ``[max_positions, D]`` as for :func:`rotary_embedding`.
+        mrope_section: 3 frequency counts summing to ``D / 2``.
+
+    Returns:
+        New (query, key).
+    """
+    head_dim = query.shape[-1]
+    columns = mrope_columns(mrope_section, head_dim, positions.device)
+    per_row = cos_sin_cache[positions.long()]  # [3, T, D]
+    rows = per_row.gather(0, columns.view(1, 1, -1).expand(1, per_row.shape[1], -1))[0]
+    half = head_dim // 2
+    cos, sin = rows[:, None, :half], rows[:, None, half:]
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+    return rotate(query), rotate(key)

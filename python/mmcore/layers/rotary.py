@@ -78,3 +78,65 @@ class RotaryEmbedding(nn.Module):
         if cache.dtype != query.dtype:
             raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
         return select_op("rotary_embedding", query)(positions, query, key, cache)
+
+
+def mrope_section(config) -> list[int]:
+    """The config's ``mrope_section`` (3 frequency counts summing to head_dim / 2).
+
+    Raises:
+        ValueError: when the config has none.
+    """
+    params = rope_parameters(config)
+    section = params.get("mrope_section")
+    if section is None:
+        scaling = getattr(config, "rope_scaling", None) or {}
+        section = scaling.get("mrope_section")
+    if section is None or len(section) != 3:
+        raise ValueError(f"the config has no 3-part mrope_section (got {section!r})")
+    return [int(v) for v in section]
+
+
+class MRotaryEmbedding(RotaryEmbedding):
+    """Multimodal rope (Qwen2-VL M-RoPE): positions ``[3, T]`` (temporal, height, width);
+    frequency section ``i`` of ``mrope_section`` rotates by row ``i``. ``[T]`` positions (all
+    rows equal) take the plain rope path, which gives the same result.
+    """
+
+    def __init__(
+        self,
+        config,
+        head_dim: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__(config, head_dim, device=device, dtype=dtype)
+        self.mrope_section = mrope_section(config)
+        if sum(self.mrope_section) != head_dim // 2:
+            raise ValueError(
+                f"mrope_section {self.mrope_section} must sum to head_dim / 2 = {head_dim // 2}"
+            )
+
+    def forward(
+        self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotated copies of ``query`` ``[T, Hq, D]`` and ``key`` ``[T, Hk, D]``."""
+        if positions.dim() == 1:
+            return super().forward(positions, query, key)
+        cache = self.cos_sin_cache
+        if cache.dtype != query.dtype:
+            raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
+        op = select_op("mrope_rotary_embedding", query)
+        return op(positions, query, key, cache, self.mrope_section)
+
+
+def rotary_embedding_for(
+    config, head_dim: int, *, device: torch.device, dtype: torch.dtype = torch.float32
+) -> RotaryEmbedding:
+    """The rotary layer a config asks for: :class:`MRotaryEmbedding` when its rope parameters
+    carry an ``mrope_section``, else :class:`RotaryEmbedding`."""
+    params = rope_parameters(config)
+    scaling = getattr(config, "rope_scaling", None) or {}
+    if params.get("mrope_section") is not None or scaling.get("mrope_section") is not None:
+        return MRotaryEmbedding(config, head_dim, device=device, dtype=dtype)
+    return RotaryEmbedding(config, head_dim, device=device, dtype=dtype)

@@ -1,1 +1,2 @@
-"""mmcore's PyTorch models (the contract is in /work/notes/model_api.md)."""
+"""mmcore's PyTorch models; the contract is :mod:`mmcore.models.interfaces` and the guide
+is ``docs/adding_a_model.md``."""

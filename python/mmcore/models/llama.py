@@ -9,7 +9,7 @@ from mmcore.layers.activations import get_gated_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
 from mmcore.layers.logits import logits_float32
 from mmcore.layers.norm import RMSNorm
-from mmcore.layers.rotary import RotaryEmbedding
+from mmcore.layers.rotary import RotaryEmbedding, rotary_embedding_for
 from mmcore.models.weights import MergedLinear, load_named_weights
 
 
@@ -19,9 +19,15 @@ def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
 
 class LlamaAttention(nn.Module):
     """GQA self-attention: fused q/k/v projection, rope, cache write, paged attention, output
-    projection (the checkpoint's q_proj/k_proj/v_proj load as rows of ``qkv_proj``)."""
+    projection (the checkpoint's q_proj/k_proj/v_proj load as rows of ``qkv_proj``).
 
-    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+    ``qkv_bias`` overrides the config's ``attention_bias`` for q/k/v only (Qwen2: q/k/v biases,
+    none on o_proj).
+    """
+
+    def __init__(
+        self, config, *, dtype: torch.dtype, device: torch.device, qkv_bias: bool | None = None
+    ):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -39,7 +45,7 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = MergedLinear(
             h,
             {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size},
-            bias=bias,
+            bias=bias if qkv_bias is None else qkv_bias,
             dtype=dtype,
             device=device,
         )
@@ -82,11 +88,13 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, config, *, dtype: torch.dtype, device: torch.device, qkv_bias: bool | None = None
+    ):
         super().__init__()
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
-        self.self_attn = LlamaAttention(config, dtype=dtype, device=device)
+        self.self_attn = LlamaAttention(config, dtype=dtype, device=device, qkv_bias=qkv_bias)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
         self.mlp = LlamaMLP(config, dtype=dtype, device=device)
 
@@ -105,19 +113,25 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """Embedding, decoder layers, final norm (HF ``LlamaModel``; weights named alike)."""
+    """Embedding, decoder layers, final norm (HF ``LlamaModel``; weights named alike).
 
-    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+    The rotary layer follows the config: M-RoPE when its rope parameters carry an
+    ``mrope_section`` (positions ``[3, T]``), plain rope otherwise.
+    """
+
+    def __init__(
+        self, config, *, dtype: torch.dtype, device: torch.device, qkv_bias: bool | None = None
+    ):
         super().__init__()
         self.embed_tokens = nn.Embedding(
             config.vocab_size, config.hidden_size, dtype=dtype, device=device
         )
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, dtype=dtype, device=device)
+            LlamaDecoderLayer(config, dtype=dtype, device=device, qkv_bias=qkv_bias)
             for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
-        self.rotary = RotaryEmbedding(
+        self.rotary: RotaryEmbedding = rotary_embedding_for(
             config, self.layers[0].self_attn.head_dim, device=device, dtype=dtype
         )
 
@@ -142,7 +156,8 @@ class LlamaForCausalLM(nn.Module):
     """Llama LM with its head: the text half of LLaVA-style models, usable on its own.
 
     Weight names: ``model.*`` and ``lm_head.weight`` (HF ``LlamaForCausalLM``). With tied
-    embeddings there is no ``lm_head``: logits use ``embed_tokens.weight``.
+    embeddings there is no ``lm_head``: logits use ``embed_tokens.weight``. ``qkv_bias=True``
+    with M-RoPE rope parameters makes it Qwen2-VL's language model.
     """
 
     def __init__(
@@ -152,10 +167,11 @@ class LlamaForCausalLM(nn.Module):
         dtype: torch.dtype,
         device: torch.device,
         tie_word_embeddings: bool | None = None,
+        qkv_bias: bool | None = None,
     ):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, dtype=dtype, device=device)
+        self.model = LlamaModel(config, dtype=dtype, device=device, qkv_bias=qkv_bias)
         if tie_word_embeddings is None:  # a wrapping model's config may decide instead
             tie_word_embeddings = getattr(config, "tie_word_embeddings", False)
         self.tie_word_embeddings = bool(tie_word_embeddings)

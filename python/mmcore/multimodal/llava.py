@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from mmcore.multimodal.processor import MultiModalProcessor, image_size
+
+# HF image-processor settings that change pixel values but never the number of embeddings.
+PIXEL_SETTINGS = frozenset(
+    {"do_normalize", "image_mean", "image_std", "do_rescale", "rescale_factor", "resample"}
+)
 
 
 def _image_processor(model_dir: str, overrides: dict):
@@ -31,6 +37,11 @@ class LlavaMultiModalProcessor(MultiModalProcessor):
     """Images for :class:`mmcore.models.llava.LlavaModel` (items -> ``{"pixel_values"}``)."""
 
     supported_modalities = ("image",)
+    processor_kwargs = PIXEL_SETTINGS
+    # Geometry can only be changed for the whole engine (it is checked against the tower).
+    construction_kwargs = frozenset(
+        {"size", "crop_size", "do_resize", "do_center_crop", "do_pad", "image_grid_pinpoints"}
+    )
 
     def __init__(self, model_dir, hf_config, tokenizer, mm_processor_kwargs=None):
         super().__init__(model_dir, hf_config, tokenizer, mm_processor_kwargs)
@@ -57,7 +68,7 @@ class LlavaMultiModalProcessor(MultiModalProcessor):
         keep_cls = self.hf_config.vision_feature_select_strategy == "full"
         return (self.tile_size // self.patch_size) ** 2 + int(keep_cls)
 
-    def num_embeds(self, modality: str, item: Any) -> int:
+    def num_embeds(self, modality: str, item: Any, kwargs: Mapping | None = None) -> int:
         self.check_modality(modality)
         return self.num_image_embeds(*image_size(item))
 
@@ -72,22 +83,28 @@ class LlavaMultiModalProcessor(MultiModalProcessor):
             )
         return self.num_image_embeds(self.tile_size, self.tile_size)
 
-    def _preprocess(self, items: list):
-        return self.image_processor(images=items, return_tensors="pt")
+    def _preprocess(self, items: list, kwargs: Mapping | None):
+        from huggingface_hub.errors import StrictDataclassError
 
-    def process(self, modality: str, items: list) -> list[dict]:
+        overrides = {k: v for k, v in (kwargs or {}).items() if k in PIXEL_SETTINGS}
+        try:
+            return self.image_processor(images=items, return_tensors="pt", **overrides)
+        except (StrictDataclassError, TypeError) as e:  # HF's check of a setting's value
+            raise ValueError(f"invalid mm_processor_kwargs {overrides}: {e}") from None
+
+    def process(self, modality: str, items: list, kwargs: Mapping | None = None) -> list[dict]:
         """``[{"pixel_values": float32 [3, S, S]}, ...]``, one per image."""
         self.check_modality(modality)
         if not items:
             return []
-        out = self._preprocess(items)
+        out = self._preprocess(items, kwargs)
         return [{"pixel_values": pixels} for pixels in out["pixel_values"]]
 
     def largest_image_size(self) -> tuple[int, int]:
         """(height, width) of an image with the most embeddings."""
         return self.tile_size, self.tile_size
 
-    def dummy_items(self, modality: str, count: int) -> list:
+    def dummy_items(self, modality: str, count: int, max_embeds: int | None = None) -> list:
         """``count`` mid-gray RGB images of :meth:`largest_image_size`."""
         from PIL import Image
 

@@ -44,11 +44,11 @@ class LlavaNextMultiModalProcessor(LlavaMultiModalProcessor):
             )
         return self.num_image_embeds(height, width)
 
-    def process(self, modality: str, items: list) -> list[dict]:
+    def process(self, modality: str, items: list, kwargs=None) -> list[dict]:
         self.check_modality(modality)
         if not items:
             return []
-        out = self._preprocess(items)
+        out = self._preprocess(items, kwargs)
         result = []
         for pixels, size in zip(out["pixel_values"], out["image_sizes"]):
             height, width = (int(v) for v in size.tolist())

@@ -235,25 +235,28 @@ def load_audio(
     allowed_domains: Collection[str] = (),
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_seconds: float = audio_io.DEFAULT_MAX_AUDIO_SECONDS,
 ) -> np.ndarray:
     """Load an audio clip as a mono float32 waveform at ``sampling_rate``.
 
     Args:
         obj: numpy/torch array already at ``sampling_rate`` (1-D, or 2-D channels x samples,
-            float, or int16 PCM), ``(array, sr)`` tuple (resampled by linear interpolation when
-            ``sr`` differs), WAV bytes, ``data:audio/wav;base64,`` URL, ``file://`` URL, local
-            path or http(s) URL of a WAV file.
+            float, or int16/int32 PCM), ``(array, sr)`` tuple (vLLM's form; resampled with soxr
+            when ``sr`` differs), encoded bytes (WAV, FLAC, OGG, MP3, M4A, WebM, ...),
+            ``data:audio/...;base64,`` URL, ``file://`` URL, local path or http(s) URL.
         sampling_rate: Rate the model expects, in Hz.
         allowed_local_media_path: See ``load_image``.
         allowed_domains: See ``load_image``.
         max_bytes: Largest encoded file or download accepted.
         timeout_s: Network timeout for http(s) URLs.
+        max_seconds: Longest clip accepted (checked from the file header before decoding).
 
     Returns:
         1-D float32 array, values in [-1, 1] for PCM input.
 
     Raises:
-        ValueError: Unsupported type or layout, non-finite samples, bad rate, unreadable WAV.
+        ValueError: Unsupported type or layout, non-finite samples, bad rate, unreadable or
+            corrupt file, a clip longer than ``max_seconds``.
     """
     if not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
         raise ValueError(f"sampling_rate must be a positive integer, got {sampling_rate!r}")
@@ -262,9 +265,12 @@ def load_audio(
             raise ValueError(f"audio tuples must be (array, sampling_rate), got {len(obj)} items")
         waveform, source_rate = obj
         mono = audio_io.to_mono_float(_as_array(waveform))
-        return audio_io.resample_linear(mono, source_rate, int(sampling_rate))
+        audio_io.check_duration(mono.size, audio_io.check_rate(source_rate), max_seconds)
+        return audio_io.resample(mono, source_rate, int(sampling_rate))
     if isinstance(obj, np.ndarray) or _is_tensor(obj):
-        return audio_io.to_mono_float(_as_array(obj))
+        mono = audio_io.to_mono_float(_as_array(obj))
+        audio_io.check_duration(mono.size, sampling_rate, max_seconds)
+        return mono
     if isinstance(obj, (bytes, bytearray, memoryview)):
         data = bytes(obj)
     elif isinstance(obj, (str, os.PathLike)):
@@ -278,8 +284,10 @@ def load_audio(
         )
     else:
         raise ValueError(f"cannot load audio from an object of type {type(obj).__name__}")
-    waveform, source_rate = audio_io.decode_wav(data)
-    return audio_io.resample_linear(waveform, source_rate, int(sampling_rate))
+    if len(data) > max_bytes:
+        raise ValueError(f"audio file is {len(data)} bytes, more than the limit of {max_bytes}")
+    waveform, source_rate = audio_io.decode_audio(data, max_seconds=max_seconds)
+    return audio_io.resample(waveform, source_rate, int(sampling_rate))
 
 
 def _as_array(obj) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Which mmcore model class and processor class serve each HF ``config.model_type``.
 
 Built-in families are named by import path and imported on first use, so that
-``import mmcore`` stays light (no torch/transformers import).
+``import mmcore`` stays light (no torch/transformers import). A family is one folder under
+``mmcore/models/`` (model code and its processor) plus one line here; out-of-tree families
+call :func:`register_model` instead (``docs/adding_a_model.md``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,21 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.multimodal.processor:MultiModalProcessor",
     ),
     "llava": ("mmcore.models.llava:LlavaModel", "mmcore.multimodal.llava:LlavaMultiModalProcessor"),
+    "qwen2_audio": (
+        "mmcore.models.qwen2_audio:Qwen2AudioModel",
+        "mmcore.models.qwen2_audio.processor:Qwen2AudioMultiModalProcessor",
+    ),
     "llava_next": (
         "mmcore.models.llava_next:LlavaNextModel",
         "mmcore.multimodal.llava_next:LlavaNextMultiModalProcessor",
+    ),
+    "qwen2_vl": (
+        "mmcore.models.qwen2_vl:Qwen2VLModel",
+        "mmcore.models.qwen2_vl.processor:Qwen2VLMultiModalProcessor",
+    ),
+    "qwen2_5_vl": (
+        "mmcore.models.qwen2_vl:Qwen2VLModel",
+        "mmcore.models.qwen2_vl.processor:Qwen2VLMultiModalProcessor",
     ),
 }
 _registered: dict[str, tuple[type, type]] = {}
@@ -33,7 +47,7 @@ def register_model(model_type: str, model_cls: type, processor_cls: type) -> Non
 
     Args:
         model_type: HF ``config.model_type`` (e.g. ``"llava"``); replaces a built-in entry.
-        model_cls: an ``nn.Module`` following mmcore's model contract.
+        model_cls: an ``nn.Module`` following :class:`mmcore.models.interfaces.MultiModalModel`.
         processor_cls: a :class:`~mmcore.multimodal.processor.MultiModalProcessor` subclass.
     """
     if not isinstance(model_type, str) or not model_type:

@@ -29,6 +29,7 @@ from mmcore.server.serving_common import ServerState
 from mmcore.server.serving_completions import create_completion
 from mmcore.server.serving_tokenize import detokenize, tokenize
 from mmcore.server.tool_parsers import get_tool_parser
+from mmcore.server_args import ServerArgs
 
 logger = logging.getLogger("mmcore.server")
 
@@ -53,17 +54,18 @@ class ServerConfig:
             (``tool_choice="auto"``, the default when a request has tools).
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8000
+    # Defaults come from the server's options (mmcore.server_args), their one home.
+    host: str = ServerArgs.host
+    port: int = ServerArgs.port
     model_names: list[str] = field(default_factory=lambda: ["default"])
-    api_key: str | None = None
-    max_request_bytes: int = 50 << 20
+    api_key: str | None = ServerArgs.api_key
+    max_request_bytes: int = ServerArgs.max_request_bytes
     media: MediaPolicy = field(default_factory=MediaPolicy)
-    input_workers: int = 2
-    shutdown_timeout_s: float = 30.0
-    log_level: str = "info"
-    tool_call_parser: str | None = None
-    enable_auto_tool_choice: bool = False
+    input_workers: int = ServerArgs.input_workers
+    shutdown_timeout_s: float = ServerArgs.shutdown_timeout
+    log_level: str = ServerArgs.uvicorn_log_level
+    tool_call_parser: str | None = ServerArgs.tool_call_parser
+    enable_auto_tool_choice: bool = ServerArgs.enable_auto_tool_choice
 
     def __post_init__(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:

@@ -1,9 +1,10 @@
-"""Checks and resolves the image URLs of chat messages before the engine sees them.
+"""Checks and resolves the image and video URLs of chat messages before the engine sees them.
 
 ``data:`` URLs pass through; ``http(s)://`` URLs are fetched (public hosts, or only the allowed
 domains when listed; never loopback, private, link-local or metadata addresses, checked after DNS
-and on every redirect; with size, time and redirect limits) and replaced by their bytes; ``file://`` URLs and plain paths must lie
-inside the allowed local folder once symlinks and ``..`` are resolved. Anything else is refused.
+and on every redirect; with size, time and redirect limits) and replaced by their bytes;
+``file://`` URLs and plain paths must lie inside the allowed local folder once symlinks and ``..``
+are resolved. Anything else is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-_MEDIA_PART_TYPES = ("image_url", "image", "image_pil")
+from mmcore.server_args import ServerArgs
+
+# Part type -> modality; ``*_url`` parts carry ``{"url": ...}``, the others the URL directly.
+_MEDIA_PART_TYPES = {
+    "image_url": "image",
+    "image": "image",
+    "image_pil": "image",
+    "video_url": "video",
+    "video": "video",
+    "audio_url": "audio",
+    "audio": "audio",
+}
 
 
 @dataclass
@@ -32,9 +44,9 @@ class MediaPolicy:
 
     allowed_domains: list[str] = field(default_factory=list)
     allowed_local_media_path: str | None = None
-    max_bytes: int = 20 << 20
-    timeout_s: float = 10.0
-    max_redirects: int = 5
+    max_bytes: int = ServerArgs.max_image_bytes
+    timeout_s: float = ServerArgs.media_fetch_timeout
+    max_redirects: int = ServerArgs.max_media_redirects
     max_images: int | None = None
 
 
@@ -83,24 +95,26 @@ def resolve_url(url: str, policy: MediaPolicy) -> str | bytes:
 
 
 def _part_url(part: dict) -> Any:
-    if part.get("type") == "image_url":
-        url = part.get("image_url")
+    kind = part.get("type")
+    if kind.endswith("_url"):
+        url = part.get(kind)
         return url.get("url") if isinstance(url, dict) else url
-    return part.get("image", part.get("url"))
+    return part.get(_MEDIA_PART_TYPES[kind], part.get("url"))
 
 
 def resolve_messages(messages: list[dict[str, Any]], policy: MediaPolicy) -> list[dict[str, Any]]:
-    """Copy of ``messages`` with every image part resolved by :func:`resolve_url`.
+    """Copy of ``messages`` with every image and video part resolved by :func:`resolve_url`
+    (videos follow the same URL policy as images).
 
     Raises:
-        ValueError: too many images, or an image URL that is not allowed.
+        ValueError: too many images, or a media URL that is not allowed.
     """
     parts = [
         p
         for m in messages
         if isinstance(m.get("content"), list)
         for p in m["content"]
-        if isinstance(p, dict) and p.get("type") in _MEDIA_PART_TYPES
+        if isinstance(p, dict) and _MEDIA_PART_TYPES.get(p.get("type")) == "image"
     ]
     if policy.max_images is not None and len(parts) > policy.max_images:
         raise ValueError(
@@ -115,10 +129,11 @@ def resolve_messages(messages: list[dict[str, Any]], policy: MediaPolicy) -> lis
         new_content = []
         for part in content:
             if isinstance(part, dict) and part.get("type") in _MEDIA_PART_TYPES:
+                modality = _MEDIA_PART_TYPES[part["type"]]
                 url = _part_url(part)
                 if not isinstance(url, str):
                     raise ValueError(f"a {part.get('type')!r} part needs a URL string")
-                new_content.append({"type": "image", "image": resolve_url(url, policy)})
+                new_content.append({"type": modality, modality: resolve_url(url, policy)})
             else:
                 new_content.append(part)
         resolved.append({**message, "content": new_content})

@@ -34,8 +34,6 @@ _UNSUPPORTED_SHARED = {
     "guided_decoding_backend": "the structured output backend is chosen by the server (xgrammar)",
     "guided_whitespace_pattern": "guided_whitespace_pattern is not supported",
     "logits_processors": "per-request logits processors are not supported",
-    "mm_processor_kwargs": "per-request mm_processor_kwargs are not supported; start the "
-    "server with --mm-processor-kwargs",
     "priority": "request priorities are not supported (first come, first served)",
     "return_tokens_as_token_ids": "return_tokens_as_token_ids is not supported",
     "kv_transfer_params": "KV transfer is not supported",
@@ -145,6 +143,8 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None  # an end-user id for abuse tracking; accepted and logged only
+    # vLLM's extra: settings of the model's multimodal processor for this request only.
+    mm_processor_kwargs: dict[str, Any] | None = None
 
     def _check_common(self) -> None:
         if self.stream_options is not None and not self.stream:
@@ -162,6 +162,12 @@ class _SamplingFields(BaseModel):
         for key in self.logit_bias or {}:
             if not key.lstrip("-").isdigit():
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+
+    def with_processor_kwargs(self, prompt: dict[str, Any]) -> dict[str, Any]:
+        """``prompt`` with this request's ``mm_processor_kwargs`` (if any) attached."""
+        if self.mm_processor_kwargs is None:
+            return prompt
+        return {**prompt, "mm_processor_kwargs": self.mm_processor_kwargs}
 
     @property
     def include_usage(self) -> bool:
@@ -325,10 +331,16 @@ class CompletionRequest(_SamplingFields):
         """Each prompt as the engine takes it: a string or ``{"prompt_token_ids": [...]}``."""
         p = self.prompt
         if isinstance(p, str):
-            return [p]
-        if all(isinstance(x, int) for x in p):
-            return [{"prompt_token_ids": list(p)}]
-        return [x if isinstance(x, str) else {"prompt_token_ids": list(x)} for x in p]
+            prompts = [p]
+        elif all(isinstance(x, int) for x in p):
+            prompts = [{"prompt_token_ids": list(p)}]
+        else:
+            prompts = [x if isinstance(x, str) else {"prompt_token_ids": list(x)} for x in p]
+        if self.mm_processor_kwargs is None:
+            return prompts
+        return [
+            self.with_processor_kwargs({"prompt": x} if isinstance(x, str) else x) for x in prompts
+        ]
 
 
 class TokenizeCompletionRequest(BaseModel):

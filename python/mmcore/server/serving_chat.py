@@ -108,7 +108,7 @@ async def create_chat_completion(
             continue_final_message=body.continue_final_message,
             chat_template_kwargs=body.chat_template_kwargs,
         )
-        return engine.inputs.process(prompt)
+        return engine.inputs.process(body.with_processor_kwargs(prompt))
 
     request_id = new_request_id("chatcmpl")
     stream = await process_and_submit(state, request_id, prepare, params, arrival)

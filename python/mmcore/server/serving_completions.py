@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -177,8 +178,10 @@ async def _sse(
     yield SSE_DONE
 
 
-def _echo_text(state: ServerState, prompt: str | dict[str, list[int]]) -> str:
+def _echo_text(state: ServerState, prompt: str | dict[str, Any]) -> str:
     """The prompt as ``echo`` prepends it: the text given, or the given token ids decoded."""
     if isinstance(prompt, str):
         return prompt
+    if "prompt" in prompt:
+        return prompt["prompt"]
     return state.tokenizer.decode(prompt["prompt_token_ids"], skip_special_tokens=False)

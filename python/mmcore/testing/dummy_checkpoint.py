@@ -101,7 +101,8 @@ def write_dummy_checkpoint(name: str, path: str | os.PathLike) -> str:
     """Write the weightless checkpoint folder of real architecture ``name``.
 
     Args:
-        name: a key of :data:`mmcore.testing.configs.REAL_CONFIGS`, e.g. ``"llava-1.5-7b"``.
+        name: a key of :data:`mmcore.testing.configs.REAL_CONFIGS`, e.g. ``"llava-1.5-7b"`` or
+            ``"qwen2.5-vl-7b-instruct"``.
         path: folder to write (created if missing).
 
     Returns:
@@ -112,6 +113,10 @@ def write_dummy_checkpoint(name: str, path: str | os.PathLike) -> str:
     """
     if name not in REAL_CONFIGS:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(REAL_CONFIGS)}")
+    if REAL_CONFIGS[name]["model_type"] in ("qwen2_vl", "qwen2_5_vl"):
+        from mmcore.testing.dummy_qwen2_vl import write_qwen2_vl_checkpoint
+
+        return write_qwen2_vl_checkpoint(name, path)
     path = str(path)
     os.makedirs(path, exist_ok=True)
     config = REAL_CONFIGS[name]

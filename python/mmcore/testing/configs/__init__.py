@@ -72,8 +72,97 @@ _LLAVA_COMMON = {
     "vision_config": CLIP_VIT_L_14_336,
 }
 
+# Qwen2-VL / Qwen2.5-VL (Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct and -3B).
+_QWEN_TOKENS = {
+    "bos_token_id": 151643,
+    "eos_token_id": 151645,
+    "vision_start_token_id": 151652,
+    "vision_end_token_id": 151653,
+    "vision_token_id": 151654,
+    "image_token_id": 151655,
+    "video_token_id": 151656,
+}
+_QWEN2_LM_7B = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "use_sliding_window": False,
+    "sliding_window": 32768,
+    "max_window_layers": 28,
+    "vocab_size": 152064,
+    "rope_theta": 1000000.0,
+    "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+}
+_QWEN2_5_VISION = {
+    "depth": 32,
+    "hidden_act": "silu",
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "in_channels": 3,
+    "patch_size": 14,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "window_size": 112,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "tokens_per_second": 2,
+}
+QWEN2_VL_IMAGE_PIXELS = (3136, 12845056)  # preprocessor_config.json min_pixels / max_pixels
+
 #: name -> (model config.json dict, chat template family)
 REAL_CONFIGS: dict[str, dict] = {
+    "qwen2-vl-7b-instruct": {
+        **_QWEN2_LM_7B,
+        **_QWEN_TOKENS,
+        "model_type": "qwen2_vl",
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "vision_config": {
+            "depth": 32,
+            "embed_dim": 1280,
+            "mlp_ratio": 4,
+            "num_heads": 16,
+            "in_channels": 3,
+            "hidden_size": 3584,
+            "hidden_act": "quick_gelu",
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+        },
+    },
+    "qwen2.5-vl-7b-instruct": {
+        **_QWEN2_LM_7B,
+        **_QWEN_TOKENS,
+        "model_type": "qwen2_5_vl",
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "max_position_embeddings": 128000,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "vision_config": {**_QWEN2_5_VISION, "out_hidden_size": 3584},
+    },
+    "qwen2.5-vl-3b-instruct": {
+        **_QWEN2_LM_7B,
+        **_QWEN_TOKENS,
+        "model_type": "qwen2_5_vl",
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "max_window_layers": 70,
+        "vocab_size": 151936,
+        "max_position_embeddings": 128000,
+        "tie_word_embeddings": True,
+        "dtype": "bfloat16",
+        "vision_config": {**_QWEN2_5_VISION, "out_hidden_size": 2048},
+    },
     "llava-1.5-7b": {
         **_LLAVA_COMMON,
         "model_type": "llava",
@@ -132,7 +221,21 @@ MISTRAL_CHAT_TEMPLATE = (
     "else message['content'][0]['text'] }}{{ eos_token }}{% endif %}"
     "{% endfor %}"
 )
+# Qwen's ChatML with vision parts (the released template, without its default system turn).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 CHAT_TEMPLATES = {
+    "qwen2-vl-7b-instruct": QWEN_CHAT_TEMPLATE,
+    "qwen2.5-vl-7b-instruct": QWEN_CHAT_TEMPLATE,
+    "qwen2.5-vl-3b-instruct": QWEN_CHAT_TEMPLATE,
     "llava-1.5-7b": VICUNA_CHAT_TEMPLATE,
     "llava-next-vicuna-7b": VICUNA_CHAT_TEMPLATE,
     "llava-next-mistral-7b": MISTRAL_CHAT_TEMPLATE,
