@@ -161,3 +161,44 @@ def test_size_time_and_redirect_limits(local_host):
         fetch_url(f"{local_host}/missing", trusted)
     with pytest.raises(ValueError, match="scheme 'ftp' is not allowed"):
         fetch_url("ftp://127.0.0.1/x", trusted)
+
+
+@pytest.fixture(scope="module")
+def png_host():
+    """127.0.0.1 serving one PNG."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buf, format="PNG")
+    png = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/x.png"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_the_offline_engine_has_the_same_policy(tiny_llava_dir, png_host):
+    from mmcore import Engine
+
+    prompt = {"prompt": "USER: <image>\nWhat?\nASSISTANT:", "multi_modal_data": {"image": png_host}}
+    with pytest.raises(ValueError, match="resolves to 127.0.0.1, a loopback address"):
+        Engine(tiny_llava_dir).inputs.process(prompt)
+    trusting = Engine(tiny_llava_dir, allowed_media_domains=["127.0.0.1"])
+    assert len(trusting.inputs.process(prompt).items) == 1
+    elsewhere = {**prompt, "multi_modal_data": {"image": "https://images.example/x.png"}}
+    with pytest.raises(ValueError, match="host 'images.example' is not allowed"):
+        trusting.inputs.process(elsewhere)
