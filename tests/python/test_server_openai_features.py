@@ -292,10 +292,11 @@ def test_guided_choice_and_regex_on_completions(client):
     ],
 )
 def test_unsupported_fields_are_refused_with_400_naming_them(client, field, value):
-    with pytest.raises(openai.BadRequestError, match=f"'{field}'"):
+    with pytest.raises(openai.BadRequestError, match=f"'{field}'") as refused:
         client.chat.completions.create(
             model=MODEL, messages=QUESTION, max_tokens=2, extra_body={field: value}
         )
+    assert refused.value.param == field
     with pytest.raises(openai.BadRequestError, match=f"'{field}'"):
         client.completions.create(model=MODEL, prompt="x", max_tokens=2, extra_body={field: value})
 

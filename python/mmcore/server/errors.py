@@ -38,17 +38,22 @@ class APIError(Exception):
         self.code = code
 
 
-def error_body(status: int, message: str, code: str | None = None) -> dict:
-    """The ``{"error": {"message", "type", "code"}}`` body OpenAI clients parse."""
+def error_body(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> dict:
+    """The ``{"error": {"message", "type", "param", "code"}}`` body OpenAI clients parse
+    (``param``: the request field at fault, when one is)."""
     err_type = _TYPE_BY_STATUS.get(
         status, "server_error" if status >= 500 else "invalid_request_error"
     )
-    return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
     """A JSON error response with the OpenAI error body."""
-    return JSONResponse(error_body(status, message, code), status_code=status)
+    return JSONResponse(error_body(status, message, code, param), status_code=status)
 
 
 def _format_validation_error(exc: RequestValidationError) -> str:
@@ -57,6 +62,19 @@ def _format_validation_error(exc: RequestValidationError) -> str:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
     return "invalid request: " + "; ".join(parts)
+
+
+def _validation_param(exc: RequestValidationError) -> str | None:
+    """The field the first error is about: an unknown or unsupported field's name, else the
+    location of the invalid value (``messages.0.role``)."""
+    for err in exc.errors():
+        field = (err.get("ctx") or {}).get("field")
+        if field is not None:
+            return str(field)
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if loc:
+            return loc
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -68,7 +86,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, _format_validation_error(exc), "invalid_value")
+        return error_response(
+            400, _format_validation_error(exc), "invalid_value", _validation_param(exc)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -69,12 +69,15 @@ def _refuse_unknown(cls: type[BaseModel], data: Any, unsupported: dict[str, str]
         if name in unsupported:
             if value not in _EMPTY:
                 raise PydanticCustomError(
-                    "unsupported_field", f"unsupported field {name!r}: {unsupported[name]}"
+                    "unsupported_field",
+                    "unsupported field '{field}': {reason}",
+                    {"field": name, "reason": unsupported[name]},
                 )
         elif name not in known:
             raise PydanticCustomError(
                 "unknown_field",
-                f"unknown field {name!r} (not an OpenAI or vLLM request field mmcore serves)",
+                "unknown field '{field}' (not an OpenAI or vLLM request field mmcore serves)",
+                {"field": name},
             )
         else:
             kept[name] = value
