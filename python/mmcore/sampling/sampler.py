@@ -197,7 +197,8 @@ def sample_on_device(
         The pending tokens; call ``resolve()`` for host values.
     """
     to_device = to_device or _plain_to_device(logits.device)
-    logits = logits.float()
+    # A copy: the edits below are in place, and the input may be a CUDA graph's output buffer.
+    logits = logits.float() if logits.dtype != torch.float32 else logits.clone()
     if host_masks is not None and len(host_masks.bitmask_rows):
         apply_token_bitmask(logits, host_masks, to_device)
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
