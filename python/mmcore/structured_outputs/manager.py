@@ -112,6 +112,5 @@ class StructuredOutputManager:
 
     def needs_host_masks(self, req_ids: list[int], rows: list[RequestSampling]) -> bool:
         """Whether any row of a step is constrained by a grammar or multi-token bad words."""
-        if not self._matchers and not any(r.bad_word_prefixes for r in rows):
-            return False
-        return any(r in self._matchers for r in req_ids) or any(r.bad_word_prefixes for r in rows)
+        matchers = self._matchers
+        return any(r in matchers for r in req_ids) or any(r.bad_word_prefixes for r in rows)
