@@ -114,11 +114,11 @@ def _apply_token_edits(
     if bias is not None:
         which, local, ids = bias
         values = np.concatenate([rows[i].bias_values for i in which])
-        row_of = np.asarray(which)[local]
-        logits.index_put_(
-            (to_device("bias_rows", row_of, torch.long), to_device("bias_ids", ids, torch.long)),
+        flat = np.asarray(which)[local] * logits.shape[1] + ids
+        logits.view(-1).scatter_add_(
+            0,
+            to_device("bias_flat", flat, torch.long),
             to_device("bias_values", values, logits.dtype),
-            accumulate=True,
         )
     if host_masks is not None and len(host_masks.ban_rows):
         logits[
@@ -134,14 +134,11 @@ def _apply_token_edits(
         )
         too_early = counts.num_generated[slots] < limits  # [len(which)], on the device
         values = torch.where(too_early, float("-inf"), 0.0).to(logits.dtype)
-        row_of = np.asarray(which)[local]
-        logits.index_put_(
-            (
-                to_device("min_tokens_rows", row_of, torch.long),
-                to_device("min_tokens_ids", ids, torch.long),
-            ),
+        flat = np.asarray(which)[local] * logits.shape[1] + ids
+        logits.view(-1).scatter_add_(
+            0,
+            to_device("min_tokens_flat", flat, torch.long),
             values[to_device("min_tokens_local", local, torch.long)],
-            accumulate=True,
         )
     return logits
 
