@@ -84,11 +84,11 @@ PER_SCHEMA = 10  # 5 schemas x 10 = 50 generations per path
 MAX_TOKENS = 120
 
 
-def _params(schema: dict, n: int = 1) -> SamplingParams:
+def _params(schema: dict, seed: int, n: int = 1) -> SamplingParams:
     # A random model loves whitespace; compact JSON keeps every generation within MAX_TOKENS.
     constraint = StructuredOutputsParams(json=schema, disable_any_whitespace=True)
     return SamplingParams(
-        temperature=1.0, n=n, max_tokens=MAX_TOKENS, structured_outputs=constraint
+        temperature=1.0, seed=seed, n=n, max_tokens=MAX_TOKENS, structured_outputs=constraint
     )
 
 
@@ -105,7 +105,9 @@ def engine(tiny_llava_dir):
 def test_fifty_json_generations_validate_through_generate(engine):
     names = [name for name in SCHEMAS for _ in range(PER_SCHEMA)]
     prompts = [f"USER: give me {name} number {i}\nASSISTANT:" for i, name in enumerate(names)]
-    outputs = engine.generate(prompts, [_params(SCHEMAS[n]) for n in names], use_tqdm=False)
+    outputs = engine.generate(
+        prompts, [_params(SCHEMAS[n], i) for i, n in enumerate(names)], use_tqdm=False
+    )
     for name, output in zip(names, outputs):
         completion = output.outputs[0]
         _assert_valid(completion.text, SCHEMAS[name], completion.finish_reason)
@@ -136,7 +138,7 @@ def test_fifty_json_generations_validate_while_streaming(tiny_llava_dir, photos)
                 "prompt": f"<image>\n{prompt}",
                 "multi_modal_data": {"image": photos["chelsea"]},
             }
-        engine.add_request(f"r{i}", prompt, _params(SCHEMAS[name], n=2))
+        engine.add_request(f"r{i}", prompt, _params(SCHEMAS[name], i, n=2))
     streamed: dict[tuple[str, int], str] = {}
     final = {}
     while engine.has_unfinished_requests():
@@ -172,8 +174,12 @@ def test_regex_choice_and_grammar_constraints_hold(engine):
     ]
     prompts = [f"USER: question {i}\nASSISTANT:" for i in range(8)]
     for constraint, holds in kinds:
-        # A hot temperature: the tiny model's scaled logits otherwise pick one choice.
-        params = SamplingParams(temperature=4.0, max_tokens=40, structured_outputs=constraint)
+        # A hot temperature (the tiny model's scaled logits otherwise pick one choice) and a
+        # seed per prompt, so the draws do not depend on which tests ran before.
+        params = [
+            SamplingParams(temperature=4.0, seed=i, max_tokens=40, structured_outputs=constraint)
+            for i in range(len(prompts))
+        ]
         texts = [o.outputs[0].text for o in engine.generate(prompts, params, use_tqdm=False)]
         assert all(holds(t) for t in texts), texts
         assert len(set(texts)) > 1, texts
