@@ -29,7 +29,7 @@ class RequestSampling:
 
     Attributes:
         params: its sampling parameters.
-        generator: CPU generator of its random draws.
+        generator: generator of its random draws (on the model's device).
         slot: its row in the device counts, or -1 when it needs none.
         bias_ids: token ids whose logits get ``bias_values`` added (logit_bias, and -inf for
             single-token bad words).
@@ -129,7 +129,7 @@ def build_request_sampling(
 
     Args:
         params: the request's sampling parameters (token ids already range-checked).
-        generator: its CPU generator.
+        generator: its generator.
         counts: the runner's device counts.
         prompt_token_ids: its prompt (for the repetition penalty).
         bad_words_ids: its bad words, tokenized (each variant one list).

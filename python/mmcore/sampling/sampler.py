@@ -6,7 +6,8 @@
 
 Every step is batched over rows and runs on the device; per-row values travel through the
 runner's pinned staging buffers, and nothing reads a device value back until ``resolve()``.
-Random rows use one CPU generator per request so seeded requests are reproducible in any batch.
+Random rows use one generator per request (on the device) so seeded requests are reproducible
+in any batch.
 """
 
 from __future__ import annotations
@@ -167,6 +168,34 @@ def _apply_row_penalties(
     return logits
 
 
+def _exponential_noise(
+    generators: list[torch.Generator], probs: torch.Tensor, to_device: ToDevice
+) -> torch.Tensor:
+    """Exp(1) noise ``[rows, vocab]``, row ``j`` drawn from ``generators[j]``.
+
+    Generators on the logits' device draw in place (one small kernel per row, nothing crosses
+    to the host); others (e.g. CPU generators with CUDA logits) draw on the host and are sent
+    through the staging buffers.
+    """
+    noise = torch.empty_like(probs)
+    host_rows = [j for j, g in enumerate(generators) if g.device != probs.device]
+    for j, generator in enumerate(generators):
+        if generator.device == probs.device:
+            noise[j].exponential_(generator=generator)
+    if host_rows:
+        drawn = torch.stack(
+            [
+                torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(
+                    generator=generators[j]
+                )
+                for j in host_rows
+            ]
+        )
+        index = to_device("noise_rows", np.array(host_rows), torch.long)
+        noise[index] = to_device("noise", drawn.numpy(), probs.dtype)
+    return noise
+
+
 def sample_on_device(
     logits: torch.Tensor,
     rows: list[RequestSampling],
@@ -178,8 +207,8 @@ def sample_on_device(
     """Pick one token per row of ``logits`` ``[N, vocab]`` without waiting for the device.
 
     Greedy rows take the argmax of the processed logits. Random rows race the filtered
-    probabilities against Exp(1) noise drawn on the host from the row's CPU generator (so seeded
-    requests give the same tokens on any device and in any batch) and sent to the device.
+    probabilities against Exp(1) noise drawn from the row's own generator (one per request,
+    on the device, so a seeded request gives the same tokens in any batch).
 
     Args:
         logits: raw model logits, one row per request that samples this step.
@@ -214,15 +243,8 @@ def sample_on_device(
         probs = _filter_logits(logits[index], [rows[i].params for i in random_rows], to_device)
         probs = probs.softmax(dim=-1)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
-        noise = torch.stack(
-            [
-                torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(
-                    generator=rows[i].generator
-                )
-                for i in random_rows
-            ]
-        )
-        tokens[index] = (probs / to_device("noise", noise.numpy(), probs.dtype)).argmax(dim=-1)
+        noise = _exponential_noise([rows[i].generator for i in random_rows], probs, to_device)
+        tokens[index] = (probs / noise).argmax(dim=-1)
     counted = [i for i, r in enumerate(rows) if r.slot >= 0]
     if counted and counts is not None:
         counts.record(
