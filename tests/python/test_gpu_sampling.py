@@ -42,6 +42,11 @@ def model_dir(tmp_path_factory) -> str:
     return build_tiny_llava(path, seed=3, text_overrides=text, vision_overrides=vision)
 
 
+def _generator(i: int) -> torch.Generator:
+    # Both kinds: device generators draw in place, CPU ones go through the staging buffers.
+    return torch.Generator(device="cuda" if i % 2 else "cpu").manual_seed(i)
+
+
 def test_sampling_with_every_edit_never_syncs():
     device = torch.device("cuda")
     vocab = 1000
@@ -55,9 +60,7 @@ def test_sampling_with_every_edit_never_syncs():
         SamplingParams(temperature=1.0, top_p=0.9, allowed_token_ids=[1, 2, 3, 900]),
     ]
     rows = [
-        build_request_sampling(
-            p, torch.Generator().manual_seed(i), counts, prompt, [[4], [8, 9]], [2]
-        )
+        build_request_sampling(p, _generator(i), counts, prompt, [[4], [8, 9]], [2])
         for i, p in enumerate(kinds)
     ]
     bitmask = torch.zeros((1, -(-vocab // 32)), dtype=torch.int32)

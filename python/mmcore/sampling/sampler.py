@@ -337,7 +337,7 @@ def sample(
         logits: raw model logits, one row per request that samples this step.
         params: the sampling parameters of each row (token edits and penalties need the
             engine's per-request state and are not applied here).
-        generators: a CPU ``torch.Generator`` per row; seeded requests own theirs, so their
+        generators: a ``torch.Generator`` per row; seeded requests own theirs, so their
             tokens do not depend on the rest of the batch.
 
     Returns:
