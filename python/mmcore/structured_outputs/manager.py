@@ -9,6 +9,7 @@ words, from the tokens accepted so far.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -32,18 +33,24 @@ class StructuredOutputManager:
     def __init__(self, make_compiler: Callable[[], GrammarCompiler]) -> None:
         self._make_compiler = make_compiler
         self._compiler: GrammarCompiler | None = None
+        self._compiler_lock = threading.Lock()
         self._matchers: dict[int, object] = {}
         self._batch = None
         self.num_rejected_tokens = 0
 
     @property
     def compiler(self) -> GrammarCompiler:
-        if self._compiler is None:
-            self._compiler = self._make_compiler()
-        return self._compiler
+        with self._compiler_lock:
+            if self._compiler is None:
+                self._compiler = self._make_compiler()
+            return self._compiler
 
     def compile(self, params: StructuredOutputsParams):
-        """Compile (or fetch from the cache) a constraint. Raises ValueError when invalid."""
+        """Compile (or fetch from the cache) a constraint. Raises ValueError when invalid.
+
+        Thread-safe: a server may compile in its input worker threads so the engine thread
+        finds the grammar in the cache when the request is added.
+        """
         return self.compiler.compile(params)
 
     def add(self, req_id: int, compiled) -> None:
