@@ -54,3 +54,61 @@ def test_stream_text_holds_back_a_possible_stop_prefix(tokenizer):
     assert detok.text == "Stop here ST"
     assert detok.stream_text(finished=False) == "Stop here"
     assert detok.stream_text(finished=True) == "Stop here ST"
+
+
+def test_include_stop_str_in_output_keeps_the_stop_string(tokenizer):
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["STOP"], include_stop_str_in_output=True)
+    for tok in tokenizer(TEXT[1])["input_ids"]:
+        if detok.append(tok):
+            break
+    assert detok.text == "Stop here STOP"
+    assert detok.stop_reason == "STOP"
+
+
+def test_the_earliest_of_several_stop_strings_wins(tokenizer):
+    detok = IncrementalDetokenizer(tokenizer, [], stop=["never", "here"])
+    for tok in tokenizer(TEXT[1])["input_ids"]:
+        if detok.append(tok):
+            break
+    assert (detok.text, detok.stop_reason) == ("Stop ", "here")
+
+
+@pytest.fixture(scope="module")
+def metaspace_tokenizer():
+    """A SentencePiece-style (Metaspace) tokenizer, whose decoder puts a space after special
+    tokens followed by a word, as Llama-2's does."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>", "<x>"])
+    tok.train_from_iterator(["hello world, the cat sat on the mat"] * 5, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_spaces_between_special_tokens(metaspace_tokenizer, skip):
+    tok = metaspace_tokenizer
+    ids = [tok.convert_tokens_to_ids("<s>")] + tok("hello world", add_special_tokens=False)[
+        "input_ids"
+    ]
+    ids += [tok.convert_tokens_to_ids("</s>")] + tok("the cat", add_special_tokens=False)[
+        "input_ids"
+    ]
+
+    def run(spaces: bool) -> str:
+        detok = IncrementalDetokenizer(
+            tok, [], stop=[], skip_special_tokens=skip, spaces_between_special_tokens=spaces
+        )
+        for t in ids:
+            detok.append(t)
+        return detok.text
+
+    # True: the tokenizer's own decoding; False: special tokens glued to their neighbours.
+    assert run(True) == tok.decode(ids, skip_special_tokens=skip)
+    if skip:  # dropped special tokens split nothing
+        assert run(False) == run(True) == tok.decode(ids, skip_special_tokens=True)
+    else:
+        assert run(False) == "<s>hello world</s>the cat"
+        assert run(True) != run(False)

@@ -219,8 +219,11 @@ class Engine:
         self._trackers[request_id] = tracker
 
     def _generator(self, params: SamplingParams, index: int, core_id: int) -> torch.Generator:
+        """The completion's own generator, on the model's device (its noise never crosses
+        from the host)."""
         seed = params.seed if params.seed is not None else self._seed * 1_000_003 + core_id
-        return torch.Generator().manual_seed(hash((seed, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        generator = torch.Generator(device=self.runner.device)
+        return generator.manual_seed(hash((seed, index)) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def _drop_core(self, core_id: int, reason: str) -> None:
         self.scheduler.finish_request(core_id, reason)

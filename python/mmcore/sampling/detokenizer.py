@@ -70,14 +70,15 @@ class IncrementalDetokenizer:
         # each added token's raw text between them.
         parts, run = [], []
         for token in ids:
+            if self._skip_special and token in self._special:
+                continue  # dropped before splitting, so the text around it decodes as one run
             if token not in self._glued:
                 run.append(token)
                 continue
             if run:
                 parts.append(self._tokenizer.decode(run, skip_special_tokens=self._skip_special))
                 run = []
-            if not (self._skip_special and token in self._special):
-                parts.append(self._glued[token])
+            parts.append(self._glued[token])
         if run:
             parts.append(self._tokenizer.decode(run, skip_special_tokens=self._skip_special))
         return "".join(parts)

@@ -6,7 +6,8 @@
 
 Every step is batched over rows and runs on the device; per-row values travel through the
 runner's pinned staging buffers, and nothing reads a device value back until ``resolve()``.
-Random rows use one CPU generator per request so seeded requests are reproducible in any batch.
+Random rows use one generator per request (on the device) so seeded requests are reproducible
+in any batch.
 """
 
 from __future__ import annotations
@@ -114,11 +115,11 @@ def _apply_token_edits(
     if bias is not None:
         which, local, ids = bias
         values = np.concatenate([rows[i].bias_values for i in which])
-        row_of = np.asarray(which)[local]
-        logits.index_put_(
-            (to_device("bias_rows", row_of, torch.long), to_device("bias_ids", ids, torch.long)),
+        flat = np.asarray(which)[local] * logits.shape[1] + ids
+        logits.view(-1).scatter_add_(
+            0,
+            to_device("bias_flat", flat, torch.long),
             to_device("bias_values", values, logits.dtype),
-            accumulate=True,
         )
     if host_masks is not None and len(host_masks.ban_rows):
         logits[
@@ -134,14 +135,11 @@ def _apply_token_edits(
         )
         too_early = counts.num_generated[slots] < limits  # [len(which)], on the device
         values = torch.where(too_early, float("-inf"), 0.0).to(logits.dtype)
-        row_of = np.asarray(which)[local]
-        logits.index_put_(
-            (
-                to_device("min_tokens_rows", row_of, torch.long),
-                to_device("min_tokens_ids", ids, torch.long),
-            ),
+        flat = np.asarray(which)[local] * logits.shape[1] + ids
+        logits.view(-1).scatter_add_(
+            0,
+            to_device("min_tokens_flat", flat, torch.long),
             values[to_device("min_tokens_local", local, torch.long)],
-            accumulate=True,
         )
     return logits
 
@@ -170,6 +168,34 @@ def _apply_row_penalties(
     return logits
 
 
+def _exponential_noise(
+    generators: list[torch.Generator], probs: torch.Tensor, to_device: ToDevice
+) -> torch.Tensor:
+    """Exp(1) noise ``[rows, vocab]``, row ``j`` drawn from ``generators[j]``.
+
+    Generators on the logits' device draw in place (one small kernel per row, nothing crosses
+    to the host); others (e.g. CPU generators with CUDA logits) draw on the host and are sent
+    through the staging buffers.
+    """
+    noise = torch.empty_like(probs)
+    host_rows = [j for j, g in enumerate(generators) if g.device != probs.device]
+    for j, generator in enumerate(generators):
+        if generator.device == probs.device:
+            noise[j].exponential_(generator=generator)
+    if host_rows:
+        drawn = torch.stack(
+            [
+                torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(
+                    generator=generators[j]
+                )
+                for j in host_rows
+            ]
+        )
+        index = to_device("noise_rows", np.array(host_rows), torch.long)
+        noise[index] = to_device("noise", drawn.numpy(), probs.dtype)
+    return noise
+
+
 def sample_on_device(
     logits: torch.Tensor,
     rows: list[RequestSampling],
@@ -181,8 +207,8 @@ def sample_on_device(
     """Pick one token per row of ``logits`` ``[N, vocab]`` without waiting for the device.
 
     Greedy rows take the argmax of the processed logits. Random rows race the filtered
-    probabilities against Exp(1) noise drawn on the host from the row's CPU generator (so seeded
-    requests give the same tokens on any device and in any batch) and sent to the device.
+    probabilities against Exp(1) noise drawn from the row's own generator (one per request,
+    on the device, so a seeded request gives the same tokens in any batch).
 
     Args:
         logits: raw model logits, one row per request that samples this step.
@@ -197,7 +223,8 @@ def sample_on_device(
         The pending tokens; call ``resolve()`` for host values.
     """
     to_device = to_device or _plain_to_device(logits.device)
-    logits = logits.float()
+    # A copy: the edits below are in place, and the input may be a CUDA graph's output buffer.
+    logits = logits.float() if logits.dtype != torch.float32 else logits.clone()
     if host_masks is not None and len(host_masks.bitmask_rows):
         apply_token_bitmask(logits, host_masks, to_device)
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
@@ -216,15 +243,8 @@ def sample_on_device(
         probs = _filter_logits(logits[index], [rows[i].params for i in random_rows], to_device)
         probs = probs.softmax(dim=-1)
         # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
-        noise = torch.stack(
-            [
-                torch.empty(probs.shape[-1], dtype=probs.dtype).exponential_(
-                    generator=rows[i].generator
-                )
-                for i in random_rows
-            ]
-        )
-        tokens[index] = (probs / to_device("noise", noise.numpy(), probs.dtype)).argmax(dim=-1)
+        noise = _exponential_noise([rows[i].generator for i in random_rows], probs, to_device)
+        tokens[index] = (probs / noise).argmax(dim=-1)
     counted = [i for i, r in enumerate(rows) if r.slot >= 0]
     if counted and counts is not None:
         counts.record(
@@ -317,7 +337,7 @@ def sample(
         logits: raw model logits, one row per request that samples this step.
         params: the sampling parameters of each row (token edits and penalties need the
             engine's per-request state and are not applied here).
-        generators: a CPU ``torch.Generator`` per row; seeded requests own theirs, so their
+        generators: a ``torch.Generator`` per row; seeded requests own theirs, so their
             tokens do not depend on the rest of the batch.
 
     Returns:

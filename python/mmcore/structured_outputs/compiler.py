@@ -14,6 +14,11 @@ from collections import OrderedDict
 from mmcore.sampling_params import StructuredOutputsParams
 
 _CACHE_ENTRIES = 256
+# xgrammar 0.2.9 writes the characters of a string with minLength/maxLength as this class,
+# which lets raw control characters (invalid in JSON) through; the unbounded string rule
+# excludes them. Until fixed upstream, the converted grammar gets the strict class.
+_LOOSE_STRING_CHAR = '[^\\"\\\\\\r\\n]'
+_JSON_STRING_CHAR = '[^\\0-\\x1f\\"\\\\\\r\\n]'
 
 
 def _choice_grammar(choices: list[str]) -> str:
@@ -88,7 +93,13 @@ class GrammarCompiler:
             schema = params.json
             if isinstance(schema, dict):
                 schema = json.dumps(schema)
-            return self._compiler.compile_json_schema(schema, any_whitespace=any_whitespace)
+            grammar = self._xgr.Grammar.from_json_schema(schema, any_whitespace=any_whitespace)
+            text = str(grammar)
+            if _LOOSE_STRING_CHAR in text:
+                return self._compiler.compile_grammar(
+                    text.replace(_LOOSE_STRING_CHAR, _JSON_STRING_CHAR)
+                )
+            return self._compiler.compile_grammar(grammar)
         if kind == "json_object":
             return self._compiler.compile_builtin_json_grammar()
         if kind == "regex":

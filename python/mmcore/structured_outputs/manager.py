@@ -9,6 +9,7 @@ words, from the tokens accepted so far.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -32,18 +33,24 @@ class StructuredOutputManager:
     def __init__(self, make_compiler: Callable[[], GrammarCompiler]) -> None:
         self._make_compiler = make_compiler
         self._compiler: GrammarCompiler | None = None
+        self._compiler_lock = threading.Lock()
         self._matchers: dict[int, object] = {}
         self._batch = None
         self.num_rejected_tokens = 0
 
     @property
     def compiler(self) -> GrammarCompiler:
-        if self._compiler is None:
-            self._compiler = self._make_compiler()
-        return self._compiler
+        with self._compiler_lock:
+            if self._compiler is None:
+                self._compiler = self._make_compiler()
+            return self._compiler
 
     def compile(self, params: StructuredOutputsParams):
-        """Compile (or fetch from the cache) a constraint. Raises ValueError when invalid."""
+        """Compile (or fetch from the cache) a constraint. Raises ValueError when invalid.
+
+        Thread-safe: a server may compile in its input worker threads so the engine thread
+        finds the grammar in the cache when the request is added.
+        """
         return self.compiler.compile(params)
 
     def add(self, req_id: int, compiled) -> None:
@@ -112,6 +119,5 @@ class StructuredOutputManager:
 
     def needs_host_masks(self, req_ids: list[int], rows: list[RequestSampling]) -> bool:
         """Whether any row of a step is constrained by a grammar or multi-token bad words."""
-        if not self._matchers and not any(r.bad_word_prefixes for r in rows):
-            return False
-        return any(r in self._matchers for r in req_ids) or any(r.bad_word_prefixes for r in rows)
+        matchers = self._matchers
+        return any(r in matchers for r in req_ids) or any(r.bad_word_prefixes for r in rows)
