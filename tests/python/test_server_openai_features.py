@@ -461,3 +461,17 @@ def test_prompt_logprobs_are_returned(srv):
         srv, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 1, "prompt_logprobs": 0}
     ).json()
     assert len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"]
+
+
+def test_invalid_constraints_are_400_and_the_server_keeps_serving(srv, client):
+    for body, fragment in [
+        ({"guided_regex": "([a-z"}, "invalid structured_outputs.regex"),
+        ({"guided_grammar": "root ::= undefined_rule"}, "invalid structured_outputs.grammar"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": 7}}}},
+            "invalid structured_outputs.json",
+        ),
+    ]:
+        response = _post(srv, "/v1/chat/completions", {"messages": QUESTION, **body})
+        assert response.status_code == 400 and fragment in response.text, response.text
+    assert client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2).choices

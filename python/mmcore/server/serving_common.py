@@ -94,8 +94,18 @@ async def process_and_submit(
     """
     from PIL import UnidentifiedImageError
 
+    engine = state.engine.engine
+
+    def prepare_and_compile():
+        processed = prepare()
+        if params.structured_outputs is not None:
+            # Compiled here, in the pool: the engine thread then finds it in the cache instead
+            # of stalling every running request while xgrammar compiles.
+            engine.structured_outputs.compile(params.structured_outputs)
+        return processed
+
     try:
-        processed = await state.engine.run_in_pool(prepare)
+        processed = await state.engine.run_in_pool(prepare_and_compile)
         return await state.engine.submit(request_id, processed, params, arrival_time)
     except (ValueError, UnidentifiedImageError) as exc:
         raise APIError(400, str(exc), "invalid_request") from exc
