@@ -7,13 +7,9 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from mmcore.server.protocol import (
-    _UNSUPPORTED_CHAT,
-    _UNSUPPORTED_COMPLETION,
-    ChatCompletionRequest,
-    CompletionRequest,
-)
+from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from mmcore.server.structured import required_tool_call_schema
+from mmcore.server.unsupported_fields import UNSUPPORTED_CHAT, UNSUPPORTED_COMPLETION
 
 USER = [{"role": "user", "content": "hi"}]
 WEATHER_PARAMS = {
@@ -32,14 +28,14 @@ def _chat(**fields) -> ChatCompletionRequest:
     return ChatCompletionRequest(**{"messages": USER, **fields})
 
 
-@pytest.mark.parametrize("name", sorted(_UNSUPPORTED_CHAT))
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_CHAT))
 def test_unsupported_chat_fields_are_refused_by_name(name):
     with pytest.raises(ValidationError, match=f"unsupported field '{name}'"):
         _chat(**{name: {"x": 1} if name != "functions" else [{"name": "f"}]})
     _chat(**{name: None})  # an empty value is the same as leaving it out
 
 
-@pytest.mark.parametrize("name", sorted(_UNSUPPORTED_COMPLETION))
+@pytest.mark.parametrize("name", sorted(UNSUPPORTED_COMPLETION))
 def test_unsupported_completion_fields_are_refused_by_name(name):
     with pytest.raises(ValidationError, match=f"unsupported field '{name}'"):
         CompletionRequest(prompt="a", **{name: "x"})
@@ -202,3 +198,28 @@ def test_completion_fields():
         CompletionRequest(prompt="a", messages=USER)
     with pytest.raises(ValidationError, match="unknown field 'tools'"):
         CompletionRequest(prompt="a", tools=TOOLS)
+
+
+def test_an_earlier_reply_sent_back_as_the_sdk_dumps_it_is_accepted():
+    earlier = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "audio": None,
+        "function_call": None,
+        "annotations": [],
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }
+    req = _chat(messages=[*USER, earlier, {"role": "tool", "tool_call_id": "c1", "content": "ok"}])
+    assert req.message_dicts()[1] == {
+        "role": "assistant",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+        ],
+    }
+    with pytest.raises(ValidationError, match="unsupported field 'refusal'"):
+        _chat(messages=[*USER, {**earlier, "refusal": "I cannot"}])
+    with pytest.raises(ValidationError, match="unknown field 'mood'"):
+        _chat(messages=[{"role": "user", "content": "x", "mood": "happy"}])

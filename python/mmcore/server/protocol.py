@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
 
 from mmcore.sampling_params import SamplingParams
 from mmcore.server.structured import structured_outputs_of
@@ -21,67 +20,16 @@ from mmcore.server.tool_protocol import (
     StructuredOutputsField,
     ToolChoice,
 )
+from mmcore.server.unsupported_fields import (
+    UNSUPPORTED_CHAT,
+    UNSUPPORTED_COMPLETION,
+    UNSUPPORTED_MESSAGE,
+    refuse_unknown,
+)
 
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300  # entries of one request's logit_bias
-
-# Fields OpenAI or vLLM define that mmcore does not implement, with what to do instead.
-# Refused when set to anything but an empty value.
-_UNSUPPORTED_SHARED = {
-    "use_beam_search": "beam search is not supported",
-    "length_penalty": "length_penalty applies to beam search, which is not supported",
-    "guided_decoding_backend": "the structured output backend is chosen by the server (xgrammar)",
-    "guided_whitespace_pattern": "guided_whitespace_pattern is not supported",
-    "logits_processors": "per-request logits processors are not supported",
-    "priority": "request priorities are not supported (first come, first served)",
-    "return_tokens_as_token_ids": "return_tokens_as_token_ids is not supported",
-    "kv_transfer_params": "KV transfer is not supported",
-    "vllm_xargs": "vllm_xargs is not supported",
-    "store": "stored completions are not supported",
-    "metadata": "metadata is only stored with store=true, which is not supported",
-    "service_tier": "service tiers are not supported",
-}
-_UNSUPPORTED_CHAT = {
-    **_UNSUPPORTED_SHARED,
-    "functions": "the legacy 'functions' field is not supported; use 'tools'",
-    "function_call": "the legacy 'function_call' field is not supported; use 'tool_choice'",
-    "audio": "audio output is not supported",
-    "prediction": "predicted outputs are not supported",
-    "reasoning_effort": "reasoning_effort is not supported",
-    "web_search_options": "web search is not supported",
-    "documents": "documents (RAG chat templates) are not supported",
-}
-_UNSUPPORTED_COMPLETION = {
-    **_UNSUPPORTED_SHARED,
-    "suffix": "suffix (fill-in-the-middle) is not supported",
-}
-_EMPTY = (None, False, "", [], {})
-
-
-def _refuse_unknown(cls: type[BaseModel], data: Any, unsupported: dict[str, str]) -> Any:
-    """Drop empty unsupported fields; refuse set ones and unknown ones, naming the field."""
-    if not isinstance(data, dict):
-        return data
-    known = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
-    kept = {}
-    for name, value in data.items():
-        if name in unsupported:
-            if value not in _EMPTY:
-                raise PydanticCustomError(
-                    "unsupported_field",
-                    "unsupported field '{field}': {reason}",
-                    {"field": name, "reason": unsupported[name]},
-                )
-        elif name not in known:
-            raise PydanticCustomError(
-                "unknown_field",
-                "unknown field '{field}' (not an OpenAI or vLLM request field mmcore serves)",
-                {"field": name},
-            )
-        else:
-            kept[name] = value
-    return kept
 
 
 class StreamOptions(BaseModel):
@@ -101,6 +49,11 @@ class ChatMessage(BaseModel):
     name: str | None = None
     tool_calls: list[AssistantToolCall] | None = None
     tool_call_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_fields(cls, data: Any) -> Any:
+        return refuse_unknown(cls, data, UNSUPPORTED_MESSAGE)
 
 
 class _SamplingFields(BaseModel):
@@ -242,7 +195,7 @@ class ChatCompletionRequest(_SamplingFields):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unknown_fields(cls, data: Any) -> Any:
-        return _refuse_unknown(cls, data, _UNSUPPORTED_CHAT)
+        return refuse_unknown(cls, data, UNSUPPORTED_CHAT)
 
     @model_validator(mode="after")
     def _check(self) -> ChatCompletionRequest:
@@ -314,7 +267,7 @@ class CompletionRequest(_SamplingFields):
     @model_validator(mode="before")
     @classmethod
     def _refuse_unknown_fields(cls, data: Any) -> Any:
-        return _refuse_unknown(cls, data, _UNSUPPORTED_COMPLETION)
+        return refuse_unknown(cls, data, UNSUPPORTED_COMPLETION)
 
     @model_validator(mode="after")
     def _check(self) -> CompletionRequest:
