@@ -231,3 +231,43 @@ def test_invalid_constraints_are_refused(engine, constraint, message):
 def test_malformed_params_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         StructuredOutputsParams(**kwargs)
+
+
+def test_vllm_offline_example_runs_unchanged(engine):
+    """vLLM's structured-outputs example with vLLM's import paths swapped for mmcore's (and vLLM's
+    own option for compact JSON): a pydantic model's schema, keyword arguments of generate(),
+    and the earlier ``guided_decoding`` / ``GuidedDecodingParams`` names."""
+    from enum import Enum
+
+    from pydantic import BaseModel, Field
+
+    from mmcore.sampling_params import GuidedDecodingParams
+    from mmcore.sampling_params import StructuredOutputsParams as FromModule
+
+    class CarType(str, Enum):
+        sedan = "sedan"
+        suv = "SUV"
+        truck = "Truck"
+
+    class CarDescription(BaseModel):
+        brand: str = Field(max_length=8)
+        doors: int = Field(ge=2, le=5)
+        car_type: CarType
+
+    assert FromModule is StructuredOutputsParams
+    # disable_any_whitespace (a vLLM option too): the random model would emit whitespace forever.
+    structured = StructuredOutputsParams(
+        json=CarDescription.model_json_schema(), disable_any_whitespace=True
+    )
+    params = SamplingParams(temperature=1.0, seed=5, max_tokens=80, structured_outputs=structured)
+    outputs = engine.generate(
+        prompts=["Generate a JSON with the brand, doors and type of a car"] * 4,
+        sampling_params=params,
+        use_tqdm=False,
+    )
+    for output in outputs:
+        CarDescription.model_validate_json(output.outputs[0].text)
+    legacy = SamplingParams(guided_decoding=GuidedDecodingParams(choice=["Positive", "Negative"]))
+    assert legacy.structured_outputs.choice == ["Positive", "Negative"]
+    text = engine.generate("Classify: mmcore is wonderful!", legacy, use_tqdm=False)[0]
+    assert text.outputs[0].text in ("Positive", "Negative")

@@ -120,4 +120,6 @@ class StructuredOutputManager:
     def needs_host_masks(self, req_ids: list[int], rows: list[RequestSampling]) -> bool:
         """Whether any row of a step is constrained by a grammar or multi-token bad words."""
         matchers = self._matchers
-        return any(r in matchers for r in req_ids) or any(r.bad_word_prefixes for r in rows)
+        return any(r in matchers and not matchers[r].is_terminated() for r in req_ids) or any(
+            r.bad_word_prefixes for r in rows
+        )
