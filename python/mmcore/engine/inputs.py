@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mmcore import _core
-from mmcore.multimodal.hashing import hash_item
+from mmcore.multimodal.hashing import hash_item, hash_kwargs
 from mmcore.multimodal.processor import MediaOptions, MRopePositions
 from mmcore.multimodal.processor_cache import ProcessorCache
 from mmcore.multimodal.video import VideoClip
@@ -187,10 +187,15 @@ class InputProcessor:
 
         items: list[MMItem | None] = [None] * len(raw_items)
         to_process: list[tuple[int, Any, str]] = []
+        # A user-named item processed with other settings is another item (another cache entry).
+        own_settings = settings != self.processor.mm_processor_kwargs
+        suffix = f"#{hash_kwargs(settings)}" if own_settings else ""
         for i, (raw, uuid) in enumerate(zip(raw_items, uuid_list)):
             if isinstance(raw, dict) and "uuid" in raw:
                 uuid = raw["uuid"]
                 raw = raw.get("data", {k: v for k, v in raw.items() if k != "uuid"})
+            if uuid:
+                uuid = f"{uuid}{suffix}"
             if isinstance(raw, dict) and "image_embeds" in raw:
                 items[i] = self._embeds_item(modality, raw, uuid)
             elif isinstance(raw, dict) and "pixel_values" in raw:
