@@ -87,3 +87,24 @@ def test_video_file_sampling_settings_per_request(engine):
     grids = [p.items[0].data["video_grid_thw"][0].item() for p in (two_fps, four_fps, fixed)]
     assert grids == [3, 6, 2]
     assert two_fps.items[0].identifier != four_fps.items[0].identifier
+
+
+def test_processed_video_items_are_taken_and_checked(engine):
+    frames = _frames(4)
+    raw = engine.generate(_video(frames), PARAMS, use_tqdm=False)[0]
+    data = engine.inputs.process(_video(frames)).items[0].data
+    given = engine.generate(_video(dict(data)), PARAMS, use_tqdm=False)[0]
+    assert given.prompt_token_ids == raw.prompt_token_ids
+    assert given.outputs[0].token_ids == raw.outputs[0].token_ids
+    broken = {**data, "pixel_values_videos": data["pixel_values_videos"][:-1]}
+    with pytest.raises(ValueError, match="pixel_values_videos must be"):
+        engine.generate(_video(broken), PARAMS, use_tqdm=False)
+
+
+def test_profiling_dummies_follow_the_budget_and_limits(engine):
+    from mmcore.engine.profiling import _dummy_encoder_inputs
+
+    inputs = _dummy_encoder_inputs(engine.processor, 100, {"image": 0, "video": 1})
+    assert set(inputs) == {"video"}
+    (video,) = inputs["video"]
+    assert 0 < video["video_grid_thw"].prod().item() // 4 <= 100

@@ -32,6 +32,10 @@ _MODALITIES = {
 }
 
 
+# Keys that mark a dict item as already processed (images; Qwen2-VL videos).
+_PROCESSED_KEYS = {"pixel_values", "pixel_values_videos"}
+
+
 @dataclass
 class MMItem:
     """One multimodal item of a prompt, ready for the encoder (or already encoded)."""
@@ -198,7 +202,7 @@ class InputProcessor:
                 uuid = f"{uuid}{suffix}"
             if isinstance(raw, dict) and "image_embeds" in raw:
                 items[i] = self._embeds_item(modality, raw, uuid)
-            elif isinstance(raw, dict) and "pixel_values" in raw:
+            elif isinstance(raw, dict) and set(raw) & _PROCESSED_KEYS:
                 items[i] = self._preprocessed_item(modality, raw, uuid)
             else:
                 media = self.processor.load_media(modality, raw, self.media_options, settings)
@@ -244,9 +248,7 @@ class InputProcessor:
     def _preprocessed_item(self, modality: str, data: dict, uuid) -> MMItem:
         tensors = {k: torch.as_tensor(v) for k, v in data.items()}
         num_embeds = self.processor.num_embeds_processed(modality, tensors)
-        identifier = uuid or hash_item(
-            tensors["pixel_values"], model=self.model_id, kind="processed"
-        )
+        identifier = uuid or hash_item(tensors, model=self.model_id, kind="processed")
         return MMItem(modality, identifier, num_embeds, data=tensors)
 
 
