@@ -108,3 +108,19 @@ def test_profiling_dummies_follow_the_budget_and_limits(engine):
     assert set(inputs) == {"video"}
     (video,) = inputs["video"]
     assert 0 < video["video_grid_thw"].prod().item() // 4 <= 100
+
+
+def test_processed_images_in_either_layout_are_taken(engine):
+    from mmcore.models.qwen2_vl.processor import expand_image_patches
+
+    image = Image.fromarray(_frames(1, 40, 56)[0])
+    raw = engine.generate(_image(image), PARAMS, use_tqdm=False)[0]
+    data = engine.inputs.process(_image(image)).items[0].data
+    tower = engine.model.visual
+    hf_layout = expand_image_patches(data["pixel_values"], tower.temporal, tower.patch_dim)
+    for pixels in (data["pixel_values"], hf_layout):
+        given = {"pixel_values": pixels, "image_grid_thw": data["image_grid_thw"]}
+        out = engine.generate(_image(given), PARAMS, use_tqdm=False)[0]
+        assert out.outputs[0].token_ids == raw.outputs[0].token_ids
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        engine.generate(_image({**data, "pixel_values": hf_layout[:, :7]}), PARAMS, use_tqdm=False)

@@ -197,6 +197,7 @@ class Qwen2VisionTower(nn.Module):
         dim = config.hidden_size if self.windowed else config.embed_dim
         out_dim = config.out_hidden_size if self.windowed else config.hidden_size
         self.merge = int(config.spatial_merge_size)
+        self.temporal = int(config.temporal_patch_size)
         self.patch_dim = (
             config.in_channels * config.temporal_patch_size * config.patch_size * config.patch_size
         )
