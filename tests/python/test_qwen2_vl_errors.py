@@ -87,3 +87,40 @@ def test_video_file_sampling_settings_per_request(engine):
     grids = [p.items[0].data["video_grid_thw"][0].item() for p in (two_fps, four_fps, fixed)]
     assert grids == [3, 6, 2]
     assert two_fps.items[0].identifier != four_fps.items[0].identifier
+
+
+def test_processed_video_items_are_taken_and_checked(engine):
+    frames = _frames(4)
+    raw = engine.generate(_video(frames), PARAMS, use_tqdm=False)[0]
+    data = engine.inputs.process(_video(frames)).items[0].data
+    given = engine.generate(_video(dict(data)), PARAMS, use_tqdm=False)[0]
+    assert given.prompt_token_ids == raw.prompt_token_ids
+    assert given.outputs[0].token_ids == raw.outputs[0].token_ids
+    broken = {**data, "pixel_values_videos": data["pixel_values_videos"][:-1]}
+    with pytest.raises(ValueError, match="pixel_values_videos must be"):
+        engine.generate(_video(broken), PARAMS, use_tqdm=False)
+
+
+def test_profiling_dummies_follow_the_budget_and_limits(engine):
+    from mmcore.engine.profiling import _dummy_encoder_inputs
+
+    inputs = _dummy_encoder_inputs(engine.processor, 100, {"image": 0, "video": 1})
+    assert set(inputs) == {"video"}
+    (video,) = inputs["video"]
+    assert 0 < video["video_grid_thw"].prod().item() // 4 <= 100
+
+
+def test_processed_images_in_either_layout_are_taken(engine):
+    from mmcore.models.qwen2_vl.processor import expand_image_patches
+
+    image = Image.fromarray(_frames(1, 40, 56)[0])
+    raw = engine.generate(_image(image), PARAMS, use_tqdm=False)[0]
+    data = engine.inputs.process(_image(image)).items[0].data
+    tower = engine.model.visual
+    hf_layout = expand_image_patches(data["pixel_values"], tower.temporal, tower.patch_dim)
+    for pixels in (data["pixel_values"], hf_layout):
+        given = {"pixel_values": pixels, "image_grid_thw": data["image_grid_thw"]}
+        out = engine.generate(_image(given), PARAMS, use_tqdm=False)[0]
+        assert out.outputs[0].token_ids == raw.outputs[0].token_ids
+    with pytest.raises(ValueError, match="pixel_values must be"):
+        engine.generate(_image({**data, "pixel_values": hf_layout[:, :7]}), PARAMS, use_tqdm=False)

@@ -13,6 +13,7 @@ import torch
 
 from mmcore import Engine, SamplingParams
 from mmcore.engine.runner import kv_bytes_per_block
+from mmcore.models.qwen2_vl.processor import expand_image_patches
 from mmcore.multimodal.video import load_video
 from mmcore.testing.qwen2_vl_oracle import hf_greedy, hf_inputs, hf_rope_index
 
@@ -113,10 +114,12 @@ def test_image_embeddings_equal_hf(case):
     model, _, _ = load_hf_qwen(model_dir)
     inputs = hf[2]  # two images of different aspect ratios
     processed = engine.inputs.process(_engine_prompt(*prompts[2]))
-    for item in processed.items:  # mmcore's processor = HF's image processor, patch for patch
-        assert item.data["pixel_values"].shape[1] == inputs["pixel_values"].shape[1]
+    # mmcore's processor = HF's image processor, patch for patch (one frame each, expanded)
+    tower = engine.model.visual
     pixels = torch.cat([it.data["pixel_values"] for it in processed.items])
-    torch.testing.assert_close(pixels, inputs["pixel_values"], rtol=0, atol=1e-6)
+    assert pixels.shape[1] * tower.temporal == inputs["pixel_values"].shape[1]
+    expanded = expand_image_patches(pixels, tower.temporal, tower.patch_dim)
+    torch.testing.assert_close(expanded, inputs["pixel_values"], rtol=0, atol=1e-6)
     with torch.no_grad():
         ref = model.model.get_image_features(
             pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"]
@@ -140,7 +143,7 @@ VIDEO_PROMPTS = [3, 4, 5, 6]  # chunking is slow on CPU: the prompts with videos
 
 def test_chunked_prefill_inside_video_ranges_keeps_parity(case):
     model_dir, _, prompts, _, expected = case
-    engine = Engine(model_dir, max_num_batched_tokens=13, enable_prefix_caching=False)
+    engine = Engine(model_dir, max_num_batched_tokens=20, enable_prefix_caching=False)
     chosen = [prompts[i] for i in VIDEO_PROMPTS]
     assert _run(engine, chosen) == [expected[i] for i in VIDEO_PROMPTS]
 

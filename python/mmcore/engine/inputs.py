@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mmcore import _core
-from mmcore.multimodal.hashing import hash_item
+from mmcore.multimodal.hashing import hash_item, hash_kwargs
 from mmcore.multimodal.processor import MediaOptions, MRopePositions
 from mmcore.multimodal.processor_cache import ProcessorCache
 from mmcore.multimodal.video import VideoClip
@@ -30,6 +30,10 @@ _MODALITIES = {
     "video": _core.Modality.VIDEO,
     "audio": _core.Modality.AUDIO,
 }
+
+
+# Keys that mark a dict item as already processed (images; Qwen2-VL videos).
+_PROCESSED_KEYS = {"pixel_values", "pixel_values_videos"}
 
 
 @dataclass
@@ -192,13 +196,18 @@ class InputProcessor:
 
         items: list[MMItem | None] = [None] * len(raw_items)
         to_process: list[tuple[int, Any, str]] = []
+        # A user-named item processed with other settings is another item (another cache entry).
+        own_settings = settings != self.processor.mm_processor_kwargs
+        suffix = f"#{hash_kwargs(settings)}" if own_settings else ""
         for i, (raw, uuid) in enumerate(zip(raw_items, uuid_list)):
             if isinstance(raw, dict) and "uuid" in raw:
                 uuid = raw["uuid"]
                 raw = raw.get("data", {k: v for k, v in raw.items() if k != "uuid"})
+            if uuid:
+                uuid = f"{uuid}{suffix}"
             if isinstance(raw, dict) and "image_embeds" in raw:
                 items[i] = self._embeds_item(modality, raw, uuid)
-            elif isinstance(raw, dict) and "pixel_values" in raw:
+            elif isinstance(raw, dict) and set(raw) & _PROCESSED_KEYS:
                 items[i] = self._preprocessed_item(modality, raw, uuid)
             else:
                 media = self.processor.load_media(modality, raw, self.media_options, settings)
@@ -244,9 +253,7 @@ class InputProcessor:
     def _preprocessed_item(self, modality: str, data: dict, uuid) -> MMItem:
         tensors = {k: torch.as_tensor(v) for k, v in data.items()}
         num_embeds = self.processor.num_embeds_processed(modality, tensors)
-        identifier = uuid or hash_item(
-            tensors["pixel_values"], model=self.model_id, kind="processed"
-        )
+        identifier = uuid or hash_item(tensors, model=self.model_id, kind="processed")
         return MMItem(modality, identifier, num_embeds, data=tensors)
 
 

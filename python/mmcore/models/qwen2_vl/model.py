@@ -9,6 +9,7 @@ from torch import nn
 
 from mmcore.layers.attention import AttentionMetadata
 from mmcore.models.llama import LlamaForCausalLM
+from mmcore.models.qwen2_vl.processor import expand_image_patches
 from mmcore.models.qwen2_vl.vision import Qwen2VisionTower
 from mmcore.models.weights import load_named_weights
 
@@ -46,8 +47,8 @@ class Qwen2VLModel(nn.Module):
     """Qwen2-VL / Qwen2.5-VL (HF ``Qwen2VLForConditionalGeneration`` and
     ``Qwen2_5_VLForConditionalGeneration``), mmcore's model contract with M-RoPE.
 
-    Items for :meth:`encode`: images ``{"pixel_values": [patches, C*T*P*P], "image_grid_thw":
-    int64 [3]}``, videos ``{"pixel_values_videos": ..., "video_grid_thw": ...}`` (what
+    Items for :meth:`encode`: images ``{"pixel_values": [patches, C*P*P] (or HF's
+    [patches, C*T*P*P]), "image_grid_thw": int64 [3]}``, videos ``{"pixel_values_videos": ..., "video_grid_thw": ...}`` (what
     :class:`mmcore.models.qwen2_vl.processor.Qwen2VLMultiModalProcessor` makes).
     """
 
@@ -110,13 +111,19 @@ class Qwen2VLModel(nn.Module):
             return []
         pixels_key, grid_key = _ITEM_KEYS[modality]
         grids = [tuple(int(v) for v in item[grid_key].reshape(-1).tolist()) for item in items]
+        patch_dim, temporal = self.visual.patch_dim, self.visual.temporal
+        parts = []
         for item, (t, h, w) in zip(items, grids):
-            if item[pixels_key].shape != (t * h * w, self.visual.patch_dim):
+            pixels = item[pixels_key].to(self.device)
+            if modality == "image":  # one frame per patch -> HF's temporal layout, on device
+                pixels = expand_image_patches(pixels, temporal, patch_dim)
+            if pixels.shape != (t * h * w, patch_dim):
                 raise ValueError(
-                    f"{pixels_key} must be [{t * h * w}, {self.visual.patch_dim}] for grid "
-                    f"{[t, h, w]}, got {list(item[pixels_key].shape)}"
+                    f"{pixels_key} must be [{t * h * w}, {patch_dim}] for grid {[t, h, w]}, "
+                    f"got {list(item[pixels_key].shape)}"
                 )
-        pixels = torch.cat([item[pixels_key] for item in items]).to(self.device)
+            parts.append(pixels)
+        pixels = torch.cat(parts)
         merged = self.visual(pixels, grids)
         return list(merged.split([self.visual.num_embeds(g) for g in grids]))
 

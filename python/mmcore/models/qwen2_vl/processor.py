@@ -3,8 +3,11 @@
 Images and video frames are resized to multiples of ``patch * merge`` pixels keeping the aspect
 ratio, within ``[min_pixels, max_pixels]`` (HF ``smart_resize``); every 2 frames form one
 temporal patch (an odd count repeats the last frame). Items become
-``{"pixel_values": [patches, C*2*P*P], "image_grid_thw": [1, h, w]}`` and
-``{"pixel_values_videos": ..., "video_grid_thw": [t, h, w], "second_per_grid_ts": s}``.
+``{"pixel_values": [patches, C*P*P], "image_grid_thw": [1, h, w]}`` (one frame: HF's layout
+repeats each image patch over the 2 temporal slots, which the model does on the device, see
+:func:`expand_image_patches`) and
+``{"pixel_values_videos": [patches, C*2*P*P], "video_grid_thw": [t, h, w],
+"second_per_grid_ts": s}``.
 Per-request ``mm_processor_kwargs``: ``min_pixels``, ``max_pixels`` (images and frames),
 ``fps``, ``num_frames``, ``max_frames`` (video sampling).
 """
@@ -57,6 +60,30 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
         h_bar = math.ceil(height * beta / factor) * factor
         w_bar = math.ceil(width * beta / factor) * factor
     return h_bar, w_bar
+
+
+def expand_image_patches(pixels: torch.Tensor, temporal: int, patch_dim: int) -> torch.Tensor:
+    """Image patches in HF's layout ``[N, C*T*P*P]`` (``patch_dim`` wide).
+
+    Args:
+        pixels: ``[N, C*P*P]`` (one frame per patch, repeated here over the ``temporal``
+            slots, exactly as HF's image processor repeats it) or already ``[N, patch_dim]``.
+        temporal: the vision tower's temporal patch size.
+        patch_dim: ``C * T * P * P``.
+
+    Raises:
+        ValueError: any other width.
+    """
+    width = pixels.shape[-1]
+    if pixels.dim() == 2 and width == patch_dim:
+        return pixels
+    if pixels.dim() != 2 or width * temporal != patch_dim:
+        raise ValueError(
+            f"image pixel_values must be [patches, {patch_dim // temporal}] or "
+            f"[patches, {patch_dim}], got {list(pixels.shape)}"
+        )
+    rows = pixels.view(pixels.shape[0], 3, 1, width // 3)
+    return rows.expand(-1, -1, temporal, -1).reshape(pixels.shape[0], patch_dim)
 
 
 def _read_json(path: str) -> dict:
@@ -178,11 +205,9 @@ class Qwen2VLMultiModalProcessor(MultiModalProcessor):
             raise ValueError(f"processed {modality} items need '{pixels_key}' and '{grid_key}'")
         t, h, w = (int(v) for v in data[grid_key].reshape(-1).tolist())
         patch_dim = 3 * self.temporal * self.patch * self.patch
-        if (
-            h % self.merge
-            or w % self.merge
-            or tuple(data[pixels_key].shape) != (t * h * w, patch_dim)
-        ):
+        widths = (patch_dim, patch_dim // self.temporal) if modality == "image" else (patch_dim,)
+        shape = tuple(data[pixels_key].shape)
+        if h % self.merge or w % self.merge or shape not in {(t * h * w, x) for x in widths}:
             raise ValueError(
                 f"{pixels_key} must be [{t * h * w}, {patch_dim}] for {grid_key} {[t, h, w]} "
                 f"(h and w multiples of {self.merge}), got {list(data[pixels_key].shape)}"
@@ -205,10 +230,8 @@ class Qwen2VLMultiModalProcessor(MultiModalProcessor):
 
     def _process_image(self, image, settings) -> dict:
         patches, (h, w) = self._frames_patches([image], "image", settings)
-        c_pp = patches.shape[-1]  # C * P * P: repeat each patch over the temporal axis
-        rows = patches[0].view(h * w, 3, 1, c_pp // 3).expand(-1, -1, self.temporal, -1)
         return {
-            "pixel_values": rows.reshape(h * w, -1).contiguous(),
+            "pixel_values": patches[0].contiguous(),  # one frame: half HF's bytes to move
             "image_grid_thw": torch.tensor([1, h, w], dtype=torch.int64),
         }
 

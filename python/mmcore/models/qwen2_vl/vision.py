@@ -95,6 +95,7 @@ class VisionRotary(nn.Module):
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rope of ``[N, H, D]`` in float32, back in ``x``'s dtype (HF's vision numerics)."""
     half = x.shape[-1] // 2
     xf = x.float()
     rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
@@ -102,6 +103,8 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class VisionAttention(nn.Module):
+    """Bidirectional attention within each packed segment (frame or window), 2-D rope on q/k."""
+
     def __init__(self, dim: int, num_heads: int, *, dtype, device):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, dim // num_heads
@@ -148,6 +151,8 @@ def _norm(config, dim: int, dtype, device) -> nn.Module:
 
 
 class VisionBlock(nn.Module):
+    """Pre-norm transformer block (LayerNorm for Qwen2-VL, RMSNorm for Qwen2.5-VL)."""
+
     def __init__(self, config, dim: int, *, dtype, device):
         super().__init__()
         self.norm1 = _norm(config, dim, dtype, device)
@@ -192,6 +197,7 @@ class Qwen2VisionTower(nn.Module):
         dim = config.hidden_size if self.windowed else config.embed_dim
         out_dim = config.out_hidden_size if self.windowed else config.hidden_size
         self.merge = int(config.spatial_merge_size)
+        self.temporal = int(config.temporal_patch_size)
         self.patch_dim = (
             config.in_channels * config.temporal_patch_size * config.patch_size * config.patch_size
         )
