@@ -151,7 +151,7 @@ def test_chunked_prefill_inside_video_ranges_keeps_parity(case):
 def test_preemption_keeps_parity(case):
     model_dir, engine, prompts, _, expected = case
     block_bytes = kv_bytes_per_block(engine.model, 16, torch.float32)
-    small = Engine(model_dir, kv_cache_memory=24 * block_bytes, block_size=16)
+    small = Engine(model_dir, kv_cache_memory_bytes=24 * block_bytes, block_size=16)
     assert _run(small, prompts) == expected
     assert small.stats()["num_preemptions"] > 0
 

@@ -126,7 +126,7 @@ def test_fifty_json_generations_validate_while_streaming(tiny_llava_dir, photos)
         async_scheduling=True,
         enable_chunked_prefill=True,
         max_num_batched_tokens=64,
-        kv_cache_memory=90 * block_bytes,
+        kv_cache_memory_bytes=90 * block_bytes,
         enable_prefix_caching=False,
     )
     names = [name for name in SCHEMAS for _ in range(PER_SCHEMA // 2)]
