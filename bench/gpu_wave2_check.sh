@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On a GPU machine, wave 2 checks in one call: build mmcore (core + CUDA kernels for sm90a), then
+# stages, each under its own time limit so a slow one leaves the others' results:
+#   tests       M-RoPE rope kernel, device sampling (no host sync, grammars under graphs), Qwen2-VL
+#               processor vs HF's (torchvision) and the Qwen2-VL engine on CUDA
+#   structured  structured-output overhead: 256 requests with a JSON schema vs without
+#   qwen        Qwen2.5-VL-7B dummy: offline req/s vs HF generate() and the roofline; packed ViT
+# Usage: bash bench/gpu_wave2_check.sh LOG_DIR [STAGE ...]
+# Python packages the machine lacks travel as wheels in .whl (see the device notes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOG=${1:-/tmp}
+shift
+STAGES=${*:-tests structured qwen}
+export PYTHONPATH=python${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee -a "$LOG/run.log"
+start=$(date +%s)
+cmake -S . -B build/gpu -G Ninja -DMMCORE_BUILD_TESTS=OFF -DMMCORE_CUDA=ON \
+  -DMMCORE_CUDA_ARCHS=90a >"$LOG/build.log" 2>&1 &&
+  cmake --build build/gpu -j 16 >>"$LOG/build.log" 2>&1 || { tail -40 "$LOG/build.log"; exit 1; }
+echo "build: $(($(date +%s) - start)) s" | tee -a "$LOG/run.log"
+stage() {  # stage NAME SECONDS COMMAND...
+  local name=$1 limit=$2 t0
+  shift 2
+  t0=$(date +%s)
+  timeout "$limit" "$@" >"$LOG/$name.log" 2>&1
+  echo "stage $name: rc $?, $(($(date +%s) - t0)) s" | tee -a "$LOG/run.log"
+  grep -E "passed|failed|Error|ratio|req_per_s|speedup|^vit " "$LOG/$name.log" | cut -c1-400 | tail -15
+}
+for s in $STAGES; do
+  case $s in
+    tests) stage tests 150 python3 -m pytest -q -p no:cacheprovider tests/python/test_mrope.py \
+      tests/python/test_gpu_sampling.py tests/python/test_qwen2_vl_gpu.py ;;
+    structured) stage structured 150 python3 bench/bench_gpu_structured_outputs.py \
+      --out "$LOG" --repeats 1 ;;
+    qwen) stage qwen_vit 60 python3 bench/bench_gpu_qwen2_vl.py --stage vit --repeats 3 --out "$LOG"
+      stage qwen_images 200 python3 bench/bench_gpu_qwen2_vl.py --stage images \
+        --num-requests 300 --hf-batch-sizes 32 64 --repeats 1 --out "$LOG" ;;
+    *) echo "unknown stage $s" ;;
+  esac
+done
