@@ -79,10 +79,29 @@ def test_processor_matches_hf_full_processor(variant, request):
         assert diff.mean() < 0.02 and diff.max() < 0.5, (key, diff.mean(), diff.max())
 
 
+@pytest.fixture(scope="module")
+def qwen2_5_vl_head_dim_64(tmp_path_factory) -> str:
+    """A tiny Qwen2.5-VL whose LM has head dim 64, so the CUDA attention kernels run (and CUDA
+    graphs can capture them) instead of the torch reference the 16-wide default would need."""
+    from mmcore.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
+
+    text = {
+        "hidden_size": 256,
+        "intermediate_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0,
+                            "mrope_section": [8, 12, 12]},
+    }  # fmt: skip
+    return build_tiny_qwen2_vl(
+        tmp_path_factory.mktemp("qwen2_5_vl_d64"), variant="qwen2_5_vl", text_overrides=text
+    )
+
+
 @pytest.mark.cuda
 @needs_cuda
-def test_engine_on_cuda_matches_hf(tiny_qwen2_5_vl_dir):
-    model_dir = tiny_qwen2_5_vl_dir
+def test_engine_on_cuda_matches_hf(qwen2_5_vl_head_dim_64):
+    model_dir = qwen2_5_vl_head_dim_64
     cpu = Engine(model_dir, device="cpu")
     gpu = Engine(model_dir, device="cuda", dtype="float32", max_num_seqs=8)
     params = SamplingParams(temperature=0.0, max_tokens=8)

@@ -107,9 +107,9 @@ def _apply_token_edits(
         mask = torch.full(
             (len(which), logits.shape[1]), float("-inf"), device=logits.device, dtype=logits.dtype
         )
-        mask[
-            to_device("allowed_local", local, torch.long), to_device("allowed_ids", ids, torch.long)
-        ] = 0.0
+        # A flat scatter: advanced-index assignment syncs the device on CUDA.
+        flat = np.asarray(local) * logits.shape[1] + np.asarray(ids)
+        mask.view(-1).scatter_(0, to_device("allowed_flat", flat, torch.long), 0.0)
         logits.index_add_(0, to_device("allowed_rows", np.array(which), torch.long), mask)
     bias = _row_entries(rows, "bias_ids")
     if bias is not None:
