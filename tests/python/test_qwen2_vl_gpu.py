@@ -119,4 +119,11 @@ def test_engine_on_cuda_matches_hf(qwen2_5_vl_head_dim_64):
         expected.append(hf_greedy(model_dir, hf_inputs(model_dir, text, images, processed), 8))
     got = gpu.generate(prompts, params, use_tqdm=False)
     assert [o.outputs[0].token_ids for o in got] == expected
-    assert gpu.stats()["cuda_graph_steps"] > 0  # M-RoPE decode steps replayed graphs
+    # bf16: the CUDA kernels run and M-RoPE decode steps replay graphs, token for token as eager.
+    graphs = Engine(model_dir, device="cuda", dtype="bfloat16", max_num_seqs=8)
+    eager = Engine(model_dir, device="cuda", dtype="bfloat16", max_num_seqs=8, enforce_eager=True)
+    replayed = graphs.generate(prompts, params, use_tqdm=False)
+    assert graphs.stats()["cuda_graph_steps"] > 0
+    assert [o.outputs[0].token_ids for o in replayed] == [
+        o.outputs[0].token_ids for o in eager.generate(prompts, params, use_tqdm=False)
+    ]

@@ -7,6 +7,7 @@ each request's multimodal items and sampling state.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,8 @@ from mmcore.sampling.request_state import (
     build_request_sampling,
 )
 from mmcore.sampling.sampler import PendingSample, SampledBatch, sample_on_device
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,7 +114,7 @@ class ModelRunner:
         self.num_encoder_runs = 0
         self.staging = HostStaging(self.device)
         self.decode_graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and cuda_graph_max_seqs > 0:
+        if self.device.type == "cuda" and cuda_graph_max_seqs > 0 and self._graphs_capturable():
             self.decode_graphs = DecodeGraphs(
                 model,
                 self.kv_caches,
@@ -127,6 +130,22 @@ class ModelRunner:
         # the next step's unknown (-1) input ids from them.
         self._last_sampled: torch.Tensor | None = None
         self.num_overlapped_steps = 0  # steps whose input ids came from device-side samples
+
+    def _graphs_capturable(self) -> bool:
+        """Decode graphs need the CUDA attention kernel: the torch reference it falls back to
+        for other dtypes / head dims (e.g. float32) reads sequence lengths on the host."""
+        from mmcore.kernels.ops import attention_kernel_supports
+
+        key_cache = self.kv_caches[0][0]
+        query = key_cache.new_empty((1, key_cache.shape[2], key_cache.shape[3]))
+        if attention_kernel_supports(query, key_cache):
+            return True
+        logger.info(
+            "CUDA graphs off: no attention kernel for %s with head dim %d (eager steps)",
+            key_cache.dtype,
+            key_cache.shape[3],
+        )
+        return False
 
     def add_request(self, req_id: int, state: RequestState) -> None:
         self.requests[req_id] = state

@@ -104,8 +104,7 @@ class WhisperAudioEncoder(nn.Module):
         for mel, keep in zip(mels, num_positions, strict=True):
             if mel.dim() != 2 or mel.shape[0] != self.num_mel_bins:
                 raise ValueError(
-                    f"expected audio features [{self.num_mel_bins}, frames], got "
-                    f"{tuple(mel.shape)}"
+                    f"expected audio features [{self.num_mel_bins}, frames], got {tuple(mel.shape)}"
                 )
             if not 0 < keep <= min(conv_output_len(mel.shape[1]), self.max_source_positions):
                 raise ValueError(f"cannot keep {keep} encoder positions of {mel.shape[1]} frames")

@@ -96,7 +96,7 @@ class DeviceCounts:
             ids = torch.from_numpy(np.ascontiguousarray(prompt_token_ids, dtype=np.int64))
             if self.device.type == "cuda":
                 ids = ids.pin_memory().to(self.device, non_blocking=True)
-            self.prompt_mask[slot, ids] = True
+            self.prompt_mask[slot].scatter_(0, ids, True)  # a scalar index_put_ would sync
         return slot
 
     def free(self, slot: int) -> None:

@@ -122,10 +122,8 @@ def _apply_token_edits(
             to_device("bias_values", values, logits.dtype),
         )
     if host_masks is not None and len(host_masks.ban_rows):
-        logits[
-            to_device("ban_rows", host_masks.ban_rows, torch.long),
-            to_device("ban_ids", host_masks.ban_ids, torch.long),
-        ] = float("-inf")
+        flat = np.asarray(host_masks.ban_rows) * logits.shape[1] + np.asarray(host_masks.ban_ids)
+        logits.view(-1).scatter_(0, to_device("ban_flat", flat, torch.long), float("-inf"))
     stops = _row_entries(rows, "min_tokens_stop_ids")
     if stops is not None and counts is not None:
         which, local, ids = stops
