@@ -32,7 +32,7 @@ for s in $STAGES; do
     tests) stage tests 150 python3 -m pytest -q -p no:cacheprovider tests/python/test_mrope.py \
       tests/python/test_gpu_sampling.py tests/python/test_qwen2_vl_gpu.py ;;
     structured) stage structured 150 python3 bench/bench_gpu_structured_outputs.py \
-      --out "$LOG" --repeats 1 ;;
+      --out "$LOG" --repeats 2 ;;
     qwen) stage qwen_vit 60 python3 bench/bench_gpu_qwen2_vl.py --stage vit --repeats 3 --out "$LOG"
       stage qwen_images 200 python3 bench/bench_gpu_qwen2_vl.py --stage images \
         --num-requests 300 --hf-batch-sizes 32 64 --repeats 1 --out "$LOG" ;;

@@ -166,6 +166,16 @@ def _apply_row_penalties(
     return logits
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are one device when 0 is the current one."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
 def _exponential_noise(
     generators: list[torch.Generator], probs: torch.Tensor, to_device: ToDevice
 ) -> torch.Tensor:
@@ -176,9 +186,10 @@ def _exponential_noise(
     through the staging buffers.
     """
     noise = torch.empty_like(probs)
-    host_rows = [j for j, g in enumerate(generators) if g.device != probs.device]
+    on_device = [_same_device(g.device, probs.device) for g in generators]
+    host_rows = [j for j, here in enumerate(on_device) if not here]
     for j, generator in enumerate(generators):
-        if generator.device == probs.device:
+        if on_device[j]:
             noise[j].exponential_(generator=generator)
     if host_rows:
         drawn = torch.stack(
