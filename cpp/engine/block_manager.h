@@ -11,8 +11,8 @@
 #include <optional>
 #include <vector>
 
-#include "engine/block_pool.h"
-#include "engine/request.h"
+#include "block_pool.h"
+#include "request.h"
 
 namespace mmcore {
 

@@ -14,14 +14,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/block_manager.h"
-#include "engine/encoder_cache.h"
-#include "engine/encoder_scheduling.h"
-#include "engine/request.h"
-#include "engine/request_queue.h"
-#include "engine/scheduler_config.h"
-#include "engine/scheduler_output.h"
-#include "engine/step_builder.h"
+#include "block_manager.h"
+#include "encoder_cache.h"
+#include "encoder_scheduling.h"
+#include "request.h"
+#include "request_queue.h"
+#include "scheduler_config.h"
+#include "scheduler_output.h"
+#include "step_builder.h"
 
 namespace mmcore {
 

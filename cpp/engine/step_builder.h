@@ -6,8 +6,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/request.h"
-#include "engine/scheduler_output.h"
+#include "request.h"
+#include "scheduler_output.h"
 
 namespace mmcore {
 
