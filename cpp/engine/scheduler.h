@@ -111,6 +111,7 @@ class Scheduler {
   // Finished requests kept alive while a step in flight may still point at them.
   std::deque<std::pair<int64_t, std::unique_ptr<Request>>> retired_;
   std::vector<RequestId> finished_since_last_step_;
+  std::vector<Request*> finishing_;  // update_from_output's requests to finish (reused)
 
   // Output buffers, reused: the step in flight, the last returned step and the one being built.
   StepRecord records_[3];
