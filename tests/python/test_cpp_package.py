@@ -46,6 +46,15 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
+def test_engine_sources_include_no_python_or_torch():
+    # The source side of the promise (runs from a checkout too): the core never includes them.
+    sources = sorted((ROOT / "cpp" / "engine").glob("*.[hc]*"))
+    assert len(sources) > 20
+    for path in sources:
+        includes = re.findall(r"#include\s*[<\"]([^>\"]+)[>\"]", path.read_text())
+        assert not [i for i in includes if PY_OR_TORCH.search(i)], path
+
+
 def test_python_m_mmcore_prints_the_package_folders(cmake_dir, include_dir):
     out = _run([sys.executable, "-m", "mmcore", "--cmake-dir"]).stdout.strip()
     assert Path(out) == cmake_dir and (cmake_dir / "mmcoreConfig.cmake").is_file()
