@@ -17,18 +17,23 @@ uint64_t hash_string(const std::string& text) {
 
 namespace {
 
-// The token part of hash_block.
+// The token part of hash_block: one multiply-xorshift per two tokens, one splitmix64 finaliser
+// at the end. Spread is all a block hash needs: the block pool confirms every hit by content.
 BlockHash hash_tokens(BlockHash parent, const TokenId* tokens, int32_t num_tokens) {
-  BlockHash h = hash_combine(parent, static_cast<uint64_t>(num_tokens));
-  // Two tokens per 64-bit word halves the mixing work on the hot path.
+  constexpr uint64_t kMul = 0x9fb21c651e98df25ULL;
+  uint64_t h = hash_combine(parent, static_cast<uint64_t>(num_tokens));
   int32_t i = 0;
   for (; i + 1 < num_tokens; i += 2) {
     const uint64_t word = (static_cast<uint64_t>(static_cast<uint32_t>(tokens[i])) << 32) |
                           static_cast<uint32_t>(tokens[i + 1]);
-    h = hash_combine(h, word);
+    h = (h ^ word) * kMul;
+    h ^= h >> 29;
   }
-  if (i < num_tokens) h = hash_combine(h, static_cast<uint32_t>(tokens[i]));
-  return h;
+  if (i < num_tokens) {
+    h = (h ^ static_cast<uint32_t>(tokens[i])) * kMul;
+    h ^= h >> 29;
+  }
+  return mix64(h);
 }
 
 // First feature ending after `start` (features are sorted and do not overlap).

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/block_hash.h"
-#include "engine/types.h"
+#include "block_hash.h"
+#include "types.h"
 
 namespace mmcore {
 

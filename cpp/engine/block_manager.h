@@ -11,8 +11,8 @@
 #include <optional>
 #include <vector>
 
-#include "engine/block_pool.h"
-#include "engine/request.h"
+#include "block_pool.h"
+#include "request.h"
 
 namespace mmcore {
 
@@ -59,9 +59,10 @@ class BlockManager {
   // changes nothing) when they do not fit.
   [[nodiscard]] std::optional<int32_t> allocate_slots(Request& request, int32_t num_new_tokens,
                                                       const ComputedBlocks& computed = {}) {
-    // Decode fast path (inline): the last block still has room.
+    // Decode fast path (inline): the last block still has room (no division on this path).
     if (request.kv_table >= 0 && num_new_tokens >= 0 &&
-        blocks_for(request.num_computed_tokens + num_new_tokens) <= request.kv_num_blocks) {
+        static_cast<int64_t>(request.num_computed_tokens) + num_new_tokens <=
+            static_cast<int64_t>(request.kv_num_blocks) * pool_.block_size()) {
       return 0;
     }
     return allocate_new_slots(request, num_new_tokens, computed);
@@ -71,10 +72,11 @@ class BlockManager {
   void free(Request& request);
   // Adds the request's full blocks among its first `num_tokens` known tokens to the prefix cache.
   void cache_full_blocks(Request& request, int32_t num_tokens) {
-    // Fast path (inline): no block became full since the last call.
+    // Fast path (inline): no block became full since the last call, i.e.
+    // min(num_tokens, known tokens) / block_size <= cached blocks (tested without a division).
     if (!enable_prefix_caching_ || request.kv_table < 0 ||
-        std::min(num_tokens, request.num_tokens()) / pool_.block_size() <=
-            request.kv_num_cached_blocks) {
+        std::min(num_tokens, request.num_tokens()) <
+            (static_cast<int64_t>(request.kv_num_cached_blocks) + 1) * pool_.block_size()) {
       return;
     }
     cache_new_full_blocks(request, num_tokens);

@@ -7,9 +7,9 @@
 #include <optional>
 #include <vector>
 
-#include "engine/block_hash.h"
-#include "engine/block_hash_map.h"
-#include "engine/types.h"
+#include "block_hash.h"
+#include "block_hash_map.h"
+#include "types.h"
 
 namespace mmcore {
 

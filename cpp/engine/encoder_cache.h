@@ -13,7 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/types.h"
+#include "types.h"
 
 namespace mmcore {
 

@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/encoder_cache.h"
-#include "engine/request.h"
-#include "engine/scheduler_output.h"
+#include "encoder_cache.h"
+#include "request.h"
+#include "scheduler_output.h"
 
 namespace mmcore {
 

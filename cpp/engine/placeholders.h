@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/types.h"
+#include "types.h"
 
 namespace mmcore {
 

@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/block_hash.h"
-#include "engine/types.h"
+#include "block_hash.h"
+#include "types.h"
 
 namespace mmcore {
 
@@ -49,13 +49,16 @@ struct Request {
   int32_t kv_num_cached_blocks = 0;
   // Index of this request in the previous step's sampling_req_ids (for overlapped scheduling).
   int32_t last_sample_index = -1;
-  std::vector<TokenId> token_ids;   // prompt followed by the generated tokens
-  std::vector<MMFeature> features;  // sorted by offset, non-overlapping, inside the prompt
+  std::vector<TokenId> token_ids;  // prompt followed by the generated tokens
+  SamplingLimits sampling;         // read by every step's stop check (second cache line)
+  // Scheduler bookkeeping set at admission: the end of the last feature's range (0 without
+  // features), so a decode step knows it is past every item without reading `features`.
+  int32_t items_end = 0;
   int32_t num_done_items = 0;       // leading features whose range is fully computed
+  std::vector<MMFeature> features;  // sorted by offset, non-overlapping, inside the prompt
   // M-RoPE: 3 x num_prompt_tokens positions (row-major); generated token i sits at
   // i + mrope_delta in all three rows. Empty for 1-D RoPE models.
   std::vector<int64_t> mrope_positions;
-  SamplingLimits sampling;
 
   // --- colder state ---
   std::string cache_salt;     // separates prefix-cache namespaces (first block's hash)

@@ -6,7 +6,7 @@
 #include <set>
 #include <utility>
 
-#include "engine/request.h"
+#include "request.h"
 
 namespace mmcore {
 

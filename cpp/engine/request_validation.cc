@@ -106,6 +106,7 @@ void prepare_request_items(Request& r) {
   r.item_held.assign(n, 0);
   r.item_handles.assign(n, -1);
   r.num_done_items = 0;
+  r.items_end = n == 0 ? 0 : r.features.back().offset + r.features.back().length;
 }
 
 }  // namespace mmcore

@@ -1,7 +1,7 @@
 #pragma once
 // Checks at add time that a request can ever run under a scheduler's limits.
-#include "engine/request.h"
-#include "engine/scheduler_config.h"
+#include "request.h"
+#include "scheduler_config.h"
 
 namespace mmcore {
 

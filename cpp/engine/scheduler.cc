@@ -142,8 +142,7 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
                                        const ComputedBlocks& computed) {
   const int32_t start = r.num_computed_tokens + computed.num_tokens;
   // Decode fast path: a chunk past every multimodal item needs no encoder planning.
-  const bool past_items =
-      r.features.empty() || start >= r.features.back().offset + r.features.back().length;
+  const bool past_items = start >= r.items_end;
   int32_t n = num_tokens;
   if (!past_items) {
     plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
@@ -209,31 +208,38 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
                                 std::to_string(rec.sampled.size()) + " requests but " +
                                 std::to_string(num_sampled) + " tokens were given");
   }
+  // One pass over the step's requests (sampled ones are a subsequence of the scheduled, in the
+  // same order), so each request is read once; finishing waits until every request's blocks
+  // and items are settled, as if in a second pass.
+  result.req_ids.reserve(rec.sampled.size());
+  result.token_ids.reserve(rec.sampled.size());
+  std::vector<Request*>& to_finish = finishing_;
+  to_finish.clear();
+  size_t j = 0;
   for (size_t i = 0; i < rec.scheduled.size(); ++i) {
     Request& r = *rec.scheduled[i];
-    if (is_finished(r.status)) continue;
+    const bool samples = j < rec.sampled.size() && rec.sampled[j] == &r;
+    const TokenId token = samples ? sampled[j] : 0;
+    j += samples ? 1 : 0;
+    if (is_finished(r.status)) continue;  // finished meanwhile: nothing to cache, token dropped
     // Preempted since: num_computed_tokens is 0 and nothing is cached or released.
     const int32_t done = std::min(rec.out.seq_lens[i], r.num_computed_tokens);
     if (r.num_done_items < static_cast<int32_t>(r.features.size())) {
       release_done_items(r, done, encoder_cache_);
     }
     kv_.cache_full_blocks(r, done);
-  }
-  result.req_ids.reserve(rec.sampled.size());
-  result.token_ids.reserve(rec.sampled.size());
-  for (size_t j = 0; j < rec.sampled.size(); ++j) {
-    Request& r = *rec.sampled[j];
-    if (is_finished(r.status)) continue;  // finished meanwhile: drop its token
-    r.token_ids.push_back(sampled[j]);
+    if (!samples) continue;
+    r.token_ids.push_back(token);
     --r.num_pending_tokens;
     result.req_ids.push_back(r.id);
-    result.token_ids.push_back(sampled[j]);
+    result.token_ids.push_back(token);
     if (auto stop = check_stop(r, config_.max_model_len)) {
       result.finished_req_ids.push_back(r.id);
       result.finish_statuses.push_back(*stop);
-      finish(r, *stop);
+      to_finish.push_back(&r);
     }
   }
+  for (size_t k = 0; k < to_finish.size(); ++k) finish(*to_finish[k], result.finish_statuses[k]);
   in_flight_.pop_front();
   retire_old_requests();
   return result;

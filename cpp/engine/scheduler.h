@@ -14,14 +14,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/block_manager.h"
-#include "engine/encoder_cache.h"
-#include "engine/encoder_scheduling.h"
-#include "engine/request.h"
-#include "engine/request_queue.h"
-#include "engine/scheduler_config.h"
-#include "engine/scheduler_output.h"
-#include "engine/step_builder.h"
+#include "block_manager.h"
+#include "encoder_cache.h"
+#include "encoder_scheduling.h"
+#include "request.h"
+#include "request_queue.h"
+#include "scheduler_config.h"
+#include "scheduler_output.h"
+#include "step_builder.h"
 
 namespace mmcore {
 
@@ -111,6 +111,7 @@ class Scheduler {
   // Finished requests kept alive while a step in flight may still point at them.
   std::deque<std::pair<int64_t, std::unique_ptr<Request>>> retired_;
   std::vector<RequestId> finished_since_last_step_;
+  std::vector<Request*> finishing_;  // update_from_output's requests to finish (reused)
 
   // Output buffers, reused: the step in flight, the last returned step and the one being built.
   StepRecord records_[3];

@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/types.h"
+#include "types.h"
 
 namespace mmcore {
 

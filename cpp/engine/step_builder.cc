@@ -30,7 +30,7 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
 void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
                                int64_t* slot) const {
   const Request& request = *chunk.request;
-  const std::vector<BlockId>& table = *chunk.block_table;
+  const BlockId* table = chunk.blocks;
   const int32_t start = chunk.start;
   const int32_t end = start + chunk.num_tokens;
   const int32_t known_end = std::max(start, std::min(end, request.num_tokens()));
@@ -68,21 +68,17 @@ void StepBuilder::finish() {
   out.query_start_loc[0] = 0;
   for (size_t i = 0; i < num_reqs; ++i) {
     const Chunk& c = chunks_[i];
-    const RequestId id = c.request->id;
+    const RequestId id = c.id;
     out.req_ids[i] = id;
     out.num_scheduled_tokens[i] = c.num_tokens;
     out.num_computed_tokens[i] = c.start;
     out.seq_lens[i] = c.start + c.num_tokens;
     out.prev_sample_index[i] = c.prev_sample_index;
     if (c.num_tokens == 1) {
-      // Decode fast path: one token, written here.
-      const Request& r = *c.request;
-      const int32_t p = c.start;
-      const int32_t block_index = p / block_size_;
-      out.input_ids[row] = p < r.num_tokens() ? r.token_ids[p] : -1;
-      out.positions[row] = p;
-      out.slot_mapping[row] = static_cast<int64_t>((*c.block_table)[block_index]) * block_size_ +
-                              (p - block_index * block_size_);
+      // Decode fast path: taken by add_request, no request read here.
+      out.input_ids[row] = c.decode_input_id;
+      out.positions[row] = c.start;
+      out.slot_mapping[row] = c.decode_slot;
     } else {
       write_tokens(c, out.input_ids.data() + row, out.positions.data() + row,
                    out.slot_mapping.data() + row);
@@ -108,7 +104,7 @@ void StepBuilder::write_block_tables() {
   BlockId* dst = out.block_tables.data();
   for (const Chunk& c : chunks_) {
     BlockId* row_end = dst + width;
-    dst = std::copy(c.block_table->begin(), c.block_table->end(), dst);
+    dst = std::copy(c.blocks, c.blocks + c.num_blocks, dst);
     std::fill(dst, row_end, -1);
     dst = row_end;
   }

@@ -6,14 +6,16 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/request.h"
-#include "engine/scheduler_output.h"
+#include "request.h"
+#include "scheduler_output.h"
 
 namespace mmcore {
 
 class StepBuilder {
  public:
-  explicit StepBuilder(int32_t block_size) : block_size_(block_size) {}
+  explicit StepBuilder(int32_t block_size)
+      : block_size_(block_size),
+        block_shift_((block_size & (block_size - 1)) == 0 ? __builtin_ctz(block_size) : -1) {}
 
   // Clears `out`'s lists (keeping their capacity) and starts step `step_id`.
   void begin(SchedulerOutput& out, int64_t step_id);
@@ -26,12 +28,28 @@ class StepBuilder {
                       int32_t start, int32_t num_tokens, bool samples) {
     const int32_t row = num_tokens_;
     const int32_t end = start + num_tokens;
-    chunks_.push_back({&request, &block_table, start, num_tokens,
-                       end > request.num_tokens() ? request.last_sample_index : -1, samples});
+    Chunk c{&request,
+            block_table.data(),
+            static_cast<int32_t>(block_table.size()),
+            request.id,
+            start,
+            num_tokens,
+            end > request.num_tokens() ? request.last_sample_index : -1,
+            samples,
+            -1,
+            0};
+    if (num_tokens == 1) {
+      // Decode: everything finish() needs is taken now, while the request is in cache.
+      const int32_t block_index = block_shift_ >= 0 ? start >> block_shift_ : start / block_size_;
+      c.decode_input_id = start < request.num_tokens() ? request.token_ids[start] : -1;
+      c.decode_slot = static_cast<int64_t>(block_table[block_index]) * block_size_ +
+                      (start - block_index * block_size_);
+    }
+    chunks_.push_back(c);
     num_tokens_ += num_tokens;
     num_samples_ += samples ? 1 : 0;
     has_mrope_ |= request.has_mrope();
-    max_blocks_ = std::max(max_blocks_, static_cast<int32_t>(block_table.size()));
+    max_blocks_ = std::max(max_blocks_, c.num_blocks);
     return row;
   }
   // Writes the arrays of every added chunk, pads block tables with -1 and writes
@@ -41,11 +59,15 @@ class StepBuilder {
  private:
   struct Chunk {
     const Request* request;
-    const std::vector<BlockId>* block_table;
+    const BlockId* blocks;  // the request's block table (unchanged until finish())
+    int32_t num_blocks;
+    RequestId id;
     int32_t start;
     int32_t num_tokens;
     int32_t prev_sample_index;  // -1 unless the chunk ends with the pending sample
     bool samples;
+    TokenId decode_input_id;  // one-token chunks: their input id (-1: pending sample) and slot
+    int64_t decode_slot;
   };
 
   // Input ids, positions and slots of one chunk, starting at the given output pointers.
@@ -54,6 +76,7 @@ class StepBuilder {
   void write_mrope_positions();
 
   int32_t block_size_;
+  int32_t block_shift_;  // log2(block_size) for a power of two (a shift, not a division), else -1
   SchedulerOutput* out_ = nullptr;
   std::vector<Chunk> chunks_;
   int32_t num_tokens_ = 0;

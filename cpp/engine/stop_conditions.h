@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <optional>
 
-#include "engine/request.h"
+#include "request.h"
 
 namespace mmcore {
 

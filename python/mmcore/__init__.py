@@ -14,6 +14,8 @@ from __future__ import annotations
 from importlib import import_module
 from importlib import metadata as _metadata
 
+from mmcore.cpp_package import get_cmake_dir, get_include
+
 try:
     __version__ = _metadata.version("mmcore")
 except _metadata.PackageNotFoundError:  # running from a source tree
@@ -59,6 +61,8 @@ def has_cuda_kernels() -> bool:
 __all__ = [
     "__version__",
     "has_cuda_kernels",
+    "get_cmake_dir",
+    "get_include",
     "Engine",
     "LLM",
     "EngineArgs",

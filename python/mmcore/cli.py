@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import mmcore
+from mmcore import cpp_package
 from mmcore.bench.cli import add_bench_parser
 from mmcore.commands import add_generate_parser, add_serve_parser
 
@@ -21,7 +22,15 @@ def _cmd_info(_args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcore", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    paths = parser.add_mutually_exclusive_group()
+    paths.add_argument(
+        "--cmake-dir", action="store_true", help="print the C++ core's CMake package folder"
+    )
+    paths.add_argument(
+        "--include-dir", action="store_true", help="print the C++ core's include folder"
+    )
+    paths.add_argument("--pkgconfig-dir", action="store_true", help="print the folder of mmcore.pc")
+    sub = parser.add_subparsers(dest="command")
     info = sub.add_parser("info", help="print the version and which native modules are built")
     info.set_defaults(func=_cmd_info)
     add_generate_parser(sub)
@@ -30,8 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_path(getter) -> int:
+    try:
+        print(getter())
+    except FileNotFoundError as exc:
+        print(f"mmcore: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmake_dir:
+        return _print_path(cpp_package.get_cmake_dir)
+    if args.include_dir:
+        return _print_path(cpp_package.get_include)
+    if args.pkgconfig_dir:
+        return _print_path(cpp_package.get_pkgconfig_dir)
+    if args.command is None:
+        parser.error("a command is required (info, generate, serve, bench) or --cmake-dir")
     return args.func(args)
 
 
