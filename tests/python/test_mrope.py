@@ -55,6 +55,20 @@ def test_equal_rows_equal_plain_rope():
     assert torch.equal(plain[0], three[0]) and torch.equal(plain[1], three[1])
 
 
+def test_custom_op_checks_inputs_and_matches_the_reference_on_cpu():
+    from mmcore.kernels import fused_ops
+
+    positions, q, k = _inputs(7)
+    layer = MRotaryEmbedding(_config(), HEAD_DIM, device=torch.device("cpu"))
+    got = fused_ops.mrope_rotary_embedding(positions, q, k, layer.cos_sin_cache, SECTION)
+    ref = reference.mrope_rotary_embedding(positions, q, k, layer.cos_sin_cache, SECTION)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    with pytest.raises(ValueError, match=r"positions must be \[3, T\]"):
+        fused_ops.mrope_rotary_embedding(positions[:2], q, k, layer.cos_sin_cache, SECTION)
+    with pytest.raises(ValueError, match="mrope_section"):
+        fused_ops.mrope_rotary_embedding(positions, q, k, layer.cos_sin_cache, [8, 8, 8])
+
+
 def test_bad_sections_are_refused():
     with pytest.raises(ValueError, match="head_dim / 2"):
         MRotaryEmbedding(_config([4, 4, 4]), HEAD_DIM, device=torch.device("cpu"))

@@ -55,6 +55,10 @@ BAD = {
         _video(_frames(8), mm_processor_kwargs={"fps": 0.01}),
         "beyond the model's 1024 positions",
     ),
+    "bad_fps_setting": (
+        _image(Image.new("RGB", (64, 64)), mm_processor_kwargs={"fps": {"a": 1}}),
+        "fps must be a positive number",
+    ),
     "unknown_processor_kwarg": (
         _image(Image.new("RGB", (64, 64)), mm_processor_kwargs={"crop": 1}),
         "crop",

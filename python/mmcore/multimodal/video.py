@@ -48,7 +48,8 @@ class VideoClip:
         return int(self.frames.shape[1]), int(self.frames.shape[2])
 
 
-def _positive(name: str, value, kind=float):
+def positive(name: str, value, kind=float):
+    """``value`` as a positive ``kind`` (None passes); ValueError naming ``name`` otherwise."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -192,9 +193,9 @@ def load_video(
     """
     if isinstance(obj, VideoClip):
         return obj
-    fps = _positive("fps", fps)
-    num_frames = _positive("num_frames", num_frames, int)
-    max_frames = _positive("max_frames", max_frames, int)
+    fps = positive("fps", fps)
+    num_frames = positive("num_frames", num_frames, int)
+    max_frames = positive("max_frames", max_frames, int)
     decoded = False
     source_fps = None
     if isinstance(obj, np.ndarray):

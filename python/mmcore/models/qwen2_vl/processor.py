@@ -25,7 +25,7 @@ import torch
 
 from mmcore.multimodal.mrope import VisionSpan, compute_mrope_positions
 from mmcore.multimodal.processor import MRopePositions, MultiModalProcessor, image_size
-from mmcore.multimodal.video import DEFAULT_FPS, VideoClip
+from mmcore.multimodal.video import DEFAULT_FPS, VideoClip, positive
 
 MAX_ASPECT_RATIO = 200
 # HF Qwen2VLVideoProcessor's defaults, for checkpoints without a video processor config.
@@ -163,6 +163,8 @@ class Qwen2VLMultiModalProcessor(MultiModalProcessor):
                 isinstance(value, bool) or not isinstance(value, int) or value <= 0
             ):
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        for key, kind in (("fps", float), ("num_frames", int), ("max_frames", int)):
+            positive(key, settings.get(key), kind)
         low, high = settings.get("min_pixels"), settings.get("max_pixels")
         if low is not None and high is not None and low > high:
             raise ValueError(f"min_pixels ({low}) is larger than max_pixels ({high})")
