@@ -167,7 +167,10 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_llava_dir):
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mmcore", "serve", tiny_llava_dir, "--port", str(port)]
-    cmd += ["--served-model-name", MODEL_NAME, "--log-level", "warning", "--shutdown-timeout", "30"]
+    cmd += ["--served-model-name", MODEL_NAME, "llava-alias", "--log-level", "warning"]
+    # vLLM's spellings of engine options are taken as they are.
+    cmd += ["--shutdown-timeout", "30", "--dtype", "float", "--no-enable-prefix-caching"]
+    cmd += ["--limit-mm-per-prompt", '{"image": 2}', "--mm-processor-kwargs", "{}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -179,6 +182,8 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_llava_dir):
                 return False
 
         assert wait_until(healthy, timeout_s=90, interval_s=0.2), "server did not come up"
+        listed = requests.get(base + "/v1/models", timeout=10).json()["data"]
+        assert [m["id"] for m in listed] == [MODEL_NAME, "llava-alias"]
         client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=60)
         stream = client.chat.completions.create(
             model=MODEL_NAME,
