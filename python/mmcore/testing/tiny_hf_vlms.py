@@ -1,0 +1,275 @@
+"""Tiny, seeded checkpoints of VLM families mmcore has no native code for (Transformers backend).
+
+Each builder writes a folder that ``AutoConfig`` / ``AutoProcessor`` /
+``AutoModelForImageTextToText`` load offline: config, safetensors, a small byte-level BPE with
+the family's special tokens, the family's PIL image processor (no torchvision here) and its
+processor config. The LM head is scaled (``LM_HEAD_SCALE``) so greedy decoding is decisive.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from mmcore.testing.tiny_checkpoints import LM_HEAD_SCALE
+
+_CORPUS = [
+    "A photo of an astronaut standing next to a flag on the moon.",
+    "The cat sleeps on a warm blanket while the coffee cools on the table.",
+    "User: What is shown in this image? Assistant: A camera man on a field.",
+    "Describe the picture in detail, including colors, shapes and people.",
+    "The rocket lifts off into a clear blue sky, leaving a trail of smoke.",
+    "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation: , . ! ? ; ' \" ( ) - _ \n",
+]
+_BASE_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+# A small Llama-like LM shared by the families (GQA: 4 query heads, 2 KV heads).
+TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=False,
+)
+
+
+def build_tokenizer(extra_specials: list[str], image_token: str):
+    """A byte-level BPE whose ``extra_specials`` are single special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=340,
+        special_tokens=_BASE_SPECIALS + extra_specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": image_token},
+    )
+
+
+def chat_template(image_text: str) -> str:
+    """A User/Assistant template; image parts render as ``image_text``."""
+    return (
+        "{{ bos_token }}{% for message in messages %}"
+        "{% if message['role'] == 'user' %}User: {% else %}Assistant: {% endif %}"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        f"{{% if part['type'] == 'image' %}}{image_text}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}"
+        "\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+    )
+
+
+def _save(path, model_cls, config, processor, seed: int) -> str:
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def build_tiny_idefics3(path: str | os.PathLike, seed: int = 0) -> str:
+    """Idefics3 / SmolVLM: image splitting into 32px tiles + a global tile, pixel shuffle 2."""
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+    )
+
+    specials = ["<image>", "<fake_token_around_image>", "<global-img>"]
+    specials += [f"<row_{r}_col_{c}>" for r in range(1, 5) for c in range(1, 5)]
+    tok = build_tokenizer(specials, "<image>")
+    size = 32
+    image_processor = Idefics3ImageProcessorPil(
+        size={"longest_edge": 2 * size},
+        max_image_size={"longest_edge": size},
+        do_image_splitting=True,
+    )
+    processor = Idefics3Processor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_len=(size // 8 // 2) ** 2,
+        chat_template=chat_template("<image>"),
+    )
+    config = Idefics3Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+        ),
+        text_config=dict(model_type="llama", vocab_size=len(tok), **TEXT),
+        scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    return _save(path, Idefics3ForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_mistral3(path: str | os.PathLike, seed: int = 0, *, llava: bool = False) -> str:
+    """Mistral-3 (``llava=False``) or Pixtral in HF format (``llava=True``: LLaVA + Pixtral
+    vision): 8px patches, [IMG_BREAK] after each row, [IMG_END] last."""
+    from transformers import (
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        PixtralImageProcessorPil,
+        PixtralProcessor,
+    )
+
+    tok = build_tokenizer(["[IMG]", "[IMG_BREAK]", "[IMG_END]"], "[IMG]")
+    patch, merge = 8, 1 if llava else 2
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessorPil(
+            size={"longest_edge": 64}, patch_size={"height": patch, "width": patch}
+        ),
+        tokenizer=tok,
+        patch_size=patch,
+        spatial_merge_size=merge,
+        chat_template=chat_template("[IMG]"),
+    )
+    vision = dict(
+        model_type="pixtral",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=64,
+        patch_size=patch,
+        head_dim=8,
+    )
+    text = dict(model_type="mistral", vocab_size=len(tok), head_dim=16, **TEXT)
+    image_id = tok.convert_tokens_to_ids("[IMG]")
+    if llava:
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=image_id,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+            projector_hidden_act="gelu",
+        )
+        return _save(path, LlavaForConditionalGeneration, config, processor, seed)
+    config = Mistral3Config(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_id,
+        spatial_merge_size=merge,
+        vision_feature_layer=-1,
+    )
+    return _save(path, Mistral3ForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_llava_onevision(path: str | os.PathLike, seed: int = 0) -> str:
+    """LLaVA-OneVision: SigLIP 32px / 8px patches, anyres grid, Qwen2 LM."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    tok = build_tokenizer(["<image>", "<video>"], "<image>")
+    size = 32
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": size, "width": size},
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        num_image_tokens=(size // 8) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=chat_template("<image>"),
+        vision_aspect_ratio="anyres_max_9",
+    )
+    config = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+        ),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), **TEXT),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]],
+    )
+    return _save(path, LlavaOnevisionForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_aya_vision(path: str | os.PathLike, seed: int = 0) -> str:
+    """Aya Vision: SigLIP + pixel shuffle, GotOcr2 tiling, Cohere2 LM (logit scale)."""
+    from transformers import (
+        AyaVisionConfig,
+        AyaVisionForConditionalGeneration,
+        AyaVisionProcessor,
+        GotOcr2ImageProcessorPil,
+    )
+
+    specials = [
+        "<image>",
+        "<|START_OF_IMG|>",
+        "<|END_OF_IMG|>",
+        "<|IMG_PATCH|>",
+        "<|IMG_LINE_BREAK|>",
+        "TILE",
+        "TILE_GLOBAL",
+    ]
+    tok = build_tokenizer(specials, "<image>")
+    size = 32
+    processor = AyaVisionProcessor(
+        image_processor=GotOcr2ImageProcessorPil(
+            size={"height": size, "width": size}, crop_to_patches=True, max_patches=4
+        ),
+        tokenizer=tok,
+        patch_size=8,
+        img_size=size,
+        downsample_factor=2,
+        chat_template=chat_template("<image>"),
+    )
+    text = dict(TEXT, model_type="cohere2", vocab_size=len(tok), logit_scale=0.5)
+    text["layer_types"] = ["sliding_attention", "full_attention"]
+    text["sliding_window"] = 8
+    config = AyaVisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+        ),
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        downsample_factor=2,
+        vision_feature_layer=-1,
+    )
+    return _save(path, AyaVisionForConditionalGeneration, config, processor, seed)
