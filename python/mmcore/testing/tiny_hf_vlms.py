@@ -271,5 +271,122 @@ def build_tiny_aya_vision(path: str | os.PathLike, seed: int = 0) -> str:
         image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"),
         downsample_factor=2,
         vision_feature_layer=-1,
+        tie_word_embeddings=False,
     )
     return _save(path, AyaVisionForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_deepseek_vl(path: str | os.PathLike, seed: int = 0) -> str:
+    """DeepSeek-VL: SigLIP 32px / 8px patches (16 image tokens), Llama LM."""
+    from transformers import (
+        DeepseekVLConfig,
+        DeepseekVLForConditionalGeneration,
+        DeepseekVLImageProcessorPil,
+        DeepseekVLProcessor,
+    )
+
+    tok = build_tokenizer(["<image_placeholder>"], "<image_placeholder>")
+    size = 32
+    processor = DeepseekVLProcessor(
+        image_processor=DeepseekVLImageProcessorPil(size={"height": size, "width": size}),
+        tokenizer=tok,
+        num_image_tokens=(size // 8) ** 2,
+        chat_template=chat_template("<image_placeholder>"),
+    )
+    config = DeepseekVLConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+        ),
+        text_config=dict(model_type="llama", vocab_size=len(tok), **TEXT),
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+        tie_word_embeddings=False,
+    )
+    return _save(path, DeepseekVLForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_ovis2(path: str | os.PathLike, seed: int = 0) -> str:
+    """Ovis2: AIMv2-style tower with a visual embedding table, Qwen2 LM."""
+    from transformers import (
+        Ovis2Config,
+        Ovis2ForConditionalGeneration,
+        Ovis2ImageProcessorPil,
+        Ovis2Processor,
+    )
+
+    specials = ["<image>", "<ovis_image_atom>"] + [f"<ovis_indicator_{i}>" for i in range(5)]
+    tok = build_tokenizer(specials, "<image>")
+    size = 32
+    processor = Ovis2Processor(
+        image_processor=Ovis2ImageProcessorPil(
+            size={"height": size, "width": size}, crop_to_patches=True, max_patches=4
+        ),
+        tokenizer=tok,
+        image_seq_length=(size // 8 // 2) ** 2,
+        chat_template=chat_template("<image>"),
+    )
+    config = Ovis2Config(
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+            hidden_stride=2,
+            vocab_size=64,
+        ),
+        text_config=dict(model_type="qwen2", vocab_size=len(tok), **TEXT),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        visual_indicator_token_ids=[
+            tok.convert_tokens_to_ids(f"<ovis_indicator_{i}>") for i in range(5)
+        ],
+        vocab_size=len(tok),
+        hidden_size=64,
+    )
+    return _save(path, Ovis2ForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_vipllava(path: str | os.PathLike, seed: int = 0) -> str:
+    """VipLLaVA: CLIP 32px / 8px patches, features of several tower layers, Llama LM."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        LlavaProcessor,
+        VipLlavaConfig,
+        VipLlavaForConditionalGeneration,
+    )
+
+    tok = build_tokenizer(["<image>"], "<image>")
+    size = 32
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+        ),
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=chat_template("<image>"),
+    )
+    config = VipLlavaConfig(
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+            projection_dim=32,
+        ),
+        text_config=dict(model_type="llama", vocab_size=len(tok), **TEXT),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layers=[-2, -1],
+        image_seq_length=(size // 8) ** 2,
+    )
+    return _save(path, VipLlavaForConditionalGeneration, config, processor, seed)

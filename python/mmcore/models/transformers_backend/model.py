@@ -64,8 +64,21 @@ def _as_rows(features, hidden_size: int) -> torch.Tensor:
     return features.reshape(-1, hidden_size)
 
 
+def _feature_function(hf_model, modality: str):
+    """``get_<modality>_features`` of the HF model or of its base model (some families keep it
+    only there)."""
+    for owner in (hf_model, getattr(hf_model, "model", None)):
+        fn = getattr(owner, f"get_{modality}_features", None)
+        if callable(fn):
+            return fn
+    return None
+
+
 class TransformersModel(nn.Module):
     """An HF ``...ForConditionalGeneration`` / ``...ForCausalLM`` as an mmcore model.
+
+    Decode steps are captured as CUDA graphs like native models'; a family whose HF forward
+    cannot be captured runs eagerly (``eager_if_capture_fails``, logged at start-up).
 
     Args:
         hf_model: the loaded HF model (eval mode, on its device and dtype).
@@ -74,6 +87,8 @@ class TransformersModel(nn.Module):
         ValueError: the model cannot run this way (named reason), e.g. a decoder layer without
             self-attention (state-space or convolution layers) or mixed head sizes.
     """
+
+    eager_if_capture_fails = True
 
     def __init__(self, hf_model: nn.Module) -> None:
         super().__init__()
@@ -107,9 +122,10 @@ class TransformersModel(nn.Module):
         self.hidden_size = int(text.hidden_size)
         self.lm_head = hf_model.get_output_embeddings()
         self.vocab_size = int(self.lm_head.weight.shape[0])
-        self.supported_modalities = tuple(
-            m for m in _MODALITIES if callable(getattr(hf_model, f"get_{m}_features", None))
-        )
+        self._feature_fns = {
+            m: fn for m in _MODALITIES if (fn := _feature_function(hf_model, m)) is not None
+        }
+        self.supported_modalities = tuple(self._feature_fns)
         rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
         self.uses_mrope = "mrope_section" in rope
         # Final-logit transforms transformers applies after the LM head (Cohere, Granite, Gemma).
@@ -130,7 +146,7 @@ class TransformersModel(nn.Module):
         HF feature functions take per-family layouts that do not pack generically)."""
         if modality not in self.supported_modalities:
             raise ValueError(f"{self.config.model_type} does not accept {modality} input")
-        features_fn = getattr(self.hf, f"get_{modality}_features")
+        features_fn = self._feature_fns[modality]
         params = inspect.signature(features_fn).parameters
         dtype = self.lm_head.weight.dtype
         out = []
