@@ -16,7 +16,7 @@ from mmcore.testing import tiny_hf_vlms
 
 MAX_TOKENS = 5
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
-FAMILIES = ["idefics3", "aya_vision", "deepseek_vl", "vipllava"]
+FAMILIES = ["idefics3", "aya_vision", "deepseek_vl", "vipllava", "janus"]
 
 
 def _prompts(image_text: str, photos) -> list[tuple[str, list]]:

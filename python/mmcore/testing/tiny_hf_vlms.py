@@ -36,8 +36,9 @@ TEXT = dict(
 )
 
 
-def build_tokenizer(extra_specials: list[str], image_token: str):
-    """A byte-level BPE whose ``extra_specials`` are single special tokens."""
+def build_tokenizer(extra_specials: list[str], image_token: str, named: dict | None = None):
+    """A byte-level BPE whose ``extra_specials`` are single special tokens; ``named`` adds
+    tokenizer attributes (e.g. ``boi_token``) processors read."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -57,7 +58,7 @@ def build_tokenizer(extra_specials: list[str], image_token: str):
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": image_token},
+        extra_special_tokens={"image_token": image_token, **(named or {})},
     )
 
 
@@ -390,3 +391,51 @@ def build_tiny_vipllava(path: str | os.PathLike, seed: int = 0) -> str:
         image_seq_length=(size // 8) ** 2,
     )
     return _save(path, VipLlavaForConditionalGeneration, config, processor, seed)
+
+
+def build_tiny_janus(path: str | os.PathLike, seed: int = 0) -> str:
+    """Janus (understanding path): SigLIP-like 32px / 8px tower, <begin_of_image> 16 image
+    tokens <end_of_image>, Llama LM; the image-generation VQ head is tiny and unused."""
+    from transformers import (
+        JanusConfig,
+        JanusForConditionalGeneration,
+        JanusImageProcessorPil,
+        JanusProcessor,
+    )
+
+    specials = ["<image_placeholder>", "<begin_of_image>", "<end_of_image>"]
+    named = {"boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"}
+    tok = build_tokenizer(specials, "<image_placeholder>", named)
+    size, tokens = 32, 16
+    processor = JanusProcessor(
+        image_processor=JanusImageProcessorPil(size={"height": size, "width": size}),
+        tokenizer=tok,
+        num_image_tokens=tokens,
+        chat_template=chat_template("<image_placeholder>"),
+    )
+    config = JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=len(tok), **TEXT),
+        vision_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=size,
+            patch_size=8,
+            projection_dim=64,
+            depth=1,
+            num_image_tokens=tokens,
+        ),
+        vq_config=dict(
+            num_embeddings=32,
+            base_channels=32,
+            latent_channels=32,
+            channel_multiplier=[1, 1],
+            num_res_blocks=1,
+            projection_dim=64,
+            image_token_embed_dim=64,
+            num_patches=4,
+        ),
+        image_token_id=tok.convert_tokens_to_ids("<image_placeholder>"),
+        tie_word_embeddings=False,
+    )
+    return _save(path, JanusForConditionalGeneration, config, processor, seed)
