@@ -136,3 +136,37 @@ def test_text_only_llama_through_transformers_equals_native(tmp_path):
     expected = [o.outputs[0].token_ids for o in native.generate(prompts, GREEDY, use_tqdm=False)]
     got = [o.outputs[0].token_ids for o in backend.generate(prompts, GREEDY, use_tqdm=False)]
     assert got == expected
+
+
+def test_text_only_gpt2_through_auto_matches_hf(tmp_path):
+    """GPT-2 has no native code: ``auto`` runs it through the backend (learned positions,
+    ``h`` / ``attn`` module names) and it equals HF generate()."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from mmcore.testing.tiny_checkpoints import LM_HEAD_SCALE, build_tokenizer
+
+    tok = build_tokenizer()
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        n_positions=256,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(LM_HEAD_SCALE)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prompts = ["The cat sleeps on", "A photo of an astronaut", "Numbers 0 1 2"]
+    engine = Engine(str(tmp_path))
+    assert type(engine.model).__name__ == "TransformersModel"
+    expected = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=MAX_TOKENS, do_sample=False)
+        expected.append(out[0, ids["input_ids"].shape[1] :].tolist())
+    got = [o.outputs[0].token_ids for o in engine.generate(prompts, GREEDY, use_tqdm=False)]
+    assert got == expected

@@ -271,14 +271,17 @@ class MultiModalProcessor:
         """
         from mmcore import _core
 
-        replacement, embed_mask = (None, None) if layout is None else layout
-        return _core.PlaceholderItem(
+        args = (
             modality_enum(modality),
             identifier,
             self.placeholder_token_id(modality),
             num_embeds,
-            replacement=None if replacement is None else list(replacement),
-            embed_mask=None if embed_mask is None else list(embed_mask),
+        )
+        if layout is None:
+            return _core.PlaceholderItem(*args)
+        replacement, embed_mask = layout
+        return _core.PlaceholderItem(
+            *args, replacement=list(replacement), embed_mask=list(embed_mask)
         )
 
     @property

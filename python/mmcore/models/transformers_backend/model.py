@@ -24,6 +24,9 @@ from mmcore.models.transformers_backend.attention import (
 from mmcore.models.transformers_backend.checks import check_supported
 
 _MODALITIES = ("image", "video", "audio")
+# Where HF decoders keep their layers, and layers their self-attention (Llama-style, GPT-2-style).
+_LAYER_LISTS = ("layers", "h")
+_ATTENTIONS = ("self_attn", "attn")
 # Processor outputs that describe the prompt, not the item.
 _PROMPT_KEYS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
 
@@ -97,13 +100,15 @@ class TransformersModel(nn.Module):
         self.hf = hf_model
         self.config = config
         self.decoder = hf_model.get_decoder()
-        layers = getattr(self.decoder, "layers", None)
+        layers = next(
+            (getattr(self.decoder, n) for n in _LAYER_LISTS if hasattr(self.decoder, n)), None
+        )
         if layers is None:
             raise ValueError(f"{config.model_type}: cannot find its language model's layers")
         text = config.get_text_config()
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         for index, layer in enumerate(layers):
-            attn = getattr(layer, "self_attn", None)
+            attn = next((getattr(layer, n) for n in _ATTENTIONS if hasattr(layer, n)), None)
             if attn is None:
                 raise ValueError(
                     f"{config.model_type}: decoder layer {index} has no self-attention (a "
