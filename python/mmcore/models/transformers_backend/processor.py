@@ -14,16 +14,19 @@ image's tokens against it.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 import torch
 
+from mmcore.multimodal.hashing import hash_kwargs
 from mmcore.multimodal.processor import MultiModalProcessor, image_size
 
 _PROMPT_KEYS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
 _DEFAULT_DUMMY_SIDE = 1024
+_MAX_LAYOUTS = 256  # layouts kept, one per (image size, settings)
 
 
 class TransformersMultiModalProcessor(MultiModalProcessor):
@@ -73,7 +76,8 @@ class TransformersMultiModalProcessor(MultiModalProcessor):
         bare = tokenizer(self.image_text)["input_ids"]
         where = bare.index(self._placeholder_id)
         self._strip = (where, len(bare) - where - 1)
-        self._layout_for_size = lru_cache(maxsize=256)(self._compute_layout)
+        self._layouts: OrderedDict[tuple, tuple] = OrderedDict()  # (size, settings) -> layout
+        self._layouts_lock = threading.Lock()  # servers process inputs in worker threads
 
     # -- per-item layout --------------------------------------------------------------------
     def _call(self, images: list, settings: Mapping | None) -> dict:
@@ -89,11 +93,11 @@ class TransformersMultiModalProcessor(MultiModalProcessor):
         head, tail = self._strip
         return tuple(ids[head : len(ids) - tail])
 
-    def _compute_layout(self, size: tuple[int, int], settings_key: tuple) -> tuple:
+    def _compute_layout(self, size: tuple[int, int], settings: Mapping | None) -> tuple:
         from PIL import Image
 
         blank = Image.new("RGB", (size[1], size[0]), (128, 128, 128))
-        out = self._call([blank], dict(settings_key))
+        out = self._call([blank], settings)
         tokens = self._tokens(out["input_ids"][0])
         mask = tuple(int(t == self._embed_id) for t in tokens)
         return tokens, mask
@@ -101,7 +105,17 @@ class TransformersMultiModalProcessor(MultiModalProcessor):
     def item_layout(self, modality: str, item: Any, kwargs: Mapping | None = None):
         """``(token ids, embed mask)`` HF's processor puts in the prompt for ``item``."""
         self.check_modality(modality)
-        return self._layout_for_size(image_size(item), tuple(sorted((kwargs or {}).items())))
+        size = image_size(item)
+        key = (size, hash_kwargs(dict(kwargs or {})))
+        with self._layouts_lock:
+            layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._compute_layout(size, kwargs)
+            with self._layouts_lock:
+                self._layouts[key] = layout
+                if len(self._layouts) > _MAX_LAYOUTS:
+                    self._layouts.popitem(last=False)
+        return layout
 
     # -- the processor contract -------------------------------------------------------------
     def placeholder_token_id(self, modality: str) -> int:
