@@ -87,10 +87,10 @@ def run_hf(model_dir: str, requests: list[dict], args) -> dict:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
     from mmcore.model_loader import init_dummy_weights
+    from mmcore.models.transformers_backend.loader import build_from_config
 
     config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("cuda"):
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.float16).eval()
+    model = build_from_config(AutoModelForImageTextToText, config, torch.float16, "cuda").eval()
     init_dummy_weights(model, seed=0)
     processor = AutoProcessor.from_pretrained(model_dir)
     processor.tokenizer.padding_side = "left"

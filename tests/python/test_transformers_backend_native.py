@@ -170,3 +170,16 @@ def test_text_only_gpt2_through_auto_matches_hf(tmp_path):
         expected.append(out[0, ids["input_ids"].shape[1] :].tolist())
     got = [o.outputs[0].token_ids for o in engine.generate(prompts, GREEDY, use_tqdm=False)]
     assert got == expected
+
+
+def test_dummy_weights_through_transformers_run(tiny_llava_dir, photos):
+    """``load_format="dummy"`` (benchmarks) builds the HF model from its config alone."""
+    engine = Engine(tiny_llava_dir, load_format="dummy", model_impl="transformers")
+    params = SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)
+    prompt = {
+        "prompt": "USER: <image>\nhi ASSISTANT:",
+        "multi_modal_data": {"image": photos["astronaut"]},
+    }
+    out = engine.generate(prompt, params, use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 3
+    assert engine.stats()["encoder_runs"] == 1

@@ -28,6 +28,18 @@ def use_transformers_backend(model_type: str, model_impl: str) -> bool:
     return model_impl == "transformers" or (model_impl == "auto" and not native)
 
 
+def build_from_config(cls, hf_config, dtype: torch.dtype, device: torch.device):
+    """An HF model of class ``cls`` with HF's random init, created on ``device`` (built on the
+    host and moved where transformers refuses the device context without accelerate)."""
+    # Auto classes build from a config with from_config, model classes with _from_config.
+    build = getattr(cls, "from_config", None) or cls._from_config
+    try:
+        with torch.device(device):
+            return build(hf_config, dtype=dtype, attn_implementation="sdpa")
+    except (ImportError, ValueError):
+        return build(hf_config, dtype=dtype, attn_implementation="sdpa").to(device)
+
+
 def load_transformers_model(
     model_dir: str, hf_config, *, dtype: torch.dtype, device: torch.device, load_format: str, seed
 ):
@@ -54,8 +66,7 @@ def load_transformers_model(
     check_supported(hf_config)  # before any weight is read
     cls = hf_model_class(hf_config)
     if load_format == "dummy":
-        with torch.device(device):
-            hf_model = cls.from_config(hf_config, dtype=dtype, attn_implementation="sdpa")
+        hf_model = build_from_config(cls, hf_config, dtype, device)
         init_dummy_weights(hf_model, seed)
     else:  # read on the host, then moved: a device_map would need accelerate
         hf_model = cls.from_pretrained(
