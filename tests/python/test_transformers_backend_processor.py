@@ -73,3 +73,16 @@ def test_unknown_setting_and_preprocessed_inputs_refused(idefics3, photos):
     with pytest.raises(ValueError, match="not image_embeds"):
         engine.generate({"prompt": PROMPT, "multi_modal_data": {"image": embeds}}, GREEDY)
     assert engine.stats()["kv_blocks_used"] == 0
+
+
+def test_items_of_equal_shapes_encode_in_one_call_like_alone(idefics3, photos):
+    _, engine, _, _ = idefics3
+    images = [photos["astronaut"], photos["camera"], photos["coffee_wide"]]  # 2 equal shapes
+    data = engine.processor.process("image", images)
+    assert data[0]["pixel_values"].shape == data[1]["pixel_values"].shape
+    assert data[0]["pixel_values"].shape != data[2]["pixel_values"].shape
+    together = engine.model.encode("image", data)
+    alone = [engine.model.encode("image", [d])[0] for d in data]
+    for got, ref, image in zip(together, alone, images):
+        assert got.shape[0] == engine.processor.num_embeds("image", image)
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)

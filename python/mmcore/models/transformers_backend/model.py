@@ -67,6 +67,14 @@ def _as_rows(features, hidden_size: int) -> torch.Tensor:
     return features.reshape(-1, hidden_size)
 
 
+def _batch_signature(kwargs: dict, index: int) -> tuple:
+    """Items with equal signatures are encoded in one call: every value a tensor of at least
+    one dimension, shapes and dtypes equal. Anything else gets a signature of its own."""
+    if not all(isinstance(v, torch.Tensor) and v.ndim >= 1 for v in kwargs.values()):
+        return ("alone", index)
+    return tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in kwargs.items()))
+
+
 def _feature_function(hf_model, modality: str):
     """``get_<modality>_features`` of the HF model or of its base model (some families keep it
     only there)."""
@@ -145,28 +153,45 @@ class TransformersModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"weights do not fit: missing {missing}, unexpected {unexpected}")
 
+    def _feature_kwargs(self, item: dict, params, dtype) -> dict:
+        """One item's processor output as the feature function's keyword arguments."""
+        kwargs = {}
+        for key, value in item.items():
+            if key in _PROMPT_KEYS or key not in params:
+                continue
+            if isinstance(value, torch.Tensor):
+                if value.is_floating_point():
+                    value = value.to(dtype)
+                if key.endswith("grid_thw") and value.ndim == 1:
+                    value = value[None]  # one item's [t, h, w] as HF's [num_items, 3]
+            kwargs[key] = value
+        return kwargs
+
     @torch.inference_mode()
     def encode(self, modality: str, items: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """Rows of the model's own ``get_<modality>_features`` per item (one call per item:
-        HF feature functions take per-family layouts that do not pack generically)."""
+        """Rows of the model's own ``get_<modality>_features`` per item.
+
+        Items whose tensors all have the same shapes go through one call, concatenated along
+        the first dimension as HF's processors batch them (they then give equal row counts);
+        others are encoded alone (HF feature functions take per-family layouts).
+        """
         if modality not in self.supported_modalities:
             raise ValueError(f"{self.config.model_type} does not accept {modality} input")
         features_fn = self._feature_fns[modality]
         params = inspect.signature(features_fn).parameters
         dtype = self.lm_head.weight.dtype
-        out = []
-        for item in items:
-            kwargs = {}
-            for key, value in item.items():
-                if key in _PROMPT_KEYS or key not in params:
-                    continue
-                if isinstance(value, torch.Tensor):
-                    if value.is_floating_point():
-                        value = value.to(dtype)
-                    if key.endswith("grid_thw") and value.ndim == 1:
-                        value = value[None]  # one item's [t, h, w] as HF's [num_items, 3]
-                kwargs[key] = value
-            out.append(_as_rows(features_fn(**kwargs), self.hidden_size).to(dtype))
+        prepared = [self._feature_kwargs(item, params, dtype) for item in items]
+        groups: dict[tuple, list[int]] = {}
+        for index, kwargs in enumerate(prepared):
+            groups.setdefault(_batch_signature(kwargs, index), []).append(index)
+        out: list[torch.Tensor | None] = [None] * len(items)
+        for indices in groups.values():
+            batch = {k: torch.cat([prepared[i][k] for i in indices]) for k in prepared[indices[0]]}
+            rows = _as_rows(features_fn(**batch), self.hidden_size).to(dtype)
+            if rows.shape[0] % len(indices):
+                raise RuntimeError(f"{len(indices)} equal items gave {rows.shape[0]} rows")
+            for i, part in zip(indices, rows.split(rows.shape[0] // len(indices))):
+                out[i] = part
         return out
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
