@@ -23,6 +23,7 @@ from mmcore.arg_utils import (
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 _DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+MODEL_IMPLS = ("auto", "mmcore", "transformers")
 EXECUTOR_BACKENDS = ("uni", "mp", "ray", "external_launcher")
 # Values that run today; the others get a clear error (multi-GPU lands with tensor parallelism).
 _RUNNABLE_BACKENDS = (None, "uni")
@@ -113,6 +114,13 @@ class EngineArgs:
     )
     load_format: str = option(
         "auto", choices=LOAD_FORMATS, help="how weights are read; dummy = random weights"
+    )
+    model_impl: str = option(
+        "auto",
+        choices=MODEL_IMPLS,
+        help="auto = mmcore's native implementation when one exists for the model type, else "
+        "the Transformers backend (HF modeling code on mmcore's KV cache); mmcore or "
+        "transformers force one",
     )
     # ----------------------------------------------------------------- numerics and device
     dtype: str = option(

@@ -12,6 +12,10 @@ from torch import nn
 
 from mmcore.engine_args import LOAD_FORMATS
 from mmcore.models.interfaces import check_model
+from mmcore.models.transformers_backend.loader import (
+    load_transformers_model,
+    use_transformers_backend,
+)
 from mmcore.multimodal.registry import get_model_class
 
 DUMMY_STD = 0.02
@@ -77,6 +81,7 @@ def load_model(
     device: torch.device | str,
     load_format: str = "auto",
     seed: int = 0,
+    model_impl: str = "auto",
 ):
     """Build the registered mmcore model for ``model_dir`` and fill its weights.
 
@@ -87,6 +92,8 @@ def load_model(
         load_format: ``"auto"``/``"safetensors"`` read the weights; ``"dummy"`` fills random
             ones (seeded by ``seed``) without reading any weight file.
         seed: seed of the dummy weights.
+        model_impl: ``auto`` (native if registered, else the Transformers backend),
+            ``mmcore`` or ``transformers``.
 
     Returns:
         ``(model, hf_config)``; the model is in eval mode.
@@ -101,8 +108,14 @@ def load_model(
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; choose one of {LOAD_FORMATS}")
     hf_config = AutoConfig.from_pretrained(model_dir)
-    model_cls = get_model_class(hf_config.model_type)
     device = torch.device(device)
+    if use_transformers_backend(hf_config.model_type, model_impl):
+        model = load_transformers_model(
+            model_dir, hf_config, dtype=dtype, device=device, load_format=load_format, seed=seed
+        )
+        check_model(model)
+        return model.eval().requires_grad_(False), hf_config
+    model_cls = get_model_class(hf_config.model_type)
     model = model_cls(hf_config, dtype=dtype, device=device)
     check_model(model)
     if load_format == "dummy":

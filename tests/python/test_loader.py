@@ -172,8 +172,8 @@ def test_bad_format_and_unknown_model_type(tmp_path, tiny_llava_dir):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(ValueError, match="'gpt2' is not supported.*llava"):
-        load_model(str(tmp_path / "gpt2"), dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="'gpt2' has no native mmcore implementation.*llava"):
+        load_model(str(tmp_path / "gpt2"), dtype=torch.float32, device="cpu", model_impl="mmcore")
 
 
 def test_tied_embeddings_follow_the_top_level_config(tmp_path, tiny_llava_dir):

@@ -17,8 +17,8 @@ from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.engine_args import EngineArgs
 from mmcore.hub import check_remote_code, resolve_model_path
 from mmcore.model_loader import load_model
+from mmcore.models.transformers_backend.loader import processor_class
 from mmcore.multimodal.processor_cache import ProcessorCache
-from mmcore.multimodal.registry import get_processor_class
 
 _CPU_KV_CACHE_BYTES = 2 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -153,9 +153,14 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
 
     tokenizer = _load_tokenizer(args, model)
     net, hf_config = load_model(
-        model, dtype=dtype, device=device, load_format=args.load_format, seed=args.seed
+        model,
+        dtype=dtype,
+        device=device,
+        load_format=args.load_format,
+        seed=args.seed,
+        model_impl=args.model_impl,
     )
-    processor = get_processor_class(hf_config.model_type)(
+    processor = processor_class(hf_config.model_type, args.model_impl, model)(
         model, hf_config, tokenizer, args.mm_processor_kwargs
     )
 

@@ -37,7 +37,8 @@ def log_startup(engine: Any, load_s: float) -> str:
     graph_text = f"{len(graphs.sizes)} CUDA graphs captured" if graphs else "eager (no CUDA graphs)"
     dtype = str(cfg.dtype).removeprefix("torch.")
     line = (
-        f"engine ready: model={cfg.model_path} device={cfg.device} dtype={dtype} "
+        f"engine ready: model={cfg.model_path} ({type(engine.model).__name__}) "
+        f"device={cfg.device} dtype={dtype} "
         f"KV cache={cfg.num_blocks} blocks x {cfg.block_size} = "
         f"{cfg.num_blocks * cfg.block_size} tokens "
         f"({cfg.num_blocks * cfg.kv_block_bytes / (1 << 30):.2f} GiB), "

@@ -46,6 +46,7 @@ class MMItem:
     data: dict[str, torch.Tensor] | None = None  # processor output, for the encoder
     embeds: torch.Tensor | None = None  # user-given projected embeddings
     offset: int = -1  # first placeholder token in the expanded prompt (set after expansion)
+    layout: Any = None  # the processor's item_layout: replacement tokens + embedding mask
 
 
 @dataclass
@@ -134,7 +135,7 @@ class InputProcessor:
                 self._process_modality(modality, _as_list(raw), uuids.get(modality), settings)
             )
         placeholder_items = [
-            self.processor.placeholder_item(it.modality, it.identifier, it.num_embeds)
+            self.processor.placeholder_item(it.modality, it.identifier, it.num_embeds, it.layout)
             for it in items
         ]
         expanded = _core.expand_placeholders(
@@ -223,14 +224,16 @@ class InputProcessor:
                 misses.append((i, media, identifier))
             else:
                 num_embeds = self.processor.num_embeds(modality, media, settings)
-                items[i] = MMItem(modality, identifier, num_embeds, data=cached)
+                layout = self.processor.item_layout(modality, media, settings)
+                items[i] = MMItem(modality, identifier, num_embeds, data=cached, layout=layout)
         if misses:
             # Sizes first: an item the model can never take fails before any pixel work.
             counts = [self.processor.num_embeds(modality, m, settings) for _, m, _ in misses]
             outputs = self.processor.process(modality, [m for _, m, _ in misses], settings)
-            for (i, _, identifier), num_embeds, data in zip(misses, counts, outputs):
+            for (i, media, identifier), num_embeds, data in zip(misses, counts, outputs):
                 self.cache.put(identifier, data)
-                items[i] = MMItem(modality, identifier, num_embeds, data=data)
+                layout = self.processor.item_layout(modality, media, settings)
+                items[i] = MMItem(modality, identifier, num_embeds, data=data, layout=layout)
         return [it for it in items if it is not None]
 
     def _embeds_item(self, modality: str, raw: dict, uuid) -> MMItem:

@@ -123,7 +123,16 @@ class ModelRunner:
                 max_seq_len=max_model_len,
                 staging=self.staging,
             )
-            self.decode_graphs.capture()
+            try:
+                self.decode_graphs.capture()
+            except RuntimeError as exc:
+                # HF modeling code (Transformers backend) may not be capturable: run eagerly.
+                if not getattr(model, "eager_if_capture_fails", False):
+                    raise
+                logging.getLogger("mmcore.engine").warning(
+                    "CUDA graph capture failed, decode steps run eagerly: %s", exc
+                )
+                self.decode_graphs = None
         self.use_decode_graphs = self.decode_graphs is not None
         self.num_graph_steps = 0
         # Tokens sampled by the last launched step, on the device: overlapped scheduling fills

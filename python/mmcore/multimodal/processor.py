@@ -252,16 +252,36 @@ class MultiModalProcessor:
         """
         return None
 
-    def placeholder_item(self, modality: str, identifier: str, num_embeds: int):
-        """The core's description of one item: ``num_embeds`` copies of the placeholder token.
+    def item_layout(self, modality: str, item: Any, kwargs: Mapping | None = None):
+        """The tokens one item expands to when they are more than ``num_embeds`` placeholders
+        (begin/end, row-break or tile tokens around the embeddings); None otherwise.
+
+        Returns:
+            None, or ``(token_ids, embed_mask)``: int sequences of equal length, mask 1 where
+            a position takes the next encoder row.
+        """
+        return None
+
+    def placeholder_item(self, modality: str, identifier: str, num_embeds: int, layout=None):
+        """The core's description of one item: ``num_embeds`` copies of the placeholder token,
+        or the item's :meth:`item_layout` (a replacement sequence with an embedding mask).
 
         Returns:
             ``mmcore._core.PlaceholderItem``.
         """
         from mmcore import _core
 
+        args = (
+            modality_enum(modality),
+            identifier,
+            self.placeholder_token_id(modality),
+            num_embeds,
+        )
+        if layout is None:
+            return _core.PlaceholderItem(*args)
+        replacement, embed_mask = layout
         return _core.PlaceholderItem(
-            modality_enum(modality), identifier, self.placeholder_token_id(modality), num_embeds
+            *args, replacement=list(replacement), embed_mask=list(embed_mask)
         )
 
     @property
