@@ -1,4 +1,4 @@
-"""The ``mmcore`` command line."""
+"""The mmcore command line: generate, serve, bench and info."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ def _cmd_info(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmcore", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmcore",
+        description="mmcore: a multimodal LLM inference engine. Without a model argument, "
+        "generate and serve use the bundled demo model (served as 'mmcore-demo').",
+    )
+    parser.add_argument("--version", action="version", version=f"mmcore {mmcore.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="print the version and which native modules are built")
     info.set_defaults(func=_cmd_info)

@@ -15,7 +15,7 @@ def add_generate_parser(sub) -> None:
         description="Answer one chat prompt, optionally about images, and print the reply.",
     )
     p.add_argument("prompt", help="the user's message")
-    p.add_argument("--model", help="checkpoint folder (default: the demo model)")
+    p.add_argument("--model", help="checkpoint folder (default: the demo model, mmcore-demo)")
     p.add_argument(
         "--image", action="append", default=[], metavar="PATH", help="an image (repeatable)"
     )
@@ -60,13 +60,16 @@ def add_serve_parser(sub) -> None:
         description="Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, "
         "/v1/completions, /v1/models, /health, /metrics).",
     )
-    p.add_argument("model", nargs="?", help="checkpoint folder (default: the demo model)")
+    p.add_argument(
+        "model", nargs="?", help="checkpoint folder (default: the demo model, mmcore-demo)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(
         "--served-model-name",
         action="append",
-        help="name clients use for the model (repeatable; default: the model argument)",
+        help="name clients use for the model (repeatable; default: the model argument, or "
+        "mmcore-demo for the demo model)",
     )
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
     p.add_argument(
@@ -104,6 +107,7 @@ def add_serve_parser(sub) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmcore import Engine
+    from mmcore.demo import DEMO_MODEL_NAME
     from mmcore.server import MediaPolicy, ServerConfig, run_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
@@ -115,7 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         host=args.host,
         port=args.port,
-        model_names=args.served_model_name or [args.model or model],
+        model_names=args.served_model_name or [args.model or DEMO_MODEL_NAME],
         api_key=args.api_key,
         max_request_bytes=args.max_request_bytes,
         media=MediaPolicy(

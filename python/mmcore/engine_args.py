@@ -78,12 +78,14 @@ def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def resolve_model(model: str | None) -> str:
-    """The model folder to use: the one given, or the demo model's when none is.
+    """The model folder to use: the one given, or the demo model's for none or "mmcore-demo".
 
     Raises:
         SystemExit: no model was given and ``mmcore.demo`` is not available.
     """
-    if model:
+    from mmcore.demo import DEMO_MODEL_NAME
+
+    if model and model != DEMO_MODEL_NAME:
         return model
     try:
         from mmcore.demo import default_model_path

@@ -12,6 +12,10 @@ from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
 
+# The name the demo model is served and asked for by (``/v1/models``, a request's "model",
+# ``mmcore serve mmcore-demo``), instead of its install path.
+DEMO_MODEL_NAME = "mmcore-demo"
+
 # example.png is shapes.render(shapes.random_items(rng, 3), rng) with
 # rng = numpy.random.default_rng(EXAMPLE_SEED); these are its questions and right answers.
 EXAMPLE_SEED = (21, 77)
@@ -44,4 +48,10 @@ def example_image_path() -> Path:
     return _HERE / "example.png"
 
 
-__all__ = ["EXAMPLE_QUESTIONS", "EXAMPLE_SEED", "default_model_path", "example_image_path"]
+__all__ = [
+    "DEMO_MODEL_NAME",
+    "EXAMPLE_QUESTIONS",
+    "EXAMPLE_SEED",
+    "default_model_path",
+    "example_image_path",
+]
