@@ -18,13 +18,15 @@ def model_dir():
     return mmcore.demo.default_model_path()
 
 
-def test_checkpoint_is_complete_small_and_float32(model_dir):
+def test_checkpoint_is_complete_small_and_loads_as_float32_on_cpu(model_dir):
     names = {p.name for p in model_dir.iterdir()}
     expected = {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"}
     assert expected | {"chat_template.jinja", "tokenizer_config.json"} <= names
-    assert sum(p.stat().st_size for p in model_dir.iterdir()) <= 20 * 1024 * 1024
+    # Each file must fit the 16 MiB the GPU run can hand back; the whole stays small for the wheel.
+    assert all(p.stat().st_size < 16 * 1024 * 1024 for p in model_dir.iterdir())
+    assert sum(p.stat().st_size for p in model_dir.iterdir()) <= 16 * 1024 * 1024
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["model_type"] == "llava" and config["dtype"] == "float32"
+    assert config["model_type"] == "llava" and config["dtype"] in ("bfloat16", "float32")
     generator = evaluate._cached_generator(os.fspath(model_dir), "cpu")
     assert {str(p.dtype) for p in generator.model.parameters()} == {"torch.float32"}
 

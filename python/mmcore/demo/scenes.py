@@ -77,6 +77,8 @@ def colour_name(rgb: tuple[int, int, int]) -> str | None:
     h, s, v = colorsys.rgb_to_hsv(*(c / 255.0 for c in rgb))
     hue = h * 360.0
     for name, ((h0, h1), (s0, s1), (v0, v1)) in COLOUR_RANGES.items():
+        # Small tolerances: rounding to 8-bit channels moves a colour a little.
+        h0, h1 = h0 - 1.5, h1 + 1.5
         in_hue = h0 <= hue <= h1 or h0 <= hue - 360.0 <= h1
         if in_hue and s0 - 0.01 <= s <= s1 + 0.01 and v0 - 0.01 <= v <= v1 + 0.01:
             return name

@@ -78,14 +78,16 @@ def _optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), fused=torch.cuda.is_available())
 
 
-def _accuracy(model, processor, samples) -> dict[str, float]:
-    report = evaluate.score(samples, evaluate.HFGenerator(model, processor), batch_size=256)
+def _accuracy(model, processor, samples, max_new_tokens: int) -> dict[str, float]:
+    generator = evaluate.HFGenerator(model, processor, max_new_tokens)
+    report = evaluate.score(samples, generator, batch_size=256)
     return {q: round(a, 4) for q, a in report.accuracy.items()}
 
 
 def final_evaluation(out: Path, args: argparse.Namespace) -> dict:
     """Accuracy of the saved checkpoint on the held-out, out-of-distribution and first sets."""
     generator = evaluate.HFGenerator.from_pretrained(out, args.device)
+    generator.max_new_tokens = args.max_new_tokens
     sets = {
         "held_out": scenes.eval_samples(args.final_questions, args.eval_seed),
         "ood": ood.ood_samples(args.ood_questions, args.ood_seed),
@@ -171,7 +173,10 @@ def train(args: argparse.Namespace) -> dict:
             )
         if probes and time.monotonic() - t_eval > args.eval_every_s:
             model.eval()
-            acc = {name: _accuracy(model, processor, s) for name, s in probes.items()}
+            acc = {
+                name: _accuracy(model, processor, s, args.max_new_tokens)
+                for name, s in probes.items()
+            }
             model.train()
             history.append({"step": step, "seconds": round(time.monotonic() - start), **acc})
             print(f"step {step} probe accuracy {acc}", flush=True)
@@ -230,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ood-questions", type=int, default=800, help="out-of-distribution questions")
     p.add_argument("--eval-seed", type=int, default=4242)
     p.add_argument("--ood-seed", type=int, default=7)
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length in evaluations")
     p.add_argument("--save-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
