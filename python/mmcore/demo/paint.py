@@ -4,7 +4,7 @@ A shape is a list of :class:`Part` (ellipses and polygons added or cut away, in 
 It can be painted by
 
     "pil"        PIL ``ImageDraw`` straight on the canvas: hard edges, what most scripts do
-    "pil_ss"     PIL on a 2-4x larger mask, shrunk again: anti-aliased edges
+    "pil_ss"     PIL on a 3x larger mask, shrunk again: anti-aliased edges
     "sdf"        numpy signed distances: anti-aliased or hard edges
 
 and each either filled, outlined (stroke only) or filled with a dark outline. Every point of a
