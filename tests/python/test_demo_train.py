@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import mmcore.demo
 from mmcore.demo import batches, build, scenes, shapes, train
 
 CHECKPOINT_FILES = [
@@ -137,6 +138,7 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     assert summary["ood"]["total"] == {"shape": 3, "colour": 3, "count": 3, "position": 3}
     assert summary["first_demo"]["total"] == {"shape": 1}
     assert summary["meets_targets"] is False
+    assert set(summary["example"]) == set(mmcore.demo.EXAMPLE_QUESTIONS)
     assert sorted(p.name for p in out.iterdir()) == sorted(CHECKPOINT_FILES)
     model = LlavaForConditionalGeneration.from_pretrained(out)
     assert model.config.dtype == torch.bfloat16
