@@ -155,7 +155,10 @@ def train(args: argparse.Namespace) -> dict:
     total = args.steps or 10**9
     history = []
     step, t_train, t_eval = 0, time.monotonic(), time.monotonic()
+    data_wait_s, t_ready = 0.0, time.monotonic()
     for batch in loader:
+        # Time spent waiting for the data-loader workers (high: the pictures are the bottleneck).
+        data_wait_s += time.monotonic() - t_ready
         if step >= total or (not args.steps and time.monotonic() - start > budget_s):
             break
         if not args.steps and step in (50, 500):
@@ -176,8 +179,10 @@ def train(args: argparse.Namespace) -> dict:
         if step % 250 == 0 or step == total:
             elapsed = time.monotonic() - start
             lr = lr_at(step, total, args.lr, args.warmup)
+            wait = data_wait_s / max(1e-9, time.monotonic() - t_train)
             print(
-                f"step {step}/{total} loss {loss.item():.4f} lr {lr:.2e} t {elapsed:.0f}s",
+                f"step {step}/{total} loss {loss.item():.4f} lr {lr:.2e} t {elapsed:.0f}s "
+                f"data wait {wait:.0%}",
                 flush=True,
             )
         if probes and time.monotonic() - t_eval > args.eval_every_s:
@@ -190,6 +195,7 @@ def train(args: argparse.Namespace) -> dict:
             history.append({"step": step, "seconds": round(time.monotonic() - start), **acc})
             print(f"step {step} probe accuracy {acc}", flush=True)
             t_eval = time.monotonic()
+        t_ready = time.monotonic()
     train_seconds = time.monotonic() - start
 
     out = Path(args.out)
@@ -204,6 +210,7 @@ def train(args: argparse.Namespace) -> dict:
         "pictures_per_batch": args.pictures_per_batch,
         "questions_per_picture": args.questions_per_picture,
         "train_seconds": round(train_seconds),
+        "data_wait_seconds": round(data_wait_s),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "num_parameters": num_params,
         "probe_history": history,
