@@ -78,7 +78,9 @@ def shape_parts(
         pts = [(-half_w, -half_h), (half_w, -half_h), (half_w, half_h), (-half_w, half_h)]
         return [Part("polygon", _place(_turn(pts, angle), cx, cy, radius))]
     if kind == "triangle":
-        height, apex = float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.7, 0.7))
+        # Height 0.65-1.15 of the base: from squat through equilateral (0.87) to a user's
+        # isosceles triangle that fills its box (1.0).
+        height, apex = 2.0 * float(rng.uniform(0.65, 1.15)), float(rng.uniform(-0.7, 0.7))
         pts = [(-1.0, height / 2), (1.0, height / 2), (apex, -height / 2)]
         # Centre the bounding box, then turn (mostly upright, sometimes a quarter or half turn).
         turn = angle + (0.0 if rng.random() < 0.8 else 90.0 * int(rng.integers(1, 4)))
@@ -102,7 +104,8 @@ def shape_parts(
         pts = arm + [(-x, -y) for x, y in arm]
         return [Part("polygon", _place(_turn(pts, angle), cx, cy, radius))]
     if kind == "crescent":
-        offset, cut = float(rng.uniform(0.35, 0.55)), float(rng.uniform(0.8, 0.92))
+        # The cut circle pokes out of the disc (offset + cut > 1), leaving two horns.
+        offset, cut = float(rng.uniform(0.35, 0.65)), float(rng.uniform(0.8, 1.0))
         turn = math.radians(float(rng.uniform(0.0, 360.0)))
         ox, oy = cx + offset * radius * math.cos(turn), cy + offset * radius * math.sin(turn)
         return [

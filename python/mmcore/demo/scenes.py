@@ -3,9 +3,9 @@
 Every picture varies the canvas (64-320 px on the long side, aspect 1:2 to 2:1), the background
 (white, black, grey, tinted, coloured, gradients, texture, noise, the original shaded grey), the
 renderer (PIL hard edges, PIL supersampled, numpy signed distances with and without
-anti-aliasing), fills and outlines of several stroke widths, shape sizes from 8% to 60% of the
-shorter side, positions within the thirds of the picture, slight rotation, colours from a range
-around each colour name, and afterwards JPEG artefacts, blur and pixel noise. Questions and
+anti-aliasing), fills and outlines of several stroke widths, shape sizes from 8% of the longer
+side to 60% of the shorter side, positions within the thirds of the picture, slight rotation,
+colours from a range around each colour name, and afterwards JPEG artefacts, blur and noise. Questions and
 answers are those of :mod:`mmcore.demo.shapes` (same vocabulary), so one model answers both.
 """
 
@@ -46,7 +46,7 @@ BACKGROUNDS = (
     "classic",
 )
 _BACKGROUND_WEIGHTS = (0.2, 0.08, 0.1, 0.12, 0.06, 0.06, 0.14, 0.06, 0.08, 0.1)
-SIZE_RANGE = (0.08, 0.6)  # shape diameter / shorter canvas side
+SIZE_RANGE = (0.08, 0.6)  # shape diameter / longer (low end) and shorter (high end) canvas side
 _MAX_SIZE = {1: 0.6, 2: 0.44, 3: 0.34}  # by number of shapes, so that they fit apart
 _CELL_MARGIN = 0.05  # centres stay this far (fraction of the side) from the thirds' borders
 _MIN_CONTRAST = 75.0  # RGB distance between a shape's colour and the background under it
@@ -176,7 +176,8 @@ def layout(
     side = min(width, height)
     cells = sorted(rng.choice(9, num_shapes, replace=False).tolist())
     placed: list[tuple[int, float, float, float]] = []
-    lo = max(SIZE_RANGE[0], _MIN_DIAMETER_PX / side)
+    # At least 8% of the longer side: the squash to a square must not make a shape a sliver.
+    lo = max(SIZE_RANGE[0] * max(width, height) / side, _MIN_DIAMETER_PX / side)
     for cell in cells:
         row, col = divmod(cell, 3)
         hi = _MAX_SIZE[num_shapes]
@@ -219,11 +220,11 @@ def layout(
 
 
 def random_stroke(rng: np.random.Generator, radius: float, width: int, height: int, dark_bg: bool):
-    """Renderer, style and stroke width for one shape (strokes stay >= ~1.3 px at model size)."""
+    """Renderer, style and stroke width for one shape (strokes stay >= ~0.9 px at model size)."""
     renderer = paint.RENDERERS[_pick(rng, _RENDERER_CUM)]
     if renderer == "sdf" and max(width, height) > 256:
         renderer = "pil_ss"  # signed distances cost per pixel; keep them to small canvases
-    min_w = max(1, math.ceil(1.3 * max(width, height) / 112))
+    min_w = max(1, math.ceil(0.9 * max(width, height) / 112))
     stroke_w = max(min_w, int(round(rng.uniform(0.012, 0.06) * min(width, height))))
     style = paint.STYLES[_pick(rng, _STYLE_CUM)]
     if style != "fill" and stroke_w > 0.3 * radius:
