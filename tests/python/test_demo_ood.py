@@ -100,6 +100,14 @@ def test_accuracy_by_group_splits_a_report_per_group():
     )
 
 
+def test_question_sets_are_named():
+    assert all(isinstance(s, ood.OodSample) for s in evaluate.question_set("ood", 3, seed=1))
+    assert len(evaluate.question_set("held_out", 2, seed=1)) == 2
+    assert len(evaluate.question_set("first_demo", 2, seed=1)) == 2
+    with pytest.raises(ValueError, match="unknown question set 'photos'"):
+        evaluate.question_set("photos", 2, seed=1)
+
+
 def test_demo_model_answers_the_ood_sample_through_engine():
     """CI's out-of-distribution check: 50 questions (the issue's case among them) via Engine."""
     report = evaluate.evaluate(

@@ -1,9 +1,10 @@
 """The demo model: a small LLaVA trained on synthetic shapes pictures, shipped with mmcore.
 
-It answers questions such as "What colour is the star?" about pictures drawn by
-:mod:`mmcore.demo.shapes`, so a first command can run a real model on a real picture without a
-model hub, and its held-out accuracy (:mod:`mmcore.demo.evaluate`) is an end-to-end check of
-image embeddings, positions and caches.
+It answers questions such as "What colour is the star?" about pictures of one to three shapes,
+drawn in many ways for training (:mod:`mmcore.demo.scenes`) and checked on pictures drawn the way
+users draw them (:mod:`mmcore.demo.ood`), so a first command can run a real model on a real
+picture without a model hub, and its accuracy (:mod:`mmcore.demo.evaluate`) is an end-to-end
+check of image embeddings, positions and caches. See docs/demo_model.md.
 """
 
 from __future__ import annotations
