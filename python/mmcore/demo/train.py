@@ -62,7 +62,8 @@ def shared_image_loss(model, batch: dict[str, torch.Tensor], questions: int) -> 
     features = features.repeat_interleave(questions, dim=0)
     input_ids = batch["input_ids"]
     embeds = model.get_input_embeddings()(input_ids)
-    is_image = (input_ids == model.config.image_token_index).unsqueeze(-1)
+    image_token = getattr(model.config, "image_token_id", None) or model.config.image_token_index
+    is_image = (input_ids == image_token).unsqueeze(-1)
     embeds = embeds.masked_scatter(is_image, features.to(embeds.dtype))
     out = model(
         inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]
