@@ -11,7 +11,6 @@ import mmcore
 import mmcore.server
 from mmcore.cli import main
 from mmcore.demo import DEMO_MODEL_NAME, EXAMPLE_QUESTIONS, default_model_path
-from mmcore.engine_args import resolve_model
 
 # reST/Sphinx markup that reads as noise in a terminal.
 _REST = re.compile(r"``|:(func|class|mod|meth|attr|ref):`|\.\. \w+::")
@@ -60,12 +59,6 @@ def test_serve_without_a_model_names_the_demo_mmcore_demo(monkeypatch, tmp_path)
     assert _served_config(monkeypatch, ["serve", folder]).model_names == [folder]
     named = ["serve", "--served-model-name", "shapes"]
     assert _served_config(monkeypatch, named).model_names == ["shapes"]
-
-
-def test_the_short_name_resolves_to_the_bundled_checkpoint(tmp_path):
-    assert resolve_model(DEMO_MODEL_NAME) == str(default_model_path())
-    assert resolve_model(None) == str(default_model_path())
-    assert resolve_model(str(tmp_path)) == str(tmp_path)
 
 
 def test_generate_accepts_the_short_name(capsys):
