@@ -227,8 +227,9 @@ def random_stroke(rng: np.random.Generator, radius: float, width: int, height: i
     min_w = max(1, math.ceil(0.9 * max(width, height) / 112))
     stroke_w = max(min_w, int(round(rng.uniform(0.012, 0.06) * min(width, height))))
     style = paint.STYLES[_pick(rng, _STYLE_CUM)]
-    if style != "fill" and stroke_w > 0.3 * radius:
-        style = "fill"
+    model_diameter = 2 * radius * 112 / max(width, height)
+    if style != "fill" and (stroke_w > 0.3 * radius or model_diameter < 14):
+        style = "fill"  # a stroke around a few pixels hides the shape and its colour
     if style == "fill_outlined" and dark_bg:
         style = "fill"
     if style == "fill_outlined":
@@ -261,7 +262,8 @@ def _finish(img: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, int
         image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
     quality = None
     if rng.random() < 0.3:
-        quality = int(rng.integers(35, 91))
+        # Blocks of a small canvas grow with the resize: milder compression there.
+        quality = int(rng.integers(35 if min(image.size) >= 128 else 60, 91))
         buf = io.BytesIO()
         image.save(buf, format="JPEG", quality=quality)
         image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
