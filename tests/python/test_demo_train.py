@@ -12,7 +12,6 @@ from mmcore.demo import batches, build, scenes, shapes, train
 CHECKPOINT_FILES = [
     "chat_template.jinja",
     "config.json",
-    "generation_config.json",
     "model.safetensors",
     "processor_config.json",
     "tokenizer.json",
@@ -99,6 +98,26 @@ def test_pictures_get_distinct_question_types_in_order():
         batches.draw_pictures(np.random.default_rng(6), 1, 6)
 
 
+def test_curriculum_starts_with_large_filled_shapes_and_reaches_the_full_variety():
+    assert [batches.ease_at(s, 100) for s in (0, 50, 100, 500)] == [1.0, 0.5, 0.0, 0.0]
+    assert batches.ease_at(0, 0) == 0.0
+    rng = np.random.default_rng(8)
+    for num_shapes in (1, 2, 3, 3):
+        picture = scenes.random_picture(rng, num_shapes, ease=1.0)
+        longer = max(picture.image.size)
+        # At least 90% of EASY_MIN_SIZE of the longer side (less only where three must fit).
+        assert all(2 * it.radius >= 0.2 * 0.9 * longer - 1 for it in picture.items)
+        assert {s.style for s in picture.strokes} == {"fill"}
+
+
+def test_first_demo_pictures_join_the_batches_at_the_model_size():
+    samples = batches.draw_pictures(np.random.default_rng(3), 8, 2, first_demo_fraction=1.0)
+    assert all(s.image.size == (build.IMAGE_SIZE, build.IMAGE_SIZE) for s in samples)
+    # The first demo's mid-grey backgrounds (clamped to 45..205), never white or black.
+    corners = np.stack([np.asarray(s.image)[[0, 0, -1, -1], [0, -1, 0, -1]] for s in samples])
+    assert corners.min() >= 35 and corners.max() <= 215
+
+
 def test_collate_pads_on_the_right_and_masks_padding(processor):
     encoder = batches.SequenceEncoder(processor)
     rng = np.random.default_rng(2)
@@ -139,6 +158,7 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     assert summary["first_demo"]["total"] == {"shape": 1}
     assert summary["meets_targets"] is False
     assert set(summary["example"]) == set(mmcore.demo.EXAMPLE_QUESTIONS)
+    # Seven files: a GPU machine hands back at most eight.
     assert sorted(p.name for p in out.iterdir()) == sorted(CHECKPOINT_FILES)
     model = LlavaForConditionalGeneration.from_pretrained(out)
     assert model.config.dtype == torch.bfloat16

@@ -60,13 +60,22 @@ def normalize(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
-def draw_pictures(rng: np.random.Generator, pictures: int, questions: int) -> list[shapes.Sample]:
+def draw_pictures(
+    rng: np.random.Generator,
+    pictures: int,
+    questions: int,
+    ease: float = 0.0,
+    first_demo_fraction: float = 0.0,
+) -> list[shapes.Sample]:
     """``pictures`` varied pictures with ``questions`` distinct question types each, in order.
 
     Args:
         rng: the random generator.
         pictures: number of pictures.
         questions: questions per picture (1..5, distinct types drawn by QTYPE_WEIGHTS).
+        ease: how easy the varied pictures are (see :func:`scenes.random_picture`).
+        first_demo_fraction: share of pictures drawn by the first demo's generator
+            (:mod:`mmcore.demo.shapes`: one size, filled, grey backgrounds).
 
     Returns:
         ``pictures * questions`` samples; samples of one picture are consecutive.
@@ -78,8 +87,28 @@ def draw_pictures(rng: np.random.Generator, pictures: int, questions: int) -> li
     for _ in range(pictures):
         num_shapes = 1 + int(rng.choice(shapes.MAX_SHAPES, p=NUM_SHAPES_WEIGHTS))
         picked = rng.choice(len(types), questions, replace=False, p=weights / weights.sum())
-        out += scenes.make_samples(rng, num_shapes, [types[i] for i in picked], build.IMAGE_SIZE)
+        qtypes = [types[i] for i in picked]
+        if first_demo_fraction and rng.random() < first_demo_fraction:
+            out += first_demo_samples(rng, num_shapes, qtypes)
+        else:
+            out += scenes.make_samples(rng, num_shapes, qtypes, build.IMAGE_SIZE, ease)
     return out
+
+
+def first_demo_samples(
+    rng: np.random.Generator, num_shapes: int, qtypes: list[str]
+) -> list[shapes.Sample]:
+    """One first-demo picture (resized to the model's size) and one question per type."""
+    items = shapes.random_items(rng, num_shapes)
+    image = scenes.to_model_size(shapes.render(items, rng), build.IMAGE_SIZE)
+    return [
+        shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype) for qtype in qtypes
+    ]
+
+
+def ease_at(step: int, ease_steps: int) -> float:
+    """The curriculum: pictures start easy (1.0) and reach the full variety (0.0) at ``ease_steps``."""
+    return max(0.0, 1.0 - step / ease_steps) if ease_steps > 0 else 0.0
 
 
 def collate(samples, encoder: SequenceEncoder, questions: int = 1) -> dict[str, torch.Tensor]:
@@ -114,16 +143,35 @@ def collate(samples, encoder: SequenceEncoder, questions: int = 1) -> dict[str, 
 
 
 class PictureStream(torch.utils.data.IterableDataset):
-    """An endless stream of collated batches; each worker draws from its own seeded generator."""
+    """An endless stream of collated batches; each worker draws from its own seeded generator.
 
-    def __init__(self, processor, pictures: int, questions: int, seed: int):
+    The data loader takes batches from its workers in turn, so a worker's n-th batch is about
+    training step ``n * workers``: that step sets the curriculum's ease (:func:`ease_at`).
+    """
+
+    def __init__(
+        self,
+        processor,
+        pictures: int,
+        questions: int,
+        seed: int,
+        ease_steps: int = 0,
+        first_demo_fraction: float = 0.0,
+    ):
         super().__init__()
         self.encoder = SequenceEncoder(processor)
         self.pictures, self.questions, self.seed = pictures, questions, seed
+        self.ease_steps, self.first_demo_fraction = ease_steps, first_demo_fraction
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         rng = np.random.default_rng([self.seed, 0 if info is None else info.id + 1])
+        n = 0
         while True:
-            samples = draw_pictures(rng, self.pictures, self.questions)
+            ease = ease_at(n * workers + worker, self.ease_steps)
+            samples = draw_pictures(
+                rng, self.pictures, self.questions, ease, self.first_demo_fraction
+            )
             yield collate(samples, self.encoder, self.questions)
+            n += 1

@@ -47,6 +47,8 @@ BACKGROUNDS = (
 )
 _BACKGROUND_WEIGHTS = (0.2, 0.08, 0.1, 0.12, 0.06, 0.06, 0.14, 0.06, 0.08, 0.1)
 SIZE_RANGE = (0.08, 0.6)  # shape diameter / longer (low end) and shorter (high end) canvas side
+# The smallest shape of the easiest pictures (``ease=1``): the curriculum's start.
+EASY_MIN_SIZE = 0.2
 _MAX_SIZE = {1: 0.6, 2: 0.44, 3: 0.34}  # by number of shapes, so that they fit apart
 _CELL_MARGIN = 0.05  # centres stay this far (fraction of the side) from the thirds' borders
 _MIN_CONTRAST = 75.0  # RGB distance between a shape's colour and the background under it
@@ -170,14 +172,19 @@ def _fits(lo: float, hi: float, rng) -> float | None:
 
 
 def layout(
-    rng: np.random.Generator, num_shapes: int, width: int, height: int
+    rng: np.random.Generator, num_shapes: int, width: int, height: int, ease: float = 0.0
 ) -> list[tuple[int, float, float, float]] | None:
-    """Cells, centres and radii (canvas px) of shapes that fit apart; None when none were found."""
+    """Cells, centres and radii (canvas px) of shapes that fit apart; None when none were found.
+
+    ``ease`` (0..1) raises the smallest size from ``SIZE_RANGE[0]`` towards ``EASY_MIN_SIZE``.
+    """
     side = min(width, height)
     cells = sorted(rng.choice(9, num_shapes, replace=False).tolist())
     placed: list[tuple[int, float, float, float]] = []
     # At least 8% of the longer side: the squash to a square must not make a shape a sliver.
-    lo = max(SIZE_RANGE[0] * max(width, height) / side, _MIN_DIAMETER_PX / side)
+    smallest = SIZE_RANGE[0] + ease * (EASY_MIN_SIZE - SIZE_RANGE[0])
+    lo = max(smallest * max(width, height) / side, _MIN_DIAMETER_PX / side)
+    lo = min(lo, 0.9 * _MAX_SIZE[num_shapes]) if ease > 0 else lo  # easy pictures fit any canvas
     for cell in cells:
         row, col = divmod(cell, 3)
         hi = _MAX_SIZE[num_shapes]
@@ -219,8 +226,18 @@ def layout(
     return placed
 
 
-def random_stroke(rng: np.random.Generator, radius: float, width: int, height: int, dark_bg: bool):
-    """Renderer, style and stroke width for one shape (strokes stay >= ~0.9 px at model size)."""
+def random_stroke(
+    rng: np.random.Generator,
+    radius: float,
+    width: int,
+    height: int,
+    dark_bg: bool,
+    ease: float = 0.0,
+):
+    """Renderer, style and stroke width for one shape (strokes stay >= ~0.9 px at model size).
+
+    With probability ``ease`` the shape is filled (no outline-only or outlined styles).
+    """
     renderer = paint.RENDERERS[_pick(rng, _RENDERER_CUM)]
     if renderer == "sdf" and max(width, height) > 256:
         renderer = "pil_ss"  # signed distances cost per pixel; keep them to small canvases
@@ -230,7 +247,7 @@ def random_stroke(rng: np.random.Generator, radius: float, width: int, height: i
     model_diameter = 2 * radius * 112 / max(width, height)
     if style != "fill" and (stroke_w > 0.3 * radius or model_diameter < 14):
         style = "fill"  # a stroke around a few pixels hides the shape and its colour
-    if style == "fill_outlined" and dark_bg:
+    if (style == "fill_outlined" and dark_bg) or (ease > 0 and rng.random() < ease):
         style = "fill"
     if style == "fill_outlined":
         stroke_w = max(1, min(stroke_w, int(0.15 * radius)))  # a dark rim, not a dark shape
@@ -270,12 +287,14 @@ def _finish(img: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, int
     return image, quality
 
 
-def random_picture(rng: np.random.Generator, num_shapes: int) -> Picture:
+def random_picture(rng: np.random.Generator, num_shapes: int, ease: float = 0.0) -> Picture:
     """Draw a varied picture of ``num_shapes`` shapes (distinct kinds, colours and cells).
 
     Args:
         rng: the random generator.
         num_shapes: 1..3.
+        ease: 0 (the full variety) to 1 (shapes of at least ``EASY_MIN_SIZE``, all filled):
+            the training curriculum starts easy so that the vision tower finds shapes at all.
 
     Returns:
         The picture at its canvas size with its shapes in reading order.
@@ -284,7 +303,7 @@ def random_picture(rng: np.random.Generator, num_shapes: int) -> Picture:
         raise ValueError(f"num_shapes must be in 1..{shapes.MAX_SHAPES}, got {num_shapes}")
     while True:
         width, height = random_canvas(rng)
-        places = layout(rng, num_shapes, width, height)
+        places = layout(rng, num_shapes, width, height, ease)
         if places is None:
             continue
         background = BACKGROUNDS[_pick(rng, _BACKGROUND_CUM)]
@@ -304,7 +323,8 @@ def random_picture(rng: np.random.Generator, num_shapes: int) -> Picture:
             used.add(name)
             angle = float(rng.uniform(-15, 15))
             parts = paint.shape_parts(shapes.SHAPES[kind], cx, cy, radius, angle, rng)
-            stroke = random_stroke(rng, radius, width, height, float(under.mean()) < 70)
+            dark = float(under.mean()) < 70
+            stroke = random_stroke(rng, radius, width, height, dark, ease)
             paint.paint(canvas, parts, rgb, stroke, radius)
             items.append(shapes.ShapeItem(shapes.SHAPES[kind], name, cell, (cx, cy), radius, angle))
             strokes.append(stroke)
@@ -321,10 +341,10 @@ def to_model_size(image: Image.Image, size: int) -> Image.Image:
 
 
 def make_samples(
-    rng: np.random.Generator, num_shapes: int, qtypes: list[str], size: int
+    rng: np.random.Generator, num_shapes: int, qtypes: list[str], size: int, ease: float = 0.0
 ) -> list[shapes.Sample]:
     """One varied picture (resized to ``size``) and one question per type in ``qtypes``."""
-    picture = random_picture(rng, num_shapes)
+    picture = random_picture(rng, num_shapes, ease)
     image = to_model_size(picture.image, size)
     out = []
     for qtype in qtypes:
