@@ -101,6 +101,10 @@ def test_pictures_get_distinct_question_types_in_order():
 def test_curriculum_starts_with_large_filled_shapes_and_reaches_the_full_variety():
     assert [batches.ease_at(s, 100) for s in (0, 50, 100, 500)] == [1.0, 0.5, 0.0, 0.0]
     assert batches.ease_at(0, 0) == 0.0
+    # Half the first pictures are the first demo's, then the given share; 0 turns them off.
+    shares = [batches.first_demo_share(e, 0.15) for e in (1.0, 0.5, 0.0)]
+    assert shares == pytest.approx([0.5, 0.325, 0.15])
+    assert batches.first_demo_share(1.0, 0.0) == 0.0
     rng = np.random.default_rng(8)
     for num_shapes in (1, 2, 3, 3):
         picture = scenes.random_picture(rng, num_shapes, ease=1.0)

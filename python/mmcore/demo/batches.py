@@ -15,6 +15,9 @@ from mmcore.demo import build, scenes, shapes
 # Binding a colour or a position to the named shape is the hardest skill: ask those most.
 QTYPE_WEIGHTS = {"shape": 0.18, "colour": 0.26, "count": 0.12, "position": 0.22, "describe": 0.22}
 NUM_SHAPES_WEIGHTS = (0.25, 0.35, 0.4)
+# At the curriculum's start, half the pictures are the first demo's (one size, filled, grey):
+# the pictures a vision tower trained from scratch first learned shapes on.
+EASY_FIRST_DEMO_SHARE = 0.5
 
 
 class SequenceEncoder:
@@ -75,7 +78,8 @@ def draw_pictures(
         questions: questions per picture (1..5, distinct types drawn by QTYPE_WEIGHTS).
         ease: how easy the varied pictures are (see :func:`scenes.random_picture`).
         first_demo_fraction: share of pictures drawn by the first demo's generator
-            (:mod:`mmcore.demo.shapes`: one size, filled, grey backgrounds).
+            (:mod:`mmcore.demo.shapes`: one size, filled, grey backgrounds); more while
+            ``ease`` is above 0 (:func:`first_demo_share`).
 
     Returns:
         ``pictures * questions`` samples; samples of one picture are consecutive.
@@ -84,11 +88,12 @@ def draw_pictures(
     if not 1 <= questions <= len(types):
         raise ValueError(f"questions per picture must be in 1..{len(types)}, got {questions}")
     out: list[shapes.Sample] = []
+    demo_share = first_demo_share(ease, first_demo_fraction)
     for _ in range(pictures):
         num_shapes = 1 + int(rng.choice(shapes.MAX_SHAPES, p=NUM_SHAPES_WEIGHTS))
         picked = rng.choice(len(types), questions, replace=False, p=weights / weights.sum())
         qtypes = [types[i] for i in picked]
-        if first_demo_fraction and rng.random() < first_demo_fraction:
+        if demo_share and rng.random() < demo_share:
             out += first_demo_samples(rng, num_shapes, qtypes)
         else:
             out += scenes.make_samples(rng, num_shapes, qtypes, build.IMAGE_SIZE, ease)
@@ -104,6 +109,21 @@ def first_demo_samples(
     return [
         shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype) for qtype in qtypes
     ]
+
+
+def first_demo_share(ease: float, fraction: float) -> float:
+    """Share of first-demo pictures: ``fraction``, raised towards EASY_FIRST_DEMO_SHARE by ``ease``.
+
+    Args:
+        ease: the curriculum's ease (1 at the start, 0 once the full variety is reached).
+        fraction: the share after the curriculum (0 turns first-demo pictures off).
+
+    Returns:
+        The share of pictures to draw with the first demo's generator.
+    """
+    if fraction <= 0:
+        return 0.0
+    return max(fraction, fraction + (EASY_FIRST_DEMO_SHARE - fraction) * ease)
 
 
 def ease_at(step: int, ease_steps: int) -> float:

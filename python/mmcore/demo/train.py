@@ -278,7 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--first-demo-fraction",
         type=float,
         default=0.15,
-        help="share of training pictures drawn by the first demo's generator",
+        help="share of training pictures drawn by the first demo's generator (50%% at the start)",
     )
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
     p.add_argument("--eval-every-s", type=float, default=90.0, help="probe period (0: off)")
