@@ -83,7 +83,7 @@ def add_serve_parser(sub) -> None:
         "model_tag",
         nargs="?",
         metavar="MODEL",
-        help="checkpoint folder or hub id (same as --model; default: the demo model)",
+        help="checkpoint folder or hub id (same as --model; default: the demo model, mmcore-demo)",
     )
     ServerArgs.add_cli_args(p)
     EngineArgs.add_cli_args(p)
@@ -110,9 +110,10 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
         model_dir: the model's local folder (its name when neither --served-model-name nor
             a model was given).
     """
+    from mmcore.demo import DEMO_MODEL_NAME
     from mmcore.server import MediaPolicy, ServerConfig
 
-    names = engine_args.served_model_name or [engine_args.model or model_dir]
+    names = engine_args.served_model_name or [engine_args.model or DEMO_MODEL_NAME]
     return ServerConfig(
         host=server_args.host,
         port=server_args.port,
