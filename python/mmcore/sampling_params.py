@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 
@@ -59,6 +61,7 @@ class SamplingParams:
         """Raise ValueError naming the first out-of-range value."""
         if not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        _check_types(self)
         if self.temperature < 0.0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -83,3 +86,26 @@ class SamplingParams:
             raise ValueError(
                 f"stop_token_ids must be non-negative integers, got {self.stop_token_ids}"
             )
+
+
+_INT_FIELDS = ("top_k", "min_tokens")
+_OPTIONAL_INT_FIELDS = ("seed", "max_tokens", "logprobs")
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p")
+
+
+def _check_types(params: SamplingParams) -> None:
+    """Integers are ints and floats finite numbers (NaN passes every range comparison)."""
+    for name in _INT_FIELDS + _OPTIONAL_INT_FIELDS:
+        value = getattr(params, name)
+        if value is None and name in _OPTIONAL_INT_FIELDS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    for name in _FLOAT_FIELDS:
+        value = getattr(params, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")

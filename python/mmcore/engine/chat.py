@@ -21,6 +21,8 @@ def _part_media(part: dict) -> Any:
             raise ValueError("an image_url content part needs image_url.url")
         return url
     if kind == "image_embeds":
+        if part.get("image_embeds") is None:
+            raise ValueError("an image_embeds content part needs 'image_embeds'")
         return {"image_embeds": part["image_embeds"]}
     for key in ("image", "image_pil", "url", "path"):
         if key in part:
@@ -50,8 +52,8 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
             raise ValueError("message content must be a string or a list of content parts")
         parts = []
         for part in content:
-            if not isinstance(part, dict) or "type" not in part:
-                raise ValueError("each content part must be a dict with a 'type'")
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValueError("each content part must be a dict with a string 'type'")
             kind = part["type"]
             if kind == "text":
                 text = part.get("text")

@@ -16,6 +16,7 @@ from mmcore import _core
 from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
+from mmcore.engine.request_checks import check_params_for_model
 from mmcore.engine.runner import ModelRunner, RequestState
 from mmcore.outputs import CompletionOutput, RequestOutput
 from mmcore.sampling.detokenizer import IncrementalDetokenizer
@@ -105,6 +106,7 @@ class Engine:
         )
         self.scheduler = _core.Scheduler(cfg.scheduler_config)
         self._eos_token_ids = cfg.eos_token_ids
+        self.vocab_size = int(getattr(self.model, "vocab_size", 0) or len(self.tokenizer))
         self._trackers: dict[str, _Tracker] = {}
         self._core_to_tracker: dict[int, tuple[_Tracker, int]] = {}
         self._next_core_id = itertools.count()
@@ -138,6 +140,9 @@ class Engine:
     def _add_processed(
         self, request_id: str, processed: ProcessedPrompt, params: SamplingParams
     ) -> None:
+        check_params_for_model(
+            params, vocab_size=self.vocab_size, max_model_len=self.config.max_model_len
+        )
         num_prompt = len(processed.token_ids)
         room = self.config.max_model_len - num_prompt
         if room < 1:
@@ -183,7 +188,7 @@ class Engine:
                     RequestState(processed.items, params, self._generator(params, index, core_id)),
                 )
                 self._core_to_tracker[core_id] = (tracker, index)
-        except ValueError:
+        except Exception:  # leave no half-added request behind, whatever failed
             for core_id in added:
                 self._drop_core(core_id, "abort")
             raise

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mmcore import _core
+from mmcore.engine.request_checks import prompt_token_array
 from mmcore.multimodal.hashing import hash_item
 from mmcore.multimodal.media import load_image
 from mmcore.multimodal.processor_cache import ProcessorCache
@@ -104,11 +105,7 @@ class InputProcessor:
         text, token_ids, mm_data, uuids = self._split_prompt(prompt)
         if token_ids is None:
             token_ids = self.tokenizer(text)["input_ids"]
-        ids = np.asarray(token_ids, dtype=np.int32)
-        if ids.ndim != 1 or ids.size == 0:
-            raise ValueError("prompt is empty")
-        if int(ids.min()) < 0 or int(ids.max()) >= len(self.tokenizer):
-            raise ValueError(f"prompt_token_ids must be in [0, {len(self.tokenizer)})")
+        ids = prompt_token_array(token_ids, len(self.tokenizer))
 
         items: list[MMItem] = []
         for modality, raw in mm_data.items():

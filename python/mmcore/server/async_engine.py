@@ -325,7 +325,9 @@ class AsyncEngine:
         _, request_id, processed, params, active = command
         try:
             self.engine.add_processed(request_id, processed, params)
-        except ValueError as exc:
+        except Exception as exc:  # this request is refused; the engine thread goes on
+            if not isinstance(exc, ValueError):
+                logger.warning("request %s refused: %r", request_id, exc)
             self._send(active, exc)
             return True
         self._active[request_id] = active

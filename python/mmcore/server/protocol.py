@@ -10,10 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmcore.engine.request_checks import INT32_MAX
 from mmcore.sampling_params import SamplingParams
 
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+MAX_STOP_LEN = 1024  # characters of one stop string
+MAX_STOP_TOKEN_IDS = 1024
 
 # Fields of OpenAI's schema that mmcore does not implement: refused when given a non-default value.
 _UNSUPPORTED_CHAT = {
@@ -51,13 +54,18 @@ class _SamplingFields(BaseModel):
     model: str | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    stop: str | list[Annotated[str, Field(max_length=MAX_STOP_LEN)]] | None = None
+    stop_token_ids: (
+        Annotated[
+            list[Annotated[int, Field(ge=0, le=INT32_MAX)]], Field(max_length=MAX_STOP_TOKEN_IDS)
+        ]
+        | None
+    ) = None
+    min_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] = 0.0
@@ -107,8 +115,8 @@ class ChatCompletionRequest(_SamplingFields):
     """``POST /v1/chat/completions``."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
@@ -130,17 +138,18 @@ class ChatCompletionRequest(_SamplingFields):
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
 
-PromptInput = str | list[str] | list[int] | list[list[int]]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+PromptInput = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(_SamplingFields):
     """``POST /v1/completions``."""
 
     prompt: PromptInput
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = 16
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     echo: bool = False
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> CompletionRequest:

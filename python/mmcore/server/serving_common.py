@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,6 +21,9 @@ from mmcore.server.metrics import RequestRecorder, ServerMetrics
 from mmcore.server.responses import CompletionAccumulator
 
 _DISCONNECT_POLL_S = 0.5
+# Raised by input processing only on data a user sent that is shaped wrongly.
+_MALFORMED_INPUT = (TypeError, KeyError, IndexError, OverflowError)
+logger = logging.getLogger("mmcore.server")
 
 
 @dataclass
@@ -83,6 +87,9 @@ async def process_and_submit(
         return await state.engine.submit(request_id, processed, params, arrival_time)
     except (ValueError, UnidentifiedImageError) as exc:
         raise APIError(400, str(exc), "invalid_request") from exc
+    except _MALFORMED_INPUT as exc:  # malformed user data that slipped past the checks
+        logger.warning("request %s: malformed input: %r", request_id, exc)
+        raise APIError(400, f"invalid request: {exc}", "invalid_request") from exc
     except EngineDeadError as exc:
         raise APIError(503, str(exc), "engine_unavailable") from exc
 
