@@ -242,6 +242,9 @@ void bind_scheduler(py::module_& m) {
             s.finish_request(id, status_from_reason(reason));
           },
           py::arg("request_id"), py::arg("reason") = "abort")
+      .def("set_max_num_seqs", &Scheduler::set_max_num_seqs, py::arg("max_num_seqs"))
+      .def_property_readonly("max_num_seqs",
+                             [](const Scheduler& s) { return s.config().max_num_seqs; })
       .def("has_unfinished_requests", &Scheduler::has_unfinished_requests)
       .def_property_readonly("num_waiting", &Scheduler::num_waiting)
       .def_property_readonly("num_running", &Scheduler::num_running)

@@ -13,7 +13,7 @@ class CompletionOutput:
         index: which of the ``n`` completions this is.
         text: the generated text (stop strings removed).
         token_ids: the generated token ids.
-        finish_reason: ``"stop"``, ``"length"``, ``"abort"`` or None while running.
+        finish_reason: ``"stop"``, ``"length"``, ``"abort"``, ``"error"`` or None while running.
         logprobs: per generated token, a dict token id -> log-probability (top-n and the sampled
             token), when requested.
         stop_reason: the stop string or token id that ended it, if any.
@@ -41,6 +41,7 @@ class RequestOutput:
         prompt_token_ids: the prompt's tokens after placeholder expansion.
         outputs: the completions, by index.
         finished: whether every completion has finished.
+        error: why the engine failed this request (finish reason ``"error"``), else None.
     """
 
     request_id: str
@@ -48,3 +49,4 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool = False
+    error: str | None = None

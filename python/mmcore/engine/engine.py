@@ -15,9 +15,11 @@ from tqdm.auto import tqdm
 from mmcore import _core
 from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
+from mmcore.engine.fault_isolation import RequestFault, newest_requests
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
 from mmcore.engine.request_checks import check_params_for_model
 from mmcore.engine.runner import ModelRunner, RequestState
+from mmcore.engine.step_recovery import fail_completion, recover_failed_step
 from mmcore.outputs import CompletionOutput, RequestOutput
 from mmcore.sampling.detokenizer import IncrementalDetokenizer
 from mmcore.sampling.sampler import PendingSample, SampledBatch
@@ -37,7 +39,10 @@ class _Tracker:
     params: SamplingParams
     outputs: list[CompletionOutput]
     detokenizers: list[IncrementalDetokenizer]
+    processed: ProcessedPrompt
+    max_tokens: int
     core_ids: list[int] = field(default_factory=list)
+    error: str | None = None
 
     def to_output(self) -> RequestOutput:
         return RequestOutput(
@@ -46,6 +51,7 @@ class _Tracker:
             prompt_token_ids=self.prompt_token_ids,
             outputs=self.outputs,
             finished=all(o.finished for o in self.outputs),
+            error=self.error,
         )
 
 
@@ -164,6 +170,8 @@ class Engine:
                 )
                 for _ in range(params.n)
             ],
+            processed=processed,
+            max_tokens=max_tokens,
         )
         if params.logprobs is not None:
             for out in tracker.outputs:
@@ -172,16 +180,7 @@ class Engine:
         added = []
         try:
             for index, core_id in enumerate(core_ids):
-                self.scheduler.add_request(
-                    core_id,
-                    processed.token_ids,
-                    processed.features,
-                    max_tokens=max_tokens,
-                    min_tokens=params.min_tokens,
-                    eos_token_ids=self._eos_token_ids,
-                    stop_token_ids=params.stop_token_ids,
-                    ignore_eos=params.ignore_eos,
-                )
+                self._add_core(core_id, processed.token_ids, tracker, max_tokens, params.min_tokens)
                 added.append(core_id)
                 self.runner.add_request(
                     core_id,
@@ -194,6 +193,27 @@ class Engine:
             raise
         tracker.core_ids = core_ids
         self._trackers[request_id] = tracker
+
+    def _add_core(
+        self,
+        core_id: int,
+        token_ids: np.ndarray,
+        tracker: _Tracker,
+        max_tokens: int,
+        min_tokens: int,
+    ) -> None:
+        """Add one completion's request to the scheduler (first time, or recomputed)."""
+        params = tracker.params
+        self.scheduler.add_request(
+            core_id,
+            token_ids,
+            tracker.processed.features,
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            eos_token_ids=self._eos_token_ids,
+            stop_token_ids=params.stop_token_ids,
+            ignore_eos=params.ignore_eos,
+        )
 
     def _generator(self, params: SamplingParams, index: int, core_id: int) -> torch.Generator:
         seed = params.seed if params.seed is not None else self._seed * 1_000_003 + core_id
@@ -225,7 +245,13 @@ class Engine:
         what the previous step produced, read back after the new one was enqueued.
         """
         out = self.scheduler.schedule()
-        pending = self.runner.launch(out)
+        try:
+            pending = self.runner.launch(out)
+        except RequestFault as fault:
+            return recover_failed_step(self, out, fault.core_ids, fault)
+        except torch.OutOfMemoryError as exc:
+            self.scheduler.set_max_num_seqs(max(1, out.num_reqs // 2))
+            return recover_failed_step(self, out, newest_requests(out.req_ids.tolist()), exc)
         if not self.async_scheduling:
             return self._apply(out, pending.resolve())
         previous, self._in_flight = self._in_flight, (out, pending) if out.num_reqs else None
@@ -259,7 +285,12 @@ class Engine:
             ):
                 completion.logprobs.append(sampled.logprobs[row])
             detok = tracker.detokenizers[index]
-            stop = detok.append(token)
+            try:
+                stop = detok.append(token)
+            except Exception as exc:  # this request's text broke; the others go on
+                fail_completion(self, core_id, exc)
+                touched[tracker.request_id] = tracker
+                continue
             completion.text = detok.text
             if stop is not None:
                 completion.finish_reason, completion.stop_reason = "stop", stop

@@ -32,8 +32,22 @@ logger = logging.getLogger("mmcore.server")
 _LIVENESS_CHECK_S = 1.0
 
 
-class EngineDeadError(RuntimeError):
+class EngineRequestError(RuntimeError):
+    """A request could not be completed; ``status`` and ``code`` say how to report it."""
+
+    status = 500
+    code = "request_failed"
+
+
+class EngineDeadError(EngineRequestError):
     """The engine thread failed or has stopped; the request cannot be served."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
+class RequestFailedError(EngineRequestError):
+    """The engine failed this one request (its step raised); the engine goes on."""
 
 
 @dataclass
@@ -354,6 +368,10 @@ class AsyncEngine:
         for output in outputs:
             active = self._active.get(output.request_id)
             if active is None:
+                continue
+            if output.error is not None:
+                del self._active[output.request_id]
+                self._send(active, RequestFailedError(output.error))
                 continue
             deltas = _deltas(active, output)
             if output.finished:

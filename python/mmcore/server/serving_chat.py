@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from mmcore.server.async_engine import EngineDeadError, RequestStream, StreamUpdate
+from mmcore.server.async_engine import EngineRequestError, RequestStream, StreamUpdate
 from mmcore.server.errors import error_body
 from mmcore.server.media_fetch import resolve_messages
 from mmcore.server.metrics import RequestRecorder
@@ -121,6 +121,6 @@ async def _sse(
                 yield chunk(choices)
         if with_usage:
             yield chunk([], usage(len(stream.prompt_token_ids), num_completion))
-    except EngineDeadError as exc:
-        yield sse_event(error_body(503, str(exc), "engine_unavailable"))
+    except EngineRequestError as exc:
+        yield sse_event(error_body(exc.status, str(exc), exc.code))
     yield SSE_DONE

@@ -14,7 +14,13 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from mmcore.sampling_params import SamplingParams
-from mmcore.server.async_engine import AsyncEngine, EngineDeadError, RequestStream, StreamUpdate
+from mmcore.server.async_engine import (
+    AsyncEngine,
+    EngineDeadError,
+    EngineRequestError,
+    RequestStream,
+    StreamUpdate,
+)
 from mmcore.server.errors import APIError
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import RequestRecorder, ServerMetrics
@@ -107,7 +113,7 @@ async def iterate(
                 if delta.finish_reason is not None:
                     reasons[delta.index] = delta.finish_reason
             yield update
-    except EngineDeadError:
+    except EngineRequestError:
         reasons = [r or "error" for r in reasons]
         raise
     finally:
@@ -136,7 +142,10 @@ async def until_disconnect(raw_request: Request, work: Any) -> Any:
         while True:
             done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
             if done:
-                return task.result()
+                try:
+                    return task.result()
+                except EngineRequestError as exc:
+                    raise APIError(exc.status, str(exc), exc.code) from exc
             if await raw_request.is_disconnected():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

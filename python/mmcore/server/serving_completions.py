@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from mmcore.server.async_engine import EngineDeadError, RequestStream, StreamUpdate
+from mmcore.server.async_engine import EngineRequestError, RequestStream, StreamUpdate
 from mmcore.server.errors import error_body
 from mmcore.server.metrics import RequestRecorder
 from mmcore.server.protocol import CompletionRequest
@@ -150,6 +150,6 @@ async def _sse(
                     response_id, created, model, [], usage(num_prompt, num_completion), True
                 )
             )
-    except EngineDeadError as exc:
-        yield sse_event(error_body(503, str(exc), "engine_unavailable"))
+    except EngineRequestError as exc:
+        yield sse_event(error_body(exc.status, str(exc), exc.code))
     yield SSE_DONE
