@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmcore.engine.chat_safety import (
+    check_placeholder_count,
+    could_form_special,
+    message_texts,
+    special_token_strings,
+    tokenize_marked,
+    with_markers,
+)
+
 _MEDIA_PART_TYPES = {
     "image": "image",
     "image_url": "image",
@@ -75,29 +84,38 @@ def render_chat(
     messages: list[dict],
     chat_template: str | None,
     placeholder_text: dict[str, str],
-) -> tuple[str, dict[str, list]]:
-    """Render messages with the chat template; return (prompt text, media by modality).
+) -> tuple[str, list[int] | None, dict[str, list]]:
+    """Render messages with the chat template (see ``engine/chat_safety.py`` for the rules).
 
-    Text typed by the user that looks like a placeholder is rejected: only media parts may
-    create media slots.
+    Returns:
+        ``(prompt text, token ids or None, media by modality)``: token ids are given when user
+        text could form a control token and was tokenized apart from the template's text; None
+        means the prompt text tokenizes as usual.
+
+    Raises:
+        ValueError: malformed messages, or text that forms a media placeholder.
     """
     rendered, media = split_messages(messages)
-    for message in rendered:
-        texts = (
-            [message["content"]]
-            if isinstance(message["content"], str)
-            else [p["text"] for p in message["content"] if p["type"] == "text"]
-        )
-        for text in texts:
+    texts = message_texts(rendered)
+    for parts in texts:
+        for text in parts:
             for modality, placeholder in placeholder_text.items():
-                if placeholder in text:
+                if placeholder and placeholder in text:
                     raise ValueError(
                         f"message text contains the {modality} placeholder {placeholder!r}; "
                         f"send {modality}s as content parts"
                     )
     if chat_template is None and getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the model has no chat template; pass chat_template=")
-    prompt = tokenizer.apply_chat_template(
-        rendered, chat_template=chat_template, tokenize=False, add_generation_prompt=True
-    )
-    return prompt, media
+
+    def render(msgs: list[dict]) -> str:
+        return tokenizer.apply_chat_template(
+            msgs, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+        )
+
+    prompt = render(rendered)
+    check_placeholder_count(prompt, placeholder_text, media)
+    if not could_form_special(texts, special_token_strings(tokenizer)):
+        return prompt, None, media
+    marked, marked_texts = with_markers(rendered)
+    return prompt, tokenize_marked(tokenizer, render(marked), marked_texts), media

@@ -412,9 +412,11 @@ class Engine:
         placeholders = {
             m: self.processor.placeholder_text(m) for m in self.processor.supported_modalities
         }
-        prompt, media = render_chat(
+        prompt, token_ids, media = render_chat(
             self.tokenizer, messages, chat_template or self.config.chat_template, placeholders
         )
+        if token_ids is not None:  # user text kept apart from control tokens
+            return {"prompt_token_ids": token_ids, "multi_modal_data": media}
         return {"prompt": prompt, "multi_modal_data": media}
 
     # ----------------------------------------------------------------- introspection

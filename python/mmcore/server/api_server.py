@@ -44,6 +44,8 @@ class ServerConfig:
         input_workers: threads for media and prompt processing.
         shutdown_timeout_s: on SIGTERM, how long in-flight requests may run before being aborted.
         log_level: uvicorn's log level.
+        allow_special_tokens_in_prompts: completion string prompts may carry control tokens
+            (default: special token strings typed in them are tokenized as plain text).
     """
 
     host: str = "127.0.0.1"
@@ -55,6 +57,7 @@ class ServerConfig:
     input_workers: int = 2
     shutdown_timeout_s: float = 30.0
     log_level: str = "info"
+    allow_special_tokens_in_prompts: bool = False
 
 
 def build_app(engine: Any, config: ServerConfig) -> FastAPI:
@@ -75,6 +78,7 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
         model_names=list(config.model_names),
         media=config.media,
         created=int(time.time()),
+        allow_special_tokens_in_prompts=config.allow_special_tokens_in_prompts,
     )
 
     @asynccontextmanager

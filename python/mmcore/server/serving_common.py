@@ -42,6 +42,8 @@ class ServerState:
         model_names: names the model is served under (the first is reported).
         media: where images may come from.
         created: server start time (Unix seconds), reported by ``/v1/models``.
+        allow_special_tokens_in_prompts: completion string prompts may carry control tokens
+            (by default special token strings in them are plain text).
     """
 
     engine: AsyncEngine
@@ -49,6 +51,7 @@ class ServerState:
     model_names: list[str]
     media: MediaPolicy
     created: int
+    allow_special_tokens_in_prompts: bool = False
 
     @property
     def tokenizer(self):

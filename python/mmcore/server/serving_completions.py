@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from mmcore.engine.chat_safety import tokenize_plain_text
 from mmcore.server.async_engine import EngineRequestError, RequestStream, StreamUpdate
 from mmcore.server.errors import error_body
 from mmcore.server.metrics import RequestRecorder
@@ -33,6 +34,14 @@ from mmcore.server.serving_common import (
 )
 
 
+def _as_text_only(state: ServerState, prompt):
+    """A string prompt tokenized with special token strings kept as plain text, unless the
+    server allows prompts to carry control tokens (token-id prompts are taken as given)."""
+    if not isinstance(prompt, str) or state.allow_special_tokens_in_prompts:
+        return prompt
+    return {"prompt_token_ids": tokenize_plain_text(state.tokenizer, prompt)}
+
+
 async def create_completion(
     state: ServerState, body: CompletionRequest, raw_request: Request
 ) -> Response:
@@ -49,7 +58,7 @@ async def create_completion(
                 await process_and_submit(
                     state,
                     f"{response_id}-{p}",
-                    lambda pr=prompt: inputs.process(pr),
+                    lambda pr=prompt: inputs.process(_as_text_only(state, pr)),
                     params,
                     arrival,
                 )
