@@ -3,8 +3,8 @@
 The C++ core (``mmcore._core``) schedules requests and manages the KV cache; the optional
 CUDA module (``mmcore._kernels``) holds the attention kernels; models run in PyTorch.
 
-    >>> from mmcore import Engine, SamplingParams
-    >>> engine = Engine("path/to/llava-checkpoint")
+    >>> from mmcore import LLM, SamplingParams  # LLM is Engine, under vLLM's name
+    >>> engine = LLM("llava-hf/llava-1.5-7b-hf")  # a folder, or a hub id from the HF cache
     >>> engine.generate({"prompt": "USER: <image>\\nWhat is this?\\nASSISTANT:",
     ...                  "multi_modal_data": {"image": image}}, SamplingParams(max_tokens=32))
 """
@@ -22,6 +22,8 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 # Heavy modules (torch, transformers) load on first use, so `mmcore info` stays fast.
 _LAZY = {
     "Engine": "mmcore.engine.engine",
+    "LLM": "mmcore.engine.engine",
+    "EngineArgs": "mmcore.engine_args",
     "SamplingParams": "mmcore.sampling_params",
     "RequestOutput": "mmcore.outputs",
     "CompletionOutput": "mmcore.outputs",
@@ -31,7 +33,8 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        # vLLM's ``LLM`` is mmcore's ``Engine``: one class, two names.
+        return getattr(import_module(_LAZY[name]), "Engine" if name == "LLM" else name)
     raise AttributeError(f"module 'mmcore' has no attribute {name!r}")
 
 
@@ -53,6 +56,8 @@ __all__ = [
     "__version__",
     "has_cuda_kernels",
     "Engine",
+    "LLM",
+    "EngineArgs",
     "SamplingParams",
     "RequestOutput",
     "CompletionOutput",

@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 
-from mmcore.engine_args import add_engine_args, engine_kwargs, resolve_model
+from mmcore.engine_args import EngineArgs
+from mmcore.server_args import ServerArgs
+
+
+def engine_args_or_exit(args: argparse.Namespace) -> EngineArgs:
+    """The command line's EngineArgs; a bad combination exits with one line, not a traceback."""
+    try:
+        return EngineArgs.from_cli_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def build_engine_or_exit(engine_args: EngineArgs):
+    """An Engine; a model that cannot be found or loaded exits with one line."""
+    from mmcore import Engine
+
+    try:
+        return Engine.from_engine_args(engine_args)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def add_generate_parser(sub) -> None:
@@ -15,23 +35,21 @@ def add_generate_parser(sub) -> None:
         description="Answer one chat prompt, optionally about images, and print the reply.",
     )
     p.add_argument("prompt", help="the user's message")
-    p.add_argument("--model", help="checkpoint folder (default: the demo model)")
     p.add_argument(
         "--image", action="append", default=[], metavar="PATH", help="an image (repeatable)"
     )
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
-    add_engine_args(p)
+    EngineArgs.add_cli_args(p)
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from mmcore import Engine, SamplingParams
+    from mmcore import SamplingParams
 
-    model = resolve_model(args.model)
     parts: list[dict] = []
     for path in args.image:
         try:
@@ -41,7 +59,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             raise SystemExit(f"cannot read image {path!r}: {exc}") from exc
         parts.append({"type": "image", "image": image.convert("RGB")})
     parts.append({"type": "text", "text": args.prompt})
-    engine = Engine(model, **engine_kwargs(args))
+    engine = build_engine_or_exit(engine_args_or_exit(args))
     params = SamplingParams(
         temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens
     )
@@ -58,77 +76,91 @@ def add_serve_parser(sub) -> None:
         "serve",
         help="serve a model over an OpenAI-compatible HTTP API",
         description="Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, "
-        "/v1/completions, /v1/models, /health, /metrics).",
-    )
-    p.add_argument("model", nargs="?", help="checkpoint folder (default: the demo model)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--served-model-name",
-        action="append",
-        help="name clients use for the model (repeatable; default: the model argument)",
-    )
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 routes")
-    p.add_argument(
-        "--allowed-local-media-path", help="folder image file paths and file:// URLs may use"
+        "/v1/completions, /v1/models, /health, /metrics). `mmcore serve MODEL` and "
+        "`mmcore serve --model MODEL` are the same.",
     )
     p.add_argument(
-        "--allowed-media-domains",
-        nargs="*",
-        default=[],
-        metavar="HOST",
-        help="hosts http(s) image URLs may point to (default: none)",
+        "model_tag",
+        nargs="?",
+        metavar="MODEL",
+        help="checkpoint folder or hub id (same as --model; default: the demo model)",
     )
-    p.add_argument(
-        "--max-request-bytes", type=int, default=50 << 20, help="largest request body (413 above)"
-    )
-    p.add_argument(
-        "--max-image-bytes", type=int, default=20 << 20, help="largest image fetched by URL"
-    )
-    p.add_argument(
-        "--media-fetch-timeout", type=float, default=10.0, help="seconds per image URL fetch"
-    )
-    p.add_argument(
-        "--input-workers", type=int, default=2, help="threads for image and prompt processing"
-    )
-    p.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=30.0,
-        help="on SIGTERM, seconds in-flight requests may run before they are aborted",
-    )
-    p.add_argument("--log-level", default="info", help="uvicorn log level")
-    add_engine_args(p)
+    ServerArgs.add_cli_args(p)
+    EngineArgs.add_cli_args(p)
     p.set_defaults(func=cmd_serve)
+
+
+def serve_engine_args(args: argparse.Namespace) -> EngineArgs:
+    """The EngineArgs of a ``serve`` command line: ``serve X`` is ``serve --model X``."""
+    if args.model_tag is not None:
+        if args.model is not None and args.model != args.model_tag:
+            raise SystemExit(
+                f"error: the model is given twice, as {args.model_tag!r} and --model {args.model!r}"
+            )
+        args.model = args.model_tag
+    return engine_args_or_exit(args)
+
+
+def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: str):
+    """The server's runtime configuration from its options and the engine's.
+
+    Args:
+        engine_args: the engine options (served names, local media folder, image limit).
+        server_args: the server options.
+        model_dir: the model's local folder (its name when neither --served-model-name nor
+            a model was given).
+    """
+    from mmcore.server import MediaPolicy, ServerConfig
+
+    names = engine_args.served_model_name or [engine_args.model or model_dir]
+    return ServerConfig(
+        host=server_args.host,
+        port=server_args.port,
+        model_names=list(names),
+        api_key=server_args.api_key,
+        max_request_bytes=server_args.max_request_bytes,
+        media=MediaPolicy(
+            allowed_domains=list(server_args.allowed_media_domains or []),
+            allowed_local_media_path=engine_args.allowed_local_media_path,
+            max_bytes=server_args.max_image_bytes,
+            timeout_s=server_args.media_fetch_timeout,
+            max_images=(engine_args.limit_mm_per_prompt or {}).get("image"),
+        ),
+        input_workers=server_args.input_workers,
+        shutdown_timeout_s=server_args.shutdown_timeout,
+        log_level=server_args.uvicorn_log_level,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmcore import Engine
-    from mmcore.server import MediaPolicy, ServerConfig, run_server
+    from mmcore.hub import resolve_model_path
+    from mmcore.server import run_server
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    model = resolve_model(args.model)
-    kwargs = engine_kwargs(args)
-    if args.allowed_local_media_path:
-        kwargs["allowed_local_media_path"] = args.allowed_local_media_path
-    limit = (args.limit_mm_per_prompt or {}).get("image")
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        model_names=args.served_model_name or [args.model or model],
-        api_key=args.api_key,
-        max_request_bytes=args.max_request_bytes,
-        media=MediaPolicy(
-            allowed_domains=list(args.allowed_media_domains),
-            allowed_local_media_path=args.allowed_local_media_path,
-            max_bytes=args.max_image_bytes,
-            timeout_s=args.media_fetch_timeout,
-            max_images=limit,
-        ),
-        input_workers=args.input_workers,
-        shutdown_timeout_s=args.shutdown_timeout,
-        log_level=args.log_level,
+    engine_args = serve_engine_args(args)
+    try:
+        server_args = ServerArgs.from_cli_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    logging.basicConfig(
+        level=server_args.uvicorn_log_level.upper().replace("TRACE", "DEBUG"),
+        format="%(levelname)s %(name)s: %(message)s",
     )
-    # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
-    run_server(lambda: Engine(model, **kwargs), config)
+    # Find (or download) the model now, so a missing one is one line before the server starts.
+    try:
+        local_dir = resolve_model_path(
+            engine_args.model,
+            revision=engine_args.revision,
+            download_dir=engine_args.download_dir,
+            with_weights=engine_args.load_format != "dummy",
+        )
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    config = server_config(engine_args, server_args, local_dir)
+    engine_args = dataclasses.replace(engine_args, model=local_dir)
+    try:
+        # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
+        run_server(lambda: Engine.from_engine_args(engine_args), config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
     return 0

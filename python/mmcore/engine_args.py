@@ -1,95 +1,232 @@
-"""Engine options shared by the ``mmcore`` commands that build an Engine."""
+"""``EngineArgs``: every Engine option, once, with vLLM's names.
+
+The same declaration builds the ``mmcore serve`` / ``generate`` / ``bench offline`` options
+(``EngineArgs.add_cli_args``) and validates ``Engine(**kwargs)`` (``EngineArgs.from_kwargs``).
+"""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
+from mmcore.arg_utils import (
+    add_dataclass_args,
+    check_fields,
+    check_known,
+    namespace_kwargs,
+    option,
+    parse_json_object,
+)
 
-def parse_limit_mm(value: str) -> dict[str, int]:
-    """``"image=4,video=1"`` -> ``{"image": 4, "video": 1}``."""
-    limits = {}
-    for item in value.split(","):
-        modality, _, count = item.partition("=")
-        if not modality or not count.isdigit():
-            raise argparse.ArgumentTypeError(
-                f"expected MODALITY=COUNT[,MODALITY=COUNT], got {value!r}"
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+_DTYPE_ALIASES = {"half": "float16", "float": "float32"}
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+EXECUTOR_BACKENDS = ("uni", "mp", "ray", "external_launcher")
+# Values that run today; the others get a clear error (multi-GPU lands with tensor parallelism).
+_RUNNABLE_BACKENDS = (None, "uni")
+_MAX_TENSOR_PARALLEL_SIZE = 1
+
+
+def parse_dtype(value: Any) -> str:
+    """``"half"``, ``torch.float16`` ... -> the canonical name (``"float16"``) or ``"auto"``."""
+    name = str(value).removeprefix("torch.") if value is not None else "auto"
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {value!r}")
+    return name
+
+
+def parse_device(value: Any) -> str:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (a torch.device is accepted)."""
+    text = str(value)
+    kind, _, index = text.partition(":")
+    if text == "auto" or (kind in ("cpu", "cuda") and (not index or index.isdigit())):
+        return text
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {value!r}")
+
+
+def parse_limit_mm(value: Any) -> dict[str, int] | None:
+    """Most items per modality: a dict, JSON (``'{"image": 2}'``) or ``"image=2,video=1"``."""
+    if value is None:
+        return None
+    if isinstance(value, str) and not value.lstrip().startswith("{"):
+        pairs = [item.partition("=") for item in value.split(",")]
+        if any(not m.strip() or not sep or not c.strip().isdigit() for m, sep, c in pairs):
+            raise ValueError(
+                "limit_mm_per_prompt must be JSON like '{\"image\": 2}' or image=2[,video=1]; "
+                f"got {value!r}"
             )
-        limits[modality.strip()] = int(count)
-    return limits
+        return {m.strip(): int(c) for m, _, c in pairs}
+    limits = parse_json_object(value, "limit_mm_per_prompt")
+    for modality, count in limits.items():
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(
+                f"limit_mm_per_prompt[{modality!r}] must be an integer >= 0, got {count!r}"
+            )
+    return dict(limits)
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """Add the Engine constructor options to ``parser``."""
-    g = parser.add_argument_group("engine")
-    g.add_argument("--dtype", default="auto", help="auto, float32, float16 or bfloat16")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--max-model-len", type=int, help="longest prompt + output in tokens")
-    g.add_argument("--max-num-seqs", type=int, help="most requests in one step")
-    g.add_argument("--max-num-batched-tokens", type=int, help="most tokens in one step")
-    g.add_argument("--block-size", type=int, help="tokens per KV cache block")
-    g.add_argument("--kv-cache-memory", type=int, help="bytes for the KV cache")
-    g.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory to use")
-    g.add_argument(
-        "--no-prefix-caching", action="store_true", help="do not reuse KV blocks across requests"
-    )
-    g.add_argument("--no-chunked-prefill", action="store_true", help="never split prompts")
-    g.add_argument(
-        "--no-async-scheduling",
-        action="store_true",
-        help="do not overlap scheduling with the GPU step (overlap is the CUDA default)",
-    )
-    g.add_argument(
-        "--limit-mm-per-prompt",
-        type=parse_limit_mm,
-        help="most items per modality in one prompt, e.g. image=4",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed of unseeded sampling")
-    g.add_argument(
-        "--load-format", default="auto", help="auto, safetensors or dummy (random weights)"
-    )
+def parse_mm_processor_kwargs(value: Any) -> dict | None:
+    """Processor keyword arguments as a dict or a JSON object string."""
+    return None if value is None else parse_json_object(value, "mm_processor_kwargs")
 
 
-def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The Engine keyword arguments given on the command line (unset ones are left out)."""
-    kwargs: dict[str, Any] = {
-        "dtype": args.dtype,
-        "device": args.device,
-        "seed": args.seed,
-        "load_format": args.load_format,
-        "enable_prefix_caching": not args.no_prefix_caching,
-        "enable_chunked_prefill": not args.no_chunked_prefill,
-    }
-    if args.no_async_scheduling:
-        kwargs["async_scheduling"] = False
-    for name in (
-        "max_model_len",
-        "max_num_seqs",
-        "max_num_batched_tokens",
-        "block_size",
-        "kv_cache_memory",
-        "gpu_memory_utilization",
-        "limit_mm_per_prompt",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            kwargs[name] = value
-    return kwargs
+@dataclass
+class EngineArgs:
+    """The options of :class:`mmcore.Engine` (vLLM's names and defaults where vLLM has them).
 
-
-def resolve_model(model: str | None) -> str:
-    """The model folder to use: the one given, or the demo model's when none is.
-
-    Raises:
-        SystemExit: no model was given and ``mmcore.demo`` is not available.
+    Build one from keyword arguments with :meth:`from_kwargs` (validates names, types and
+    allowed values) or from a parsed command line with :meth:`from_cli_args`.
     """
-    if model:
-        return model
-    try:
-        from mmcore.demo import default_model_path
 
-        return str(default_model_path())
-    except (ImportError, FileNotFoundError) as exc:
-        raise SystemExit(
-            f"no model given and the demo model is not available ({exc}); pass a checkpoint folder"
-        ) from exc
+    # ----------------------------------------------------------------- model and files
+    model: str | None = option(
+        help="checkpoint folder or Hugging Face hub id (default: the bundled demo model)"
+    )
+    tokenizer: str | None = option(
+        help="tokenizer folder or hub id (default: the model's own)",
+    )
+    revision: str | None = option(help="hub revision (branch, tag or commit) of the model")
+    tokenizer_revision: str | None = option(help="hub revision of the tokenizer")
+    download_dir: str | None = option(
+        help="folder hub downloads go to and are looked up in (default: the HF cache, HF_HOME)"
+    )
+    trust_remote_code: bool = option(
+        False,
+        help="accept checkpoints that declare remote code; mmcore runs its own implementation "
+        "and never executes the checkpoint's code, so one that only exists as remote code "
+        "is refused",
+    )
+    load_format: str = option(
+        "auto", choices=LOAD_FORMATS, help="how weights are read; dummy = random weights"
+    )
+    # ----------------------------------------------------------------- numerics and device
+    dtype: str = option(
+        "auto",
+        choices=DTYPES,
+        parse=parse_dtype,
+        help="weight and activation dtype; auto = the checkpoint's half type on GPU, float32 "
+        "on CPU",
+    )
+    device: str = option(
+        "auto", parse=parse_device, help="auto (CUDA when present), cpu, cuda or cuda:N"
+    )
+    seed: int = option(0, help="seed of unseeded sampling and of dummy weights")
+    # ----------------------------------------------------------------- scheduling and memory
+    max_model_len: int | None = option(
+        help="longest prompt + output in tokens (default: the model's max positions)"
+    )
+    max_num_seqs: int = option(256, help="most requests in one step")
+    max_num_batched_tokens: int | None = option(
+        help="most tokens in one step (default: 8192, at least max_model_len without chunked "
+        "prefill)"
+    )
+    block_size: int = option(16, help="tokens per KV cache block")
+    gpu_memory_utilization: float = option(
+        0.9, help="fraction of the GPU's memory the engine may use (weights, activations, KV)"
+    )
+    kv_cache_memory_bytes: int | None = option(
+        help="bytes of KV cache; overrides gpu_memory_utilization (default: profiled on GPU, "
+        "2 GiB on CPU)"
+    )
+    enable_prefix_caching: bool = option(
+        True, help="reuse the KV blocks of identical prefixes (images included)"
+    )
+    enable_chunked_prefill: bool = option(True, help="split long prompts across steps")
+    async_scheduling: bool | None = option(
+        help="overlap scheduling with the GPU step (default: on for CUDA, off on CPU)"
+    )
+    enforce_eager: bool = option(False, help="never replay CUDA graphs")
+    tensor_parallel_size: int = option(
+        1, help="GPUs a model is split over (only 1 runs in this version)"
+    )
+    distributed_executor_backend: str | None = option(
+        choices=EXECUTOR_BACKENDS,
+        help="how workers are run (only uni, in-process, runs in this version)",
+    )
+    # ----------------------------------------------------------------- multimodal inputs
+    limit_mm_per_prompt: dict[str, int] | None = option(
+        parse=parse_limit_mm,
+        metavar="JSON",
+        help="most items per modality in one prompt, e.g. '{\"image\": 2}' (or image=2)",
+    )
+    mm_processor_kwargs: dict | None = option(
+        parse=parse_mm_processor_kwargs,
+        metavar="JSON",
+        help="keyword arguments of the multimodal processor, e.g. '{\"num_crops\": 4}'",
+    )
+    mm_processor_cache_gb: float = option(
+        1.0, help="GiB of processed multimodal inputs kept for reuse (0 disables)"
+    )
+    allowed_local_media_path: str | None = option(
+        help="folder that local image paths and file:// URLs must lie in (default: none)"
+    )
+    # ----------------------------------------------------------------- chat and serving
+    served_model_name: list[str] | None = option(
+        metavar="NAME",
+        help="names the model is served under; the first is reported (default: the model)",
+    )
+    chat_template: str | None = option(
+        help="Jinja chat template, or a file holding one (default: the checkpoint's)"
+    )
+    generation_config: str = option(
+        "auto",
+        help="defaults of sampling: auto = the checkpoint's generation_config.json, vllm = "
+        "mmcore's own, or a folder holding a generation_config.json",
+    )
+    disable_log_stats: bool = option(
+        False, help="do not log throughput and cache statistics every few seconds"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        for name in ("max_num_seqs", "block_size", "tensor_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_model_len", "max_num_batched_tokens", "kv_cache_memory_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.mm_processor_cache_gb < 0:
+            raise ValueError(
+                f"mm_processor_cache_gb must be >= 0, got {self.mm_processor_cache_gb}"
+            )
+        if self.tensor_parallel_size > _MAX_TENSOR_PARALLEL_SIZE:
+            raise ValueError(
+                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet: this "
+                f"version runs a model on at most {_MAX_TENSOR_PARALLEL_SIZE} GPU"
+            )
+        if self.distributed_executor_backend not in _RUNNABLE_BACKENDS:
+            raise ValueError(
+                f"distributed_executor_backend={self.distributed_executor_backend!r} is not "
+                "supported yet: this version runs the model in-process ('uni')"
+            )
+        if self.served_model_name is not None and not all(self.served_model_name):
+            raise ValueError("served_model_name must not contain empty names")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineArgs:
+        """Build from Python keyword arguments.
+
+        Raises:
+            TypeError: an argument that is not an Engine option (named, with the closest one).
+            ValueError: a value of the wrong type, out of range or not among the choices.
+        """
+        check_known(cls, kwargs, "Engine")
+        return cls(**kwargs)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+        """Add every Engine option (except those in ``skip``) to ``parser`` as a group."""
+        group = parser.add_argument_group("engine options")
+        add_dataclass_args(group, EngineArgs, skip=skip)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> EngineArgs:
+        """The EngineArgs of a parsed command line (options not given keep their defaults)."""
+        return cls(**namespace_kwargs(args, cls))

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mmcore.engine_args import LOAD_FORMATS
 from mmcore.multimodal.registry import get_model_class
 
-LOAD_FORMATS = ("auto", "safetensors", "dummy")
 DUMMY_STD = 0.02
 _INDEX_FILE = "model.safetensors.index.json"
 

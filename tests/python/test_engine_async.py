@@ -95,7 +95,7 @@ def _preempting_engine(model_dir, prompts, **kwargs):
     blocks = -(-(longest + 12) // 16) + 2
     return Engine(
         model_dir,
-        kv_cache_memory=blocks * block_bytes,
+        kv_cache_memory_bytes=blocks * block_bytes,
         max_num_batched_tokens=48,
         enable_prefix_caching=False,
         **kwargs,

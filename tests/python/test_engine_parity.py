@@ -88,7 +88,7 @@ def test_preemption_keeps_parity(model_case):
     blocks = -(-(longest + MAX_TOKENS) // 16) + 2
     engine = Engine(
         model_dir,
-        kv_cache_memory=blocks * block_bytes,
+        kv_cache_memory_bytes=blocks * block_bytes,
         max_num_batched_tokens=48,
         enable_prefix_caching=False,
     )

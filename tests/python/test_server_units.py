@@ -256,5 +256,5 @@ def test_random_workload_images_and_text():
 
 def test_parse_limit_mm():
     assert parse_limit_mm("image=4,video=1") == {"image": 4, "video": 1}
-    with pytest.raises(Exception, match="MODALITY=COUNT"):
+    with pytest.raises(Exception, match="limit_mm_per_prompt"):
         parse_limit_mm("image")

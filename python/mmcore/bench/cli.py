@@ -7,7 +7,7 @@ import asyncio
 import json
 from dataclasses import asdict
 
-from mmcore.engine_args import add_engine_args, engine_kwargs, resolve_model
+from mmcore.engine_args import EngineArgs
 
 
 def _rate(value: str) -> float:
@@ -64,9 +64,8 @@ def add_bench_parser(sub) -> None:
         description="Run the random multimodal workload through Engine.generate and report "
         "req/s and output tok/s.",
     )
-    offline.add_argument("--model", help="checkpoint folder (default: the demo model)")
     _add_workload_args(offline)
-    add_engine_args(offline)
+    EngineArgs.add_cli_args(offline)
     offline.set_defaults(func=cmd_bench_offline)
 
 
@@ -110,9 +109,9 @@ def cmd_bench_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_offline(args: argparse.Namespace) -> int:
-    from mmcore import Engine
     from mmcore.bench.offline import run_offline_bench
+    from mmcore.commands import build_engine_or_exit, engine_args_or_exit
 
-    engine = Engine(resolve_model(args.model), **engine_kwargs(args))
+    engine = build_engine_or_exit(engine_args_or_exit(args))
     _print(run_offline_bench(engine, _workload(args)), args.json)
     return 0

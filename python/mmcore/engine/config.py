@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -10,40 +11,24 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
+from mmcore.engine.generation_defaults import sampling_defaults
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
 from mmcore.engine.runner import kv_bytes_per_block
+from mmcore.engine_args import EngineArgs
+from mmcore.hub import check_remote_code, resolve_model_path
 from mmcore.model_loader import load_model
 from mmcore.multimodal.processor_cache import ProcessorCache
 from mmcore.multimodal.registry import get_processor_class
 
 _CPU_KV_CACHE_BYTES = 2 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_ENGINE_ARGS = {
-    "dtype",
-    "device",
-    "max_model_len",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "block_size",
-    "kv_cache_memory",
-    "enable_prefix_caching",
-    "enable_chunked_prefill",
-    "limit_mm_per_prompt",
-    "mm_processor_kwargs",
-    "seed",
-    "load_format",
-    "allowed_local_media_path",
-    "gpu_memory_utilization",
-    "processor_cache_bytes",
-    "enforce_eager",
-    "async_scheduling",
-}
 
 
 @dataclass
 class EngineConfig:
     """Everything the Engine needs, resolved."""
 
+    args: EngineArgs
     model_path: str
     device: torch.device
     dtype: torch.dtype
@@ -58,6 +43,8 @@ class EngineConfig:
     mm_processor_kwargs: dict | None
     allowed_local_media_path: str | None
     chat_template: str | None
+    served_model_names: list[str]
+    sampling_defaults: dict[str, Any]
     eos_token_ids: list[int]
     scheduler_config: Any
     tokenizer: Any
@@ -75,12 +62,9 @@ def _resolve_device(device: str) -> torch.device:
     return dev
 
 
-def _resolve_dtype(dtype: str | torch.dtype, hf_config, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
+def _resolve_dtype(dtype: str, hf_config, device: torch.device) -> torch.dtype:
+    """EngineArgs' canonical dtype name -> torch dtype; ``auto`` picks by device and checkpoint."""
     if dtype != "auto":
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
         return _DTYPES[dtype]
     if device.type == "cpu":
         return torch.float32
@@ -98,8 +82,6 @@ def _eos_ids(hf_config, tokenizer, model_path: str) -> list[int]:
     if text is not None:
         sources.append(getattr(text, "eos_token_id", None))
     if os.path.exists(gen_path):
-        import json
-
         with open(gen_path) as f:
             sources.append(json.load(f).get("eos_token_id"))
     sources.append(tokenizer.eos_token_id)
@@ -110,7 +92,15 @@ def _eos_ids(hf_config, tokenizer, model_path: str) -> list[int]:
     return sorted(ids)
 
 
-def _read_chat_template(model_path: str, tokenizer) -> str | None:
+def _read_chat_template(model_path: str, tokenizer, override: str | None) -> str | None:
+    """The chat template: ``override`` (a file or the template itself), else the checkpoint's."""
+    if override is not None:
+        if os.path.isfile(override):
+            with open(override) as f:
+                return f.read()
+        if "{{" in override or "{%" in override:
+            return override
+        raise ValueError(f"chat_template {override!r} is neither a file nor a Jinja template")
     path = os.path.join(model_path, "chat_template.jinja")
     if os.path.exists(path):
         with open(path) as f:
@@ -118,45 +108,59 @@ def _read_chat_template(model_path: str, tokenizer) -> str | None:
     return getattr(tokenizer, "chat_template", None)
 
 
-def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
-    """Load the checkpoint's config, tokenizer, processor and model; size the KV cache."""
-    unknown = set(kwargs) - _ENGINE_ARGS
-    if unknown:
-        raise TypeError(f"Engine got unknown arguments: {sorted(unknown)}")
-    if not os.path.isdir(model):
-        raise ValueError(f"model must be a local checkpoint folder; {model!r} is not a directory")
-    get = kwargs.get
-    device = _resolve_device(get("device", "auto"))
-    hf_config = AutoConfig.from_pretrained(model)
-    dtype = _resolve_dtype(get("dtype", "auto"), hf_config, device)
-    seed = int(get("seed", 0))
-    torch.manual_seed(seed)
+def _load_tokenizer(args: EngineArgs, model_path: str):
+    path = model_path
+    if args.tokenizer is not None:
+        path = resolve_model_path(
+            args.tokenizer,
+            revision=args.tokenizer_revision,
+            download_dir=args.download_dir,
+            with_weights=False,
+        )
+    return AutoTokenizer.from_pretrained(path)
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
+
+def resolve_config(args: EngineArgs) -> EngineConfig:
+    """Find the checkpoint, load its config, tokenizer, processor and model; size the KV cache.
+
+    Raises:
+        ValueError: the model cannot be found or run, or the options do not fit it.
+    """
+    model = resolve_model_path(
+        args.model,
+        revision=args.revision,
+        download_dir=args.download_dir,
+        with_weights=args.load_format != "dummy",
+    )
+    check_remote_code(model, args.trust_remote_code)
+    device = _resolve_device(args.device)
+    hf_config = AutoConfig.from_pretrained(model)
+    dtype = _resolve_dtype(args.dtype, hf_config, device)
+    torch.manual_seed(args.seed)
+
+    tokenizer = _load_tokenizer(args, model)
     net, hf_config = load_model(
-        model, dtype=dtype, device=device, load_format=get("load_format", "auto")
+        model, dtype=dtype, device=device, load_format=args.load_format, seed=args.seed
     )
     processor = get_processor_class(hf_config.model_type)(
-        model, hf_config, tokenizer, get("mm_processor_kwargs")
+        model, hf_config, tokenizer, args.mm_processor_kwargs
     )
 
     text_config = getattr(hf_config, "text_config", hf_config)
     model_max = int(getattr(text_config, "max_position_embeddings", 4096))
-    max_model_len = int(get("max_model_len") or model_max)
+    max_model_len = args.max_model_len or model_max
     if max_model_len > model_max:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's {model_max} positions")
-    chunked = bool(get("enable_chunked_prefill", True))
-    max_batched = get("max_num_batched_tokens")
+    chunked = args.enable_chunked_prefill
+    max_batched = args.max_num_batched_tokens
     if max_batched is None:
         max_batched = 8192 if chunked else max(8192, max_model_len)
     if not chunked and max_batched < max_model_len:
         raise ValueError(
             "max_num_batched_tokens must be >= max_model_len when chunked prefill is disabled"
         )
-    block_size = int(get("block_size", 16))
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    max_num_seqs = int(get("max_num_seqs", 256))
+    block_size = args.block_size
+    max_num_seqs = args.max_num_seqs
 
     largest_item = max(
         (
@@ -166,42 +170,45 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         ),
         default=0,
     )
-    encoder_budget = max(int(max_batched), largest_item)
+    encoder_budget = max(max_batched, largest_item)
 
     block_bytes = kv_bytes_per_block(net, block_size, dtype)
-    kv_bytes = get("kv_cache_memory")
+    kv_bytes = args.kv_cache_memory_bytes
     if kv_bytes is None and device.type == "cuda":
         peak = profile_peak_activation_bytes(
             net,
             processor,
-            num_tokens=int(max_batched),
+            num_tokens=max_batched,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
             block_size=block_size,
             encoder_budget=encoder_budget,
             kv_dtype=dtype,
         )
-        kv_bytes = gpu_kv_cache_bytes(device, float(get("gpu_memory_utilization", 0.9)), peak)
+        kv_bytes = gpu_kv_cache_bytes(device, args.gpu_memory_utilization, peak)
     elif kv_bytes is None:
         kv_bytes = _CPU_KV_CACHE_BYTES
     num_blocks = int(kv_bytes) // block_bytes
     # No point holding more than every sequence at full length.
     num_blocks = min(num_blocks, max_num_seqs * -(-max_model_len // block_size) + 1)
     if num_blocks < 1:
-        raise ValueError(f"kv_cache_memory={kv_bytes} holds no KV block of {block_bytes} bytes")
+        raise ValueError(
+            f"kv_cache_memory_bytes={kv_bytes} holds no KV block of {block_bytes} bytes"
+        )
 
     sc = _core.SchedulerConfig()
     sc.num_blocks = num_blocks
     sc.block_size = block_size
-    sc.max_num_batched_tokens = int(max_batched)
+    sc.max_num_batched_tokens = max_batched
     sc.max_num_seqs = max_num_seqs
     sc.max_model_len = max_model_len
-    sc.enable_prefix_caching = bool(get("enable_prefix_caching", True))
+    sc.enable_prefix_caching = args.enable_prefix_caching
     sc.enable_chunked_prefill = chunked
     sc.encoder_budget = encoder_budget
     sc.encoder_cache_size = encoder_budget
 
     return EngineConfig(
+        args=args,
         model_path=os.path.abspath(model),
         device=device,
         dtype=dtype,
@@ -209,19 +216,21 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         block_size=block_size,
         num_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
-        enforce_eager=bool(get("enforce_eager", False)),
-        async_scheduling=bool(
-            device.type == "cuda" if get("async_scheduling") is None else get("async_scheduling")
+        enforce_eager=args.enforce_eager,
+        async_scheduling=(
+            device.type == "cuda" if args.async_scheduling is None else args.async_scheduling
         ),
-        seed=seed,
-        limit_mm_per_prompt=get("limit_mm_per_prompt"),
-        mm_processor_kwargs=get("mm_processor_kwargs"),
-        allowed_local_media_path=get("allowed_local_media_path"),
-        chat_template=_read_chat_template(model, tokenizer),
+        seed=args.seed,
+        limit_mm_per_prompt=args.limit_mm_per_prompt,
+        mm_processor_kwargs=args.mm_processor_kwargs,
+        allowed_local_media_path=args.allowed_local_media_path,
+        chat_template=_read_chat_template(model, tokenizer, args.chat_template),
+        served_model_names=list(args.served_model_name or [args.model or model]),
+        sampling_defaults=sampling_defaults(args.generation_config, model),
         eos_token_ids=_eos_ids(hf_config, tokenizer, model),
         scheduler_config=sc,
         tokenizer=tokenizer,
         model=net,
         processor=processor,
-        processor_cache=ProcessorCache(int(get("processor_cache_bytes", 1 << 30))),
+        processor_cache=ProcessorCache(int(args.mm_processor_cache_gb * (1 << 30))),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +16,13 @@ from tqdm.auto import tqdm
 from mmcore import _core
 from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
+from mmcore.engine.engine_logging import StatLogger, log_startup
 from mmcore.engine.fault_isolation import RequestFault, newest_requests
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
 from mmcore.engine.request_checks import check_params_for_model
 from mmcore.engine.runner import ModelRunner, RequestState
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
+from mmcore.engine_args import EngineArgs
 from mmcore.outputs import CompletionOutput, RequestOutput
 from mmcore.sampling.detokenizer import IncrementalDetokenizer
 from mmcore.sampling.sampler import PendingSample, SampledBatch
@@ -56,38 +59,38 @@ class _Tracker:
 
 
 class Engine:
-    """A multimodal LLM engine over a local HF checkpoint folder.
+    """A multimodal LLM engine (vLLM's ``LLM``; ``mmcore.LLM`` is the same class).
 
     Args:
-        model: path of a Hugging Face checkpoint folder (config.json, safetensors, tokenizer,
-            processor files).
-        dtype: "auto" (float32 on CPU, the checkpoint's half type on GPU), or a torch dtype name.
-        device: "auto" (CUDA if available), "cpu" or "cuda[:N]".
-        max_model_len: longest prompt + output (default: the model's max positions).
-        max_num_seqs: most requests in one step.
-        max_num_batched_tokens: most tokens in one step (default: 8192, at least max_model_len
-            without chunked prefill).
-        block_size: tokens per KV cache block.
-        kv_cache_memory: bytes for the KV cache (default: profiled on GPU, 2 GiB on CPU).
-        enable_prefix_caching: reuse KV blocks of identical prefixes (images included).
-        enable_chunked_prefill: split long prompts across steps.
-        limit_mm_per_prompt: most items per modality in one prompt, e.g. ``{"image": 4}``.
-        mm_processor_kwargs: extra arguments for the multimodal processor.
-        seed: seed of the random weights (dummy) and of unseeded sampling.
-        load_format: "auto" | "safetensors" | "dummy" (random weights, real architecture).
-        allowed_local_media_path: folder that local image paths must lie in.
-        gpu_memory_utilization: fraction of GPU memory the engine may use.
-        enforce_eager: never replay CUDA graphs (by default decode-only steps on CUDA replay
-            graphs captured at start-up for padded batch sizes).
-        async_scheduling: overlap the host with the device (default: on for CUDA, off on CPU).
-            Step N+1 is scheduled and launched before step N's tokens are read back; its
-            not-yet-known input ids are gathered on the device from step N's samples. Outputs
-            are identical to the synchronous mode; each step() returns the results of the step
-            launched before it.
+        model: a Hugging Face checkpoint folder (config.json, safetensors, tokenizer and
+            processor files) or a hub id resolved through the HF cache (default: the demo model).
+        **kwargs: the options of :class:`~mmcore.engine_args.EngineArgs` (vLLM's names:
+            ``dtype``, ``max_model_len``, ``gpu_memory_utilization``, ``limit_mm_per_prompt``,
+            ``mm_processor_kwargs``, ``enforce_eager``, ``trust_remote_code``, ...). As vLLM's
+            ``LLM`` does, the offline engine does not log periodic statistics unless
+            ``disable_log_stats=False``. With ``async_scheduling`` (default on CUDA) step N+1
+            is scheduled and launched before step N's tokens are read back; outputs are
+            identical to the synchronous mode.
+
+    Raises:
+        TypeError: an unknown option (named).
+        ValueError: a bad option value, or a model that cannot be found or run (one line).
     """
 
-    def __init__(self, model: str, **kwargs: Any) -> None:
-        self.config: EngineConfig = resolve_config(model, **kwargs)
+    def __init__(self, model: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("disable_log_stats", True)
+        self._init(EngineArgs.from_kwargs(model=model, **kwargs))
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> Engine:
+        """An engine built from already validated :class:`EngineArgs` (the CLI's path)."""
+        engine = cls.__new__(cls)
+        engine._init(engine_args)
+        return engine
+
+    def _init(self, engine_args: EngineArgs) -> None:
+        started = time.perf_counter()
+        self.config: EngineConfig = resolve_config(engine_args)
         cfg = self.config
         self.tokenizer = cfg.tokenizer
         self.model = cfg.model
@@ -122,13 +125,25 @@ class Engine:
         # Overlapped mode: the launched step whose tokens are not yet applied.
         self._in_flight: tuple[Any, PendingSample] | None = None
         self._input_pool: ThreadPoolExecutor | None = None  # generate()'s input workers
+        self.num_generated_tokens = 0  # read by the stats logger
+        self._stat_logger = None if engine_args.disable_log_stats else StatLogger(self)
+        log_startup(self, time.perf_counter() - started)
+
+    def get_tokenizer(self) -> Any:
+        """The Hugging Face tokenizer the engine uses (vLLM's ``LLM.get_tokenizer``)."""
+        return self.tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """SamplingParams with the checkpoint's generation_config.json defaults applied
+        (``generation_config="auto"``), used when ``generate``/``chat`` get none."""
+        return SamplingParams(**self.config.sampling_defaults)
 
     # ----------------------------------------------------------------- request lifecycle
     def add_request(
         self, request_id: str, prompt: Any, params: SamplingParams | None = None
     ) -> None:
         """Queue one prompt (any form :meth:`generate` takes). Raises ValueError on bad input."""
-        params = params or SamplingParams()
+        params = params or self.get_default_sampling_params()
         if request_id in self._trackers:
             raise ValueError(f"request id {request_id!r} is already running")
         processed = self.inputs.process(prompt)
@@ -244,6 +259,8 @@ class Engine:
         With ``async_scheduling`` the step scheduled now is only launched: this call returns
         what the previous step produced, read back after the new one was enqueued.
         """
+        if self._stat_logger is not None:
+            self._stat_logger.maybe_log()
         out = self.scheduler.schedule()
         try:
             pending = self.runner.launch(out)
@@ -268,6 +285,7 @@ class Engine:
         result = self.scheduler.update_from_output(
             out, np.asarray(sampled.token_ids, dtype=np.int32)
         )
+        self.num_generated_tokens += len(result.token_ids)
         sample_row = {core_id: row for row, core_id in enumerate(out.sampling_req_ids.tolist())}
         touched: dict[str, _Tracker] = {}
         for core_id, token in zip(result.req_ids.tolist(), result.token_ids.tolist()):
@@ -327,7 +345,8 @@ class Engine:
         Args:
             prompts: one prompt or a list: strings, ``{"prompt": str, "multi_modal_data": {...}}``
                 or ``{"prompt_token_ids": [...], "multi_modal_data": {...}}``.
-            sampling_params: one for all prompts, or one per prompt (default: SamplingParams()).
+            sampling_params: one for all prompts, or one per prompt (default:
+                :meth:`get_default_sampling_params`).
             use_tqdm: show a progress bar.
 
         Returns:
@@ -344,7 +363,7 @@ class Engine:
                 )
             params_list = sampling_params
         else:
-            params_list = [sampling_params or SamplingParams()] * len(prompt_list)
+            params_list = [sampling_params or self.get_default_sampling_params()] * len(prompt_list)
         processed = self._process_all(prompt_list)  # validate all before running
         ids = [f"gen-{next(self._next_request_id)}" for _ in prompt_list]
         try:
@@ -397,7 +416,8 @@ class Engine:
                 Content is a string or parts: ``{"type": "text", "text"}``, ``{"type": "image",
                 "image": PIL}``, ``{"type": "image_url", "image_url": {"url": data-URL or path}}``.
             sampling_params: as in :meth:`generate`.
-            chat_template: a Jinja template overriding the checkpoint's.
+            chat_template: a Jinja template overriding the engine's (``chat_template``
+                option, else the checkpoint's).
             use_tqdm: show a progress bar.
 
         Returns:

@@ -26,6 +26,7 @@ from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from mmcore.server.serving_chat import create_chat_completion
 from mmcore.server.serving_common import ServerState
 from mmcore.server.serving_completions import create_completion
+from mmcore.server_args import ServerArgs
 
 logger = logging.getLogger("mmcore.server")
 
@@ -48,15 +49,16 @@ class ServerConfig:
             (default: special token strings typed in them are tokenized as plain text).
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8000
+    # Defaults come from the server's options (mmcore.server_args), their one home.
+    host: str = ServerArgs.host
+    port: int = ServerArgs.port
     model_names: list[str] = field(default_factory=lambda: ["default"])
-    api_key: str | None = None
-    max_request_bytes: int = 50 << 20
+    api_key: str | None = ServerArgs.api_key
+    max_request_bytes: int = ServerArgs.max_request_bytes
     media: MediaPolicy = field(default_factory=MediaPolicy)
-    input_workers: int = 2
-    shutdown_timeout_s: float = 30.0
-    log_level: str = "info"
+    input_workers: int = ServerArgs.input_workers
+    shutdown_timeout_s: float = ServerArgs.shutdown_timeout
+    log_level: str = ServerArgs.uvicorn_log_level
     allow_special_tokens_in_prompts: bool = False
 
 

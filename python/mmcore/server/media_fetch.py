@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from mmcore.server_args import ServerArgs
+
 _MEDIA_PART_TYPES = ("image_url", "image", "image_pil")
 
 
@@ -29,8 +31,8 @@ class MediaPolicy:
 
     allowed_domains: list[str] = field(default_factory=list)
     allowed_local_media_path: str | None = None
-    max_bytes: int = 20 << 20
-    timeout_s: float = 10.0
+    max_bytes: int = ServerArgs.max_image_bytes
+    timeout_s: float = ServerArgs.media_fetch_timeout
     max_images: int | None = None
 
 

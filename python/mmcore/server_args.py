@@ -1,0 +1,65 @@
+"""``ServerArgs``: the options of ``mmcore serve`` that are not Engine options, once.
+
+Declared like :class:`mmcore.engine_args.EngineArgs` (one field per option, with its type,
+default, help and allowed values); ``mmcore serve`` takes both sets. Kept free of server
+imports so ``mmcore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+from mmcore.arg_utils import add_dataclass_args, check_fields, check_known, namespace_kwargs, option
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+@dataclass
+class ServerArgs:
+    """How ``mmcore serve`` listens, whom it lets in and what media it accepts."""
+
+    host: str = option("127.0.0.1", help="address to bind (0.0.0.0 for every interface)")
+    port: int = option(8000, help="TCP port (0: any free port)")
+    api_key: str | None = option(help="require 'Authorization: Bearer KEY' on /v1 routes")
+    allowed_media_domains: list[str] | None = option(
+        metavar="HOST", help="hosts http(s) image URLs may point to (default: none)"
+    )
+    max_request_bytes: int = option(50 << 20, help="largest request body in bytes (413 above)")
+    max_image_bytes: int = option(20 << 20, help="largest image fetched by URL, in bytes")
+    media_fetch_timeout: float = option(10.0, help="seconds one image URL fetch may take")
+    input_workers: int = option(2, help="threads for image and prompt processing")
+    shutdown_timeout: float = option(
+        30.0, help="on SIGTERM, seconds in-flight requests may run before they are aborted"
+    )
+    uvicorn_log_level: str = option(
+        "info", choices=LOG_LEVELS, flags=("--log-level",), help="log level of the server"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("max_request_bytes", "max_image_bytes", "input_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("media_fetch_timeout", "shutdown_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> ServerArgs:
+        """Build from keyword arguments; TypeError names an unknown one, ValueError a bad value."""
+        check_known(cls, kwargs, "ServerArgs")
+        return cls(**kwargs)
+
+    @staticmethod
+    def add_cli_args(parser: argparse.ArgumentParser) -> None:
+        """Add every server option to ``parser`` as a group."""
+        add_dataclass_args(parser.add_argument_group("server options"), ServerArgs)
+
+    @classmethod
+    def from_cli_args(cls, args: argparse.Namespace) -> ServerArgs:
+        """The ServerArgs of a parsed command line (options not given keep their defaults)."""
+        return cls(**namespace_kwargs(args, cls))
