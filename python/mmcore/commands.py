@@ -129,19 +129,30 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
         input_workers=server_args.input_workers,
         shutdown_timeout_s=server_args.shutdown_timeout,
         log_level=server_args.uvicorn_log_level,
+        allow_special_tokens_in_prompts=server_args.allow_special_tokens_in_prompts,
+        max_waiting_requests=server_args.max_waiting_requests,
+        metrics_need_api_key=server_args.metrics_need_api_key,
+        max_header_bytes=server_args.max_header_bytes,
     )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from mmcore import Engine
-    from mmcore.hub import resolve_model_path
-    from mmcore.server import run_server
+    from mmcore.listen_socket import bind_socket
 
-    engine_args = serve_engine_args(args)
     try:
         server_args = ServerArgs.from_cli_args(args)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    try:  # the port first: "in use" is one line now, not after torch and the model loaded
+        sock = bind_socket(server_args.host, server_args.port)
+    except OSError as exc:
+        raise SystemExit(f"error: {exc.strerror}") from None
+    from mmcore import Engine
+    from mmcore.hub import resolve_model_path
+    from mmcore.server import run_server
+    from mmcore.server.async_engine import EngineDeadError
+
+    engine_args = serve_engine_args(args)
     logging.basicConfig(
         level=server_args.uvicorn_log_level.upper().replace("TRACE", "DEBUG"),
         format="%(levelname)s %(name)s: %(message)s",
@@ -160,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     engine_args = dataclasses.replace(engine_args, model=local_dir)
     try:
         # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
-        run_server(lambda: Engine.from_engine_args(engine_args), config)
-    except (ValueError, FileNotFoundError) as exc:
+        run_server(lambda: Engine.from_engine_args(engine_args), config, sock)
+    except (ValueError, FileNotFoundError, EngineDeadError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

@@ -33,6 +33,20 @@ class ServerArgs:
     shutdown_timeout: float = option(
         30.0, help="on SIGTERM, seconds in-flight requests may run before they are aborted"
     )
+    max_waiting_requests: int | None = option(
+        1024,
+        help="requests that may wait beyond the running batch; more are refused with 429 and "
+        "Retry-After (0: none may wait)",
+    )
+    allow_special_tokens_in_prompts: bool = option(
+        False,
+        help="let /v1/completions string prompts carry control tokens such as </s> (default: "
+        "typed special tokens are plain text)",
+    )
+    metrics_need_api_key: bool = option(False, help="/metrics needs the API key too")
+    max_header_bytes: int = option(
+        16 << 10, help="largest request line + headers in bytes (431 above)"
+    )
     uvicorn_log_level: str = option(
         "info", choices=LOG_LEVELS, flags=("--log-level",), help="log level of the server"
     )
@@ -41,7 +55,9 @@ class ServerArgs:
         check_fields(self)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
-        for name in ("max_request_bytes", "max_image_bytes", "input_workers"):
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
+        for name in ("max_request_bytes", "max_image_bytes", "input_workers", "max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("media_fetch_timeout", "shutdown_timeout"):

@@ -17,11 +17,13 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from mmcore.server.async_engine import AsyncEngine
+from mmcore.listen_socket import bind_socket
+from mmcore.server.async_engine import AsyncEngine, EngineDeadError
 from mmcore.server.errors import install_error_handlers
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import CONTENT_TYPE, ServerMetrics
 from mmcore.server.middleware import GuardMiddleware
+from mmcore.server.overload import AdmissionControl
 from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from mmcore.server.serving_chat import create_chat_completion
 from mmcore.server.serving_common import ServerState
@@ -47,6 +49,10 @@ class ServerConfig:
         log_level: uvicorn's log level.
         allow_special_tokens_in_prompts: completion string prompts may carry control tokens
             (default: special token strings typed in them are tokenized as plain text).
+        max_waiting_requests: requests that may wait beyond the running batch; more get 429
+            with ``Retry-After`` (None: no limit).
+        metrics_need_api_key: ``/metrics`` needs the API key too.
+        max_header_bytes: largest request head (request line + headers); 431 beyond.
     """
 
     # Defaults come from the server's options (mmcore.server_args), their one home.
@@ -59,7 +65,10 @@ class ServerConfig:
     input_workers: int = ServerArgs.input_workers
     shutdown_timeout_s: float = ServerArgs.shutdown_timeout
     log_level: str = ServerArgs.uvicorn_log_level
-    allow_special_tokens_in_prompts: bool = False
+    allow_special_tokens_in_prompts: bool = ServerArgs.allow_special_tokens_in_prompts
+    max_waiting_requests: int | None = ServerArgs.max_waiting_requests
+    metrics_need_api_key: bool = ServerArgs.metrics_need_api_key
+    max_header_bytes: int = ServerArgs.max_header_bytes
 
 
 def build_app(engine: Any, config: ServerConfig) -> FastAPI:
@@ -81,11 +90,13 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
         media=config.media,
         created=int(time.time()),
         allow_special_tokens_in_prompts=config.allow_special_tokens_in_prompts,
+        admission=AdmissionControl(1, config.max_waiting_requests),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         async_engine.start()
+        state.admission.max_running = async_engine.engine.config.max_num_seqs
         try:
             yield
         finally:
@@ -99,6 +110,8 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
         metrics=state.metrics,
         max_request_bytes=config.max_request_bytes,
         api_key=config.api_key,
+        metrics_need_api_key=config.metrics_need_api_key,
+        max_header_bytes=config.max_header_bytes,
     )
 
     @app.post("/v1/chat/completions")
@@ -152,10 +165,17 @@ class _GracefulServer(uvicorn.Server):
                 log_level=config.log_level,
                 timeout_graceful_shutdown=config.shutdown_timeout_s + _ABORT_GRACE_S,
                 lifespan="on",
+                h11_max_incomplete_event_size=config.max_header_bytes,
             )
         )
         self._engine: AsyncEngine = app.state.server.engine
         self._abort_after_s = config.shutdown_timeout_s
+        # An engine that fails for good takes the server down, so a supervisor restarts it.
+        self._engine.on_fatal = self._exit_on_engine_failure
+
+    def _exit_on_engine_failure(self) -> None:
+        logger.error("the engine failed for good; shutting the server down")
+        self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         timer = asyncio.get_running_loop().call_later(self._abort_after_s, self._engine.abort_all)
@@ -169,21 +189,35 @@ def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
     return _GracefulServer(app, config)
 
 
-def run_server(engine: Any, config: ServerConfig) -> None:
+def run_server(engine: Any, config: ServerConfig, sock: socket.socket | None = None) -> None:
     """Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish (up to
-    ``shutdown_timeout_s``, then abort them), stop the engine thread, and return."""
+    ``shutdown_timeout_s``, then abort them), stop the engine thread, and return.
+
+    Args:
+        engine: an Engine or a function building one (built after the port is bound).
+        config: the server options.
+        sock: a socket from :func:`bind_socket` (default: bound here, before the engine).
+
+    Raises:
+        OSError: the port cannot be bound.
+        EngineDeadError: the engine failed for good while serving (exit non-zero).
+    """
+    sock = sock or bind_socket(config.host, config.port)
     app = build_app(engine, config)
     server = _uvicorn_server(app, config)
     # uvicorn re-raises the signal it caught after a graceful shutdown; a no-op handler
     # underneath turns that into a normal return (exit status 0).
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    start_error = app.state.server.engine.start_error
-    if start_error is not None:  # uvicorn logged it and exited; the caller gets it too
-        raise start_error
+        sock.close()
+    async_engine = app.state.server.engine
+    if async_engine.start_error is not None:  # uvicorn logged it and exited; the caller too
+        raise async_engine.start_error
+    if async_engine.error is not None:
+        raise EngineDeadError(f"the engine failed: {async_engine.error!r}")
 
 
 class BackgroundServer:

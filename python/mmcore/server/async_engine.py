@@ -143,6 +143,7 @@ class RequestStream:
     _queue: asyncio.Queue
     _engine: AsyncEngine
     finished: bool = field(default=False)
+    on_close: Callable[[], None] | None = None  # called once when the stream ends
 
     async def __aiter__(self) -> AsyncIterator[StreamUpdate]:
         try:
@@ -156,12 +157,25 @@ class RequestStream:
         finally:
             if not self.finished:  # the consumer left early (client gone, cancelled)
                 self.abort()
+            self._close()
 
     def abort(self) -> None:
         """Stop the request in the engine (frees its KV blocks)."""
         if not self.finished:
             self.finished = True
             self._engine.abort(self.request_id)
+        self._close()
+
+    def expire(self) -> None:
+        """Abort the request in the engine but keep listening: the consumer gets the final
+        ``finish_reason="abort"`` update (a per-request timeout)."""
+        if not self.finished:
+            self._engine.abort(self.request_id)
+
+    def _close(self) -> None:
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
 
 
 class AsyncEngine:
@@ -187,6 +201,7 @@ class AsyncEngine:
         self._num_pending_inputs = 0
         self._pending_lock = threading.Lock()
         self._error: BaseException | None = None
+        self.on_fatal: Callable[[], None] | None = None  # called once the engine thread failed
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mm-engine", daemon=True)
         if self.engine is not None:
@@ -210,6 +225,11 @@ class AsyncEngine:
             self._commands.put(("stop",))
             self._thread.join(timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def error(self) -> BaseException | None:
+        """What stopped the engine thread while serving (None while healthy)."""
+        return self._error
 
     @property
     def is_running(self) -> bool:
@@ -415,6 +435,8 @@ class AsyncEngine:
             logger.exception("the engine thread failed")
             self._error = exc
             self._fail_all(EngineDeadError(f"engine failure: {exc!r}"))
+            if self.on_fatal is not None:
+                self.on_fatal()
         finally:
             self._stopped.set()
             # Requests still running at shutdown end as aborted.

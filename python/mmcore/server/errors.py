@@ -17,7 +17,10 @@ _TYPE_BY_STATUS = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
+    431: "invalid_request_error",
     503: "service_unavailable_error",
 }
 
@@ -29,13 +32,21 @@ class APIError(Exception):
         status: the HTTP status code.
         message: what went wrong, for the client.
         code: a short machine-readable code (e.g. ``"invalid_image"``).
+        headers: extra response headers (e.g. ``Retry-After``).
     """
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.headers = headers
 
 
 def error_body(status: int, message: str, code: str | None = None) -> dict:
@@ -46,9 +57,13 @@ def error_body(status: int, message: str, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": err_type, "param": None, "code": code}}
 
 
-def error_response(status: int, message: str, code: str | None = None) -> JSONResponse:
-    """A JSON error response with the OpenAI error body."""
-    return JSONResponse(error_body(status, message, code), status_code=status)
+def error_response(
+    status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """A JSON error response with the OpenAI error body; 4xx reasons are logged."""
+    if 400 <= status < 500:
+        logger.info("%d %s: %s", status, code or "error", message)
+    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
 
 
 def _format_validation_error(exc: RequestValidationError) -> str:
@@ -64,7 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.code)
+        return error_response(exc.status, exc.message, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,6 +17,7 @@ MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_LEN = 1024  # characters of one stop string
 MAX_STOP_TOKEN_IDS = 1024
+MAX_TIMEOUT_S = 24 * 3600.0
 
 # Fields of OpenAI's schema that mmcore does not implement: refused when given a non-default value.
 _UNSUPPORTED_CHAT = {
@@ -73,6 +74,8 @@ class _SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Seconds from arrival after which the request is aborted (mmcore's extension).
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = None
 
     def _check_common(self, unsupported: dict[str, Any]) -> None:
         extras = self.model_extra or {}

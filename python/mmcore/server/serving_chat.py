@@ -48,7 +48,7 @@ async def create_chat_completion(
         return engine.inputs.process(engine.chat_prompt(resolved))
 
     request_id = new_request_id("chatcmpl")
-    stream = await process_and_submit(state, request_id, prepare, params, arrival)
+    stream = await process_and_submit(state, request_id, prepare, params, arrival, body.timeout)
     recorder = RequestRecorder(state.metrics, arrival, len(stream.prompt_token_ids))
     updates = iterate(stream, recorder, params.n)
     top_k = body.top_logprobs or 0

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
@@ -24,6 +24,7 @@ from mmcore.server.async_engine import (
 from mmcore.server.errors import APIError
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import RequestRecorder, ServerMetrics
+from mmcore.server.overload import AdmissionControl
 from mmcore.server.responses import CompletionAccumulator
 
 _DISCONNECT_POLL_S = 0.5
@@ -44,6 +45,7 @@ class ServerState:
         created: server start time (Unix seconds), reported by ``/v1/models``.
         allow_special_tokens_in_prompts: completion string prompts may carry control tokens
             (by default special token strings in them are plain text).
+        admission: the bounded queue of requests (429 when full).
     """
 
     engine: AsyncEngine
@@ -52,6 +54,7 @@ class ServerState:
     media: MediaPolicy
     created: int
     allow_special_tokens_in_prompts: bool = False
+    admission: AdmissionControl = field(default_factory=lambda: AdmissionControl(1, None))
 
     @property
     def tokenizer(self):
@@ -82,25 +85,54 @@ async def process_and_submit(
     prepare: Callable[[], Any],
     params: SamplingParams,
     arrival_time: float,
+    timeout_s: float | None = None,
 ) -> RequestStream:
-    """Run ``prepare`` (media, template, processor) in the pool, then submit to the engine.
+    """Admit the request, run ``prepare`` (media, template, processor) in the pool, then
+    submit to the engine.
+
+    Args:
+        timeout_s: seconds from arrival after which the request is aborted (None: never).
 
     Raises:
-        APIError: 400 for bad input (anything the engine refuses with ValueError), 503 when
-            the engine is not running.
+        APIError: 429 when the server is full, 400 for bad input (anything the engine refuses
+            with ValueError), 408 when the timeout passed before it ran, 503 when the engine is
+            not running.
     """
     from PIL import UnidentifiedImageError
 
+    state.admission.admit()
     try:
         processed = await state.engine.run_in_pool(prepare)
-        return await state.engine.submit(request_id, processed, params, arrival_time)
+        if timeout_s is not None and time.monotonic() - arrival_time >= timeout_s:
+            raise APIError(408, f"the request timed out after {timeout_s} s", "timeout")
+        stream = await state.engine.submit(request_id, processed, params, arrival_time)
     except (ValueError, UnidentifiedImageError) as exc:
+        state.admission.release()
         raise APIError(400, str(exc), "invalid_request") from exc
     except _MALFORMED_INPUT as exc:  # malformed user data that slipped past the checks
+        state.admission.release()
         logger.warning("request %s: malformed input: %r", request_id, exc)
         raise APIError(400, f"invalid request: {exc}", "invalid_request") from exc
     except EngineDeadError as exc:
+        state.admission.release()
         raise APIError(503, str(exc), "engine_unavailable") from exc
+    except BaseException:
+        state.admission.release()
+        raise
+    stream.on_close = state.admission.release
+    if timeout_s is not None:
+        remaining = max(0.0, timeout_s - (time.monotonic() - arrival_time))
+        handle = asyncio.get_running_loop().call_later(remaining, stream.expire)
+        stream.on_close = _chain(handle.cancel, state.admission.release)
+    return stream
+
+
+def _chain(*callbacks: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        for callback in callbacks:
+            callback()
+
+    return run
 
 
 async def iterate(

@@ -61,6 +61,7 @@ async def create_completion(
                     lambda pr=prompt: inputs.process(_as_text_only(state, pr)),
                     params,
                     arrival,
+                    body.timeout,
                 )
             )
     except BaseException:
