@@ -133,6 +133,8 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
         max_waiting_requests=server_args.max_waiting_requests,
         metrics_need_api_key=server_args.metrics_need_api_key,
         max_header_bytes=server_args.max_header_bytes,
+        max_request_pixels=server_args.max_request_pixels,
+        media_processes=server_args.media_processes,
     )
 
 

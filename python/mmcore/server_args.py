@@ -43,6 +43,15 @@ class ServerArgs:
         help="let /v1/completions string prompts carry control tokens such as </s> (default: "
         "typed special tokens are plain text)",
     )
+    max_request_pixels: int | None = option(
+        help="most image pixels (width x height, summed) in one request, checked from image "
+        "headers before any decoding (default: 128M)"
+    )
+    media_processes: int = option(
+        2,
+        help="worker processes that decode and process images, so that work never holds the "
+        "server's GIL (0: input threads do it in the server process)",
+    )
     metrics_need_api_key: bool = option(False, help="/metrics needs the API key too")
     max_header_bytes: int = option(
         16 << 10, help="largest request line + headers in bytes (431 above)"
@@ -57,6 +66,10 @@ class ServerArgs:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
             raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
+        if self.media_processes < 0:
+            raise ValueError(f"media_processes must be >= 0, got {self.media_processes}")
+        if self.max_request_pixels is not None and self.max_request_pixels < 1:
+            raise ValueError(f"max_request_pixels must be >= 1, got {self.max_request_pixels}")
         for name in ("max_request_bytes", "max_image_bytes", "input_workers", "max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

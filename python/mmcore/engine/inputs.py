@@ -20,6 +20,13 @@ from mmcore import _core
 from mmcore.engine.request_checks import prompt_token_array
 from mmcore.multimodal.hashing import hash_item
 from mmcore.multimodal.media import load_image
+from mmcore.multimodal.media_budget import (
+    MediaBudget,
+    PeekedImage,
+    check_request_pixels,
+    peek_image,
+)
+from mmcore.multimodal.media_processes import MediaProcessPool
 from mmcore.multimodal.processor_cache import ProcessorCache
 
 _MODALITIES = {
@@ -50,6 +57,17 @@ class ProcessedPrompt:
     items: list[MMItem] = field(default_factory=list)  # same order as features
 
 
+@dataclass
+class _PlannedItem:
+    """One item after the checks that need no decoding."""
+
+    source: Any  # what to decode (bytes already read, or the caller's object)
+    uuid: str | None
+    num_embeds: int | None  # None: known only after processing (non-image media)
+    peeked: PeekedImage | None = None
+    item: MMItem | None = None  # already final (user-given embeddings or pixel values)
+
+
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -67,6 +85,8 @@ class InputProcessor:
         cache: processor output cache, shared across prompts.
         allowed_local_media_path: folder local image paths must lie in (None: no local files).
         max_image_pixels: larger images are refused before decoding.
+        budget: the request's pixel budget (default: ``max_image_pixels`` per image and
+            ``DEFAULT_MAX_REQUEST_PIXELS`` in all).
     """
 
     def __init__(
@@ -81,6 +101,7 @@ class InputProcessor:
         cache: ProcessorCache,
         allowed_local_media_path: str | None = None,
         max_image_pixels: int = 64_000_000,
+        budget: MediaBudget | None = None,
     ) -> None:
         self.processor = processor
         self.tokenizer = tokenizer
@@ -91,6 +112,9 @@ class InputProcessor:
         self.cache = cache
         self.allowed_local_media_path = allowed_local_media_path
         self.max_image_pixels = max_image_pixels
+        self.budget = budget or MediaBudget(max_image_pixels=max_image_pixels)
+        # Worker processes for image decoding and processing (None: in the calling thread).
+        self.media_pool: MediaProcessPool | None = None
         self._allowed = [_MODALITIES[m] for m in processor.supported_modalities]
         # Names the placeholders in error messages, and finds placeholders without items.
         self._placeholder_tokens = [
@@ -101,15 +125,28 @@ class InputProcessor:
         ]
 
     def process(self, prompt: Any) -> ProcessedPrompt:
-        """Process one prompt; raise ValueError naming what is wrong with it."""
+        """Process one prompt; raise ValueError naming what is wrong with it.
+
+        Media is decoded last: image sizes (from headers), the request's pixel budget and
+        whether the expanded prompt fits ``max_model_len`` are checked first.
+        """
         text, token_ids, mm_data, uuids = self._split_prompt(prompt)
         if token_ids is None:
             token_ids = self.tokenizer(text)["input_ids"]
         ids = prompt_token_array(token_ids, len(self.tokenizer))
 
+        plans = {
+            modality: self._plan_modality(modality, _as_list(raw), uuids.get(modality))
+            for modality, raw in mm_data.items()
+        }
+        check_request_pixels(
+            [p.peeked for plan in plans.values() for p in plan if p.peeked is not None],
+            self.budget,
+        )
+        self._check_fits(ids, plans)
         items: list[MMItem] = []
-        for modality, raw in mm_data.items():
-            items.extend(self._process_modality(modality, _as_list(raw), uuids.get(modality)))
+        for modality, plan in plans.items():
+            items.extend(self._process_modality(modality, plan))
         placeholder_items = [
             self.processor.placeholder_item(it.modality, it.identifier, it.num_embeds)
             for it in items
@@ -123,6 +160,23 @@ class InputProcessor:
             features=list(expanded.features),
             items=_order_like_features(items, expanded.features),
         )
+
+    def _check_fits(self, ids: np.ndarray, plans: dict[str, list[_PlannedItem]]) -> None:
+        """Refuse, before any decoding, a prompt whose expansion cannot fit max_model_len."""
+        length = len(ids)
+        for modality, plan in plans.items():
+            counts = [p.num_embeds for p in plan]
+            if not plan or any(c is None for c in counts):
+                continue
+            token_id = self.processor.placeholder_token_id(modality)
+            num_placeholders = int(np.count_nonzero(ids == token_id))
+            if num_placeholders == len(plan):  # one placeholder per item: each expands
+                length += sum(counts) - num_placeholders
+        if length > self.max_model_len:
+            raise ValueError(
+                f"the prompt would be {length} tokens with its media expanded, more than "
+                f"max_model_len={self.max_model_len} (refused before decoding)"
+            )
 
     def _split_prompt(self, prompt: Any):
         if isinstance(prompt, str):
@@ -146,7 +200,8 @@ class InputProcessor:
             raise ValueError("multi_modal_data must be a dict of modality -> item(s)")
         return text, token_ids, mm_data, uuids
 
-    def _process_modality(self, modality: str, raw_items: list, uuids) -> list[MMItem]:
+    def _plan_modality(self, modality: str, raw_items: list, uuids) -> list[_PlannedItem]:
+        """Check one modality's items without decoding: count, uuids, image sizes."""
         if modality not in _MODALITIES:
             raise ValueError(
                 f"unknown modality {modality!r}; expected one of {sorted(_MODALITIES)}"
@@ -164,27 +219,41 @@ class InputProcessor:
             raise ValueError(
                 f"multi_modal_uuids has {len(uuid_list)} {modality} entries for {len(raw_items)} items"
             )
-
-        items: list[MMItem | None] = [None] * len(raw_items)
-        to_process: list[tuple[int, Any, str]] = []
-        for i, (raw, uuid) in enumerate(zip(raw_items, uuid_list)):
+        plan = []
+        for raw, uuid in zip(raw_items, uuid_list):
             if isinstance(raw, dict) and "uuid" in raw:
                 uuid = raw["uuid"]
                 raw = raw.get("data", {k: v for k, v in raw.items() if k != "uuid"})
             if isinstance(raw, dict) and "image_embeds" in raw:
-                items[i] = self._embeds_item(modality, raw["image_embeds"], uuid)
+                item = self._embeds_item(modality, raw["image_embeds"], uuid)
+                plan.append(_PlannedItem(raw, uuid, item.num_embeds, item=item))
             elif isinstance(raw, dict) and "pixel_values" in raw:
-                items[i] = self._preprocessed_item(modality, raw, uuid)
+                item = self._preprocessed_item(modality, raw, uuid)
+                plan.append(_PlannedItem(raw, uuid, item.num_embeds, item=item))
+            elif modality == "image":
+                peeked = peek_image(raw, self.budget, self.allowed_local_media_path)
+                num_embeds = self.processor.num_embeds(modality, peeked.header)
+                plan.append(_PlannedItem(peeked.source, uuid, num_embeds, peeked=peeked))
             else:
-                media = load_image(
-                    raw,
-                    allowed_local_media_path=self.allowed_local_media_path,
-                    max_pixels=self.max_image_pixels,
-                )
-                identifier = uuid or hash_item(
-                    media, model=self.model_id, **self.mm_processor_kwargs
-                )
-                to_process.append((i, media, identifier))
+                plan.append(_PlannedItem(raw, uuid, None))
+        return plan
+
+    def _process_modality(self, modality: str, plan: list[_PlannedItem]) -> list[MMItem]:
+        """Decode and process one modality's planned items (processor cache first)."""
+        items: list[MMItem | None] = [p.item for p in plan]
+        if self.media_pool is not None and modality == "image":
+            return self._process_in_pool(modality, plan, items)
+        to_process: list[tuple[int, Any, str]] = []
+        for i, p in enumerate(plan):
+            if p.item is not None:
+                continue
+            media = load_image(
+                p.source,
+                allowed_local_media_path=self.allowed_local_media_path,
+                max_pixels=self.max_image_pixels,
+            )
+            identifier = p.uuid or hash_item(media, model=self.model_id, **self.mm_processor_kwargs)
+            to_process.append((i, media, identifier))
 
         misses = []
         for i, media, identifier in to_process:
@@ -202,6 +271,27 @@ class InputProcessor:
                 items[i] = MMItem(
                     modality, identifier, self.processor.num_embeds(modality, media), data=data
                 )
+        return [it for it in items if it is not None]
+
+    def _process_in_pool(
+        self, modality: str, plan: list[_PlannedItem], items: list[MMItem | None]
+    ) -> list[MMItem]:
+        """Decode and process in the worker processes (items named by a uuid and already in
+        the processor cache are not sent)."""
+        pending = []
+        for i, p in enumerate(plan):
+            if p.item is not None:
+                continue
+            cached = self.cache.get(p.uuid) if p.uuid else None
+            if cached is not None:
+                items[i] = MMItem(modality, p.uuid, p.num_embeds, data=cached)
+            else:
+                pending.append(i)
+        results = self.media_pool.process_images([plan[i].source for i in pending])
+        for i, (identifier, num_embeds, data) in zip(pending, results):
+            identifier = plan[i].uuid or identifier
+            self.cache.put(identifier, data)
+            items[i] = MMItem(modality, identifier, num_embeds, data=data)
         return [it for it in items if it is not None]
 
     def _embeds_item(self, modality: str, embeds, uuid) -> MMItem:

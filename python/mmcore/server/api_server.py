@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from mmcore.listen_socket import bind_socket
+from mmcore.multimodal.media_processes import MediaProcessPool
 from mmcore.server.async_engine import AsyncEngine, EngineDeadError
 from mmcore.server.errors import install_error_handlers
 from mmcore.server.media_fetch import MediaPolicy
@@ -53,6 +54,10 @@ class ServerConfig:
             with ``Retry-After`` (None: no limit).
         metrics_need_api_key: ``/metrics`` needs the API key too.
         max_header_bytes: largest request head (request line + headers); 431 beyond.
+        max_request_pixels: most image pixels in one request, checked from image headers
+            before decoding (None: the engine's default).
+        media_processes: worker processes that decode and process images (0: the input
+            threads do, in the server process).
     """
 
     # Defaults come from the server's options (mmcore.server_args), their one home.
@@ -69,6 +74,8 @@ class ServerConfig:
     max_waiting_requests: int | None = ServerArgs.max_waiting_requests
     metrics_need_api_key: bool = ServerArgs.metrics_need_api_key
     max_header_bytes: int = ServerArgs.max_header_bytes
+    max_request_pixels: int | None = ServerArgs.max_request_pixels
+    media_processes: int = 0
 
 
 def build_app(engine: Any, config: ServerConfig) -> FastAPI:
@@ -97,10 +104,26 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     async def lifespan(_app: FastAPI):
         async_engine.start()
         state.admission.max_running = async_engine.engine.config.max_num_seqs
+        inputs = async_engine.engine.inputs
+        if config.max_request_pixels is not None:
+            inputs.budget.max_request_pixels = config.max_request_pixels
+        if config.media_processes > 0:
+            inputs.media_pool = MediaProcessPool(
+                inputs.processor,
+                config.media_processes,
+                model_id=inputs.model_id,
+                mm_processor_kwargs=inputs.mm_processor_kwargs,
+                max_image_pixels=inputs.max_image_pixels,
+                allowed_local_media_path=inputs.allowed_local_media_path,
+            )
+            inputs.media_pool.warm_up()
         try:
             yield
         finally:
             async_engine.shutdown(timeout=config.shutdown_timeout_s)
+            if inputs.media_pool is not None:
+                inputs.media_pool.shutdown()
+                inputs.media_pool = None
 
     app = FastAPI(title="mmcore", lifespan=lifespan)
     app.state.server = state
