@@ -138,6 +138,22 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
     )
 
 
+def _cpu_placement(args: argparse.Namespace, server_args: ServerArgs):
+    """The CPU placement of ``mmcore serve`` on a CPU host (None on a GPU host or when off);
+    sets OpenMP's environment, so it runs before torch is imported."""
+    import os
+
+    from mmcore.engine.cpu_placement import plan_cpu_placement, set_openmp_environment
+
+    device = str(getattr(args, "device", "auto") or "auto")
+    on_cpu = device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl"))
+    if not (server_args.cpu_placement and on_cpu):
+        return None
+    placement = plan_cpu_placement()
+    set_openmp_environment(placement)
+    return placement
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from mmcore.listen_socket import bind_socket
 
@@ -149,6 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock = bind_socket(server_args.host, server_args.port)
     except OSError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
+    placement = _cpu_placement(args, server_args)  # before torch loads OpenMP
     from mmcore import Engine
     from mmcore.hub import resolve_model_path
     from mmcore.server import run_server
@@ -170,6 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     config = server_config(engine_args, server_args, local_dir)
+    config.cpu_placement = placement
     engine_args = dataclasses.replace(engine_args, model=local_dir)
     try:
         # Built on the engine thread that runs it (one OpenMP team on CPU hosts).

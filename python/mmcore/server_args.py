@@ -52,6 +52,11 @@ class ServerArgs:
         help="worker processes that decode and process images, so that work never holds the "
         "server's GIL (0: input threads do it in the server process)",
     )
+    cpu_placement: bool = option(
+        True,
+        help="on a CPU host, pin the engine's compute threads to all cores of the process but "
+        "one, keep that one for HTTP and input work, and let OpenMP wait passively",
+    )
     metrics_need_api_key: bool = option(False, help="/metrics needs the API key too")
     max_header_bytes: int = option(
         16 << 10, help="largest request line + headers in bytes (431 above)"

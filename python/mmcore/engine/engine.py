@@ -126,6 +126,7 @@ class Engine:
         self._in_flight: tuple[Any, PendingSample] | None = None
         self._input_pool: ThreadPoolExecutor | None = None  # generate()'s input workers
         self.num_generated_tokens = 0  # read by the stats logger
+        self.num_prompt_tokens = 0  # prompt tokens accepted (each of n completions counts)
         self._stat_logger = None if engine_args.disable_log_stats else StatLogger(self)
         log_startup(self, time.perf_counter() - started)
 
@@ -208,6 +209,7 @@ class Engine:
             raise
         tracker.core_ids = core_ids
         self._trackers[request_id] = tracker
+        self.num_prompt_tokens += num_prompt * params.n
 
     def _add_core(
         self,

@@ -29,11 +29,14 @@ class MediaBudget:
         max_image_pixels: largest width x height of one image.
         max_request_pixels: largest total width x height over a request's images.
         max_bytes: largest encoded image read from a file or URL.
+        max_aspect_ratio: longest side / shortest side at most: processors resize the short
+            side up, so a 1 x 20000 image would become billions of pixels.
     """
 
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     max_request_pixels: int = DEFAULT_MAX_REQUEST_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
+    max_aspect_ratio: float = 200.0
 
     def __post_init__(self) -> None:
         for name in ("max_image_pixels", "max_request_pixels", "max_bytes"):
@@ -99,6 +102,13 @@ def peek_image(raw: Any, budget: MediaBudget, allowed_local_media_path: str | No
         raise ValueError(
             f"an image is {width}x{height} = {width * height} pixels, more than the "
             f"{budget.max_image_pixels} allowed (refused before decoding)"
+        )
+    if min(width, height) < 1:
+        raise ValueError(f"an image is {width}x{height}: it has no pixels")
+    if max(width, height) > budget.max_aspect_ratio * min(width, height):
+        raise ValueError(
+            f"an image is {width}x{height}, more elongated than the {budget.max_aspect_ratio:g}:1 "
+            "aspect ratio allowed (refused before decoding)"
         )
     return PeekedImage(source, header, width, height)
 

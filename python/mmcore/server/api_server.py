@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from mmcore.engine.cpu_placement import CpuPlacement, pin_compute_thread, pin_current_thread
 from mmcore.listen_socket import bind_socket
 from mmcore.multimodal.media_processes import MediaProcessPool
 from mmcore.server.async_engine import AsyncEngine, EngineDeadError
@@ -58,6 +59,8 @@ class ServerConfig:
             before decoding (None: the engine's default).
         media_processes: worker processes that decode and process images (0: the input
             threads do, in the server process).
+        cpu_placement: on a CPU host, the cores of the engine thread (compute) and of the
+            HTTP and input threads (None: no pinning).
     """
 
     # Defaults come from the server's options (mmcore.server_args), their one home.
@@ -76,6 +79,7 @@ class ServerConfig:
     max_header_bytes: int = ServerArgs.max_header_bytes
     max_request_pixels: int | None = ServerArgs.max_request_pixels
     media_processes: int = 0
+    cpu_placement: CpuPlacement | None = None
 
 
 def build_app(engine: Any, config: ServerConfig) -> FastAPI:
@@ -89,7 +93,12 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     Returns:
         The app; ``app.state.server`` is its :class:`ServerState`.
     """
-    async_engine = AsyncEngine(engine, input_workers=config.input_workers)
+    placement = config.cpu_placement
+    async_engine = AsyncEngine(
+        engine,
+        input_workers=config.input_workers,
+        thread_setup=(lambda: pin_compute_thread(placement)) if placement else None,
+    )
     state = ServerState(
         engine=async_engine,
         metrics=ServerMetrics(async_engine.stats),
@@ -102,6 +111,8 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if placement is not None:  # the event loop, and the threads it starts, on I/O cores
+            pin_current_thread(placement.io_cores)
         async_engine.start()
         state.admission.max_running = async_engine.engine.config.max_num_seqs
         inputs = async_engine.engine.inputs
@@ -188,7 +199,8 @@ class _GracefulServer(uvicorn.Server):
                 log_level=config.log_level,
                 timeout_graceful_shutdown=config.shutdown_timeout_s + _ABORT_GRACE_S,
                 lifespan="on",
-                h11_max_incomplete_event_size=config.max_header_bytes,
+                # Above the middleware's 431 limit, so clients normally get a JSON error body.
+                h11_max_incomplete_event_size=2 * config.max_header_bytes,
             )
         )
         self._engine: AsyncEngine = app.state.server.engine

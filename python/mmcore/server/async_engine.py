@@ -187,9 +187,16 @@ class AsyncEngine:
             and runs the engine: on a CPU a model built on one thread and run on another pays
             for two OpenMP thread teams (measured 1.7x slower per step on a 2-core machine).
         input_workers: threads for input processing (media decode, image processor).
+        thread_setup: called first on the engine thread (e.g. to pin it to compute cores).
     """
 
-    def __init__(self, engine: Any, input_workers: int = 2) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        input_workers: int = 2,
+        thread_setup: Callable[[], None] | None = None,
+    ) -> None:
+        self._thread_setup = thread_setup
         self._factory: Callable[[], Any] | None = engine if callable(engine) else None
         self.engine = None if self._factory is not None else engine
         self._ready = threading.Event()
@@ -335,6 +342,8 @@ class AsyncEngine:
     def _abort(self, request_id: str) -> None:
         """Abort in the engine; a listening consumer sees ``finish_reason="abort"``."""
         active = self._active.pop(request_id, None)
+        if active is not None:
+            logger.info("request %s aborted", request_id)
         self.engine.abort_request(request_id)
         if active is not None:
             deltas = [
@@ -365,6 +374,7 @@ class AsyncEngine:
             self._send(active, exc)
             return True
         self._active[request_id] = active
+        logger.debug("request %s added (%d prompt tokens)", request_id, len(processed.token_ids))
         self._send(active, _Accepted())
         return True
 
@@ -390,6 +400,7 @@ class AsyncEngine:
             if active is None:
                 continue
             if output.error is not None:
+                logger.warning("request %s failed: %s", output.request_id, output.error)
                 del self._active[output.request_id]
                 self._send(active, RequestFailedError(output.error))
                 continue
@@ -414,6 +425,8 @@ class AsyncEngine:
 
     def _run(self) -> None:
         try:
+            if self._thread_setup is not None:
+                self._thread_setup()
             if self._factory is not None:
                 self.engine = self._factory()
                 self._publish_stats()

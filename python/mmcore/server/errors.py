@@ -60,9 +60,7 @@ def error_body(status: int, message: str, code: str | None = None) -> dict:
 def error_response(
     status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """A JSON error response with the OpenAI error body; 4xx reasons are logged."""
-    if 400 <= status < 500:
-        logger.info("%d %s: %s", status, code or "error", message)
+    """A JSON error response with the OpenAI error body."""
     return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
 
 
@@ -74,20 +72,33 @@ def _format_validation_error(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+def _log_refusal(request: Request, status: int, message: str) -> None:
+    """Log why a request was refused (4xx), with the client and route, for operators."""
+    if 400 <= status < 500:
+        client = request.client.host if request.client else "-"
+        logger.info(
+            "%s %s from %s -> %d: %s", request.method, request.url.path, client, status, message
+        )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every failure to an OpenAI error body; validation errors are 400, never 422."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        _log_refusal(request, exc.status, exc.message)
         return error_response(exc.status, exc.message, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, _format_validation_error(exc), "invalid_value")
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = _format_validation_error(exc)
+        _log_refusal(request, 400, message)
+        return error_response(400, message, "invalid_value")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        _log_refusal(request, exc.status_code, message)
         return error_response(exc.status_code, message)
 
     @app.exception_handler(Exception)
