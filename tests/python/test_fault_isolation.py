@@ -143,7 +143,7 @@ def test_out_of_memory_aborts_the_newest_and_lowers_the_batch_limit(
     assert reasons[-1] == "error" and "out of memory" in outputs[-1].error
     survivors = [o.outputs[0].token_ids for o, r in zip(outputs[:3], reasons) if r != "error"]
     assert survivors and all(t in reference for t in survivors)
-    assert engine.scheduler.max_num_seqs < 8
+    assert engine.scheduler.max_num_seqs == 2  # half of the 4 requests of the failed step
     _assert_clean(engine)
 
 

@@ -269,8 +269,10 @@ class Engine:
         except RequestFault as fault:
             return recover_failed_step(self, out, fault.core_ids, fault)
         except torch.OutOfMemoryError as exc:
+            outputs = recover_failed_step(self, out, newest_requests(out.req_ids.tolist()), exc)
+            # Fewer requests per step from now on (set once the step's requests are out).
             self.scheduler.set_max_num_seqs(max(1, out.num_reqs // 2))
-            return recover_failed_step(self, out, newest_requests(out.req_ids.tolist()), exc)
+            return outputs
         if not self.async_scheduling:
             return self._apply(out, pending.resolve())
         previous, self._in_flight = self._in_flight, (out, pending) if out.num_reqs else None
