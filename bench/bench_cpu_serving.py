@@ -131,11 +131,14 @@ def run_served(model: str, n: int, max_tokens: int, placement: bool) -> float:
             }
             for i in range(n)
         ]
-        asyncio.run(_send_all(url, bodies[:2]))  # warm-up
+        asyncio.run(_send_all(url, bodies[:4]))  # warm-up (media worker processes start)
         return asyncio.run(_send_all(url, bodies))
     finally:
         server.terminate()
-        server.wait(30)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def main() -> None:

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 _worker_processor: Any = None
 _worker_options: dict[str, Any] = {}
+# Processed tensors of recent images, by content identifier (a repeated image skips the
+# processor, as the in-process processor cache does).
+_worker_cache: OrderedDict[str, dict] = OrderedDict()
+_WORKER_CACHE_ITEMS = 64
 
 
 def _init_worker(processor_bytes: bytes, options: dict[str, Any]) -> None:
@@ -40,7 +45,14 @@ def _process_image(source: Any) -> tuple[str, int, dict]:
         max_pixels=opts["max_image_pixels"],
     )
     identifier = hash_item(image, model=opts["model_id"], **opts["mm_processor_kwargs"])
-    data = _worker_processor.process("image", [image])[0]
+    data = _worker_cache.get(identifier)
+    if data is None:
+        data = _worker_processor.process("image", [image])[0]
+        _worker_cache[identifier] = data
+        if len(_worker_cache) > _WORKER_CACHE_ITEMS:
+            _worker_cache.popitem(last=False)
+    else:
+        _worker_cache.move_to_end(identifier)
     return identifier, _worker_processor.num_embeds("image", image), data
 
 
