@@ -7,13 +7,14 @@
 # server's own HTTP stack): install it in a venv of its own, e.g.
 #   python -m venv --system-site-packages /tmp/glvenv && /tmp/glvenv/bin/pip install guidellm
 # and point GUIDELLM at its CLI. Environment: GUIDELLM (default: guidellm on PATH), STREAMS
-# (concurrent streams, 8), REQUESTS (64), IMAGE (336x336), PROMPT_TOKENS (48), OUTPUT_TOKENS
+# (concurrent streams, 8), REQUESTS (64), IMAGE_WIDTH x IMAGE_HEIGHT (336), PROMPT_TOKENS (48), OUTPUT_TOKENS
 # (16), DEVICE (cpu), OUT (guidellm_results.json).
 set -euo pipefail
 GUIDELLM=${GUIDELLM:-guidellm}
 STREAMS=${STREAMS:-8}
 REQUESTS=${REQUESTS:-64}
-IMAGE=${IMAGE:-336x336}
+IMAGE_WIDTH=${IMAGE_WIDTH:-336}
+IMAGE_HEIGHT=${IMAGE_HEIGHT:-336}
 PROMPT_TOKENS=${PROMPT_TOKENS:-48}
 OUTPUT_TOKENS=${OUTPUT_TOKENS:-16}
 DEVICE=${DEVICE:-cpu}
@@ -33,8 +34,8 @@ done
 "$GUIDELLM" run \
   --backend "kind=openai_http,target=http://127.0.0.1:$PORT,model=$MODEL,request_format=/v1/chat/completions" \
   --profile "kind=concurrent,streams=$STREAMS" \
-  --constraint "kind=max_requests,value=$REQUESTS" \
-  --data "kind=synthetic_image,resolution=$IMAGE,images_per_request=1,output_tokens=$OUTPUT_TOKENS" \
+  --constraint "kind=max_requests,count=$REQUESTS" \
+  --data "kind=synthetic_image,width=$IMAGE_WIDTH,height=$IMAGE_HEIGHT,images_per_request=1,output_tokens=$OUTPUT_TOKENS" \
   --data "kind=synthetic_text,prompt_tokens=$PROMPT_TOKENS,output_tokens=$OUTPUT_TOKENS" \
   --output "kind=json,path=$OUT" \
   --disable-console-interactive

@@ -119,5 +119,5 @@ class MediaProcessPool:
         return [f.result() for f in futures]
 
     def shutdown(self) -> None:
-        """Stop the workers (pending tasks are cancelled)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the workers (pending tasks are cancelled) and wait for them to exit."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
