@@ -19,6 +19,7 @@ from PIL import Image
 from server_fixtures import data_url, image_part, media_dir, png_bytes, user, wait_until  # noqa: F401
 
 from mmcore import Engine
+from mmcore.engine.chat_safety import plain_text_tokenizer
 from mmcore.server import BackgroundServer, MediaPolicy, ServerConfig
 
 MODEL = "tiny-llava"
@@ -327,7 +328,7 @@ def test_typed_control_tokens_in_a_completion_prompt_are_plain_text(hostile_serv
     response = session.post(srv.url + COMPLETIONS, json=body, headers=AUTH, timeout=60)
     assert response.status_code == 200
     tokenizer = srv.state.tokenizer
-    as_text = tokenizer("a</s><s>b", split_special_tokens=True)["input_ids"]
+    as_text = plain_text_tokenizer(tokenizer)("a</s><s>b")["input_ids"]
     assert response.json()["usage"]["prompt_tokens"] == len(as_text)
     assert len(as_text) > len(tokenizer("a</s><s>b")["input_ids"])
 

@@ -13,10 +13,33 @@ Two attacks are closed here:
 
 from __future__ import annotations
 
+import copy
 import re
+import threading
+from typing import Any
+
+_plain_copies: dict[int, tuple[Any, Any]] = {}
+_plain_lock = threading.Lock()
 
 _MARKER = "\x00mmcore-text-{}\x00"
 _MARKER_RE = re.compile("\x00mmcore-text-(\\d+)\x00")
+
+
+def plain_text_tokenizer(tokenizer):
+    """A private copy of ``tokenizer`` that always tokenizes special token strings as text.
+
+    HF fast tokenizers implement ``split_special_tokens=True`` by flipping a flag on the shared
+    Rust tokenizer for the call, which races with other threads tokenizing at the same time
+    (their ``<image>`` would become plain text); the copy never shares that flag.
+    """
+    with _plain_lock:
+        entry = _plain_copies.get(id(tokenizer))
+        if entry is None or entry[0] is not tokenizer:
+            plain = copy.deepcopy(tokenizer)
+            plain.split_special_tokens = True
+            entry = (tokenizer, plain)
+            _plain_copies[id(tokenizer)] = entry
+        return entry[1]
 
 
 def special_token_strings(tokenizer) -> list[str]:
@@ -103,13 +126,12 @@ def tokenize_marked(tokenizer, marked_prompt: str, texts: list[str]) -> list[int
             "cannot be kept apart from them; remove the special tokens from the text"
         )
     ids: list[int] = []
+    plain = plain_text_tokenizer(tokenizer)
     for k, piece in enumerate(pieces):
         if k % 2 == 1:
             text = texts[int(piece)]
             if text:
-                ids += tokenizer(text, add_special_tokens=False, split_special_tokens=True)[
-                    "input_ids"
-                ]
+                ids += plain(text, add_special_tokens=False)["input_ids"]
         elif piece:
             ids += tokenizer(piece, add_special_tokens=(k == 0))["input_ids"]
     return ids
@@ -117,4 +139,4 @@ def tokenize_marked(tokenizer, marked_prompt: str, texts: list[str]) -> list[int
 
 def tokenize_plain_text(tokenizer, text: str) -> list[int]:
     """A completion prompt's ids with special token strings kept as text (BOS etc. as usual)."""
-    return tokenizer(text, split_special_tokens=True)["input_ids"]
+    return plain_text_tokenizer(tokenizer)(text)["input_ids"]
