@@ -46,7 +46,9 @@ def test_help_names_the_demo_model(capsys):
 def _served_config(monkeypatch, argv):
     captured = {}
     monkeypatch.setattr(
-        mmcore.server, "run_server", lambda engine, config: captured.update(config=config)
+        mmcore.server,
+        "run_server",
+        lambda engine, config, sock=None: captured.update(config=config),
     )
     assert main(argv) == 0
     return captured["config"]

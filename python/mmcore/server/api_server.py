@@ -140,8 +140,8 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
                 config.media_processes,
                 model_id=inputs.model_id,
                 mm_processor_kwargs=inputs.mm_processor_kwargs,
-                max_image_pixels=inputs.max_image_pixels,
-                allowed_local_media_path=inputs.allowed_local_media_path,
+                max_image_pixels=inputs.media_options.max_image_pixels,
+                allowed_local_media_path=inputs.media_options.allowed_local_media_path,
             )
             inputs.media_pool.warm_up()
         try:
