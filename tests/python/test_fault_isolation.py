@@ -34,10 +34,10 @@ def _mm_prompt(image: Image.Image, text: str) -> dict:
 def poisoned_sampler(monkeypatch):
     real = runner_module.sample_on_device
 
-    def sample(logits, params, generators, to_device=None):
-        if any(p.seed == POISON_SEED for p in params):
+    def sample(logits, rows, **kwargs):
+        if any(r.params.seed == POISON_SEED for r in rows):
             raise RuntimeError("injected sampler fault")
-        return real(logits, params, generators, to_device)
+        return real(logits, rows, **kwargs)
 
     monkeypatch.setattr(runner_module, "sample_on_device", sample)
 
@@ -81,11 +81,11 @@ def test_fault_mid_generation_recomputes_the_others(engine, reference, monkeypat
     real = runner_module.sample_on_device
     calls = {"n": 0}
 
-    def sample(logits, params, generators, to_device=None):
+    def sample(logits, rows, **kwargs):
         calls["n"] += 1
-        if calls["n"] > 3 and any(p.seed == POISON_SEED for p in params):
+        if calls["n"] > 3 and any(r.params.seed == POISON_SEED for r in rows):
             raise RuntimeError("late fault")
-        return real(logits, params, generators, to_device)
+        return real(logits, rows, **kwargs)
 
     monkeypatch.setattr(runner_module, "sample_on_device", sample)
     late = SamplingParams(temperature=0.0, seed=POISON_SEED, max_tokens=20, ignore_eos=True)

@@ -37,9 +37,8 @@ def fail_request(engine: Engine, core_id: int, exc: BaseException) -> str | None
     message = f"the engine failed this request: {type(exc).__name__}: {exc}"
     logger.warning("request %s: %s", tracker.request_id, message)
     tracker.error = tracker.error or message
-    for other, completion in zip(tracker.core_ids, tracker.outputs):
-        if not completion.finished:
-            completion.finish_reason = "error"
+    for index, other in enumerate(tracker.core_ids):
+        tracker.finish(index, "error")  # completions that already finished keep their reason
         if other in engine._core_to_tracker:
             engine._drop_core(other, "abort")
     return tracker.request_id
@@ -55,6 +54,9 @@ def fail_completion(engine: Engine, core_id: int, exc: BaseException) -> None:
 def _recompute(engine: Engine, core_id: int) -> None:
     """Re-add one completion as prompt + its tokens so far, under a new core id."""
     tracker, index = engine._core_to_tracker[core_id]
+    if core_id in engine.structured_outputs:  # its grammar state cannot be replayed: fail it
+        fail_request(engine, core_id, RuntimeError("its step failed under a grammar"))
+        return
     state = engine.runner.requests.get(core_id)
     generated = tracker.outputs[index].token_ids
     engine._drop_core(core_id, "abort")
