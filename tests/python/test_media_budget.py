@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from server_fixtures import MODEL_NAME, data_url, image_part, user
 
-import mmcore.engine.inputs as inputs_module
+import mmcore.multimodal.media as media_module
 from mmcore import Engine
 from mmcore.multimodal.media_budget import MediaBudget
 from mmcore.multimodal.media_processes import MediaProcessPool
@@ -39,9 +39,9 @@ def engine(tiny_llava_dir):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = inputs_module.load_image
+    real = media_module.load_image  # what the processor's image loader decodes with
     monkeypatch.setattr(
-        inputs_module, "load_image", lambda *a, **k: calls.append(1) or real(*a, **k)
+        media_module, "load_image", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     return calls
 

@@ -128,12 +128,20 @@ def test_bad_completion_prompt_token_ids(server):
 
 
 def test_placeholder_text_in_a_completion_prompt_creates_no_image_slot(server):
+    from mmcore.engine.chat_safety import tokenize_plain_text
+
+    text = "USER: <image> what is this?"
     response = requests.post(
         server.url + "/v1/completions",
-        json={"model": MODEL_NAME, "prompt": "USER: <image> what is this?", "max_tokens": 2},
+        json={"model": MODEL_NAME, "prompt": text, "max_tokens": 2},
         timeout=60,
     )
-    _assert_error(response, 400, "<image>")
+    # Typed "<image>" is plain text: no image slot, so no image is missing either.
+    assert response.status_code == 200, response.text
+    tokenizer = server.state.engine.engine.tokenizer
+    plain = tokenize_plain_text(tokenizer, text)
+    assert tokenizer.convert_tokens_to_ids("<image>") not in plain
+    assert response.json()["usage"]["prompt_tokens"] == len(plain)
     _assert_still_serving(server)
 
 

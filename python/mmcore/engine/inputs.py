@@ -184,6 +184,16 @@ class InputProcessor:
             mrope=self.processor.mrope_positions(expanded_ids, ordered),
         )
 
+    @property
+    def max_image_pixels(self) -> int:
+        """Largest image (and video frame) in pixels, refused before decoding above it."""
+        return self.media_options.max_image_pixels
+
+    @property
+    def allowed_local_media_path(self) -> str | None:
+        """Folder local media paths must lie in (None: no local files)."""
+        return self.media_options.allowed_local_media_path
+
     def _check_fits(self, ids: np.ndarray, plans: dict[str, list[_PlannedItem]]) -> None:
         """Refuse, before any image decoding, a prompt whose expansion cannot fit."""
         length = len(ids)
@@ -197,8 +207,9 @@ class InputProcessor:
                 length += sum(counts) - num_placeholders
         if length > self.max_model_len:
             raise ValueError(
-                f"the prompt would be {length} tokens with its media expanded, more than "
-                f"max_model_len={self.max_model_len} (refused before decoding)"
+                f"the prompt is longer than the maximum prompt length: {length} tokens with its "
+                f"media expanded, more than max_model_len={self.max_model_len} (refused before "
+                "decoding)"
             )
 
     def _split_prompt(self, prompt: Any):
