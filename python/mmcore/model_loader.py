@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from mmcore.layers.sharded_weights import LazyWeight
 from mmcore.multimodal.registry import get_model_class
 
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
@@ -38,16 +39,15 @@ def safetensors_files(model_dir: str) -> list[str]:
     return files
 
 
-def iterate_safetensors(
-    files: list[str], device: torch.device
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) of every tensor, materialized directly on ``device``."""
+def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, LazyWeight]]:
+    """Yield (name, lazy tensor) of every tensor; nothing is read until a layer slices it, so a
+    tensor-parallel rank reads only its shard of each weight."""
     from safetensors import safe_open
 
     for path in files:
-        with safe_open(path, framework="pt", device=str(device)) as f:
+        with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                yield name, f.get_tensor(name)
+                yield name, LazyWeight(f, name)
 
 
 def _is_norm_scale(name: str, param: torch.Tensor) -> bool:
@@ -105,5 +105,5 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model, seed)
     else:
-        model.load_weights(iterate_safetensors(safetensors_files(model_dir), device))
+        model.load_weights(iterate_safetensors(safetensors_files(model_dir)))
     return model.eval().requires_grad_(False), hf_config
