@@ -10,13 +10,12 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
-from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
-from mmcore.engine.runner import kv_bytes_per_block
-from mmcore.model_loader import load_model
+from mmcore.executor.base import ParallelConfig, create_executor
+from mmcore.executor.model_setup import KVSizing, ModelSpec
+from mmcore.model_loader import LOAD_FORMATS
 from mmcore.multimodal.processor_cache import ProcessorCache
 from mmcore.multimodal.registry import get_processor_class
 
-_CPU_KV_CACHE_BYTES = 2 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ENGINE_ARGS = {
     "dtype",
@@ -37,6 +36,9 @@ _ENGINE_ARGS = {
     "processor_cache_bytes",
     "enforce_eager",
     "async_scheduling",
+    "tensor_parallel_size",
+    "distributed_executor_backend",
+    "mm_encoder_tp_mode",
 }
 
 
@@ -61,7 +63,9 @@ class EngineConfig:
     eos_token_ids: list[int]
     scheduler_config: Any
     tokenizer: Any
-    model: Any
+    model: Any  # the model when it runs in this process (executor "uni"), else None
+    executor: Any
+    parallel: ParallelConfig
     processor: Any
     processor_cache: ProcessorCache
 
@@ -132,10 +136,16 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
     seed = int(get("seed", 0))
     torch.manual_seed(seed)
 
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    net, hf_config = load_model(
-        model, dtype=dtype, device=device, load_format=get("load_format", "auto")
+    parallel = ParallelConfig(
+        tensor_parallel_size=get("tensor_parallel_size", 1),
+        distributed_executor_backend=get("distributed_executor_backend"),
+        mm_encoder_tp_mode=get("mm_encoder_tp_mode", "weights"),
     )
+    parallel.validate()
+    load_format = get("load_format", "auto")
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"unknown load_format {load_format!r}; choose one of {LOAD_FORMATS}")
+    tokenizer = AutoTokenizer.from_pretrained(model)
     processor = get_processor_class(hf_config.model_type)(
         model, hf_config, tokenizer, get("mm_processor_kwargs")
     )
@@ -168,27 +178,31 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
     )
     encoder_budget = max(int(max_batched), largest_item)
 
-    block_bytes = kv_bytes_per_block(net, block_size, dtype)
-    kv_bytes = get("kv_cache_memory")
-    if kv_bytes is None and device.type == "cuda":
-        peak = profile_peak_activation_bytes(
-            net,
-            processor,
-            num_tokens=int(max_batched),
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            block_size=block_size,
-            encoder_budget=encoder_budget,
-            kv_dtype=dtype,
-        )
-        kv_bytes = gpu_kv_cache_bytes(device, float(get("gpu_memory_utilization", 0.9)), peak)
-    elif kv_bytes is None:
-        kv_bytes = _CPU_KV_CACHE_BYTES
-    num_blocks = int(kv_bytes) // block_bytes
-    # No point holding more than every sequence at full length.
-    num_blocks = min(num_blocks, max_num_seqs * -(-max_model_len // block_size) + 1)
-    if num_blocks < 1:
-        raise ValueError(f"kv_cache_memory={kv_bytes} holds no KV block of {block_bytes} bytes")
+    sizing = KVSizing(
+        block_size=block_size,
+        kv_cache_memory=get("kv_cache_memory"),
+        gpu_memory_utilization=float(get("gpu_memory_utilization", 0.9)),
+        max_num_batched_tokens=int(max_batched),
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        encoder_budget=encoder_budget,
+    )
+    spec = ModelSpec(
+        model_path=os.path.abspath(model),
+        dtype=dtype,
+        load_format=load_format,
+        seed=0,  # dummy weights are the same for every engine seed
+        mm_processor_kwargs=get("mm_processor_kwargs"),
+    )
+    enforce_eager = bool(get("enforce_eager", False))
+    executor = create_executor(
+        parallel,
+        spec,
+        sizing,
+        device=device,
+        cuda_graph_max_seqs=0 if enforce_eager else max_num_seqs,
+    )
+    num_blocks = executor.num_blocks
 
     sc = _core.SchedulerConfig()
     sc.num_blocks = num_blocks
@@ -209,7 +223,7 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         block_size=block_size,
         num_blocks=num_blocks,
         max_num_seqs=max_num_seqs,
-        enforce_eager=bool(get("enforce_eager", False)),
+        enforce_eager=enforce_eager,
         async_scheduling=bool(
             device.type == "cuda" if get("async_scheduling") is None else get("async_scheduling")
         ),
@@ -221,7 +235,9 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         eos_token_ids=_eos_ids(hf_config, tokenizer, model),
         scheduler_config=sc,
         tokenizer=tokenizer,
-        model=net,
+        model=getattr(executor, "model", None),
+        executor=executor,
+        parallel=parallel,
         processor=processor,
         processor_cache=ProcessorCache(int(get("processor_cache_bytes", 1 << 30))),
     )

@@ -16,7 +16,7 @@ from mmcore import _core
 from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
-from mmcore.engine.runner import ModelRunner, RequestState
+from mmcore.engine.runner import RequestState
 from mmcore.outputs import CompletionOutput, RequestOutput
 from mmcore.sampling.detokenizer import IncrementalDetokenizer
 from mmcore.sampling.sampler import PendingSample, SampledBatch
@@ -77,6 +77,16 @@ class Engine:
             not-yet-known input ids are gathered on the device from step N's samples. Outputs
             are identical to the synchronous mode; each step() returns the results of the step
             launched before it.
+        tensor_parallel_size: shard the model over this many ranks (GPUs; worker processes on
+            CPU), see docs/distributed.md.
+        distributed_executor_backend: "mp" (a spawned worker per rank, the default above one
+            rank), "ray", or "uni" (in this process, one rank only).
+        mm_encoder_tp_mode: "weights" (shard the vision encoder like the LM) or "data" (each
+            rank runs the whole encoder on a share of the step's images).
+
+    Raises:
+        WorkerFailedError (a RuntimeError) from any call once a tensor-parallel worker died,
+        hung or failed; the message names the rank.
     """
 
     def __init__(self, model: str, **kwargs: Any) -> None:
@@ -95,14 +105,9 @@ class Engine:
             cache=cfg.processor_cache,
             allowed_local_media_path=cfg.allowed_local_media_path,
         )
-        self.runner = ModelRunner(
-            self.model,
-            num_blocks=cfg.num_blocks,
-            block_size=cfg.block_size,
-            kv_dtype=cfg.dtype,
-            cuda_graph_max_seqs=0 if cfg.enforce_eager else cfg.max_num_seqs,
-            max_model_len=cfg.max_model_len,
-        )
+        # Where the model runs: this process ("uni") or one worker per tensor-parallel rank.
+        self.executor = cfg.executor
+        self.runner = getattr(self.executor, "runner", None)  # in-process runner, if any
         self.scheduler = _core.Scheduler(cfg.scheduler_config)
         self._eos_token_ids = cfg.eos_token_ids
         self._trackers: dict[str, _Tracker] = {}
@@ -178,7 +183,7 @@ class Engine:
                     ignore_eos=params.ignore_eos,
                 )
                 added.append(core_id)
-                self.runner.add_request(
+                self.executor.add_request(
                     core_id,
                     RequestState(processed.items, params, self._generator(params, index, core_id)),
                 )
@@ -196,7 +201,7 @@ class Engine:
 
     def _drop_core(self, core_id: int, reason: str) -> None:
         self.scheduler.finish_request(core_id, reason)
-        self.runner.remove_request(core_id)
+        self.executor.remove_request(core_id)
         self._core_to_tracker.pop(core_id, None)
 
     def abort_request(self, request_id: str) -> None:
@@ -220,7 +225,7 @@ class Engine:
         what the previous step produced, read back after the new one was enqueued.
         """
         out = self.scheduler.schedule()
-        pending = self.runner.launch(out)
+        pending = self.executor.launch(out)
         if not self.async_scheduling:
             return self._apply(out, pending.resolve())
         previous, self._in_flight = self._in_flight, (out, pending) if out.num_reqs else None
@@ -269,7 +274,7 @@ class Engine:
             completion.finish_reason = reason
             if reason == "stop" and completion.token_ids:
                 completion.stop_reason = completion.token_ids[-1]
-            self.runner.remove_request(core_id)
+            self.executor.remove_request(core_id)
             touched[tracker.request_id] = tracker
         outputs = []
         for request_id, tracker in touched.items():
@@ -385,12 +390,17 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Counters of the core (KV blocks, prefix and encoder cache hits) and the runner."""
         stats = dict(self.scheduler.stats())
-        stats["encoder_runs"] = self.runner.num_encoder_runs
-        stats["cuda_graph_steps"] = self.runner.num_graph_steps
-        stats["overlapped_steps"] = self.runner.num_overlapped_steps
+        stats.update(self.executor.counters())
         stats["num_blocks"] = self.config.num_blocks
         return stats
 
     @property
     def max_model_len(self) -> int:
         return self.config.max_model_len
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (tensor parallel); the engine cannot run afterwards.
+
+        Workers also stop when the engine is garbage-collected or the interpreter exits.
+        """
+        self.executor.shutdown()

@@ -1,0 +1,117 @@
+"""The executor seam: what the engine calls instead of a model runner, and how to pick one.
+
+The engine keeps the scheduler, input processing and detokenizing; an executor owns the model
+(or its shards) and its KV cache. Both kinds offer the runner's calls::
+
+    add_request(req_id, state)   remove_request(req_id)   launch(step) -> pending
+    pending.resolve() -> SampledBatch   counters()   shutdown()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from mmcore.executor.model_setup import KVSizing, ModelSpec
+
+BACKENDS = ("uni", "mp", "ray")
+MM_ENCODER_TP_MODES = ("weights", "data")
+
+
+class WorkerFailedError(RuntimeError):
+    """A worker process died, hung or raised: the engine cannot go on.
+
+    Attributes:
+        rank: the tensor-parallel rank of the failed worker (None: not attributable to one).
+    """
+
+    def __init__(self, message: str, rank: int | None = None) -> None:
+        super().__init__(message)
+        self.rank = rank
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Engine options of the parallel layout (vLLM's names).
+
+    Attributes:
+        tensor_parallel_size: ranks the model is sharded over.
+        distributed_executor_backend: ``"uni"`` (in-process, one rank only), ``"mp"`` (spawned
+            local workers, the default for several ranks) or ``"ray"``.
+        mm_encoder_tp_mode: ``"weights"`` shards the vision encoder like the LM; ``"data"``
+            replicates it and splits each step's images over the ranks.
+    """
+
+    tensor_parallel_size: int = 1
+    distributed_executor_backend: str | None = None
+    mm_encoder_tp_mode: str = "weights"
+
+    @property
+    def backend(self) -> str:
+        if self.distributed_executor_backend is not None:
+            return self.distributed_executor_backend
+        return "uni" if self.tensor_parallel_size == 1 else "mp"
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bad option."""
+        size = self.tensor_parallel_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {size!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"distributed_executor_backend must be one of {BACKENDS}, got {self.backend!r}"
+            )
+        if self.backend == "uni" and size > 1:
+            raise ValueError("distributed_executor_backend='uni' runs one rank only")
+        if self.mm_encoder_tp_mode not in MM_ENCODER_TP_MODES:
+            raise ValueError(
+                f"mm_encoder_tp_mode must be one of {MM_ENCODER_TP_MODES}, "
+                f"got {self.mm_encoder_tp_mode!r}"
+            )
+
+
+class Executor(Protocol):
+    """What the engine needs from an executor (see the module docstring)."""
+
+    num_blocks: int
+
+    def add_request(self, req_id: int, state) -> None: ...
+    def remove_request(self, req_id: int) -> None: ...
+    def launch(self, out): ...
+    def counters(self) -> dict[str, int]: ...
+    def shutdown(self) -> None: ...
+
+
+def create_executor(
+    parallel: ParallelConfig,
+    spec: ModelSpec,
+    sizing: KVSizing,
+    *,
+    device,
+    cuda_graph_max_seqs: int,
+):
+    """Start the executor ``parallel`` asks for: load the model (shards), size the KV cache.
+
+    Args:
+        parallel: the parallel layout options (validated here).
+        spec: the model to build.
+        sizing: the KV cache budget.
+        device: the engine's device (workers use ``cuda:<rank>`` on CUDA).
+        cuda_graph_max_seqs: largest decode batch captured as a CUDA graph (0: eager).
+    """
+    parallel.validate()
+    if parallel.backend == "uni":
+        from mmcore.executor.uni import UniExecutor
+
+        return UniExecutor(spec, sizing, device=device, cuda_graph_max_seqs=cuda_graph_max_seqs)
+    if parallel.backend == "mp":
+        from mmcore.executor.mp import MultiprocExecutor
+
+        return MultiprocExecutor(
+            parallel, spec, sizing, device=device, cuda_graph_max_seqs=cuda_graph_max_seqs
+        )
+    from mmcore.executor.ray_executor import RayExecutor
+
+    return RayExecutor(
+        parallel, spec, sizing, device=device, cuda_graph_max_seqs=cuda_graph_max_seqs
+    )
