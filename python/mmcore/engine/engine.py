@@ -224,6 +224,7 @@ class Engine:
         With ``async_scheduling`` the step scheduled now is only launched: this call returns
         what the previous step produced, read back after the new one was enqueued.
         """
+        self.executor.check_health()  # a failed worker fails every later step the same way
         out = self.scheduler.schedule()
         pending = self.executor.launch(out)
         if not self.async_scheduling:

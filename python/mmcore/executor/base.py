@@ -4,7 +4,7 @@ The engine keeps the scheduler, input processing and detokenizing; an executor o
 (or its shards) and its KV cache. Both kinds offer the runner's calls::
 
     add_request(req_id, state)   remove_request(req_id)   launch(step) -> pending
-    pending.resolve() -> SampledBatch   counters()   shutdown()
+    pending.resolve() -> SampledBatch   counters()   check_health()   shutdown()
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Executor(Protocol):
     def remove_request(self, req_id: int) -> None: ...
     def launch(self, out): ...
     def counters(self) -> dict[str, int]: ...
+    def check_health(self) -> None: ...
     def shutdown(self) -> None: ...
 
 

@@ -173,6 +173,10 @@ class MultiprocExecutor:
         self._launched += 1
         return RemotePending(self, self._launched)
 
+    def check_health(self) -> None:
+        """Raise the :class:`WorkerFailedError` that stopped the workers, if any."""
+        self._raise_if_dead()
+
     def counters(self) -> dict[str, int]:
         """Rank 0's runner counters as of its last result."""
         return dict(self._counters)

@@ -50,6 +50,9 @@ class UniExecutor:
         """The runner's counters (encoder runs, CUDA graph steps, overlapped steps)."""
         return runner_counters(self.runner)
 
+    def check_health(self) -> None:
+        """In-process: nothing can fail apart from the call itself."""
+
     def shutdown(self) -> None:
         """Nothing to stop in-process."""
 
