@@ -12,22 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from mmcore.executor.errors import WorkerFailedError
 from mmcore.executor.model_setup import KVSizing, ModelSpec
+
+__all__ = ["WorkerFailedError", "ParallelConfig", "create_executor"]
 
 BACKENDS = ("uni", "mp", "ray")
 MM_ENCODER_TP_MODES = ("weights", "data")
-
-
-class WorkerFailedError(RuntimeError):
-    """A worker process died, hung or raised: the engine cannot go on.
-
-    Attributes:
-        rank: the tensor-parallel rank of the failed worker (None: not attributable to one).
-    """
-
-    def __init__(self, message: str, rank: int | None = None) -> None:
-        super().__init__(message)
-        self.rank = rank
 
 
 @dataclass(frozen=True)
