@@ -80,7 +80,7 @@ class Engine:
         tensor_parallel_size: shard the model over this many ranks (GPUs; worker processes on
             CPU), see docs/distributed.md.
         distributed_executor_backend: "mp" (a spawned worker per rank, the default above one
-            rank) or "uni" (in this process, one rank only).
+            rank), "ray" (Ray actors, across nodes) or "uni" (in this process, one rank only).
         mm_encoder_tp_mode: "weights" (shard the vision encoder like the LM) or "data" (each
             rank runs the whole encoder on a share of the step's images).
 

@@ -17,7 +17,7 @@ from mmcore.executor.model_setup import KVSizing, ModelSpec
 
 __all__ = ["WorkerFailedError", "ParallelConfig", "create_executor"]
 
-BACKENDS = ("uni", "mp")
+BACKENDS = ("uni", "mp", "ray")
 MM_ENCODER_TP_MODES = ("weights", "data")
 
 
@@ -27,8 +27,9 @@ class ParallelConfig:
 
     Attributes:
         tensor_parallel_size: ranks the model is sharded over.
-        distributed_executor_backend: ``"uni"`` (in-process, one rank only) or ``"mp"``
-            (spawned local workers, the default for several ranks).
+        distributed_executor_backend: ``"uni"`` (in-process, one rank only), ``"mp"``
+            (spawned local workers, the default for several ranks) or ``"ray"`` (Ray actors,
+            several nodes).
         mm_encoder_tp_mode: ``"weights"`` shards the vision encoder like the LM; ``"data"``
             replicates it and splits each step's images over the ranks.
     """
@@ -48,10 +49,6 @@ class ParallelConfig:
         size = self.tensor_parallel_size
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got {size!r}")
-        if self.backend == "ray":
-            raise ValueError(
-                "distributed_executor_backend='ray' is not supported yet; use 'mp' (one node)"
-            )
         if self.backend not in BACKENDS:
             raise ValueError(
                 f"distributed_executor_backend must be one of {BACKENDS}, got {self.backend!r}"
@@ -100,6 +97,12 @@ def create_executor(
         from mmcore.executor.uni import UniExecutor
 
         return UniExecutor(spec, sizing, device=device, cuda_graph_max_seqs=cuda_graph_max_seqs)
+    if parallel.backend == "ray":
+        from mmcore.executor.ray_executor import RayExecutor
+
+        return RayExecutor(
+            parallel, spec, sizing, device=device, cuda_graph_max_seqs=cuda_graph_max_seqs
+        )
     from mmcore.executor.mp import MultiprocExecutor
 
     return MultiprocExecutor(

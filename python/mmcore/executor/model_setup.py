@@ -122,3 +122,12 @@ def build_runner(model, spec: RunnerSpec) -> ModelRunner:
         cuda_graph_max_seqs=spec.cuda_graph_max_seqs,
         max_model_len=spec.max_model_len,
     )
+
+
+def runner_counters(runner) -> dict[str, int]:
+    """The runner's counters the engine reports in ``stats()``."""
+    return {
+        "encoder_runs": runner.num_encoder_runs,
+        "cuda_graph_steps": runner.num_graph_steps,
+        "overlapped_steps": runner.num_overlapped_steps,
+    }

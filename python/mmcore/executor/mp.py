@@ -133,6 +133,7 @@ class MultiprocExecutor:
                 status_name=self.status.name,
                 parent_pid=os.getpid(),
                 fingerprint=fingerprint,
+                device_index=rank,
             )
             process = ctx.Process(
                 target=worker_main, args=(args, sender), name=f"mmcore-tp{rank}", daemon=True

@@ -12,6 +12,7 @@ from mmcore.executor.model_setup import (
     load_model_shard,
     measure_kv_capacity,
     num_blocks_from_capacity,
+    runner_counters,
 )
 
 
@@ -55,11 +56,3 @@ class UniExecutor:
 
     def shutdown(self) -> None:
         """Nothing to stop in-process."""
-
-
-def runner_counters(runner) -> dict[str, int]:
-    return {
-        "encoder_runs": runner.num_encoder_runs,
-        "cuda_graph_steps": runner.num_graph_steps,
-        "overlapped_steps": runner.num_overlapped_steps,
-    }

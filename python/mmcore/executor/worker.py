@@ -27,6 +27,7 @@ from mmcore.executor.model_setup import (
     build_runner,
     load_model_shard,
     measure_kv_capacity,
+    runner_counters,
 )
 from mmcore.executor.shm_queue import ShmBroadcastQueue
 from mmcore.executor.step_codec import KIND_CONTROL, decode
@@ -44,10 +45,11 @@ class WorkerArgs:
     mm_encoder_tp_mode: str
     spec: ModelSpec
     sizing: KVSizing
-    queue_handle: dict
-    status_name: str
-    parent_pid: int
     fingerprint: str
+    device_index: int  # CUDA device of this rank as the process sees it
+    queue_handle: dict | None = None  # mp: the step queue, worker status and driver pid
+    status_name: str | None = None
+    parent_pid: int | None = None
 
 
 def checkpoint_fingerprint(spec: ModelSpec, sizing: KVSizing, world_size: int) -> str:
@@ -97,12 +99,7 @@ class _ResultSender:
             pending = self._pending.get()
             try:
                 batch = pending.resolve()
-                counters = {
-                    "encoder_runs": self._runner.num_encoder_runs,
-                    "cuda_graph_steps": self._runner.num_graph_steps,
-                    "overlapped_steps": self._runner.num_overlapped_steps,
-                }
-                message = ("result", batch.token_ids, batch.logprobs, counters)
+                message = ("result", batch.token_ids, batch.logprobs, runner_counters(self._runner))
             except BaseException:  # noqa: BLE001 - reported to the driver, which stops the engine
                 message = ("error", 0, traceback.format_exc())
             with self._lock:
@@ -111,7 +108,7 @@ class _ResultSender:
 
 def _device(args: WorkerArgs) -> torch.device:
     if args.device_type == "cuda":
-        device = torch.device("cuda", args.rank)
+        device = torch.device("cuda", args.device_index)
         torch.cuda.set_device(device)
         return device
     # Ranks share the CPU cores: do not oversubscribe them.
@@ -119,47 +116,80 @@ def _device(args: WorkerArgs) -> torch.device:
     return torch.device("cpu")
 
 
+class RankWorker:
+    """One rank's model shard and runner, driven by decoded messages (mp and ray workers).
+
+    Creating it joins the process group, checks the ranks agree, and loads the shard.
+    """
+
+    def __init__(self, args: WorkerArgs) -> None:
+        self.args = args
+        device = _device(args)
+        init_tensor_parallel(
+            args.rank,
+            args.world_size,
+            args.init_method,
+            device=device,
+            mm_encoder_tp_mode=args.mm_encoder_tp_mode,
+        )
+        _check_agreement(args)
+        self.model = load_model_shard(args.spec, device)
+        self.runner = None
+
+    def capacity(self) -> tuple[int, int]:
+        """(bytes of one KV block, KV bytes this rank can hold)."""
+        return measure_kv_capacity(self.model, self.args.spec, self.args.sizing)
+
+    def init_cache(self, runner_spec) -> None:
+        self.runner = build_runner(self.model, runner_spec)
+
+    @torch.inference_mode()
+    def handle(self, kind: int, message):
+        """Apply one message; returns the launched step's pending tokens (None for control
+        messages), or ``"shutdown"``."""
+        if kind == KIND_CONTROL:
+            if message[0] == "shutdown":
+                return "shutdown"
+            if message[0] == "init_cache":
+                self.init_cache(message[1])
+            elif message[0] == "add":
+                for req_id, state in message[1]:
+                    self.runner.add_request(req_id, state)
+            return None
+        for req_id in message.removed_req_ids.tolist():
+            self.runner.remove_request(req_id)
+        return self.runner.launch(message)
+
+    def close(self) -> None:
+        destroy_tensor_parallel()
+
+
 def _serve(args: WorkerArgs, conn, lock: threading.Lock) -> None:
     status = WorkerStatus(args.world_size, name=args.status_name)
     status.start_heartbeat(args.rank, args.parent_pid)
-    device = _device(args)
-    init_tensor_parallel(
-        args.rank,
-        args.world_size,
-        args.init_method,
-        device=device,
-        mm_encoder_tp_mode=args.mm_encoder_tp_mode,
-    )
-    _check_agreement(args)
+    worker = RankWorker(args)
     broadcast = ShmBroadcastQueue(**args.queue_handle, reader=args.rank)
-    model = load_model_shard(args.spec, device)
     with lock:
-        conn.send(("capacity", measure_kv_capacity(model, args.spec, args.sizing)))
+        conn.send(("capacity", worker.capacity()))
     kind, message = decode(broadcast.get())
     if kind != KIND_CONTROL or message[0] != "init_cache":
         raise RuntimeError(f"expected the cache set-up message, got {message!r}")
-    runner = build_runner(model, message[1])
-    sender = _ResultSender(conn, lock, runner) if args.rank == 0 else None
+    worker.handle(kind, message)
+    sender = _ResultSender(conn, lock, worker.runner) if args.rank == 0 else None
     with lock:
         conn.send(("ready",))
-    with torch.inference_mode():
-        while True:
-            kind, message = decode(broadcast.get())
-            if kind == KIND_CONTROL:
-                if message[0] == "shutdown":
-                    break
-                if message[0] == "add":
-                    for req_id, state in message[1]:
-                        runner.add_request(req_id, state)
-                continue
-            for req_id in message.removed_req_ids.tolist():
-                runner.remove_request(req_id)
-            pending = runner.launch(message)
-            status.steps_done[args.rank] += 1
-            if sender is not None:
-                sender.submit(pending)
+    while True:
+        kind, message = decode(broadcast.get())
+        pending = worker.handle(kind, message)
+        if pending == "shutdown":
+            break
+        if pending is None:
+            continue
+        status.steps_done[args.rank] += 1
+        if sender is not None:
+            sender.submit(pending)
     broadcast.close()
-    destroy_tensor_parallel()
+    worker.close()
     status.close()
 
 
