@@ -22,6 +22,7 @@ except _metadata.PackageNotFoundError:  # running from a source tree
 # Heavy modules (torch, transformers) load on first use, so `mmcore info` stays fast.
 _LAZY = {
     "Engine": "mmcore.engine.engine",
+    "DataParallelEngine": "mmcore.engine.data_parallel",
     "SamplingParams": "mmcore.sampling_params",
     "RequestOutput": "mmcore.outputs",
     "CompletionOutput": "mmcore.outputs",

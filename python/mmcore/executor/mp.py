@@ -26,8 +26,13 @@ from mmcore.executor.base import ParallelConfig, WorkerFailedError
 from mmcore.executor.model_setup import KVSizing, ModelSpec, RunnerSpec, num_blocks_from_capacity
 from mmcore.executor.shm_queue import ShmBroadcastQueue
 from mmcore.executor.step_codec import encode_control, encode_step
-from mmcore.executor.worker import WorkerArgs, checkpoint_fingerprint, worker_main
+from mmcore.executor.worker import (
+    WorkerArgs,
+    checkpoint_fingerprint,
+    worker_main,
+)
 from mmcore.executor.worker_status import WorkerStatus
+from mmcore.multimodal.registry import registered_models
 from mmcore.sampling.sampler import SampledBatch
 
 START_TIMEOUT_S = 1800.0  # loading a large checkpoint and capturing graphs
@@ -133,6 +138,7 @@ class MultiprocExecutor:
                 status_name=self.status.name,
                 parent_pid=os.getpid(),
                 fingerprint=fingerprint,
+                registered_models=registered_models(),
                 device_index=rank,
             )
             process = ctx.Process(

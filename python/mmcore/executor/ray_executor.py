@@ -28,7 +28,12 @@ from mmcore.executor.model_setup import (
 )
 from mmcore.executor.mp import START_TIMEOUT_S, RemotePending, step_timeout_s
 from mmcore.executor.step_codec import decode, encode_control, encode_step
-from mmcore.executor.worker import RankWorker, WorkerArgs, checkpoint_fingerprint
+from mmcore.executor.worker import (
+    RankWorker,
+    WorkerArgs,
+    checkpoint_fingerprint,
+)
+from mmcore.multimodal.registry import registered_models
 from mmcore.sampling.sampler import SampledBatch
 
 _POLL_S = 0.5
@@ -125,6 +130,7 @@ class RayExecutor:
                     spec=spec,
                     sizing=sizing,
                     fingerprint=fingerprint,
+                    registered_models=registered_models(),
                     device_index=0,  # Ray shows each actor its own GPU only
                 )
             )

@@ -32,6 +32,7 @@ from mmcore.executor.model_setup import (
 from mmcore.executor.shm_queue import ShmBroadcastQueue
 from mmcore.executor.step_codec import KIND_CONTROL, decode
 from mmcore.executor.worker_status import WorkerStatus
+from mmcore.multimodal.registry import register_model
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class WorkerArgs:
     queue_handle: dict | None = None  # mp: the step queue, worker status and driver pid
     status_name: str | None = None
     parent_pid: int | None = None
+    registered_models: dict | None = None  # mmcore.register_model calls made in the driver
 
 
 def checkpoint_fingerprint(spec: ModelSpec, sizing: KVSizing, world_size: int) -> str:
@@ -124,6 +126,8 @@ class RankWorker:
 
     def __init__(self, args: WorkerArgs) -> None:
         self.args = args
+        for model_type, (model_cls, processor_cls) in (args.registered_models or {}).items():
+            register_model(model_type, model_cls, processor_cls)
         device = _device(args)
         init_tensor_parallel(
             args.rank,
