@@ -222,6 +222,8 @@ class RayExecutor:
             self._fail(f"tensor-parallel rank {rank} (Ray actor) died: {exc}", rank)
         except ray.exceptions.RayTaskError as exc:
             self._fail(f"tensor-parallel rank {rank} (Ray actor) failed:\n{exc}", rank)
+        except ray.exceptions.RayError as exc:  # e.g. the actor's node is unreachable
+            self._fail(f"tensor-parallel rank {rank} (Ray actor) is unavailable: {exc}", rank)
 
     def _fail(self, message: str, rank: int | None) -> None:
         if self._dead is None:
