@@ -8,8 +8,10 @@ import threading
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
+from mmcore import Engine
 from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.executor.shm_queue import ShmBroadcastQueue
 from mmcore.executor.step_codec import KIND_CONTROL, KIND_STEP, decode, encode_control, encode_step
@@ -74,3 +76,21 @@ def test_checkpoint_digest_changes_with_the_config_and_weights(tiny_llava_dir, t
     config = copy / "config.json"
     config.write_text(config.read_text().replace('"rms_norm_eps": 1e-05', '"rms_norm_eps": 1e-06'))
     assert checkpoint_fingerprint(spec, sizing, 2) != digest
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size must be an integer >= 1"),
+        ({"tensor_parallel_size": 2, "distributed_executor_backend": "uni"}, "one rank only"),
+        ({"distributed_executor_backend": "threads"}, "distributed_executor_backend must be"),
+        ({"mm_encoder_tp_mode": "pipeline"}, "mm_encoder_tp_mode must be"),
+        ({"tensor_parallel_size": 3}, r"num_attention_heads \(4\) is not divisible"),
+        ({"tensor_parallel_size": 8}, "num_attention_heads"),
+    ],
+)
+def test_bad_parallel_options_are_refused_before_any_worker_starts(
+    tiny_llava_dir, options, message
+):
+    with pytest.raises(ValueError, match=message):
+        Engine(tiny_llava_dir, **options)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
-from mmcore.executor.base import ParallelConfig, create_executor
+from mmcore.executor.base import ParallelConfig, check_shardable, create_executor
 from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.model_loader import LOAD_FORMATS
 from mmcore.multimodal.processor_cache import ProcessorCache
@@ -142,6 +142,7 @@ def resolve_config(model: str, **kwargs: Any) -> EngineConfig:
         mm_encoder_tp_mode=get("mm_encoder_tp_mode", "weights"),
     )
     parallel.validate()
+    check_shardable(hf_config, parallel)
     load_format = get("load_format", "auto")
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"unknown load_format {load_format!r}; choose one of {LOAD_FORMATS}")

@@ -62,6 +62,32 @@ class ParallelConfig:
             )
 
 
+def check_shardable(hf_config, parallel: ParallelConfig) -> None:
+    """Refuse head counts the ranks cannot split, before any worker starts.
+
+    Raises:
+        ValueError: naming the count that does not divide.
+    """
+    from mmcore.layers.linear import divide, kv_heads_per_rank
+
+    size = parallel.tensor_parallel_size
+    if size == 1:
+        return
+    text = getattr(hf_config, "text_config", hf_config)
+    divide(text.num_attention_heads, size, "num_attention_heads")
+    kv_heads_per_rank(getattr(text, "num_key_value_heads", None) or text.num_attention_heads, size)
+    if getattr(text, "intermediate_size", None):
+        divide(text.intermediate_size, size, "intermediate_size")
+    vision = getattr(hf_config, "vision_config", None)
+    if vision is not None and parallel.mm_encoder_tp_mode == "weights":
+        heads = getattr(vision, "num_attention_heads", None) or getattr(vision, "num_heads", 0)
+        if heads % size:
+            raise ValueError(
+                f"the vision encoder's {heads} heads are not divisible by tensor_parallel_size "
+                f"({size}); use mm_encoder_tp_mode='data' to replicate it"
+            )
+
+
 class Executor(Protocol):
     """What the engine needs from an executor (see the module docstring)."""
 
