@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import mmcore
+from mmcore.executor.errors import WorkerFailedError
 from mmcore.server.async_engine import AsyncEngine
 from mmcore.server.errors import APIError, install_error_handlers
 from mmcore.server.media_fetch import MediaPolicy
@@ -192,6 +193,13 @@ class _GracefulServer(uvicorn.Server):
         self._engine: AsyncEngine = app.state.server.engine
         self._abort_after_s = config.shutdown_timeout_s
 
+    async def on_tick(self, counter: int) -> bool:
+        # A failed tensor-parallel worker cannot be recovered in-process: after answering 503
+        # the server exits (non-zero, see run_server) so that a supervisor restarts it.
+        if isinstance(self._engine.error, WorkerFailedError):
+            self.should_exit = True
+        return await super().on_tick(counter)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         timer = asyncio.get_running_loop().call_later(self._abort_after_s, self._engine.abort_all)
         try:
@@ -206,7 +214,12 @@ def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
 
 def run_server(engine: Any, config: ServerConfig) -> None:
     """Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish (up to
-    ``shutdown_timeout_s``, then abort them), stop the engine thread, and return."""
+    ``shutdown_timeout_s``, then abort them), stop the engine thread, and return.
+
+    Raises:
+        WorkerFailedError: a tensor-parallel worker failed (requests got 503; the server
+            stopped so that a supervisor restarts it).
+    """
     app = build_app(engine, config)
     server = _uvicorn_server(app, config)
     # uvicorn re-raises the signal it caught after a graceful shutdown; a no-op handler
@@ -219,6 +232,8 @@ def run_server(engine: Any, config: ServerConfig) -> None:
     start_error = app.state.server.engine.start_error
     if start_error is not None:  # uvicorn logged it and exited; the caller gets it too
         raise start_error
+    if isinstance(app.state.server.engine.error, WorkerFailedError):
+        raise app.state.server.engine.error
 
 
 class BackgroundServer:

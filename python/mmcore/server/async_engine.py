@@ -203,6 +203,11 @@ class AsyncEngine:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @property
+    def error(self) -> BaseException | None:
+        """What stopped the engine thread mid-run, if anything (None while it runs)."""
+        return self._error
+
+    @property
     def is_running(self) -> bool:
         """True while the engine thread is alive and has not failed."""
         return self._thread.is_alive() and not self._stopped.is_set()
