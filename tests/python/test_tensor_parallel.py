@@ -18,7 +18,7 @@ import time
 import pytest
 from test_engine_parity import _engine_prompts, _token_ids
 
-from mmcore import Engine, SamplingParams
+from mmcore import Engine, SamplingParams, StructuredOutputsParams
 from mmcore.executor.base import WorkerFailedError
 from mmcore.testing.oracle import hf_greedy
 from mmcore.testing.tiny_checkpoints import build_tiny_llava
@@ -104,6 +104,42 @@ def test_tp2_greedy_matches_hf_and_tp1(tp_case):
     single = Engine(model_dir, **single_options)
     assert single.config.num_blocks == 8
     assert _token_ids(single.generate(prompts, GREEDY, use_tqdm=False)) == expected
+
+
+# Penalties and min_tokens keep per-request counts on each worker's device; seeded draws.
+SAMPLED = SamplingParams(
+    temperature=0.9,
+    top_k=20,
+    seed=11,
+    repetition_penalty=1.3,
+    presence_penalty=0.4,
+    frequency_penalty=0.3,
+    min_tokens=6,
+    max_tokens=MAX_TOKENS,
+    logprobs=1,
+)
+HOST_FEATURES = {
+    "structured outputs": SamplingParams(
+        max_tokens=4, structured_outputs=StructuredOutputsParams(choice=["yes", "no"])
+    ),
+    "bad_words of several tokens": SamplingParams(max_tokens=4, bad_words=["a dog story"]),
+    "prompt_logprobs": SamplingParams(max_tokens=4, prompt_logprobs=1),
+}
+
+
+def test_tp2_sampling_matches_tp1_and_host_features_are_refused(tp_case):
+    model_dir, engine, single_options, prompts, _, _ = tp_case
+    for feature, params in HOST_FEATURES.items():
+        with pytest.raises(ValueError, match=f"{feature}.*tensor_parallel_size > 1"):
+            engine.generate(prompts[:2], params, use_tqdm=False)
+    assert not engine.has_unfinished_requests()
+    assert engine.stats()["kv_blocks_used"] == 0
+    tp_outputs = engine.generate(prompts[:4], SAMPLED, use_tqdm=False)
+    single = Engine(model_dir, **single_options)
+    assert _token_ids(tp_outputs) == _token_ids(
+        single.generate(prompts[:4], SAMPLED, use_tqdm=False)
+    )
+    assert all(len(o.outputs[0].logprobs) == len(o.outputs[0].token_ids) for o in tp_outputs)
 
 
 def _step_until_failure(engine, prompts, fault) -> tuple[WorkerFailedError, float]:
