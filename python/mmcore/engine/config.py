@@ -16,7 +16,8 @@ from mmcore.engine_args import EngineArgs
 from mmcore.executor.base import ParallelConfig, check_shardable, create_executor
 from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.hub import check_remote_code, resolve_model_path
-from mmcore.models.transformers_backend.loader import processor_class
+from mmcore.models.transformers_backend.checks import check_supported
+from mmcore.models.transformers_backend.loader import processor_class, use_transformers_backend
 from mmcore.multimodal.processor_cache import ProcessorCache
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -165,6 +166,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     )
     parallel.validate()
     check_shardable(hf_config, parallel, model_impl=args.model_impl)
+    if use_transformers_backend(hf_config.model_type, args.model_impl):
+        check_supported(hf_config)  # the model's own refusals come before its processor's
 
     tokenizer = _load_tokenizer(args, model)
     processor = processor_class(hf_config.model_type, args.model_impl, model)(
