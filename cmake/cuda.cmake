@@ -25,6 +25,11 @@ include(third_party/cutlass.cmake)
 
 file(GLOB MMCORE_KERNEL_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/cpp/kernels/*.cu
      ${PROJECT_SOURCE_DIR}/cpp/kernels/*.cc)
+# The CUDA kernels are the longest step of `pip install .`: say so before it starts.
+list(LENGTH MMCORE_KERNEL_SOURCES _mmcore_num_kernel_sources)
+message(STATUS "mmcore: compiling ${_mmcore_num_kernel_sources} CUDA kernel sources for "
+               "architectures ${MMCORE_CUDA_ARCHS}: the longest build step (minutes; "
+               "MMCORE_CUDA_ARCHS=90a builds one architecture, MMCORE_CUDA=0 skips the kernels)")
 pybind11_add_module(_kernels MODULE ${MMCORE_KERNEL_SOURCES})
 target_include_directories(_kernels PRIVATE ${PROJECT_SOURCE_DIR}/cpp)
 # The binding (.cc, host compiler) includes launcher headers that name cudaStream_t.

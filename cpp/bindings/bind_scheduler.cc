@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "bindings/bindings.h"
+#include "bindings/numpy_convert.h"
 #include "engine/scheduler.h"
 #include "engine/stop_conditions.h"
 
@@ -109,23 +110,22 @@ RequestStatus status_from_reason(const std::string& reason) {
                               "'");
 }
 
-void add_request(Scheduler& s, RequestId request_id,
-                 const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& token_ids,
-                 const py::list& features, int32_t max_tokens, int32_t min_tokens,
-                 std::vector<TokenId> eos_token_ids, std::vector<TokenId> stop_token_ids,
-                 bool ignore_eos, int32_t priority, std::string cache_salt,
-                 const py::object& mrope_positions, int64_t mrope_delta) {
-  if (token_ids.ndim() != 1) throw std::invalid_argument("token_ids must be a 1-D array");
+void add_request(Scheduler& s, RequestId request_id, const py::object& token_ids,
+                 const py::list& features, const py::object& max_tokens,
+                 const py::object& min_tokens, const py::object& eos_token_ids,
+                 const py::object& stop_token_ids, bool ignore_eos, const py::object& priority,
+                 std::string cache_salt, const py::object& mrope_positions, int64_t mrope_delta) {
+  // Every user-derived number is checked here: a bad one is a ValueError, never a TypeError.
   Request r;
   r.id = request_id;
-  r.token_ids.assign(token_ids.data(), token_ids.data() + token_ids.size());
+  r.token_ids = to_int32_vector(token_ids, "token_ids");
   for (const py::handle& f : features) r.features.push_back(feature_from_py(f));
-  r.sampling.max_tokens = max_tokens;
-  r.sampling.min_tokens = min_tokens;
-  r.sampling.eos_token_ids = std::move(eos_token_ids);
-  r.sampling.stop_token_ids = std::move(stop_token_ids);
+  r.sampling.max_tokens = to_int32_scalar(max_tokens, "max_tokens");
+  r.sampling.min_tokens = to_int32_scalar(min_tokens, "min_tokens");
+  r.sampling.eos_token_ids = to_int32_vector(eos_token_ids, "eos_token_ids");
+  r.sampling.stop_token_ids = to_int32_vector(stop_token_ids, "stop_token_ids");
   r.sampling.ignore_eos = ignore_eos;
-  r.priority = priority;
+  r.priority = to_int32_scalar(priority, "priority");
   r.cache_salt = std::move(cache_salt);
   if (!mrope_positions.is_none()) {
     auto pos =
@@ -231,9 +231,8 @@ void bind_scheduler(py::module_& m) {
       .def(py::init<const SchedulerConfig&>(), py::arg("config"))
       .def("add_request", &add_request, py::arg("request_id"), py::arg("token_ids"),
            py::arg("features"), py::arg("max_tokens"), py::arg("min_tokens") = 0,
-           py::arg("eos_token_ids") = std::vector<TokenId>{},
-           py::arg("stop_token_ids") = std::vector<TokenId>{}, py::arg("ignore_eos") = false,
-           py::arg("priority") = 0, py::arg("cache_salt") = "",
+           py::arg("eos_token_ids") = py::list(), py::arg("stop_token_ids") = py::list(),
+           py::arg("ignore_eos") = false, py::arg("priority") = 0, py::arg("cache_salt") = "",
            py::arg("mrope_positions") = py::none(), py::arg("mrope_delta") = 0)
       .def("schedule", [](Scheduler& s) { return PySchedulerOutput(s.schedule()); })
       .def("update_from_output", &update, py::arg("out"), py::arg("sampled_token_ids"))
@@ -243,6 +242,9 @@ void bind_scheduler(py::module_& m) {
             s.finish_request(id, status_from_reason(reason));
           },
           py::arg("request_id"), py::arg("reason") = "abort")
+      .def("set_max_num_seqs", &Scheduler::set_max_num_seqs, py::arg("max_num_seqs"))
+      .def_property_readonly("max_num_seqs",
+                             [](const Scheduler& s) { return s.config().max_num_seqs; })
       .def("has_unfinished_requests", &Scheduler::has_unfinished_requests)
       .def_property_readonly("num_waiting", &Scheduler::num_waiting)
       .def_property_readonly("num_running", &Scheduler::num_running)

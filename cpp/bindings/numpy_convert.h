@@ -57,6 +57,24 @@ inline std::vector<int32_t> to_int32_vector(const pybind11::handle& obj, const c
   return checked_int32<int64_t>(arr, what);
 }
 
+// A Python integer as int32; ValueError naming `what` for non-integers or values outside int32
+// (pybind11's own conversion raises TypeError, which callers handling bad input miss).
+inline int32_t to_int32_scalar(const pybind11::handle& obj, const char* what) {
+  namespace py = pybind11;
+  if (!py::isinstance<py::int_>(obj)) {
+    throw py::value_error(std::string(what) + " must be an integer, got " +
+                          std::string(py::str(py::type::of(obj).attr("__name__"))));
+  }
+  const py::int_ value = py::reinterpret_borrow<py::int_>(obj);
+  const py::int_ lo(std::numeric_limits<int32_t>::min());
+  const py::int_ hi(std::numeric_limits<int32_t>::max());
+  if (value < lo || value > hi) {
+    throw py::value_error(std::string(what) + " = " + std::string(py::str(obj)) +
+                          " does not fit in int32");
+  }
+  return value.cast<int32_t>();
+}
+
 // A 1-D mask (bools or integers) as 0/1 bytes; None -> empty.
 inline std::vector<uint8_t> to_mask_vector(const pybind11::handle& obj, const char* what) {
   namespace py = pybind11;

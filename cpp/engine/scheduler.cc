@@ -245,6 +245,11 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
   return result;
 }
 
+int32_t Scheduler::set_max_num_seqs(int32_t max_num_seqs) {
+  config_.max_num_seqs = std::max({max_num_seqs, num_running(), int32_t{1}});
+  return config_.max_num_seqs;
+}
+
 void Scheduler::finish_request(RequestId id, RequestStatus status) {
   if (!is_finished(status)) {
     throw std::invalid_argument("finish_request needs a finished status");

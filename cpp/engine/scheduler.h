@@ -72,6 +72,9 @@ class Scheduler {
   [[nodiscard]] const Request* find_request(RequestId id) const;
   [[nodiscard]] SchedulerStats stats() const;
   [[nodiscard]] const SchedulerConfig& config() const { return config_; }
+  // Sets the most running requests from the next step on (after an out-of-memory step), never
+  // below 1 or the number running now. Returns the limit in force.
+  int32_t set_max_num_seqs(int32_t max_num_seqs);
   // Throws std::logic_error naming the first broken invariant of the scheduler, block manager
   // or encoder cache.
   void check_invariants() const;

@@ -1,4 +1,4 @@
-"""The ``mmcore`` command line."""
+"""The mmcore command line: generate, serve, bench and info."""
 
 from __future__ import annotations
 
@@ -21,7 +21,12 @@ def _cmd_info(_args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmcore", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmcore",
+        description="mmcore: a multimodal LLM inference engine. Without a model argument, "
+        "generate and serve use the bundled demo model (served as 'mmcore-demo').",
+    )
+    parser.add_argument("--version", action="version", version=f"mmcore {mmcore.__version__}")
     paths = parser.add_mutually_exclusive_group()
     paths.add_argument(
         "--cmake-dir", action="store_true", help="print the C++ core's CMake package folder"

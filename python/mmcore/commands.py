@@ -83,7 +83,7 @@ def add_serve_parser(sub) -> None:
         "model_tag",
         nargs="?",
         metavar="MODEL",
-        help="checkpoint folder or hub id (same as --model; default: the demo model)",
+        help="checkpoint folder or hub id (same as --model; default: the demo model, mmcore-demo)",
     )
     ServerArgs.add_cli_args(p)
     EngineArgs.add_cli_args(p)
@@ -110,9 +110,10 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
         model_dir: the model's local folder (its name when neither --served-model-name nor
             a model was given).
     """
+    from mmcore.demo import DEMO_MODEL_NAME
     from mmcore.server import MediaPolicy, ServerConfig
 
-    names = engine_args.served_model_name or [engine_args.model or model_dir]
+    names = engine_args.served_model_name or [engine_args.model or DEMO_MODEL_NAME]
     return ServerConfig(
         host=server_args.host,
         port=server_args.port,
@@ -132,19 +133,50 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
         log_level=server_args.uvicorn_log_level,
         tool_call_parser=server_args.tool_call_parser,
         enable_auto_tool_choice=server_args.enable_auto_tool_choice,
+        allow_special_tokens_in_prompts=server_args.allow_special_tokens_in_prompts,
+        max_waiting_requests=server_args.max_waiting_requests,
+        metrics_need_api_key=server_args.metrics_need_api_key,
+        max_header_bytes=server_args.max_header_bytes,
+        max_request_pixels=server_args.max_request_pixels,
+        media_processes=server_args.media_processes,
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from mmcore import Engine
-    from mmcore.hub import resolve_model_path
-    from mmcore.server import run_server
+def _cpu_placement(args: argparse.Namespace, server_args: ServerArgs):
+    """The CPU placement of ``mmcore serve`` on a CPU host (None on a GPU host or when off);
+    sets OpenMP's environment, so it runs before torch is imported."""
+    import os
 
-    engine_args = serve_engine_args(args)
+    from mmcore.engine.cpu_placement import plan_cpu_placement, set_openmp_environment
+
+    device = str(getattr(args, "device", "auto") or "auto")
+    on_cpu = device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl"))
+    if not (server_args.cpu_placement and on_cpu):
+        return None
+    placement = plan_cpu_placement()
+    set_openmp_environment(placement)
+    return placement
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mmcore.listen_socket import bind_socket
+
     try:
         server_args = ServerArgs.from_cli_args(args)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    try:  # the port first: "in use" is one line now, not after torch and the model loaded
+        sock = bind_socket(server_args.host, server_args.port)
+    except OSError as exc:
+        raise SystemExit(f"error: {exc.strerror}") from None
+    placement = _cpu_placement(args, server_args)  # before torch loads OpenMP
+    from mmcore import Engine
+    from mmcore.executor.errors import WorkerFailedError
+    from mmcore.hub import resolve_model_path
+    from mmcore.server import run_server
+    from mmcore.server.async_engine import EngineDeadError
+
+    engine_args = serve_engine_args(args)
     logging.basicConfig(
         level=server_args.uvicorn_log_level.upper().replace("TRACE", "DEBUG"),
         format="%(levelname)s %(name)s: %(message)s",
@@ -160,10 +192,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     config = server_config(engine_args, server_args, local_dir)
+    config.cpu_placement = placement
     engine_args = dataclasses.replace(engine_args, model=local_dir)
     try:
         # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
-        run_server(lambda: Engine.from_engine_args(engine_args), config)
-    except (ValueError, FileNotFoundError) as exc:
+        run_server(lambda: Engine.from_engine_args(engine_args), config, sock)
+    except (ValueError, FileNotFoundError, EngineDeadError, WorkerFailedError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

@@ -52,7 +52,9 @@ def resolve_model_path(
     Raises:
         ValueError: one line saying why the model cannot be found.
     """
-    if model is None:
+    from mmcore.demo import DEMO_MODEL_NAME
+
+    if model is None or model == DEMO_MODEL_NAME:
         return default_model_name()
     if os.path.isdir(model):
         return model

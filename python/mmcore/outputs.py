@@ -59,7 +59,7 @@ class CompletionOutput:
             was asked for, else None).
         logprobs: per generated token, token id -> :class:`Logprob` for the top tokens and
             the sampled one (when asked for).
-        finish_reason: ``"stop"``, ``"length"``, ``"abort"`` or None while running.
+        finish_reason: ``"stop"``, ``"length"``, ``"abort"``, ``"error"`` or None while running.
         stop_reason: the stop string or token id that ended it, if any.
     """
 
@@ -89,6 +89,7 @@ class RequestOutput:
         finished: whether every completion has finished.
         metrics: the request's times.
         num_cached_tokens: prompt tokens found in the prefix cache.
+        error: why the engine failed this request (finish reason ``"error"``), else None.
     """
 
     request_id: str
@@ -99,3 +100,4 @@ class RequestOutput:
     finished: bool = False
     metrics: RequestMetrics | None = None
     num_cached_tokens: int | None = None
+    error: str | None = None

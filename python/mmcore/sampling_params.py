@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json as _json
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -213,6 +215,7 @@ class SamplingParams:
         """Raise ValueError naming the first out-of-range value."""
         if not _is_int(self.n) or self.n < 1:
             raise ValueError(f"n must be an integer >= 1, got {self.n!r}")
+        _check_types(self)
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
@@ -287,3 +290,33 @@ def _clamped_logit_bias(bias: Any) -> dict[int, float]:
             raise ValueError(f"logit_bias entry {key!r}: {value!r} is out of range")
         clamped[token_id] = max(-_MAX_ABS_LOGIT_BIAS, min(_MAX_ABS_LOGIT_BIAS, value))
     return clamped
+
+
+_INT_FIELDS = ("top_k", "min_tokens")
+_OPTIONAL_INT_FIELDS = ("seed", "max_tokens", "logprobs")
+_FLOAT_FIELDS = (
+    "temperature",
+    "top_p",
+    "min_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+)
+
+
+def _check_types(params: SamplingParams) -> None:
+    """Integers are ints and floats finite numbers (NaN passes every range comparison)."""
+    for name in _INT_FIELDS + _OPTIONAL_INT_FIELDS:
+        value = getattr(params, name)
+        if value is None and name in _OPTIONAL_INT_FIELDS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    for name in _FLOAT_FIELDS:
+        value = getattr(params, name)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")

@@ -41,6 +41,34 @@ class ServerArgs:
         help='let the model decide whether to call a tool (tool_choice "auto", the default '
         "when a request has tools); needs --tool-call-parser",
     )
+    max_waiting_requests: int | None = option(
+        1024,
+        help="requests that may wait beyond the running batch; more are refused with 429 and "
+        "Retry-After (0: none may wait)",
+    )
+    allow_special_tokens_in_prompts: bool = option(
+        False,
+        help="let /v1/completions string prompts carry control tokens such as </s> (default: "
+        "typed special tokens are plain text)",
+    )
+    max_request_pixels: int | None = option(
+        help="most image pixels (width x height, summed) in one request, checked from image "
+        "headers before any decoding (default: 128M)"
+    )
+    media_processes: int = option(
+        2,
+        help="worker processes that decode and process images, so that work never holds the "
+        "server's GIL (0: input threads do it in the server process)",
+    )
+    cpu_placement: bool = option(
+        True,
+        help="on a CPU host, pin the engine's compute threads to all cores of the process but "
+        "one, keep that one for HTTP and input work, and let OpenMP wait passively",
+    )
+    metrics_need_api_key: bool = option(False, help="/metrics needs the API key too")
+    max_header_bytes: int = option(
+        16 << 10, help="largest request line + headers in bytes (431 above)"
+    )
     uvicorn_log_level: str = option(
         "info", choices=LOG_LEVELS, flags=("--log-level",), help="log level of the server"
     )
@@ -53,7 +81,13 @@ class ServerArgs:
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser")
         if self.max_media_redirects < 0:
             raise ValueError(f"max_media_redirects must be >= 0, got {self.max_media_redirects}")
-        for name in ("max_request_bytes", "max_image_bytes", "input_workers"):
+        if self.max_waiting_requests is not None and self.max_waiting_requests < 0:
+            raise ValueError(f"max_waiting_requests must be >= 0, got {self.max_waiting_requests}")
+        if self.media_processes < 0:
+            raise ValueError(f"media_processes must be >= 0, got {self.media_processes}")
+        if self.max_request_pixels is not None and self.max_request_pixels < 1:
+            raise ValueError(f"max_request_pixels must be >= 1, got {self.max_request_pixels}")
+        for name in ("max_request_bytes", "max_image_bytes", "input_workers", "max_header_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("media_fetch_timeout", "shutdown_timeout"):

@@ -38,7 +38,7 @@ def test_media_parts_become_image_slots_in_order():
     rendered, media = split_messages(messages)
     assert media == {"image": ["data:image/png;base64,AAA", "PIL-OBJECT"]}
     assert [p["type"] for p in rendered[0]["content"]] == ["image", "text", "image"]
-    prompt, _ = render_chat(_FakeTemplateTokenizer(), messages, None, {"image": "<image>"})
+    prompt, _, _ = render_chat(_FakeTemplateTokenizer(), messages, None, {"image": "<image>"})
     assert prompt == "USER: <image> and <image>\nASSISTANT:"
 
 

@@ -32,7 +32,7 @@ def tok():
 
 def test_tools_kwargs_and_generation_prompt(tok):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
-    prompt, media = render_chat(
+    prompt, _, media = render_chat(
         tok,
         [
             {
@@ -47,7 +47,7 @@ def test_tools_kwargs_and_generation_prompt(tok):
     )
     assert prompt == "[be brief]<user><image>hi</user>tools:get_weather;<assistant>"
     assert media == {"image": ["x"]}
-    bare, _ = render_chat(
+    bare, _, _ = render_chat(
         tok,
         [{"role": "user", "content": "hi"}],
         TEMPLATE,
@@ -59,7 +59,7 @@ def test_tools_kwargs_and_generation_prompt(tok):
 
 def test_continue_final_message_leaves_the_last_turn_open(tok):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The cat"}]
-    prompt, _ = render_chat(
+    prompt, _, _ = render_chat(
         tok,
         messages,
         TEMPLATE,
@@ -97,7 +97,7 @@ def test_tool_turns_reach_the_template_with_arguments_as_objects(tok):
         },
         {"role": "tool", "tool_call_id": "c1", "content": "cold"},
     ]
-    prompt, _ = render_chat(tok, messages, TEMPLATE, PLACEHOLDERS, add_generation_prompt=False)
+    prompt, _, _ = render_chat(tok, messages, TEMPLATE, PLACEHOLDERS, add_generation_prompt=False)
     assert prompt == (
         "<user>weather?</user><assistant>call:get_weather(Oslo)</assistant><tool>cold#c1</tool>"
     )

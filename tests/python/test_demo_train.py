@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from mmcore.demo import build, shapes, train
+import mmcore.demo
+from mmcore.demo import batches, build, scenes, shapes, train
+
+CHECKPOINT_FILES = [
+    "chat_template.jinja",
+    "config.json",
+    "model.safetensors",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_summary.json",
+]
 
 
 @pytest.fixture(scope="module")
@@ -15,10 +26,9 @@ def processor():
 
 
 def test_training_sequence_is_what_the_processor_makes_of_the_conversation(processor):
-    encoder = train.SequenceEncoder(processor)
+    encoder = batches.SequenceEncoder(processor)
     rng = np.random.default_rng(1)
-    for qtype in shapes.QUESTION_TYPES:
-        sample = shapes.make_sample(rng, qtype, 3)
+    for sample in scenes.make_samples(rng, 3, list(shapes.QUESTION_TYPES), build.IMAGE_SIZE):
         ids, labels = encoder.encode(sample.question, sample.answer)
         conversation = [
             {
@@ -36,15 +46,87 @@ def test_training_sequence_is_what_the_processor_makes_of_the_conversation(proce
         assert processor.tokenizer.decode(answer_ids) == f" {sample.answer}</s>"
         assert labels[-len(answer_ids) :] == ids[-len(answer_ids) :]
         torch.testing.assert_close(
-            train.pixel_values([sample.image]), expected["pixel_values"], atol=1e-6, rtol=0
+            batches.pixel_values([sample.image]), expected["pixel_values"], atol=1e-6, rtol=0
         )
 
 
+def test_training_pictures_are_what_the_processor_makes_of_the_canvas(processor):
+    # Training resizes pictures in the workers; the processor must make the same of the canvas.
+    rng = np.random.default_rng(4)
+    for num_shapes in (1, 2, 3):
+        picture = scenes.random_picture(rng, num_shapes)
+        resized = scenes.to_model_size(picture.image, build.IMAGE_SIZE)
+        expected = processor.image_processor(images=[picture.image], return_tensors="pt")
+        torch.testing.assert_close(
+            batches.pixel_values([resized]), expected["pixel_values"], atol=1e-6, rtol=0
+        )
+
+
+def test_shared_image_loss_equals_the_loss_with_each_picture_repeated(processor):
+    from transformers import LlavaForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(build.build_config(processor.tokenizer)).eval()
+    samples = batches.draw_pictures(np.random.default_rng(5), 3, 2)
+    batch = batches.collate(samples, batches.SequenceEncoder(processor), questions=2)
+    assert batch["pixels"].shape == (3, build.IMAGE_SIZE, build.IMAGE_SIZE, 3)
+    assert batch["input_ids"].shape[0] == 6
+    with torch.no_grad():
+        shared = train.shared_image_loss(model, batch, questions=2)
+        repeated = batches.normalize(batch["pixels"]).repeat_interleave(2, dim=0)
+        reference = model(
+            input_ids=batch["input_ids"],
+            pixel_values=repeated,
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+        ).loss
+        # Giving a picture to the wrong questions changes the loss: the test can fail.
+        swapped = dict(batch, pixels=batch["pixels"].flip(0))
+        wrong = train.shared_image_loss(model, swapped, questions=2)
+    torch.testing.assert_close(shared, reference, atol=1e-5, rtol=1e-5)
+    assert abs(wrong.item() - reference.item()) > 1e-4
+
+
+def test_pictures_get_distinct_question_types_in_order():
+    samples = batches.draw_pictures(np.random.default_rng(6), 5, 4)
+    assert len(samples) == 20
+    for start in range(0, 20, 4):
+        group = samples[start : start + 4]
+        assert len({s.qtype for s in group}) == 4
+        assert all(s.image is group[0].image for s in group)
+    with pytest.raises(ValueError, match="questions per picture"):
+        batches.draw_pictures(np.random.default_rng(6), 1, 6)
+
+
+def test_curriculum_starts_with_large_filled_shapes_and_reaches_the_full_variety():
+    assert [batches.ease_at(s, 100) for s in (0, 50, 100, 500)] == [1.0, 0.5, 0.0, 0.0]
+    assert batches.ease_at(0, 0) == 0.0
+    # Half the first pictures are the first demo's, then the given share; 0 turns them off.
+    shares = [batches.first_demo_share(e, 0.15) for e in (1.0, 0.5, 0.0)]
+    assert shares == pytest.approx([0.5, 0.325, 0.15])
+    assert batches.first_demo_share(1.0, 0.0) == 0.0
+    rng = np.random.default_rng(8)
+    for num_shapes in (1, 2, 3, 3):
+        picture = scenes.random_picture(rng, num_shapes, ease=1.0)
+        longer = max(picture.image.size)
+        # At least 90% of EASY_MIN_SIZE of the longer side (less only where three must fit).
+        assert all(2 * it.radius >= 0.2 * 0.9 * longer - 1 for it in picture.items)
+        assert {s.style for s in picture.strokes} == {"fill"}
+
+
+def test_first_demo_pictures_join_the_batches_at_the_model_size():
+    samples = batches.draw_pictures(np.random.default_rng(3), 8, 2, first_demo_fraction=1.0)
+    assert all(s.image.size == (build.IMAGE_SIZE, build.IMAGE_SIZE) for s in samples)
+    # The first demo's mid-grey backgrounds (clamped to 45..205), never white or black.
+    corners = np.stack([np.asarray(s.image)[[0, 0, -1, -1], [0, -1, 0, -1]] for s in samples])
+    assert corners.min() >= 35 and corners.max() <= 215
+
+
 def test_collate_pads_on_the_right_and_masks_padding(processor):
-    encoder = train.SequenceEncoder(processor)
+    encoder = batches.SequenceEncoder(processor)
     rng = np.random.default_rng(2)
-    samples = [shapes.make_sample(rng, q, 2) for q in ("count", "describe")]
-    batch = train.collate(samples, encoder)
+    samples = scenes.make_samples(rng, 2, ["count", "describe"], build.IMAGE_SIZE)
+    batch = batches.collate(samples, encoder, questions=2)
     lengths = [len(encoder.encode(s.question, s.answer)[0]) for s in samples]
     assert batch["attention_mask"].sum(1).tolist() == lengths
     short = min(range(2), key=lambda i: lengths[i])
@@ -67,13 +149,25 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     out = tmp_path / "ckpt"
-    argv = ["--out", str(out), "--device", "cpu", "--steps", "2", "--batch-size", "4"]
-    argv += ["--workers", "0", "--eval-every-s", "0", "--final-questions", "0"]
+    argv = ["--out", str(out), "--device", "cpu", "--steps", "2", "--pictures-per-batch", "2"]
+    argv += ["--questions-per-picture", "2", "--workers", "0", "--eval-every-s", "0"]
+    argv += ["--final-questions", "5", "--ood-questions", "12", "--max-new-tokens", "2"]
     assert train.main(argv) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 2 and summary["device"] == "cpu"
+    # The saved checkpoint was evaluated on every set (an untrained model answers wrong).
+    assert set(summary["held_out"]["accuracy"]) == set(shapes.QUESTION_TYPES)
+    assert set(summary["ood"]["accuracy"]) == {"shape", "colour", "count", "position"}
+    assert summary["ood"]["total"] == {"shape": 3, "colour": 3, "count": 3, "position": 3}
+    assert summary["first_demo"]["total"] == {"shape": 1}
+    assert summary["meets_targets"] is False
+    assert set(summary["example"]) == set(mmcore.demo.EXAMPLE_QUESTIONS)
+    # Seven files: a GPU machine hands back at most eight.
+    assert sorted(p.name for p in out.iterdir()) == sorted(CHECKPOINT_FILES)
     model = LlavaForConditionalGeneration.from_pretrained(out)
+    assert model.config.dtype == torch.bfloat16
     assert sum(p.numel() for p in model.parameters()) == summary["num_parameters"]
+    assert (out / "model.safetensors").stat().st_size < 12 * 1024 * 1024
     proc = AutoProcessor.from_pretrained(out)
     assert proc.tokenizer.convert_tokens_to_ids(build.IMAGE_TOKEN) == model.config.image_token_index
     assert (out / "chat_template.jinja").is_file()

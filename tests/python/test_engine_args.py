@@ -248,4 +248,4 @@ def test_served_model_names_and_media_reach_the_server_config():
     assert config.media.allowed_domains == ["img.example"]
     unnamed = server_config(EngineArgs(model="org/model"), ServerArgs(), "/cache/x")
     assert unnamed.model_names == ["org/model"]
-    assert server_config(EngineArgs(), ServerArgs(), "/demo").model_names == ["/demo"]
+    assert server_config(EngineArgs(), ServerArgs(), "/demo").model_names == ["mmcore-demo"]

@@ -51,3 +51,28 @@ def test_varlen_attention_matches_reference(lens):
         atol=1e-5,
         rtol=1e-5,
     )
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("window", [-1, 5])
+def test_same_shaped_prefills_batched_together_match_reference(hq, hkv, window):
+    """Prefill chunks of equal (query, sequence) length share one SDPA call; mixed with other
+    shapes and decode rows, every row equals the reference."""
+    g = torch.Generator().manual_seed(11)
+    block_size, d = 4, 16
+    shapes = [(6, 9), (1, 12), (6, 9), (3, 3), (6, 9), (1, 7), (3, 3)]  # (num_q, seq_len)
+    blocks_per = [-(-n // block_size) for _, n in shapes]
+    num_blocks = sum(blocks_per) + 2
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    tables = torch.full((len(shapes), max(blocks_per)), -1, dtype=torch.int32)
+    for b, n in enumerate(blocks_per):
+        tables[b, :n] = torch.tensor([perm.pop() for _ in range(n)], dtype=torch.int32)
+    key_cache = torch.randn(num_blocks, block_size, hkv, d, generator=g)
+    value_cache = torch.randn(num_blocks, block_size, hkv, d, generator=g)
+    qsl = torch.tensor([0, *torch.tensor([q for q, _ in shapes]).cumsum(0).tolist()])
+    query = torch.randn(int(qsl[-1]), hq, d, generator=g)
+    lens = torch.tensor([n for _, n in shapes], dtype=torch.int32)
+    step = (query, key_cache, value_cache, tables, lens, qsl.to(torch.int32))
+    expected = reference.paged_attention(*step, scale=0.25, sliding_window=window)
+    got = cpu.paged_attention(*step, scale=0.25, sliding_window=window)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -62,7 +62,7 @@ BAD_CHATS = {
         "data",
     ),
     "unsupported_part": (
-        {"messages": user({"type": "input_audio", "input_audio": {"data": "AAAA"}}, "hi")},
+        {"messages": user({"type": "input_file", "file": {"file_data": "AAAA"}}, "hi")},
         400,
         "unsupported content part",
     ),

@@ -1,9 +1,10 @@
 """The demo model: a small LLaVA trained on synthetic shapes pictures, shipped with mmcore.
 
-It answers questions such as "What colour is the star?" about pictures drawn by
-:mod:`mmcore.demo.shapes`, so a first command can run a real model on a real picture without a
-model hub, and its held-out accuracy (:mod:`mmcore.demo.evaluate`) is an end-to-end check of
-image embeddings, positions and caches.
+It answers questions such as "What colour is the star?" about pictures of one to three shapes,
+drawn in many ways for training (:mod:`mmcore.demo.scenes`) and checked on pictures drawn the way
+users draw them (:mod:`mmcore.demo.ood`), so a first command can run a real model on a real
+picture without a model hub, and its accuracy (:mod:`mmcore.demo.evaluate`) is an end-to-end
+check of image embeddings, positions and caches. See docs/demo_model.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
+
+# The name the demo model is served and asked for by (``/v1/models``, a request's "model",
+# ``mmcore serve mmcore-demo``), instead of its install path.
+DEMO_MODEL_NAME = "mmcore-demo"
 
 # example.png is shapes.render(shapes.random_items(rng, 3), rng) with
 # rng = numpy.random.default_rng(EXAMPLE_SEED); these are its questions and right answers.
@@ -44,4 +49,10 @@ def example_image_path() -> Path:
     return _HERE / "example.png"
 
 
-__all__ = ["EXAMPLE_QUESTIONS", "EXAMPLE_SEED", "default_model_path", "example_image_path"]
+__all__ = [
+    "DEMO_MODEL_NAME",
+    "EXAMPLE_QUESTIONS",
+    "EXAMPLE_SEED",
+    "default_model_path",
+    "example_image_path",
+]

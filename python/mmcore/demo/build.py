@@ -1,16 +1,18 @@
 """The demo model's pieces, built from nothing: tokenizer, processor and LLaVA config.
 
 A byte-level BPE tokenizer trained on the shapes vocabulary, a LlavaProcessor with a
-CLIPImageProcessor and a LLaVA-1.5-style chat template, and a small CLIP vision tower +
-projector + Llama language model.
+CLIPImageProcessor (pictures of any size and aspect are resized to IMAGE_SIZE square, never
+cropped, so no shape is cut off) and a LLaVA-1.5-style chat template, and a small CLIP vision
+tower + projector + Llama language model.
 """
 
 from __future__ import annotations
 
 from mmcore.demo import shapes
 
+IMAGE_SIZE = 112  # the vision tower's input side; a shape of 8% is ~9 px, a patch 8 px
 PATCH_SIZE = 8
-NUM_IMAGE_TOKENS = (shapes.IMAGE_SIZE // PATCH_SIZE) ** 2
+NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 IMAGE_TOKEN = "<image>"
@@ -72,15 +74,17 @@ def build_processor(tokenizer):
         tokenizer: from :func:`build_tokenizer`.
 
     Returns:
-        A ``LlavaProcessor`` that resizes pictures to the model's size and carries the chat
-        template.
+        A ``LlavaProcessor`` that resizes pictures to the model's square (bicubic, no crop)
+        and carries the chat template.
     """
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    size = shapes.IMAGE_SIZE
+    size = IMAGE_SIZE
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size},
+        size={"height": size, "width": size},
+        do_center_crop=False,
         crop_size={"height": size, "width": size},
+        resample=3,  # PIL bicubic, as scenes.to_model_size
         image_mean=list(IMAGE_MEAN),
         image_std=list(IMAGE_STD),
     )
@@ -96,7 +100,7 @@ def build_processor(tokenizer):
 
 
 def build_config(tokenizer):
-    """The LLaVA config: CLIP 128-wide x 4 layers, Llama 256-wide x 4 layers (GQA 4/2).
+    """The LLaVA config: CLIP 160-wide x 6 layers, Llama 256-wide x 4 layers (GQA 4/2).
 
     Args:
         tokenizer: gives the vocabulary size and the special token ids.
@@ -107,13 +111,13 @@ def build_config(tokenizer):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(
-        hidden_size=128,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=shapes.IMAGE_SIZE,
+        hidden_size=160,
+        intermediate_size=640,
+        num_hidden_layers=6,
+        num_attention_heads=5,
+        image_size=IMAGE_SIZE,
         patch_size=PATCH_SIZE,
-        projection_dim=128,
+        projection_dim=160,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer),

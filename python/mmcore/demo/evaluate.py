@@ -1,11 +1,13 @@
 """Accuracy of a shapes model per question type, through any generation backend.
 
 The backend is a ``generate_fn(model_dir, images, questions) -> answers`` callable, so the same
-held-out questions run through Hugging Face ``generate()`` (:func:`hf_generate`) today and
-through mmcore's Engine once it exists. Answers are compared after trimming spaces, case and a
-final full stop.
+questions run through Hugging Face ``generate()`` (:func:`hf_generate`) and through mmcore's
+Engine (:func:`engine_generate`). Answers are compared after trimming spaces, case and a final
+full stop. Three question sets (``DATASETS``): "held_out" (varied pictures of the training
+generator, seeds it never used), "ood" (pictures drawn by :mod:`mmcore.demo.ood`, a different
+code path) and "first_demo" (the first demo's 96 px pictures).
 
-    python -m mmcore.demo.evaluate --model DIR --n 1000 --seed 4242 [--device cuda]
+    python -m mmcore.demo.evaluate --model DIR --set ood --n 800 [--backend both]
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from mmcore.demo.shapes import Sample, eval_samples
+from mmcore.demo import ood, scenes, shapes
+from mmcore.demo.shapes import Sample
 
 GenerateFn = Callable[[str | os.PathLike, Sequence[Image.Image], Sequence[str]], list[str]]
 AnswerFn = Callable[[Sequence[Image.Image], Sequence[str]], list[str]]
@@ -32,6 +35,7 @@ class EvalReport:
     correct: dict[str, int] = field(default_factory=dict)
     total: dict[str, int] = field(default_factory=dict)
     mistakes: list[tuple[str, str, str]] = field(default_factory=list)  # question, expected, got
+    correct_flags: list[bool] = field(default_factory=list)  # one per question, in order
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -75,6 +79,7 @@ def score(samples: Sequence[Sample], answer_fn: AnswerFn, batch_size: int = 64) 
             ok = normalize_answer(got) == normalize_answer(sample.answer)
             report.total[sample.qtype] = report.total.get(sample.qtype, 0) + 1
             report.correct[sample.qtype] = report.correct.get(sample.qtype, 0) + int(ok)
+            report.correct_flags.append(ok)
             if not ok:
                 report.mistakes.append((sample.question, sample.answer, got))
     return report
@@ -221,14 +226,29 @@ def agreement(first: Sequence[str], second: Sequence[str]) -> float:
     return same / len(first)
 
 
+DATASETS = {
+    "held_out": scenes.eval_samples,
+    "ood": ood.ood_samples,
+    "first_demo": shapes.eval_samples,
+}
+
+
+def question_set(dataset: str, n: int, seed: int) -> list[Sample]:
+    """``n`` questions of one of ``DATASETS`` drawn with ``seed``."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown question set {dataset!r}; expected one of {list(DATASETS)}")
+    return DATASETS[dataset](n, seed)
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     n: int = 500,
     seed: int = 4242,
     generate_fn: GenerateFn = hf_generate,
     batch_size: int = 64,
+    dataset: str = "held_out",
 ) -> EvalReport:
-    """Held-out accuracy of the model in ``model_dir`` per question type.
+    """Accuracy of the model in ``model_dir`` per question type on one question set.
 
     Args:
         model_dir: the checkpoint folder (e.g. ``mmcore.demo.default_model_path()``).
@@ -236,17 +256,42 @@ def evaluate(
         seed: seed of the question set (training draws from other seeds).
         generate_fn: ``generate_fn(model_dir, images, questions) -> answers``.
         batch_size: questions per ``generate_fn`` call.
+        dataset: one of ``DATASETS``.
 
     Returns:
         The per-type report.
     """
-    samples = eval_samples(n, seed)
+    samples = question_set(dataset, n, seed)
     return score(samples, lambda ims, qs: generate_fn(model_dir, ims, qs), batch_size)
+
+
+def accuracy_by_group(samples: Sequence[ood.OodSample], report: EvalReport) -> dict:
+    """Per-type accuracy of each drawing group of a scored out-of-distribution set.
+
+    Args:
+        samples: from :func:`mmcore.demo.ood.ood_samples`.
+        report: :func:`score` of exactly these samples.
+
+    Returns:
+        ``{group: {qtype: accuracy}}``.
+    """
+    if len(report.correct_flags) != len(samples):
+        raise ValueError("the report does not score these samples")
+    hits: dict[str, dict[str, list[bool]]] = {}
+    for sample, ok in zip(samples, report.correct_flags):
+        hits.setdefault(sample.group, {}).setdefault(sample.qtype, []).append(ok)
+    return {
+        group: {q: round(sum(flags) / len(flags), 4) for q, flags in by_type.items()}
+        for group, by_type in sorted(hits.items())
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="checkpoint folder")
+    parser.add_argument(
+        "--set", dest="dataset", choices=list(DATASETS), default="held_out", help="question set"
+    )
     parser.add_argument("--n", type=int, default=500, help="number of questions")
     parser.add_argument("--seed", type=int, default=4242, help="seed of the question set")
     parser.add_argument("--device", default="cpu")
@@ -264,9 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for name in names:
         answers[name] = []
-        report = evaluate(
-            args.model, args.n, args.seed, recording(backends[name], answers[name]), args.batch_size
-        )
+        backend = recording(backends[name], answers[name])
+        report = evaluate(args.model, args.n, args.seed, backend, args.batch_size, args.dataset)
         summary[name] = report.to_json()
     if len(names) == 2:
         summary["agreement"] = round(agreement(answers["hf"], answers["mmcore"]), 4)

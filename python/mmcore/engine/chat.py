@@ -6,6 +6,15 @@ import contextlib
 import json
 from typing import Any
 
+from mmcore.engine.chat_safety import (
+    check_placeholder_count,
+    could_form_special,
+    message_texts,
+    special_token_strings,
+    tokenize_marked,
+    with_markers,
+)
+
 _MEDIA_PART_TYPES = {
     "image": "image",
     "image_url": "image",
@@ -50,6 +59,8 @@ def _part_media(part: dict) -> Any:
             raise ValueError(f"a {kind} content part needs {kind}.url")
         return url
     if kind == "image_embeds":
+        if part.get("image_embeds") is None:
+            raise ValueError("an image_embeds content part needs 'image_embeds'")
         return {"image_embeds": part["image_embeds"]}
     if kind == "input_audio":
         return _input_audio(part)
@@ -118,8 +129,8 @@ def split_messages(messages: list[dict]) -> tuple[list[dict], dict[str, list]]:
             raise ValueError("message content must be a string or a list of content parts")
         parts = []
         for part in content:
-            if not isinstance(part, dict) or "type" not in part:
-                raise ValueError("each content part must be a dict with a 'type'")
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise ValueError("each content part must be a dict with a string 'type'")
             kind = part["type"]
             if kind == "text":
                 text = part.get("text")
@@ -146,8 +157,8 @@ def render_chat(
     add_generation_prompt: bool = True,
     continue_final_message: bool = False,
     chat_template_kwargs: dict | None = None,
-) -> tuple[str, dict[str, list]]:
-    """Render messages with the chat template; return (prompt text, media by modality).
+) -> tuple[str, list[int] | None, dict[str, list]]:
+    """Render messages with the chat template (see ``engine/chat_safety.py`` for the rules).
 
     Text typed by the user that looks like a placeholder is rejected: only media parts may
     create media slots.
@@ -163,7 +174,12 @@ def render_chat(
         chat_template_kwargs: extra template variables (e.g. ``enable_thinking``).
 
     Returns:
-        ``(prompt, media)``.
+        ``(prompt text, token ids or None, media by modality)``: token ids are given when user
+        text could form a control token and was tokenized apart from the template's text; None
+        means the prompt text tokenizes as usual.
+
+    Raises:
+        ValueError: malformed messages, or text that forms a media placeholder.
     """
     reserved = _RESERVED_TEMPLATE_KWARGS & set(chat_template_kwargs or {})
     if reserved:
@@ -174,15 +190,11 @@ def render_chat(
     for message in rendered:
         if "tool_calls" in message:
             message["tool_calls"] = _template_tool_calls(message["tool_calls"])
-    for message in rendered:
-        texts = (
-            [message["content"]]
-            if isinstance(message["content"], str)
-            else [p["text"] for p in message["content"] if p["type"] == "text"]
-        )
-        for text in texts:
+    texts = message_texts(rendered)
+    for parts in texts:
+        for text in parts:
             for modality, placeholder in placeholder_text.items():
-                if placeholder in text:
+                if placeholder and placeholder in text:
                     raise ValueError(
                         f"message text contains the {modality} placeholder {placeholder!r}; "
                         f"send {modality}s as content parts"
@@ -196,11 +208,19 @@ def render_chat(
         options["tools"] = tools
     if continue_final_message:
         options["continue_final_message"] = True
-    prompt = tokenizer.apply_chat_template(
-        rendered,
-        chat_template=chat_template,
-        tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        **options,
-    )
-    return prompt, media
+
+    def render(msgs: list[dict]) -> str:
+        return tokenizer.apply_chat_template(
+            msgs,
+            chat_template=chat_template,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+            **options,
+        )
+
+    prompt = render(rendered)
+    check_placeholder_count(prompt, placeholder_text, media)
+    if not could_form_special(texts, special_token_strings(tokenizer)):
+        return prompt, None, media
+    marked, marked_texts = with_markers(rendered)
+    return prompt, tokenize_marked(tokenizer, render(marked), marked_texts), media

@@ -138,7 +138,7 @@ def _check_limits(limits: dict[str, int] | None, supported: tuple[str, ...]) -> 
 def _vocab_size(executor, text_config) -> int:
     """Rows of the logits: the in-process model's, else the checkpoint's text config's."""
     model = getattr(executor, "model", None)
-    return int(model.vocab_size if model is not None else text_config.vocab_size)
+    return int(getattr(model, "vocab_size", 0) or text_config.vocab_size)
 
 
 def resolve_config(args: EngineArgs) -> EngineConfig:

@@ -16,7 +16,9 @@ from mmcore import _core
 from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
 from mmcore.engine.engine_logging import StatLogger, log_startup
+from mmcore.engine.fault_isolation import RequestFault, newest_requests
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
+from mmcore.engine.request_checks import check_params_for_model
 from mmcore.engine.request_tracker import RequestTracker, TokenTexts
 from mmcore.engine.runner import LaunchedStep, RequestState
 from mmcore.engine.sampling_setup import (
@@ -25,6 +27,7 @@ from mmcore.engine.sampling_setup import (
     tokenize_bad_words,
     truncate_prompt,
 )
+from mmcore.engine.step_recovery import fail_completion, recover_failed_step
 from mmcore.engine_args import EngineArgs
 from mmcore.executor.remote_request import RemoteRequest, refuse_host_sampling
 from mmcore.outputs import RequestOutput
@@ -108,6 +111,7 @@ class Engine:
         self._in_flight: tuple[Any, PendingSample] | None = None
         self._input_pool: ThreadPoolExecutor | None = None  # generate()'s input workers
         self.num_generated_tokens = 0  # read by the stats logger
+        self.num_prompt_tokens = 0  # prompt tokens accepted (each of n completions counts)
         self._stat_logger = None if engine_args.disable_log_stats else StatLogger(self)
         log_startup(self, time.perf_counter() - started)
 
@@ -143,6 +147,9 @@ class Engine:
     def _add_processed(
         self, request_id: str, processed: ProcessedPrompt, params: SamplingParams
     ) -> None:
+        check_params_for_model(
+            params, vocab_size=self.vocab_size, max_model_len=self.config.max_model_len
+        )
         processed = truncate_prompt(
             processed, params.truncate_prompt_tokens, self.config.max_model_len
         )
@@ -167,29 +174,13 @@ class Engine:
         tracker = RequestTracker.create(
             request_id, processed.prompt, prompt_ids, params, self.tokenizer
         )
+        tracker.processed, tracker.max_tokens = processed, max_tokens
         stop_ids = min_tokens_stop_ids(params, self._eos_token_ids)
         core_ids = [next(self._next_core_id) for _ in range(params.n)]
-        mrope = processed.mrope
         added = []
         try:
             for index, core_id in enumerate(core_ids):
-                self.scheduler.add_request(
-                    core_id,
-                    processed.token_ids,
-                    processed.features,
-                    max_tokens=max_tokens,
-                    min_tokens=params.min_tokens,
-                    eos_token_ids=self._eos_token_ids,
-                    stop_token_ids=params.stop_token_ids,
-                    ignore_eos=params.ignore_eos,
-                    # Prompt log-probabilities need every prompt position computed: a salt of
-                    # its own keeps the request off prefix-cache hits.
-                    cache_salt=f"prompt-logprobs:{core_id}"
-                    if params.prompt_logprobs is not None
-                    else "",
-                    mrope_positions=None if mrope is None else mrope.positions,
-                    mrope_delta=0 if mrope is None else mrope.delta,
-                )
+                self._add_core(core_id, processed.token_ids, tracker, max_tokens, params.min_tokens)
                 added.append(core_id)
                 self._add_to_executor(
                     core_id,
@@ -204,12 +195,39 @@ class Engine:
                     self.structured_outputs.add(core_id, grammar)
                 self._core_to_tracker[core_id] = (tracker, index)
                 self._not_yet_scheduled.add(core_id)
-        except ValueError:
+        except Exception:  # leave no half-added request behind, whatever failed
             for core_id in added:
                 self._drop_core(core_id, "abort")
             raise
         tracker.core_ids = core_ids
         self._trackers[request_id] = tracker
+        self.num_prompt_tokens += len(processed.token_ids) * params.n
+
+    def _add_core(
+        self,
+        core_id: int,
+        token_ids: np.ndarray,
+        tracker: RequestTracker,
+        max_tokens: int,
+        min_tokens: int,
+    ) -> None:
+        """Add one completion's request to the scheduler (first time, or recomputed)."""
+        params, mrope = tracker.params, tracker.processed.mrope
+        self.scheduler.add_request(
+            core_id,
+            token_ids,
+            tracker.processed.features,
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            eos_token_ids=self._eos_token_ids,
+            stop_token_ids=params.stop_token_ids,
+            ignore_eos=params.ignore_eos,
+            # Prompt log-probabilities need every prompt position computed: a salt of its own
+            # keeps the request off prefix-cache hits.
+            cache_salt=f"prompt-logprobs:{core_id}" if params.prompt_logprobs is not None else "",
+            mrope_positions=None if mrope is None else mrope.positions,
+            mrope_delta=0 if mrope is None else mrope.delta,
+        )
 
     def _generator_seed(self, params: SamplingParams, index: int, core_id: int) -> int:
         """Seed of the completion's own generator (made on the model's device, so its noise
@@ -290,6 +308,21 @@ class Engine:
         out = self.scheduler.schedule()
         if self._not_yet_scheduled:
             self._note_first_scheduled(out)
+        if self.runner is None:  # several ranks: a failing step is a worker failure (fail fast)
+            return self._launch_and_apply(out)
+        try:
+            return self._launch_and_apply(out)
+        except RequestFault as fault:
+            return recover_failed_step(self, out, fault.core_ids, fault)
+        except torch.OutOfMemoryError as exc:
+            outputs = recover_failed_step(self, out, newest_requests(out.req_ids.tolist()), exc)
+            # Fewer requests per step from now on (set once the step's requests are out).
+            self.scheduler.set_max_num_seqs(max(1, out.num_reqs // 2))
+            return outputs
+
+    def _launch_and_apply(self, out) -> list[RequestOutput]:
+        """Launch step ``out``; apply the step whose tokens are ready (this one, or in the
+        overlapped mode the one before)."""
         if self.runner is None:  # several ranks: the workers forward and sample in one go
             launched, constrained = None, False
         else:
@@ -299,6 +332,7 @@ class Engine:
             return self._apply(out, self._sample(out, launched, constrained).resolve())
         previous, outputs = self._in_flight, []
         if constrained and previous is not None:
+            self._in_flight = None
             outputs, previous = self._apply(previous[0], previous[1].resolve()), None
         pending = self._sample(out, launched, constrained)
         self._in_flight = (out, pending) if out.num_reqs else None
@@ -349,9 +383,14 @@ class Engine:
             tracker, index = entry
             row = sample_row.get(core_id)
             logprobs = sampled.logprobs[row] if row is not None else None
-            if core_id in self.structured_outputs:
-                self.structured_outputs.accept(core_id, token)
-            stop = tracker.add_token(index, token, logprobs, self._token_text)
+            try:
+                if core_id in self.structured_outputs:
+                    self.structured_outputs.accept(core_id, token)
+                stop = tracker.add_token(index, token, logprobs, self._token_text)
+            except Exception as exc:  # this request's text broke; the others go on
+                fail_completion(self, core_id, exc)
+                touched[tracker.request_id] = tracker
+                continue
             if stop is not None:
                 tracker.finish(index, "stop", stop)
                 self._drop_core(core_id, "stop")
@@ -499,13 +538,15 @@ class Engine:
         placeholders = {
             m: self.processor.placeholder_text(m) for m in self.processor.supported_modalities
         }
-        prompt, media = render_chat(
+        prompt, token_ids, media = render_chat(
             self.tokenizer,
             messages,
             chat_template or self.config.chat_template,
             placeholders,
             **render_options,
         )
+        if token_ids is not None:  # user text kept apart from control tokens
+            return {"prompt_token_ids": token_ids, "multi_modal_data": media}
         return {"prompt": prompt, "multi_modal_data": media}
 
     # ----------------------------------------------------------------- introspection

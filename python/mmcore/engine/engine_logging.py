@@ -66,6 +66,7 @@ class StatLogger:
         self._interval_s = interval_s
         self._last_time = time.monotonic()
         self._last_tokens = 0
+        self._last_prompt_tokens = 0
 
     def maybe_log(self) -> str | None:
         """Log a line when ``interval_s`` has passed since the last; return it (or None)."""
@@ -76,14 +77,19 @@ class StatLogger:
         engine = self._engine
         stats = engine.scheduler.stats()
         tokens = engine.num_generated_tokens
+        prompt_tokens = getattr(engine, "num_prompt_tokens", 0)
         used, total = stats["kv_blocks_used"], max(1, engine.config.num_blocks)
         hit_rate = stats["prefix_hits"] / max(1, stats["prefix_queries"])
+        encoder_hit_rate = stats.get("encoder_hits", 0) / max(1, stats.get("encoder_queries", 0))
         line = (
-            f"running: {stats['num_running']} reqs, waiting: {stats['num_waiting']} reqs, "
+            f"prompt: {(prompt_tokens - self._last_prompt_tokens) / elapsed:.1f} tokens/s, "
             f"generation: {(tokens - self._last_tokens) / elapsed:.1f} tokens/s, "
+            f"running: {stats['num_running']} reqs, waiting: {stats['num_waiting']} reqs, "
             f"KV cache usage: {100.0 * used / total:.1f}%, prefix cache hit rate: "
-            f"{100.0 * hit_rate:.1f}%, preemptions: {stats['num_preemptions']}"
+            f"{100.0 * hit_rate:.1f}%, encoder cache hit rate: {100.0 * encoder_hit_rate:.1f}%, "
+            f"preemptions: {stats['num_preemptions']}"
         )
         self._last_time, self._last_tokens = now, tokens
+        self._last_prompt_tokens = prompt_tokens
         logger.info(line)
         return line

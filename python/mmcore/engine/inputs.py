@@ -20,8 +20,16 @@ import numpy as np
 import torch
 
 from mmcore import _core
+from mmcore.engine.request_checks import prompt_token_array
 from mmcore.multimodal.hashing import hash_item, hash_kwargs
-from mmcore.multimodal.processor import MediaOptions, MRopePositions
+from mmcore.multimodal.media_budget import (
+    MediaBudget,
+    PeekedImage,
+    check_request_pixels,
+    peek_image,
+)
+from mmcore.multimodal.media_processes import MediaProcessPool
+from mmcore.multimodal.processor import MediaOptions, MRopePositions, MultiModalProcessor
 from mmcore.multimodal.processor_cache import ProcessorCache
 from mmcore.multimodal.video import VideoClip
 
@@ -60,6 +68,18 @@ class ProcessedPrompt:
     mrope: MRopePositions | None = None  # 3-row positions, for M-RoPE models
 
 
+@dataclass
+class _PlannedItem:
+    """One item after the checks that need no decoding of images."""
+
+    source: Any  # what to load (image bytes already read, the caller's object, loaded media)
+    uuid: str | None
+    num_embeds: int | None  # None: known only after loading
+    peeked: PeekedImage | None = None
+    item: MMItem | None = None  # already final (user-given embeddings or pixel values)
+    loaded: bool = False  # ``source`` is already the loaded media (videos, audio)
+
+
 def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -80,6 +100,8 @@ class InputProcessor:
         allowed_media_domains: hosts media URLs may be fetched from (empty: any public host;
             see ``mmcore.multimodal.url_fetch``).
         max_image_pixels: larger images (and video frames) are refused before decoding.
+        budget: the request's pixel budget (default: ``max_image_pixels`` per image and
+            ``DEFAULT_MAX_REQUEST_PIXELS`` in all).
     """
 
     def __init__(
@@ -95,6 +117,7 @@ class InputProcessor:
         allowed_local_media_path: str | None = None,
         allowed_media_domains: list[str] | None = None,
         max_image_pixels: int = 64_000_000,
+        budget: MediaBudget | None = None,
     ) -> None:
         self.processor = processor
         self.tokenizer = tokenizer
@@ -108,6 +131,9 @@ class InputProcessor:
             allowed_domains=tuple(allowed_media_domains or ()),
             max_image_pixels=max_image_pixels,
         )
+        self.budget = budget or MediaBudget(max_image_pixels=max_image_pixels)
+        # Worker processes for image decoding and processing (None: in the calling thread).
+        self.media_pool: MediaProcessPool | None = None
         self._allowed = [_MODALITIES[m] for m in processor.supported_modalities]
         # Names the placeholders in error messages, and finds placeholders without items.
         self._placeholder_tokens = [
@@ -118,22 +144,29 @@ class InputProcessor:
         ]
 
     def process(self, prompt: Any) -> ProcessedPrompt:
-        """Process one prompt; raise ValueError naming what is wrong with it."""
+        """Process one prompt; raise ValueError naming what is wrong with it.
+
+        Images are decoded last: their sizes (from headers), the request's pixel budget and
+        whether the expanded prompt fits ``max_model_len`` are checked first.
+        """
         text, token_ids, mm_data, uuids, request_kwargs = self._split_prompt(prompt)
         settings = self.processor.settings(request_kwargs)
         if token_ids is None:
             token_ids = self.tokenizer(text)["input_ids"]
-        ids = np.asarray(token_ids, dtype=np.int32)
-        if ids.ndim != 1 or ids.size == 0:
-            raise ValueError("prompt is empty")
-        if int(ids.min()) < 0 or int(ids.max()) >= len(self.tokenizer):
-            raise ValueError(f"prompt_token_ids must be in [0, {len(self.tokenizer)})")
+        ids = prompt_token_array(token_ids, len(self.tokenizer))
 
+        plans = {
+            modality: self._plan_modality(modality, _as_list(raw), uuids.get(modality), settings)
+            for modality, raw in mm_data.items()
+        }
+        check_request_pixels(
+            [p.peeked for plan in plans.values() for p in plan if p.peeked is not None],
+            self.budget,
+        )
+        self._check_fits(ids, plans)
         items: list[MMItem] = []
-        for modality, raw in mm_data.items():
-            items.extend(
-                self._process_modality(modality, _as_list(raw), uuids.get(modality), settings)
-            )
+        for modality, plan in plans.items():
+            items.extend(self._process_modality(modality, plan, settings))
         placeholder_items = [
             self.processor.placeholder_item(it.modality, it.identifier, it.num_embeds, it.layout)
             for it in items
@@ -150,6 +183,23 @@ class InputProcessor:
             items=ordered,
             mrope=self.processor.mrope_positions(expanded_ids, ordered),
         )
+
+    def _check_fits(self, ids: np.ndarray, plans: dict[str, list[_PlannedItem]]) -> None:
+        """Refuse, before any image decoding, a prompt whose expansion cannot fit."""
+        length = len(ids)
+        for modality, plan in plans.items():
+            counts = [p.num_embeds for p in plan]
+            if not plan or any(c is None for c in counts):
+                continue
+            token_id = self.processor.placeholder_token_id(modality)
+            num_placeholders = int(np.count_nonzero(ids == token_id))
+            if num_placeholders == len(plan):  # one placeholder per item: each expands
+                length += sum(counts) - num_placeholders
+        if length > self.max_model_len:
+            raise ValueError(
+                f"the prompt would be {length} tokens with its media expanded, more than "
+                f"max_model_len={self.max_model_len} (refused before decoding)"
+            )
 
     def _split_prompt(self, prompt: Any):
         if isinstance(prompt, str):
@@ -174,9 +224,11 @@ class InputProcessor:
             raise ValueError("multi_modal_data must be a dict of modality -> item(s)")
         return text, token_ids, mm_data, uuids, prompt.get("mm_processor_kwargs")
 
-    def _process_modality(
+    def _plan_modality(
         self, modality: str, raw_items: list, uuids, settings: dict
-    ) -> list[MMItem]:
+    ) -> list[_PlannedItem]:
+        """Check one modality's items: count, uuids, sizes (images from their headers only;
+        videos and audio clips are loaded here, their length decides their size)."""
         if modality not in _MODALITIES:
             raise ValueError(
                 f"unknown modality {modality!r}; expected one of {sorted(_MODALITIES)}"
@@ -194,28 +246,65 @@ class InputProcessor:
             raise ValueError(
                 f"multi_modal_uuids has {len(uuid_list)} {modality} entries for {len(raw_items)} items"
             )
-
-        items: list[MMItem | None] = [None] * len(raw_items)
-        to_process: list[tuple[int, Any, str]] = []
         # A user-named item processed with other settings is another item (another cache entry).
         own_settings = settings != self.processor.mm_processor_kwargs
         suffix = f"#{hash_kwargs(settings)}" if own_settings else ""
-        for i, (raw, uuid) in enumerate(zip(raw_items, uuid_list)):
+        plan = []
+        for raw, uuid in zip(raw_items, uuid_list):
             if isinstance(raw, dict) and "uuid" in raw:
                 uuid = raw["uuid"]
                 raw = raw.get("data", {k: v for k, v in raw.items() if k != "uuid"})
             if uuid:
                 uuid = f"{uuid}{suffix}"
             if isinstance(raw, dict) and "image_embeds" in raw:
-                items[i] = self._embeds_item(modality, raw, uuid)
+                item = self._embeds_item(modality, raw, uuid)
+                plan.append(_PlannedItem(raw, uuid, item.num_embeds, item=item))
             elif isinstance(raw, dict) and set(raw) & _PROCESSED_KEYS:
-                items[i] = self._preprocessed_item(modality, raw, uuid)
+                item = self._preprocessed_item(modality, raw, uuid)
+                plan.append(_PlannedItem(raw, uuid, item.num_embeds, item=item))
+            elif modality == "image":
+                peeked = peek_image(
+                    raw,
+                    self.budget,
+                    self.media_options.allowed_local_media_path,
+                    self.media_options.allowed_domains,
+                )
+                num_embeds = self.processor.num_embeds(modality, peeked.header, settings)
+                plan.append(_PlannedItem(peeked.source, uuid, num_embeds, peeked=peeked))
             else:
                 media = self.processor.load_media(modality, raw, self.media_options, settings)
-                identifier = uuid or hash_item(
-                    _hash_content(media), model=self.model_id, **settings
-                )
-                to_process.append((i, media, identifier))
+                num_embeds = self.processor.num_embeds(modality, media, settings)
+                plan.append(_PlannedItem(media, uuid, num_embeds, loaded=True))
+        return plan
+
+    def _uses_pool(self, modality: str, settings: dict) -> bool:
+        """Images go to the worker processes when the processor's engine-wide settings apply
+        and items need no per-item token layout."""
+        return (
+            self.media_pool is not None
+            and modality == "image"
+            and settings == self.processor.mm_processor_kwargs
+            and type(self.processor).item_layout is MultiModalProcessor.item_layout
+        )
+
+    def _process_modality(
+        self, modality: str, plan: list[_PlannedItem], settings: dict
+    ) -> list[MMItem]:
+        """Load (decode) and process one modality's planned items, processor cache first."""
+        items: list[MMItem | None] = [p.item for p in plan]
+        if self._uses_pool(modality, settings):
+            return self._process_in_pool(modality, plan, items)
+        to_process: list[tuple[int, Any, str]] = []
+        for i, p in enumerate(plan):
+            if p.item is not None:
+                continue
+            media = (
+                p.source
+                if p.loaded
+                else self.processor.load_media(modality, p.source, self.media_options, settings)
+            )
+            identifier = p.uuid or hash_item(_hash_content(media), model=self.model_id, **settings)
+            to_process.append((i, media, identifier))
 
         misses = []
         for i, media, identifier in to_process:
@@ -227,13 +316,33 @@ class InputProcessor:
                 layout = self.processor.item_layout(modality, media, settings)
                 items[i] = MMItem(modality, identifier, num_embeds, data=cached, layout=layout)
         if misses:
-            # Sizes first: an item the model can never take fails before any pixel work.
             counts = [self.processor.num_embeds(modality, m, settings) for _, m, _ in misses]
             outputs = self.processor.process(modality, [m for _, m, _ in misses], settings)
             for (i, media, identifier), num_embeds, data in zip(misses, counts, outputs):
                 self.cache.put(identifier, data)
                 layout = self.processor.item_layout(modality, media, settings)
                 items[i] = MMItem(modality, identifier, num_embeds, data=data, layout=layout)
+        return [it for it in items if it is not None]
+
+    def _process_in_pool(
+        self, modality: str, plan: list[_PlannedItem], items: list[MMItem | None]
+    ) -> list[MMItem]:
+        """Decode and process in the worker processes (items named by a uuid and already in
+        the processor cache are not sent)."""
+        pending = []
+        for i, p in enumerate(plan):
+            if p.item is not None:
+                continue
+            cached = self.cache.get(p.uuid) if p.uuid else None
+            if cached is not None:
+                items[i] = MMItem(modality, p.uuid, p.num_embeds, data=cached)
+            else:
+                pending.append(i)
+        results = self.media_pool.process_images([plan[i].source for i in pending])
+        for i, (identifier, num_embeds, data) in zip(pending, results):
+            identifier = plan[i].uuid or identifier
+            self.cache.put(identifier, data)
+            items[i] = MMItem(modality, identifier, num_embeds, data=data)
         return [it for it in items if it is not None]
 
     def _embeds_item(self, modality: str, raw: dict, uuid) -> MMItem:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mmcore.outputs import CompletionOutput, Logprob, RequestMetrics, RequestOutput
 from mmcore.sampling.detokenizer import IncrementalDetokenizer
@@ -49,6 +50,11 @@ class RequestTracker:
     core_ids: list[int] = field(default_factory=list)
     num_cached_tokens: int | None = None
     prompt_logprobs: list | None = None  # [None] + one dict per prompt position, as it arrives
+    # For recomputing a completion after a failed step (step_recovery): the processed prompt
+    # and the token budget it was admitted with.
+    processed: Any = None
+    max_tokens: int = 0
+    error: str | None = None  # why the engine failed this request (finish reason "error")
 
     @classmethod
     def create(
@@ -153,4 +159,5 @@ class RequestTracker:
             finished=self.finished,
             metrics=self.metrics,
             num_cached_tokens=self.num_cached_tokens,
+            error=self.error,
         )

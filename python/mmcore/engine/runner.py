@@ -7,6 +7,7 @@ each request's multimodal items and sampling state.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 from mmcore.distributed.communication import all_gather_varlen, broadcast_from_first
 from mmcore.distributed.parallel_state import encoder_tp_disabled, tp_rank, tp_size
 from mmcore.engine.cuda_graphs import DecodeGraphs
+from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_memory
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
@@ -197,7 +199,7 @@ class ModelRunner:
 
     def _run_encoder(self, out) -> None:
         """Encode the step's new items, batched across requests, into the encoder cache."""
-        pending: dict[str, list[tuple[int, MMItem]]] = {}
+        pending: dict[str, list[tuple[int, int, MMItem]]] = {}
         for req_id, item_index, handle in zip(
             out.encoder_req_ids.tolist(),
             out.encoder_item_indices.tolist(),
@@ -209,37 +211,48 @@ class ModelRunner:
             if item.embeds is not None:
                 self.encoder_cache[handle] = self._upload(item.embeds).to(self.dtype)
             else:
-                pending.setdefault(item.modality, []).append((handle, item))
+                pending.setdefault(item.modality, []).append((req_id, handle, item))
         for modality, entries in pending.items():
-            if encoder_tp_disabled():
-                outputs = self._encode_data_parallel(modality, entries)
-            else:
-                outputs = self._encode(modality, entries)
+            items = [item for _, _, item in entries]
+            try:
+                if encoder_tp_disabled():
+                    outputs = self._encode_data_parallel(modality, items)
+                else:
+                    outputs = self._encode(modality, items)
+            except Exception as exc:
+                # Several ranks: probing items alone would split the ranks' collectives.
+                if is_out_of_memory(exc) or tp_size() > 1:
+                    raise
+                bad = find_faulty(entries, lambda e, m=modality: self._encode(m, [e[2]]))
+                if not bad:
+                    raise
+                raise RequestFault([req_id for req_id, _, _ in bad], exc) from exc
             self.num_encoder_runs += 1
-            for (handle, item), emb in zip(entries, outputs):
+            for (req_id, handle, item), emb in zip(entries, outputs):
                 if emb.shape[0] != item.num_embeds:
-                    raise RuntimeError(
-                        f"encoder gave {emb.shape[0]} embeddings for an item expected to have "
-                        f"{item.num_embeds}"
+                    raise RequestFault(
+                        [req_id],
+                        RuntimeError(
+                            f"encoder gave {emb.shape[0]} embeddings for an item expected to "
+                            f"have {item.num_embeds}"
+                        ),
                     )
                 self.encoder_cache[handle] = emb
 
-    def _encode(self, modality: str, entries: list[tuple[int, MMItem]]) -> list[torch.Tensor]:
+    def _encode(self, modality: str, items: list[MMItem]) -> list[torch.Tensor]:
         data = [
             {k: self._upload(v) if isinstance(v, torch.Tensor) else v for k, v in it.data.items()}
-            for _, it in entries
+            for it in items
         ]
         return self.model.encode(modality, data) if data else []
 
-    def _encode_data_parallel(
-        self, modality: str, entries: list[tuple[int, MMItem]]
-    ) -> list[torch.Tensor]:
+    def _encode_data_parallel(self, modality: str, items: list[MMItem]) -> list[torch.Tensor]:
         """``mm_encoder_tp_mode="data"``: each rank encodes a contiguous share of the items
         (balanced by embedding count) with its whole encoder, then one all-gather."""
-        sizes = [item.num_embeds for _, item in entries]
+        sizes = [item.num_embeds for item in items]
         bounds = _balanced_split(sizes, tp_size())
         first, last = bounds[tp_rank()], bounds[tp_rank() + 1]
-        mine = self._encode(modality, entries[first:last])
+        mine = self._encode(modality, items[first:last])
         local = (
             torch.cat(mine).to(self.dtype)
             if mine
@@ -247,6 +260,34 @@ class ModelRunner:
         )
         rows = [sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         return list(all_gather_varlen(local, rows).split(sizes))
+
+    def encode_missing(self, out, req_ids: set[int]) -> None:
+        """Encode, one item at a time, the items of ``req_ids`` that step ``out`` scheduled but
+        did not encode (it failed): the core counts them as cached from now on.
+
+        Raises:
+            RequestFault: naming the requests whose item fails to encode on its own.
+        """
+        bad = []
+        for req_id, item_index, handle in zip(
+            out.encoder_req_ids.tolist(),
+            out.encoder_item_indices.tolist(),
+            out.encoder_handles.tolist(),
+        ):
+            if req_id not in req_ids or handle in self.encoder_cache:
+                continue
+            item = self.requests[req_id].items[item_index]
+            try:
+                if item.embeds is not None:
+                    self.encoder_cache[handle] = self._upload(item.embeds).to(self.dtype)
+                else:
+                    self.encoder_cache[handle] = self._encode(item.modality, [item])[0]
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                bad.append((req_id, exc))
+        if bad:
+            raise RequestFault([r for r, _ in bad], bad[0][1])
 
     def _input_ids(self, out) -> torch.Tensor:
         """The step's input ids on the device, with each -1 (a token the previous step sampled,
@@ -276,7 +317,13 @@ class ModelRunner:
             out.scatter_dst_rows.tolist(),
             out.scatter_lens.tolist(),
         ):
-            embeds[dst : dst + length] = self.encoder_cache[handle][src : src + length]
+            cached = self.encoder_cache.get(handle)
+            if cached is None:  # an item whose encoding failed in an earlier step
+                row = int(np.searchsorted(out.query_start_loc, dst, side="right")) - 1
+                raise RequestFault(
+                    [int(out.req_ids[row])], RuntimeError("the item's encoder output is missing")
+                )
+            embeds[dst : dst + length] = cached[src : src + length]
         return embeds
 
     def _attention_metadata(self, out) -> AttentionMetadata:
@@ -360,17 +407,37 @@ class ModelRunner:
             if step.ran:
                 self._last_sampled = pending.token_ids
         else:
-            pending = sample_on_device(
-                step.logits,
-                step.rows,
-                counts=self.sampling_counts,
-                to_device=self._tensor,
-                host_masks=host_masks,
-            )
+            try:
+                pending = sample_on_device(
+                    step.logits,
+                    step.rows,
+                    counts=self.sampling_counts,
+                    to_device=self._tensor,
+                    host_masks=host_masks,
+                )
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                raise self._sampling_fault(step, exc) from exc
             self._last_sampled = pending.token_ids
         if step.prompt_logprobs is not None:
             pending.attach_prompt_logprobs(step.prompt_logprobs)
         return pending
+
+    def _sampling_fault(self, step: LaunchedStep, exc: Exception) -> Exception:
+        """The requests whose rows fail to sample alone (each on a throw-away generator, no
+        counts: their own state is left as it was), as a RequestFault; else ``exc`` (always
+        with several ranks: a failing step there is a worker failure)."""
+        if tp_size() > 1:
+            return exc
+        bad = find_faulty(
+            range(len(step.rows)),
+            lambda i: sample_on_device(
+                step.logits[i : i + 1],
+                [dataclasses.replace(step.rows[i], generator=_throwaway(self.device), slot=-1)],
+            ).resolve(),
+        )
+        return RequestFault([step.req_ids[i] for i in bad], exc) if bad else exc
 
 
 def _balanced_split(sizes: list[int], parts: int) -> list[int]:
@@ -382,3 +449,8 @@ def _balanced_split(sizes: list[int], parts: int) -> list[int]:
             bounds.append(i + 1)
     bounds += [len(sizes)] * (parts + 1 - len(bounds))
     return bounds
+
+
+def _throwaway(device: torch.device) -> torch.Generator:
+    """A fresh seeded generator on ``device`` (probing a row must not advance its own)."""
+    return torch.Generator(device=device).manual_seed(0)

@@ -76,14 +76,22 @@ def paged_attention(
             scale,
             sliding_window,
         )
+    # Prefill chunks of equal (query length, sequence length) share one SDPA call: a burst of
+    # same-shaped prompts costs one call per layer instead of one per request.
+    groups: dict[tuple[int, int], list[int]] = {}
     for b, seq_len in enumerate(lens):
-        start, end = qsl[b], qsl[b + 1]
-        num_q = end - start
-        if num_q <= 1:
-            continue
-        k = _gather(key_cache, block_tables[b : b + 1], seq_len)[0].transpose(0, 1)
-        v = _gather(value_cache, block_tables[b : b + 1], seq_len)[0].transpose(0, 1)
-        q = query[start:end].transpose(0, 1)
+        num_q = qsl[b + 1] - qsl[b]
+        if num_q > 1:
+            groups.setdefault((num_q, seq_len), []).append(b)
+    for (num_q, seq_len), rows in groups.items():
+        rows_t = torch.tensor(rows, device=query.device)
+        k = _gather(key_cache, block_tables[rows_t], seq_len).transpose(1, 2)  # [n, Hkv, L, D]
+        v = _gather(value_cache, block_tables[rows_t], seq_len).transpose(1, 2)
+        q_rows = (
+            torch.tensor([qsl[b] for b in rows], device=query.device)[:, None]
+            + torch.arange(num_q, device=query.device)
+        ).flatten()
+        q = query[q_rows].view(len(rows), num_q, *query.shape[1:]).transpose(1, 2)
         q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
         mask = _visible(q_pos, torch.arange(seq_len, device=query.device)[None, :], sliding_window)
         res = F.scaled_dot_product_attention(
@@ -92,9 +100,9 @@ def paged_attention(
             v.float(),
             attn_mask=mask,
             scale=scale,
-            enable_gqa=q.shape[0] != k.shape[0],
+            enable_gqa=q.shape[1] != k.shape[1],
         )
-        out[start:end] = res.transpose(0, 1).to(query.dtype)
+        out[q_rows] = res.transpose(1, 2).reshape(-1, *query.shape[1:]).to(query.dtype)
     return out
 
 

@@ -84,6 +84,21 @@ def decode_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     Raises:
         ValueError: Empty, unrecognised, too many pixels, corrupt or truncated data.
     """
+    image = open_image_lazily(data)
+    _check_pixels(image.width, image.height, max_pixels, f"{image.format} image")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ValueError(f"{image.format} image data is corrupt or truncated: {e}") from None
+    return image
+
+
+def open_image_lazily(data: bytes) -> Image.Image:
+    """Open encoded image bytes reading the header only (size and format; no pixel decoded).
+
+    Raises:
+        ValueError: empty, unrecognised or corrupt header.
+    """
     if not data:
         raise ValueError("image data is empty")
     try:
@@ -96,11 +111,6 @@ def decode_image_bytes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image data ({len(data)} bytes) has a corrupt header: {e}") from None
-    _check_pixels(image.width, image.height, max_pixels, f"{image.format} image")
-    try:
-        image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ValueError(f"{image.format} image data is corrupt or truncated: {e}") from None
     return image
 
 

@@ -18,12 +18,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import mmcore
+from mmcore.engine.cpu_placement import CpuPlacement, pin_compute_thread, pin_current_thread
 from mmcore.executor.errors import WorkerFailedError
-from mmcore.server.async_engine import AsyncEngine
+from mmcore.listen_socket import bind_socket
+from mmcore.multimodal.media_processes import MediaProcessPool
+from mmcore.server.async_engine import AsyncEngine, EngineDeadError
 from mmcore.server.errors import APIError, install_error_handlers
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import CONTENT_TYPE, ServerMetrics
 from mmcore.server.middleware import GuardMiddleware
+from mmcore.server.overload import AdmissionControl
 from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from mmcore.server.serving_chat import create_chat_completion
 from mmcore.server.serving_common import ServerState
@@ -53,6 +57,18 @@ class ServerConfig:
             ``llama3_json``); needed for ``tool_choice="auto"``.
         enable_auto_tool_choice: let the model decide whether to call a tool
             (``tool_choice="auto"``, the default when a request has tools).
+        allow_special_tokens_in_prompts: completion string prompts may carry control tokens
+            (default: special token strings typed in them are tokenized as plain text).
+        max_waiting_requests: requests that may wait beyond the running batch; more get 429
+            with ``Retry-After`` (None: no limit).
+        metrics_need_api_key: ``/metrics`` needs the API key too.
+        max_header_bytes: largest request head (request line + headers); 431 beyond.
+        max_request_pixels: most image pixels in one request, checked from image headers
+            before decoding (None: the engine's default).
+        media_processes: worker processes that decode and process images (0: the input
+            threads do, in the server process).
+        cpu_placement: on a CPU host, the cores of the engine thread (compute) and of the
+            HTTP and input threads (None: no pinning).
     """
 
     # Defaults come from the server's options (mmcore.server_args), their one home.
@@ -67,6 +83,13 @@ class ServerConfig:
     log_level: str = ServerArgs.uvicorn_log_level
     tool_call_parser: str | None = ServerArgs.tool_call_parser
     enable_auto_tool_choice: bool = ServerArgs.enable_auto_tool_choice
+    allow_special_tokens_in_prompts: bool = ServerArgs.allow_special_tokens_in_prompts
+    max_waiting_requests: int | None = ServerArgs.max_waiting_requests
+    metrics_need_api_key: bool = ServerArgs.metrics_need_api_key
+    max_header_bytes: int = ServerArgs.max_header_bytes
+    max_request_pixels: int | None = ServerArgs.max_request_pixels
+    media_processes: int = 0
+    cpu_placement: CpuPlacement | None = None
 
     def __post_init__(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
@@ -86,7 +109,12 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     Returns:
         The app; ``app.state.server`` is its :class:`ServerState`.
     """
-    async_engine = AsyncEngine(engine, input_workers=config.input_workers)
+    placement = config.cpu_placement
+    async_engine = AsyncEngine(
+        engine,
+        input_workers=config.input_workers,
+        thread_setup=(lambda: pin_compute_thread(placement)) if placement else None,
+    )
     state = ServerState(
         engine=async_engine,
         metrics=ServerMetrics(async_engine.stats, config.model_names[0]),
@@ -94,15 +122,36 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
         media=config.media,
         created=int(time.time()),
         tool_call_parser=config.tool_call_parser if config.enable_auto_tool_choice else None,
+        allow_special_tokens_in_prompts=config.allow_special_tokens_in_prompts,
+        admission=AdmissionControl(1, config.max_waiting_requests),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        if placement is not None:  # the event loop, and the threads it starts, on I/O cores
+            pin_current_thread(placement.io_cores)
         async_engine.start()
+        state.admission.max_running = async_engine.engine.config.max_num_seqs
+        inputs = async_engine.engine.inputs
+        if config.max_request_pixels is not None:
+            inputs.budget.max_request_pixels = config.max_request_pixels
+        if config.media_processes > 0:
+            inputs.media_pool = MediaProcessPool(
+                inputs.processor,
+                config.media_processes,
+                model_id=inputs.model_id,
+                mm_processor_kwargs=inputs.mm_processor_kwargs,
+                max_image_pixels=inputs.media_options.max_image_pixels,
+                allowed_local_media_path=inputs.media_options.allowed_local_media_path,
+            )
+            inputs.media_pool.warm_up()
         try:
             yield
         finally:
             async_engine.shutdown(timeout=config.shutdown_timeout_s)
+            if inputs.media_pool is not None:
+                inputs.media_pool.shutdown()
+                inputs.media_pool = None
 
     app = FastAPI(title="mmcore", lifespan=lifespan)
     app.state.server = state
@@ -112,6 +161,8 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
         metrics=state.metrics,
         max_request_bytes=config.max_request_bytes,
         api_key=config.api_key,
+        metrics_need_api_key=config.metrics_need_api_key,
+        max_header_bytes=config.max_header_bytes,
     )
 
     @app.post("/v1/chat/completions")
@@ -188,17 +239,18 @@ class _GracefulServer(uvicorn.Server):
                 log_level=config.log_level,
                 timeout_graceful_shutdown=config.shutdown_timeout_s + _ABORT_GRACE_S,
                 lifespan="on",
+                # Above the middleware's 431 limit, so clients normally get a JSON error body.
+                h11_max_incomplete_event_size=2 * config.max_header_bytes,
             )
         )
         self._engine: AsyncEngine = app.state.server.engine
         self._abort_after_s = config.shutdown_timeout_s
+        # An engine that fails for good takes the server down, so a supervisor restarts it.
+        self._engine.on_fatal = self._exit_on_engine_failure
 
-    async def on_tick(self, counter: int) -> bool:
-        # A failed tensor-parallel worker cannot be recovered in-process: after answering 503
-        # the server exits (non-zero, see run_server) so that a supervisor restarts it.
-        if isinstance(self._engine.error, WorkerFailedError):
-            self.should_exit = True
-        return await super().on_tick(counter)
+    def _exit_on_engine_failure(self) -> None:
+        logger.error("the engine failed for good; shutting the server down")
+        self.should_exit = True
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         timer = asyncio.get_running_loop().call_later(self._abort_after_s, self._engine.abort_all)
@@ -212,28 +264,39 @@ def _uvicorn_server(app: FastAPI, config: ServerConfig) -> uvicorn.Server:
     return _GracefulServer(app, config)
 
 
-def run_server(engine: Any, config: ServerConfig) -> None:
+def run_server(engine: Any, config: ServerConfig, sock: socket.socket | None = None) -> None:
     """Serve until SIGINT/SIGTERM: then stop accepting, let in-flight requests finish (up to
     ``shutdown_timeout_s``, then abort them), stop the engine thread, and return.
 
+    Args:
+        engine: an Engine or a function building one (built after the port is bound).
+        config: the server options.
+        sock: a socket from :func:`bind_socket` (default: bound here, before the engine).
+
     Raises:
+        OSError: the port cannot be bound.
         WorkerFailedError: a tensor-parallel worker failed (requests got 503; the server
             stopped so that a supervisor restarts it).
+        EngineDeadError: the engine failed for good otherwise while serving (exit non-zero).
     """
+    sock = sock or bind_socket(config.host, config.port)
     app = build_app(engine, config)
     server = _uvicorn_server(app, config)
     # uvicorn re-raises the signal it caught after a graceful shutdown; a no-op handler
     # underneath turns that into a normal return (exit status 0).
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         signal.signal(signal.SIGTERM, previous)
-    start_error = app.state.server.engine.start_error
-    if start_error is not None:  # uvicorn logged it and exited; the caller gets it too
-        raise start_error
-    if isinstance(app.state.server.engine.error, WorkerFailedError):
-        raise app.state.server.engine.error
+        sock.close()
+    async_engine = app.state.server.engine
+    if async_engine.start_error is not None:  # uvicorn logged it and exited; the caller too
+        raise async_engine.start_error
+    if isinstance(async_engine.error, WorkerFailedError):  # it names the failed rank
+        raise async_engine.error
+    if async_engine.error is not None:
+        raise EngineDeadError(f"the engine failed: {async_engine.error!r}")
 
 
 class BackgroundServer:

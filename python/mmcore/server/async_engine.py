@@ -32,8 +32,22 @@ logger = logging.getLogger("mmcore.server")
 _LIVENESS_CHECK_S = 1.0
 
 
-class EngineDeadError(RuntimeError):
+class EngineRequestError(RuntimeError):
+    """A request could not be completed; ``status`` and ``code`` say how to report it."""
+
+    status = 500
+    code = "request_failed"
+
+
+class EngineDeadError(EngineRequestError):
     """The engine thread failed or has stopped; the request cannot be served."""
+
+    status = 503
+    code = "engine_unavailable"
+
+
+class RequestFailedError(EngineRequestError):
+    """The engine failed this one request (its step raised); the engine goes on."""
 
 
 @dataclass
@@ -132,6 +146,7 @@ class RequestStream:
     _engine: AsyncEngine
     finished: bool = field(default=False)
     prompt_logprobs: list | None = None  # set once they arrive, when asked for
+    on_close: Callable[[], None] | None = None  # called once when the stream ends
 
     async def __aiter__(self) -> AsyncIterator[StreamUpdate]:
         try:
@@ -147,12 +162,25 @@ class RequestStream:
         finally:
             if not self.finished:  # the consumer left early (client gone, cancelled)
                 self.abort()
+            self._close()
 
     def abort(self) -> None:
         """Stop the request in the engine (frees its KV blocks)."""
         if not self.finished:
             self.finished = True
             self._engine.abort(self.request_id)
+        self._close()
+
+    def expire(self) -> None:
+        """Abort the request in the engine but keep listening: the consumer gets the final
+        ``finish_reason="abort"`` update (a per-request timeout)."""
+        if not self.finished:
+            self._engine.abort(self.request_id)
+
+    def _close(self) -> None:
+        callback, self.on_close = self.on_close, None
+        if callback is not None:
+            callback()
 
 
 class AsyncEngine:
@@ -164,9 +192,16 @@ class AsyncEngine:
             and runs the engine: on a CPU a model built on one thread and run on another pays
             for two OpenMP thread teams (measured 1.7x slower per step on a 2-core machine).
         input_workers: threads for input processing (media decode, image processor).
+        thread_setup: called first on the engine thread (e.g. to pin it to compute cores).
     """
 
-    def __init__(self, engine: Any, input_workers: int = 2) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        input_workers: int = 2,
+        thread_setup: Callable[[], None] | None = None,
+    ) -> None:
+        self._thread_setup = thread_setup
         self._factory: Callable[[], Any] | None = engine if callable(engine) else None
         self.engine = None if self._factory is not None else engine
         self._ready = threading.Event()
@@ -178,6 +213,7 @@ class AsyncEngine:
         self._num_pending_inputs = 0
         self._pending_lock = threading.Lock()
         self._error: BaseException | None = None
+        self.on_fatal: Callable[[], None] | None = None  # called once the engine thread failed
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mm-engine", daemon=True)
         if self.engine is not None:
@@ -204,7 +240,7 @@ class AsyncEngine:
 
     @property
     def error(self) -> BaseException | None:
-        """What stopped the engine thread mid-run, if anything (None while it runs)."""
+        """What stopped the engine thread while serving (None while healthy)."""
         return self._error
 
     @property
@@ -311,6 +347,8 @@ class AsyncEngine:
     def _abort(self, request_id: str) -> None:
         """Abort in the engine; a listening consumer sees ``finish_reason="abort"``."""
         active = self._active.pop(request_id, None)
+        if active is not None:
+            logger.info("request %s aborted", request_id)
         self.engine.abort_request(request_id)
         if active is not None:
             deltas = [
@@ -335,10 +373,13 @@ class AsyncEngine:
         _, request_id, processed, params, active = command
         try:
             self.engine.add_processed(request_id, processed, params)
-        except ValueError as exc:
+        except Exception as exc:  # this request is refused; the engine thread goes on
+            if not isinstance(exc, ValueError):
+                logger.warning("request %s refused: %r", request_id, exc)
             self._send(active, exc)
             return True
         self._active[request_id] = active
+        logger.debug("request %s added (%d prompt tokens)", request_id, len(processed.token_ids))
         self._send(active, _Accepted())
         return True
 
@@ -362,6 +403,11 @@ class AsyncEngine:
         for output in outputs:
             active = self._active.get(output.request_id)
             if active is None:
+                continue
+            if output.error is not None:
+                logger.warning("request %s failed: %s", output.request_id, output.error)
+                del self._active[output.request_id]
+                self._send(active, RequestFailedError(output.error))
                 continue
             deltas = _deltas(active, output)
             prompt_logprobs = getattr(output, "prompt_logprobs", None)
@@ -389,6 +435,8 @@ class AsyncEngine:
 
     def _run(self) -> None:
         try:
+            if self._thread_setup is not None:
+                self._thread_setup()
             if self._factory is not None:
                 self.engine = self._factory()
                 self._publish_stats()
@@ -410,6 +458,8 @@ class AsyncEngine:
             logger.exception("the engine thread failed")
             self._error = exc
             self._fail_all(EngineDeadError(f"engine failure: {exc!r}"))
+            if self.on_fatal is not None:
+                self.on_fatal()
         finally:
             self._stopped.set()
             # Requests still running at shutdown end as aborted.

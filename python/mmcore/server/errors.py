@@ -17,7 +17,10 @@ _TYPE_BY_STATUS = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
+    431: "invalid_request_error",
     503: "service_unavailable_error",
 }
 
@@ -29,13 +32,21 @@ class APIError(Exception):
         status: the HTTP status code.
         message: what went wrong, for the client.
         code: a short machine-readable code (e.g. ``"invalid_image"``).
+        headers: extra response headers (e.g. ``Retry-After``).
     """
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.headers = headers
 
 
 def error_body(
@@ -50,10 +61,16 @@ def error_body(
 
 
 def error_response(
-    status: int, message: str, code: str | None = None, param: str | None = None
+    status: int,
+    message: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """A JSON error response with the OpenAI error body."""
-    return JSONResponse(error_body(status, message, code, param), status_code=status)
+    return JSONResponse(
+        error_body(status, message, code, param), status_code=status, headers=headers
+    )
 
 
 def _format_validation_error(exc: RequestValidationError) -> str:
@@ -77,22 +94,33 @@ def _validation_param(exc: RequestValidationError) -> str | None:
     return None
 
 
+def _log_refusal(request: Request, status: int, message: str) -> None:
+    """Log why a request was refused (4xx), with the client and route, for operators."""
+    if 400 <= status < 500:
+        client = request.client.host if request.client else "-"
+        logger.info(
+            "%s %s from %s -> %d: %s", request.method, request.url.path, client, status, message
+        )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map every failure to an OpenAI error body; validation errors are 400, never 422."""
 
     @app.exception_handler(APIError)
-    async def _api_error(_request: Request, exc: APIError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.code)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        _log_refusal(request, exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(
-            400, _format_validation_error(exc), "invalid_value", _validation_param(exc)
-        )
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = _format_validation_error(exc)
+        _log_refusal(request, 400, message)
+        return error_response(400, message, "invalid_value", _validation_param(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+        _log_refusal(request, exc.status_code, message)
         return error_response(exc.status_code, message)
 
     @app.exception_handler(Exception)

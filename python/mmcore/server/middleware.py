@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 
 from mmcore.server.errors import error_body
 from mmcore.server.metrics import ServerMetrics
 
+logger = logging.getLogger("mmcore.server")
 _MAX_DRAIN_BYTES = 64 << 20
 _KNOWN_ENDPOINTS = {
     "/v1/chat/completions",
@@ -38,16 +40,27 @@ class GuardMiddleware:
         app: the ASGI app to guard.
         metrics: where request counts go.
         max_request_bytes: largest request body (by Content-Length and as streamed).
-        api_key: when set, ``/v1/*`` requests need ``Authorization: Bearer <api_key>``.
+        api_key: when set, ``/v1/*`` requests need ``Authorization: Bearer <api_key>`` (the
+            scheme in any case, as RFC 7235 says).
+        metrics_need_api_key: ``/metrics`` needs the key too.
+        max_header_bytes: largest request path + headers (431 beyond).
     """
 
     def __init__(
-        self, app, metrics: ServerMetrics, max_request_bytes: int, api_key: str | None
+        self,
+        app,
+        metrics: ServerMetrics,
+        max_request_bytes: int,
+        api_key: str | None,
+        metrics_need_api_key: bool = False,
+        max_header_bytes: int = 16 << 10,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.api_key = api_key
+        self.metrics_need_api_key = metrics_need_api_key
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -65,7 +78,19 @@ class GuardMiddleware:
                 ).inc()
             await send(message)
 
-        if self.api_key is not None and path.startswith("/v1") and not self._authorized(scope):
+        head_bytes = len(scope.get("raw_path") or b"") + sum(
+            len(name) + len(value) + 4 for name, value in scope.get("headers", [])
+        )
+        if head_bytes > self.max_header_bytes:
+            await _send_error(
+                counting_send,
+                431,
+                f"request headers exceed the limit of {self.max_header_bytes} bytes",
+                "headers_too_large",
+            )
+            return
+        if self.api_key is not None and self._needs_key(path) and not self._authorized(scope):
+            logger.info("401 %s: invalid or missing API key", path)
             await _send_error(counting_send, 401, "invalid or missing API key", "invalid_api_key")
             return
         if scope.get("method") in ("POST", "PUT", "PATCH"):
@@ -81,11 +106,16 @@ class GuardMiddleware:
             receive = _replay(body, receive)
         await self.app(scope, receive, counting_send)
 
+    def _needs_key(self, path: str) -> bool:
+        return path.startswith("/v1") or (self.metrics_need_api_key and path == "/metrics")
+
     def _authorized(self, scope) -> bool:
         for name, value in scope.get("headers", []):
             if name == b"authorization":
-                expected = f"Bearer {self.api_key}".encode()
-                return hmac.compare_digest(value.strip(), expected)
+                scheme, _, token = value.strip().partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                return hmac.compare_digest(token.strip(), self.api_key.encode())
         return False
 
     async def _read_body(self, scope, receive) -> bytes | None:

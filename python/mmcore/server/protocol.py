@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mmcore.engine.request_checks import INT32_MAX
 from mmcore.sampling_params import SamplingParams
 from mmcore.server.structured import structured_outputs_of
 from mmcore.server.tool_protocol import (
@@ -30,6 +31,9 @@ from mmcore.server.unsupported_fields import (
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 300  # entries of one request's logit_bias
+MAX_STOP_LEN = 1024  # characters of one stop string
+MAX_STOP_TOKEN_IDS = 1024
+MAX_TIMEOUT_S = 24 * 3600.0
 
 
 class StreamOptions(BaseModel):
@@ -64,15 +68,20 @@ class _SamplingFields(BaseModel):
     model: str | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Field(ge=-1)] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=INT32_MAX)] | None = None
     min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
     best_of: Annotated[int, Field(ge=1)] | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
+    stop: str | list[Annotated[str, Field(max_length=MAX_STOP_LEN)]] | None = None
+    stop_token_ids: (
+        Annotated[
+            list[Annotated[int, Field(ge=0, le=INT32_MAX)]], Field(max_length=MAX_STOP_TOKEN_IDS)
+        ]
+        | None
+    ) = None
     include_stop_str_in_output: bool = False
-    min_tokens: Annotated[int, Field(ge=0)] = 0
+    min_tokens: Annotated[int, Field(ge=0, le=INT32_MAX)] = 0
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
@@ -101,6 +110,8 @@ class _SamplingFields(BaseModel):
     user: str | None = None  # an end-user id for abuse tracking; accepted and logged only
     # vLLM's extra: settings of the model's multimodal processor for this request only.
     mm_processor_kwargs: dict[str, Any] | None = None
+    # Seconds from arrival after which the request is aborted (mmcore's extension).
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S)] | None = None
 
     def _check_common(self) -> None:
         if self.stream_options is not None and not self.stream:
@@ -179,8 +190,8 @@ class ChatCompletionRequest(_SamplingFields):
     """``POST /v1/chat/completions``."""
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     tools: list[ChatTool] | None = None
@@ -254,14 +265,15 @@ class ChatCompletionRequest(_SamplingFields):
         return [t.model_dump(exclude_none=True) for t in self.tools]
 
 
-PromptInput = str | list[str] | list[int] | list[list[int]]
+TokenId = Annotated[int, Field(ge=0, le=INT32_MAX)]
+PromptInput = str | list[str] | list[TokenId] | list[list[TokenId]]
 
 
 class CompletionRequest(_SamplingFields):
     """``POST /v1/completions``."""
 
     prompt: PromptInput
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    max_tokens: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = 16
     logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
 
     @model_validator(mode="before")

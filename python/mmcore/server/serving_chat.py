@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from mmcore.server.async_engine import EngineDeadError, RequestStream, StreamUpdate
+from mmcore.server.async_engine import EngineRequestError, RequestStream, StreamUpdate
 from mmcore.server.errors import APIError, error_body
 from mmcore.server.media_fetch import resolve_messages
 from mmcore.server.metrics import RequestRecorder
@@ -111,7 +111,7 @@ async def create_chat_completion(
         return engine.inputs.process(body.with_processor_kwargs(prompt))
 
     request_id = new_request_id("chatcmpl")
-    stream = await process_and_submit(state, request_id, prepare, params, arrival)
+    stream = await process_and_submit(state, request_id, prepare, params, arrival, body.timeout)
     recorder = RequestRecorder(state.metrics, arrival, len(stream.prompt_token_ids))
     updates = iterate(stream, recorder, params.n)
     top_k = body.top_logprobs or 0
@@ -202,6 +202,6 @@ async def _sse(
                 yield chunk(choices, running_usage, update.prompt_logprobs)
         if body.include_usage:
             yield chunk([], usage(num_prompt, num_completion))
-    except EngineDeadError as exc:
-        yield sse_event(error_body(503, str(exc), "engine_unavailable"))
+    except EngineRequestError as exc:
+        yield sse_event(error_body(exc.status, str(exc), exc.code))
     yield SSE_DONE

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from mmcore.sampling_params import SamplingParams
-from mmcore.server.async_engine import AsyncEngine, EngineDeadError, RequestStream, StreamUpdate
+from mmcore.server.async_engine import (
+    AsyncEngine,
+    EngineDeadError,
+    EngineRequestError,
+    RequestStream,
+    StreamUpdate,
+)
 from mmcore.server.errors import APIError
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import RequestRecorder, ServerMetrics
+from mmcore.server.overload import AdmissionControl
 from mmcore.server.responses import CompletionAccumulator
 
 _DISCONNECT_POLL_S = 0.5
+# Raised by input processing only on data a user sent that is shaped wrongly.
+_MALFORMED_INPUT = (TypeError, KeyError, IndexError, OverflowError)
+logger = logging.getLogger("mmcore.server")
 
 
 @dataclass
@@ -33,6 +44,9 @@ class ServerState:
         media: where images may come from.
         created: server start time (Unix seconds), reported by ``/v1/models``.
         tool_call_parser: the parser of ``tool_choice="auto"`` (None: auto is refused).
+        allow_special_tokens_in_prompts: completion string prompts may carry control tokens
+            (by default special token strings in them are plain text).
+        admission: the bounded queue of requests (429 when full).
     """
 
     engine: AsyncEngine
@@ -41,6 +55,8 @@ class ServerState:
     media: MediaPolicy
     created: int
     tool_call_parser: str | None = None
+    allow_special_tokens_in_prompts: bool = False
+    admission: AdmissionControl = field(default_factory=lambda: AdmissionControl(1, None))
 
     @property
     def tokenizer(self):
@@ -69,12 +85,12 @@ def sampling_params(build: Callable[[], SamplingParams], vocab_size: int) -> Sam
         params = build()
     except ValueError as exc:
         raise APIError(400, str(exc), "invalid_value") from exc
-    for field in ("logit_bias", "allowed_token_ids", "stop_token_ids"):
-        ids = getattr(params, field, None) or ()
+    for name in ("logit_bias", "allowed_token_ids", "stop_token_ids"):
+        ids = getattr(params, name, None) or ()
         bad = [t for t in ids if not 0 <= int(t) < vocab_size]
         if bad:
             raise APIError(
-                400, f"{field} has token ids outside [0, {vocab_size}): {bad[:5]}", "invalid_value"
+                400, f"{name} has token ids outside [0, {vocab_size}): {bad[:5]}", "invalid_value"
             )
     return params
 
@@ -85,12 +101,18 @@ async def process_and_submit(
     prepare: Callable[[], Any],
     params: SamplingParams,
     arrival_time: float,
+    timeout_s: float | None = None,
 ) -> RequestStream:
-    """Run ``prepare`` (media, template, processor) in the pool, then submit to the engine.
+    """Admit the request, run ``prepare`` (media, template, processor) in the pool, then
+    submit to the engine.
+
+    Args:
+        timeout_s: seconds from arrival after which the request is aborted (None: never).
 
     Raises:
-        APIError: 400 for bad input (anything the engine refuses with ValueError), 503 when
-            the engine is not running.
+        APIError: 429 when the server is full, 400 for bad input (anything the engine refuses
+            with ValueError), 408 when the timeout passed before it ran, 503 when the engine is
+            not running.
     """
     from PIL import UnidentifiedImageError
 
@@ -104,13 +126,39 @@ async def process_and_submit(
             engine.structured_outputs.compile(params.structured_outputs)
         return processed
 
+    state.admission.admit()
     try:
         processed = await state.engine.run_in_pool(prepare_and_compile)
-        return await state.engine.submit(request_id, processed, params, arrival_time)
+        if timeout_s is not None and time.monotonic() - arrival_time >= timeout_s:
+            raise APIError(408, f"the request timed out after {timeout_s} s", "timeout")
+        stream = await state.engine.submit(request_id, processed, params, arrival_time)
     except (ValueError, UnidentifiedImageError) as exc:
+        state.admission.release()
         raise APIError(400, str(exc), "invalid_request") from exc
+    except _MALFORMED_INPUT as exc:  # malformed user data that slipped past the checks
+        state.admission.release()
+        logger.warning("request %s: malformed input: %r", request_id, exc)
+        raise APIError(400, f"invalid request: {exc}", "invalid_request") from exc
     except EngineDeadError as exc:
+        state.admission.release()
         raise APIError(503, str(exc), "engine_unavailable") from exc
+    except BaseException:
+        state.admission.release()
+        raise
+    stream.on_close = state.admission.release
+    if timeout_s is not None:
+        remaining = max(0.0, timeout_s - (time.monotonic() - arrival_time))
+        handle = asyncio.get_running_loop().call_later(remaining, stream.expire)
+        stream.on_close = _chain(handle.cancel, state.admission.release)
+    return stream
+
+
+def _chain(*callbacks: Callable[[], Any]) -> Callable[[], None]:
+    def run() -> None:
+        for callback in callbacks:
+            callback()
+
+    return run
 
 
 async def iterate(
@@ -126,7 +174,7 @@ async def iterate(
                 if delta.finish_reason is not None:
                     reasons[delta.index] = delta.finish_reason
             yield update
-    except EngineDeadError:
+    except EngineRequestError:
         reasons = [r or "error" for r in reasons]
         raise
     finally:
@@ -162,7 +210,10 @@ async def until_disconnect(raw_request: Request, work: Any) -> Any:
         while True:
             done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
             if done:
-                return task.result()
+                try:
+                    return task.result()
+                except EngineRequestError as exc:
+                    raise APIError(exc.status, str(exc), exc.code) from exc
             if await raw_request.is_disconnected():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

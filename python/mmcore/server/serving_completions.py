@@ -10,7 +10,8 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from mmcore.server.async_engine import EngineDeadError, RequestStream, StreamUpdate
+from mmcore.engine.chat_safety import tokenize_plain_text
+from mmcore.server.async_engine import EngineRequestError, RequestStream, StreamUpdate
 from mmcore.server.errors import APIError, error_body
 from mmcore.server.metrics import RequestRecorder
 from mmcore.server.protocol import CompletionRequest
@@ -35,6 +36,14 @@ from mmcore.server.serving_common import (
 )
 
 
+def _as_text_only(state: ServerState, prompt):
+    """A string prompt tokenized with special token strings kept as plain text, unless the
+    server allows prompts to carry control tokens (token-id prompts are taken as given)."""
+    if not isinstance(prompt, str) or state.allow_special_tokens_in_prompts:
+        return prompt
+    return {"prompt_token_ids": tokenize_plain_text(state.tokenizer, prompt)}
+
+
 async def create_completion(
     state: ServerState, body: CompletionRequest, raw_request: Request
 ) -> Response:
@@ -55,9 +64,10 @@ async def create_completion(
                 await process_and_submit(
                     state,
                     f"{response_id}-{p}",
-                    lambda pr=prompt: inputs.process(pr),
+                    lambda pr=prompt: inputs.process(_as_text_only(state, pr)),
                     params,
                     arrival,
+                    body.timeout,
                 )
             )
     except BaseException:
@@ -173,8 +183,8 @@ async def _sse(
                     response_id, created, model, [], usage(num_prompt, num_completion), True
                 )
             )
-    except EngineDeadError as exc:
-        yield sse_event(error_body(503, str(exc), "engine_unavailable"))
+    except EngineRequestError as exc:
+        yield sse_event(error_body(exc.status, str(exc), exc.code))
     yield SSE_DONE
 
 

@@ -42,7 +42,7 @@ def _tokenize_chat(state: ServerState, req: TokenizeChatRequest) -> list[int]:
         continue_final_message=req.continue_final_message,
         chat_template_kwargs=req.chat_template_kwargs,
     )
-    if req.add_special_tokens is not None:
+    if req.add_special_tokens is not None and "prompt" in prompt:
         ids = state.tokenizer(prompt["prompt"], add_special_tokens=req.add_special_tokens)
         prompt = {
             "prompt_token_ids": ids["input_ids"],

@@ -2,7 +2,7 @@
 
 Each builder writes a complete checkpoint folder (config, model safetensors, tokenizer, image
 processor, processor config with a chat template) that ``transformers`` and mmcore both load.
-The recipe follows /work/shared/TINY_MODELS.md: a byte-level BPE trained on a few sentences,
+The recipe: a byte-level BPE trained on a few sentences,
 ``<image>`` as a special token, CLIP vision tower + Llama LM, LM head scaled so greedy decoding
 is decisive.
 """

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mmcore.models.qwen2_vl.processor import expand_image_patches
 from mmcore.models.transformers_backend.attention import (
     ATTN_IMPLEMENTATION,
     LAYER_ATTR,
@@ -141,6 +142,14 @@ class TransformersModel(nn.Module):
         self.supported_modalities = tuple(self._feature_fns)
         rope = getattr(text, "rope_parameters", None) or getattr(text, "rope_scaling", None) or {}
         self.uses_mrope = "mrope_section" in rope
+        # Qwen-VL's native processor sends images as one frame per patch; HF's tower wants the
+        # frame repeated over its temporal slots: (temporal patch, patch width) for expansion.
+        vision = getattr(config, "vision_config", None)
+        temporal = getattr(vision, "temporal_patch_size", None)
+        self._temporal_patch = None
+        if temporal:
+            channels = getattr(vision, "in_channels", None) or getattr(vision, "in_chans", 3)
+            self._temporal_patch = (temporal, channels * temporal * vision.patch_size**2)
         # Final-logit transforms transformers applies after the LM head (Cohere, Granite, Gemma).
         self._logit_scale = getattr(text, "logit_scale", None)
         self._logits_divisor = getattr(text, "logits_scaling", None)
@@ -164,6 +173,8 @@ class TransformersModel(nn.Module):
                     value = value.to(dtype)
                 if key.endswith("grid_thw") and value.ndim == 1:
                     value = value[None]  # one item's [t, h, w] as HF's [num_items, 3]
+                if key == "pixel_values" and self._temporal_patch is not None:
+                    value = expand_image_patches(value, *self._temporal_patch)
             kwargs[key] = value
         return kwargs
 

@@ -1,0 +1,52 @@
+"""CPU placement: compute cores and an I/O core from the process affinity; the engine thread
+pins itself (and so its OpenMP team) while the rest of the process keeps its cores."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+from mmcore.engine.cpu_placement import (
+    pin_compute_thread,
+    plan_cpu_placement,
+    set_openmp_environment,
+)
+
+
+def test_plan_keeps_one_core_for_io_and_the_rest_for_compute():
+    placement = plan_cpu_placement({3, 0, 2, 1})
+    assert placement.io_cores == (0,) and placement.compute_cores == (1, 2, 3)
+    assert placement.num_compute_threads == 3
+    single = plan_cpu_placement({5})
+    assert single.io_cores == single.compute_cores == (5,)
+    assert plan_cpu_placement().num_compute_threads >= 1  # from the real affinity
+
+
+def test_openmp_environment_is_set_only_where_unset(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    set_openmp_environment(plan_cpu_placement({0, 1, 2}))
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_the_compute_thread_pins_itself_and_sizes_torch(monkeypatch):
+    cores = os.sched_getaffinity(0)
+    placement = plan_cpu_placement(cores)
+    seen = {}
+    threads_before = torch.get_num_threads()
+
+    def engine_thread():
+        pin_compute_thread(placement)
+        seen["affinity"] = os.sched_getaffinity(0)
+        seen["threads"] = torch.get_num_threads()
+
+    t = threading.Thread(target=engine_thread)
+    t.start()
+    t.join()
+    torch.set_num_threads(threads_before)
+    assert seen["affinity"] == set(placement.compute_cores)
+    assert seen["threads"] == placement.num_compute_threads
+    assert os.sched_getaffinity(0) == cores  # this thread is untouched
