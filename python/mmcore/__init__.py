@@ -26,6 +26,7 @@ _LAZY = {
     "Engine": "mmcore.engine.engine",
     "LLM": "mmcore.engine.engine",
     "EngineArgs": "mmcore.engine_args",
+    "DataParallelEngine": "mmcore.engine.data_parallel",
     "SamplingParams": "mmcore.sampling_params",
     "StructuredOutputsParams": "mmcore.sampling_params",
     "GuidedDecodingParams": "mmcore.sampling_params",

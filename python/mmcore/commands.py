@@ -171,6 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc.strerror}") from None
     placement = _cpu_placement(args, server_args)  # before torch loads OpenMP
     from mmcore import Engine
+    from mmcore.executor.errors import WorkerFailedError
     from mmcore.hub import resolve_model_path
     from mmcore.server import run_server
     from mmcore.server.async_engine import EngineDeadError
@@ -196,6 +197,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
         run_server(lambda: Engine.from_engine_args(engine_args), config, sock)
-    except (ValueError, FileNotFoundError, EngineDeadError) as exc:
+    except (ValueError, FileNotFoundError, EngineDeadError, WorkerFailedError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

@@ -24,10 +24,9 @@ DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 _DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
 MODEL_IMPLS = ("auto", "mmcore", "transformers")
-EXECUTOR_BACKENDS = ("uni", "mp", "ray", "external_launcher")
+EXECUTOR_BACKENDS = ("uni", "mp", "ray")
+MM_ENCODER_TP_MODES = ("weights", "data")
 # Values that run today; the others get a clear error (multi-GPU lands with tensor parallelism).
-_RUNNABLE_BACKENDS = (None, "uni")
-_MAX_TENSOR_PARALLEL_SIZE = 1
 
 
 def parse_path(value: Any) -> str | None:
@@ -160,11 +159,18 @@ class EngineArgs:
     )
     enforce_eager: bool = option(False, help="never replay CUDA graphs")
     tensor_parallel_size: int = option(
-        1, help="GPUs a model is split over (only 1 runs in this version)"
+        1, help="ranks (GPUs; worker processes on CPU) the model is sharded over"
     )
     distributed_executor_backend: str | None = option(
         choices=EXECUTOR_BACKENDS,
-        help="how workers are run (only uni, in-process, runs in this version)",
+        help="how ranks run: uni = in-process (one rank), mp = a spawned worker per rank "
+        "(default above one rank), ray = Ray actors (several nodes)",
+    )
+    mm_encoder_tp_mode: str = option(
+        "weights",
+        choices=MM_ENCODER_TP_MODES,
+        help="weights = shard the vision encoder like the LM; data = each rank runs the whole "
+        "encoder on a share of the step's images",
     )
     # ----------------------------------------------------------------- multimodal inputs
     limit_mm_per_prompt: dict[str, int] | None = option(
@@ -224,15 +230,10 @@ class EngineArgs:
             raise ValueError(
                 f"mm_processor_cache_gb must be >= 0, got {self.mm_processor_cache_gb}"
             )
-        if self.tensor_parallel_size > _MAX_TENSOR_PARALLEL_SIZE:
+        if self.distributed_executor_backend == "uni" and self.tensor_parallel_size > 1:
             raise ValueError(
-                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet: this "
-                f"version runs a model on at most {_MAX_TENSOR_PARALLEL_SIZE} GPU"
-            )
-        if self.distributed_executor_backend not in _RUNNABLE_BACKENDS:
-            raise ValueError(
-                f"distributed_executor_backend={self.distributed_executor_backend!r} is not "
-                "supported yet: this version runs the model in-process ('uni')"
+                f"distributed_executor_backend='uni' runs one rank only, got "
+                f"tensor_parallel_size={self.tensor_parallel_size} (use 'mp' or 'ray')"
             )
         if self.served_model_name is not None and not all(self.served_model_name):
             raise ValueError("served_model_name must not contain empty names")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmcore.engine_args import LOAD_FORMATS
+from mmcore.layers.sharded_weights import LazyWeight
 from mmcore.models.interfaces import check_model
 from mmcore.models.transformers_backend.loader import (
     load_transformers_model,
@@ -43,16 +44,19 @@ def safetensors_files(model_dir: str) -> list[str]:
     return files
 
 
-def iterate_safetensors(
-    files: list[str], device: torch.device
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) of every tensor, materialized directly on ``device``."""
+def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor | LazyWeight]]:
+    """Yield (name, tensor) of every tensor. Tensor parallel: lazy tensors, read only when a
+    layer slices them, so a rank reads only its shard of each weight (one rank: plain tensors,
+    as every model's ``load_weights`` takes them)."""
     from safetensors import safe_open
 
+    from mmcore.distributed.parallel_state import tp_size
+
+    lazy = tp_size() > 1
     for path in files:
-        with safe_open(path, framework="pt", device=str(device)) as f:
+        with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                yield name, f.get_tensor(name)
+                yield name, LazyWeight(f, name) if lazy else f.get_tensor(name)
 
 
 def _is_norm_scale(name: str, param: torch.Tensor) -> bool:
@@ -121,5 +125,5 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model, seed)
     else:
-        model.load_weights(iterate_safetensors(safetensors_files(model_dir), device))
+        model.load_weights(iterate_safetensors(safetensors_files(model_dir)))
     return model.eval().requires_grad_(False), hf_config

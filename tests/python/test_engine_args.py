@@ -113,8 +113,10 @@ def test_bad_flag_values_exit_with_a_usage_line(command, fragment, capsys):
 
 
 def test_values_argparse_cannot_check_exit_with_one_line():
-    with pytest.raises(SystemExit, match=r"^error: tensor_parallel_size=2 is not supported"):
-        serve_engine_args(_parse("serve --tensor-parallel-size 2"))
+    with pytest.raises(SystemExit, match=r"^error: distributed_executor_backend='uni' runs one"):
+        serve_engine_args(
+            _parse("serve --tensor-parallel-size 2 --distributed-executor-backend uni")
+        )
     with pytest.raises(SystemExit, match=r"^error: gpu_memory_utilization must be in"):
         serve_engine_args(_parse("serve --gpu-memory-utilization 1.5"))
 
@@ -178,8 +180,12 @@ def test_limit_mm_per_prompt_forms(value, expected):
         ({"mm_processor_kwargs": "{oops"}, "mm_processor_kwargs must be a JSON object"),
         ({"served_model_name": [""]}, "served_model_name"),
         ({"model": 7}, "model: expected a path or hub id string"),
-        ({"tensor_parallel_size": 2}, "tensor_parallel_size=2 is not supported yet"),
-        ({"distributed_executor_backend": "ray"}, "distributed_executor_backend='ray'"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size must be >= 1"),
+        (
+            {"tensor_parallel_size": 2, "distributed_executor_backend": "uni"},
+            "distributed_executor_backend='uni' runs one rank only",
+        ),
+        ({"mm_encoder_tp_mode": "pixels"}, "mm_encoder_tp_mode must be one of"),
         ({"distributed_executor_backend": "nccl"}, "distributed_executor_backend must be"),
     ],
 )

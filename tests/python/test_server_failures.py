@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -83,3 +85,41 @@ def test_serve_exits_nonzero_naming_the_build_error(tmp_path):
     )
     assert proc.returncode != 0
     assert str(tmp_path) in proc.stdout + proc.stderr
+
+
+def test_a_failed_worker_answers_503_and_stops_the_server_with_its_error(tiny_llava_dir):
+    """A dead tensor-parallel worker: the request in flight gets 503, then the server stops
+    and ``run_server`` raises (``mmcore serve`` exits non-zero for its supervisor)."""
+    from mmcore.executor.errors import WorkerFailedError
+    from mmcore.server.api_server import run_server
+
+    engine = Engine(tiny_llava_dir)
+
+    def failing_step():
+        raise WorkerFailedError("tensor-parallel worker rank 1 (pid 1) died", rank=1)
+
+    engine.step = failing_step
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = ServerConfig(model_names=[MODEL_NAME], log_level="critical", port=port)
+    statuses = []
+
+    def client():
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                requests.get(url + "/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        body = {"model": MODEL_NAME, "messages": user("hi"), "max_tokens": 3}
+        statuses.append(requests.post(url + "/v1/chat/completions", json=body, timeout=30))
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    with pytest.raises(WorkerFailedError, match="rank 1"):
+        run_server(engine, config)
+    thread.join(30)
+    assert statuses[0].status_code == 503
+    assert "rank 1" in statuses[0].json()["error"]["message"]

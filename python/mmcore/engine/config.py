@@ -12,15 +12,14 @@ from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
 from mmcore.engine.generation_defaults import sampling_defaults
-from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
-from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.engine_args import EngineArgs
+from mmcore.executor.base import ParallelConfig, check_shardable, create_executor
+from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.hub import check_remote_code, resolve_model_path
-from mmcore.model_loader import load_model
-from mmcore.models.transformers_backend.loader import processor_class
+from mmcore.models.transformers_backend.checks import check_supported
+from mmcore.models.transformers_backend.loader import processor_class, use_transformers_backend
 from mmcore.multimodal.processor_cache import ProcessorCache
 
-_CPU_KV_CACHE_BYTES = 2 << 30
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -36,6 +35,7 @@ class EngineConfig:
     block_size: int
     num_blocks: int
     kv_block_bytes: int
+    vocab_size: int
     max_num_seqs: int
     enforce_eager: bool
     async_scheduling: bool
@@ -50,7 +50,9 @@ class EngineConfig:
     eos_token_ids: list[int]
     scheduler_config: Any
     tokenizer: Any
-    model: Any
+    model: Any  # the model when it runs in this process (executor "uni"), else None
+    executor: Any
+    parallel: ParallelConfig
     processor: Any
     processor_cache: ProcessorCache
 
@@ -133,6 +135,12 @@ def _check_limits(limits: dict[str, int] | None, supported: tuple[str, ...]) -> 
             )
 
 
+def _vocab_size(executor, text_config) -> int:
+    """Rows of the logits: the in-process model's, else the checkpoint's text config's."""
+    model = getattr(executor, "model", None)
+    return int(getattr(model, "vocab_size", 0) or text_config.vocab_size)
+
+
 def resolve_config(args: EngineArgs) -> EngineConfig:
     """Find the checkpoint, load its config, tokenizer, processor and model; size the KV cache.
 
@@ -151,15 +159,17 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     dtype = _resolve_dtype(args.dtype, hf_config, device)
     torch.manual_seed(args.seed)
 
-    tokenizer = _load_tokenizer(args, model)
-    net, hf_config = load_model(
-        model,
-        dtype=dtype,
-        device=device,
-        load_format=args.load_format,
-        seed=args.seed,
-        model_impl=args.model_impl,
+    parallel = ParallelConfig(
+        tensor_parallel_size=args.tensor_parallel_size,
+        distributed_executor_backend=args.distributed_executor_backend,
+        mm_encoder_tp_mode=args.mm_encoder_tp_mode,
     )
+    parallel.validate()
+    check_shardable(hf_config, parallel, model_impl=args.model_impl)
+    if use_transformers_backend(hf_config.model_type, args.model_impl):
+        check_supported(hf_config)  # the model's own refusals come before its processor's
+
+    tokenizer = _load_tokenizer(args, model)
     processor = processor_class(hf_config.model_type, args.model_impl, model)(
         model, hf_config, tokenizer, args.mm_processor_kwargs
     )
@@ -193,30 +203,32 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     )
     encoder_budget = max(max_batched, largest_item)
 
-    block_bytes = kv_bytes_per_block(net, block_size, dtype)
-    kv_bytes = args.kv_cache_memory_bytes
-    if kv_bytes is None and device.type == "cuda":
-        peak = profile_peak_activation_bytes(
-            net,
-            processor,
-            num_tokens=max_batched,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            block_size=block_size,
-            encoder_budget=encoder_budget,
-            kv_dtype=dtype,
-            limit_mm_per_prompt=args.limit_mm_per_prompt,
-        )
-        kv_bytes = gpu_kv_cache_bytes(device, args.gpu_memory_utilization, peak)
-    elif kv_bytes is None:
-        kv_bytes = _CPU_KV_CACHE_BYTES
-    num_blocks = int(kv_bytes) // block_bytes
-    # No point holding more than every sequence at full length.
-    num_blocks = min(num_blocks, max_num_seqs * -(-max_model_len // block_size) + 1)
-    if num_blocks < 1:
-        raise ValueError(
-            f"kv_cache_memory_bytes={kv_bytes} holds no KV block of {block_bytes} bytes"
-        )
+    sizing = KVSizing(
+        block_size=block_size,
+        kv_cache_memory_bytes=args.kv_cache_memory_bytes,
+        gpu_memory_utilization=float(args.gpu_memory_utilization),
+        max_num_batched_tokens=int(max_batched),
+        max_num_seqs=max_num_seqs,
+        max_model_len=max_model_len,
+        encoder_budget=encoder_budget,
+        limit_mm_per_prompt=args.limit_mm_per_prompt,
+    )
+    spec = ModelSpec(
+        model_path=os.path.abspath(model),
+        dtype=dtype,
+        load_format=args.load_format,
+        seed=args.seed,
+        mm_processor_kwargs=args.mm_processor_kwargs,
+        model_impl=args.model_impl,
+    )
+    executor = create_executor(
+        parallel,
+        spec,
+        sizing,
+        device=device,
+        cuda_graph_max_seqs=0 if args.enforce_eager else max_num_seqs,
+    )
+    num_blocks = executor.num_blocks
 
     sc = _core.SchedulerConfig()
     sc.num_blocks = num_blocks
@@ -237,7 +249,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         max_model_len=max_model_len,
         block_size=block_size,
         num_blocks=num_blocks,
-        kv_block_bytes=block_bytes,
+        kv_block_bytes=executor.kv_block_bytes,
+        vocab_size=_vocab_size(executor, text_config),
         max_num_seqs=max_num_seqs,
         enforce_eager=args.enforce_eager,
         async_scheduling=(
@@ -254,7 +267,9 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         eos_token_ids=_eos_ids(hf_config, tokenizer, model),
         scheduler_config=sc,
         tokenizer=tokenizer,
-        model=net,
+        model=getattr(executor, "model", None),
+        executor=executor,
+        parallel=parallel,
         processor=processor,
         processor_cache=ProcessorCache(int(args.mm_processor_cache_gb * (1 << 30))),
     )

@@ -52,6 +52,7 @@ class DecodeGraphs:
         max_blocks_per_seq: block-table width (``ceil(max_model_len / block_size)``).
         max_seq_len: bound on sequence lengths given to the attention kernel at capture.
         staging: the runner's pinned host buffers.
+        logits_in_graph: capture the LM head too (else :meth:`run` returns hidden states).
     """
 
     def __init__(
@@ -63,8 +64,10 @@ class DecodeGraphs:
         max_blocks_per_seq: int,
         max_seq_len: int,
         staging: HostStaging,
+        logits_in_graph: bool = True,
     ) -> None:
         self.model = model
+        self.logits_in_graph = logits_in_graph
         self.kv_caches = kv_caches
         self.staging = staging
         self.sizes = padded_batch_sizes(max_num_seqs)
@@ -90,7 +93,7 @@ class DecodeGraphs:
         )
         embeds = self.model.embed_tokens(self.input_ids[:size])
         hidden = self.model.forward(embeds, self.positions[:size], self.kv_caches, attn)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden) if self.logits_in_graph else hidden
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -119,7 +122,8 @@ class DecodeGraphs:
         )
 
     def run(self, out, input_ids: torch.Tensor) -> torch.Tensor:
-        """Replay the graph of the smallest size >= the batch; return its ``[B, vocab]`` logits.
+        """Replay the graph of the smallest size >= the batch; return its ``[B, vocab]`` logits
+        (its hidden states ``[B, hidden]`` when the LM head is not in the graph).
 
         Args:
             out: the decode-only step.

@@ -20,7 +20,7 @@ from mmcore.engine.fault_isolation import RequestFault, newest_requests
 from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
 from mmcore.engine.request_checks import check_params_for_model
 from mmcore.engine.request_tracker import RequestTracker, TokenTexts
-from mmcore.engine.runner import LaunchedStep, ModelRunner, RequestState
+from mmcore.engine.runner import LaunchedStep, RequestState
 from mmcore.engine.sampling_setup import (
     check_token_ids,
     min_tokens_stop_ids,
@@ -29,6 +29,7 @@ from mmcore.engine.sampling_setup import (
 )
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
 from mmcore.engine_args import EngineArgs
+from mmcore.executor.remote_request import RemoteRequest, refuse_host_sampling
 from mmcore.outputs import RequestOutput
 from mmcore.sampling.sampler import PendingSample, SampledBatch
 from mmcore.sampling_params import SamplingParams
@@ -50,11 +51,14 @@ class Engine:
             ``LLM`` does, the offline engine does not log periodic statistics unless
             ``disable_log_stats=False``. With ``async_scheduling`` (default on CUDA) step N+1
             is scheduled and launched before step N's tokens are read back; outputs are
-            identical to the synchronous mode.
+            identical to the synchronous mode. Tensor parallelism: ``tensor_parallel_size``,
+            ``distributed_executor_backend``, ``mm_encoder_tp_mode`` (docs/distributed.md).
 
     Raises:
         TypeError: an unknown option (named).
         ValueError: a bad option value, or a model that cannot be found or run (one line).
+        WorkerFailedError (a RuntimeError): from any call once a tensor-parallel worker died,
+            hung or failed; the message names the rank.
     """
 
     def __init__(self, model: str | None = None, **kwargs: Any) -> None:
@@ -86,21 +90,16 @@ class Engine:
             allowed_local_media_path=cfg.allowed_local_media_path,
             allowed_media_domains=cfg.allowed_media_domains,
         )
-        self.runner = ModelRunner(
-            self.model,
-            num_blocks=cfg.num_blocks,
-            block_size=cfg.block_size,
-            kv_dtype=cfg.dtype,
-            cuda_graph_max_seqs=0 if cfg.enforce_eager else cfg.max_num_seqs,
-            max_model_len=cfg.max_model_len,
-        )
+        # Where the model runs: this process ("uni") or one worker per tensor-parallel rank.
+        self.executor = cfg.executor
+        self.runner = getattr(self.executor, "runner", None)  # in-process runner, if any
         self.scheduler = _core.Scheduler(cfg.scheduler_config)
         self._eos_token_ids = cfg.eos_token_ids
         self._trackers: dict[str, RequestTracker] = {}
         self._core_to_tracker: dict[int, tuple[RequestTracker, int]] = {}
         self._not_yet_scheduled: set[int] = set()  # core ids whose first step is pending
         self._token_text = TokenTexts(self.tokenizer)
-        self.vocab_size = int(getattr(self.model, "vocab_size", 0) or len(self.tokenizer))
+        self.vocab_size = cfg.vocab_size
         self.structured_outputs = StructuredOutputManager(
             lambda: GrammarCompiler(self.tokenizer, self.vocab_size, self._eos_token_ids)
         )
@@ -164,6 +163,8 @@ class Engine:
         max_tokens = min(params.max_tokens or room, room)
         check_token_ids(params, self.vocab_size)
         bad_words_ids = tokenize_bad_words(self.tokenizer, params.bad_words, self.vocab_size)
+        if self.runner is None:  # several ranks: no host work between forward and sample
+            refuse_host_sampling(params, bad_words_ids)
         grammar = (
             self.structured_outputs.compile(params.structured_outputs)
             if params.structured_outputs is not None
@@ -181,22 +182,14 @@ class Engine:
             for index, core_id in enumerate(core_ids):
                 self._add_core(core_id, processed.token_ids, tracker, max_tokens, params.min_tokens)
                 added.append(core_id)
-                sampling = self.runner.new_sampling(
+                self._add_to_executor(
+                    core_id,
+                    processed,
                     params,
-                    self._generator(params, index, core_id),
-                    processed.token_ids,
+                    self._generator_seed(params, index, core_id),
                     bad_words_ids,
                     stop_ids,
-                )
-                self.runner.add_request(
-                    core_id,
-                    RequestState(
-                        processed.items,
-                        sampling,
-                        processed.token_ids
-                        if params.prompt_logprobs is not None and index == 0
-                        else None,
-                    ),
+                    keep_prompt=params.prompt_logprobs is not None and index == 0,
                 )
                 if grammar is not None:
                     self.structured_outputs.add(core_id, grammar)
@@ -236,19 +229,52 @@ class Engine:
             mrope_delta=0 if mrope is None else mrope.delta,
         )
 
-    def _generator(self, params: SamplingParams, index: int, core_id: int) -> torch.Generator:
-        """The completion's own generator, on the model's device (its noise never crosses
-        from the host)."""
+    def _generator_seed(self, params: SamplingParams, index: int, core_id: int) -> int:
+        """Seed of the completion's own generator (made on the model's device, so its noise
+        never crosses from the host)."""
         seed = params.seed if params.seed is not None else self._seed * 1_000_003 + core_id
-        generator = torch.Generator(device=self.runner.device)
-        return generator.manual_seed(hash((seed, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return hash((seed, index)) & 0x7FFF_FFFF_FFFF_FFFF
+
+    def _add_to_executor(
+        self,
+        core_id: int,
+        processed: ProcessedPrompt,
+        params: SamplingParams,
+        seed: int,
+        bad_words_ids: list[list[int]],
+        stop_ids: list[int],
+        keep_prompt: bool,
+    ) -> None:
+        """Give the request's items and sampling inputs to the runner (in-process) or the
+        workers (several ranks: features needing the driver's host per step are refused)."""
+        if self.runner is None:
+            self.executor.add_request(
+                core_id,
+                RemoteRequest(
+                    processed.items, params, seed, processed.token_ids, bad_words_ids, stop_ids
+                ),
+            )
+            return
+        generator = torch.Generator(device=self.runner.device).manual_seed(seed)
+        sampling = self.runner.new_sampling(
+            params, generator, processed.token_ids, bad_words_ids, stop_ids
+        )
+        prompt = processed.token_ids if keep_prompt else None
+        self.executor.add_request(core_id, RequestState(processed.items, sampling, prompt))
+
+    def _sample(self, out, launched: LaunchedStep | None, constrained: bool) -> PendingSample:
+        """Enqueue the step's sampling: in-process after its host masks, if any; several ranks:
+        the whole step is launched on the workers."""
+        if launched is None:
+            return self.executor.launch(out)
+        return self.runner.sample(launched, self._host_masks(launched) if constrained else None)
 
     def _drop_core(self, core_id: int, reason: str) -> None:
         self.scheduler.finish_request(core_id, reason)
         self._forget_core(core_id)
 
     def _forget_core(self, core_id: int) -> None:
-        self.runner.remove_request(core_id)
+        self.executor.remove_request(core_id)
         self.structured_outputs.remove(core_id)
         self._core_to_tracker.pop(core_id, None)
         self._not_yet_scheduled.discard(core_id)
@@ -276,11 +302,14 @@ class Engine:
         read and the masks filled on the host while the device runs that forward, then its
         sampling is enqueued.
         """
+        self.executor.check_health()  # a failed worker fails every later step the same way
         if self._stat_logger is not None:
             self._stat_logger.maybe_log()
         out = self.scheduler.schedule()
         if self._not_yet_scheduled:
             self._note_first_scheduled(out)
+        if self.runner is None:  # several ranks: a failing step is a worker failure (fail fast)
+            return self._launch_and_apply(out)
         try:
             return self._launch_and_apply(out)
         except RequestFault as fault:
@@ -294,18 +323,18 @@ class Engine:
     def _launch_and_apply(self, out) -> list[RequestOutput]:
         """Launch step ``out``; apply the step whose tokens are ready (this one, or in the
         overlapped mode the one before)."""
-        launched = self.runner.forward(out)
-        constrained = self.structured_outputs.needs_host_masks(launched.req_ids, launched.rows)
+        if self.runner is None:  # several ranks: the workers forward and sample in one go
+            launched, constrained = None, False
+        else:
+            launched = self.runner.forward(out)
+            constrained = self.structured_outputs.needs_host_masks(launched.req_ids, launched.rows)
         if not self.async_scheduling:
-            pending = self.runner.sample(
-                launched, self._host_masks(launched) if constrained else None
-            )
-            return self._apply(out, pending.resolve())
+            return self._apply(out, self._sample(out, launched, constrained).resolve())
         previous, outputs = self._in_flight, []
         if constrained and previous is not None:
             self._in_flight = None
             outputs, previous = self._apply(previous[0], previous[1].resolve()), None
-        pending = self.runner.sample(launched, self._host_masks(launched) if constrained else None)
+        pending = self._sample(out, launched, constrained)
         self._in_flight = (out, pending) if out.num_reqs else None
         if previous is not None:
             outputs = self._apply(previous[0], previous[1].resolve())
@@ -524,12 +553,17 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         """Counters of the core (KV blocks, prefix and encoder cache hits) and the runner."""
         stats = dict(self.scheduler.stats())
-        stats["encoder_runs"] = self.runner.num_encoder_runs
-        stats["cuda_graph_steps"] = self.runner.num_graph_steps
-        stats["overlapped_steps"] = self.runner.num_overlapped_steps
+        stats.update(self.executor.counters())
         stats["num_blocks"] = self.config.num_blocks
         return stats
 
     @property
     def max_model_len(self) -> int:
         return self.config.max_model_len
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (tensor parallel); the engine cannot run afterwards.
+
+        Workers also stop when the engine is garbage-collected or the interpreter exits.
+        """
+        self.executor.shutdown()

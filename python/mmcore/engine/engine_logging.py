@@ -33,11 +33,19 @@ def log_startup(engine: Any, load_s: float) -> str:
         load_s: seconds from the constructor's start (files, weights, profiling, graphs).
     """
     cfg = engine.config
-    graphs = engine.runner.decode_graphs
+    graphs = engine.runner.decode_graphs if engine.runner is not None else None
     graph_text = f"{len(graphs.sizes)} CUDA graphs captured" if graphs else "eager (no CUDA graphs)"
     dtype = str(cfg.dtype).removeprefix("torch.")
+    ranks = cfg.parallel.tensor_parallel_size
+    where = (
+        type(engine.model).__name__
+        if engine.model is not None
+        else f"{ranks} ranks, {cfg.parallel.backend}; KV per rank"
+    )
+    if engine.model is None and engine.runner is None:
+        graph_text = "CUDA graphs per rank"
     line = (
-        f"engine ready: model={cfg.model_path} ({type(engine.model).__name__}) "
+        f"engine ready: model={cfg.model_path} ({where}) "
         f"device={cfg.device} dtype={dtype} "
         f"KV cache={cfg.num_blocks} blocks x {cfg.block_size} = "
         f"{cfg.num_blocks * cfg.block_size} tokens "

@@ -118,7 +118,9 @@ def profile_peak_activation_bytes(
     ids = torch.zeros(num_tokens, dtype=torch.long, device=device)
     hidden = model.forward(model.embed_tokens(ids), positions, kv_caches, attn)
     rows = torch.arange(min(max_num_seqs, num_tokens), device=device)
-    model.compute_logits(hidden[rows]).argmax(dim=-1)
+    logits = model.compute_logits(hidden[rows])  # None on tensor-parallel ranks but rank 0
+    if logits is not None:
+        logits.argmax(dim=-1)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before - kv_bytes
     del kv_caches, hidden

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmcore.distributed.communication import all_gather_varlen, broadcast_from_first
+from mmcore.distributed.parallel_state import encoder_tp_disabled, tp_rank, tp_size
 from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_memory
 from mmcore.engine.inputs import MMItem
@@ -124,6 +126,8 @@ class ModelRunner:
                 max_blocks_per_seq=-(-max_model_len // block_size),
                 max_seq_len=max_model_len,
                 staging=self.staging,
+                # Tensor parallel: rank 0 gathers the logits outside the graph.
+                logits_in_graph=tp_size() == 1,
             )
             try:
                 self.decode_graphs.capture()
@@ -209,10 +213,15 @@ class ModelRunner:
             else:
                 pending.setdefault(item.modality, []).append((req_id, handle, item))
         for modality, entries in pending.items():
+            items = [item for _, _, item in entries]
             try:
-                outputs = self._encode(modality, [item for _, _, item in entries])
+                if encoder_tp_disabled():
+                    outputs = self._encode_data_parallel(modality, items)
+                else:
+                    outputs = self._encode(modality, items)
             except Exception as exc:
-                if is_out_of_memory(exc):
+                # Several ranks: probing items alone would split the ranks' collectives.
+                if is_out_of_memory(exc) or tp_size() > 1:
                     raise
                 bad = find_faulty(entries, lambda e, m=modality: self._encode(m, [e[2]]))
                 if not bad:
@@ -235,7 +244,22 @@ class ModelRunner:
             {k: self._upload(v) if isinstance(v, torch.Tensor) else v for k, v in it.data.items()}
             for it in items
         ]
-        return self.model.encode(modality, data)
+        return self.model.encode(modality, data) if data else []
+
+    def _encode_data_parallel(self, modality: str, items: list[MMItem]) -> list[torch.Tensor]:
+        """``mm_encoder_tp_mode="data"``: each rank encodes a contiguous share of the items
+        (balanced by embedding count) with its whole encoder, then one all-gather."""
+        sizes = [item.num_embeds for item in items]
+        bounds = _balanced_split(sizes, tp_size())
+        first, last = bounds[tp_rank()], bounds[tp_rank() + 1]
+        mine = self._encode(modality, items[first:last])
+        local = (
+            torch.cat(mine).to(self.dtype)
+            if mine
+            else torch.empty(0, self.model.hidden_size, dtype=self.dtype, device=self.device)
+        )
+        rows = [sum(sizes[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return list(all_gather_varlen(local, rows).split(sizes))
 
     def encode_missing(self, out, req_ids: set[int]) -> None:
         """Encode, one item at a time, the items of ``req_ids`` that step ``out`` scheduled but
@@ -274,6 +298,8 @@ class ModelRunner:
             return input_ids
         if self._last_sampled is None:
             raise RuntimeError("the step has unknown input ids but no previous step was launched")
+        if tp_size() > 1:  # only rank 0 sampled: every rank needs the tokens
+            broadcast_from_first(self._last_sampled)
         owners = np.searchsorted(out.query_start_loc, pending_rows, side="right") - 1
         sources = out.prev_sample_index[owners]
         if np.any(sources < 0) or np.any(sources >= len(self._last_sampled)):
@@ -342,7 +368,10 @@ class ModelRunner:
         input_ids = self._input_ids(out)
         if self.use_decode_graphs and self.decode_graphs.can_run(out):
             self.num_graph_steps += 1
-            return LaunchedStep(self.decode_graphs.run(out, input_ids), req_ids, rows)
+            result = self.decode_graphs.run(out, input_ids)
+            if not self.decode_graphs.logits_in_graph:  # tensor parallel: gathered to rank 0
+                result = self.model.compute_logits(result)
+            return LaunchedStep(result, req_ids, rows)
         self._run_encoder(out)
         embeds = self._input_embeds(out, input_ids)
         attn = self._attention_metadata(out)
@@ -369,7 +398,11 @@ class ModelRunner:
         Returns:
             The pending tokens (and log-probabilities).
         """
-        if step.logits is None:
+        if step.logits is None and step.rows:  # tensor parallel, not rank 0: rank 0 samples
+            # The buffer receives rank 0's tokens when the next step reads them (broadcast).
+            self._last_sampled = torch.empty(len(step.rows), dtype=torch.long, device=self.device)
+            pending = PendingSample(self._last_sampled[:0], [])
+        elif step.logits is None:
             pending = PendingSample(torch.empty(0, dtype=torch.long, device=self.device), [])
             if step.ran:
                 self._last_sampled = pending.token_ids
@@ -393,7 +426,10 @@ class ModelRunner:
 
     def _sampling_fault(self, step: LaunchedStep, exc: Exception) -> Exception:
         """The requests whose rows fail to sample alone (each on a throw-away generator, no
-        counts: their own state is left as it was), as a RequestFault; else ``exc``."""
+        counts: their own state is left as it was), as a RequestFault; else ``exc`` (always
+        with several ranks: a failing step there is a worker failure)."""
+        if tp_size() > 1:
+            return exc
         bad = find_faulty(
             range(len(step.rows)),
             lambda i: sample_on_device(
@@ -402,6 +438,17 @@ class ModelRunner:
             ).resolve(),
         )
         return RequestFault([step.req_ids[i] for i in bad], exc) if bad else exc
+
+
+def _balanced_split(sizes: list[int], parts: int) -> list[int]:
+    """Boundaries ``[0, ..., len(sizes)]`` of ``parts`` contiguous runs of about equal sum."""
+    total, bounds, acc = sum(sizes), [0], 0
+    for i, size in enumerate(sizes):
+        acc += size
+        while len(bounds) < parts and acc * parts >= total * len(bounds) and i + 1 > bounds[-1]:
+            bounds.append(i + 1)
+    bounds += [len(sizes)] * (parts + 1 - len(bounds))
+    return bounds
 
 
 def _throwaway(device: torch.device) -> torch.Generator:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation
 from mmcore.layers.attention import varlen_attention
+from mmcore.layers.linear import ColumnParallelLinear, RowParallelLinear, divide
 
 
 def resolve_feature_layers(feature_layer: int | list[int], num_layers: int) -> list[int]:
@@ -38,16 +40,19 @@ def resolve_feature_layers(feature_layer: int | list[int], num_layers: int) -> l
 
 
 class CLIPAttention(nn.Module):
-    def __init__(self, config, *, dtype, device):
+    """Bidirectional attention; tensor parallel by heads (q/k/v column, out_proj row-parallel)."""
+
+    def __init__(self, config, *, dtype, device, disable_tp: bool = False):
         super().__init__()
         h = config.hidden_size
-        self.num_heads = config.num_attention_heads
-        self.head_dim = h // self.num_heads
+        self.head_dim = h // config.num_attention_heads
         self.scale = self.head_dim**-0.5
-        self.q_proj = nn.Linear(h, h, dtype=dtype, device=device)
-        self.k_proj = nn.Linear(h, h, dtype=dtype, device=device)
-        self.v_proj = nn.Linear(h, h, dtype=dtype, device=device)
-        self.out_proj = nn.Linear(h, h, dtype=dtype, device=device)
+        kw = dict(bias=True, dtype=dtype, device=device, disable_tp=disable_tp)
+        self.q_proj = ColumnParallelLinear(h, h, **kw)
+        self.k_proj = ColumnParallelLinear(h, h, **kw)
+        self.v_proj = ColumnParallelLinear(h, h, **kw)
+        self.num_heads = divide(self.q_proj.out_features, self.head_dim, "heads")
+        self.out_proj = RowParallelLinear(h, h, **kw)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         shape = (x.shape[0], self.num_heads, self.head_dim)
@@ -57,14 +62,14 @@ class CLIPAttention(nn.Module):
 
 
 class CLIPMLP(nn.Module):
-    def __init__(self, config, *, dtype, device):
+    """fc1 (column-parallel) -> activation -> fc2 (row-parallel, one all-reduce)."""
+
+    def __init__(self, config, *, dtype, device, disable_tp: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(
-            config.hidden_size, config.intermediate_size, dtype=dtype, device=device
-        )
-        self.fc2 = nn.Linear(
-            config.intermediate_size, config.hidden_size, dtype=dtype, device=device
-        )
+        h, i = config.hidden_size, config.intermediate_size
+        kw = dict(bias=True, dtype=dtype, device=device, disable_tp=disable_tp)
+        self.fc1 = ColumnParallelLinear(h, i, **kw)
+        self.fc2 = RowParallelLinear(i, h, **kw)
         self.act = get_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,13 +77,14 @@ class CLIPMLP(nn.Module):
 
 
 class CLIPEncoderLayer(nn.Module):
-    def __init__(self, config, *, dtype, device):
+    def __init__(self, config, *, dtype, device, disable_tp: bool = False):
         super().__init__()
         h, eps = config.hidden_size, config.layer_norm_eps
+        kw = dict(dtype=dtype, device=device, disable_tp=disable_tp)
         self.layer_norm1 = nn.LayerNorm(h, eps=eps, dtype=dtype, device=device)
-        self.self_attn = CLIPAttention(config, dtype=dtype, device=device)
+        self.self_attn = CLIPAttention(config, **kw)
         self.layer_norm2 = nn.LayerNorm(h, eps=eps, dtype=dtype, device=device)
-        self.mlp = CLIPMLP(config, dtype=dtype, device=device)
+        self.mlp = CLIPMLP(config, **kw)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), cu_seqlens)
@@ -125,6 +131,10 @@ class CLIPVisionTower(nn.Module):
         config: the ``CLIPVisionConfig``.
         feature_layer: HF ``vision_feature_layer`` (int or list; lists are concatenated).
         select_strategy: ``"default"`` drops the CLS token, ``"full"`` keeps it.
+
+    Tensor parallel like the LM (heads and MLP rows split over the ranks), unless
+    ``mm_encoder_tp_mode="data"``: then every rank holds the whole tower and encodes a share of
+    the step's items (see :mod:`mmcore.engine.runner`).
     """
 
     def __init__(self, config, feature_layer, select_strategy: str, *, dtype, device):
@@ -139,8 +149,9 @@ class CLIPVisionTower(nn.Module):
             config.hidden_size, eps=config.layer_norm_eps, dtype=dtype, device=device
         )
         self.encoder = nn.Module()
+        disable_tp = encoder_tp_disabled()
         self.encoder.layers = nn.ModuleList(
-            CLIPEncoderLayer(config, dtype=dtype, device=device)
+            CLIPEncoderLayer(config, dtype=dtype, device=device, disable_tp=disable_tp)
             for _ in range(self.num_layers_used)
         )
         self.num_tokens = self.embeddings.num_positions - (select_strategy == "default")

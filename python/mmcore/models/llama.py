@@ -7,19 +7,19 @@ from torch import nn
 
 from mmcore.layers.activations import get_gated_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
-from mmcore.layers.logits import logits_float32
+from mmcore.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from mmcore.layers.norm import RMSNorm
 from mmcore.layers.rotary import RotaryEmbedding, rotary_embedding_for
-from mmcore.models.weights import MergedLinear, load_named_weights
-
-
-def _linear(in_f: int, out_f: int, bias: bool, dtype, device) -> nn.Linear:
-    return nn.Linear(in_f, out_f, bias=bias, dtype=dtype, device=device)
+from mmcore.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
+from mmcore.models.weights import load_named_weights
 
 
 class LlamaAttention(nn.Module):
     """GQA self-attention: fused q/k/v projection, rope, cache write, paged attention, output
     projection (the checkpoint's q_proj/k_proj/v_proj load as rows of ``qkv_proj``).
+
+    Tensor parallel: each rank runs its share of the heads (``num_heads`` / ``num_kv_heads``
+    are this rank's) and ``o_proj`` sums the ranks' outputs (one all-reduce).
 
     ``qkv_bias`` overrides the config's ``attention_bias`` for q/k/v only (Qwen2: q/k/v biases,
     none on o_proj).
@@ -29,27 +29,32 @@ class LlamaAttention(nn.Module):
         self, config, *, dtype: torch.dtype, device: torch.device, qkv_bias: bool | None = None
     ):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
-        if self.num_heads % self.num_kv_heads:
+        total_heads = config.num_attention_heads
+        total_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
+        if total_heads % total_kv_heads:
             raise ValueError(
-                f"num_attention_heads {self.num_heads} is not a multiple of "
-                f"num_key_value_heads {self.num_kv_heads}"
+                f"num_attention_heads {total_heads} is not a multiple of "
+                f"num_key_value_heads {total_kv_heads}"
             )
         self.scale = self.head_dim**-0.5
         self.sliding_window = getattr(config, "sliding_window", None) or -1
         bias = getattr(config, "attention_bias", False)
         h = config.hidden_size
-        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        self.qkv_proj = MergedLinear(
+        self.qkv_proj = QKVParallelLinear(
             h,
-            {"q_proj": q_size, "k_proj": kv_size, "v_proj": kv_size},
+            self.head_dim,
+            total_heads,
+            total_kv_heads,
             bias=bias if qkv_bias is None else qkv_bias,
             dtype=dtype,
             device=device,
         )
-        self.o_proj = _linear(self.num_heads * self.head_dim, h, bias, dtype, device)
+        self.num_heads = self.qkv_proj.num_local_heads
+        self.num_kv_heads = self.qkv_proj.num_local_kv_heads
+        self.o_proj = RowParallelLinear(
+            total_heads * self.head_dim, h, bias=bias, dtype=dtype, device=device
+        )
 
     def forward(
         self,
@@ -71,16 +76,17 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """Gated MLP: ``down(act(gate(x)) * up(x))`` with gate and up as one GEMM (``gate_up_proj``)."""
+    """Gated MLP: ``down(act(gate(x)) * up(x))`` with gate and up as one GEMM (``gate_up_proj``);
+    tensor parallel, each rank has a share of the intermediate size (one all-reduce in ``down``)."""
 
     def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
         h, i = config.hidden_size, config.intermediate_size
-        self.gate_up_proj = MergedLinear(
+        self.gate_up_proj = MergedColumnParallelLinear(
             h, {"gate_proj": i, "up_proj": i}, bias=bias, dtype=dtype, device=device
         )
-        self.down_proj = _linear(i, h, bias, dtype, device)
+        self.down_proj = RowParallelLinear(i, h, bias=bias, dtype=dtype, device=device)
         self.act_and_mul = get_gated_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +129,7 @@ class LlamaModel(nn.Module):
         self, config, *, dtype: torch.dtype, device: torch.device, qkv_bias: bool | None = None
     ):
         super().__init__()
-        self.embed_tokens = nn.Embedding(
+        self.embed_tokens = VocabParallelEmbedding(
             config.vocab_size, config.hidden_size, dtype=dtype, device=device
         )
         self.layers = nn.ModuleList(
@@ -176,7 +182,9 @@ class LlamaForCausalLM(nn.Module):
             tie_word_embeddings = getattr(config, "tie_word_embeddings", False)
         self.tie_word_embeddings = bool(tie_word_embeddings)
         if not self.tie_word_embeddings:
-            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype, device)
+            self.lm_head = ParallelLMHead(
+                config.vocab_size, config.hidden_size, dtype=dtype, device=device
+            )
         attn0 = self.model.layers[0].self_attn
         self.hidden_size = config.hidden_size
         self.vocab_size = config.vocab_size
@@ -185,6 +193,7 @@ class LlamaForCausalLM(nn.Module):
         self.head_dim = attn0.head_dim
 
     supported_modalities: tuple[str, ...] = ()
+    supports_tensor_parallel = True  # built from the tensor-parallel layers
 
     def encode(self, modality: str, items: list) -> list[torch.Tensor]:
         """A text-only model encodes nothing: any modality is an error."""
@@ -212,7 +221,8 @@ class LlamaForCausalLM(nn.Module):
 
         load_named_weights(self, weights, rename)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
-        weight = self.model.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return logits_float32(hidden, weight)
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """``[N, hidden]`` -> float32 logits ``[N, vocab]`` (tensor parallel: on rank 0 only,
+        None on the other ranks)."""
+        head = self.model.embed_tokens if self.tie_word_embeddings else self.lm_head
+        return head.logits(hidden)

@@ -7,8 +7,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation
 from mmcore.layers.attention import AttentionMetadata
+from mmcore.layers.linear import ColumnParallelLinear, RowParallelLinear
 from mmcore.models.clip import CLIPVisionTower
 from mmcore.models.llama import LlamaForCausalLM
 from mmcore.models.weights import load_named_weights
@@ -34,15 +36,17 @@ def canonical_weight_name(name: str) -> str:
 
 
 class LlavaMultiModalProjector(nn.Module):
-    """``linear_2(act(linear_1(features)))`` from vision feature width to the LM width."""
+    """``linear_2(act(linear_1(features)))`` from vision feature width to the LM width
+    (tensor parallel: linear_1 column-, linear_2 row-parallel, one all-reduce)."""
 
     def __init__(self, hf_config, in_features: int, *, dtype, device):
         super().__init__()
         out = hf_config.text_config.hidden_size
         bias = getattr(hf_config, "multimodal_projector_bias", True)
-        self.linear_1 = nn.Linear(in_features, out, bias=bias, dtype=dtype, device=device)
+        kw = dict(bias=bias, dtype=dtype, device=device, disable_tp=encoder_tp_disabled())
+        self.linear_1 = ColumnParallelLinear(in_features, out, **kw)
         self.act = get_activation(hf_config.projector_hidden_act)
-        self.linear_2 = nn.Linear(out, out, bias=bias, dtype=dtype, device=device)
+        self.linear_2 = RowParallelLinear(out, out, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(x)))
@@ -77,6 +81,7 @@ class LlavaModel(nn.Module):
     """
 
     supported_modalities = ("image",)
+    supports_tensor_parallel = True  # CLIP, projector and Llama built from parallel layers
 
     def __init__(self, hf_config, *, dtype: torch.dtype, device: torch.device):
         super().__init__()

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
+from mmcore.layers.sharded_weights import WeightTarget, weight_shape
+
 
 class WeightLoadError(ValueError):
     """A checkpoint's tensors do not fit the model (missing, unexpected, or wrong shape)."""
@@ -44,19 +46,37 @@ class MergedLinear(nn.Linear):
             offset += size
         self.shard_sizes = list(shards.values())
 
-
-def _shard_targets(module: nn.Module) -> dict[str, tuple[str, int, int]]:
-    """HF shard parameter name -> (merged parameter name, first row, rows)."""
-    targets = {}
-    for name, sub in module.named_modules():
-        if not isinstance(sub, MergedLinear):
-            continue
+    def weight_targets(self, name: str) -> dict[str, WeightTarget]:
+        """HF shard name (a sibling of this module) -> its rows of the merged parameters."""
         parent = name.rpartition(".")[0]
         prefix = f"{parent}." if parent else ""
-        for shard, (offset, size) in sub.shard_rows.items():
-            for kind, param in (("weight", sub.weight), ("bias", sub.bias)):
+        targets = {}
+        for shard, (offset, size) in self.shard_rows.items():
+            for kind, param in (("weight", self.weight), ("bias", self.bias)):
                 if param is not None:
-                    targets[f"{prefix}{shard}.{kind}"] = (f"{name}.{kind}", offset, size)
+                    dest = param.narrow(0, offset, size)
+                    targets[f"{prefix}{shard}.{kind}"] = WeightTarget(
+                        dest, f"{name}.{kind}", tuple(dest.shape)
+                    )
+        return targets
+
+
+def collect_weight_targets(module: nn.Module) -> dict[str, WeightTarget]:
+    """Checkpoint-style name -> destination on this rank, for every parameter of ``module``.
+
+    Modules with a ``weight_targets(name)`` method (merged and tensor-parallel layers) name
+    their own checkpoint tensors and slices; any other parameter takes its tensor whole.
+    """
+    targets: dict[str, WeightTarget] = {}
+    covered: set[str] = set()
+    for name, sub in module.named_modules():
+        if hasattr(sub, "weight_targets"):
+            targets.update(sub.weight_targets(name))
+            prefix = f"{name}." if name else ""
+            covered.update(prefix + p for p, _ in sub.named_parameters())
+    for name, param in module.named_parameters():
+        if name not in covered:
+            targets[name] = WeightTarget.whole(param, name)
     return targets
 
 
@@ -74,41 +94,35 @@ def load_named_weights(
     """Copy ``weights`` into ``module``'s parameters (cast to their dtype/device).
 
     Args:
-        module: the model; its ``named_parameters()`` names are the targets, and the HF names
-            of the shards of its :class:`MergedLinear` layers.
-        weights: (checkpoint name, tensor) pairs.
+        module: the model; its ``named_parameters()`` names are the targets, and the names
+            its merged / tensor-parallel layers give (:func:`collect_weight_targets`).
+        weights: (checkpoint name, tensor or :class:`LazyWeight`) pairs; only the slice this
+            rank keeps is read from a lazy one.
         rename: checkpoint name -> parameter name, or None for a tensor the model does not use
             on purpose (e.g. a vision layer past the last feature layer).
 
     Raises:
         WeightLoadError: naming the missing and unexpected weights, or a shape mismatch.
     """
-    params = dict(module.named_parameters())
-    shards = _shard_targets(module)
+    targets = collect_weight_targets(module)
     loaded: set[str] = set()
     unexpected: list[str] = []
-    for name, tensor in weights:
-        target = rename(name)
-        if target is None:
+    for name, source in weights:
+        target_name = rename(name)
+        if target_name is None:
             continue
-        if target in shards:
-            merged, offset, rows = shards[target]
-            param = params[merged].narrow(0, offset, rows)
-        else:
-            param = params.get(target)
-        if param is None:
+        target = targets.get(target_name)
+        if target is None:
             unexpected.append(name)
             continue
-        if tuple(param.shape) != tuple(tensor.shape):
+        if weight_shape(source) != target.full_shape:
             raise WeightLoadError(
-                f"weight {name} has shape {tuple(tensor.shape)}, model expects {tuple(param.shape)}"
+                f"weight {name} has shape {weight_shape(source)}, model expects {target.full_shape}"
             )
         with torch.no_grad():
-            param.copy_(tensor)
-        loaded.add(target)
-    merged_params = {merged for merged, _, _ in shards.values()}
-    expected = (set(params) - merged_params) | set(shards)
-    missing = expected - loaded
+            target.dest.copy_(target.read(source))
+        loaded.add(target_name)
+    missing = set(targets) - loaded
     if missing or unexpected:
         parts = []
         if missing:

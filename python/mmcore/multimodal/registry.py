@@ -57,6 +57,11 @@ def register_model(model_type: str, model_cls: type, processor_cls: type) -> Non
     _registered[model_type] = (model_cls, processor_cls)
 
 
+def registered_models() -> dict[str, tuple[type, type]]:
+    """The ``register_model`` entries of this process (model type -> (model, processor))."""
+    return dict(_registered)
+
+
 def supported_model_types() -> list[str]:
     """All model types with a registered or built-in implementation."""
     return sorted(set(_BUILTIN) | set(_registered))

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 import mmcore
 from mmcore.engine.cpu_placement import CpuPlacement, pin_compute_thread, pin_current_thread
+from mmcore.executor.errors import WorkerFailedError
 from mmcore.listen_socket import bind_socket
 from mmcore.multimodal.media_processes import MediaProcessPool
 from mmcore.server.async_engine import AsyncEngine, EngineDeadError
@@ -274,7 +275,9 @@ def run_server(engine: Any, config: ServerConfig, sock: socket.socket | None = N
 
     Raises:
         OSError: the port cannot be bound.
-        EngineDeadError: the engine failed for good while serving (exit non-zero).
+        WorkerFailedError: a tensor-parallel worker failed (requests got 503; the server
+            stopped so that a supervisor restarts it).
+        EngineDeadError: the engine failed for good otherwise while serving (exit non-zero).
     """
     sock = sock or bind_socket(config.host, config.port)
     app = build_app(engine, config)
@@ -290,6 +293,8 @@ def run_server(engine: Any, config: ServerConfig, sock: socket.socket | None = N
     async_engine = app.state.server.engine
     if async_engine.start_error is not None:  # uvicorn logged it and exited; the caller too
         raise async_engine.start_error
+    if isinstance(async_engine.error, WorkerFailedError):  # it names the failed rank
+        raise async_engine.error
     if async_engine.error is not None:
         raise EngineDeadError(f"the engine failed: {async_engine.error!r}")
 

@@ -246,7 +246,8 @@ class AsyncEngine:
     @property
     def is_running(self) -> bool:
         """True while the engine thread is alive and has not failed."""
-        return self._thread.is_alive() and not self._stopped.is_set()
+        # The error is set before requests are failed, so no caller sees a failed engine run.
+        return self._thread.is_alive() and not self._stopped.is_set() and self._error is None
 
     # ------------------------------------------------------------------ coroutine API
     async def run_in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:

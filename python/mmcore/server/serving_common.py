@@ -184,11 +184,18 @@ async def iterate(
 async def collect(
     updates: AsyncIterator[StreamUpdate], num_completions: int
 ) -> list[CompletionAccumulator]:
-    """Drain a request's updates into one accumulator per completion."""
+    """Drain a request's updates into one accumulator per completion.
+
+    Raises:
+        APIError: 503 when the engine dies before the request finishes.
+    """
     accs = [CompletionAccumulator() for _ in range(num_completions)]
-    async for update in updates:
-        for delta in update.deltas:
-            accs[delta.index].add(delta)
+    try:
+        async for update in updates:
+            for delta in update.deltas:
+                accs[delta.index].add(delta)
+    except EngineDeadError as exc:
+        raise APIError(503, str(exc), "engine_unavailable") from exc
     return accs
 
 

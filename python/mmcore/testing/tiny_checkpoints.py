@@ -157,7 +157,7 @@ def build_tiny_llava(
         image_token=IMAGE_TOKEN,
     )
     text = LlamaConfig(
-        vocab_size=len(tok), num_key_value_heads=2, rope_theta=10000.0, **text_kwargs
+        vocab_size=len(tok), **{"num_key_value_heads": 2, "rope_theta": 10000.0, **text_kwargs}
     )
     num_patches = (size // vision_kwargs["patch_size"]) ** 2
     config = LlavaConfig(

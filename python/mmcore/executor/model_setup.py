@@ -1,0 +1,140 @@
+"""What every executor does with the model, in-process or in a worker: load it (this rank's
+shard), measure how many KV bytes fit, and build the runner over the resulting cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
+from mmcore.engine.runner import ModelRunner, kv_bytes_per_block
+from mmcore.model_loader import load_model
+
+CPU_KV_CACHE_BYTES = 2 << 30
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build the model (picklable: workers receive it)."""
+
+    model_path: str
+    dtype: torch.dtype
+    load_format: str
+    seed: int  # of dummy weights
+    mm_processor_kwargs: dict | None
+    model_impl: str = "auto"  # every rank loads the same implementation
+
+
+@dataclass(frozen=True)
+class KVSizing:
+    """What the KV cache must leave room for (GPU profiling) or its fixed size."""
+
+    block_size: int
+    kv_cache_memory_bytes: int | None
+    gpu_memory_utilization: float
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_model_len: int
+    encoder_budget: int
+    limit_mm_per_prompt: dict[str, int] | None = None  # sizes the profiled dummy items
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """The runner's cache and graph settings, decided once the KV capacity is known."""
+
+    num_blocks: int
+    block_size: int
+    cuda_graph_max_seqs: int
+    max_model_len: int
+
+
+def load_model_shard(spec: ModelSpec, device: torch.device):
+    """This rank's model (the whole model on one rank)."""
+    model, _ = load_model(
+        spec.model_path,
+        dtype=spec.dtype,
+        device=device,
+        load_format=spec.load_format,
+        seed=spec.seed,
+        model_impl=spec.model_impl,
+    )
+    return model
+
+
+def _processor(spec: ModelSpec, model):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from mmcore.models.transformers_backend.loader import processor_class
+
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    hf_config = AutoConfig.from_pretrained(spec.model_path)
+    processor_cls = processor_class(hf_config.model_type, spec.model_impl, spec.model_path)
+    return processor_cls(spec.model_path, hf_config, tokenizer, spec.mm_processor_kwargs)
+
+
+def measure_kv_capacity(model, spec: ModelSpec, sizing: KVSizing) -> tuple[int, int]:
+    """(bytes of one KV block on this rank, KV bytes this rank can hold).
+
+    On CUDA without ``kv_cache_memory_bytes``: what is left of ``gpu_memory_utilization`` after the
+    weights and a profiled worst-case step.
+    """
+    first = next(model.parameters())
+    block_bytes = kv_bytes_per_block(model, sizing.block_size, first.dtype)
+    if sizing.kv_cache_memory_bytes is not None:
+        return block_bytes, int(sizing.kv_cache_memory_bytes)
+    if first.device.type != "cuda":
+        return block_bytes, CPU_KV_CACHE_BYTES
+    peak = profile_peak_activation_bytes(
+        model,
+        _processor(spec, model),
+        num_tokens=sizing.max_num_batched_tokens,
+        max_num_seqs=sizing.max_num_seqs,
+        max_model_len=sizing.max_model_len,
+        block_size=sizing.block_size,
+        encoder_budget=sizing.encoder_budget,
+        kv_dtype=first.dtype,
+        limit_mm_per_prompt=sizing.limit_mm_per_prompt,
+    )
+    return block_bytes, gpu_kv_cache_bytes(first.device, sizing.gpu_memory_utilization, peak)
+
+
+def num_blocks_from_capacity(capacities: list[tuple[int, int]], sizing: KVSizing) -> int:
+    """KV blocks every rank can hold (the smallest rank decides), capped at what the longest
+    batch can use.
+
+    Raises:
+        ValueError: when not even one block fits.
+    """
+    num_blocks = min(kv_bytes // block_bytes for block_bytes, kv_bytes in capacities)
+    cap = sizing.max_num_seqs * -(-sizing.max_model_len // sizing.block_size) + 1
+    num_blocks = min(num_blocks, cap)
+    if num_blocks < 1:
+        block_bytes, kv_bytes = min(capacities, key=lambda c: c[1] // c[0])
+        raise ValueError(
+            f"kv_cache_memory_bytes={kv_bytes} holds no KV block of {block_bytes} bytes"
+        )
+    return num_blocks
+
+
+def build_runner(model, spec: RunnerSpec) -> ModelRunner:
+    """The runner over a KV cache of ``spec.num_blocks`` blocks."""
+    first = next(model.parameters())
+    return ModelRunner(
+        model,
+        num_blocks=spec.num_blocks,
+        block_size=spec.block_size,
+        kv_dtype=first.dtype,
+        cuda_graph_max_seqs=spec.cuda_graph_max_seqs,
+        max_model_len=spec.max_model_len,
+    )
+
+
+def runner_counters(runner) -> dict[str, int]:
+    """The runner's counters the engine reports in ``stats()``."""
+    return {
+        "encoder_runs": runner.num_encoder_runs,
+        "cuda_graph_steps": runner.num_graph_steps,
+        "overlapped_steps": runner.num_overlapped_steps,
+    }
