@@ -138,7 +138,7 @@ class MultiprocExecutor:
                 status_name=self.status.name,
                 parent_pid=os.getpid(),
                 fingerprint=fingerprint,
-                registered_models=registered_models(),
+                registered_models=registered_models(_model_type(spec)),
                 device_index=rank,
             )
             process = ctx.Process(
@@ -303,3 +303,10 @@ class MultiprocExecutor:
     def _raise_if_dead(self) -> None:
         if self._dead is not None:
             raise self._dead
+
+
+def _model_type(spec) -> str:
+    """The checkpoint's ``model_type``: workers get only that ``register_model`` entry."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(spec.model_path).model_type

@@ -130,7 +130,7 @@ class RayExecutor:
                     spec=spec,
                     sizing=sizing,
                     fingerprint=fingerprint,
-                    registered_models=registered_models(),
+                    registered_models=registered_models(_model_type(spec)),
                     device_index=0,  # Ray shows each actor its own GPU only
                 )
             )
@@ -242,3 +242,10 @@ class RayExecutor:
             self._group = None
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
+
+
+def _model_type(spec) -> str:
+    """The checkpoint's ``model_type``: workers get only that ``register_model`` entry."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(spec.model_path).model_type

@@ -57,9 +57,15 @@ def register_model(model_type: str, model_cls: type, processor_cls: type) -> Non
     _registered[model_type] = (model_cls, processor_cls)
 
 
-def registered_models() -> dict[str, tuple[type, type]]:
-    """The ``register_model`` entries of this process (model type -> (model, processor))."""
-    return dict(_registered)
+def registered_models(model_type: str | None = None) -> dict[str, tuple[type, type]]:
+    """The ``register_model`` entries of this process (model type -> (model, processor)).
+
+    Args:
+        model_type: only this type's entry (what a worker process needs), if registered.
+    """
+    if model_type is None:
+        return dict(_registered)
+    return {model_type: _registered[model_type]} if model_type in _registered else {}
 
 
 def supported_model_types() -> list[str]:
