@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import mmcore
 from mmcore import Engine, SamplingParams
 from mmcore.cli import main
 from mmcore.hub import resolve_model_path
@@ -92,8 +93,10 @@ def test_cli_missing_model_exits_with_one_line(hf_home, offline):
 def _offline_env(hf_home: str) -> dict[str, str]:
     env = dict(os.environ, HF_HOME=hf_home, HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
+    # The mmcore this test imports (the installed wheel in CI, a source tree with built
+    # modules in development), not necessarily this checkout's python/ folder.
     env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")]
+        [os.path.dirname(os.path.dirname(mmcore.__file__)), env.get("PYTHONPATH", "")]
     ).rstrip(os.pathsep)
     return env
 

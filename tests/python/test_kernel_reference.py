@@ -83,3 +83,34 @@ def test_varlen_attention_matches_per_sequence_sdpa():
     for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
         expected = F.scaled_dot_product_attention(*(t[s:e].transpose(0, 1) for t in (q, k, v)))
         torch.testing.assert_close(out[s:e].transpose(0, 1), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [-1, 4])
+def test_paged_attention_attend_until_opens_image_spans(window):
+    """Tokens of a span see each other both ways; text stays causal; the window still bounds."""
+    g = torch.Generator().manual_seed(1)
+    hq, hkv, d, L, block_size = 4, 2, 16, 12, 4
+    spans = [(3, 7)]  # positions 3..7 are one image
+    keys, values = torch.randn(L, hkv, d, generator=g), torch.randn(L, hkv, d, generator=g)
+    query = torch.randn(L, hq, d, generator=g)
+    key_cache, value_cache, tables = _paged_layout([keys], [values], block_size, g)
+    attend_until = torch.arange(L, dtype=torch.int32)
+    for start, end in spans:
+        attend_until[start : end + 1] = end
+    args = (query, key_cache, value_cache, tables, torch.tensor([L], dtype=torch.int32))
+    qsl = torch.tensor([0, L], dtype=torch.int32)
+    out = reference.paged_attention(*args, qsl, d**-0.5, window, attend_until=attend_until)
+    causal = reference.paged_attention(*args, qsl, d**-0.5, window)
+    q_pos, k_pos = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    mask = k_pos <= torch.maximum(q_pos, attend_until[:, None])
+    if window > 0:
+        mask &= k_pos > q_pos - window
+    k = keys.repeat_interleave(hq // hkv, 1).transpose(0, 1)
+    v = values.repeat_interleave(hq // hkv, 1).transpose(0, 1)
+    dense = F.scaled_dot_product_attention(
+        query.transpose(0, 1), k, v, attn_mask=mask, scale=d**-0.5
+    )
+    torch.testing.assert_close(out, dense.transpose(0, 1), atol=1e-5, rtol=1e-5)
+    # Inside the image the output differs from causal; before it, it cannot.
+    assert not torch.allclose(out[3:7], causal[3:7])
+    torch.testing.assert_close(out[:3], causal[:3])

@@ -76,3 +76,24 @@ def test_same_shaped_prefills_batched_together_match_reference(hq, hkv, window):
     expected = reference.paged_attention(*step, scale=0.25, sliding_window=window)
     got = cpu.paged_attention(*step, scale=0.25, sliding_window=window)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("window", [-1, 7])
+def test_paged_attention_attend_until_matches_reference(seed, window):
+    g = torch.Generator().manual_seed(100 + seed)
+    step = _random_step(g, num_reqs=5, block_size=4, hq=4, hkv=2, d=16, max_len=40)
+    query, lens, qsl = step[0], step[4].tolist(), step[5].tolist()
+    # Random "image" spans inside each request's new tokens: their tokens see the span's end.
+    attend_until = torch.empty(query.shape[0], dtype=torch.int32)
+    for b, seq_len in enumerate(lens):
+        n = qsl[b + 1] - qsl[b]
+        pos = torch.arange(seq_len - n, seq_len, dtype=torch.int32)
+        if n > 2:
+            start = int(torch.randint(0, n - 1, (), generator=g))
+            end = int(torch.randint(start + 1, n, (), generator=g))
+            pos[start : end + 1] = pos[end]
+        attend_until[qsl[b] : qsl[b + 1]] = pos
+    expected = reference.paged_attention(*step, 0.25, window, attend_until=attend_until)
+    got = cpu.paged_attention(*step, 0.25, window, attend_until=attend_until)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -20,8 +20,13 @@ def _gather(cache: torch.Tensor, tables: torch.Tensor, max_len: int) -> torch.Te
     return gathered.reshape(blocks.shape[0], num_blocks * block_size, *cache.shape[2:])[:, :max_len]
 
 
-def _visible(q_pos: torch.Tensor, k_pos: torch.Tensor, sliding_window: int) -> torch.Tensor:
-    allowed = k_pos <= q_pos
+def _visible(
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    sliding_window: int,
+    upper: torch.Tensor | None = None,
+) -> torch.Tensor:
+    allowed = k_pos <= (q_pos if upper is None else torch.maximum(q_pos, upper))
     if sliding_window > 0:
         allowed &= k_pos > q_pos - sliding_window
     return allowed
@@ -57,8 +62,13 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     sliding_window: int = -1,
+    attend_until: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables."""
+    """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
+
+    ``attend_until`` as in :func:`mmcore.kernels.reference.paged_attention` (a decode row's
+    keys all precede it, so only prefill rows read it).
+    """
     out = torch.empty_like(query)
     qsl = query_start_loc.tolist()
     lens = seq_lens.tolist()
@@ -93,7 +103,12 @@ def paged_attention(
         ).flatten()
         q = query[q_rows].view(len(rows), num_q, *query.shape[1:]).transpose(1, 2)
         q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
-        mask = _visible(q_pos, torch.arange(seq_len, device=query.device)[None, :], sliding_window)
+        k_pos = torch.arange(seq_len, device=query.device)[None, :]
+        if attend_until is None:
+            mask = _visible(q_pos, k_pos, sliding_window)
+        else:  # [n, 1, num_q, L]: each request's rows have their own upper bounds
+            upper = attend_until[q_rows].to(q_pos).view(len(rows), num_q, 1)
+            mask = _visible(q_pos, k_pos, sliding_window, upper)[:, None]
         res = F.scaled_dot_product_attention(
             q.float(),
             k.float(),

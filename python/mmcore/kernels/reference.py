@@ -47,12 +47,16 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     sliding_window: int = -1,
+    attend_until: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
 
     Prefill chunks (many queries whose prefix is already cached) and decodes (one query) mix
     freely in one batch. GQA/MQA: query head h reads KV head ``h // (Hq // Hkv)``.
     ``sliding_window > 0`` lets a query at position p see keys in ``(p - window, p]``.
+    ``attend_until`` (int32 ``[T]``, optional) raises query t's upper key bound from its own
+    position p to ``max(p, attend_until[t])``: tokens of one image see each other both ways
+    (Gemma 3). The window's lower bound still applies.
 
     Returns:
         ``[T, Hq, D]`` in the query's dtype (computed in float32).
@@ -77,7 +81,10 @@ def paged_attention(
         scores = torch.einsum("qhd,khd->hqk", q, k) * scale
         q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
         k_pos = torch.arange(seq_len, device=query.device)[None, :]
-        allowed = k_pos <= q_pos
+        upper = q_pos
+        if attend_until is not None:
+            upper = torch.maximum(q_pos, attend_until[q_start:q_end].to(q_pos)[:, None])
+        allowed = k_pos <= upper
         if sliding_window > 0:
             allowed &= k_pos > q_pos - sliding_window
         scores = scores.masked_fill(~allowed, float("-inf"))

@@ -11,6 +11,7 @@ Layout of one step (B requests, T new tokens in total)::
     query_start_loc: 0                  q1                 q2 ... T   int32[B + 1]
     seq_lens[b]:     cached + new tokens of request b               int32[B]
     slot_mapping[t]: block_id * block_size + offset of token t      int64[T] (negative = skip)
+    attend_until[t]: last key position token t may see (optional)  int32[T]
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class AttentionMetadata:
         max_seq_len: the largest entry of ``seq_lens``.
         max_query_len: the most new tokens of one request (known on the host, so the CUDA
             kernel needs no device sync to pick its variant).
+        attend_until: int32 ``[T]`` or None (plain causal). Query t sees keys up to
+            ``max(own position, attend_until[t])``: tokens of one image attend to each other
+            both ways (models whose ``bidirectional_mm_spans`` is set, e.g. Gemma 3).
     """
 
     slot_mapping: torch.Tensor
@@ -45,6 +49,7 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor
     max_seq_len: int
     max_query_len: int
+    attend_until: torch.Tensor | None = None
 
     @property
     def num_requests(self) -> int:
@@ -98,12 +103,16 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of the step's queries ``[T, Hq, D]`` over each request's cached K/V.
 
+    ``attn.attend_until`` (when set) opens the causal bound inside image spans; see
+    :class:`AttentionMetadata`.
+
     Returns:
         ``[T, Hq, D]`` in the query's dtype.
     """
     key_cache, value_cache = kv_cache
     op = select_op("paged_attention", query)
     args = (query, key_cache, value_cache, attn.block_tables, attn.seq_lens, attn.query_start_loc)
+    extra = {} if attn.attend_until is None else {"attend_until": attn.attend_until}
     if op is getattr(_cuda_ops(), "paged_attention", None):
         # Host-side bounds: the CUDA op would otherwise read them back from the device.
         return op(
@@ -112,8 +121,9 @@ def paged_attention(
             sliding_window,
             max_query_len=attn.max_query_len,
             max_seq_len=attn.max_seq_len,
+            **extra,
         )
-    return op(*args, scale, sliding_window)
+    return op(*args, scale, sliding_window, **extra)
 
 
 def varlen_attention(
