@@ -39,6 +39,9 @@ from mmcore.sampling.sampler import SampledBatch
 _POLL_S = 0.5
 
 
+_PING_TIMEOUT_S = 5.0  # a dead actor's ping fails at once; a live one stuck in a collective waits
+
+
 def _join(parts: list) -> bytes:
     return b"".join(p.tobytes() if isinstance(p, np.ndarray) else bytes(p) for p in parts)
 
@@ -71,6 +74,10 @@ class RayRank:
             return None
         batch = pending.resolve()
         return batch.token_ids, batch.logprobs, runner_counters(self.worker.runner)
+
+    def ping(self) -> bool:
+        """Liveness probe: answers as soon as the actor is idle."""
+        return True
 
     def close(self) -> None:
         if self.worker is not None:
@@ -222,9 +229,31 @@ class RayExecutor:
         except ray.exceptions.RayActorError as exc:
             self._fail(f"tensor-parallel rank {rank} (Ray actor) died: {exc}", rank)
         except ray.exceptions.RayTaskError as exc:
+            # A collective fails on every rank when one dies: name the dead one, the cause.
+            dead = self._dead_rank(exclude=rank)
+            if dead is not None:
+                self._fail(
+                    f"tensor-parallel rank {dead} (Ray actor) died; rank {rank}'s step failed "
+                    f"with it:\n{exc}",
+                    dead,
+                )
             self._fail(f"tensor-parallel rank {rank} (Ray actor) failed:\n{exc}", rank)
         except ray.exceptions.RayError as exc:  # e.g. the actor's node is unreachable
             self._fail(f"tensor-parallel rank {rank} (Ray actor) is unavailable: {exc}", rank)
+
+    def _dead_rank(self, exclude: int) -> int | None:
+        """The first other rank whose actor is gone (a busy one only times out: alive)."""
+        ray = self._ray
+        for rank, actor in enumerate(self.actors):
+            if rank == exclude:
+                continue
+            try:
+                ray.get(actor.ping.remote(), timeout=_PING_TIMEOUT_S)
+            except ray.exceptions.RayActorError:
+                return rank
+            except ray.exceptions.GetTimeoutError:
+                continue
+        return None
 
     def _fail(self, message: str, rank: int | None) -> None:
         if self._dead is None:
