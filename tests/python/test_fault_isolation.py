@@ -96,6 +96,43 @@ def test_fault_mid_generation_recomputes_the_others(engine, reference, monkeypat
     _assert_clean(engine)
 
 
+def test_recomputed_request_keeps_its_own_penalty_counts(tiny_llava_dir, monkeypatch):
+    """A request recomputed after a failed step moves its counts to a fresh slot: a request added
+    later never shares (and zeroes) it, so penalised tokens equal an undisturbed run."""
+    penalised = SamplingParams(
+        temperature=0.0, max_tokens=12, ignore_eos=True, frequency_penalty=1.5
+    )
+    expected = Engine(tiny_llava_dir, seed=0).generate([PROMPTS[0]], penalised, use_tqdm=False)
+    engine = Engine(tiny_llava_dir, seed=0)
+    real = runner_module.sample_on_device
+    calls = {"n": 0}
+
+    def sample(logits, rows, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3 and any(r.params.seed == POISON_SEED for r in rows):
+            raise RuntimeError("late fault")
+        return real(logits, rows, **kwargs)
+
+    monkeypatch.setattr(runner_module, "sample_on_device", sample)
+    late = SamplingParams(temperature=0.0, seed=POISON_SEED, max_tokens=20, ignore_eos=True)
+    engine.add_request("victim", PROMPTS[0], penalised)
+    engine.add_request("late", "late", late)
+    finished, added = {}, False
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                finished[out.request_id] = out
+        if "late" in finished and not added:  # right after the recovery: a newcomer's slot
+            engine.add_request("newcomer", PROMPTS[1], penalised)
+            added = True
+        counts = engine.runner.sampling_counts
+        live = [s.sampling.slot for s in engine.runner.requests.values() if s.sampling.slot >= 0]
+        assert len(live) == len(set(live)) and not set(live) & set(counts._free)
+    assert finished["late"].outputs[0].finish_reason == "error"
+    assert finished["victim"].outputs[0].token_ids == expected[0].outputs[0].token_ids
+    _assert_clean(engine)
+
+
 def test_encoder_fault_fails_only_the_request_with_that_image(tiny_llava_dir, monkeypatch):
     engine = Engine(tiny_llava_dir, seed=0)
     good_image, bad_image = _image(1), _image(2)

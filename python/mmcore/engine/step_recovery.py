@@ -9,6 +9,7 @@ half-written is cached.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -57,7 +58,10 @@ def _recompute(engine: Engine, core_id: int) -> None:
     if core_id in engine.structured_outputs:  # its grammar state cannot be replayed: fail it
         fail_request(engine, core_id, RuntimeError("its step failed under a grammar"))
         return
-    state = engine.runner.requests.get(core_id)
+    state = engine.runner.requests[core_id]
+    if state.sampling.slot >= 0:  # the old id's slot is freed with it: move the counts first
+        slot = engine.runner.sampling_counts.copy_slot(state.sampling.slot)
+        state = dataclasses.replace(state, sampling=dataclasses.replace(state.sampling, slot=slot))
     generated = tracker.outputs[index].token_ids
     engine._drop_core(core_id, "abort")
     token_ids = np.concatenate(
