@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +17,7 @@ import pytest
 import requests
 import torch
 from PIL import Image
-from server_fixtures import MODEL_NAME, data_url, image_part, user
+from server_fixtures import MODEL_NAME, data_url, image_part, user, wait_until
 
 import mmcore.multimodal.media as media_module
 from mmcore import Engine
@@ -148,3 +151,35 @@ def test_peak_rss_stays_within_the_media_budget_under_a_burst(tiny_llava_dir):
         # the processor's copies of them; a single decoded bomb would be 192 MB.
         bound = workers * budget_pixels * 3 * 8
         assert growth < bound, f"peak RSS grew {growth / 2**20:.0f} MiB (bound {bound / 2**20:.0f})"
+
+
+def test_media_workers_exit_when_their_server_is_killed(tmp_path):
+    """A SIGKILLed server cannot shut its pool down: the workers notice and leave (no orphans
+    holding its stdout)."""
+    script = (
+        "import os, sys\n"
+        "from mmcore.multimodal.media_processes import MediaProcessPool\n"
+        "pool = MediaProcessPool(None, 2, model_id='m', max_image_pixels=10)\n"
+        "pids = {pool._executor.submit(os.getpid).result() for _ in range(8)}\n"
+        "print(' '.join(map(str, pids)), flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert pids and proc.pid not in pids
+    proc.kill()
+    proc.wait()
+
+    def gone(pid: int) -> bool:  # exited (a zombie waiting for init to reap it counts)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rpartition(")")[2].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+
+    assert wait_until(lambda: all(gone(p) for p in pids), timeout_s=20, interval_s=0.2)

@@ -12,7 +12,10 @@ and the event loop. Here each image is decoded, hashed and processed in a worker
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -23,6 +26,15 @@ _worker_options: dict[str, Any] = {}
 # processor, as the in-process processor cache does).
 _worker_cache: OrderedDict[str, dict] = OrderedDict()
 _WORKER_CACHE_ITEMS = 64
+_PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A killed server (SIGKILL) leaves its pool's workers waiting on the task queue forever,
+    holding its stdout open: each worker leaves once its parent is gone."""
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(0)
 
 
 def _init_worker(processor_bytes: bytes, options: dict[str, Any]) -> None:
@@ -30,6 +42,7 @@ def _init_worker(processor_bytes: bytes, options: dict[str, Any]) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core per worker: the pool's size is the parallelism
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     _worker_processor = pickle.loads(processor_bytes)
     _worker_options = options
 
