@@ -145,3 +145,25 @@ def test_head_counts_that_do_not_split_are_refused(monkeypatch):
         QKVParallelLinear(32, 8, 6, 2, bias=False, **F32)
     with pytest.raises(ValueError, match="num_key_value_heads"):
         QKVParallelLinear(32, 8, 12, 3, bias=False, **F32)
+
+
+@pytest.mark.parametrize("size", [2, 4])
+def test_stacked_qkv_shards_keep_each_ranks_heads_of_q_k_and_v(monkeypatch, size):
+    """One checkpoint tensor with all q, then all k, then all v rows (vision towers' ``qkv``):
+    rank r keeps its heads of each third, in q, k, v order."""
+    torch.manual_seed(0)
+    hidden, heads, head_dim = 16, 4, 4
+    w = {"qkv.weight": torch.randn(3 * heads * head_dim, hidden), "qkv.bias": torch.randn(48)}
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = linear.StackedQKVParallelLinear(hidden, heads, head_dim, bias=True, **F32)
+
+    x = torch.randn(5, hidden)
+    full = torch.nn.functional.linear(x, w["qkv.weight"], w["qkv.bias"]).view(5, 3, heads, -1)
+    for rank, block in enumerate(_shards(monkeypatch, size, Block, w)):
+        local = heads // size
+        assert block.qkv.num_local_heads == local
+        got = block.qkv(x).view(5, 3, local, head_dim)
+        torch.testing.assert_close(got, full[:, :, rank * local : (rank + 1) * local])

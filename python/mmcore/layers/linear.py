@@ -175,6 +175,49 @@ class QKVParallelLinear(_ShardedRowsLinear):
         self.num_local_heads, self.num_local_kv_heads = q_local, kv_local
 
 
+class StackedQKVParallelLinear(nn.Module):
+    """A q/k/v projection stored as ONE checkpoint tensor (rows: all q heads, all k, all v; e.g.
+    vision towers' ``attn.qkv``), sharded by heads: each rank keeps its heads of each third.
+
+    Args:
+        hidden_size: input size.
+        num_heads: heads of each of q, k and v.
+        head_dim: size of one head.
+        bias, dtype, device, disable_tp: as for :class:`ColumnParallelLinear`.
+
+    Attributes:
+        num_local_heads: heads this rank computes.
+    """
+
+    def __init__(self, hidden_size, num_heads, head_dim, *, bias, dtype, device, disable_tp=False):
+        super().__init__()
+        rank, size = _rank_and_size(disable_tp)
+        self.num_local_heads = divide(num_heads, size, "num_heads")
+        width, local = num_heads * head_dim, self.num_local_heads * head_dim
+        self._ranges = tuple((part * width + rank * local, local) for part in range(3))
+        self._full_rows = 3 * width
+        self.in_features = hidden_size
+        self.weight = nn.Parameter(torch.empty(3 * local, hidden_size, dtype=dtype, device=device))
+        self.bias = (
+            nn.Parameter(torch.empty(3 * local, dtype=dtype, device=device)) if bias else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def weight_targets(self, name: str) -> dict[str, WeightTarget]:
+        """Checkpoint name -> this rank's rows of q, k and v (``name``: this module's name)."""
+        prefix = f"{name}." if name else ""
+        targets = {}
+        for kind, param in (("weight", self.weight), ("bias", self.bias)):
+            if param is not None:
+                full = (self._full_rows, *param.shape[1:])
+                targets[prefix + kind] = WeightTarget(
+                    param, prefix + kind, full, row_ranges=self._ranges
+                )
+        return targets
+
+
 class RowParallelLinear(nn.Module):
     """``nn.Linear`` whose input features are split over the ranks; the partial products are
     summed by one all-reduce (the bias is added once, by rank 0).

@@ -22,6 +22,8 @@ class WeightTarget:
         full_shape: shape the checkpoint tensor must have.
         shard_dim: dimension of the checkpoint tensor this rank takes a range of (None: all).
         shard_start: first index of that range.
+        row_ranges: instead of one range, several (start, length) row ranges, concatenated
+            (this rank's heads of each of q, k and v stacked in one checkpoint tensor).
     """
 
     dest: torch.Tensor
@@ -29,6 +31,7 @@ class WeightTarget:
     full_shape: tuple[int, ...]
     shard_dim: int | None = None
     shard_start: int = 0
+    row_ranges: tuple[tuple[int, int], ...] | None = None
 
     @classmethod
     def whole(cls, param: torch.Tensor, param_name: str) -> WeightTarget:
@@ -37,6 +40,8 @@ class WeightTarget:
 
     def read(self, source) -> torch.Tensor:
         """This rank's part of ``source`` (a tensor or a :class:`LazyWeight`)."""
+        if self.row_ranges is not None:
+            return torch.cat([source[start : start + n] for start, n in self.row_ranges])
         if self.shard_dim is None:
             return source[...] if isinstance(source, LazyWeight) else source
         length = self.dest.shape[self.shard_dim]

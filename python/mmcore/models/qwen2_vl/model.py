@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmcore.layers.attention import AttentionMetadata
+from mmcore.layers.sharded_weights import weight_shape
 from mmcore.models.llama import LlamaForCausalLM
 from mmcore.models.qwen2_vl.processor import expand_image_patches
 from mmcore.models.qwen2_vl.vision import Qwen2VisionTower
@@ -54,6 +55,7 @@ class Qwen2VLModel(nn.Module):
 
     supported_modalities = ("image", "video")
     uses_mrope = True
+    supports_tensor_parallel = True  # vision tower, merger and Qwen2 LM from parallel layers
 
     def __init__(self, hf_config, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
@@ -96,7 +98,8 @@ class Qwen2VLModel(nn.Module):
 
         def as_linear(named):
             for name, tensor in named:
-                if name.endswith("patch_embed.proj.weight") and tensor.dim() == 5:
+                if name.endswith("patch_embed.proj.weight") and len(weight_shape(tensor)) == 5:
+                    tensor = tensor[...]  # read a lazy (sharded-load) tensor whole: replicated
                     tensor = tensor.reshape(tensor.shape[0], -1)  # Conv3d kernel -> GEMM
                 yield name, tensor
 

@@ -15,10 +15,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation, get_gated_activation
 from mmcore.layers.attention import varlen_attention
+from mmcore.layers.linear import (
+    ColumnParallelLinear,
+    MergedColumnParallelLinear,
+    RowParallelLinear,
+    StackedQKVParallelLinear,
+)
 from mmcore.layers.norm import RMSNorm
-from mmcore.models.weights import MergedLinear
 
 Grid = tuple[int, int, int]  # (t, h, w) in patches, before the spatial merge
 
@@ -103,13 +109,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 class VisionAttention(nn.Module):
-    """Bidirectional attention within each packed segment (frame or window), 2-D rope on q/k."""
+    """Bidirectional attention within each packed segment (frame or window), 2-D rope on q/k
+    (tensor parallel: heads split over the ranks, one all-reduce after ``proj``)."""
 
-    def __init__(self, dim: int, num_heads: int, *, dtype, device):
+    def __init__(self, dim: int, num_heads: int, *, dtype, device, disable_tp: bool):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True, dtype=dtype, device=device)
-        self.proj = nn.Linear(dim, dim, bias=True, dtype=dtype, device=device)
+        self.head_dim = dim // num_heads
+        kw = dict(bias=True, dtype=dtype, device=device, disable_tp=disable_tp)
+        self.qkv = StackedQKVParallelLinear(dim, num_heads, self.head_dim, **kw)
+        self.num_heads = self.qkv.num_local_heads
+        self.proj = RowParallelLinear(dim, dim, **kw)
 
     def forward(self, x, cu_seqlens, cos, sin):
         n = x.shape[0]
@@ -122,21 +131,22 @@ class VisionAttention(nn.Module):
 class VisionMLP(nn.Module):
     """Qwen2-VL: ``fc2(act(fc1(x)))``; Qwen2.5-VL: gated ``down(act(gate(x)) * up(x))``."""
 
-    def __init__(self, config, dim: int, *, dtype, device):
+    def __init__(self, config, dim: int, *, dtype, device, disable_tp: bool):
         super().__init__()
         self.gated = _is_qwen2_5(config)
+        kw = dict(bias=True, dtype=dtype, device=device, disable_tp=disable_tp)
         if self.gated:
             inner = config.intermediate_size
-            self.gate_up_proj = MergedLinear(
-                dim, {"gate_proj": inner, "up_proj": inner}, bias=True, dtype=dtype, device=device
+            self.gate_up_proj = MergedColumnParallelLinear(
+                dim, {"gate_proj": inner, "up_proj": inner}, **kw
             )
             self.act_and_mul = get_gated_activation(config.hidden_act)
-            self.down_proj = nn.Linear(inner, dim, bias=True, dtype=dtype, device=device)
+            self.down_proj = RowParallelLinear(inner, dim, **kw)
         else:
             inner = int(dim * config.mlp_ratio)
-            self.fc1 = nn.Linear(dim, inner, bias=True, dtype=dtype, device=device)
+            self.fc1 = ColumnParallelLinear(dim, inner, **kw)
             self.act = get_activation(config.hidden_act)
-            self.fc2 = nn.Linear(inner, dim, bias=True, dtype=dtype, device=device)
+            self.fc2 = RowParallelLinear(inner, dim, **kw)
 
     def forward(self, x):
         if self.gated:
@@ -153,12 +163,13 @@ def _norm(config, dim: int, dtype, device) -> nn.Module:
 class VisionBlock(nn.Module):
     """Pre-norm transformer block (LayerNorm for Qwen2-VL, RMSNorm for Qwen2.5-VL)."""
 
-    def __init__(self, config, dim: int, *, dtype, device):
+    def __init__(self, config, dim: int, *, dtype, device, disable_tp: bool):
         super().__init__()
+        kw = dict(dtype=dtype, device=device, disable_tp=disable_tp)
         self.norm1 = _norm(config, dim, dtype, device)
         self.norm2 = _norm(config, dim, dtype, device)
-        self.attn = VisionAttention(dim, config.num_heads, dtype=dtype, device=device)
-        self.mlp = VisionMLP(config, dim, dtype=dtype, device=device)
+        self.attn = VisionAttention(dim, config.num_heads, **kw)
+        self.mlp = VisionMLP(config, dim, **kw)
 
     def forward(self, x, cu_seqlens, cos, sin):
         x = x + self.attn(self.norm1(x), cu_seqlens, cos, sin)
@@ -166,16 +177,18 @@ class VisionBlock(nn.Module):
 
 
 class PatchMerger(nn.Module):
-    """Norm, then each 2x2 block of patches (concatenated) through a 2-layer GELU MLP."""
+    """Norm, then each 2x2 block of patches (concatenated) through a 2-layer GELU MLP
+    (column- then row-parallel)."""
 
-    def __init__(self, config, dim: int, out_dim: int, *, dtype, device):
+    def __init__(self, config, dim: int, out_dim: int, *, dtype, device, disable_tp: bool):
         super().__init__()
         self.merged = dim * config.spatial_merge_size**2
         self.ln_q = _norm(config, dim, dtype, device)
+        kw = dict(bias=True, dtype=dtype, device=device, disable_tp=disable_tp)
         self.mlp = nn.Sequential(
-            nn.Linear(self.merged, self.merged, dtype=dtype, device=device),
+            ColumnParallelLinear(self.merged, self.merged, **kw),
             nn.GELU(),
-            nn.Linear(self.merged, out_dim, dtype=dtype, device=device),
+            RowParallelLinear(self.merged, out_dim, **kw),
         )
 
     def forward(self, x):
@@ -207,10 +220,10 @@ class Qwen2VisionTower(nn.Module):
             self.patch_dim, dim, bias=False, dtype=dtype, device=device
         )
         self.rotary = VisionRotary(config, _head_dim(config), device)
-        self.blocks = nn.ModuleList(
-            VisionBlock(config, dim, dtype=dtype, device=device) for _ in range(config.depth)
-        )
-        self.merger = PatchMerger(config, dim, out_dim, dtype=dtype, device=device)
+        # mm_encoder_tp_mode="data": every rank keeps the whole tower and encodes a share.
+        kw = dict(dtype=dtype, device=device, disable_tp=encoder_tp_disabled())
+        self.blocks = nn.ModuleList(VisionBlock(config, dim, **kw) for _ in range(config.depth))
+        self.merger = PatchMerger(config, dim, out_dim, **kw)
         if self.windowed:
             self.window = config.window_size // self.merge // config.patch_size
             self.full_blocks = set(config.fullatt_block_indexes)
