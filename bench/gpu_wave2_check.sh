@@ -5,6 +5,8 @@
 #               processor vs HF's (torchvision) and the Qwen2-VL engine on CUDA
 #   structured  structured-output overhead: 256 requests with a JSON schema vs without
 #   qwen        Qwen2.5-VL-7B dummy: offline req/s vs HF generate() and the roofline; packed ViT
+#   tp          (2 GPUs) TP=2 GPU tests; bench_gpu_tp.py: LLaVA-1.5-7B TP=2 vs TP=1, encoder
+#               weights vs data, a 70B LM at TP=2 against its ITL bound
 # Usage: bash bench/gpu_wave2_check.sh LOG_DIR [STAGE ...]
 # Python packages the machine lacks travel as wheels in .whl (see the device notes).
 set -uo pipefail
@@ -36,6 +38,12 @@ for s in $STAGES; do
     qwen) stage qwen_vit 60 python3 bench/bench_gpu_qwen2_vl.py --stage vit --repeats 3 --out "$LOG"
       stage qwen_images 200 python3 bench/bench_gpu_qwen2_vl.py --stage images \
         --num-requests 300 --hf-batch-sizes 32 64 --repeats 1 --out "$LOG" ;;
+    tp) stage tp_tests 150 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/test_gpu_tensor_parallel.py
+      stage tp_7b 220 python3 bench/bench_gpu_tp.py --out "$LOG" --sections 7b --num-requests 200
+      cp "$LOG/results_gpu_tp.json" "$LOG/results_gpu_tp_7b.json" 2>/dev/null
+      stage tp_70b_encoder 180 python3 bench/bench_gpu_tp.py --out "$LOG" --sections encoder,70b \
+        --num-requests 64 ;;
     *) echo "unknown stage $s" ;;
   esac
 done
