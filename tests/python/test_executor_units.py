@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, Qwen2VLConfig
+from transformers import LlamaConfig, Qwen2AudioConfig
 
 from mmcore import Engine
 from mmcore.executor.base import ParallelConfig, check_shardable
@@ -101,7 +101,7 @@ def test_bad_parallel_options_are_refused_before_any_worker_starts(
 @pytest.mark.parametrize(
     ("config", "model_impl", "message"),
     [
-        (Qwen2VLConfig(), "auto", "'qwen2_vl' is not built from tensor-parallel layers"),
+        (Qwen2AudioConfig(), "auto", "'qwen2_audio' is not built from tensor-parallel layers"),
         (LlamaConfig(), "transformers", "Transformers backend .* tensor_parallel_size > 1"),
     ],
 )

@@ -12,6 +12,7 @@ rank within 30 s and leave no worker process behind.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -118,28 +119,47 @@ SAMPLED = SamplingParams(
     max_tokens=MAX_TOKENS,
     logprobs=1,
 )
-HOST_FEATURES = {
-    "structured outputs": SamplingParams(
-        max_tokens=4, structured_outputs=StructuredOutputsParams(choice=["yes", "no"])
+# Host masks computed on the driver travel with each step to the workers.
+CHOICES = ["yes", "no", "maybe not"]
+HOST_MASKED = [
+    SamplingParams(
+        max_tokens=16, temperature=0.0, structured_outputs=StructuredOutputsParams(choice=CHOICES)
     ),
-    "bad_words of several tokens": SamplingParams(max_tokens=4, bad_words=["a dog story"]),
-    "prompt_logprobs": SamplingParams(max_tokens=4, prompt_logprobs=1),
-}
+    SamplingParams(
+        max_tokens=12,
+        temperature=0.8,
+        seed=5,
+        structured_outputs=StructuredOutputsParams(regex="[a-d]{2,5}-[0-9]{1,3}"),
+    ),
+    SamplingParams(
+        max_tokens=MAX_TOKENS, temperature=0.7, seed=3, bad_words=["the picture", "a dog story"]
+    ),
+]
 
 
-def test_tp2_sampling_matches_tp1_and_host_features_are_refused(tp_case):
+def test_tp2_sampling_matches_tp1_with_grammars_and_bans(tp_case):
     model_dir, engine, single_options, prompts, _, _ = tp_case
-    for feature, params in HOST_FEATURES.items():
-        with pytest.raises(ValueError, match=f"{feature}.*tensor_parallel_size > 1"):
-            engine.generate(prompts[:2], params, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt_logprobs.*tensor_parallel_size > 1"):
+        engine.generate(prompts[:2], SamplingParams(max_tokens=4, prompt_logprobs=1))
     assert not engine.has_unfinished_requests()
     assert engine.stats()["kv_blocks_used"] == 0
-    tp_outputs = engine.generate(prompts[:4], SAMPLED, use_tqdm=False)
     single = Engine(model_dir, **single_options)
+    tp_outputs = engine.generate(prompts[:4], SAMPLED, use_tqdm=False)
     assert _token_ids(tp_outputs) == _token_ids(
         single.generate(prompts[:4], SAMPLED, use_tqdm=False)
     )
     assert all(len(o.outputs[0].logprobs) == len(o.outputs[0].token_ids) for o in tp_outputs)
+    # Each prompt under each host-masked parameter set, all in one batch (async scheduling).
+    batch = [p for p in prompts[:4] for _ in HOST_MASKED]
+    params = HOST_MASKED * 4
+    tp_outputs = engine.generate(batch, params, use_tqdm=False)
+    assert _token_ids(tp_outputs) == _token_ids(single.generate(batch, params, use_tqdm=False))
+    done = [(o.outputs[0].text, o.outputs[0].finish_reason) for o in tp_outputs]
+    assert all(text in CHOICES and reason == "stop" for text, reason in done[0::3]), done
+    for text, reason in done[1::3]:  # whole, or cut by max_tokens inside the pattern
+        pattern = "[a-d]{2,5}-[0-9]{1,3}" if reason == "stop" else "[a-d]{0,5}(-[0-9]{0,3})?"
+        assert re.fullmatch(pattern, text), (text, reason)
+    assert engine.stats()["kv_blocks_used"] == 0
 
 
 def _step_until_failure(engine, prompts, fault) -> tuple[WorkerFailedError, float]:

@@ -29,7 +29,7 @@ from mmcore.engine.sampling_setup import (
 )
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
 from mmcore.engine_args import EngineArgs
-from mmcore.executor.remote_request import RemoteRequest, refuse_host_sampling
+from mmcore.executor.remote_request import DriverRow, RemoteRequest, refuse_host_sampling
 from mmcore.outputs import RequestOutput
 from mmcore.sampling.sampler import PendingSample, SampledBatch
 from mmcore.sampling_params import SamplingParams
@@ -97,6 +97,8 @@ class Engine:
         self._eos_token_ids = cfg.eos_token_ids
         self._trackers: dict[str, RequestTracker] = {}
         self._core_to_tracker: dict[int, tuple[RequestTracker, int]] = {}
+        # Several ranks: each live request's multi-token bad words (bans sent with each step).
+        self._driver_rows: dict[int, DriverRow] = {}
         self._not_yet_scheduled: set[int] = set()  # core ids whose first step is pending
         self._token_text = TokenTexts(self.tokenizer)
         self.vocab_size = cfg.vocab_size
@@ -163,8 +165,8 @@ class Engine:
         max_tokens = min(params.max_tokens or room, room)
         check_token_ids(params, self.vocab_size)
         bad_words_ids = tokenize_bad_words(self.tokenizer, params.bad_words, self.vocab_size)
-        if self.runner is None:  # several ranks: no host work between forward and sample
-            refuse_host_sampling(params, bad_words_ids)
+        if self.runner is None:  # several ranks: the workers sample right after the forward
+            refuse_host_sampling(params)
         grammar = (
             self.structured_outputs.compile(params.structured_outputs)
             if params.structured_outputs is not None
@@ -248,6 +250,7 @@ class Engine:
         """Give the request's items and sampling inputs to the runner (in-process) or the
         workers (several ranks: features needing the driver's host per step are refused)."""
         if self.runner is None:
+            self._driver_rows[core_id] = DriverRow.of(bad_words_ids)
             self.executor.add_request(
                 core_id,
                 RemoteRequest(
@@ -264,9 +267,16 @@ class Engine:
 
     def _sample(self, out, launched: LaunchedStep | None, constrained: bool) -> PendingSample:
         """Enqueue the step's sampling: in-process after its host masks, if any; several ranks:
-        the whole step is launched on the workers."""
+        the whole step is launched on the workers, its host masks sent with it."""
         if launched is None:
-            return self.executor.launch(out)
+            req_ids = out.sampling_req_ids.tolist()
+            rows = [self._driver_rows.get(r, DriverRow(None)) for r in req_ids]
+            masks = (
+                self.structured_outputs.host_masks(req_ids, rows, self._output_ids)
+                if constrained
+                else None
+            )
+            return self.executor.launch(out, masks)
         return self.runner.sample(launched, self._host_masks(launched) if constrained else None)
 
     def _drop_core(self, core_id: int, reason: str) -> None:
@@ -275,6 +285,7 @@ class Engine:
 
     def _forget_core(self, core_id: int) -> None:
         self.executor.remove_request(core_id)
+        self._driver_rows.pop(core_id, None)
         self.structured_outputs.remove(core_id)
         self._core_to_tracker.pop(core_id, None)
         self._not_yet_scheduled.discard(core_id)
@@ -324,7 +335,10 @@ class Engine:
         """Launch step ``out``; apply the step whose tokens are ready (this one, or in the
         overlapped mode the one before)."""
         if self.runner is None:  # several ranks: the workers forward and sample in one go
-            launched, constrained = None, False
+            launched = None
+            req_ids = out.sampling_req_ids.tolist()
+            rows = [self._driver_rows.get(r, DriverRow(None)) for r in req_ids]
+            constrained = self.structured_outputs.needs_host_masks(req_ids, rows)
         else:
             launched = self.runner.forward(out)
             constrained = self.structured_outputs.needs_host_masks(launched.req_ids, launched.rows)

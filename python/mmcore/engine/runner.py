@@ -342,14 +342,19 @@ class ModelRunner:
         """Run one step and wait for it; return the tokens sampled for ``out.sampling_req_ids``."""
         return self.launch(out).resolve()
 
-    def launch(self, out) -> PendingSample:
+    def launch(self, out, host_masks: HostMasks | None = None) -> PendingSample:
         """Enqueue one step (forward and sampling) on the device without waiting for it.
+
+        Args:
+            out: the step.
+            host_masks: constraints of its sampling rows computed by the driver (several
+                ranks: grammar bitmasks and bad-word bans travel with the step).
 
         Returns:
             The tokens sampled for ``out.sampling_req_ids``, still on the device; the next
             launched step reads them for its -1 input ids (``out.prev_sample_index``).
         """
-        return self.sample(self.forward(out))
+        return self.sample(self.forward(out), host_masks)
 
     @torch.inference_mode()
     def forward(self, out) -> LaunchedStep:

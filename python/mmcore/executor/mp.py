@@ -25,7 +25,12 @@ import torch
 from mmcore.executor.base import ParallelConfig, WorkerFailedError
 from mmcore.executor.model_setup import KVSizing, ModelSpec, RunnerSpec, num_blocks_from_capacity
 from mmcore.executor.shm_queue import ShmBroadcastQueue
-from mmcore.executor.step_codec import encode_control, encode_step
+from mmcore.executor.step_codec import (
+    encode_control,
+    encode_step,
+    host_mask_arrays,
+    removals_before,
+)
 from mmcore.executor.worker import (
     WorkerArgs,
     checkpoint_fingerprint,
@@ -169,15 +174,16 @@ class MultiprocExecutor:
     def remove_request(self, req_id: int) -> None:
         self._removed.append(req_id)
 
-    def launch(self, out) -> RemotePending:
-        """Broadcast one step (after the requests added since the last one)."""
+    def launch(self, out, host_masks=None) -> RemotePending:
+        """Broadcast one step (after the requests added since the last one), with the host
+        masks of its sampling rows the driver computed, if any."""
         self._raise_if_dead()
         if self._adds:
             adds, self._adds = self._adds, []
             self._put(encode_control(("add", adds)))
-        removed = np.asarray(self._removed, dtype=np.int64)
-        self._removed = []
-        self._put(encode_step(out, {"removed_req_ids": removed}))
+        removed = np.asarray(removals_before(out, self._removed), dtype=np.int64)
+        self._removed = [r for r in self._removed if r not in set(removed.tolist())]
+        self._put(encode_step(out, {"removed_req_ids": removed, **host_mask_arrays(host_masks)}))
         self._launched += 1
         return RemotePending(self, self._launched)
 

@@ -27,7 +27,13 @@ from mmcore.executor.model_setup import (
     runner_counters,
 )
 from mmcore.executor.mp import START_TIMEOUT_S, RemotePending, step_timeout_s
-from mmcore.executor.step_codec import decode, encode_control, encode_step
+from mmcore.executor.step_codec import (
+    decode,
+    encode_control,
+    encode_step,
+    host_mask_arrays,
+    removals_before,
+)
 from mmcore.executor.worker import (
     RankWorker,
     WorkerArgs,
@@ -159,16 +165,16 @@ class RayExecutor:
     def remove_request(self, req_id: int) -> None:
         self._removed.append(req_id)
 
-    def launch(self, out) -> RemotePending:
+    def launch(self, out, host_masks=None) -> RemotePending:
         self.check_health()
         if self._adds:
             adds, self._adds = self._adds, []
             self._outstanding += enumerate(self._broadcast(encode_control(("add", adds))))
-        removed = np.asarray(self._removed, dtype=np.int64)
-        self._removed = []
+        removed = np.asarray(removals_before(out, self._removed), dtype=np.int64)
+        self._removed = [r for r in self._removed if r not in set(removed.tolist())]
         self._launched += 1
         self._step_refs[self._launched] = self._broadcast(
-            encode_step(out, {"removed_req_ids": removed})
+            encode_step(out, {"removed_req_ids": removed, **host_mask_arrays(host_masks)})
         )
         return RemotePending(self, self._launched)
 

@@ -1,5 +1,6 @@
-"""What the driver sends a tensor-parallel worker about a new request, and which sampling
-features need the driver's host between forward and sample (refused with several ranks)."""
+"""What the driver sends a tensor-parallel worker about a new request, what it keeps of the
+request's sampling (its host masks travel with each step), and which sampling features are
+refused with several ranks."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ class RemoteRequest:
         params: its sampling parameters.
         generator_seed: seed of its random draws (the generator is made on the rank's device).
         prompt_token_ids: its prompt (repetition penalty counts).
-        bad_words_ids: its bad words as token ids (single tokens only, see
-            :func:`refuse_host_sampling`).
+        bad_words_ids: its bad words as token ids (the workers ban single tokens; bans of
+            multi-token words come with each step from the driver, see :class:`DriverRow`).
         stop_ids: tokens masked until ``min_tokens`` were generated.
     """
 
@@ -34,26 +35,32 @@ class RemoteRequest:
     stop_ids: list[int]
 
 
-def refuse_host_sampling(params: SamplingParams, bad_words_ids: list[list[int]]) -> None:
-    """Refuse what needs host work between a step's forward and its sampling on the driver.
+@dataclass(frozen=True)
+class DriverRow:
+    """What the driver keeps of a request's sampling with several ranks: its multi-token bad
+    words, whose bans it computes from the generated tokens each step (the structured-output
+    manager's ``host_masks`` reads ``bad_word_prefixes`` as it does a ``RequestSampling``'s).
+    """
 
-    With several ranks the workers sample right after their forward, so structured outputs
-    (grammar bitmasks), multi-token bad words and prompt log-probabilities are not available.
+    bad_word_prefixes: list[tuple[list[int], int]] | None
+
+    @classmethod
+    def of(cls, bad_words_ids: list[list[int]]) -> DriverRow:
+        prefixes = [(list(word[:-1]), word[-1]) for word in bad_words_ids if len(word) > 1]
+        return cls(prefixes or None)
+
+
+def refuse_host_sampling(params: SamplingParams) -> None:
+    """Refuse what the workers cannot do with several ranks: prompt log-probabilities.
 
     Raises:
         ValueError: naming the feature.
     """
-    if params.structured_outputs is not None:
-        feature = "structured outputs (guided decoding)"
-    elif any(len(word) > 1 for word in bad_words_ids):
-        feature = "bad_words of several tokens"
-    elif params.prompt_logprobs is not None:
-        feature = "prompt_logprobs"
-    else:
-        return
-    raise ValueError(
-        f"{feature} is not supported with tensor_parallel_size > 1 yet (see docs/distributed.md)"
-    )
+    if params.prompt_logprobs is not None:
+        raise ValueError(
+            "prompt_logprobs is not supported with tensor_parallel_size > 1 yet "
+            "(see docs/distributed.md)"
+        )
 
 
 def to_request_state(runner, request: RemoteRequest):

@@ -18,6 +18,7 @@ import pickle
 from types import SimpleNamespace
 
 import numpy as np
+import torch
 
 from mmcore import _core
 
@@ -26,7 +27,9 @@ _DTYPES = [np.dtype(t) for t in ("int32", "int64", "float32", "float64", "uint8"
 _CODES = {dt: i for i, dt in enumerate(_DTYPES)}
 _MAX_DIMS = 2
 _ARRAY_WORDS = 4 + _MAX_DIMS  # field, dtype code, ndim, dims, nbytes
-EXTRA_ARRAYS = ("removed_req_ids",)  # driver-side additions to a step
+# Driver-side additions to a step: requests it dropped, and the host masks of its sampling rows
+# (grammar bitmask, multi-token bad-word bans; see :func:`host_mask_arrays`).
+EXTRA_ARRAYS = ("removed_req_ids", "grammar_rows", "grammar_bitmask", "ban_rows", "ban_ids")
 
 
 @functools.cache
@@ -60,6 +63,42 @@ def encode_step(out, extra: dict[str, np.ndarray]) -> list:
         dims = list(value.shape) + [0] * (_MAX_DIMS - value.ndim)
         header += [index, _CODES[value.dtype], value.ndim, *dims, value.nbytes]
     return [np.asarray(header, dtype=np.int64), *(value for _, value in arrays)]
+
+
+def host_mask_arrays(masks) -> dict[str, np.ndarray]:
+    """A step's :class:`~mmcore.sampling.host_masks.HostMasks` as step-message extras."""
+    if masks is None:
+        return {}
+    extra = {"ban_rows": masks.ban_rows, "ban_ids": masks.ban_ids}
+    if masks.bitmask is not None:
+        extra["grammar_rows"] = masks.bitmask_rows
+        extra["grammar_bitmask"] = masks.bitmask.numpy()
+    return extra
+
+
+def host_masks_of(step):
+    """The :class:`~mmcore.sampling.host_masks.HostMasks` a decoded step carries, or None."""
+    from mmcore.sampling.host_masks import HostMasks
+
+    grammar_rows = getattr(step, "grammar_rows", None)
+    ban_rows = getattr(step, "ban_rows", None)
+    if grammar_rows is None and ban_rows is None:
+        return None
+    masks = HostMasks()
+    if grammar_rows is not None:
+        masks.bitmask_rows = grammar_rows.copy()
+        masks.bitmask = torch.from_numpy(step.grammar_bitmask.copy())
+    if ban_rows is not None:
+        masks.ban_rows, masks.ban_ids = ban_rows.copy(), step.ban_ids.copy()
+    return masks if masks else None
+
+
+def removals_before(out, removed: list[int]) -> list[int]:
+    """The dropped requests the workers forget before step ``out``: all but those still in it
+    (dropped while it was prepared, e.g. a grammar that ended when the step before was
+    applied); those go with the next step."""
+    in_step = set(out.req_ids.tolist())
+    return [r for r in removed if r not in in_step]
 
 
 def encode_control(message) -> list:

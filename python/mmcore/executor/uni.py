@@ -46,8 +46,8 @@ class UniExecutor:
     def remove_request(self, req_id: int) -> None:
         self.runner.remove_request(req_id)
 
-    def launch(self, out):
-        return self.runner.launch(out)
+    def launch(self, out, host_masks=None):
+        return self.runner.launch(out, host_masks)
 
     def counters(self) -> dict[str, int]:
         """The runner's counters (encoder runs, CUDA graph steps, overlapped steps)."""

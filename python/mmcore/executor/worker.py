@@ -31,7 +31,7 @@ from mmcore.executor.model_setup import (
 )
 from mmcore.executor.remote_request import to_request_state
 from mmcore.executor.shm_queue import ShmBroadcastQueue
-from mmcore.executor.step_codec import KIND_CONTROL, decode
+from mmcore.executor.step_codec import KIND_CONTROL, decode, host_masks_of
 from mmcore.executor.worker_status import WorkerStatus
 from mmcore.multimodal.registry import register_model
 
@@ -163,7 +163,7 @@ class RankWorker:
             return None
         for req_id in message.removed_req_ids.tolist():
             self.runner.remove_request(req_id)
-        return self.runner.launch(message)
+        return self.runner.launch(message, host_masks_of(message))
 
     def close(self) -> None:
         destroy_tensor_parallel()
