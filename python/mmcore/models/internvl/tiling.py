@@ -1,0 +1,80 @@
+"""InternVL's dynamic tiling: an image becomes a grid of square tiles (plus a thumbnail).
+
+The grid (columns x rows, between ``min_tiles`` and ``max_tiles`` tiles) is the one whose
+aspect ratio is closest to the image's; between grids of equal distance the later (larger) one
+wins while the image's area exceeds half of that grid's pixel area. The image is resized to
+the grid and cut row by row; with more than one tile a thumbnail (the whole image resized to
+one tile) follows::
+
+    800x400 image, max 6 tiles -> grid 2x1 -> | tile 0 | tile 1 | + thumbnail = 3 tiles
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
+    """Every (columns, rows) with ``min_tiles <= columns * rows <= max_tiles``, ordered by tile
+    count (a stable sort of the columns-major enumeration, as HF orders them)."""
+    grids = [
+        (cols, rows)
+        for cols in range(1, max_tiles + 1)
+        for rows in range(1, max_tiles + 1)
+        if min_tiles <= cols * rows <= max_tiles
+    ]
+    return sorted(grids, key=lambda grid: grid[0] * grid[1])
+
+
+def best_grid(
+    height: int, width: int, tile: int, min_tiles: int, max_tiles: int
+) -> tuple[int, int]:
+    """(columns, rows) of the tile grid for a ``height x width`` image (see module doc)."""
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def num_tiles(
+    height: int, width: int, tile: int, min_tiles: int, max_tiles: int, thumbnail: bool
+) -> int:
+    """Tiles an image becomes (grid tiles, plus the thumbnail when the grid has several)."""
+    if max_tiles <= 1:
+        return 1
+    cols, rows = best_grid(height, width, tile, min_tiles, max_tiles)
+    return cols * rows + (1 if thumbnail and cols * rows > 1 else 0)
+
+
+def tile_image(
+    image: Image.Image, tile: int, min_tiles: int, max_tiles: int, thumbnail: bool
+) -> list[Image.Image]:
+    """The tiles of ``image`` in row-major order, thumbnail last (bicubic resizes)."""
+    if max_tiles <= 1:
+        return [image.resize((tile, tile), Image.BICUBIC)]
+    cols, rows = best_grid(image.height, image.width, tile, min_tiles, max_tiles)
+    resized = image.resize((cols * tile, rows * tile), Image.BICUBIC)
+    tiles = [
+        resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
+        for r in range(rows)
+        for c in range(cols)
+    ]
+    if thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((tile, tile), Image.BICUBIC))
+    return tiles
+
+
+def normalize(images: list[Image.Image], mean, std) -> torch.Tensor:
+    """RGB tiles -> float32 ``[N, 3, H, W]``: ``(pixels / 255 - mean) / std``."""
+    pixels = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    scaled = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(((scaled - mean) / std).transpose(0, 3, 1, 2).copy())
