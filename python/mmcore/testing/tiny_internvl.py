@@ -72,7 +72,9 @@ def build_internvl_tokenizer():
     )
 
 
-def tiny_internvl_config(vocab_size: int, token_ids: dict, **vision_overrides):
+def tiny_internvl_config(
+    vocab_size: int, token_ids: dict, feature_layer: int = -1, **vision_overrides
+):
     """An ``InternVLConfig``: InternViT (32 px tiles, 4 px patches, 2 layers, width 32) and a
     Qwen2 LM (2 layers, GQA 4/2, head dim 16)."""
     from transformers import InternVLConfig
@@ -112,7 +114,7 @@ def tiny_internvl_config(vocab_size: int, token_ids: dict, **vision_overrides):
         image_token_id=token_ids["<IMG_CONTEXT>"],
         image_seq_length=TOKENS_PER_TILE,
         downsample_ratio=0.5,
-        vision_feature_layer=-1,
+        vision_feature_layer=feature_layer,
         tie_word_embeddings=False,
         eos_token_id=token_ids["eos"],
         pad_token_id=token_ids["pad"],
@@ -131,12 +133,15 @@ def _randomize_vision(model, seed: int) -> None:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.1)
 
 
-def build_tiny_internvl(path: str | os.PathLike, seed: int = 0, **vision_overrides) -> str:
+def build_tiny_internvl(
+    path: str | os.PathLike, seed: int = 0, feature_layer: int = -1, **vision_overrides
+) -> str:
     """Write a tiny InternVL checkpoint (see :func:`tiny_internvl_config`).
 
     Args:
         path: folder to write (created if missing).
         seed: torch seed of the random weights.
+        feature_layer: ``vision_feature_layer`` (-1: the tower's last hidden state).
         vision_overrides: InternViT config values replacing the tiny defaults (e.g.
             ``use_qk_norm=False, norm_type="layer_norm"`` for InternViT-300M's layout).
 
@@ -153,7 +158,7 @@ def build_tiny_internvl(path: str | os.PathLike, seed: int = 0, **vision_overrid
     tok = build_internvl_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in IMAGE_TOKENS.values()}
     ids.update(eos=tok.eos_token_id, pad=tok.pad_token_id)
-    config = tiny_internvl_config(len(tok), ids, **vision_overrides)
+    config = tiny_internvl_config(len(tok), ids, feature_layer, **vision_overrides)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
     _randomize_vision(model, seed)

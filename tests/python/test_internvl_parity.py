@@ -1,0 +1,224 @@
+"""InternVL 3: token-for-token parity with HF transformers' greedy generate().
+
+Images go through HF's image processor (tiling on) on the HF side. HF's video processor needs
+torchvision (absent here), so HF's model runs on the frames mmcore's processor made; the
+processors are compared on a machine with torchvision (bench/check_internvl_hf_processor.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmcore import Engine, SamplingParams
+from mmcore.engine.runner import kv_bytes_per_block
+from mmcore.multimodal.video import load_video
+from mmcore.testing.internvl_oracle import hf_greedy, hf_inputs, load_hf_internvl
+from mmcore.testing.tiny_internvl import TOKENS_PER_TILE
+
+MAX_TOKENS = 6
+GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
+IMG, VID = "<IMG_CONTEXT>\n", "<video>\n"
+
+
+def _user(body: str) -> str:
+    return f"<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _clip(photo, num_frames: int, size=(40, 24)) -> np.ndarray:
+    """Frames panning across a photo (T, H, W, 3)."""
+    frame = np.asarray(photo.resize((size[0] + 4 * num_frames, size[1])))
+    return np.stack([frame[:, 4 * i : 4 * i + size[0]] for i in range(num_frames)])
+
+
+def _prompts(photos) -> list[tuple[str, list, list]]:
+    """12 prompts: text only, 1-2 images of 1 to 7 tiles, videos of 3 and 4 frames, mixed."""
+    a, c = photos["astronaut"], photos["chelsea"]
+    tall, wide = photos["rocket_tall"], photos["coffee_wide"]
+    small = photos["coffee"].resize((20, 20))  # one tile, no thumbnail
+    three, four = _clip(a, 3), _clip(photos["coffee"], 4, size=(32, 32))
+    return [
+        (_user("hello there, how are you?"), [], []),
+        (_user(f"{IMG}What is this?"), [a], []),
+        (_user(f"{IMG}and {IMG}compare them"), [c, wide], []),
+        (_user(f"{VID}What happens?"), [], [four]),
+        (_user(f"{IMG}What is this?"), [small], []),
+        (_user(f"{IMG}then\n{VID}both"), [tall], [three]),
+        (_user(f"{VID}first, then {IMG}"), [a], [four]),
+        (_user("tell me a story about a cat on a warm blanket"), [], []),
+        (_user(f"{IMG}{IMG}{VID}all"), [a, small], [three]),
+        (_user(f"{IMG}Again?"), [a], []),
+        (_user(f"{VID}{VID}two clips"), [], [four, three]),
+        (_user(f"A long question about the picture, with many words in it: {IMG}"), [tall], []),
+    ]
+
+
+def _engine_prompt(text, images, videos, kwargs=None):
+    data = {}
+    if images:
+        data["image"] = images
+    if videos:
+        data["video"] = videos
+    if not data:
+        return text
+    prompt = {"prompt": text, "multi_modal_data": data}
+    return {**prompt, "mm_processor_kwargs": kwargs} if kwargs else prompt
+
+
+def _hf_case(model_dir, processor, text, images, videos, image_kwargs=None):
+    processed = [processor.process("video", [load_video(v)])[0] for v in videos]
+    return hf_inputs(model_dir, text, images, processed, image_kwargs)
+
+
+@pytest.fixture(scope="module")
+def case(tiny_internvl_dir, photos):
+    engine = Engine(tiny_internvl_dir, seed=0)
+    prompts = _prompts(photos)
+    hf = [_hf_case(tiny_internvl_dir, engine.processor, *p) for p in prompts]
+    expected = [hf_greedy(tiny_internvl_dir, inputs, MAX_TOKENS) for inputs in hf]
+    return tiny_internvl_dir, engine, prompts, hf, expected
+
+
+def _ids(outputs):
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def _run(engine, prompts, params=GREEDY):
+    return _ids(engine.generate([_engine_prompt(*p) for p in prompts], params, use_tqdm=False))
+
+
+def test_batched_greedy_matches_hf(case):
+    _, engine, prompts, _, expected = case
+    assert _run(engine, prompts) == expected
+    assert engine.stats()["kv_blocks_used"] == 0
+
+
+def test_expanded_prompts_equal_hf(case):
+    _, engine, prompts, hf, _ = case
+    tiles = []
+    for prompt, inputs in zip(prompts, hf):
+        processed = engine.inputs.process(_engine_prompt(*prompt))
+        assert processed.token_ids.tolist() == inputs["input_ids"][0].tolist()
+        tiles += [it.data["pixel_values"].shape[0] for it in processed.items]
+    assert {1, 3, 4, 5, 7} <= set(tiles)  # one tile, frames and several grids with thumbnails
+
+
+def test_tiles_and_embeddings_equal_hf(case):
+    model_dir, engine, prompts, hf, _ = case
+    model, _, _ = load_hf_internvl(model_dir)
+    inputs = hf[2]  # two images of different aspect ratios: 6 + 1 tiles each
+    processed = engine.inputs.process(_engine_prompt(*prompts[2]))
+    pixels = torch.cat([it.data["pixel_values"] for it in processed.items])
+    torch.testing.assert_close(pixels, inputs["pixel_values"], rtol=0, atol=1e-6)
+    with torch.no_grad():
+        ref = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        got = engine.model.encode("image", [it.data for it in processed.items])
+    assert [g.shape[0] for g in got] == [7 * TOKENS_PER_TILE, 7 * TOKENS_PER_TILE]
+    torch.testing.assert_close(torch.cat(got), ref.flatten(0, 1), rtol=1e-4, atol=1e-5)
+
+
+def test_per_request_tiling_settings_match_hf(case, photos):
+    model_dir, engine, _, _, _ = case
+    text, images = _user(f"{IMG}What is this?"), [photos["chelsea"]]
+    inputs = _hf_case(model_dir, engine.processor, text, images, [], {"max_patches": 2})
+    expected = hf_greedy(model_dir, inputs, MAX_TOKENS)
+    kwargs = {"max_dynamic_patch": 2}
+    out = engine.generate([_engine_prompt(text, images, [], kwargs)], GREEDY, use_tqdm=False)
+    assert out[0].prompt_token_ids == inputs["input_ids"][0].tolist()
+    assert out[0].outputs[0].token_ids == expected
+    # no thumbnail: HF's tiles without the last one
+    prompt = _engine_prompt(text, images, [], {"max_dynamic_patch": 2, "use_thumbnail": False})
+    item = engine.inputs.process(prompt).items[0]
+    torch.testing.assert_close(item.data["pixel_values"], inputs["pixel_values"][:-1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_dynamic_patch": 0}, "max_dynamic_patch"),
+        ({"min_dynamic_patch": 3, "max_dynamic_patch": 2}, "min_dynamic_patch"),
+        ({"use_thumbnail": "yes"}, "use_thumbnail"),
+        ({"max_tiles": 4}, "not known"),
+        ({"num_frames": 9}, "num_frames"),
+    ],
+)
+def test_bad_settings_are_refused(case, photos, kwargs, message):
+    _, engine, _, _, _ = case
+    clip = _clip(photos["astronaut"], 4)
+    prompt = _engine_prompt(_user(f"{IMG}{VID}x"), [photos["astronaut"]], [clip], kwargs)
+    with pytest.raises(ValueError, match=message):
+        engine.generate([prompt], GREEDY, use_tqdm=False)
+    assert engine.stats()["kv_blocks_used"] == 0
+
+
+def test_num_frames_picks_frames_as_hf(case, photos):
+    _, engine, _, _, _ = case
+    frames = np.stack([np.full((8, 8, 3), 10 * i, dtype=np.uint8) for i in range(8)])
+    clip = engine.processor.load_media("video", frames, engine.inputs.media_options, {"num_frames": 3})
+    # HF: arange(total / n / 2, total, total / n).int() -> frames 1, 4, 6
+    assert [int(f[0, 0, 0]) // 10 for f in clip.frames] == [1, 4, 6]
+    prompt = _engine_prompt(_user(f"{VID}x"), [], [frames], {"num_frames": 3})
+    processed = engine.inputs.process(prompt)
+    assert processed.items[0].data["pixel_values"].shape[0] == 3
+    assert processed.token_ids.tolist().count(engine.processor.token_ids["start_image_token"]) == 3
+
+
+def test_dummy_items_have_the_most_embeddings(case):
+    _, engine, _, _, _ = case
+    processor = engine.processor
+    image = processor.dummy_items("image", 1)[0]
+    assert processor.num_embeds("image", image) == 7 * TOKENS_PER_TILE  # 6 tiles + thumbnail
+    clip = processor.dummy_items("video", 1, max_embeds=100)[0]
+    assert processor.num_embeds("video", clip) <= 100
+
+
+def test_prefix_cache_hits_keep_parity(case):
+    model_dir, _, prompts, _, expected = case
+    engine = Engine(model_dir, enable_prefix_caching=True, block_size=8)
+    first = _run(engine, prompts)
+    hits_before = engine.stats()["prefix_hits"]
+    second = _run(engine, prompts)
+    assert engine.stats()["prefix_hits"] > hits_before
+    assert first == expected and second == expected
+
+
+def test_chunked_prefill_inside_images_keeps_parity(case):
+    model_dir, _, prompts, _, expected = case
+    chosen = [2, 5, 8]  # 20-token chunks cut through 16-token tiles, images and frames
+    engine = Engine(model_dir, max_num_batched_tokens=20, enable_prefix_caching=False)
+    assert _run(engine, [prompts[i] for i in chosen]) == [expected[i] for i in chosen]
+
+
+def test_preemption_keeps_parity(case):
+    model_dir, engine, prompts, _, expected = case
+    block_bytes = kv_bytes_per_block(engine.model, 16, torch.float32)
+    small = Engine(model_dir, kv_cache_memory_bytes=24 * block_bytes, block_size=16)
+    assert _run(small, prompts) == expected
+    assert small.stats()["num_preemptions"] > 0
+
+
+def test_async_scheduling_keeps_parity(case):
+    model_dir, _, prompts, _, expected = case
+    engine = Engine(model_dir, async_scheduling=True)
+    assert _run(engine, prompts) == expected
+    assert engine.stats()["overlapped_steps"] > 0
+
+
+def test_chat_with_image_and_video_parts_matches_hf(case):
+    _, engine, prompts, hf, expected = case
+    _, images, videos = prompts[5]  # image then video
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": images[0]},
+                {"type": "text", "text": "then\n"},
+                {"type": "video", "video": videos[0]},
+                {"type": "text", "text": "both"},
+            ],
+        }
+    ]
+    out = engine.chat(messages, GREEDY, use_tqdm=False)
+    assert out[0].prompt_token_ids == hf[5]["input_ids"][0].tolist()
+    assert out[0].outputs[0].token_ids == expected[5]
