@@ -155,7 +155,9 @@ def test_bad_settings_are_refused(case, photos, kwargs, message):
 def test_num_frames_picks_frames_as_hf(case, photos):
     _, engine, _, _, _ = case
     frames = np.stack([np.full((8, 8, 3), 10 * i, dtype=np.uint8) for i in range(8)])
-    clip = engine.processor.load_media("video", frames, engine.inputs.media_options, {"num_frames": 3})
+    clip = engine.processor.load_media(
+        "video", frames, engine.inputs.media_options, {"num_frames": 3}
+    )
     # HF: arange(total / n / 2, total, total / n).int() -> frames 1, 4, 6
     assert [int(f[0, 0, 0]) // 10 for f in clip.frames] == [1, 4, 6]
     prompt = _engine_prompt(_user(f"{VID}x"), [], [frames], {"num_frames": 3})
@@ -222,3 +224,31 @@ def test_chat_with_image_and_video_parts_matches_hf(case):
     out = engine.chat(messages, GREEDY, use_tqdm=False)
     assert out[0].prompt_token_ids == hf[5]["input_ids"][0].tolist()
     assert out[0].outputs[0].token_ids == expected[5]
+
+
+@pytest.mark.parametrize("feature_layer", [-1, -2])
+def test_internvit_300m_layout_embeddings_equal_hf(tmp_path, photos, feature_layer):
+    """InternVL3-8B's tower layout: LayerNorm, no QK-norm, mean pooling (no final norm); and
+    earlier feature layers (hidden_states[i], the embeddings for 0)."""
+    from mmcore.testing.tiny_internvl import build_tiny_internvl
+
+    model_dir = build_tiny_internvl(
+        tmp_path,
+        seed=3,
+        feature_layer=feature_layer,
+        use_qk_norm=False,
+        norm_type="layer_norm",
+        use_mean_pooling=True,
+        attention_bias=False,
+    )
+    engine = Engine(model_dir, seed=0)
+    text, images = _user(f"{IMG}and {IMG}what?"), [photos["astronaut"], photos["coffee_wide"]]
+    inputs = hf_inputs(model_dir, text, images, [])
+    model, _, _ = load_hf_internvl(model_dir)
+    processed = engine.inputs.process(_engine_prompt(text, images, []))
+    with torch.no_grad():
+        ref = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
+        got = engine.model.encode("image", [it.data for it in processed.items])
+    torch.testing.assert_close(torch.cat(got), ref.flatten(0, 1), rtol=1e-4, atol=1e-5)
+    out = engine.generate([_engine_prompt(text, images, [])], GREEDY, use_tqdm=False)
+    assert out[0].outputs[0].token_ids == hf_greedy(model_dir, inputs, MAX_TOKENS)
