@@ -73,7 +73,11 @@ def build_internvl_tokenizer():
 
 
 def tiny_internvl_config(
-    vocab_size: int, token_ids: dict, feature_layer: int = -1, **vision_overrides
+    vocab_size: int,
+    token_ids: dict,
+    feature_layer: int = -1,
+    text_overrides: dict | None = None,
+    **vision_overrides,
 ):
     """An ``InternVLConfig``: InternViT (32 px tiles, 4 px patches, 2 layers, width 32) and a
     Qwen2 LM (2 layers, GQA 4/2, head dim 16)."""
@@ -108,6 +112,7 @@ def tiny_internvl_config(
         pad_token_id=token_ids["pad"],
         tie_word_embeddings=False,
     )
+    text.update(text_overrides or {})
     return InternVLConfig(
         vision_config=vision,
         text_config=text,
@@ -134,7 +139,11 @@ def _randomize_vision(model, seed: int) -> None:
 
 
 def build_tiny_internvl(
-    path: str | os.PathLike, seed: int = 0, feature_layer: int = -1, **vision_overrides
+    path: str | os.PathLike,
+    seed: int = 0,
+    feature_layer: int = -1,
+    text_overrides: dict | None = None,
+    **vision_overrides,
 ) -> str:
     """Write a tiny InternVL checkpoint (see :func:`tiny_internvl_config`).
 
@@ -142,6 +151,7 @@ def build_tiny_internvl(
         path: folder to write (created if missing).
         seed: torch seed of the random weights.
         feature_layer: ``vision_feature_layer`` (-1: the tower's last hidden state).
+        text_overrides: Qwen2 config values replacing the tiny defaults.
         vision_overrides: InternViT config values replacing the tiny defaults (e.g.
             ``use_qk_norm=False, norm_type="layer_norm"`` for InternViT-300M's layout).
 
@@ -158,7 +168,7 @@ def build_tiny_internvl(
     tok = build_internvl_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in IMAGE_TOKENS.values()}
     ids.update(eos=tok.eos_token_id, pad=tok.pad_token_id)
-    config = tiny_internvl_config(len(tok), ids, feature_layer, **vision_overrides)
+    config = tiny_internvl_config(len(tok), ids, feature_layer, text_overrides, **vision_overrides)
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
     _randomize_vision(model, seed)
