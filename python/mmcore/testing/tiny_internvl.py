@@ -14,6 +14,7 @@ import os
 
 import torch
 
+from mmcore.testing.configs import INTERNVL_CHAT_TEMPLATE
 from mmcore.testing.tiny_checkpoints import LM_HEAD_SCALE
 
 IMAGE_TOKENS = {
@@ -36,17 +37,7 @@ _CORPUS = [
     "Numbers 0 1 2 3 4 5 6 7 8 9 and punctuation: , . ! ? ; ' \" ( ) - _",
 ]
 
-# InternVL3's ChatML; an image part is "<IMG_CONTEXT>\n", a video part "<video>\n".
-CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
-    "{% elif part['type'] == 'video' %}<video>\n"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = INTERNVL_CHAT_TEMPLATE
 
 
 def build_internvl_tokenizer():
