@@ -252,3 +252,16 @@ def test_internvit_300m_layout_embeddings_equal_hf(tmp_path, photos, feature_lay
     torch.testing.assert_close(torch.cat(got), ref.flatten(0, 1), rtol=1e-4, atol=1e-5)
     out = engine.generate([_engine_prompt(text, images, [])], GREEDY, use_tqdm=False)
     assert out[0].outputs[0].token_ids == hf_greedy(model_dir, inputs, MAX_TOKENS)
+
+
+def test_processed_pixels_and_embeddings_keep_hf_layout(case):
+    _, engine, prompts, hf, expected = case
+    text, images, _ = prompts[1]
+    pixels = engine.inputs.process(_engine_prompt(*prompts[1])).items[0].data["pixel_values"]
+    with torch.no_grad():
+        embeds = engine.model.encode("image", [{"pixel_values": pixels}])[0]
+    for given in ({"pixel_values": pixels}, {"image_embeds": embeds}):
+        prompt = {"prompt": text, "multi_modal_data": {"image": [given]}}
+        out = engine.generate([prompt], GREEDY, use_tqdm=False)[0]
+        assert out.prompt_token_ids == hf[1]["input_ids"][0].tolist()
+        assert out.outputs[0].token_ids == expected[1]

@@ -230,20 +230,43 @@ class InternVLMultiModalProcessor(MultiModalProcessor):
         """``<img>`` + context tokens + ``</img>`` per image; per video frame the same,
         each after its ``Frame{i}:`` text (see module doc)."""
         self.check_modality(modality)
-        ids, n = self.token_ids, self.tokens_per_tile
-        start, end, context = (
-            ids["start_image_token"],
-            ids["end_image_token"],
-            ids["context_image_token"],
-        )
+        return self._layout(modality, self._num_tiles(modality, item, kwargs))
+
+    def processed_item_layout(self, modality: str, data: Mapping):
+        """The layout of processed ``pixel_values`` (one tile each) or of ``image_embeds``
+        (``image_seq_length`` rows per tile, or per frame for a video).
+
+        Raises:
+            ValueError: embeddings that are not whole tiles.
+        """
+        self.check_modality(modality)
+        if "image_embeds" not in data:
+            return self._layout(
+                modality, self.num_embeds_processed(modality, data) // self.tokens_per_tile
+            )
+        rows = int(data["image_embeds"].shape[0])
+        if modality == "video" and rows % self.tokens_per_tile:
+            raise ValueError(
+                f"video image_embeds must be {self.tokens_per_tile} rows per frame, got {rows}"
+            )
+        if modality == "image":  # any count: one <img> span, as HF lays out one image
+            return self._span(rows)
+        return self._layout(modality, rows // self.tokens_per_tile)
+
+    def _span(self, count: int) -> tuple[list[int], list[int]]:
+        ids = self.token_ids
+        start, end = ids["start_image_token"], ids["end_image_token"]
+        return [start, *[ids["context_image_token"]] * count, end], [0, *[1] * count, 0]
+
+    def _layout(self, modality: str, tiles: int) -> tuple[list[int], list[int]]:
         if modality == "image":
-            count = self.num_embeds(modality, item, kwargs)
-            return [start, *[context] * count, end], [0, *[1] * count, 0]
+            return self._span(tiles * self.tokens_per_tile)
         tokens, mask = [], []
-        for frame in range(self._num_tiles(modality, item, kwargs)):
+        span_tokens, span_mask = self._span(self.tokens_per_tile)
+        for frame in range(tiles):
             prefix = self._frame_prefix(frame)
-            tokens += [*prefix, start, *[context] * n, end]
-            mask += [0] * (len(prefix) + 1) + [1] * n + [0]
+            tokens += [*prefix, *span_tokens]
+            mask += [0] * len(prefix) + span_mask
         return tokens, mask
 
     # -- tensors -------------------------------------------------------------------------------
