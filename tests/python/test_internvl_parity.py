@@ -265,3 +265,28 @@ def test_processed_pixels_and_embeddings_keep_hf_layout(case):
         out = engine.generate([prompt], GREEDY, use_tqdm=False)[0]
         assert out.prompt_token_ids == hf[1]["input_ids"][0].tolist()
         assert out.outputs[0].token_ids == expected[1]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"text_config": {"model_type": "llama"}}, "language model is not supported"),
+        ({"vision_feature_select_strategy": "full"}, "vision_feature_select_strategy"),
+        ({"vision_feature_layer": [-1, -2]}, "one vision_feature_layer"),
+        ({"vision_feature_layer": 9}, "out of range"),
+        ({"vision_config": {"norm_type": "batch_norm"}}, "norm_type"),
+    ],
+)
+def test_unsupported_configs_are_refused(change, message):
+    from transformers import InternVLConfig
+
+    from mmcore.models.internvl import InternVLModel
+    from mmcore.testing.tiny_internvl import tiny_internvl_config
+
+    ids = {"<IMG_CONTEXT>": 5, "eos": 1, "pad": 0}
+    fields = tiny_internvl_config(300, ids).to_dict()
+    for key, value in change.items():
+        fields[key] = {**fields[key], **value} if isinstance(value, dict) else value
+    config = InternVLConfig(**fields)
+    with pytest.raises(ValueError, match=message):
+        InternVLModel(config, dtype=torch.float32, device="meta")

@@ -30,8 +30,8 @@ _PREFIX_RENAMES = (
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
 )
-# Language models InternVL checkpoints pair with, and whether q/k/v carry biases.
-_TEXT_MODELS = {"qwen2": True, "llama": None}
+# Language models InternVL 3 checkpoints pair with (Qwen2 / Qwen2.5), and their q/k/v bias.
+_TEXT_MODELS = {"qwen2": True}
 
 
 def canonical_weight_name(name: str) -> str:
