@@ -290,3 +290,28 @@ def test_unsupported_configs_are_refused(change, message):
     config = InternVLConfig(**fields)
     with pytest.raises(ValueError, match=message):
         InternVLModel(config, dtype=torch.float32, device="meta")
+
+
+def test_both_checkpoint_key_layouts_load_the_same_weights(tiny_internvl_dir):
+    """transformers 5 saves ``vision_tower.*`` / ``language_model.model.*``; its in-memory
+    (and some published) layout is ``model.vision_tower.*`` / ``model.language_model.*``."""
+    from safetensors.torch import load_file
+
+    from mmcore.models.internvl import InternVLModel
+    from mmcore.models.internvl.model import canonical_weight_name
+
+    saved = load_file(f"{tiny_internvl_dir}/model.safetensors")
+    renamed = {}
+    for name, tensor in saved.items():
+        for old, new in (("language_model.model.", "model.language_model."),
+                         ("language_model.lm_head.", "lm_head."), ("", "model.")):  # fmt: skip
+            if name.startswith(old):
+                renamed[new + name[len(old) :]] = tensor
+                break
+    assert all(canonical_weight_name(k) in saved for k in renamed)
+    config = load_hf_internvl(tiny_internvl_dir)[0].config
+    models = [InternVLModel(config, dtype=torch.float32, device="cpu") for _ in range(2)]
+    models[0].load_weights(saved.items())
+    models[1].load_weights(renamed.items())
+    for (name, a), (_, b) in zip(models[0].state_dict().items(), models[1].state_dict().items()):
+        assert torch.equal(a, b), name
