@@ -109,8 +109,9 @@ def test_tiles_and_embeddings_equal_hf(case):
     model, _, _ = load_hf_internvl(model_dir)
     inputs = hf[2]  # two images of different aspect ratios: 6 + 1 tiles each
     processed = engine.inputs.process(_engine_prompt(*prompts[2]))
-    pixels = torch.cat([it.data["pixel_values"] for it in processed.items])
-    torch.testing.assert_close(pixels, inputs["pixel_values"], rtol=0, atol=1e-6)
+    # uint8 tiles normalized as the model does it: bit for bit HF's slow image processor
+    pixels = torch.cat([engine.model.normalized_pixels(it.data) for it in processed.items])
+    assert torch.equal(pixels, inputs["pixel_values"])
     with torch.no_grad():
         ref = model.model.get_image_features(pixel_values=inputs["pixel_values"]).pooler_output
         got = engine.model.encode("image", [it.data for it in processed.items])
@@ -130,7 +131,7 @@ def test_per_request_tiling_settings_match_hf(case, photos):
     # no thumbnail: HF's tiles without the last one
     prompt = _engine_prompt(text, images, [], {"max_dynamic_patch": 2, "use_thumbnail": False})
     item = engine.inputs.process(prompt).items[0]
-    torch.testing.assert_close(item.data["pixel_values"], inputs["pixel_values"][:-1])
+    assert torch.equal(engine.model.normalized_pixels(item.data), inputs["pixel_values"][:-1])
 
 
 @pytest.mark.parametrize(
@@ -257,10 +258,11 @@ def test_internvit_300m_layout_embeddings_equal_hf(tmp_path, photos, feature_lay
 def test_processed_pixels_and_embeddings_keep_hf_layout(case):
     _, engine, prompts, hf, expected = case
     text, images, _ = prompts[1]
-    pixels = engine.inputs.process(_engine_prompt(*prompts[1])).items[0].data["pixel_values"]
+    item = engine.inputs.process(_engine_prompt(*prompts[1])).items[0].data
+    pixels = hf[1]["pixel_values"]  # HF's normalized float tiles
     with torch.no_grad():
         embeds = engine.model.encode("image", [{"pixel_values": pixels}])[0]
-    for given in ({"pixel_values": pixels}, {"image_embeds": embeds}):
+    for given in ({"pixel_values": pixels}, dict(item), {"image_embeds": embeds}):
         prompt = {"prompt": text, "multi_modal_data": {"image": [given]}}
         out = engine.generate([prompt], GREEDY, use_tqdm=False)[0]
         assert out.prompt_token_ids == hf[1]["input_ids"][0].tolist()

@@ -50,6 +50,16 @@ def expand_prompt(text: str, image_tiles: list[int], video_frames: list[int], pe
     return expanded
 
 
+def _float_tiles(item: dict) -> torch.Tensor:
+    """mmcore's processed item (uint8 tiles + mean/std) as HF's normalized float tiles."""
+    from mmcore.models.internvl.tiling import normalize_tiles
+
+    pixels = item["pixel_values"]
+    if pixels.dtype != torch.uint8:
+        return pixels
+    return normalize_tiles(pixels, item["image_mean"], item["image_std"])
+
+
 def hf_inputs(
     model_dir: str, text: str, images: list, videos: list[dict], image_kwargs: dict | None = None
 ) -> dict:
@@ -59,7 +69,8 @@ def hf_inputs(
         model_dir: the checkpoint.
         text: prompt with one ``<IMG_CONTEXT>`` per image and one ``<video>`` per video.
         images: PIL images, tiled by HF's image processor.
-        videos: per video, mmcore's processed dict (``pixel_values`` ``[frames, 3, S, S]``).
+        videos: per video, mmcore's processed dict (``pixel_values`` ``[frames, 3, S, S]``,
+            uint8 with ``image_mean`` / ``image_std``, or float).
         image_kwargs: extra HF image processor arguments (``max_patches``, ``min_patches``).
     """
     model, image_processor, tokenizer = load_hf_internvl(model_dir)
@@ -70,7 +81,7 @@ def hf_inputs(
         )
         counts = out["num_patches"].tolist()
         tiles["image"] = list(out["pixel_values"].split(counts))
-    tiles["video"] = [v["pixel_values"] for v in videos]
+    tiles["video"] = [_float_tiles(v) for v in videos]
     order = re.findall(f"{re.escape(IMAGE)}|{re.escape(VIDEO)}", text)
     streams = {IMAGE: iter(tiles.get("image", [])), VIDEO: iter(tiles["video"])}
     pixels = [next(streams[kind]) for kind in order]  # HF concatenates in prompt order

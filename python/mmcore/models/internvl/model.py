@@ -19,6 +19,7 @@ from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation
 from mmcore.layers.attention import AttentionMetadata
 from mmcore.layers.linear import ColumnParallelLinear, RowParallelLinear
+from mmcore.models.internvl.tiling import normalize_tiles
 from mmcore.models.internvl.vision import InternVisionTower
 from mmcore.models.llama import LlamaForCausalLM
 from mmcore.models.weights import load_named_weights
@@ -91,7 +92,8 @@ class InternVLModel(nn.Module):
     """InternVL 2.5 / 3 in HF format (``model_type`` ``internvl``), mmcore's model contract.
 
     Items for :meth:`encode`: ``{"pixel_values": [tiles, 3, S, S]}`` for an image (its tiles
-    and thumbnail) and for a video (one tile per frame), as
+    and thumbnail) and for a video (one tile per frame): uint8 with ``image_mean`` /
+    ``image_std`` (normalized on the device), or float already normalized; as
     :class:`mmcore.models.internvl.processor.InternVLMultiModalProcessor` makes them; each tile
     gives ``image_seq_length`` embeddings.
     """
@@ -157,20 +159,27 @@ class InternVLModel(nn.Module):
         shuffled = shuffled.reshape(features.shape[0], -1, shuffled.shape[-1])
         return self.multi_modal_projector(shuffled)
 
+    def normalized_pixels(self, item: dict[str, torch.Tensor]) -> torch.Tensor:
+        """An item's tiles as float ``[tiles, 3, S, S]``: uint8 tiles (the processor's) are
+        normalized here, on the device, with the item's ``image_mean`` / ``image_std``."""
+        pixels = item["pixel_values"].to(self.device)
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise ValueError(
+                f"InternVL pixel_values must be [tiles, 3, H, W], got {list(pixels.shape)}"
+            )
+        if pixels.dtype != torch.uint8:
+            return pixels
+        if "image_mean" not in item or "image_std" not in item:
+            raise ValueError("uint8 InternVL pixel_values need 'image_mean' and 'image_std'")
+        return normalize_tiles(pixels, item["image_mean"], item["image_std"])
+
     def encode(self, modality: str, items: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """``[tiles * tokens_per_tile, hidden]`` per item; all tiles of all items in one call."""
         if modality not in self.supported_modalities:
             raise ValueError(f"{self.config.model_type} does not accept {modality} input")
         if not items:
             return []
-        tiles = []
-        for item in items:
-            pixels = item["pixel_values"]
-            if pixels.dim() != 4 or pixels.shape[1] != 3:
-                raise ValueError(
-                    f"InternVL pixel_values must be [tiles, 3, H, W], got {list(pixels.shape)}"
-                )
-            tiles.append(pixels)
+        tiles = [self.normalized_pixels(item) for item in items]
         embeds = self.encode_tiles(torch.cat(tiles))
         counts = [t.shape[0] for t in tiles]
         return [e.reshape(-1, e.shape[-1]) for e in embeds.split(counts)]

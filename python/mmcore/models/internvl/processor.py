@@ -278,9 +278,7 @@ class InternVLMultiModalProcessor(MultiModalProcessor):
             for image in items:
                 image = image if isinstance(image, Image.Image) else media.load_image(image)
                 tiles = tiling.tile_image(image.convert("RGB"), self.tile, low, high, thumbnail)
-                out.append(
-                    {"pixel_values": tiling.normalize(tiles, self.image_mean, self.image_std)}
-                )
+                out.append(self._item(tiles, self.image_mean, self.image_std))
             return out
         out = []
         for clip in items:
@@ -288,8 +286,16 @@ class InternVLMultiModalProcessor(MultiModalProcessor):
                 Image.fromarray(f).resize((self.tile, self.tile), Image.BICUBIC)
                 for f in video.load_video(clip).frames
             ]
-            out.append({"pixel_values": tiling.normalize(frames, self.video_mean, self.video_std)})
+            out.append(self._item(frames, self.video_mean, self.video_std))
         return out
+
+    @staticmethod
+    def _item(tiles: list, mean, std) -> dict:
+        return {
+            "pixel_values": tiling.to_uint8_tiles(tiles),
+            "image_mean": torch.tensor(mean, dtype=torch.float32),
+            "image_std": torch.tensor(std, dtype=torch.float32),
+        }
 
     def dummy_items(self, modality: str, count: int, max_embeds: int | None = None) -> list:
         """An image of the most tiles the engine's settings give, or a video of the most

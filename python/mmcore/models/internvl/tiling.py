@@ -71,10 +71,17 @@ def tile_image(
     return tiles
 
 
-def normalize(images: list[Image.Image], mean, std) -> torch.Tensor:
-    """RGB tiles -> float32 ``[N, 3, H, W]``: ``(pixels / 255 - mean) / std``."""
-    pixels = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-    scaled = (pixels.astype(np.float64) * (1 / 255)).astype(np.float32)
-    mean = np.asarray(mean, dtype=np.float32)
-    std = np.asarray(std, dtype=np.float32)
-    return torch.from_numpy(((scaled - mean) / std).transpose(0, 3, 1, 2).copy())
+def to_uint8_tiles(images: list[Image.Image]) -> torch.Tensor:
+    """RGB tiles -> uint8 ``[N, 3, H, W]`` (normalized on the device: 4x fewer bytes to cache
+    and copy, and no float work on the host)."""
+    pixels = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+
+
+def normalize_tiles(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, 3, H, W]`` -> float32 ``(pixels / 255 - mean) / std``, with HF's arithmetic
+    (the rescale in float64, then float32), so the result equals HF's image processor's."""
+    scaled = (pixels.double() * (1 / 255)).float()
+    mean = mean.to(scaled).view(1, -1, 1, 1)
+    std = std.to(scaled).view(1, -1, 1, 1)
+    return (scaled - mean) / std
