@@ -277,22 +277,21 @@ class InternVLMultiModalProcessor(MultiModalProcessor):
             out = []
             for image in items:
                 image = image if isinstance(image, Image.Image) else media.load_image(image)
-                tiles = tiling.tile_image(image.convert("RGB"), self.tile, low, high, thumbnail)
+                if image.mode != "RGB":
+                    image = image.convert("RGB")
+                tiles = tiling.tile_image(image, self.tile, low, high, thumbnail)
                 out.append(self._item(tiles, self.image_mean, self.image_std))
             return out
         out = []
         for clip in items:
-            frames = [
-                Image.fromarray(f).resize((self.tile, self.tile), Image.BICUBIC)
-                for f in video.load_video(clip).frames
-            ]
+            frames = tiling.resize_frames(video.load_video(clip).frames, self.tile)
             out.append(self._item(frames, self.video_mean, self.video_std))
         return out
 
     @staticmethod
-    def _item(tiles: list, mean, std) -> dict:
+    def _item(tiles: torch.Tensor, mean, std) -> dict:
         return {
-            "pixel_values": tiling.to_uint8_tiles(tiles),
+            "pixel_values": tiles,
             "image_mean": torch.tensor(mean, dtype=torch.float32),
             "image_std": torch.tensor(std, dtype=torch.float32),
         }

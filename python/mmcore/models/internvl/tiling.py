@@ -55,27 +55,30 @@ def num_tiles(
 
 def tile_image(
     image: Image.Image, tile: int, min_tiles: int, max_tiles: int, thumbnail: bool
-) -> list[Image.Image]:
-    """The tiles of ``image`` in row-major order, thumbnail last (bicubic resizes)."""
-    if max_tiles <= 1:
-        return [image.resize((tile, tile), Image.BICUBIC)]
-    cols, rows = best_grid(image.height, image.width, tile, min_tiles, max_tiles)
-    resized = image.resize((cols * tile, rows * tile), Image.BICUBIC)
-    tiles = [
-        resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
-        for r in range(rows)
-        for c in range(cols)
-    ]
-    if thumbnail and len(tiles) > 1:
-        tiles.append(image.resize((tile, tile), Image.BICUBIC))
-    return tiles
+) -> torch.Tensor:
+    """The tiles of an RGB ``image`` as uint8 ``[N, 3, tile, tile]``: row-major, thumbnail last
+    (bicubic resizes). The tensor is normalized on the device (:func:`normalize_tiles`)."""
+    cols, rows = (1, 1)
+    if max_tiles > 1:
+        cols, rows = best_grid(image.height, image.width, tile, min_tiles, max_tiles)
+    extra = 1 if thumbnail and cols * rows > 1 else 0
+    out = np.empty((cols * rows + extra, 3, tile, tile), dtype=np.uint8)
+    resized = np.asarray(image.resize((cols * tile, rows * tile), Image.BICUBIC))
+    # [rows*S, cols*S, 3] -> [rows, cols, 3, S, S]: one copy, no per-tile crops
+    grid = resized.reshape(rows, tile, cols, tile, 3).transpose(0, 2, 4, 1, 3)
+    out[: cols * rows] = grid.reshape(cols * rows, 3, tile, tile)
+    if extra:
+        out[-1] = np.asarray(image.resize((tile, tile), Image.BICUBIC)).transpose(2, 0, 1)
+    return torch.from_numpy(out)
 
 
-def to_uint8_tiles(images: list[Image.Image]) -> torch.Tensor:
-    """RGB tiles -> uint8 ``[N, 3, H, W]`` (normalized on the device: 4x fewer bytes to cache
-    and copy, and no float work on the host)."""
-    pixels = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+def resize_frames(frames: np.ndarray, tile: int) -> torch.Tensor:
+    """Video frames ``(T, H, W, 3)`` uint8 -> uint8 ``[T, 3, tile, tile]`` (bicubic)."""
+    out = np.empty((len(frames), 3, tile, tile), dtype=np.uint8)
+    for i, frame in enumerate(frames):
+        resized = Image.fromarray(frame).resize((tile, tile), Image.BICUBIC)
+        out[i] = np.asarray(resized).transpose(2, 0, 1)
+    return torch.from_numpy(out)
 
 
 def normalize_tiles(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
