@@ -13,7 +13,7 @@ import torch
 
 from mmcore import Engine, SamplingParams
 from mmcore.engine.runner import kv_bytes_per_block
-from mmcore.multimodal.video import load_video
+from mmcore.multimodal.video import encode_video, load_video
 from mmcore.testing.internvl_oracle import hf_greedy, hf_inputs, load_hf_internvl
 from mmcore.testing.tiny_internvl import TOKENS_PER_TILE
 
@@ -142,6 +142,7 @@ def test_per_request_tiling_settings_match_hf(case, photos):
         ({"use_thumbnail": "yes"}, "use_thumbnail"),
         ({"max_tiles": 4}, "not known"),
         ({"num_frames": 9}, "num_frames"),
+        ({"num_frames": 2, "max_frames": "x"}, "max_frames"),
     ],
 )
 def test_bad_settings_are_refused(case, photos, kwargs, message):
@@ -161,6 +162,12 @@ def test_num_frames_picks_frames_as_hf(case, photos):
     )
     # HF: arange(total / n / 2, total, total / n).int() -> frames 1, 4, 6
     assert [int(f[0, 0, 0]) // 10 for f in clip.frames] == [1, 4, 6]
+    encoded = encode_video(np.repeat(frames, 4, axis=1).repeat(4, axis=2), fps=4)
+    options = engine.inputs.media_options
+    decoded = engine.processor.load_media("video", encoded, options, {"num_frames": 3})
+    assert decoded.num_frames == 3 and decoded.fps == pytest.approx(4 * 3 / 8)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        engine.processor.load_media("video", encoded, options, {"num_frames": 3, "fps": 2})
     prompt = _engine_prompt(_user(f"{VID}x"), [], [frames], {"num_frames": 3})
     processed = engine.inputs.process(prompt)
     assert processed.items[0].data["pixel_values"].shape[0] == 3

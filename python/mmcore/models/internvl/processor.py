@@ -158,20 +158,25 @@ class InternVLMultiModalProcessor(MultiModalProcessor):
         num_frames = positive("num_frames", settings.pop("num_frames", None), int)
         if modality != "video" or num_frames is None:
             return super().load_media(modality, raw, options, settings)
-        if settings.get("fps") is not None and not isinstance(raw, (np.ndarray, list, tuple)):
+        fps = positive("fps", settings.get("fps"))
+        max_frames = positive("max_frames", settings.get("max_frames"), int)
+        given_frames = isinstance(raw, (VideoClip, np.ndarray, list, tuple))
+        if fps is not None and not given_frames:
             raise ValueError("video fps and num_frames are mutually exclusive; give one")
-        clip = self._all_frames(raw, options)
+        if given_frames:  # frames as given, at the stated rate
+            clip = video.load_video(raw, fps=fps, max_pixels=options.max_image_pixels)
+        else:
+            clip = self._decode_all(raw, options)
         indices = hf_frame_indices(clip.num_frames, num_frames)
         rate = clip.fps * num_frames / clip.num_frames if clip.fps else None
         frames = clip.frames[indices]
-        if settings.get("max_frames") is not None:
-            keep = video.uniform_indices(len(frames), min(len(frames), settings["max_frames"]))
-            frames = frames[keep]
+        if max_frames is not None:
+            frames = frames[video.uniform_indices(len(frames), min(len(frames), max_frames))]
         return VideoClip(np.ascontiguousarray(frames), rate)
 
-    def _all_frames(self, raw: Any, options: MediaOptions) -> VideoClip:
-        if isinstance(raw, (VideoClip, np.ndarray, list, tuple)):
-            return video.load_video(raw, max_pixels=options.max_image_pixels)
+    @staticmethod
+    def _decode_all(raw: Any, options: MediaOptions) -> VideoClip:
+        """Every frame of an encoded video (bytes, data URL, allowed path or URL)."""
         data = raw
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             data = media.load_bytes(
