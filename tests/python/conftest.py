@@ -87,3 +87,12 @@ def tiny_qwen2_5_vl_dir(tmp_path_factory) -> str:
     from mmcore.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), variant="qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl_dir(tmp_path_factory) -> str:
+    """A tiny InternVL 3 checkpoint (32 px tiles of 16 tokens, 1..6 tiles + thumbnail, InternViT
+    with QK-norm and RMSNorm, Qwen2 LM)."""
+    from mmcore.testing.tiny_internvl import build_tiny_internvl
+
+    return build_tiny_internvl(tmp_path_factory.mktemp("tiny_internvl"), seed=0)

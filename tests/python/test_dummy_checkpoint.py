@@ -67,3 +67,22 @@ def test_qwen_dummy_checkpoint_has_real_shapes(name, tmp_path):
     assert model.language_model.tie_word_embeddings == tied
     params = sum(p.numel() for p in model.parameters()) / 1e9
     assert params == pytest.approx(billions, abs=0.01)
+
+
+def test_internvl3_8b_dummy_checkpoint_has_real_shapes(tmp_path):
+    from transformers import InternVLForConditionalGeneration
+
+    path = write_dummy_checkpoint("internvl3-8b", tmp_path / "internvl3-8b")
+    config = AutoConfig.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    assert tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") == config.image_token_id == 151667
+    processor = get_processor_class(config.model_type)(path, config, tokenizer, None)
+    # 448x448: 1 tile; 896x448: a 2x1 grid + thumbnail; 4:3 picks the 4x3 grid of 12 + thumbnail
+    for size, tiles in (((448, 448), 1), ((896, 448), 3), ((640, 480), 13)):
+        assert processor.num_embeds("image", Image.new("RGB", size)) == 256 * tiles
+    model = get_model_class(config.model_type)(config, dtype=torch.bfloat16, device="meta")
+    with torch.device("meta"):
+        hf = InternVLForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+    ours = sum(p.numel() for p in model.parameters())
+    assert ours == sum(p.numel() for p in hf.parameters())
+    assert ours / 1e9 == pytest.approx(7.94, abs=0.01)

@@ -371,13 +371,17 @@ class InputProcessor:
             )
         identifier = uuid or hash_item(embeds, model=self.model_id, kind="embeds")
         extra = {k: torch.as_tensor(v) for k, v in raw.items() if k != "image_embeds"}
-        return MMItem(modality, identifier, int(embeds.shape[0]), data=extra, embeds=embeds)
+        layout = self.processor.processed_item_layout(modality, {**extra, "image_embeds": embeds})
+        return MMItem(
+            modality, identifier, int(embeds.shape[0]), data=extra, embeds=embeds, layout=layout
+        )
 
     def _preprocessed_item(self, modality: str, data: dict, uuid) -> MMItem:
         tensors = {k: torch.as_tensor(v) for k, v in data.items()}
         num_embeds = self.processor.num_embeds_processed(modality, tensors)
         identifier = uuid or hash_item(tensors, model=self.model_id, kind="processed")
-        return MMItem(modality, identifier, num_embeds, data=tensors)
+        layout = self.processor.processed_item_layout(modality, tensors)
+        return MMItem(modality, identifier, num_embeds, data=tensors, layout=layout)
 
 
 def _hash_content(media):

@@ -262,6 +262,15 @@ class MultiModalProcessor:
         """
         return None
 
+    def processed_item_layout(self, modality: str, data: Mapping):
+        """:meth:`item_layout` of an item the user passed as processed tensors
+        (``pixel_values``) or precomputed ``image_embeds``; None when it is only placeholders.
+
+        Returns:
+            None, or ``(token_ids, embed_mask)`` as :meth:`item_layout` returns them.
+        """
+        return None
+
     def placeholder_item(self, modality: str, identifier: str, num_embeds: int, layout=None):
         """The core's description of one item: ``num_embeds`` copies of the placeholder token,
         or the item's :meth:`item_layout` (a replacement sequence with an embedding mask).

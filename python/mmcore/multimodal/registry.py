@@ -33,6 +33,10 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.models.qwen2_vl:Qwen2VLModel",
         "mmcore.models.qwen2_vl.processor:Qwen2VLMultiModalProcessor",
     ),
+    "internvl": (
+        "mmcore.models.internvl:InternVLModel",
+        "mmcore.models.internvl.processor:InternVLMultiModalProcessor",
+    ),
 }
 _registered: dict[str, tuple[type, type]] = {}
 

@@ -117,6 +117,10 @@ def write_dummy_checkpoint(name: str, path: str | os.PathLike) -> str:
         from mmcore.testing.dummy_qwen2_vl import write_qwen2_vl_checkpoint
 
         return write_qwen2_vl_checkpoint(name, path)
+    if REAL_CONFIGS[name]["model_type"] == "internvl":
+        from mmcore.testing.dummy_internvl import write_internvl_checkpoint
+
+        return write_internvl_checkpoint(name, path)
     path = str(path)
     os.makedirs(path, exist_ok=True)
     config = REAL_CONFIGS[name]

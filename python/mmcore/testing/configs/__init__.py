@@ -113,8 +113,56 @@ _QWEN2_5_VISION = {
 }
 QWEN2_VL_IMAGE_PIXELS = (3136, 12845056)  # preprocessor_config.json min_pixels / max_pixels
 
+# InternVL3-8B (OpenGVLab/InternVL3-8B-hf): InternViT-300M-448px-V2.5 + Qwen2.5-7B.
+INTERNVL3_8B = {
+    "model_type": "internvl",
+    "architectures": ["InternVLForConditionalGeneration"],
+    "image_token_id": 151667,
+    "image_seq_length": 256,
+    "downsample_ratio": 0.5,
+    "projector_hidden_act": "gelu",
+    "vision_feature_layer": -1,
+    "vision_feature_select_strategy": "default",
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "vision_config": {
+        "model_type": "internvl_vision",
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "hidden_act": "gelu",
+        "attention_bias": True,
+        "use_qk_norm": False,
+        "norm_type": "layer_norm",
+        "layer_norm_eps": 1e-6,
+        "layer_scale_init_value": 0.1,
+        "image_size": [448, 448],
+        "patch_size": [14, 14],
+        "use_mean_pooling": True,
+    },
+    "text_config": {
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rms_norm_eps": 1e-6,
+        "hidden_act": "silu",
+        "use_sliding_window": False,
+        "vocab_size": 151674,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+    },
+}
+
 #: name -> (model config.json dict, chat template family)
 REAL_CONFIGS: dict[str, dict] = {
+    "internvl3-8b": INTERNVL3_8B,
     "qwen2-vl-7b-instruct": {
         **_QWEN2_LM_7B,
         **_QWEN_TOKENS,
@@ -232,6 +280,17 @@ QWEN_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# InternVL3's ChatML: an image part is "<IMG_CONTEXT>\n", a video part "<video>\n".
+INTERNVL_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
+    "{% elif part['type'] == 'video' %}<video>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 CHAT_TEMPLATES = {
     "qwen2-vl-7b-instruct": QWEN_CHAT_TEMPLATE,
     "qwen2.5-vl-7b-instruct": QWEN_CHAT_TEMPLATE,
@@ -239,4 +298,5 @@ CHAT_TEMPLATES = {
     "llava-1.5-7b": VICUNA_CHAT_TEMPLATE,
     "llava-next-vicuna-7b": VICUNA_CHAT_TEMPLATE,
     "llava-next-mistral-7b": MISTRAL_CHAT_TEMPLATE,
+    "internvl3-8b": INTERNVL_CHAT_TEMPLATE,
 }
