@@ -33,6 +33,14 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.models.qwen2_vl:Qwen2VLModel",
         "mmcore.models.qwen2_vl.processor:Qwen2VLMultiModalProcessor",
     ),
+    "gemma3": (
+        "mmcore.models.gemma3:Gemma3Model",
+        "mmcore.models.gemma3.processor:Gemma3MultiModalProcessor",
+    ),
+    "gemma3_text": (
+        "mmcore.models.gemma3:Gemma3ForCausalLM",
+        "mmcore.multimodal.processor:MultiModalProcessor",
+    ),
 }
 _registered: dict[str, tuple[type, type]] = {}
 
