@@ -87,3 +87,11 @@ def tiny_qwen2_5_vl_dir(tmp_path_factory) -> str:
     from mmcore.testing.tiny_qwen2_vl import build_tiny_qwen2_vl
 
     return build_tiny_qwen2_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), variant="qwen2_5_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory) -> str:
+    """A tiny Gemma 3 checkpoint (SigLIP 32 px, 16 tokens per image; LM with sliding window 8)."""
+    from mmcore.testing.tiny_gemma3 import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"))

@@ -20,19 +20,31 @@ def load_hf_gemma3(model_dir: str):
     return model.eval(), AutoProcessor.from_pretrained(model_dir)
 
 
-def hf_inputs(model_dir: str, text: str, images: list, **images_kwargs) -> dict:
+def hf_inputs(model_dir: str, text: str, images: list, *, pan_and_scan: bool = False) -> dict:
     """HF processor output for one prompt (one ``<start_of_image>`` per image in ``text``).
 
     Args:
-        images_kwargs: image processor settings, e.g. ``do_pan_and_scan=True``.
+        pan_and_scan: add pan-and-scan crops. ``Gemma3Processor.__call__`` (transformers 5.24)
+            does not pass ``do_pan_and_scan`` on to its image processor, so the inputs are then
+            built from HF's image processor and HF's ``replace_image_token`` text.
     """
     _, processor = load_hf_gemma3(model_dir)
-    kwargs = {"images": [images]} if images else {}
-    return dict(
-        processor(
-            text=[text], return_tensors="pt", add_special_tokens=False, **kwargs, **images_kwargs
-        )
-    )
+    if not pan_and_scan:
+        kwargs = {"images": [images]} if images else {}
+        return dict(processor(text=[text], return_tensors="pt", add_special_tokens=False, **kwargs))
+    pixels = processor.image_processor(images=images, do_pan_and_scan=True, return_tensors="pt")
+    pieces = text.split(processor.boi_token)
+    expanded = pieces[0]
+    for index, piece in enumerate(pieces[1:]):
+        expanded += processor.replace_image_token(dict(pixels), index) + piece
+    ids = processor.tokenizer(expanded, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    image_id = processor.tokenizer.image_token_id
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": (ids == image_id).long(),
+        "pixel_values": pixels["pixel_values"],
+    }
 
 
 def hf_greedy(model_dir: str, inputs: dict, max_new_tokens: int) -> list[int]:

@@ -97,7 +97,9 @@ class Gemma3MultiModalProcessor(MultiModalProcessor):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         mask = [int(i == self.image_token_id) for i in ids]
         if sum(mask) != (1 + num_crops) * self.tokens_per_view:
-            raise ValueError("the tokenizer splits Gemma 3's image tokens; check its special tokens")
+            raise ValueError(
+                "the tokenizer splits Gemma 3's image tokens; check its special tokens"
+            )
         return ids, mask
 
     def item_layout(self, modality: str, item: Any, kwargs: Mapping | None = None):

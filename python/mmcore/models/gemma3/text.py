@@ -173,7 +173,9 @@ class Gemma3TextModel(nn.Module):
             Gemma3DecoderLayer(config, kind, dtype=dtype, device=device)
             for kind in self.layer_types
         )
-        self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device)
+        self.norm = GemmaRMSNorm(
+            config.hidden_size, config.rms_norm_eps, dtype=dtype, device=device
+        )
         self.rotary = nn.ModuleDict(
             {
                 kind: rotary_for_layer_type(
