@@ -75,13 +75,22 @@ _VISION = dict(
 )
 
 
-def build_gemma3_tokenizer():
-    """A small byte-level BPE with Gemma 3's special tokens (each a single id)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_gemma3_tokenizer(newline_runs: bool = False):
+    """A small byte-level BPE with Gemma 3's special tokens (each a single id).
+
+    Args:
+        newline_runs: also learn single tokens for runs of 2..4 line breaks, as Gemma's own
+            tokenizer has (the special token ids stay the same).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if newline_runs:  # like SentencePiece: a run of line breaks is its own piece
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex("\n+"), "isolated"), tok.pre_tokenizer]
+        )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
@@ -89,7 +98,8 @@ def build_gemma3_tokenizer():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    corpus = _CORPUS + (["\n\n\n\n", "\n\n\n", "\n\n"] * 20 if newline_runs else [])
+    tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",

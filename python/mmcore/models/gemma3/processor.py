@@ -112,6 +112,67 @@ class Gemma3MultiModalProcessor(MultiModalProcessor):
             layout = self.layout_for_crops(num_embeds // self.tokens_per_view - 1)
         return super().placeholder_item(modality, identifier, num_embeds, layout)
 
+    @cached_property
+    def _newline_runs(self) -> dict[int, int]:
+        """Token id -> number of line breaks, for the tokenizer's single-token newline runs."""
+        runs = {}
+        for count in range(1, 33):
+            ids = self.tokenizer("\n" * count, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                runs[ids[0]] = count
+        return runs
+
+    def join_item_boundaries(
+        self, token_ids: np.ndarray, features: list
+    ) -> tuple[np.ndarray, list]:
+        """Merge the image layout's leading / trailing ``\n\n`` with a newline run of the prompt
+        next to it into the one token HF's text expansion gives (``user\n`` + ``\n\n`` ->
+        ``\n\n\n`` with Gemma's tokenizer). Items keep their length; offsets shift."""
+        from mmcore import _core
+
+        runs = self._newline_runs
+        if not features or len(runs) < 2:
+            return token_ids, features
+        by_count = {count: token for token, count in runs.items()}
+        ids = token_ids.tolist()
+        spans = [(int(f.offset), int(f.offset + f.length)) for f in features]
+        drop: set[int] = set()
+
+        def merged(a: int, b: int) -> int | None:
+            if ids[a] in runs and ids[b] in runs:
+                return by_count.get(runs[ids[a]] + runs[ids[b]])
+            return None
+
+        for i, (start, end) in enumerate(spans):
+            prev_end = spans[i - 1][1] if i else 0
+            if start - 1 >= prev_end and start - 1 not in drop:
+                token = merged(start - 1, start)
+                if token is not None:
+                    ids[start], drop = token, drop | {start - 1}
+            if end < len(ids) and end - 1 not in drop:
+                token = merged(end - 1, end)  # the next item's first token when adjacent
+                if token is not None:
+                    ids[end - 1], drop = token, drop | {end}
+        if not drop:
+            return token_ids, features
+        dropped = np.array(sorted(drop))
+        kept = np.asarray([t for j, t in enumerate(ids) if j not in drop], dtype=np.int32)
+        shifted = []
+        for f in features:
+            trim = int(f.offset) in drop  # its first token joined the previous item's last
+            mask = None if f.embed_mask is None else np.asarray(f.embed_mask)[trim:]
+            shifted.append(
+                _core.MMFeature(
+                    f.modality,
+                    f.identifier,
+                    int(f.offset) + trim - int(np.searchsorted(dropped, f.offset + trim)),
+                    f.length - trim,
+                    f.num_embeds,
+                    mask,
+                )
+            )
+        return kept, shifted
+
     # -- sizes -------------------------------------------------------------------------------
     def num_crops(self, height: int, width: int, kwargs: Mapping | None = None) -> int:
         """Pan-and-scan crops of a ``height x width`` image under the effective settings."""
