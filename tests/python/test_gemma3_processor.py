@@ -48,6 +48,7 @@ def processors(tiny_gemma3_dir):
         (f"<start_of_turn>user\n\n{IMG}\nDescribe\n\n{IMG}\n\nnow", 2),
         (f"{IMG}{IMG} both", 2),
         (f"A photo\n{IMG}", 1),
+        (f"two:\n{IMG}\n{IMG}\n\n", 2),
     ],
 )
 def test_expanded_ids_equal_hf_with_newline_tokens(processors, photos, text, count):

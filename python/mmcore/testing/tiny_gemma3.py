@@ -79,8 +79,8 @@ def build_gemma3_tokenizer(newline_runs: bool = False):
     """A small byte-level BPE with Gemma 3's special tokens (each a single id).
 
     Args:
-        newline_runs: also learn single tokens for runs of 2..4 line breaks, as Gemma's own
-            tokenizer has (the special token ids stay the same).
+        newline_runs: also learn single tokens for runs of 2..8 line breaks, as Gemma's own
+            tokenizer has (up to 31; the special token ids stay the same).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -98,7 +98,7 @@ def build_gemma3_tokenizer(newline_runs: bool = False):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = _CORPUS + (["\n\n\n\n", "\n\n\n", "\n\n"] * 20 if newline_runs else [])
+    corpus = _CORPUS + (["\n" * k for k in range(2, 9)] * 20 if newline_runs else [])
     tok.train_from_iterator(corpus, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

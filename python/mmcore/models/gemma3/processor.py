@@ -145,10 +145,14 @@ class Gemma3MultiModalProcessor(MultiModalProcessor):
 
         for i, (start, end) in enumerate(spans):
             prev_end = spans[i - 1][1] if i else 0
-            if start - 1 >= prev_end and start - 1 not in drop:
-                token = merged(start - 1, start)
-                if token is not None:
-                    ids[start], drop = token, drop | {start - 1}
+            before = start - 1
+            while before in drop:  # already joined into the token before it
+                before -= 1
+            token = None if start in drop or before < 0 else merged(before, start)
+            if token is not None and before >= prev_end:  # a prompt token joins the item
+                ids[start], drop = token, drop | {before}
+            elif token is not None:  # the previous item's last token takes our first
+                ids[before], drop = token, drop | {start}
             if end < len(ids) and end - 1 not in drop:
                 token = merged(end - 1, end)  # the next item's first token when adjacent
                 if token is not None:
