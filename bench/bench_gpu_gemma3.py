@@ -95,7 +95,8 @@ def hf_offline(path: str, args) -> list[dict]:
         model = Gemma3ForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
     processor = AutoProcessor.from_pretrained(path)
     image_id, pad = config.image_token_index, config.text_config.pad_token_id
-    seq = [config.boi_token_index] + [image_id] * 256 + [config.eoi_token_index]
+    tokens = config.mm_tokens_per_image
+    seq = [config.boi_token_index] + [image_id] * tokens + [config.eoi_token_index]
 
     def run(batch: list[dict], new_tokens: int) -> None:
         pixels = processor.image_processor(
