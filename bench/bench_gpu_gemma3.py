@@ -200,8 +200,9 @@ def stage_kv(path: str, args) -> dict:
     seq = args.long_len + args.kv_output_len
     fit = config.num_blocks * config.block_size // seq
     rng = np.random.default_rng(5)
+    vocab = len(engine.tokenizer)  # ids the engine accepts (below the special tokens' range)
     prompts = [
-        {"prompt_token_ids": rng.integers(300, 200_000, args.long_len).tolist()}
+        {"prompt_token_ids": rng.integers(16, vocab, args.long_len).tolist()}
         for _ in range(fit + args.extra_requests)
     ]
     params = SamplingParams(temperature=0.0, max_tokens=args.kv_output_len, ignore_eos=True)
@@ -244,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-model-len", type=int, default=10240)
     parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--long-len", type=int, default=8192)
-    parser.add_argument("--kv-output-len", type=int, default=32)
+    parser.add_argument("--kv-output-len", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens (kv)")
     parser.add_argument("--extra-requests", type=int, default=8)
     parser.add_argument("--out", default=".")
