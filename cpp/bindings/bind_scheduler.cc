@@ -187,6 +187,7 @@ void bind_scheduler(py::module_& m) {
       .def_readwrite("max_model_len", &SchedulerConfig::max_model_len)
       .def_readwrite("enable_prefix_caching", &SchedulerConfig::enable_prefix_caching)
       .def_readwrite("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill)
+      .def_readwrite("chunk_inside_mm_items", &SchedulerConfig::chunk_inside_mm_items)
       .def_readwrite("encoder_budget", &SchedulerConfig::encoder_budget)
       .def_readwrite("encoder_cache_size", &SchedulerConfig::encoder_cache_size);
 

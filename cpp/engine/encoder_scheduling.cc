@@ -73,6 +73,15 @@ void plan_encoder_items(Request& request, int32_t start, int32_t num_tokens,
   plan.num_tokens = std::max(0, end - start);
 }
 
+int32_t end_outside_items(const Request& request, int32_t end) {
+  // The only item that can contain `end` is the first one ending after it.
+  const int32_t f = first_item_after(request, end);
+  if (f < static_cast<int32_t>(request.features.size()) && request.features[f].offset < end) {
+    return request.features[f].offset;
+  }
+  return end;
+}
+
 void rollback_encoder_plan(Request& request, const EncoderChunkPlan& plan,
                            EncoderCacheManager& cache) {
   for (int32_t f : plan.hit_items) {

@@ -34,6 +34,9 @@ struct EncoderChunkPlan {
 void plan_encoder_items(Request& request, int32_t start, int32_t num_tokens,
                         int32_t encoder_budget_left, EncoderCacheManager& cache,
                         EncoderChunkPlan& plan);
+// The largest chunk end <= `end` that is not strictly inside an item (an item's tokens then all
+// fall in one step); may be <= `start` when the chunk starts inside an item that does not fit.
+[[nodiscard]] int32_t end_outside_items(const Request& request, int32_t end);
 // Undoes the acquisitions of a plan that will not run.
 void rollback_encoder_plan(Request& request, const EncoderChunkPlan& plan,
                            EncoderCacheManager& cache);

@@ -47,6 +47,12 @@ void validate_features(const Request& r, const SchedulerConfig& config) {
                     std::to_string(config.encoder_budget) + ") or encoder cache size (" +
                     std::to_string(config.encoder_cache_size) + ")");
     }
+    if (!config.chunk_inside_mm_items && f.length > config.max_num_batched_tokens) {
+      reject(r, name + " spans " + std::to_string(f.length) +
+                    " tokens, more than max_num_batched_tokens (" +
+                    std::to_string(config.max_num_batched_tokens) +
+                    ") and this model never splits an item across steps");
+    }
     auto [it, inserted] = embeds_by_identifier.emplace(f.identifier, f.num_embeds);
     if (!inserted && it->second != f.num_embeds) {
       reject(r, "identifier '" + f.identifier + "' is used with different embedding counts");

@@ -144,8 +144,13 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   // Decode fast path: a chunk past every multimodal item needs no encoder planning.
   const bool past_items = start >= r.items_end;
   int32_t n = num_tokens;
+  if (!past_items && !config_.chunk_inside_mm_items) {
+    n = std::max(0, end_outside_items(r, start + num_tokens) - start);
+    if (n == 0) return Fit::kNoTokens;
+    num_tokens = n;  // a cut at an item boundary is not "less than asked" for may_chunk
+  }
   if (!past_items) {
-    plan_encoder_items(r, start, num_tokens, encoder_budget_, encoder_cache_, plan_);
+    plan_encoder_items(r, start, n, encoder_budget_, encoder_cache_, plan_);
     n = plan_.num_tokens;
   }
   if (n == 0 || (!may_chunk(r) && n < num_tokens)) {

@@ -14,6 +14,10 @@ struct SchedulerConfig {
   // false: a prompt is scheduled whole or not at all (a preempted request whose prompt plus
   // output exceeds max_num_batched_tokens is still recomputed in chunks).
   bool enable_chunked_prefill = true;
+  // false: a prefill chunk (first run or recompute after preemption) never ends inside a
+  // multimodal item, so every item's tokens are computed in one step (models whose item tokens
+  // attend to each other both ways, e.g. Gemma 3); each item must fit max_num_batched_tokens.
+  bool chunk_inside_mm_items = true;
   int32_t encoder_budget = 8192;      // encoder embeddings computed per step at most
   int64_t encoder_cache_size = 8192;  // embeddings held in the encoder cache at most
 };

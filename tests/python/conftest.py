@@ -96,3 +96,11 @@ def tiny_internvl_dir(tmp_path_factory) -> str:
     from mmcore.testing.tiny_internvl import build_tiny_internvl
 
     return build_tiny_internvl(tmp_path_factory.mktemp("tiny_internvl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory) -> str:
+    """A tiny Gemma 3 checkpoint (SigLIP 32 px, 16 tokens per image; LM with sliding window 8)."""
+    from mmcore.testing.tiny_gemma3 import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny_gemma3"))

@@ -135,6 +135,16 @@ def _check_limits(limits: dict[str, int] | None, supported: tuple[str, ...]) -> 
             )
 
 
+def _bidirectional_spans(model_type: str, model_impl: str) -> bool:
+    """Whether the model class attends both ways inside items (see ``interfaces.py``)."""
+    from mmcore.models.interfaces import supports_bidirectional_mm_spans
+    from mmcore.multimodal.registry import get_model_class
+
+    if use_transformers_backend(model_type, model_impl):
+        return False
+    return supports_bidirectional_mm_spans(get_model_class(model_type))
+
+
 def _vocab_size(executor, text_config) -> int:
     """Rows of the logits: the in-process model's, else the checkpoint's text config's."""
     model = getattr(executor, "model", None)
@@ -239,6 +249,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     sc.enable_prefix_caching = args.enable_prefix_caching
     sc.enable_chunked_prefill = chunked
     sc.encoder_budget = encoder_budget
+    # Items attended both ways must be computed whole in one step (chunking and recompute).
+    sc.chunk_inside_mm_items = not _bidirectional_spans(hf_config.model_type, args.model_impl)
     sc.encoder_cache_size = encoder_budget
 
     return EngineConfig(

@@ -174,12 +174,14 @@ class InputProcessor:
         expanded = _core.expand_placeholders(
             ids, placeholder_items, self._allowed, self.max_model_len, self._placeholder_tokens
         )
-        expanded_ids = np.asarray(expanded.token_ids, dtype=np.int32)
-        ordered = _order_like_features(items, expanded.features)
+        expanded_ids, features = self.processor.join_item_boundaries(
+            np.asarray(expanded.token_ids, dtype=np.int32), list(expanded.features)
+        )
+        ordered = _order_like_features(items, features)
         return ProcessedPrompt(
             prompt=text,
             token_ids=expanded_ids,
-            features=list(expanded.features),
+            features=features,
             items=ordered,
             mrope=self.processor.mrope_positions(expanded_ids, ordered),
         )

@@ -21,6 +21,7 @@ from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_m
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
+from mmcore.models.interfaces import supports_bidirectional_mm_spans
 from mmcore.sampling.host_masks import HostMasks
 from mmcore.sampling.prompt_logprobs import PromptLogprobsChunk, compute_prompt_logprobs
 from mmcore.sampling.request_state import (
@@ -140,6 +141,7 @@ class ModelRunner:
                 )
                 self.decode_graphs = None
         self.use_decode_graphs = self.decode_graphs is not None
+        self.bidirectional_spans = supports_bidirectional_mm_spans(model)
         self.num_graph_steps = 0
         # Tokens sampled by the last launched step, on the device: overlapped scheduling fills
         # the next step's unknown (-1) input ids from them.
@@ -336,7 +338,20 @@ class ModelRunner:
             query_start_loc=self._tensor("query_start_loc", starts, torch.int32),
             max_seq_len=int(out.seq_lens.max()),
             max_query_len=int(np.diff(starts).max()),
+            attend_until=self._attend_until(out),
         )
+
+    def _attend_until(self, out) -> torch.Tensor | None:
+        """For models with bidirectional item spans: each embedding row may see up to the last
+        row of its scatter run (the scheduler keeps an item's rows in one step), others their
+        own position. None when the step scatters nothing (plain causal)."""
+        if not self.bidirectional_spans or len(out.scatter_lens) == 0:
+            return None
+        positions = np.asarray(out.positions)
+        until = np.array(positions if positions.ndim == 1 else positions[0], dtype=np.int32)
+        for dst, length in zip(out.scatter_dst_rows.tolist(), out.scatter_lens.tolist()):
+            until[dst : dst + length] = until[dst + length - 1]
+        return self._tensor("attend_until", until, torch.int32)
 
     def execute(self, out) -> SampledBatch:
         """Run one step and wait for it; return the tokens sampled for ``out.sampling_req_ids``."""

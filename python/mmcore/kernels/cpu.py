@@ -11,13 +11,25 @@ import torch
 import torch.nn.functional as F
 
 
-def _gather(cache: torch.Tensor, tables: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``[n, max_len, Hkv, D]`` K or V of n sequences (rows past a sequence's end are junk)."""
+def _gather(
+    cache: torch.Tensor, tables: torch.Tensor, max_len: int, first_block: int = 0
+) -> torch.Tensor:
+    """``[n, max_len - first_block * block_size, Hkv, D]`` K or V of n sequences from their
+    block ``first_block`` on (rows past a sequence's end are junk)."""
     block_size = cache.shape[1]
     num_blocks = -(-max_len // block_size)
-    blocks = tables[:, :num_blocks].to(torch.long).clamp(min=0)
-    gathered = cache[blocks]  # [n, num_blocks, block_size, Hkv, D]
-    return gathered.reshape(blocks.shape[0], num_blocks * block_size, *cache.shape[2:])[:, :max_len]
+    blocks = tables[:, first_block:num_blocks].to(torch.long).clamp(min=0)
+    gathered = cache[blocks]  # [n, num_blocks - first_block, block_size, Hkv, D]
+    rows = gathered.reshape(blocks.shape[0], -1, *cache.shape[2:])
+    return rows[:, : max_len - first_block * block_size]
+
+
+def _first_block(min_query_pos: int, sliding_window: int, block_size: int) -> int:
+    """First block a query at ``min_query_pos`` or later can see: blocks wholly before every
+    query's window are never read (with a window; else block 0)."""
+    if sliding_window <= 0:
+        return 0
+    return max(0, min_query_pos - sliding_window + 1) // block_size
 
 
 def _visible(
@@ -32,15 +44,29 @@ def _visible(
     return allowed
 
 
+def _gather_from(cache: torch.Tensor, tables: torch.Tensor, first: torch.Tensor, span: int):
+    """``[n, span * block_size, Hkv, D]``: ``span`` blocks of each row from its own ``first``."""
+    index = (first[:, None] + torch.arange(span, device=first.device)).clamp(
+        max=tables.shape[1] - 1
+    )
+    blocks = tables.gather(1, index.to(torch.long)).to(torch.long).clamp(min=0)
+    return cache[blocks].reshape(blocks.shape[0], -1, *cache.shape[2:])
+
+
 def _decode_rows(query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window):
-    """One SDPA call for every request that has a single query this step."""
+    """One SDPA call for every request that has a single query this step; with a window each
+    row reads only its window's blocks."""
+    block_size = key_cache.shape[1]
     lens_t = torch.tensor([lens[b] for b in rows], device=query.device)
-    max_len = int(lens_t.max())
-    rows_t = torch.tensor(rows, device=query.device)
-    k = _gather(key_cache, block_tables[rows_t], max_len).transpose(1, 2)  # [n, Hkv, L, D]
-    v = _gather(value_cache, block_tables[rows_t], max_len).transpose(1, 2)
+    first = torch.tensor(
+        [_first_block(lens[b] - 1, window, block_size) for b in rows], device=query.device
+    )
+    span = int((-(-lens_t // block_size) - first).max())
+    tables = block_tables[torch.tensor(rows, device=query.device)]
+    k = _gather_from(key_cache, tables, first, span).transpose(1, 2)  # [n, Hkv, L, D]
+    v = _gather_from(value_cache, tables, first, span).transpose(1, 2)
     q = query[torch.tensor(q_index, device=query.device)].unsqueeze(2)  # [n, Hq, 1, D]
-    k_pos = torch.arange(max_len, device=query.device)[None, :]
+    k_pos = first[:, None] * block_size + torch.arange(span * block_size, device=query.device)
     mask = _visible((lens_t - 1)[:, None], k_pos, window) & (k_pos < lens_t[:, None])
     out = F.scaled_dot_product_attention(
         q.float(),
@@ -95,15 +121,16 @@ def paged_attention(
             groups.setdefault((num_q, seq_len), []).append(b)
     for (num_q, seq_len), rows in groups.items():
         rows_t = torch.tensor(rows, device=query.device)
-        k = _gather(key_cache, block_tables[rows_t], seq_len).transpose(1, 2)  # [n, Hkv, L, D]
-        v = _gather(value_cache, block_tables[rows_t], seq_len).transpose(1, 2)
+        first = _first_block(seq_len - num_q, sliding_window, key_cache.shape[1])
+        k = _gather(key_cache, block_tables[rows_t], seq_len, first).transpose(1, 2)
+        v = _gather(value_cache, block_tables[rows_t], seq_len, first).transpose(1, 2)
         q_rows = (
             torch.tensor([qsl[b] for b in rows], device=query.device)[:, None]
             + torch.arange(num_q, device=query.device)
         ).flatten()
         q = query[q_rows].view(len(rows), num_q, *query.shape[1:]).transpose(1, 2)
         q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
-        k_pos = torch.arange(seq_len, device=query.device)[None, :]
+        k_pos = torch.arange(first * key_cache.shape[1], seq_len, device=query.device)[None, :]
         if attend_until is None:
             mask = _visible(q_pos, k_pos, sliding_window)
         else:  # [n, 1, num_q, L]: each request's rows have their own upper bounds

@@ -114,6 +114,26 @@ class SupportsMRoPE(Protocol):
     uses_mrope: ClassVar[bool]
 
 
+@runtime_checkable
+class SupportsBidirectionalMMSpans(Protocol):
+    """Capability: the embeddings of one multimodal item attend to each other both ways
+    (Gemma 3's images); everything else stays causal.
+
+    The runner sets ``AttentionMetadata.attend_until`` from the step's scatter plan (each
+    contiguous run of an item's embedding rows is one span), and the engine tells the
+    scheduler never to end a prefill chunk inside an item (``chunk_inside_mm_items=False``),
+    in chunked prefill and in recompute after preemption, so a span is always whole in one
+    step. An item must then fit in ``max_num_batched_tokens``.
+    """
+
+    bidirectional_mm_spans: ClassVar[bool]
+
+
+def supports_bidirectional_mm_spans(model) -> bool:
+    """True when ``model`` (a class or instance) attends bidirectionally inside items."""
+    return getattr(model, "bidirectional_mm_spans", False) is True
+
+
 def supports_multimodal(model) -> bool:
     """True when ``model`` (a class or instance) encodes at least one modality."""
     return bool(getattr(model, "supported_modalities", ()))

@@ -271,6 +271,21 @@ class MultiModalProcessor:
         """
         return None
 
+    def join_item_boundaries(
+        self, token_ids: np.ndarray, features: list
+    ) -> tuple[np.ndarray, list]:
+        """Re-join tokens across item boundaries where HF, expanding the placeholder in text
+        before tokenizing, gets one token for text on both sides (e.g. Gemma 3's newline runs).
+
+        Args:
+            token_ids: the expanded prompt.
+            features: its ``_core.MMFeature`` s, sorted by offset.
+
+        Returns:
+            ``(token_ids, features)``; by default unchanged.
+        """
+        return token_ids, features
+
     def placeholder_item(self, modality: str, identifier: str, num_embeds: int, layout=None):
         """The core's description of one item: ``num_embeds`` copies of the placeholder token,
         or the item's :meth:`item_layout` (a replacement sequence with an embedding mask).

@@ -37,6 +37,14 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.models.internvl:InternVLModel",
         "mmcore.models.internvl.processor:InternVLMultiModalProcessor",
     ),
+    "gemma3": (
+        "mmcore.models.gemma3:Gemma3Model",
+        "mmcore.models.gemma3.processor:Gemma3MultiModalProcessor",
+    ),
+    "gemma3_text": (
+        "mmcore.models.gemma3:Gemma3ForCausalLM",
+        "mmcore.multimodal.processor:MultiModalProcessor",
+    ),
 }
 _registered: dict[str, tuple[type, type]] = {}
 

@@ -1,0 +1,273 @@
+"""Gemma 3 on a GPU: offline throughput vs HF generate(), batch-1 ITL, and KV memory at 8k.
+
+Model: a released Gemma 3 architecture (``--model gemma-3-12b-it`` default, or
+``gemma-3-27b-it``) with random bf16 weights (``load_format="dummy"`` over
+:func:`mmcore.testing.dummy_gemma3.write_gemma3_checkpoint`; HF's model is built from the same
+config on the GPU).
+
+Stages (``--stage``):
+  offline  ``--num-requests`` prompts, one random 896x896 image (256 tokens) + ``--text-len``
+           text tokens, ``--output-len`` tokens each: mmcore req/s, HF generate() req/s at its
+           best batch size (left padding, ``token_type_ids`` for the image mask), batch-1 TTFT
+           and inter-token latency (median of ``--latency-runs``).
+  kv       ``--long-len``-token text prompts: KV bytes per token, KV blocks, how many such
+           sequences fit at once, and the measured peak of running sequences when more are
+           submitted. Every layer keeps every block in this build; the figure a hybrid
+           allocator that frees out-of-window sliding-layer blocks would reach is given beside
+           it as a projection from the same numbers (``projected_*``), not a measurement.
+
+Usage: python bench/bench_gpu_gemma3.py --stage offline --out DIR   (one JSON per stage)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from mmcore import Engine, SamplingParams
+from mmcore.testing.dummy_gemma3 import GEMMA3_CONFIGS, write_gemma3_checkpoint
+
+
+def _image(rng: np.random.Generator, side: int):
+    from PIL import Image
+
+    coarse = rng.integers(0, 256, (side // 8, side // 8, 3), dtype=np.uint8)
+    return Image.fromarray(np.repeat(np.repeat(coarse, 8, axis=0), 8, axis=1))
+
+
+def image_requests(path: str, num: int, text_len: int, seed: int) -> list[dict]:
+    """``<bos>`` + ``<start_of_image>`` + ``text_len`` random ids (below the special tokens)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config, tok = AutoConfig.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    rng = np.random.default_rng(seed)
+    first_plain = max(tok.convert_tokens_to_ids(t) for t in tok.all_special_tokens) + 1
+    return [
+        {
+            "prompt_token_ids": [tok.bos_token_id, config.boi_token_index]
+            + rng.integers(first_plain, len(tok), text_len).tolist(),
+            "multi_modal_data": {"image": _image(rng, 896)},
+        }
+        for _ in range(num)
+    ]
+
+
+def _engine(path: str, args, **extra) -> Engine:
+    return Engine(
+        path,
+        load_format="dummy",
+        device="cuda",
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        **extra,
+    )
+
+
+def _latency(engine: Engine, prompts: list, params: SamplingParams) -> dict:
+    """Batch 1: TTFT (from add_request, image processing included) and inter-token latency."""
+    ttfts, itls = [], []
+    for i, prompt in enumerate(prompts):
+        start = time.perf_counter()
+        engine.add_request(f"lat{i}-{time.monotonic_ns()}", prompt, params)
+        stamps = []
+        while engine.has_unfinished_requests():
+            if engine.step():
+                stamps.append(time.perf_counter())
+        ttfts.append(stamps[0] - start)
+        itls.append(float(np.median(np.diff(stamps))))
+    return {"ttft_s": float(np.median(ttfts)), "itl_s": float(np.median(itls))}
+
+
+def hf_offline(path: str, args) -> list[dict]:
+    """HF generate() on batches of the same requests (left padding), per batch size."""
+    from transformers import AutoConfig, AutoProcessor, Gemma3ForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("cuda"):
+        model = Gemma3ForConditionalGeneration._from_config(config, dtype=torch.bfloat16).eval()
+    processor = AutoProcessor.from_pretrained(path)
+    image_id, pad = config.image_token_index, config.text_config.pad_token_id
+    tokens = config.mm_tokens_per_image
+    seq = [config.boi_token_index] + [image_id] * tokens + [config.eoi_token_index]
+
+    def run(batch: list[dict], new_tokens: int) -> None:
+        pixels = processor.image_processor(
+            images=[r["multi_modal_data"]["image"] for r in batch], return_tensors="pt"
+        )["pixel_values"]
+        rows = [r["prompt_token_ids"][:1] + seq + r["prompt_token_ids"][2:] for r in batch]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device="cuda")
+        mask = (ids != pad).long()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, token_type_ids=(ids == image_id).long(),
+                pixel_values=pixels.to("cuda", torch.bfloat16), max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens, do_sample=False,
+            )  # fmt: skip
+        assert out.shape[1] == width + new_tokens
+
+    run(image_requests(path, 2, args.text_len, 90), 4)
+    rows = []
+    for batch in args.hf_batch_sizes:
+        requests = image_requests(path, 2 * batch, args.text_len, 91 + batch)
+        try:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for chunk in (requests[:batch], requests[batch:]):
+                run(chunk, args.output_len)
+            torch.cuda.synchronize()
+        except torch.OutOfMemoryError:
+            rows.append({"batch": batch, "oom": True})
+            torch.cuda.empty_cache()
+            continue
+        elapsed = time.perf_counter() - start
+        rows.append({"batch": batch, "elapsed_s": elapsed, "req_per_s": 2 * batch / elapsed})
+        print("hf", rows[-1], flush=True)
+    return rows
+
+
+def stage_offline(path: str, args) -> dict:
+    engine = _engine(path, args, limit_mm_per_prompt={"image": 1})
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    engine.generate(image_requests(path, 4, args.text_len, 1), params, use_tqdm=False)
+    requests = image_requests(path, args.num_requests, args.text_len, 2)
+    start = time.perf_counter()
+    outputs = engine.generate(requests, params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    assert all(len(o.outputs[0].token_ids) == args.output_len for o in outputs)
+    ours = {"elapsed_s": elapsed, "req_per_s": len(requests) / elapsed, **engine.stats()}
+    print("mmcore", ours, flush=True)
+    ours["batch1"] = _latency(
+        engine, image_requests(path, args.latency_runs, args.text_len, 3), params
+    )
+    print("mmcore batch 1", ours["batch1"], flush=True)
+    ours["cuda_graphs"] = engine.runner.use_decode_graphs if hasattr(engine, "runner") else None
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    result = {"mmcore": ours}
+    try:
+        result["hf"] = hf_offline(path, args)
+        best = max((r["req_per_s"] for r in result["hf"] if "req_per_s" in r), default=None)
+        result["speedup_vs_best_hf"] = ours["req_per_s"] / best if best else None
+    except Exception as exc:  # keep mmcore's numbers when the baseline fails
+        result["hf_error"] = repr(exc)
+    return result
+
+
+def kv_projection(text_config, block_size: int, seq_len: int, chunk: int) -> dict:
+    """Layer-blocks one ``seq_len`` sequence holds, keeping every block in every layer vs keeping
+    in sliding layers only the blocks a query can still see: the window plus, while a prefill
+    chunk runs, the chunk (peak), or the window alone once decoding (steady state)."""
+    from mmcore.models.gemma3.text import SLIDING, layer_types
+
+    kinds = layer_types(text_config)
+    num_sliding = kinds.count(SLIDING)
+    num_full = len(kinds) - num_sliding
+    per_layer = math.ceil(seq_len / block_size)
+    window = text_config.sliding_window
+    keep_all = len(kinds) * per_layer
+
+    def hybrid(tokens_seen: int) -> int:
+        sliding = min(per_layer, math.ceil(tokens_seen / block_size) + 1)
+        return num_full * per_layer + num_sliding * sliding
+
+    return {
+        "num_full_layers": num_full,
+        "num_sliding_layers": num_sliding,
+        "layer_blocks_keep_all": keep_all,
+        "layer_blocks_hybrid_prefill_peak": hybrid(window + chunk),
+        "layer_blocks_hybrid_decode": hybrid(window),
+        "ratio_prefill_peak": keep_all / hybrid(window + chunk),
+        "ratio_decode": keep_all / hybrid(window),
+    }
+
+
+def stage_kv(path: str, args) -> dict:
+    from transformers import AutoConfig
+
+    engine = _engine(path, args, max_num_batched_tokens=args.chunk)
+    config = engine.config
+    kv_block_bytes = config.kv_block_bytes
+    seq = args.long_len + args.kv_output_len
+    fit = config.num_blocks * config.block_size // seq
+    rng = np.random.default_rng(5)
+    vocab = len(engine.tokenizer)  # ids the engine accepts (below the special tokens' range)
+    prompts = [
+        {"prompt_token_ids": rng.integers(16, vocab, args.long_len).tolist()}
+        for _ in range(fit + args.extra_requests)
+    ]
+    params = SamplingParams(temperature=0.0, max_tokens=args.kv_output_len, ignore_eos=True)
+    for prompt in prompts:
+        engine.add_request(f"kv-{time.monotonic_ns()}", prompt, params)
+    peak, start = 0, time.perf_counter()
+    while engine.has_unfinished_requests():
+        engine.step()
+        peak = max(peak, int(engine.stats()["num_running"]))
+    elapsed = time.perf_counter() - start
+    projection = kv_projection(
+        AutoConfig.from_pretrained(path).text_config, config.block_size, seq, args.chunk
+    )
+    result = {
+        "kv_cache_bytes": config.num_blocks * kv_block_bytes,
+        "kv_bytes_per_token": kv_block_bytes / config.block_size,
+        "num_blocks": config.num_blocks,
+        "block_size": config.block_size,
+        "sequence_tokens": seq,
+        "max_concurrent_keep_all": fit,
+        "measured_peak_running": peak,
+        "req_per_s": len(prompts) / elapsed,
+        "projection": projection,
+        "projected_max_concurrent_hybrid_decode": int(fit * projection["ratio_decode"]),
+        **engine.stats(),
+    }
+    print("kv", result, flush=True)
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--stage", choices=["offline", "kv"], required=True)
+    parser.add_argument("--model", choices=sorted(GEMMA3_CONFIGS), default="gemma-3-12b-it")
+    parser.add_argument("--num-requests", type=int, default=200)
+    parser.add_argument("--text-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--latency-runs", type=int, default=3)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-model-len", type=int, default=10240)
+    parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--long-len", type=int, default=8192)
+    parser.add_argument("--kv-output-len", type=int, default=256)
+    parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens (kv)")
+    parser.add_argument("--extra-requests", type=int, default=8)
+    parser.add_argument("--out", default=".")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
+    path = write_gemma3_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
+    run = {"offline": stage_offline, "kv": stage_kv}[args.stage]
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": args.model,
+        "args": vars(args),
+        args.stage: run(path, args),
+    }
+    out_path = os.path.join(args.out, f"bench_gpu_gemma3_{args.stage}.json")
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    print(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
