@@ -101,7 +101,7 @@ def fp8_linear(
         x_fp8, scale_a = quantize_rows(x2)
     else:
         x_fp8 = quantize_with_scale(x2, input_scale)
-        scale_a = input_scale.expand(x2.shape[0], 1).contiguous()
+        scale_a = input_scale.reshape(1, 1).repeat(x2.shape[0], 1)
     out = torch._scaled_mm(
         x_fp8,
         weight.t(),
