@@ -9,6 +9,8 @@ Tensor-parallel shards are built rank by rank (as tests/python/test_parallel_lay
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -267,6 +269,14 @@ def test_quantization_option_against_the_checkpoint():
         resolve_quantization(_Config(), "compressed-tensors")
     with pytest.raises(ValueError, match="quantize_vision needs"):
         resolve_quantization(_Config(), None, quantize_vision=True)
+    block = {**ct, "config_groups": {"g": json.loads(json.dumps(ct["config_groups"]["group_0"]))}}
+    block["config_groups"]["g"]["weights"].update(strategy="block", block_structure=[128, 128])
+    scheme = resolve_quantization(_Config(block), None).checkpoint
+    assert (scheme.scale_name, scheme.strategy, scheme.block) == (
+        "weight_scale",
+        "block",
+        (128, 128),
+    )
     weight_only = {**ct, "config_groups": {"g": {**ct["config_groups"]["group_0"]}}}
     weight_only["config_groups"]["g"]["input_activations"] = None
     with pytest.raises(ValueError, match="weight-only"):
