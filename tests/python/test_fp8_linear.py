@@ -9,12 +9,14 @@ Tensor-parallel shards are built rank by rank (as tests/python/test_parallel_lay
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 import torch
 
 from mmcore.distributed import parallel_state
+from mmcore.engine_args import EngineArgs
 from mmcore.layers import fp8, fp8_linear, linear
 from mmcore.layers.fp8_linear import Fp8CheckpointScheme
 from mmcore.layers.linear import (
@@ -281,3 +283,18 @@ def test_quantization_option_against_the_checkpoint():
     weight_only["config_groups"]["g"]["input_activations"] = None
     with pytest.raises(ValueError, match="weight-only"):
         resolve_quantization(_Config(weight_only), None)
+
+
+def test_engine_and_cli_options():
+    parser = argparse.ArgumentParser()
+    EngineArgs.add_cli_args(parser)
+    args = EngineArgs.from_cli_args(
+        parser.parse_args(["--quantization", "fp8", "--quantize-vision"])
+    )
+    assert (args.quantization, args.quantize_vision) == ("fp8", True)
+    assert (
+        EngineArgs.from_kwargs(quantization="compressed-tensors").quantization
+        == "compressed-tensors"
+    )
+    with pytest.raises(ValueError, match="quantization"):
+        EngineArgs.from_kwargs(quantization="awq")
