@@ -177,3 +177,12 @@ def check_quantization(
         )
     check_fp8_device(device)
     return quant
+
+
+def describe_quantization(quant: QuantizationConfig | None, load_format: str) -> str | None:
+    """A short description of a load's FP8 plan for logs (None: no quantisation)."""
+    if quant is None:
+        return None
+    online = quant.checkpoint is None or load_format == "dummy"
+    text = "fp8 (quantised on load)" if online else f"fp8 ({quant.method} checkpoint)"
+    return text + (", vision too" if quant.quantize_vision else "")

@@ -126,6 +126,7 @@ def test_online_fp8_quantises_the_language_model_only(fp8_case):
     assert {n.split(".")[-2] for n in fp8} == expected
     assert all(n.startswith("language_model.model.layers.") for n in fp8)
     assert len(fp8) == 4 * 2  # every projection of both layers; LM head and embeddings stay
+    assert engine.config.quantization == "fp8 (quantised on load)"
     engine.shutdown()
 
 
@@ -152,6 +153,7 @@ def test_compressed_tensors_channel_checkpoint_equals_online(fp8_case):
     with open(os.path.join(ckpt, "config.json")) as f:
         assert json.load(f)["quantization_config"]["quant_method"] == "compressed-tensors"
     engine = Engine(ckpt)  # FP8 from the checkpoint's config, no option needed
+    assert engine.config.quantization == "fp8 (compressed-tensors checkpoint)"
     weight = engine.config.model.language_model.model.layers[0].self_attn.qkv_proj.weight
     assert weight.dtype == torch.float8_e4m3fn
     assert _greedy(engine, fp8_case["requests"]) == fp8_case["online_tokens"]

@@ -25,6 +25,7 @@ from mmcore.layers.linear import (
     QKVParallelLinear,
     RowParallelLinear,
 )
+from mmcore.layers.sharded_weights import LazyWeight, ScaleTarget
 from mmcore.models.weights import WeightLoadError, load_named_weights
 from mmcore.quantization import resolve_quantization
 from mmcore.quantization.apply import prepare_fp8_checkpoint_layers
@@ -298,3 +299,34 @@ def test_engine_and_cli_options():
     )
     with pytest.raises(ValueError, match="quantization"):
         EngineArgs.from_kwargs(quantization="awq")
+
+
+def test_scale_targets_read_lazy_checkpoint_slices(tmp_path):
+    """Tensor parallel ranks read scales as safetensors slices: [N, 1] or [N] per channel,
+    [] or [1] per tensor."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    channel = torch.arange(8, dtype=torch.float32)
+    tensors = {
+        "c2": channel[:, None].clone(),
+        "c1": channel,
+        "t0": torch.tensor(3.0),
+        "t1": torch.ones(1),
+    }
+    save_file(tensors, tmp_path / "s.safetensors")
+    with safe_open(tmp_path / "s.safetensors", framework="pt") as f:
+        for name in ("c2", "c1"):
+            dest = torch.zeros(4)
+            target = ScaleTarget(dest, "weight_scale", (8, 1), 0, 4)
+            lazy = LazyWeight(f, name)
+            assert target.fits(lazy.shape)
+            dest.copy_(target.read(lazy))
+            assert torch.equal(dest, channel[4:])
+        for name, value in (("t0", 3.0), ("t1", 1.0)):
+            dest = torch.zeros(4)
+            target = ScaleTarget(dest, "weight_scale", (1,), per_tensor=True)
+            lazy = LazyWeight(f, name)
+            assert target.fits(lazy.shape) and not target.fits((2,))
+            dest.copy_(target.read(lazy))
+            assert dest.eq(value).all()

@@ -16,7 +16,7 @@ from mmcore.engine_args import EngineArgs
 from mmcore.executor.base import ParallelConfig, check_shardable, create_executor
 from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.hub import check_remote_code, resolve_model_path
-from mmcore.model_loader import check_quantization
+from mmcore.model_loader import check_quantization, describe_quantization
 from mmcore.models.transformers_backend.checks import check_supported
 from mmcore.models.transformers_backend.loader import processor_class, use_transformers_backend
 from mmcore.multimodal.processor_cache import ProcessorCache
@@ -56,6 +56,7 @@ class EngineConfig:
     parallel: ParallelConfig
     processor: Any
     processor_cache: ProcessorCache
+    quantization: str | None = None  # e.g. "fp8 (online)", "compressed-tensors FP8 checkpoint"
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -159,7 +160,9 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     hf_config = AutoConfig.from_pretrained(model)
     dtype = _resolve_dtype(args.dtype, hf_config, device)
     # Refuse an unsupported quantisation here, before any worker starts.
-    check_quantization(hf_config, args.quantization, args.quantize_vision, args.model_impl, device)
+    quant = check_quantization(
+        hf_config, args.quantization, args.quantize_vision, args.model_impl, device
+    )
     torch.manual_seed(args.seed)
 
     parallel = ParallelConfig(
@@ -277,4 +280,5 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         parallel=parallel,
         processor=processor,
         processor_cache=ProcessorCache(int(args.mm_processor_cache_gb * (1 << 30))),
+        quantization=describe_quantization(quant, args.load_format),
     )
