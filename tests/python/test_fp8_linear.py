@@ -60,6 +60,12 @@ def test_fp8_linear_matches_float32_and_dequantised_reference(dtype, tokens):
         _check_against_float32(x, w, bias, y)
 
 
+def test_no_tokens_give_an_empty_output():
+    w_fp8, w_scale = fp8.quantize_rows(torch.randn(32, 64))
+    y = fp8.fp8_linear(torch.randn(2, 0, 64), w_fp8, w_scale.view(-1), torch.zeros(32))
+    assert y.shape == (2, 0, 32)
+
+
 def test_per_channel_scales_map_each_row_maximum_to_448():
     w = torch.randn(8, 64)
     w[3] = 0  # an all-zero row keeps a finite scale
