@@ -24,6 +24,7 @@ from mmcore import Engine, SamplingParams
 from mmcore.testing import fp8_checkpoints as fp8ckpt
 from mmcore.testing.tiny_checkpoints import build_tiny_llava
 
+CPU = "cpu"  # the CPU path (torch's CPU _scaled_mm); test_fp8_cuda.py covers the GPU
 MAX_TOKENS = 12
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
 ALL_PROMPT_LOGPROBS = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=-1)
@@ -103,8 +104,8 @@ def fp8_case(tmp_path_factory, photos):
     root = tmp_path_factory.mktemp("fp8")
     model_dir = build_tiny_llava(root / "bf16", seed=0)
     requests = _requests(_prompts(photos))
-    base = Engine(model_dir)
-    online = Engine(model_dir, quantization="fp8")
+    base = Engine(model_dir, device=CPU)
+    online = Engine(model_dir, quantization="fp8", device=CPU)
     case = dict(
         root=root,
         model_dir=model_dir,
@@ -120,7 +121,7 @@ def fp8_case(tmp_path_factory, photos):
 
 
 def test_online_fp8_quantises_the_language_model_only(fp8_case):
-    engine = Engine(fp8_case["model_dir"], quantization="fp8")
+    engine = Engine(fp8_case["model_dir"], quantization="fp8", device=CPU)
     fp8 = {n for n, p in engine.config.model.named_parameters() if p.dtype == torch.float8_e4m3fn}
     expected = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
     assert {n.split(".")[-2] for n in fp8} == expected
@@ -135,7 +136,7 @@ def test_online_fp8_agrees_with_float32(fp8_case):
 
 
 def test_quantize_vision_also_quantises_the_encoder(fp8_case):
-    engine = Engine(fp8_case["model_dir"], quantization="fp8", quantize_vision=True)
+    engine = Engine(fp8_case["model_dir"], quantization="fp8", quantize_vision=True, device=CPU)
     model = engine.config.model
     fp8 = {n for n, p in model.named_parameters() if p.dtype == torch.float8_e4m3fn}
     assert "vision_tower.encoder.layers.0.self_attn.q_proj.weight" in fp8
@@ -152,7 +153,7 @@ def test_compressed_tensors_channel_checkpoint_equals_online(fp8_case):
     )
     with open(os.path.join(ckpt, "config.json")) as f:
         assert json.load(f)["quantization_config"]["quant_method"] == "compressed-tensors"
-    engine = Engine(ckpt)  # FP8 from the checkpoint's config, no option needed
+    engine = Engine(ckpt, device=CPU)  # FP8 from the checkpoint's config, no option needed
     assert engine.config.quantization == "fp8 (compressed-tensors checkpoint)"
     weight = engine.config.model.language_model.model.layers[0].self_attn.qkv_proj.weight
     assert weight.dtype == torch.float8_e4m3fn
@@ -162,13 +163,47 @@ def test_compressed_tensors_channel_checkpoint_equals_online(fp8_case):
     engine.shutdown()
 
 
+# transformers >= 4.52 saves LLaVA under these prefixes (the tiny builder writes the older ones).
+_TRANSFORMERS5_PREFIXES = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision_tower.", "model.vision_tower."),
+    ("multi_modal_projector.", "model.multi_modal_projector."),
+)
+
+
+def _renamed_to_transformers5_layout(src: str, dst: str) -> str:
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    renamed = {}
+    for name, tensor in tensors.items():
+        for old, new in _TRANSFORMERS5_PREFIXES:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        renamed[name] = tensor
+    save_file(renamed, os.path.join(dst, "model.safetensors"))
+    return dst
+
+
+def test_compressed_tensors_checkpoint_in_the_transformers5_key_layout(fp8_case):
+    ckpt = fp8ckpt.write_compressed_tensors_fp8(fp8_case["model_dir"], str(fp8_case["root"] / "ct"))
+    renamed = _renamed_to_transformers5_layout(ckpt, str(fp8_case["root"] / "ct_t5"))
+    engine = Engine(renamed, device=CPU)
+    assert engine.config.quantization == "fp8 (compressed-tensors checkpoint)"
+    assert _greedy(engine, fp8_case["requests"][:3]) == fp8_case["online_tokens"][:3]
+    engine.shutdown()
+
+
 def test_compressed_tensors_tensor_strategy_with_static_input_scales(fp8_case):
     texts = [p for p in fp8_case["requests"] if isinstance(p, str)]
     amax = fp8ckpt.calibrate_input_amax(fp8_case["model_dir"], texts)
     ckpt = fp8ckpt.write_compressed_tensors_fp8(
         fp8_case["model_dir"], str(fp8_case["root"] / "ct_tensor"), "tensor", input_amax=amax
     )
-    engine = Engine(ckpt, quantization="compressed-tensors")
+    engine = Engine(ckpt, quantization="compressed-tensors", device=CPU)
     o_proj = engine.config.model.language_model.model.layers[0].self_attn.o_proj
     assert o_proj.input_scale.dim() == 0 and o_proj.input_scale > 0
     requests = fp8_case["requests"]
@@ -181,8 +216,8 @@ def test_transformers_blockwise_fp8_checkpoint(fp8_case):
     src, root = fp8_case["model_dir"], fp8_case["root"]
     ckpt = fp8ckpt.write_transformers_fp8_blockwise(src, str(root / "hf_fp8"), BLOCK)
     round_trip = fp8ckpt.write_block_dequantized(src, str(root / "hf_fp8_round_trip"), BLOCK)
-    engine = Engine(ckpt)
-    reference = Engine(round_trip, quantization="fp8")
+    engine = Engine(ckpt, device=CPU)
+    reference = Engine(round_trip, quantization="fp8", device=CPU)
     requests = fp8_case["requests"]
     tokens, logprobs = _greedy(engine, requests), _position_logprobs(engine, requests)
     assert tokens == _greedy(reference, requests)
@@ -214,7 +249,7 @@ def test_tensor_parallel_fp8_matches_one_rank(fp8_case):
     )
     runs = []
     for size in (1, 2):
-        engine = Engine(ckpt, tensor_parallel_size=size, quantize_vision=True)
+        engine = Engine(ckpt, tensor_parallel_size=size, quantize_vision=True, device=CPU)
         try:
             runs.append(_greedy_with_logprobs(engine, fp8_case["requests"]))
         finally:
@@ -265,4 +300,4 @@ def test_unsupported_quantisation_methods_are_refused_by_name(fp8_case, method):
         fp8_case["model_dir"], str(fp8_case["root"] / method), quantization_config
     )
     with pytest.raises(ValueError, match=named):
-        Engine(model_dir)
+        Engine(model_dir, device=CPU)
