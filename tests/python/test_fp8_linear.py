@@ -27,8 +27,8 @@ from mmcore.layers.linear import (
 )
 from mmcore.layers.sharded_weights import LazyWeight, ScaleTarget
 from mmcore.models.weights import WeightLoadError, load_named_weights
-from mmcore.quantization import resolve_quantization
-from mmcore.quantization.apply import prepare_fp8_checkpoint_layers
+from mmcore.quantization import QuantizationConfig, resolve_quantization
+from mmcore.quantization.apply import finish_quantization, prepare_fp8_checkpoint_layers
 from mmcore.testing import fp8_checkpoints as fp8ckpt
 
 F32 = dict(dtype=torch.float32, device="cpu")
@@ -336,3 +336,13 @@ def test_scale_targets_read_lazy_checkpoint_slices(tmp_path):
             assert target.fits(lazy.shape) and not target.fits((2,))
             dest.copy_(target.read(lazy))
             assert dest.eq(value).all()
+
+
+def test_models_without_fp8_layers_are_refused():
+    plain = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="no linear layers that run FP8"):
+        finish_quantization(plain, QuantizationConfig("fp8", None))
+    column = ColumnParallelLinear(16, 16, bias=False, **F32)
+    column.weight.data.normal_()
+    with pytest.raises(ValueError, match="quantize_vision"):
+        finish_quantization(column, QuantizationConfig("fp8", None, quantize_vision=True))

@@ -95,7 +95,9 @@ def finish_quantization(model: nn.Module, config: QuantizationConfig) -> None:
     """After loading: finish checkpoint FP8 layers, then quantise online what ``config`` asks.
 
     Raises:
-        ValueError: ``quantize_vision`` on a model whose encoder has no FP8-capable layers.
+        ValueError: online FP8 for a model whose language model has no FP8-capable layers
+            (built from ``nn.Linear``, e.g. an out-of-tree model), or ``quantize_vision`` on a
+            model whose encoder has none.
     """
     layers = fp8_layers(model)
     for _, layer in layers:
@@ -104,6 +106,11 @@ def finish_quantization(model: nn.Module, config: QuantizationConfig) -> None:
     in_lm = [layer for name, layer in layers if name.startswith(lm_prefix)]
     encoder = [layer for name, layer in layers if not name.startswith(lm_prefix)]
     if config.checkpoint is None:
+        if not in_lm:
+            raise ValueError(
+                f"quantization='fp8': {type(model).__name__} has no linear layers that run FP8 "
+                "(they must be mmcore.layers.linear layers)"
+            )
         for layer in in_lm:
             layer.quantize_fp8()
     if config.quantize_vision:
