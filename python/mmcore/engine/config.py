@@ -56,7 +56,7 @@ class EngineConfig:
     parallel: ParallelConfig
     processor: Any
     processor_cache: ProcessorCache
-    quantization: str | None = None  # e.g. "fp8 (online)", "compressed-tensors FP8 checkpoint"
+    quantization: str | None = None  # the FP8 plan for logs, e.g. "fp8 (quantised on load)"
 
 
 def _resolve_device(device: str) -> torch.device:
