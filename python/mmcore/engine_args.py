@@ -26,6 +26,7 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 MODEL_IMPLS = ("auto", "mmcore", "transformers")
 EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 MM_ENCODER_TP_MODES = ("weights", "data")
+QUANTIZATION_METHODS = ("fp8", "compressed-tensors")  # mmcore.quantization checks the checkpoint
 # Values that run today; the others get a clear error (multi-GPU lands with tensor parallelism).
 
 
@@ -133,6 +134,17 @@ class EngineArgs:
         "auto", parse=parse_device, help="auto (CUDA when present), cpu, cuda or cuda:N"
     )
     seed: int = option(0, help="seed of unseeded sampling and of dummy weights")
+    quantization: str | None = option(
+        choices=QUANTIZATION_METHODS,
+        help="weight quantisation: fp8 = W8A8 FP8 (e4m3) linear layers, quantised on load from a "
+        "bf16/fp32 checkpoint or read from an FP8 checkpoint; default: as the checkpoint's "
+        "quantization_config says (docs/quantization.md)",
+    )
+    quantize_vision: bool = option(
+        False,
+        help="with FP8, also quantise the vision encoder and projector (default: they keep "
+        "the model dtype)",
+    )
     # ----------------------------------------------------------------- scheduling and memory
     max_model_len: int | None = option(
         help="longest prompt + output in tokens (default: the model's max positions)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from mmcore.engine_args import LOAD_FORMATS
+from mmcore.layers.fp8 import check_fp8_device
 from mmcore.layers.sharded_weights import LazyWeight
 from mmcore.models.interfaces import check_model
 from mmcore.models.transformers_backend.loader import (
@@ -18,6 +20,8 @@ from mmcore.models.transformers_backend.loader import (
     use_transformers_backend,
 )
 from mmcore.multimodal.registry import get_model_class
+from mmcore.quantization import QuantizationConfig, resolve_quantization
+from mmcore.quantization.apply import finish_quantization, mark_fp8_checkpoint
 
 DUMMY_STD = 0.02
 _INDEX_FILE = "model.safetensors.index.json"
@@ -86,6 +90,8 @@ def load_model(
     load_format: str = "auto",
     seed: int = 0,
     model_impl: str = "auto",
+    quantization: str | None = None,
+    quantize_vision: bool = False,
 ):
     """Build the registered mmcore model for ``model_dir`` and fill its weights.
 
@@ -98,13 +104,17 @@ def load_model(
         seed: seed of the dummy weights.
         model_impl: ``auto`` (native if registered, else the Transformers backend),
             ``mmcore`` or ``transformers``.
+        quantization: None (as the checkpoint is), ``"fp8"`` or ``"compressed-tensors"``
+            (see :func:`mmcore.quantization.resolve_quantization`).
+        quantize_vision: with FP8, also quantise the vision encoder and projector.
 
     Returns:
         ``(model, hf_config)``; the model is in eval mode.
 
     Raises:
-        ValueError: unknown load format or model type, or weights that do not fit the model
-            (the message names the missing/unexpected tensors).
+        ValueError: unknown load format or model type, weights that do not fit the model
+            (the message names the missing/unexpected tensors), or a quantisation mmcore does
+            not run (named).
         TypeError: the registered class does not follow ``mmcore.models.interfaces``.
     """
     from transformers import AutoConfig
@@ -113,6 +123,7 @@ def load_model(
         raise ValueError(f"unknown load_format {load_format!r}; choose one of {LOAD_FORMATS}")
     hf_config = AutoConfig.from_pretrained(model_dir)
     device = torch.device(device)
+    quant = check_quantization(hf_config, quantization, quantize_vision, model_impl, device)
     if use_transformers_backend(hf_config.model_type, model_impl):
         model = load_transformers_model(
             model_dir, hf_config, dtype=dtype, device=device, load_format=load_format, seed=seed
@@ -124,6 +135,54 @@ def load_model(
     check_model(model)
     if load_format == "dummy":
         init_dummy_weights(model, seed)
+        if quant is not None:  # random weights: an FP8 checkpoint's layout is quantised online
+            quant = dataclasses.replace(quant, checkpoint=None)
     else:
-        model.load_weights(iterate_safetensors(safetensors_files(model_dir)))
+        files = safetensors_files(model_dir)
+        if quant is not None and quant.checkpoint is not None:
+            mark_fp8_checkpoint(model, quant.checkpoint, checkpoint_tensor_names(files))
+        model.load_weights(iterate_safetensors(files))
+    if quant is not None:
+        finish_quantization(model, quant)
     return model.eval().requires_grad_(False), hf_config
+
+
+def checkpoint_tensor_names(files: list[str]) -> list[str]:
+    """Every tensor name of the safetensors ``files`` (headers only, no tensor is read)."""
+    from safetensors import safe_open
+
+    names = []
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names.extend(f.keys())
+    return names
+
+
+def check_quantization(
+    hf_config, quantization: str | None, quantize_vision: bool, model_impl: str, device
+) -> QuantizationConfig | None:
+    """The FP8 plan of a load, checked against the implementation and the device.
+
+    Raises:
+        ValueError: a quantisation mmcore does not run, FP8 with the Transformers backend, or
+            FP8 on a GPU below compute capability 8.9.
+    """
+    quant = resolve_quantization(hf_config, quantization, quantize_vision)
+    if quant is None:
+        return None
+    if use_transformers_backend(hf_config.model_type, model_impl):
+        raise ValueError(
+            f"FP8 weights ({quant.method}) run on mmcore's native models only; "
+            f"{hf_config.model_type} would use the Transformers backend"
+        )
+    check_fp8_device(device)
+    return quant
+
+
+def describe_quantization(quant: QuantizationConfig | None, load_format: str) -> str | None:
+    """A short description of a load's FP8 plan for logs (None: no quantisation)."""
+    if quant is None:
+        return None
+    online = quant.checkpoint is None or load_format == "dummy"
+    text = "fp8 (quantised on load)" if online else f"fp8 ({quant.method} checkpoint)"
+    return text + (", vision too" if quant.quantize_vision else "")

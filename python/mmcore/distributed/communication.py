@@ -17,6 +17,15 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over the ranks, in place; returns it."""
+    state = tp_state()
+    if state.world_size == 1:
+        return tensor
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=state.group)
+    return tensor
+
+
 def all_gather(tensor: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Concatenate every rank's equally shaped ``tensor`` along ``dim``, rank order."""
     state = tp_state()

@@ -16,6 +16,7 @@ from mmcore.engine_args import EngineArgs
 from mmcore.executor.base import ParallelConfig, check_shardable, create_executor
 from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.hub import check_remote_code, resolve_model_path
+from mmcore.model_loader import check_quantization, describe_quantization
 from mmcore.models.transformers_backend.checks import check_supported
 from mmcore.models.transformers_backend.loader import processor_class, use_transformers_backend
 from mmcore.multimodal.processor_cache import ProcessorCache
@@ -55,6 +56,7 @@ class EngineConfig:
     parallel: ParallelConfig
     processor: Any
     processor_cache: ProcessorCache
+    quantization: str | None = None  # the FP8 plan for logs, e.g. "fp8 (quantised on load)"
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -167,6 +169,10 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     device = _resolve_device(args.device)
     hf_config = AutoConfig.from_pretrained(model)
     dtype = _resolve_dtype(args.dtype, hf_config, device)
+    # Refuse an unsupported quantisation here, before any worker starts.
+    quant = check_quantization(
+        hf_config, args.quantization, args.quantize_vision, args.model_impl, device
+    )
     torch.manual_seed(args.seed)
 
     parallel = ParallelConfig(
@@ -230,6 +236,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         seed=args.seed,
         mm_processor_kwargs=args.mm_processor_kwargs,
         model_impl=args.model_impl,
+        quantization=args.quantization,
+        quantize_vision=args.quantize_vision,
     )
     executor = create_executor(
         parallel,
@@ -284,4 +292,5 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         parallel=parallel,
         processor=processor,
         processor_cache=ProcessorCache(int(args.mm_processor_cache_gb * (1 << 30))),
+        quantization=describe_quantization(quant, args.load_format),
     )

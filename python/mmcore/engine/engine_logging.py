@@ -44,9 +44,10 @@ def log_startup(engine: Any, load_s: float) -> str:
     )
     if engine.model is None and engine.runner is None:
         graph_text = "CUDA graphs per rank"
+    weights = f"weights={cfg.quantization} " if cfg.quantization else ""
     line = (
         f"engine ready: model={cfg.model_path} ({where}) "
-        f"device={cfg.device} dtype={dtype} "
+        f"device={cfg.device} dtype={dtype} {weights}"
         f"KV cache={cfg.num_blocks} blocks x {cfg.block_size} = "
         f"{cfg.num_blocks * cfg.block_size} tokens "
         f"({cfg.num_blocks * cfg.kv_block_bytes / (1 << 30):.2f} GiB), "

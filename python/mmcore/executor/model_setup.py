@@ -24,6 +24,8 @@ class ModelSpec:
     seed: int  # of dummy weights
     mm_processor_kwargs: dict | None
     model_impl: str = "auto"  # every rank loads the same implementation
+    quantization: str | None = None  # EngineArgs.quantization
+    quantize_vision: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def load_model_shard(spec: ModelSpec, device: torch.device):
         load_format=spec.load_format,
         seed=spec.seed,
         model_impl=spec.model_impl,
+        quantization=spec.quantization,
+        quantize_vision=spec.quantize_vision,
     )
     return model
 

@@ -8,16 +8,18 @@ attention or MLP block is column then row, so it costs one all-reduce::
     x (full) -> [qkv / gate_up: column] -> local heads / rows -> [o / down: row] -> all-reduce
 
 On one rank every layer computes exactly ``F.linear(x, weight, bias)``, as ``nn.Linear`` does.
+Every layer can hold FP8 weights instead (:mod:`mmcore.layers.fp8_linear`): quantised online
+per shard, or loaded with their scales from an FP8 checkpoint.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmcore.distributed.communication import all_reduce
 from mmcore.distributed.parallel_state import tp_rank, tp_size
+from mmcore.layers.fp8_linear import Fp8LinearMixin, ScaleShard
 from mmcore.layers.sharded_weights import WeightTarget
 
 
@@ -32,7 +34,7 @@ def divide(total: int, parts: int, what: str) -> int:
     return total // parts
 
 
-class _ShardedRowsLinear(nn.Module):
+class _ShardedRowsLinear(Fp8LinearMixin, nn.Module):
     """Output rows = the concatenation of this rank's range of each named checkpoint projection.
 
     ``shards``: (checkpoint name relative to the parent module, its full rows, this rank's first
@@ -48,29 +50,39 @@ class _ShardedRowsLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(rows, in_features, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(rows, dtype=dtype, device=device)) if bias else None
         self.shard_sizes = [local for _, _, _, local in shards]
+        self._init_fp8()
 
     @property
     def out_features(self) -> int:
         return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self._linear(x, self.bias)
+
+    def _scale_shards(self, name: str) -> list[ScaleShard]:
+        """This rank's rows of each checkpoint projection, named as in the checkpoint."""
+        parent = name.rpartition(".")[0] if self._siblings else name
+        prefix = f"{parent}." if parent else ""
+        shards, offset = [], 0
+        for shard, full_rows, start, local in self._shards:
+            shard_prefix = f"{prefix}{shard}." if self._siblings else prefix
+            shards.append(ScaleShard(shard_prefix, full_rows, start, local, offset))
+            offset += local
+        return shards
 
     def weight_targets(self, name: str) -> dict[str, WeightTarget]:
         """Checkpoint name -> where this rank's rows of it go (``name``: this module's name)."""
-        parent = name.rpartition(".")[0] if self._siblings else name
-        prefix = f"{parent}." if parent else ""
-        targets, offset = {}, 0
-        for shard, full_rows, start, local in self._shards:
-            shard_prefix = f"{prefix}{shard}." if self._siblings else prefix
+        targets = {}
+        for shard in self._scale_shards(name):
             for kind, param in (("weight", self.weight), ("bias", self.bias)):
                 if param is None:
                     continue
-                full_shape = (full_rows, *param.shape[1:])
-                targets[shard_prefix + kind] = WeightTarget(
-                    param.narrow(0, offset, local), f"{name}.{kind}", full_shape, 0, start
+                full_shape = (shard.full_rows, *param.shape[1:])
+                dest = param.narrow(0, shard.offset, shard.local)
+                targets[shard.prefix + kind] = WeightTarget(
+                    dest, f"{name}.{kind}", full_shape, 0, shard.start
                 )
-            offset += local
+        targets.update(self._fp8_targets(name))
         return targets
 
 
@@ -218,7 +230,7 @@ class StackedQKVParallelLinear(nn.Module):
         return targets
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(Fp8LinearMixin, nn.Module):
     """``nn.Linear`` whose input features are split over the ranks; the partial products are
     summed by one all-reduce (the bias is added once, by rank 0).
 
@@ -236,10 +248,18 @@ class RowParallelLinear(nn.Module):
         self.bias = (
             nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
         )
+        self._init_fp8()
+        if self._size > 1:
+            self._col_range = (in_features, self._rank * local)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.linear(x, self.weight, self.bias if self._rank == 0 else None)
+        out = self._linear(x, self.bias if self._rank == 0 else None)
         return all_reduce(out) if self._size > 1 else out
+
+    def _scale_shards(self, name: str) -> list[ScaleShard]:
+        """One projection, every output row on every rank."""
+        prefix = f"{name}." if name else ""
+        return [ScaleShard(prefix, self.out_features, 0, self.out_features, 0)]
 
     def weight_targets(self, name: str) -> dict[str, WeightTarget]:
         """Checkpoint name -> this rank's input columns (the bias whole)."""
@@ -253,4 +273,5 @@ class RowParallelLinear(nn.Module):
         }
         if self.bias is not None:
             targets[f"{prefix}bias"] = WeightTarget.whole(self.bias, f"{prefix}bias")
+        targets.update(self._fp8_targets(name))
         return targets

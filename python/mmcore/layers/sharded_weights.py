@@ -7,6 +7,7 @@ as safetensors slices (:class:`LazyWeight`), so no rank reads the whole checkpoi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,10 @@ class WeightTarget:
         """The checkpoint tensor is the parameter, unsharded."""
         return cls(param, param_name, tuple(param.shape))
 
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        """Whether a checkpoint tensor of ``shape`` is the one this target takes."""
+        return tuple(shape) == self.full_shape
+
     def read(self, source) -> torch.Tensor:
         """This rank's part of ``source`` (a tensor or a :class:`LazyWeight`)."""
         if self.row_ranges is not None:
@@ -48,6 +53,27 @@ class WeightTarget:
         index = [slice(None)] * len(self.full_shape)
         index[self.shard_dim] = slice(self.shard_start, self.shard_start + length)
         return source[tuple(index)]
+
+
+@dataclass
+class ScaleTarget(WeightTarget):
+    """A quantisation scale: per channel (``[rows, 1]`` or ``[rows]`` in the checkpoint, this
+    rank's rows read into a 1-D ``dest``) or per tensor (any one-element tensor, broadcast into
+    ``dest``: a merged layer keeps one scale per row, so each shard's scalar fills its rows)."""
+
+    per_tensor: bool = False
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        shape = tuple(shape)
+        if self.per_tensor:
+            return math.prod(shape) == 1
+        return shape in (self.full_shape, self.full_shape[:1])
+
+    def read(self, source) -> torch.Tensor:
+        if self.per_tensor:
+            return (source[...] if isinstance(source, LazyWeight) else source).reshape(())
+        start = self.shard_start
+        return source[start : start + self.dest.shape[0]].reshape(-1)
 
 
 class LazyWeight:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmcore.layers.sharded_weights import WeightTarget, weight_shape
+from mmcore.quantization.apply import prepare_marked_checkpoint
 
 
 class WeightLoadError(ValueError):
@@ -104,6 +105,7 @@ def load_named_weights(
     Raises:
         WeightLoadError: naming the missing and unexpected weights, or a shape mismatch.
     """
+    prepare_marked_checkpoint(module, rename)  # FP8 checkpoints: e4m3 + scale parameters
     targets = collect_weight_targets(module)
     loaded: set[str] = set()
     unexpected: list[str] = []
@@ -115,7 +117,7 @@ def load_named_weights(
         if target is None:
             unexpected.append(name)
             continue
-        if weight_shape(source) != target.full_shape:
+        if not target.fits(weight_shape(source)):
             raise WeightLoadError(
                 f"weight {name} has shape {weight_shape(source)}, model expects {target.full_shape}"
             )

@@ -1,0 +1,85 @@
+"""FP8 weights on a CUDA GPU (sm89+): the cuBLASLt / CUTLASS ``_scaled_mm`` path, CUDA graphs and
+the engine. Bounds as in test_fp8_linear.py (two e4m3 roundings: 0.13 of ``|x| @ |W|^T``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcore import Engine, SamplingParams
+from mmcore.layers import fp8
+from mmcore.layers.linear import MergedColumnParallelLinear
+from mmcore.models.weights import load_named_weights
+from mmcore.testing.tiny_checkpoints import build_tiny_llava
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+        reason="needs a CUDA GPU of compute capability >= 8.9",
+    ),
+]
+TEXT_D64 = {"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4}
+VISION_D64 = {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [1, 5, 300])
+def test_scaled_gemm_on_gpu_matches_float32(dtype, tokens):
+    torch.manual_seed(0)
+    x = torch.randn(tokens, 4096, device="cuda") * torch.rand(tokens, 1, device="cuda") * 4
+    w, bias = torch.randn(1024, 4096, device="cuda") * 0.02, torch.randn(1024, device="cuda")
+    w_fp8, w_scale = fp8.quantize_rows(w)
+    y = fp8.fp8_linear(x.to(dtype), w_fp8, w_scale.view(-1), bias.to(dtype))
+    assert y.dtype == dtype
+    ref = x @ w.T + bias
+    bound = 0.13 * (x.abs() @ w.abs().T) + 0.02 * ref.abs() + 1e-2  # + output rounding
+    assert ((y.float() - ref).abs() <= bound).all()
+
+
+def test_fp8_layer_replays_in_a_cuda_graph():
+    layer = MergedColumnParallelLinear(
+        256, {"gate_proj": 512, "up_proj": 512}, bias=False, dtype=torch.bfloat16, device="cuda"
+    )
+    weights = {n: torch.randn(512, 256) * 0.02 for n in ("gate_proj.weight", "up_proj.weight")}
+    load_named_weights(layer, weights.items(), lambda n: n)
+    layer.quantize_fp8()
+    x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
+    eager = layer(x)
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        layer(x)  # warm-up off the default stream, as capture requires
+    torch.cuda.synchronize()
+    with torch.cuda.graph(graph):
+        out = layer(x)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(out, layer(x))
+    assert not torch.equal(out, eager)
+
+
+def test_engine_fp8_on_gpu_agrees_with_bf16(tmp_path):
+    model_dir = build_tiny_llava(
+        tmp_path, seed=3, text_overrides=TEXT_D64, vision_overrides=VISION_D64
+    )
+    prompts = [
+        f"USER: tell me about {w} and the weather.\nASSISTANT:" for w in ("cats", "rockets", "tea")
+    ]
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=-1)
+    logprobs = {}
+    for name, options in (("bf16", {}), ("fp8", {"quantization": "fp8", "quantize_vision": True})):
+        engine = Engine(model_dir, device="cuda", dtype="bfloat16", **options)
+        rows = []
+        for out in engine.generate(prompts, params, use_tqdm=False):
+            for position in out.prompt_logprobs[1:]:
+                row = torch.full((len(position),), -torch.inf, dtype=torch.float64)
+                for token, lp in position.items():
+                    row[token] = lp.logprob
+                rows.append(row)
+        logprobs[name] = torch.stack(rows)
+        engine.shutdown()
+    base, quant = logprobs["bf16"], logprobs["fp8"]
+    kl = float((base.exp() * (base - quant)).sum(-1).mean())
+    assert float((base.argmax(-1) == quant.argmax(-1)).double().mean()) >= 0.85
+    assert 0 < kl <= 0.05, kl
