@@ -15,6 +15,7 @@ per shard, or loaded with their scales from an FP8 checkpoint.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmcore.distributed.communication import all_reduce
