@@ -7,6 +7,10 @@
 #   qwen        Qwen2.5-VL-7B dummy: offline req/s vs HF generate() and the roofline; packed ViT
 #   tp          (2 GPUs) TP=2 GPU tests; bench_gpu_tp.py: LLaVA-1.5-7B TP=2 vs TP=1, encoder
 #               weights vs data, a 70B LM at TP=2 against its ITL bound
+#   internvl    InternVL processor vs HF's (torchvision), engine on CUDA vs HF; InternVL3-8B
+#               dummy: offline req/s vs HF generate() and the roofline, batch-1 ITL vs the bound
+#   gemma       Gemma 3 on CUDA vs HF; Gemma-3-12B dummy: offline req/s vs HF, KV at 8k prompts
+#   fp8         FP8 GEMM / engine GPU tests; LLaVA-1.5-7B dummy bf16 vs fp8 weights (req/s, ITL, KL)
 # Usage: bash bench/gpu_wave2_check.sh LOG_DIR [STAGE ...]
 # Python packages the machine lacks travel as wheels in .whl (see the device notes).
 set -uo pipefail
@@ -44,6 +48,18 @@ for s in $STAGES; do
       cp "$LOG/results_gpu_tp.json" "$LOG/results_gpu_tp_7b.json" 2>/dev/null
       stage tp_70b_encoder 180 python3 bench/bench_gpu_tp.py --out "$LOG" --sections encoder,70b \
         --num-requests 64 ;;
+    internvl) stage internvl_tests 180 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/test_internvl_gpu.py
+      stage internvl_images 240 python3 bench/bench_gpu_internvl.py --stage images \
+        --num-requests 200 --hf-batch-sizes 16 32 --out "$LOG"
+      stage internvl_latency 120 python3 bench/bench_gpu_internvl.py --stage latency --out "$LOG" ;;
+    gemma) stage gemma_tests 150 python3 -m pytest -q -p no:cacheprovider tests/python/test_gemma3_gpu.py
+      stage gemma_offline 240 python3 bench/bench_gpu_gemma3.py --stage offline --num-requests 200 \
+        --hf-batch-sizes 16 32 --out "$LOG"
+      stage gemma_kv 150 python3 bench/bench_gpu_gemma3.py --stage kv --out "$LOG" ;;
+    fp8) stage fp8_tests 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_fp8_cuda.py
+      stage fp8_bench 300 python3 bench/bench_gpu_fp8.py --num-requests 300 --demo-n 200 \
+        --out "$LOG" ;;
     *) echo "unknown stage $s" ;;
   esac
 done
