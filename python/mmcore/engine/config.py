@@ -17,6 +17,7 @@ from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.engine_args import EngineArgs
 from mmcore.hub import check_remote_code, resolve_model_path
 from mmcore.model_loader import load_model
+from mmcore.models.interfaces import supports_encoder_decoder
 from mmcore.models.transformers_backend.loader import processor_class
 from mmcore.multimodal.processor_cache import ProcessorCache
 
@@ -167,7 +168,11 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     _check_limits(args.limit_mm_per_prompt, processor.supported_modalities)
 
     text_config = getattr(hf_config, "text_config", hf_config)
-    model_max = int(getattr(text_config, "max_position_embeddings", 4096))
+    model_max = int(
+        getattr(text_config, "max_position_embeddings", None)
+        or getattr(text_config, "max_target_positions", None)  # Whisper's decoder
+        or 4096
+    )
     max_model_len = args.max_model_len or model_max
     if max_model_len > model_max:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's {model_max} positions")
@@ -211,8 +216,13 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     elif kv_bytes is None:
         kv_bytes = _CPU_KV_CACHE_BYTES
     num_blocks = int(kv_bytes) // block_bytes
-    # No point holding more than every sequence at full length.
-    num_blocks = min(num_blocks, max_num_seqs * -(-max_model_len // block_size) + 1)
+    # No point holding more than every sequence at full length (with its cross-attention
+    # blocks for an encoder-decoder model).
+    cross_len = (
+        int(getattr(net, "max_encoder_positions", 0)) if supports_encoder_decoder(net) else 0
+    )
+    per_seq = -(-max_model_len // block_size) + -(-cross_len // block_size)
+    num_blocks = min(num_blocks, max_num_seqs * per_seq + 1)
     if num_blocks < 1:
         raise ValueError(
             f"kv_cache_memory_bytes={kv_bytes} holds no KV block of {block_bytes} bytes"

@@ -234,6 +234,7 @@ class Engine:
             cache_salt=f"prompt-logprobs:{core_id}" if params.prompt_logprobs is not None else "",
             mrope_positions=None if mrope is None else mrope.positions,
             mrope_delta=0 if mrope is None else mrope.delta,
+            encoder_input=tracker.processed.encoder_input,
         )
 
     def _generator(self, params: SamplingParams, index: int, core_id: int) -> torch.Generator:

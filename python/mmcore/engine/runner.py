@@ -14,11 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mmcore.engine.cross_attention import build_cross_metadata
 from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_memory
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
+from mmcore.models.interfaces import supports_encoder_decoder
 from mmcore.sampling.host_masks import HostMasks
 from mmcore.sampling.prompt_logprobs import PromptLogprobsChunk, compute_prompt_logprobs
 from mmcore.sampling.request_state import (
@@ -116,7 +118,13 @@ class ModelRunner:
         self.num_encoder_runs = 0
         self.staging = HostStaging(self.device)
         self.decode_graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and cuda_graph_max_seqs > 0 and self._graphs_capturable():
+        # Encoder-decoder steps carry cross-attention inputs the decode graphs do not capture.
+        if (
+            self.device.type == "cuda"
+            and cuda_graph_max_seqs > 0
+            and not supports_encoder_decoder(model)
+            and self._graphs_capturable()
+        ):
             self.decode_graphs = DecodeGraphs(
                 model,
                 self.kv_caches,
@@ -310,6 +318,7 @@ class ModelRunner:
             query_start_loc=self._tensor("query_start_loc", starts, torch.int32),
             max_seq_len=int(out.seq_lens.max()),
             max_query_len=int(np.diff(starts).max()),
+            cross=build_cross_metadata(out, self.encoder_cache, self._tensor),
         )
 
     def execute(self, out) -> SampledBatch:
