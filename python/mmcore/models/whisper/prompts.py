@@ -22,6 +22,7 @@ class Segment:
     start: float
     end: float
     token_ids: list[int]
+    indices: list[int]  # positions of token_ids among the generated tokens
 
 
 class WhisperTokens:
@@ -118,17 +119,18 @@ class WhisperTokens:
         """
         segments: list[Segment] = []
         start, words = None, []
-        for t in token_ids:
+        for i, t in enumerate(token_ids):
             if not self.is_timestamp(t):
                 if t != self.end_of_text:
-                    words.append(t)
+                    words.append(i)
                 continue
             time = min((t - self.timestamp_begin) * TIME_PRECISION, duration)
             if start is None or not words:
                 start = time
                 continue
-            segments.append(Segment(start, max(time, start), words))
+            segments.append(Segment(start, max(time, start), [token_ids[j] for j in words], words))
             start, words = None, []
         if words:
-            segments.append(Segment(start if start is not None else 0.0, duration, words))
+            first = start if start is not None else 0.0
+            segments.append(Segment(first, duration, [token_ids[j] for j in words], words))
         return segments
