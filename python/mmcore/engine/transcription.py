@@ -193,25 +193,47 @@ def transcribe(
         language = detected_language(processor, det.outputs[0].token_ids)
     ids = tokens.decoder_prompt(language, task, timestamps=timestamps, previous_text=prompt)
     prompts = [window_prompt(wave[s:e], ids, rate) for s, e in spans]
-    params = SamplingParams(temperature=temperature, logprobs=0, seed=0 if temperature else None)
+    params = SamplingParams(temperature=temperature, logprobs=0, max_tokens=None)
     outputs = engine.generate(prompts, params, use_tqdm=False)
-    segments: list[TranscriptionSegment] = []
-    for w, (span, out) in enumerate(zip(spans, outputs, strict=True)):
+    windows = []
+    for out in outputs:
         completion = out.outputs[0]
         logprobs = (
             [entry[t].logprob for t, entry in zip(completion.token_ids, completion.logprobs)]
             if completion.logprobs is not None
             else None
         )
-        segments += segments_of_window(
-            processor, list(completion.token_ids), logprobs, w, span, len(segments)
-        )
-    token_ids = [list(o.outputs[0].token_ids) for o in outputs]
+        windows.append((list(completion.token_ids), logprobs))
+    return assemble(processor, len(wave), spans, language, task, windows)
+
+
+def assemble(
+    processor,
+    num_samples: int,
+    spans: list[tuple[int, int]],
+    language: str | None,
+    task: str,
+    windows: list[tuple[list[int], list[float] | None]],
+) -> Transcription:
+    """Join the windows' generated tokens (and their log-probabilities) in order.
+
+    Args:
+        processor: the Whisper processor (tokens, sampling rate).
+        num_samples: length of the whole waveform.
+        spans: each window's sample range.
+        language, task: as used.
+        windows: per window, its generated token ids and their log-probabilities (or None).
+    """
+    rate = processor.audio_sampling_rate
+    segments: list[TranscriptionSegment] = []
+    for w, (span, (ids, logprobs)) in enumerate(zip(spans, windows, strict=True)):
+        segments += segments_of_window(processor, ids, logprobs, w, span, len(segments))
+    token_ids = [ids for ids, _ in windows]
     return Transcription(
-        text=join_texts([tokens.text(ids) for ids in token_ids]),
+        text=join_texts([processor.tokens.text(ids) for ids in token_ids]),
         language=language,
         task=task,
-        duration=len(wave) / rate,
+        duration=num_samples / rate,
         segments=segments,
         windows=[(s / rate, e / rate) for s, e in spans],
         token_ids=token_ids,

@@ -19,6 +19,7 @@ from mmcore.testing.tiny_checkpoints import LM_HEAD_SCALE
 TINY_LANGUAGES = ("en", "de", "fr", "es")
 CROSS_ATTENTION_SCALE = 8.0
 ENCODER_CONV_SCALE = 10.0
+TIMESTAMP_HEAD_SCALE = 0.3
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Hello world, this is a test of speech recognition and translation.",
@@ -105,6 +106,8 @@ def build_tiny_whisper(path: str | os.PathLike, seed: int = 0, *, num_mel_bins: 
     model = WhisperForConditionalGeneration(config).eval()
     with torch.no_grad():
         model.proj_out.weight.mul_(LM_HEAD_SCALE)
+        # 1,501 of the ~1,800 tokens are timestamps: damp them so some text is written too.
+        model.proj_out.weight[ids("<|0.00|>") :].mul_(TIMESTAMP_HEAD_SCALE)
         # Let the audio steer the tokens: std-0.02 convolutions leave the encoder output to its
         # position embeddings, and a weak cross-attention leaves the decoder deaf to it.
         model.model.encoder.conv1.weight.mul_(ENCODER_CONV_SCALE)
