@@ -10,6 +10,7 @@ oracle runs the real Whisper generation code.
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -19,7 +20,7 @@ from mmcore.testing.tiny_checkpoints import LM_HEAD_SCALE
 TINY_LANGUAGES = ("en", "de", "fr", "es")
 CROSS_ATTENTION_SCALE = 8.0
 ENCODER_CONV_SCALE = 10.0
-TIMESTAMP_HEAD_SCALE = 0.3
+TIMESTAMP_HEAD_SCALE = 0.8
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
     "Hello world, this is a test of speech recognition and translation.",
@@ -39,21 +40,36 @@ def whisper_special_tokens(languages=TINY_LANGUAGES) -> list[str]:
     )
 
 
-def build_whisper_tokenizer():
-    """A small byte-level BPE with Whisper's special tokens, as a fast tokenizer."""
+def build_whisper_tokenizer(base_vocab: int | None = None, languages=TINY_LANGUAGES):
+    """A small byte-level BPE with Whisper's special tokens, as a fast tokenizer.
+
+    Args:
+        base_vocab: pad the BPE with unreachable filler tokens to this size first (50257 gives
+            Whisper's real ids and, with all 100 languages, large-v3's 51866 tokens).
+        languages: language codes with a token.
+    """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS, trainer=trainer)
-    tok.add_special_tokens([AddedToken(t, special=True) for t in whisper_special_tokens()])
+    if base_vocab is not None:
+        state = json.loads(tok.to_str())["model"]
+        vocab = dict(state["vocab"])
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+        for i in range(base_vocab - len(vocab)):
+            vocab[f"fill{i}"] = len(vocab)
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = whisper_special_tokens(languages)
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|endoftext|>",
