@@ -6,7 +6,11 @@ Model: Whisper large-v3's config (32+32 layers, d_model 1280, 128 mel bins, 51,8
 with random bf16 weights: mmcore loads the weightless folder with ``load_format="dummy"``; HF
 builds ``WhisperForConditionalGeneration`` from the same config on the GPU. Random weights never
 write ``<|endoftext|>``, so both generate exactly ``--new-tokens`` tokens per clip (mmcore:
-``ignore_eos``; HF: ``min_new_tokens``): the same decoding work.
+``ignore_eos``; HF: ``min_new_tokens``), and both models get zero output-projection rows (the
+embedding rows: Whisper ties them) for the timestamp tokens, so their logit is 0 and never the largest: random
+weights would otherwise write timestamp pairs, after which HF's Whisper generate decodes again
+from the last timestamp (its seek loop). So both do the same decoding work: one pass of
+``--new-tokens`` tokens per clip, with no per-step constraint cost on either side.
 
 Clips: ``--num-clips`` (200) of 5-30 s (uniform, seeded) of espeak-ng speech tiled to length,
 or noise where espeak-ng is missing.
@@ -115,6 +119,10 @@ def bench_mmcore(path: str, clips: list[np.ndarray], args) -> dict:
         }
         for c in clips
     ]
+    net = engine.model
+    head = net.decoder.embed_tokens if net.tied else net.proj_out
+    with torch.no_grad():  # timestamp logits 0 (see the module docstring)
+        head.weight[_timestamp_begin(path) :] = 0.0
     params = SamplingParams(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)
     engine.generate(prompts[: min(4, len(prompts))], params, use_tqdm=False)  # warm-up
     _sync(args.device)
@@ -129,10 +137,10 @@ def bench_mmcore(path: str, clips: list[np.ndarray], args) -> dict:
 
 def bench_hf(path: str, clips: list[np.ndarray], args) -> dict:
     from transformers import (
-        AutoTokenizer,
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
+        WhisperTokenizer,
         pipeline,
     )
 
@@ -145,10 +153,12 @@ def bench_hf(path: str, clips: list[np.ndarray], args) -> dict:
         model = model.to(dtype)
         model.generation_config = model.generation_config.from_pretrained(path)
     model = model.to(args.device).eval()
+    with torch.no_grad():  # timestamp logits 0 (see the module docstring)
+        model.get_output_embeddings().weight[_timestamp_begin(path) :] = 0.0
     asr = pipeline(
         "automatic-speech-recognition",
         model=model,
-        tokenizer=AutoTokenizer.from_pretrained(path),
+        tokenizer=WhisperTokenizer.from_pretrained(path),  # the pipeline decodes with it
         feature_extractor=WhisperFeatureExtractor.from_pretrained(path),
         device=torch.device(args.device),
         dtype=dtype,
@@ -160,11 +170,14 @@ def bench_hf(path: str, clips: list[np.ndarray], args) -> dict:
         "max_new_tokens": args.new_tokens,
         "min_new_tokens": args.new_tokens,
     }
-    inputs = [{"raw": c, "sampling_rate": RATE} for c in clips]
-    asr(inputs[: min(4, len(inputs))], generate_kwargs=kwargs)  # warm-up
+
+    def inputs(some):  # fresh dicts: the pipeline pops their keys
+        return [{"raw": c, "sampling_rate": RATE} for c in some]
+
+    asr(inputs(clips[:4]), generate_kwargs=kwargs)  # warm-up
     _sync(args.device)
     start = time.perf_counter()
-    asr(inputs, generate_kwargs=kwargs)
+    asr(inputs(clips), generate_kwargs=kwargs)
     _sync(args.device)
     wall = time.perf_counter() - start
     del asr, model
@@ -195,6 +208,12 @@ def bench_features(path: str, clips: list[np.ndarray], args) -> dict:
         "speedup": hf_s / ours_s,
         "max_abs_diff": max_diff,
     }
+
+
+def _timestamp_begin(path: str) -> int:
+    from transformers import AutoTokenizer
+
+    return int(AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("<|0.00|>"))
 
 
 def _sync(device: str) -> None:
