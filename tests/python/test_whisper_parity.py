@@ -166,11 +166,18 @@ def test_language_detection_matches_hf(engine, hf):
     assert engine.processor.tokens.languages[result.language] == lang_id
 
 
-def test_cross_blocks_return_after_preemption_and_abort(checkpoint, engine, hf, clips):
+def test_cross_blocks_return_after_preemption_abort_with_async_scheduling(
+    checkpoint, engine, hf, clips
+):
     # 191 blocks: two requests (94 cross + 1 decoder block each) run, the newest is preempted
     # when both need a second decoder block.
     block_bytes = engine.config.kv_block_bytes
-    engine = Engine(checkpoint, max_num_seqs=4, kv_cache_memory_bytes=191 * block_bytes)
+    engine = Engine(
+        checkpoint,
+        max_num_seqs=4,
+        kv_cache_memory_bytes=191 * block_bytes,
+        async_scheduling=True,  # overlapped steps: a fill step may still be in flight
+    )
     selected = clips[:4]
     prompts = [
         {
@@ -182,6 +189,7 @@ def test_cross_blocks_return_after_preemption_and_abort(checkpoint, engine, hf, 
     outputs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=20))
     stats = engine.stats()
     assert stats["num_preemptions"] > 0
+    assert stats["overlapped_steps"] > 0
     assert stats["kv_blocks_free"] == engine.config.num_blocks
     for (_, wave, language, task), out in zip(selected, outputs, strict=True):
         ours = list(out.outputs[0].token_ids)
