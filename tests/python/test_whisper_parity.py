@@ -201,3 +201,35 @@ def test_cross_blocks_return_after_preemption_abort_with_async_scheduling(
     engine.step()
     assert engine.stats()["kv_blocks_free"] == engine.config.num_blocks
     engine.scheduler.check_invariants()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "fragment"),
+    [
+        ("<|startoftranscript|>", "needs audio input"),
+        ({"encoder_prompt": {"prompt": "hi", "multi_modal_data": {"audio": "x"}}}, "no text"),
+        ({"encoder_prompt": {"prompt": ""}}, "exactly one 'audio'"),
+        ({"encoder_prompt": {"multi_modal_data": {"image": "x"}}}, "exactly one 'audio'"),
+        ({"encoder_prompt": {"multi_modal_data": {"audio": []}}}, "one audio item"),
+        ({"encoder_prompt": {"multi_modal_data": {}}, "extra": 1}, "unknown prompt fields"),
+        ({"encoder_prompt": {"multi_modal_data": {}, "x": 1}}, "unknown encoder_prompt"),
+        ({"encoder_prompt": {}, "decoder_prompt": {"text": "x"}}, "unknown decoder_prompt"),
+        ({"prompt": "x", "multi_modal_data": {"audio": b"not audio" * 20}}, "audio"),
+        ({"prompt": "x", "multi_modal_data": {"audio": (np.zeros(RATE * 31), RATE)}}, "30 s"),
+    ],
+)
+def test_bad_prompts_are_value_errors(engine, prompt, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        engine.generate(prompt, SamplingParams(max_tokens=2), use_tqdm=False)
+    assert not engine.has_unfinished_requests()
+    assert engine.stats()["kv_blocks_free"] == engine.config.num_blocks
+
+
+def test_bad_transcription_arguments_are_value_errors(engine):
+    clip = (np.zeros(RATE, dtype=np.float32), RATE)
+    with pytest.raises(ValueError, match="unsupported language"):
+        engine.transcribe(clip, language="klingon")
+    with pytest.raises(ValueError, match="task must be"):
+        engine.transcribe(clip, language="en", task="summarize")
+    with pytest.raises(ValueError, match="takes no audio placeholder"):
+        engine.chat([{"role": "user", "content": "hello"}], use_tqdm=False)
