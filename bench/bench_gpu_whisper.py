@@ -109,6 +109,7 @@ def bench_mmcore(path: str, clips: list[np.ndarray], args) -> dict:
         device=args.device,
         dtype=args.dtype,
         max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
         disable_log_stats=True,
     )
     prompt = "<|startoftranscript|><|en|><|transcribe|><|notimestamps|>"
@@ -226,6 +227,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-clips", type=int, default=200)
     parser.add_argument("--new-tokens", type=int, default=128, help="tokens generated per clip")
     parser.add_argument("--max-num-seqs", type=int, default=128)
+    parser.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=None,
+        help="mmcore's token budget per step; the encoder budget (windows encoded per step, "
+        "1500 positions each) is the same number (default: the engine's 8192)",
+    )
     parser.add_argument("--hf-batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "bfloat16"])
