@@ -187,6 +187,8 @@ def transcribe(
     rate = processor.audio_sampling_rate
     wave = processor.load_media("audio", audio, engine.inputs.media_options)
     spans = split_audio(wave, rate, processor.window_seconds)
+    if language is None and not tokens.multilingual:
+        language = "en"
     if language is None:
         det_prompt, det_params = detection_request(processor, wave[slice(*spans[0])])
         (det,) = engine.generate([det_prompt], det_params, use_tqdm=False)

@@ -86,6 +86,8 @@ async def create_transcription(state: ServerState, raw_request: Request, task: s
         raise APIError(400, f"invalid audio file: {exc}", "invalid_audio", param="file") from exc
     spans = split_audio(wave, rate, processor.window_seconds)
     request_id = new_request_id("trsc")
+    if language is None and not tokens.multilingual:
+        language = "en"
     if language is None:
         prompt, params = detection_request(processor, wave[slice(*spans[0])])
         stream = await _submit(state, f"{request_id}-lang", prompt, params, arrival)

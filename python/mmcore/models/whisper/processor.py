@@ -4,6 +4,8 @@ decoder only through cross-attention."""
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,6 +14,16 @@ import numpy as np
 from mmcore.models.whisper.prompts import WhisperTokens
 from mmcore.multimodal.audio_features import WhisperMelFeatures
 from mmcore.multimodal.processor import MultiModalProcessor
+
+
+def _is_multilingual(model_dir: str) -> bool:
+    """generation_config.json's ``is_multilingual`` (English-only ``*.en`` checkpoints say
+    false); True when absent."""
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.exists(path):
+        return True
+    with open(path) as f:
+        return json.load(f).get("is_multilingual", True) is not False
 
 
 class WhisperMultiModalProcessor(MultiModalProcessor):
@@ -38,7 +50,7 @@ class WhisperMultiModalProcessor(MultiModalProcessor):
             )
         self.audio_sampling_rate = self.features.sampling_rate
         self.window_seconds = self.features.num_samples / self.audio_sampling_rate
-        self.tokens = WhisperTokens(tokenizer)
+        self.tokens = WhisperTokens(tokenizer, multilingual=_is_multilingual(self.model_dir))
 
     def placeholder_token_id(self, modality: str) -> int:
         self.check_modality(modality)

@@ -30,13 +30,16 @@ class WhisperTokens:
 
     Args:
         tokenizer: the checkpoint's tokenizer (Whisper's special tokens in its vocabulary).
+        multilingual: False for English-only checkpoints (``*.en``, ``is_multilingual: false``
+            in generation_config.json): their prompts carry no language or task token.
 
     Raises:
         ValueError: the tokenizer lacks one of Whisper's required special tokens.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, multilingual: bool = True):
         self.tokenizer = tokenizer
+        self.multilingual = multilingual
         vocab = tokenizer.get_vocab()
 
         def need(token: str) -> int:
@@ -52,7 +55,9 @@ class WhisperTokens:
         self.start_of_prev = vocab.get("<|startofprev|>")
         self.timestamp_begin = int(vocab.get("<|0.00|>", self.no_timestamps + 1))
         self.languages = {
-            code: int(vocab[f"<|{code}|>"]) for code in LANGUAGES if f"<|{code}|>" in vocab
+            code: int(vocab[f"<|{code}|>"])
+            for code in (LANGUAGES if multilingual else ("en",))
+            if f"<|{code}|>" in vocab
         }
 
     def language_code(self, language: str) -> str:
@@ -96,9 +101,15 @@ class WhisperTokens:
             text_ids = self.tokenizer.encode(" " + previous_text.strip(), add_special_tokens=False)
             ids += [int(self.start_of_prev)] + list(text_ids)[-max_previous_tokens:]
         ids.append(self.start_of_transcript)
-        if language is not None:
-            ids.append(self.languages[self.language_code(language)])
-        ids.append(self.transcribe if task == "transcribe" else self.translate)
+        if not self.multilingual:  # English-only: no language or task token
+            if language is not None:
+                self.language_code(language)
+            if task != "transcribe":
+                raise ValueError("this English-only model cannot translate")
+        else:
+            if language is not None:
+                ids.append(self.languages[self.language_code(language)])
+            ids.append(self.transcribe if task == "transcribe" else self.translate)
         if not timestamps:
             ids.append(self.no_timestamps)
         return ids
