@@ -34,11 +34,14 @@ struct PySchedulerOutput {
   int32_t num_tokens = 0;
   int32_t max_blocks_per_req = 0;
   int32_t position_dims = 1;
+  int32_t max_cross_blocks_per_req = 0;
   py::array_t<int64_t> req_ids, positions, slot_mapping, sampling_req_ids, encoder_req_ids,
-      encoder_handles, scatter_handles, freed_encoder_handles, finished_req_ids, preempted_req_ids;
+      encoder_handles, scatter_handles, freed_encoder_handles, finished_req_ids, preempted_req_ids,
+      cross_fill_handles, cross_slot_mapping;
   py::array_t<int32_t> num_scheduled_tokens, num_computed_tokens, seq_lens, query_start_loc,
       block_tables, input_ids, logits_indices, prev_sample_index, encoder_item_indices,
-      scatter_src_offsets, scatter_dst_rows, scatter_lens;
+      scatter_src_offsets, scatter_dst_rows, scatter_lens, cross_seq_lens, cross_block_tables,
+      cross_fill_rows;
 
   explicit PySchedulerOutput(const SchedulerOutput& o)
       : step_id(o.step_id),
@@ -46,6 +49,7 @@ struct PySchedulerOutput {
         num_tokens(o.num_tokens()),
         max_blocks_per_req(o.max_blocks_per_req),
         position_dims(o.position_dims),
+        max_cross_blocks_per_req(o.max_cross_blocks_per_req),
         req_ids(copy_array(o.req_ids)),
         positions(copy_array(o.positions)),
         slot_mapping(copy_array(o.slot_mapping)),
@@ -56,6 +60,8 @@ struct PySchedulerOutput {
         freed_encoder_handles(copy_array(o.freed_encoder_handles)),
         finished_req_ids(copy_array(o.finished_req_ids)),
         preempted_req_ids(copy_array(o.preempted_req_ids)),
+        cross_fill_handles(copy_array(o.cross_fill_handles)),
+        cross_slot_mapping(copy_array(o.cross_slot_mapping)),
         num_scheduled_tokens(copy_array(o.num_scheduled_tokens)),
         num_computed_tokens(copy_array(o.num_computed_tokens)),
         seq_lens(copy_array(o.seq_lens)),
@@ -67,9 +73,16 @@ struct PySchedulerOutput {
         encoder_item_indices(copy_array(o.encoder_item_indices)),
         scatter_src_offsets(copy_array(o.scatter_src_offsets)),
         scatter_dst_rows(copy_array(o.scatter_dst_rows)),
-        scatter_lens(copy_array(o.scatter_lens)) {
+        scatter_lens(copy_array(o.scatter_lens)),
+        cross_seq_lens(copy_array(o.cross_seq_lens)),
+        cross_block_tables(copy_array(o.cross_block_tables)),
+        cross_fill_rows(copy_array(o.cross_fill_rows)) {
     block_tables.resize(
         {static_cast<py::ssize_t>(num_reqs), static_cast<py::ssize_t>(max_blocks_per_req)});
+    if (!o.cross_seq_lens.empty()) {
+      cross_block_tables.resize(
+          {static_cast<py::ssize_t>(num_reqs), static_cast<py::ssize_t>(max_cross_blocks_per_req)});
+    }
     if (position_dims == 3) {
       positions.resize({py::ssize_t{3}, static_cast<py::ssize_t>(num_tokens)});
     }
@@ -114,7 +127,8 @@ void add_request(Scheduler& s, RequestId request_id, const py::object& token_ids
                  const py::list& features, const py::object& max_tokens,
                  const py::object& min_tokens, const py::object& eos_token_ids,
                  const py::object& stop_token_ids, bool ignore_eos, const py::object& priority,
-                 std::string cache_salt, const py::object& mrope_positions, int64_t mrope_delta) {
+                 std::string cache_salt, const py::object& mrope_positions, int64_t mrope_delta,
+                 const py::object& encoder_input) {
   // Every user-derived number is checked here: a bad one is a ValueError, never a TypeError.
   Request r;
   r.id = request_id;
@@ -136,6 +150,12 @@ void add_request(Scheduler& s, RequestId request_id, const py::object& token_ids
     r.mrope_positions.assign(pos.data(), pos.data() + pos.size());
   }
   r.mrope_delta = mrope_delta;
+  if (!encoder_input.is_none()) {
+    r.encoder_input = feature_from_py(encoder_input);
+    if (r.encoder_input.num_embeds <= 0) {
+      throw std::invalid_argument("encoder_input must have num_embeds > 0");
+    }
+  }
   s.add_request(std::move(r));
 }
 
@@ -220,6 +240,12 @@ void bind_scheduler(py::module_& m) {
   output.def_readonly("freed_encoder_handles", &PySchedulerOutput::freed_encoder_handles);
   output.def_readonly("finished_req_ids", &PySchedulerOutput::finished_req_ids);
   output.def_readonly("preempted_req_ids", &PySchedulerOutput::preempted_req_ids);
+  output.def_readonly("cross_seq_lens", &PySchedulerOutput::cross_seq_lens);
+  output.def_readonly("cross_block_tables", &PySchedulerOutput::cross_block_tables);
+  output.def_readonly("max_cross_blocks_per_req", &PySchedulerOutput::max_cross_blocks_per_req);
+  output.def_readonly("cross_fill_rows", &PySchedulerOutput::cross_fill_rows);
+  output.def_readonly("cross_fill_handles", &PySchedulerOutput::cross_fill_handles);
+  output.def_readonly("cross_slot_mapping", &PySchedulerOutput::cross_slot_mapping);
 
   py::class_<PyUpdateResult>(m, "UpdateResult")
       .def_readonly("req_ids", &PyUpdateResult::req_ids)
@@ -234,7 +260,8 @@ void bind_scheduler(py::module_& m) {
            py::arg("features"), py::arg("max_tokens"), py::arg("min_tokens") = 0,
            py::arg("eos_token_ids") = py::list(), py::arg("stop_token_ids") = py::list(),
            py::arg("ignore_eos") = false, py::arg("priority") = 0, py::arg("cache_salt") = "",
-           py::arg("mrope_positions") = py::none(), py::arg("mrope_delta") = 0)
+           py::arg("mrope_positions") = py::none(), py::arg("mrope_delta") = 0,
+           py::arg("encoder_input") = py::none())
       .def("schedule", [](Scheduler& s) { return PySchedulerOutput(s.schedule()); })
       .def("update_from_output", &update, py::arg("out"), py::arg("sampled_token_ids"))
       .def(

@@ -23,7 +23,9 @@ void BlockManager::throw_not_owner(const Request& request) {
 
 ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
   ComputedBlocks computed;
-  if (!enable_prefix_caching_ || request.kv_table >= 0) return computed;
+  if (!enable_prefix_caching_ || request.kv_table >= 0 || request.is_encoder_decoder()) {
+    return computed;
+  }
   const int32_t bs = pool_.block_size();
   extend_block_hashes(request, bs);
   // The last known token is always computed again: its logits are needed.
@@ -49,8 +51,10 @@ bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
   const int32_t held = request.kv_table < 0 ? 0 : request.kv_num_blocks;
   const int32_t prefix_tokens = held == 0 ? computed.num_tokens : 0;
   const int32_t num_prefix = held == 0 ? static_cast<int32_t>(computed.blocks.size()) : 0;
-  const int32_t needed =
-      blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens) - held - num_prefix;
+  // Admission of an encoder-decoder request also takes its cross-attention blocks.
+  const int32_t cross = request.kv_table < 0 ? num_cross_blocks(request) : 0;
+  const int32_t needed = blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens) -
+                         held - num_prefix + cross;
   if (needed <= 0) return true;
   // Free prefix blocks leave the free queue when taken, so they do not count as available.
   int32_t prefix_in_free_queue = 0;
@@ -90,6 +94,10 @@ std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_
     }
     table.num_cached_blocks = static_cast<int32_t>(computed.blocks.size());
     request.kv_num_cached_blocks = table.num_cached_blocks;
+    const int32_t num_cross = num_cross_blocks(request);
+    for (int32_t b = 0; b < num_cross; ++b) table.cross_blocks.push_back(pool_.allocate());
+    table.num_cross_slots = request.is_encoder_decoder() ? request.encoder_input.num_embeds : 0;
+    request.cross_num_blocks = num_cross;
   }
   const int32_t prefix_tokens = inserted ? computed.num_tokens : 0;
   const int32_t target = blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens);
@@ -106,7 +114,11 @@ void BlockManager::free(Request& request) {
   if (table_of(request) == nullptr) return;
   Table& table = *tables_[request.kv_table];
   for (auto b = table.blocks.rbegin(); b != table.blocks.rend(); ++b) pool_.release(*b);
+  for (BlockId b : table.cross_blocks) pool_.release(b);
   table.blocks.clear();
+  table.cross_blocks.clear();
+  table.num_cross_slots = 0;
+  request.cross_num_blocks = 0;
   table.in_use = false;
   table.owner = -1;
   free_tables_.push_back(request.kv_table);
@@ -119,7 +131,7 @@ void BlockManager::cache_new_full_blocks(Request& request, int32_t num_tokens) {
   const int32_t bs = pool_.block_size();
   (void)table_of(request);  // checks ownership
   Table& table = *tables_[request.kv_table];
-  if (table.caching_stopped) return;
+  if (table.caching_stopped || request.is_encoder_decoder()) return;
   num_tokens = std::min(num_tokens, request.num_tokens());
   const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
   if (table.num_cached_blocks >= num_full) return;
@@ -155,12 +167,26 @@ void BlockManager::check_invariants() const {
   for (const auto& owned : tables_) {
     const Table& table = *owned;
     if (!table.in_use) {
-      if (!table.blocks.empty()) {
+      if (!table.blocks.empty() || !table.cross_blocks.empty()) {
         throw std::logic_error("block manager invariant broken: a free block table holds blocks");
       }
       continue;
     }
     const RequestId id = table.owner;
+    if (static_cast<int32_t>(table.cross_blocks.size()) != blocks_for(table.num_cross_slots)) {
+      throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +
+                             " holds " + std::to_string(table.cross_blocks.size()) +
+                             " cross-attention blocks for " +
+                             std::to_string(table.num_cross_slots) + " encoder positions");
+    }
+    for (BlockId b : table.cross_blocks) {
+      if (b < 0 || b >= pool_.num_blocks() || pool_.is_cached(b)) {
+        throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +
+                               " holds out-of-range or prefix-cached cross-attention block " +
+                               std::to_string(b));
+      }
+      ++refs[b];
+    }
     for (size_t i = 0; i < table.blocks.size(); ++i) {
       const BlockId b = table.blocks[i];
       if (b < 0 || b >= pool_.num_blocks()) {
@@ -175,6 +201,7 @@ void BlockManager::check_invariants() const {
       }
     }
     std::vector<BlockId> sorted = table.blocks;
+    sorted.insert(sorted.end(), table.cross_blocks.begin(), table.cross_blocks.end());
     std::sort(sorted.begin(), sorted.end());
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
       throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +

@@ -5,6 +5,12 @@
 //   | prefix-cache hit | computed | new tokens of this step | (rest of the last block) |
 //
 // allocate_slots returns std::nullopt when the blocks do not fit; the caller preempts.
+//
+// An encoder-decoder request (Request::is_encoder_decoder) also gets, when it first gets blocks
+// (admission), a cross table covering its encoder positions: the cross-attention K/V written once
+// from the encoder output and read by every decoder step. Both tables come from the same pool and
+// are freed together (finish, abort, preemption). Such requests skip the prefix cache: their
+// decoder KV depends on the encoder input through cross-attention.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -87,6 +93,16 @@ class BlockManager {
     const Table* table = table_of(request);
     return table == nullptr ? empty_table_ : table->blocks;
   }
+  // The request's cross-attention blocks, encoder position p in block p / block_size (empty for a
+  // decoder-only request or one holding no blocks).
+  [[nodiscard]] const std::vector<BlockId>& cross_block_table(const Request& request) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? empty_table_ : table->cross_blocks;
+  }
+  // Cross-attention blocks an encoder-decoder request holds while it runs.
+  [[nodiscard]] int32_t num_cross_blocks(const Request& request) const {
+    return request.is_encoder_decoder() ? blocks_for(request.encoder_input.num_embeds) : 0;
+  }
   // Requests holding a block table.
   [[nodiscard]] int32_t num_requests() const {
     return static_cast<int32_t>(tables_.size() - free_tables_.size());
@@ -99,9 +115,11 @@ class BlockManager {
   struct Table {
     RequestId owner = -1;
     bool in_use = false;
-    std::vector<BlockId> blocks;    // capacity kept when the table is recycled
-    int32_t num_cached_blocks = 0;  // leading blocks registered in the prefix cache
-    bool caching_stopped = false;   // a block's hash was taken by another block: stop the chain
+    std::vector<BlockId> blocks;        // capacity kept when the table is recycled
+    std::vector<BlockId> cross_blocks;  // encoder-decoder: cross-attention K/V blocks
+    int32_t num_cross_slots = 0;        // encoder positions the cross blocks cover
+    int32_t num_cached_blocks = 0;      // leading blocks registered in the prefix cache
+    bool caching_stopped = false;       // a block's hash was taken by another block: stop the chain
   };
 
   [[nodiscard]] int32_t blocks_for(int32_t num_slots) const {

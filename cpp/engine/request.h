@@ -59,6 +59,11 @@ struct Request {
   // M-RoPE: 3 x num_prompt_tokens positions (row-major); generated token i sits at
   // i + mrope_delta in all three rows. Empty for 1-D RoPE models.
   std::vector<int64_t> mrope_positions;
+  // Encoder-decoder models (Whisper): the encoder input the decoder cross-attends to. Its
+  // num_embeds is the number of encoder positions, i.e. the cross-attention K/V slots the block
+  // manager holds for the request (offset / length unused); 0 for a decoder-only request.
+  MMFeature encoder_input;
+  int32_t cross_num_blocks = 0;  // mirror of the block manager's cross table size
 
   // --- colder state ---
   std::string cache_salt;     // separates prefix-cache namespaces (first block's hash)
@@ -72,10 +77,13 @@ struct Request {
   // --- scheduler bookkeeping of the multimodal items (one entry per feature) ---
   std::vector<uint8_t> item_held;     // this request holds an encoder-cache reference for it
   std::vector<int64_t> item_handles;  // encoder-cache handle while held
+  bool encoder_input_held = false;    // holds an encoder-cache reference to encoder_input
+  int64_t encoder_input_handle = -1;  // its handle while held
 
   [[nodiscard]] int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   [[nodiscard]] int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
   [[nodiscard]] bool has_mrope() const { return !mrope_positions.empty(); }
+  [[nodiscard]] bool is_encoder_decoder() const { return encoder_input.num_embeds > 0; }
 };
 
 }  // namespace mmcore

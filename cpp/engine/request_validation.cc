@@ -71,6 +71,24 @@ void validate_features(const Request& r, const SchedulerConfig& config) {
   }
 }
 
+void validate_encoder_input(const Request& r, const SchedulerConfig& config) {
+  const MMFeature& input = r.encoder_input;
+  if (input.num_embeds < 0) reject(r, "the encoder input has a negative length");
+  if (!r.is_encoder_decoder()) return;
+  if (input.identifier.empty()) reject(r, "the encoder input has an empty identifier");
+  if (!r.features.empty() || !r.mrope_positions.empty()) {
+    reject(r,
+           "an encoder-decoder request takes its media as the encoder input, not as prompt "
+           "items or M-RoPE positions");
+  }
+  if (input.num_embeds > config.encoder_budget || input.num_embeds > config.encoder_cache_size) {
+    reject(r, "the encoder input needs " + std::to_string(input.num_embeds) +
+                  " encoder positions, more than the encoder budget (" +
+                  std::to_string(config.encoder_budget) + ") or encoder cache size (" +
+                  std::to_string(config.encoder_cache_size) + ")");
+  }
+}
+
 }  // namespace
 
 void validate_request(const Request& r, const SchedulerConfig& config) {
@@ -90,10 +108,16 @@ void validate_request(const Request& r, const SchedulerConfig& config) {
   }
   const int64_t final_len =
       std::min<int64_t>(static_cast<int64_t>(n) + r.sampling.max_tokens, config.max_model_len);
-  const int64_t blocks = (final_len + config.block_size - 1) / config.block_size;
+  const int64_t cross_blocks =
+      (std::max(r.encoder_input.num_embeds, 0) + config.block_size - 1) / config.block_size;
+  const int64_t blocks = (final_len + config.block_size - 1) / config.block_size + cross_blocks;
   if (blocks > config.num_blocks) {
     reject(r, "it may reach " + std::to_string(final_len) + " tokens = " + std::to_string(blocks) +
-                  " KV blocks, more than the whole cache of " + std::to_string(config.num_blocks) +
+                  " KV blocks" +
+                  (cross_blocks > 0
+                       ? " (with " + std::to_string(cross_blocks) + " cross-attention blocks)"
+                       : std::string()) +
+                  ", more than the whole cache of " + std::to_string(config.num_blocks) +
                   " blocks");
   }
   if (!config.enable_chunked_prefill && n > config.max_num_batched_tokens) {
@@ -105,6 +129,7 @@ void validate_request(const Request& r, const SchedulerConfig& config) {
                   std::to_string(r.mrope_positions.size()) + " values");
   }
   validate_features(r, config);
+  validate_encoder_input(r, config);
 }
 
 void prepare_request_items(Request& r) {

@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cross_attention.h"
 #include "engine/request_validation.h"
 #include "engine/stop_conditions.h"
 
@@ -153,12 +154,17 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
     plan_encoder_items(r, start, n, encoder_budget_, encoder_cache_, plan_);
     n = plan_.num_tokens;
   }
+  // Encoder-decoder: the first chunk needs the encoder output (cross-attention K/V).
+  const EncoderInputPlan input = plan_encoder_input(r, start, encoder_budget_, encoder_cache_);
+  if (input == EncoderInputPlan::kBlocked) n = 0;
   if (n == 0 || (!may_chunk(r) && n < num_tokens)) {
     if (!past_items) rollback_encoder_plan(r, plan_, encoder_cache_);
+    rollback_encoder_input(r, input, encoder_cache_);
     return Fit::kNoTokens;
   }
   if (!kv_.allocate_slots(r, n, computed)) {
     if (!past_items) rollback_encoder_plan(r, plan_, encoder_cache_);
+    rollback_encoder_input(r, input, encoder_cache_);
     return Fit::kNoBlocks;
   }
   StepRecord& rec = *current_;
@@ -166,10 +172,17 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
     commit_encoder_plan(r, plan_, encoder_cache_, rec.out);
     encoder_budget_ -= plan_.num_new_embeds;
   }
+  const auto batch_row = static_cast<int32_t>(rec.scheduled.size());
+  commit_encoder_input(r, input, batch_row, kv_.cross_block_table(r), config_.block_size,
+                       encoder_cache_, rec.out);
+  if (input == EncoderInputPlan::kEncode) encoder_budget_ -= r.encoder_input.num_embeds;
   token_budget_ -= n;
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
   const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
+  if (r.is_encoder_decoder()) {
+    builder_.set_cross(kv_.cross_block_table(r), r.encoder_input.num_embeds);
+  }
   if (!past_items) append_scatter_plan(r, start, end, row, rec.out);
   if (samples) {
     r.last_sample_index = static_cast<int32_t>(rec.sampled.size());
@@ -183,6 +196,7 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
 
 void Scheduler::preempt(Request& r) {
   kv_.free(r);
+  release_encoder_input(r, encoder_cache_);
   release_all_items(r, encoder_cache_);
   r.num_computed_tokens = 0;
   r.status = RequestStatus::kPreempted;
@@ -233,6 +247,8 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
       release_done_items(r, done, encoder_cache_);
     }
     kv_.cache_full_blocks(r, done);
+    // Its cross K/V is written: the encoder output may leave the cache.
+    if (r.encoder_input_held && done > 0) release_encoder_input(r, encoder_cache_);
     if (!samples) continue;
     r.token_ids.push_back(token);
     --r.num_pending_tokens;
@@ -272,6 +288,7 @@ void Scheduler::finish(Request& r, RequestStatus status) {
   }
   r.status = status;
   kv_.free(r);
+  release_encoder_input(r, encoder_cache_);
   release_all_items(r, encoder_cache_);
   finished_since_last_step_.push_back(r.id);
   auto it = requests_.find(r.id);
@@ -328,10 +345,20 @@ void Scheduler::check_invariants() const {
         broken(name + " is marked running but not in the running list");
       }
       if (slots < r.num_computed_tokens) broken(name + " has fewer slots than computed tokens");
+      if (static_cast<int32_t>(kv_.cross_block_table(r).size()) != kv_.num_cross_blocks(r) ||
+          r.cross_num_blocks != kv_.num_cross_blocks(r)) {
+        broken(name + " runs with " + std::to_string(kv_.cross_block_table(r).size()) +
+               " cross-attention blocks (mirror " + std::to_string(r.cross_num_blocks) +
+               ") instead of " + std::to_string(kv_.num_cross_blocks(r)));
+      }
     } else if (is_finished(r.status)) {
       broken(name + " is finished but still live");
-    } else if (slots != 0 || r.num_computed_tokens != 0) {
-      broken(name + " is waiting but holds blocks or computed tokens");
+    } else if (slots != 0 || r.num_computed_tokens != 0 || r.cross_num_blocks != 0 ||
+               !kv_.cross_block_table(r).empty() || r.encoder_input_held) {
+      broken(name + " is waiting but holds blocks, computed tokens or its encoder output");
+    }
+    if (r.encoder_input_held && encoder_cache_.num_refs(r.encoder_input.identifier) == 0) {
+      broken(name + " holds its encoder input that nobody references in the encoder cache");
     }
     if (r.num_computed_tokens > r.num_tokens() + r.num_pending_tokens) {
       broken(name + " has more computed tokens than tokens");

@@ -53,6 +53,15 @@ struct SchedulerOutput {
   std::vector<int32_t> scatter_dst_rows;
   std::vector<int32_t> scatter_lens;
 
+  // --- encoder-decoder requests (cross-attention); all empty when the step has none ---
+  std::vector<int32_t> cross_seq_lens;      // per request: encoder positions it attends to
+  std::vector<int32_t> cross_block_tables;  // num_reqs x max_cross_blocks_per_req, -1 padded
+  int32_t max_cross_blocks_per_req = 0;
+  // Requests whose cross K/V this step writes from their encoder output (first decoder chunk):
+  std::vector<int32_t> cross_fill_rows;     // batch row of the request
+  std::vector<int64_t> cross_fill_handles;  // encoder cache handle of its encoder output
+  std::vector<int64_t> cross_slot_mapping;  // slot of each of their encoder positions, in order
+
   // --- bookkeeping the runner acts on ---
   std::vector<int64_t> freed_encoder_handles;  // drop these encoder outputs
   std::vector<RequestId> finished_req_ids;     // finished or aborted since the last step

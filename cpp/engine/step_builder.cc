@@ -20,11 +20,19 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
   out.freed_encoder_handles.clear();
   out.finished_req_ids.clear();
   out.preempted_req_ids.clear();
+  out.cross_seq_lens.clear();
+  out.cross_block_tables.clear();
+  out.max_cross_blocks_per_req = 0;
+  out.cross_fill_rows.clear();
+  out.cross_fill_handles.clear();
+  out.cross_slot_mapping.clear();
   chunks_.clear();
   num_tokens_ = 0;
   num_samples_ = 0;
   max_blocks_ = 0;
   has_mrope_ = false;
+  max_cross_blocks_ = 0;
+  has_cross_ = false;
 }
 
 void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
@@ -93,6 +101,24 @@ void StepBuilder::finish() {
   }
   write_block_tables();
   if (has_mrope_) write_mrope_positions();
+  if (has_cross_) write_cross_tables();
+}
+
+void StepBuilder::write_cross_tables() {
+  SchedulerOutput& out = *out_;
+  const int32_t width = max_cross_blocks_;
+  out.max_cross_blocks_per_req = width;
+  out.cross_seq_lens.resize(chunks_.size());
+  out.cross_block_tables.resize(chunks_.size() * static_cast<size_t>(width));
+  BlockId* dst = out.cross_block_tables.data();
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    const Chunk& c = chunks_[i];
+    out.cross_seq_lens[i] = c.cross_len;
+    BlockId* row_end = dst + width;
+    dst = std::copy(c.cross_blocks, c.cross_blocks + c.num_cross_blocks, dst);
+    std::fill(dst, row_end, -1);
+    dst = row_end;
+  }
 }
 
 void StepBuilder::write_block_tables() {

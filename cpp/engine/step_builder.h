@@ -37,6 +37,9 @@ class StepBuilder {
             end > request.num_tokens() ? request.last_sample_index : -1,
             samples,
             -1,
+            0,
+            nullptr,
+            0,
             0};
     if (num_tokens == 1) {
       // Decode: everything finish() needs is taken now, while the request is in cache.
@@ -51,6 +54,16 @@ class StepBuilder {
     has_mrope_ |= request.has_mrope();
     max_blocks_ = std::max(max_blocks_, c.num_blocks);
     return row;
+  }
+  // Gives the chunk added last the cross-attention blocks of its (encoder-decoder) request;
+  // `cross_table` must not change until finish().
+  void set_cross(const std::vector<BlockId>& cross_table, int32_t cross_len) {
+    Chunk& c = chunks_.back();
+    c.cross_blocks = cross_table.data();
+    c.num_cross_blocks = static_cast<int32_t>(cross_table.size());
+    c.cross_len = cross_len;
+    max_cross_blocks_ = std::max(max_cross_blocks_, c.num_cross_blocks);
+    has_cross_ = true;
   }
   // Writes the arrays of every added chunk, pads block tables with -1 and writes
   // 3 x num_tokens positions if any request uses M-RoPE.
@@ -68,12 +81,16 @@ class StepBuilder {
     bool samples;
     TokenId decode_input_id;  // one-token chunks: their input id (-1: pending sample) and slot
     int64_t decode_slot;
+    const BlockId* cross_blocks;  // encoder-decoder: cross-attention blocks (else nullptr)
+    int32_t num_cross_blocks;
+    int32_t cross_len;
   };
 
   // Input ids, positions and slots of one chunk, starting at the given output pointers.
   void write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos, int64_t* slot) const;
   void write_block_tables();
   void write_mrope_positions();
+  void write_cross_tables();
 
   int32_t block_size_;
   int32_t block_shift_;  // log2(block_size) for a power of two (a shift, not a division), else -1
@@ -83,6 +100,8 @@ class StepBuilder {
   int32_t num_samples_ = 0;
   int32_t max_blocks_ = 0;  // widest block table so far: the step's max_blocks_per_req
   bool has_mrope_ = false;
+  int32_t max_cross_blocks_ = 0;
+  bool has_cross_ = false;  // some chunk has cross-attention blocks
 };
 
 }  // namespace mmcore

@@ -17,6 +17,7 @@ from mmcore.executor.base import ParallelConfig, check_shardable, create_executo
 from mmcore.executor.model_setup import KVSizing, ModelSpec
 from mmcore.hub import check_remote_code, resolve_model_path
 from mmcore.model_loader import check_quantization, describe_quantization
+from mmcore.models.interfaces import supports_encoder_decoder
 from mmcore.models.transformers_backend.checks import check_supported
 from mmcore.models.transformers_backend.loader import processor_class, use_transformers_backend
 from mmcore.multimodal.processor_cache import ProcessorCache
@@ -193,7 +194,11 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     _check_limits(args.limit_mm_per_prompt, processor.supported_modalities)
 
     text_config = getattr(hf_config, "text_config", hf_config)
-    model_max = int(getattr(text_config, "max_position_embeddings", 4096))
+    model_max = int(
+        getattr(text_config, "max_position_embeddings", None)
+        or getattr(text_config, "max_target_positions", None)  # Whisper's decoder
+        or 4096
+    )
     max_model_len = args.max_model_len or model_max
     if max_model_len > model_max:
         raise ValueError(f"max_model_len={max_model_len} exceeds the model's {model_max} positions")
@@ -228,6 +233,12 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         max_model_len=max_model_len,
         encoder_budget=encoder_budget,
         limit_mm_per_prompt=args.limit_mm_per_prompt,
+        # An encoder-decoder model's requests also hold their cross-attention K/V blocks.
+        cross_len=(
+            int(getattr(hf_config, "max_source_positions", 0))
+            if supports_encoder_decoder(processor)
+            else 0
+        ),
     )
     spec = ModelSpec(
         model_path=os.path.abspath(model),

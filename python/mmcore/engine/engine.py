@@ -28,6 +28,7 @@ from mmcore.engine.sampling_setup import (
     truncate_prompt,
 )
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
+from mmcore.engine.transcription import Transcription, transcribe
 from mmcore.engine_args import EngineArgs
 from mmcore.executor.remote_request import DriverRow, RemoteRequest, refuse_host_sampling
 from mmcore.outputs import RequestOutput
@@ -229,6 +230,7 @@ class Engine:
             cache_salt=f"prompt-logprobs:{core_id}" if params.prompt_logprobs is not None else "",
             mrope_positions=None if mrope is None else mrope.positions,
             mrope_delta=0 if mrope is None else mrope.delta,
+            encoder_input=tracker.processed.encoder_input,
         )
 
     def _generator_seed(self, params: SamplingParams, index: int, core_id: int) -> int:
@@ -562,6 +564,44 @@ class Engine:
         if token_ids is not None:  # user text kept apart from control tokens
             return {"prompt_token_ids": token_ids, "multi_modal_data": media}
         return {"prompt": prompt, "multi_modal_data": media}
+
+    def transcribe(
+        self,
+        audio: Any,
+        language: str | None = None,
+        task: str = "transcribe",
+        *,
+        prompt: str | None = None,
+        timestamps: bool = False,
+        temperature: float = 0.0,
+    ) -> Transcription:
+        """Transcribe (or translate to English) speech with an encoder-decoder model (Whisper).
+
+        Args:
+            audio: ``(waveform, sampling_rate)``, a waveform at the model's rate, encoded bytes
+                (WAV, FLAC, OGG, MP3, M4A, WebM), a data URL or an allowed local path. Longer
+                than 30 s: split into windows transcribed as sub-requests and joined in order.
+            language: language code or name (``"en"``, ``"german"``); None detects it.
+            task: ``"transcribe"`` or ``"translate"``.
+            prompt: previous text to condition on (OpenAI's ``prompt``).
+            timestamps: let the model write timestamps (timed ``segments``).
+            temperature: 0 for greedy decoding.
+
+        Returns:
+            A :class:`~mmcore.engine.transcription.Transcription`.
+
+        Raises:
+            ValueError: not a transcription model, bad audio, language or task.
+        """
+        return transcribe(
+            self,
+            audio,
+            language,
+            task,
+            prompt=prompt,
+            timestamps=timestamps,
+            temperature=temperature,
+        )
 
     # ----------------------------------------------------------------- introspection
     def stats(self) -> dict[str, Any]:

@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from mmcore import _core
+from mmcore.engine.encoder_decoder_inputs import EncoderInput, split_encoder_decoder_prompt
 from mmcore.engine.request_checks import prompt_token_array
+from mmcore.models.interfaces import supports_encoder_decoder
 from mmcore.multimodal.hashing import hash_item, hash_kwargs
 from mmcore.multimodal.media_budget import (
     MediaBudget,
@@ -66,6 +68,9 @@ class ProcessedPrompt:
     features: list = field(default_factory=list)  # _core.MMFeature, sorted by offset
     items: list[MMItem] = field(default_factory=list)  # same order as features
     mrope: MRopePositions | None = None  # 3-row positions, for M-RoPE models
+    # Encoder-decoder models: the encoder input (duck-typed MMFeature: modality, identifier,
+    # num_embeds = encoder positions); its item is items[0]. None for decoder-only models.
+    encoder_input: Any = None
 
 
 @dataclass
@@ -135,20 +140,26 @@ class InputProcessor:
         # Worker processes for image decoding and processing (None: in the calling thread).
         self.media_pool: MediaProcessPool | None = None
         self._allowed = [_MODALITIES[m] for m in processor.supported_modalities]
-        # Names the placeholders in error messages, and finds placeholders without items.
+        self.encoder_decoder = supports_encoder_decoder(processor)
+        # Names the placeholders in error messages, and finds placeholders without items
+        # (encoder-decoder prompts have none: the media is the encoder input).
         self._placeholder_tokens = [
             _core.PlaceholderToken(
                 processor.placeholder_token_id(m), _MODALITIES[m], processor.placeholder_text(m)
             )
-            for m in processor.supported_modalities
+            for m in ([] if self.encoder_decoder else processor.supported_modalities)
         ]
 
     def process(self, prompt: Any) -> ProcessedPrompt:
         """Process one prompt; raise ValueError naming what is wrong with it.
 
         Images are decoded last: their sizes (from headers), the request's pixel budget and
-        whether the expanded prompt fits ``max_model_len`` are checked first.
+        whether the expanded prompt fits ``max_model_len`` are checked first. Prompts of
+        encoder-decoder models (Whisper) take the forms of
+        :func:`mmcore.engine.encoder_decoder_inputs.process_encoder_decoder`.
         """
+        if self.encoder_decoder:
+            return self._process_encoder_decoder(prompt)
         text, token_ids, mm_data, uuids, request_kwargs = self._split_prompt(prompt)
         settings = self.processor.settings(request_kwargs)
         if token_ids is None:
@@ -184,6 +195,33 @@ class InputProcessor:
             features=features,
             items=ordered,
             mrope=self.processor.mrope_positions(expanded_ids, ordered),
+        )
+
+    def _process_encoder_decoder(self, prompt: Any) -> ProcessedPrompt:
+        """A decoder prompt and its one encoder input (cached and hashed like any item)."""
+        modality = self.processor.supported_modalities[0]
+        parsed = split_encoder_decoder_prompt(prompt, modality)
+        settings = self.processor.settings(parsed.mm_processor_kwargs)
+        if parsed.decoder_token_ids is not None:
+            token_ids = parsed.decoder_token_ids
+        elif parsed.decoder_text is not None:
+            token_ids = self.tokenizer(parsed.decoder_text, add_special_tokens=False)["input_ids"]
+        else:
+            token_ids = self.processor.default_decoder_prompt()
+        ids = prompt_token_array(token_ids, len(self.tokenizer))
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"the decoder prompt is {len(ids)} tokens, which leaves no room to generate "
+                f"within max_model_len={self.max_model_len}"
+            )
+        plan = self._plan_modality(modality, [parsed.encoder_item], [parsed.uuid], settings)
+        (item,) = self._process_modality(modality, plan, settings)
+        encoder_input = EncoderInput(_MODALITIES[modality], item.identifier, item.num_embeds)
+        return ProcessedPrompt(
+            prompt=parsed.decoder_text,
+            token_ids=ids,
+            items=[item],
+            encoder_input=encoder_input,
         )
 
     @property

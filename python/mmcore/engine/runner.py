@@ -16,12 +16,13 @@ import torch
 
 from mmcore.distributed.communication import all_gather_varlen, broadcast_from_first
 from mmcore.distributed.parallel_state import encoder_tp_disabled, tp_rank, tp_size
+from mmcore.engine.cross_attention import build_cross_metadata
 from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_memory
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
-from mmcore.models.interfaces import supports_bidirectional_mm_spans
+from mmcore.models.interfaces import supports_bidirectional_mm_spans, supports_encoder_decoder
 from mmcore.sampling.host_masks import HostMasks
 from mmcore.sampling.prompt_logprobs import PromptLogprobsChunk, compute_prompt_logprobs
 from mmcore.sampling.request_state import (
@@ -119,7 +120,13 @@ class ModelRunner:
         self.num_encoder_runs = 0
         self.staging = HostStaging(self.device)
         self.decode_graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and cuda_graph_max_seqs > 0 and self._graphs_capturable():
+        # Encoder-decoder steps carry cross-attention inputs the decode graphs do not capture.
+        if (
+            self.device.type == "cuda"
+            and cuda_graph_max_seqs > 0
+            and not supports_encoder_decoder(model)
+            and self._graphs_capturable()
+        ):
             self.decode_graphs = DecodeGraphs(
                 model,
                 self.kv_caches,
@@ -339,6 +346,7 @@ class ModelRunner:
             max_seq_len=int(out.seq_lens.max()),
             max_query_len=int(np.diff(starts).max()),
             attend_until=self._attend_until(out),
+            cross=build_cross_metadata(out, self.encoder_cache, self._tensor),
         )
 
     def _attend_until(self, out) -> torch.Tensor | None:

@@ -40,6 +40,7 @@ class KVSizing:
     max_model_len: int
     encoder_budget: int
     limit_mm_per_prompt: dict[str, int] | None = None  # sizes the profiled dummy items
+    cross_len: int = 0  # encoder positions whose cross-attention K/V each request holds
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,10 @@ def num_blocks_from_capacity(capacities: list[tuple[int, int]], sizing: KVSizing
         ValueError: when not even one block fits.
     """
     num_blocks = min(kv_bytes // block_bytes for block_bytes, kv_bytes in capacities)
-    cap = sizing.max_num_seqs * -(-sizing.max_model_len // sizing.block_size) + 1
+    per_seq = -(-sizing.max_model_len // sizing.block_size) + -(
+        -sizing.cross_len // sizing.block_size
+    )
+    cap = sizing.max_num_seqs * per_seq + 1
     num_blocks = min(num_blocks, cap)
     if num_blocks < 1:
         block_bytes, kv_bytes = min(capacities, key=lambda c: c[1] // c[0])

@@ -41,6 +41,8 @@ class AttentionMetadata:
         attend_until: int32 ``[T]`` or None (plain causal). Query t sees keys up to
             ``max(own position, attend_until[t])``: tokens of one image attend to each other
             both ways (models whose ``bidirectional_mm_spans`` is set, e.g. Gemma 3).
+        cross: encoder-decoder models only: where the step's queries find their requests'
+            cross-attention K/V (:class:`CrossAttentionMetadata`).
     """
 
     slot_mapping: torch.Tensor
@@ -50,10 +52,45 @@ class AttentionMetadata:
     max_seq_len: int
     max_query_len: int
     attend_until: torch.Tensor | None = None
+    cross: CrossAttentionMetadata | None = None
 
     @property
     def num_requests(self) -> int:
         return int(self.seq_lens.shape[0])
+
+
+@dataclass
+class CrossAttentionMetadata:
+    """Where each query token of the step finds its request's cross-attention K/V.
+
+    Attributes:
+        block_tables: int32 ``[T, max_cross_blocks]`` the cross block table of each token's
+            request (one row per token: each token is its own one-query sequence).
+        seq_lens: int32 ``[T]`` encoder positions of each token's request.
+        query_start_loc: int32 ``[T + 1]`` ``0, 1, ..., T``.
+        max_seq_len: the largest entry of ``seq_lens``.
+        fill_states: ``[N, d_model]`` encoder outputs of the requests whose cross K/V this step
+            writes, concatenated (None: none).
+        fill_slot_mapping: int64 ``[N]`` cache slot of each row of ``fill_states``.
+    """
+
+    block_tables: torch.Tensor
+    seq_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    max_seq_len: int
+    fill_states: torch.Tensor | None = None
+    fill_slot_mapping: torch.Tensor | None = None
+
+    def as_attention(self) -> AttentionMetadata:
+        """The metadata :func:`paged_attention` reads (the slot mapping is unused there)."""
+        return AttentionMetadata(
+            slot_mapping=self.fill_slot_mapping,
+            block_tables=self.block_tables,
+            seq_lens=self.seq_lens,
+            query_start_loc=self.query_start_loc,
+            max_seq_len=self.max_seq_len,
+            max_query_len=1,
+        )
 
 
 @cache

@@ -134,6 +134,26 @@ def supports_bidirectional_mm_spans(model) -> bool:
     return getattr(model, "bidirectional_mm_spans", False) is True
 
 
+class SupportsEncoderDecoder(Protocol):
+    """Capability: the decoder cross-attends to an encoder output (Whisper).
+
+    Each request carries one encoder input (its processor sets ``is_encoder_decoder`` too and
+    inserts no placeholder). The core encodes it once, in the step of the request's first decoder
+    chunk, and holds ``max_encoder_positions`` cross-attention K/V slots for the request in the
+    same paged caches as self-attention K/V (its cross blocks). ``forward`` then receives
+    ``attn.cross`` (:class:`mmcore.models.whisper.decoder.CrossAttentionMetadata`): the encoder
+    outputs whose K/V the step writes, their slots, and each token's cross block table.
+    """
+
+    is_encoder_decoder: ClassVar[bool]
+    max_encoder_positions: int
+
+
+def supports_encoder_decoder(model) -> bool:
+    """True when ``model`` (a class or instance, model or processor) is encoder-decoder."""
+    return getattr(model, "is_encoder_decoder", False) is True
+
+
 def supports_multimodal(model) -> bool:
     """True when ``model`` (a class or instance) encodes at least one modality."""
     return bool(getattr(model, "supported_modalities", ()))

@@ -21,6 +21,10 @@ _BUILTIN: dict[str, tuple[str, str]] = {
         "mmcore.models.qwen2_audio:Qwen2AudioModel",
         "mmcore.models.qwen2_audio.processor:Qwen2AudioMultiModalProcessor",
     ),
+    "whisper": (
+        "mmcore.models.whisper:WhisperModel",
+        "mmcore.models.whisper.processor:WhisperMultiModalProcessor",
+    ),
     "llava_next": (
         "mmcore.models.llava_next:LlavaNextModel",
         "mmcore.multimodal.llava_next:LlavaNextMultiModalProcessor",

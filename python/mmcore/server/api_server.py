@@ -33,6 +33,7 @@ from mmcore.server.serving_chat import create_chat_completion
 from mmcore.server.serving_common import ServerState
 from mmcore.server.serving_completions import create_completion
 from mmcore.server.serving_tokenize import detokenize, tokenize
+from mmcore.server.serving_transcription import create_transcription
 from mmcore.server.tool_parsers import get_tool_parser
 from mmcore.server_args import ServerArgs
 
@@ -172,6 +173,14 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, raw_request: Request) -> Response:
         return await create_completion(state, body, raw_request)
+
+    @app.post("/v1/audio/transcriptions")
+    async def transcriptions(raw_request: Request) -> Response:
+        return await create_transcription(state, raw_request, "transcribe")
+
+    @app.post("/v1/audio/translations")
+    async def translations(raw_request: Request) -> Response:
+        return await create_transcription(state, raw_request, "translate")
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

@@ -33,6 +33,7 @@ class APIError(Exception):
         message: what went wrong, for the client.
         code: a short machine-readable code (e.g. ``"invalid_image"``).
         headers: extra response headers (e.g. ``Retry-After``).
+        param: the request field at fault, when one is.
     """
 
     def __init__(
@@ -41,12 +42,14 @@ class APIError(Exception):
         message: str,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers
+        self.param = param
 
 
 def error_body(
@@ -109,7 +112,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
         _log_refusal(request, exc.status, exc.message)
-        return error_response(exc.status, exc.message, exc.code, headers=exc.headers)
+        return error_response(exc.status, exc.message, exc.code, exc.param, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
