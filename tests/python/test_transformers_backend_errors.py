@@ -34,7 +34,7 @@ def _gemma3_config():
 def test_gemma3_bidirectional_image_spans_refused(tmp_path):
     path = _checkpoint(tmp_path, _gemma3_config())
     with pytest.raises(ValueError, match="'gemma3'.*bidirectionally within each image"):
-        Engine(path, load_format="dummy")
+        Engine(path, load_format="dummy", model_impl="transformers")  # native code serves "auto"
 
 
 def test_hybrid_convolution_layers_refused(tmp_path):
@@ -83,7 +83,9 @@ def test_softcapped_attention_refused():
 
 
 def test_model_impl_mmcore_without_native_code_refused(tmp_path):
-    path = _checkpoint(tmp_path, _gemma3_config())
+    from transformers import PaliGemmaConfig
+
+    path = _checkpoint(tmp_path, PaliGemmaConfig())
     with pytest.raises(ValueError, match="no native mmcore implementation"):
         Engine(path, load_format="dummy", model_impl="mmcore")
 
