@@ -46,13 +46,17 @@ def safetensors_files(model_dir: str) -> list[str]:
 def iterate_safetensors(
     files: list[str], device: torch.device
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) of every tensor, materialized directly on ``device``."""
+    """Yield (name, tensor) of every tensor, materialized directly on ``device``; KV-cache scales
+    (``mmcore.engine.kv_cache.is_kv_scale``) are not model weights and are skipped."""
     from safetensors import safe_open
+
+    from mmcore.engine.kv_cache import is_kv_scale
 
     for path in files:
         with safe_open(path, framework="pt", device=str(device)) as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                yield name, f.get_tensor(name)
+                if not is_kv_scale(name):
+                    yield name, f.get_tensor(name)
 
 
 def _is_norm_scale(name: str, param: torch.Tensor) -> bool:

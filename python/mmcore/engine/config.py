@@ -12,11 +12,11 @@ from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
 from mmcore.engine.generation_defaults import sampling_defaults
+from mmcore.engine.kv_cache import kv_bytes_per_block, load_kv_scales, resolve_kv_cache_dtype
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
-from mmcore.engine.runner import kv_bytes_per_block
 from mmcore.engine_args import EngineArgs
 from mmcore.hub import check_remote_code, resolve_model_path
-from mmcore.model_loader import load_model
+from mmcore.model_loader import load_model, safetensors_files
 from mmcore.models.transformers_backend.loader import processor_class
 from mmcore.multimodal.processor_cache import ProcessorCache
 
@@ -36,6 +36,8 @@ class EngineConfig:
     block_size: int
     num_blocks: int
     kv_block_bytes: int
+    kv_dtype: torch.dtype
+    kv_scales: list[tuple[torch.Tensor, torch.Tensor]] | None  # FP8 caches only
     max_num_seqs: int
     enforce_eager: bool
     async_scheduling: bool
@@ -193,7 +195,13 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     )
     encoder_budget = max(max_batched, largest_item)
 
-    block_bytes = kv_bytes_per_block(net, block_size, dtype)
+    # An FP8 cache halves a bf16 block's bytes: the same memory holds twice the blocks.
+    kv_dtype = resolve_kv_cache_dtype(args.kv_cache_dtype, dtype)
+    kv_scales = None
+    if kv_dtype != dtype:
+        files = [] if args.load_format == "dummy" else safetensors_files(model)
+        kv_scales = load_kv_scales(files, net.num_layers, net.num_kv_heads)
+    block_bytes = kv_bytes_per_block(net, block_size, kv_dtype)
     kv_bytes = args.kv_cache_memory_bytes
     if kv_bytes is None and device.type == "cuda":
         peak = profile_peak_activation_bytes(
@@ -204,7 +212,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
             max_model_len=max_model_len,
             block_size=block_size,
             encoder_budget=encoder_budget,
-            kv_dtype=dtype,
+            kv_dtype=kv_dtype,
             limit_mm_per_prompt=args.limit_mm_per_prompt,
         )
         kv_bytes = gpu_kv_cache_bytes(device, args.gpu_memory_utilization, peak)
@@ -238,6 +246,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         block_size=block_size,
         num_blocks=num_blocks,
         kv_block_bytes=block_bytes,
+        kv_dtype=kv_dtype,
+        kv_scales=kv_scales,
         max_num_seqs=max_num_seqs,
         enforce_eager=args.enforce_eager,
         async_scheduling=(

@@ -90,7 +90,8 @@ class Engine:
             self.model,
             num_blocks=cfg.num_blocks,
             block_size=cfg.block_size,
-            kv_dtype=cfg.dtype,
+            kv_dtype=cfg.kv_dtype,
+            kv_scales=cfg.kv_scales,
             cuda_graph_max_seqs=0 if cfg.enforce_eager else cfg.max_num_seqs,
             max_model_len=cfg.max_model_len,
         )

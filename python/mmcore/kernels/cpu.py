@@ -10,14 +10,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmcore.kernels.reference import dequantize_kv
 
-def _gather(cache: torch.Tensor, tables: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``[n, max_len, Hkv, D]`` K or V of n sequences (rows past a sequence's end are junk)."""
+
+def _gather(
+    cache: torch.Tensor, tables: torch.Tensor, max_len: int, scale: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Float32 ``[n, max_len, Hkv, D]`` K or V of n sequences (rows past a sequence's end are
+    junk); an FP8 cache's rows are dequantised with its per-head ``scale``."""
     block_size = cache.shape[1]
     num_blocks = -(-max_len // block_size)
     blocks = tables[:, :num_blocks].to(torch.long).clamp(min=0)
     gathered = cache[blocks]  # [n, num_blocks, block_size, Hkv, D]
-    return gathered.reshape(blocks.shape[0], num_blocks * block_size, *cache.shape[2:])[:, :max_len]
+    rows = gathered.reshape(blocks.shape[0], num_blocks * block_size, *cache.shape[2:])
+    return dequantize_kv(rows[:, :max_len], scale)
 
 
 def _visible(
@@ -32,13 +38,15 @@ def _visible(
     return allowed
 
 
-def _decode_rows(query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window):
+def _decode_rows(
+    query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window, kv_scales
+):
     """One SDPA call for every request that has a single query this step."""
     lens_t = torch.tensor([lens[b] for b in rows], device=query.device)
     max_len = int(lens_t.max())
     rows_t = torch.tensor(rows, device=query.device)
-    k = _gather(key_cache, block_tables[rows_t], max_len).transpose(1, 2)  # [n, Hkv, L, D]
-    v = _gather(value_cache, block_tables[rows_t], max_len).transpose(1, 2)
+    k = _gather(key_cache, block_tables[rows_t], max_len, kv_scales[0]).transpose(1, 2)
+    v = _gather(value_cache, block_tables[rows_t], max_len, kv_scales[1]).transpose(1, 2)
     q = query[torch.tensor(q_index, device=query.device)].unsqueeze(2)  # [n, Hq, 1, D]
     k_pos = torch.arange(max_len, device=query.device)[None, :]
     mask = _visible((lens_t - 1)[:, None], k_pos, window) & (k_pos < lens_t[:, None])
@@ -63,11 +71,15 @@ def paged_attention(
     scale: float,
     sliding_window: int = -1,
     attend_until: torch.Tensor | None = None,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
 
     ``attend_until`` as in :func:`mmcore.kernels.reference.paged_attention` (a decode row's
-    keys all precede it, so only prefill rows read it).
+    keys all precede it, so only prefill rows read it); ``k_scale`` / ``v_scale`` dequantise
+    FP8 caches, as there.
     """
     out = torch.empty_like(query)
     qsl = query_start_loc.tolist()
@@ -85,6 +97,7 @@ def paged_attention(
             q_index,
             scale,
             sliding_window,
+            (k_scale, v_scale),
         )
     # Prefill chunks of equal (query length, sequence length) share one SDPA call: a burst of
     # same-shaped prompts costs one call per layer instead of one per request.
@@ -95,8 +108,8 @@ def paged_attention(
             groups.setdefault((num_q, seq_len), []).append(b)
     for (num_q, seq_len), rows in groups.items():
         rows_t = torch.tensor(rows, device=query.device)
-        k = _gather(key_cache, block_tables[rows_t], seq_len).transpose(1, 2)  # [n, Hkv, L, D]
-        v = _gather(value_cache, block_tables[rows_t], seq_len).transpose(1, 2)
+        k = _gather(key_cache, block_tables[rows_t], seq_len, k_scale).transpose(1, 2)
+        v = _gather(value_cache, block_tables[rows_t], seq_len, v_scale).transpose(1, 2)
         q_rows = (
             torch.tensor([qsl[b] for b in rows], device=query.device)[:, None]
             + torch.arange(num_q, device=query.device)
