@@ -56,8 +56,9 @@ struct AttentionConfig {
   static constexpr size_t kKvBytes =
       2 * kComputeStages * kTileElems * sizeof(T) + (kFp8 ? 2 * kStages * kF8TileBytes : 0);
   static constexpr size_t kSmemBytes = kQElems * sizeof(T) + kKvBytes;
-  // Cross-warp merge of kWarpsN key slices reuses the K/V buffers.
-  static constexpr size_t kMergeBytes = kWarpsN * 16 * (kPadDim + 2) * sizeof(float);
+  // Cross-warp merge of kWarpsN key slices reuses the K/V buffers: per slice 16 rows of
+  // kPadDim + 2 partial outputs, then 16 (m, l) pairs.
+  static constexpr size_t kMergeBytes = kWarpsN * 16 * (kPadDim + 4) * sizeof(float);
   static_assert(kWarpsN == 1 || kMFrags == 1, "key-sliced warps hold one 16-row tile");
   static_assert(kWarpsN == 1 || kMergeBytes <= kKvBytes, "merge buffer");
   static_assert(kSmemBytes <= 160 * 1024, "shared memory beyond an sm80's 163 KB");

@@ -145,7 +145,7 @@ def _prompt_distributions(out) -> torch.Tensor:
 
 def test_engine_fp8_kv_cache_close_to_fp32_and_doubles_blocks(tiny_llava_dir, photos):
     prompts = _prompts(photos)
-    budget = 64 * 1024  # small enough that neither engine hits the max-sequences cap
+    budget = 512 * 1024  # small enough that neither engine hits the max-sequences cap
     base = Engine(tiny_llava_dir, seed=0, kv_cache_memory_bytes=budget)
     fp8 = Engine(tiny_llava_dir, seed=0, kv_cache_memory_bytes=budget, kv_cache_dtype="fp8")
     assert fp8.runner.kv_caches[0][0].dtype == FP8 and len(fp8.runner.kv_caches[0]) == 4
