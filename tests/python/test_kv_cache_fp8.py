@@ -114,6 +114,7 @@ def test_kv_cache_dtype_names_and_checkpoint_scale_names():
     assert is_kv_scale("model.layers.3.self_attn.k_scale")
     assert is_kv_scale("language_model.model.layers.0.self_attn.v_proj.output_scale")
     assert not is_kv_scale("model.layers.3.self_attn.k_proj.weight")
+    assert not is_kv_scale("vision_tower.vision_model.encoder.layers.0.self_attn.k_scale")
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         Engine("unused", kv_cache_dtype="fp16")
 

@@ -23,12 +23,22 @@ _KV_SCALE_NAME = re.compile(
     r"(?:^|\.)layers\.(\d+)\.self_attn\.(?:([kv])_scale|([kv])_proj\.output_scale)$"
 )
 
+# Encoder towers have attention layers too; their scales are not the LM's KV cache's.
+_ENCODER_PARTS = ("vision", "visual", "audio", "encoder")
+
 KVCache = tuple[torch.Tensor, ...]
 
 
+def _kv_scale_match(name: str) -> re.Match | None:
+    if any(part in name for part in _ENCODER_PARTS):
+        return None
+    return _KV_SCALE_NAME.search(name)
+
+
 def is_kv_scale(name: str) -> bool:
-    """Whether checkpoint tensor ``name`` is a KV-cache scale (skipped by the weight loaders)."""
-    return _KV_SCALE_NAME.search(name) is not None
+    """Whether checkpoint tensor ``name`` is an LM KV-cache scale (skipped by the weight
+    loaders, read by :func:`load_kv_scales`)."""
+    return _kv_scale_match(name) is not None
 
 
 def resolve_kv_cache_dtype(kv_cache_dtype: str, model_dtype: torch.dtype) -> torch.dtype:
@@ -80,7 +90,7 @@ def load_kv_scales(
     for path in weight_files:
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                match = _KV_SCALE_NAME.search(name)
+                match = _kv_scale_match(name)
                 if match is None:
                     continue
                 layer = int(match.group(1))
