@@ -74,8 +74,9 @@ cudaError_t run_for_head_dim(const AttentionParams& p, DType dtype, int head_dim
 
 }  // namespace
 
-int attention_block_rows(AttentionVariant variant) {
-  return variant == AttentionVariant::kPagedDecode ? kDecodeRows : kPrefillRows;
+int attention_block_rows(AttentionVariant variant, int head_dim) {
+  if (variant == AttentionVariant::kPagedDecode) return kDecodeRows;
+  return head_dim > 128 ? kPrefillRows / 2 : kPrefillRows;  // VariantShape: one 16-row tile/warp
 }
 
 AttentionVariant paged_variant(int max_query_len, int group) {
@@ -84,9 +85,9 @@ AttentionVariant paged_variant(int max_query_len, int group) {
              : AttentionVariant::kPagedPrefill;
 }
 
-int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens, int num_kv_heads,
-                         int group, int max_seq_len, int num_sms) {
-  const int rows = attention_block_rows(variant);
+int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, int num_tokens,
+                         int num_kv_heads, int group, int max_seq_len, int num_sms) {
+  const int rows = attention_block_rows(variant, head_dim);
   const int64_t row_tiles = variant == AttentionVariant::kPagedDecode
                                 ? num_seqs
                                 : (static_cast<int64_t>(num_tokens) * group + rows - 1) / rows;

@@ -71,17 +71,17 @@ void bind_attention(py::module_& m) {
   m.def(
       "paged_num_splits",
       [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int max_query_len,
-         int max_seq_len, int num_sms) {
+         int max_seq_len, int num_sms, int head_dim) {
         if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
           throw std::invalid_argument("paged_num_splits: num_q_heads % num_kv_heads != 0");
         const int group = num_q_heads / num_kv_heads;
         return mmcore::kernels::attention_num_splits(
-            mmcore::kernels::paged_variant(max_query_len, group), num_seqs, num_tokens,
+            mmcore::kernels::paged_variant(max_query_len, group), head_dim, num_seqs, num_tokens,
             num_kv_heads, group, max_seq_len, num_sms);
       },
       py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"),
       py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("num_sms"),
-      "KV splits (flash-decoding) paged_attention should use.");
+      py::arg("head_dim") = 128, "KV splits (flash-decoding) paged_attention should use.");
   m.def(
       "paged_attention",
       [](uintptr_t q, Strides2 q_strides, uintptr_t key_cache, Strides3 k_strides,

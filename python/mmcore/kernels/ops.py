@@ -263,7 +263,7 @@ def _paged_attention_op(
     kernels = _kernels()
     num_splits = kernels.paged_num_splits(
         num_seqs, num_tokens, num_q_heads, key_cache.shape[2], max_query_len, max_seq_len,
-        _num_sms(q.device.index or 0),
+        _num_sms(q.device.index or 0), head_dim,
     )  # fmt: skip
     partial_out = partial_lse = None
     if num_splits > 1:
