@@ -216,8 +216,8 @@ def _reshape_and_cache_op(
             src_dtype=_dtype_code(key, "reshape_and_cache"),
             cache_dtype=_dtype_code(key_cache, "reshape_and_cache"),
             stream=_stream(key),
-            k_scale=0 if k_scale is None else k_scale.data_ptr(),
-            v_scale=0 if v_scale is None else v_scale.data_ptr(),
+            k_scale=0 if k_scale is None else k_scale.contiguous().data_ptr(),
+            v_scale=0 if v_scale is None else v_scale.contiguous().data_ptr(),
         )
 
 
@@ -304,8 +304,8 @@ def _paged_attention_op(
             stream=_stream(q),
             attend_until=0 if until is None else until.data_ptr(),
             kv_dtype=_dtype_code(key_cache, "paged_attention"),
-            k_scale=0 if k_scale is None else k_scale.data_ptr(),
-            v_scale=0 if v_scale is None else v_scale.data_ptr(),
+            k_scale=0 if k_scale is None else k_scale.contiguous().data_ptr(),
+            v_scale=0 if v_scale is None else v_scale.contiguous().data_ptr(),
         )
     return out
 
