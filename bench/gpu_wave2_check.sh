@@ -5,9 +5,11 @@
 #               processor vs HF's (torchvision) and the Qwen2-VL engine on CUDA
 #   structured  structured-output overhead: 256 requests with a JSON schema vs without
 #   qwen        Qwen2.5-VL-7B dummy: offline req/s vs HF generate() and the roofline; packed ViT
+#   build       nothing after the build (a first call that leaves build/gpu for the next ones)
 #   kernels     attention kernels vs the torch reference (head dims 16-256, image spans, FP8 KV,
-#               graphs), the FP8-KV engine, then bench_gpu_kernels_wave2.py (d72 / d256 vs SDPA,
-#               FP8-KV decode vs bf16 against copy bandwidth)
+#               graphs) and the FP8-KV engine
+#   kernels_bench  bench_gpu_kernels_wave2.py: d72 / d256 vs SDPA, FP8-KV decode vs bf16 against
+#               copy bandwidth
 # Usage: bash bench/gpu_wave2_check.sh LOG_DIR [STAGE ...]
 # Python packages the machine lacks travel as wheels in .whl (see the device notes).
 set -uo pipefail
@@ -42,8 +44,10 @@ for s in $STAGES; do
     kernels) stage kernels_tests 480 python3 -m pytest -q -p no:cacheprovider --maxfail=40 \
       tests/python/test_kernels_cuda.py tests/python/test_kernels_cuda_spans_fp8.py \
       tests/python/test_gpu_fp8_kv.py tests/python/test_kernels_cuda_fused.py
-      stage kernels_bench 300 python3 bench/bench_gpu_kernels_wave2.py --out "$LOG"
+      grep -E "^FAILED|^ERROR" "$LOG/kernels_tests.log" | cut -c1-300 | head -40 ;;
+    kernels_bench) stage kernels_bench 300 python3 bench/bench_gpu_kernels_wave2.py --out "$LOG"
       cat "$LOG/kernels_bench.log" ;;
+    build) ;;
     *) echo "unknown stage $s" ;;
   esac
 done
