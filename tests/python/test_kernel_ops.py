@@ -154,3 +154,19 @@ def test_varlen_and_cache_write_reject_bad_shapes():
     with pytest.raises(ValueError, match="do not fit"):
         ops.reshape_and_cache(q, q, torch.zeros(2, 4, 3, 8), torch.zeros(2, 4, 3, 8),
                               torch.zeros(5, dtype=torch.long))  # fmt: skip
+
+
+def test_kernel_routing_raises_for_half_precision_head_dims_the_kernels_lack(monkeypatch):
+    # As on a GPU with the module built: half precision goes to the kernels or raises, float32
+    # (a debugging path) and FP8 caches of a supported head dim are taken.
+    monkeypatch.setattr(ops, "_use_kernel", lambda t: True)
+    q = torch.zeros(3, 4, 96, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no CUDA attention kernel for head dim 96"):
+        ops._kernel_or_reference("varlen_attention", q, q, q)
+    assert not ops._kernel_or_reference("varlen_attention", q.float(), q.float(), q.float())
+    for d in ops.ATTENTION_HEAD_DIMS:
+        q = torch.zeros(3, 4, d, dtype=torch.float16)
+        fp8 = torch.zeros(2, 16, 4, d, dtype=torch.float8_e4m3fn)
+        assert ops._kernel_or_reference("paged_attention", q, fp8, fp8)
+    with pytest.raises(ValueError, match="does not match the query"):
+        ops._kernel_or_reference("varlen_attention", q, fp8[0], fp8[0])
