@@ -36,6 +36,7 @@ from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op fi
     rotary_embedding,
     silu_and_mul,
 )
+from mmcore.kernels.op_checks import FP8_KV_DTYPE, check_paged, check_scales, check_varlen
 
 _DTYPE_CODES = DTYPE_CODES
 
@@ -52,8 +53,6 @@ def _num_sms(device_index: int) -> int:
 #: 32: small vision towers such as the demo model's and the tiny test checkpoints').
 ATTENTION_HEAD_DIMS = (16, 32, 64, 72, 80, 128, 256)
 ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
-#: KV-cache dtype the paged kernels read besides the query's own.
-FP8_KV_DTYPE = torch.float8_e4m3fn
 
 
 def _use_kernel(t: torch.Tensor) -> bool:
@@ -99,23 +98,6 @@ def _kernel_or_reference(name: str, query: torch.Tensor, *kv: torch.Tensor) -> b
     return True
 
 
-def _check_scales(key_cache, k_scale, v_scale, name: str):
-    """FP8 caches need float32 ``[Hkv]`` scales on their device; others take none."""
-    if key_cache.dtype != FP8_KV_DTYPE:
-        if k_scale is not None or v_scale is not None:
-            raise ValueError(f"{name}: k_scale / v_scale apply to FP8 caches only")
-        return
-    num_kv_heads = key_cache.shape[2]
-    for label, t in (("k_scale", k_scale), ("v_scale", v_scale)):
-        if t is None:
-            raise ValueError(f"{name}: an FP8 KV cache needs {label}")
-        if t.shape != (num_kv_heads,) or t.dtype != torch.float32 or t.device != key_cache.device:
-            raise ValueError(
-                f"{name}: {label} must be float32 [{num_kv_heads}] on {key_cache.device}, got "
-                f"{t.dtype} {tuple(t.shape)} on {t.device}"
-            )
-
-
 def _dtype_code(t: torch.Tensor, name: str) -> int:
     if t.dtype == FP8_KV_DTYPE:
         return FP8_E4M3_CODE
@@ -135,42 +117,6 @@ def _rows_aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 _stream = stream_handle
-
-
-def _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc):
-    if query.dim() != 3 or key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
-        raise ValueError(
-            "paged_attention: expected query [T, Hq, D] and caches [blocks, block_size, Hkv, D], "
-            f"got {tuple(query.shape)}, {tuple(key_cache.shape)}, {tuple(value_cache.shape)}"
-        )
-    if query.shape[2] != key_cache.shape[3]:
-        raise ValueError(
-            f"paged_attention: query head dim {query.shape[2]} != cache head dim {key_cache.shape[3]}"
-        )
-    if query.shape[1] % key_cache.shape[2] != 0:
-        raise ValueError(
-            f"paged_attention: {query.shape[1]} query heads is not a multiple of "
-            f"{key_cache.shape[2]} KV heads"
-        )
-    num_seqs = seq_lens.shape[0]
-    if query_start_loc.shape != (num_seqs + 1,) or block_tables.dim() != 2:
-        raise ValueError(
-            "paged_attention: expected query_start_loc [B + 1] and block_tables [B, max_blocks] "
-            f"for B = {num_seqs} sequences"
-        )
-
-
-def _check_varlen(query, key, value, cu_seqlens):
-    if query.dim() != 3 or key.shape != value.shape or key.dim() != 3:
-        raise ValueError("varlen_attention: expected query/key/value [T, H, D]")
-    if key.shape[0] != query.shape[0] or key.shape[2] != query.shape[2]:
-        raise ValueError(
-            f"varlen_attention: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
-        )
-    if key.shape[1] != query.shape[1]:
-        raise ValueError("varlen_attention: query, key and value need the same number of heads")
-    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
-        raise ValueError("varlen_attention: cu_seqlens must be [N + 1]")
 
 
 @torch.library.custom_op("mmcore::reshape_and_cache", mutates_args=("key_cache", "value_cache"))
@@ -390,7 +336,7 @@ def reshape_and_cache(
         )
     if slot_mapping.shape != (key.shape[0],):
         raise ValueError("reshape_and_cache: slot_mapping must have one slot per token")
-    _check_scales(key_cache, k_scale, v_scale, "reshape_and_cache")
+    check_scales(key_cache, k_scale, v_scale, "reshape_and_cache")
     torch.ops.mmcore.reshape_and_cache(
         key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale
     )
@@ -434,8 +380,8 @@ def paged_attention(
     Returns:
         ``[T, Hq, D]`` in the query's dtype.
     """
-    _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
-    _check_scales(key_cache, k_scale, v_scale, "paged_attention")
+    check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
+    check_scales(key_cache, k_scale, v_scale, "paged_attention")
     if attend_until is not None and attend_until.shape != (query.shape[0],):
         raise ValueError(
             f"paged_attention: attend_until must be [T] = [{query.shape[0]}], got "
@@ -469,5 +415,5 @@ def varlen_attention(
     Returns:
         ``[T, H, D]`` in the query's dtype.
     """
-    _check_varlen(query, key, value, cu_seqlens)
+    check_varlen(query, key, value, cu_seqlens)
     return torch.ops.mmcore.varlen_attention(query, key, value, cu_seqlens, float(scale))
