@@ -11,6 +11,11 @@
 #               dummy: offline req/s vs HF generate() and the roofline, batch-1 ITL vs the bound
 #   gemma       Gemma 3 on CUDA vs HF; Gemma-3-12B dummy: offline req/s vs HF, KV at 8k prompts
 #   fp8         FP8 GEMM / engine GPU tests; LLaVA-1.5-7B dummy bf16 vs fp8 weights (req/s, ITL, KL)
+#   build       nothing after the build (a first call that leaves build/gpu for the next ones)
+#   kernels     attention kernels vs the torch reference (head dims 16-256, image spans, FP8 KV,
+#               graphs) and the FP8-KV engine
+#   kernels_bench  bench_gpu_kernels_wave2.py: d72 / d256 vs SDPA, FP8-KV decode vs bf16 against
+#               copy bandwidth
 # Usage: bash bench/gpu_wave2_check.sh LOG_DIR [STAGE ...]
 # Python packages the machine lacks travel as wheels in .whl (see the device notes).
 set -uo pipefail
@@ -60,6 +65,13 @@ for s in $STAGES; do
     fp8) stage fp8_tests 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_fp8_cuda.py
       stage fp8_bench 300 python3 bench/bench_gpu_fp8.py --num-requests 300 --demo-n 200 \
         --out "$LOG" ;;
+    kernels) stage kernels_tests 480 python3 -m pytest -q -p no:cacheprovider --maxfail=40 \
+      tests/python/test_kernels_cuda.py tests/python/test_kernels_cuda_spans_fp8.py \
+      tests/python/test_gpu_fp8_kv.py tests/python/test_kernels_cuda_fused.py
+      grep -E "^FAILED|^ERROR" "$LOG/kernels_tests.log" | cut -c1-300 | head -40 ;;
+    kernels_bench) stage kernels_bench 300 python3 bench/bench_gpu_kernels_wave2.py --out "$LOG"
+      cat "$LOG/kernels_bench.log" ;;
+    build) ;;
     *) echo "unknown stage $s" ;;
   esac
 done

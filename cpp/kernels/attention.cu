@@ -18,8 +18,9 @@ constexpr int kMaxSplits = 64;
 // Shared checks of both launchers; `name` prefixes the messages.
 void check_common(const AttentionParams& p, DType dtype, int head_dim, const char* name) {
   const std::string n(name);
-  require(head_dim == 64 || head_dim == 80 || head_dim == 128,
-          n + ": head_dim must be 64, 80 or 128, got " + std::to_string(head_dim));
+  require(head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 72 || head_dim == 80 ||
+              head_dim == 128 || head_dim == 256,
+          n + ": head_dim must be 16, 32, 64, 72, 80, 128 or 256, got " + std::to_string(head_dim));
   require(dtype == DType::kFloat16 || dtype == DType::kBFloat16,
           n + ": dtype must be float16 or bfloat16");
   require(p.num_seqs >= 0 && p.num_tokens >= 0, n + ": negative batch size");
@@ -52,19 +53,30 @@ void check_common(const AttentionParams& p, DType dtype, int head_dim, const cha
 cudaError_t run_for_head_dim(const AttentionParams& p, DType dtype, int head_dim,
                              AttentionVariant variant, cudaStream_t stream) {
   switch (head_dim) {
+    case 16:
+      return run_attention<16>(p, dtype, variant, stream);
+    case 32:
+      return run_attention<32>(p, dtype, variant, stream);
     case 64:
       return run_attention<64>(p, dtype, variant, stream);
+    case 72:
+      return run_attention<72>(p, dtype, variant, stream);
     case 80:
       return run_attention<80>(p, dtype, variant, stream);
-    default:
+    case 128:
       return run_attention<128>(p, dtype, variant, stream);
+    case 256:
+      return run_attention<256>(p, dtype, variant, stream);
+    default:
+      return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace
 
-int attention_block_rows(AttentionVariant variant) {
-  return variant == AttentionVariant::kPagedDecode ? kDecodeRows : kPrefillRows;
+int attention_block_rows(AttentionVariant variant, int head_dim) {
+  if (variant == AttentionVariant::kPagedDecode) return kDecodeRows;
+  return head_dim > 128 ? kPrefillRows / 2 : kPrefillRows;  // VariantShape: one 16-row tile/warp
 }
 
 AttentionVariant paged_variant(int max_query_len, int group) {
@@ -73,9 +85,9 @@ AttentionVariant paged_variant(int max_query_len, int group) {
              : AttentionVariant::kPagedPrefill;
 }
 
-int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens, int num_kv_heads,
-                         int group, int max_seq_len, int num_sms) {
-  const int rows = attention_block_rows(variant);
+int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, int num_tokens,
+                         int num_kv_heads, int group, int max_seq_len, int num_sms) {
+  const int rows = attention_block_rows(variant, head_dim);
   const int64_t row_tiles = variant == AttentionVariant::kPagedDecode
                                 ? num_seqs
                                 : (static_cast<int64_t>(num_tokens) * group + rows - 1) / rows;
@@ -101,9 +113,25 @@ int attention_num_splits(AttentionVariant variant, int num_seqs, int num_tokens,
   return best;
 }
 
-void launch_paged_attention(AttentionParams p, DType dtype, int head_dim, int max_query_len,
-                            cudaStream_t stream) {
+void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int head_dim,
+                            int max_query_len, cudaStream_t stream) {
   check_common(p, dtype, head_dim, "paged_attention");
+  require(kv_dtype == dtype || kv_dtype == DType::kFloat8E4M3,
+          "paged_attention: the KV cache must have the query's dtype or float8_e4m3fn");
+  p.kv_fp8 = kv_dtype == DType::kFloat8E4M3;
+  if (p.kv_fp8) {
+    require(p.k_scale && p.v_scale, "paged_attention: an FP8 KV cache needs k_scale and v_scale");
+    // 16-byte copies of 16 e4m3 values; 8-byte ones where the head dim is not a multiple of 16.
+    const int64_t align = head_dim % 16 == 0 ? 16 : 8;
+    const int64_t kv_strides[] = {p.k_stride_block, p.k_stride_token, p.k_stride_head,
+                                  p.v_stride_block, p.v_stride_token, p.v_stride_head};
+    for (int64_t s : kv_strides) {
+      require(s % align == 0, "paged_attention: FP8 cache strides must be multiples of " +
+                                  std::to_string(align) + " elements, got " + std::to_string(s));
+    }
+  } else {
+    p.k_scale = p.v_scale = nullptr;
+  }
   require(p.block_tables && p.seq_lens, "paged_attention: null block_tables or seq_lens");
   require(p.block_size > 0, "paged_attention: block_size must be positive");
   require(p.block_table_stride >= 0 && p.k_stride_block >= 0 && p.v_stride_block >= 0,
@@ -130,6 +158,8 @@ void launch_varlen_attention(AttentionParams p, DType dtype, int head_dim, cudaS
   p.seq_lens = nullptr;
   p.block_tables = nullptr;
   p.sliding_window = -1;
+  p.attend_until = nullptr;
+  p.kv_fp8 = false;
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
   check_launch(run_for_head_dim(p, dtype, head_dim, AttentionVariant::kPacked, stream),
                "varlen_attention");

@@ -9,10 +9,11 @@
 
 namespace mmcore::kernels {
 
-template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged,
+          bool kFp8 = false>
 cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stream) {
-  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>;
-  auto* kernel = attention_kernel<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kPaged>;
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>;
+  auto* kernel = attention_kernel<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kPaged, kFp8>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
@@ -33,16 +34,34 @@ cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stre
   return cudaGetLastError();
 }
 
+// Warp layouts per head dim: head dim 256 holds one 16-row tile per warp (its O accumulators
+// alone take 128 registers) and slices decode keys over 2 warps (32-key tiles).
+template <int kHeadDim>
+struct VariantShape {
+  static constexpr int kPrefillMFrags = kHeadDim > 128 ? 1 : 2;
+  static constexpr int kDecodeWarpsN = kHeadDim > 128 ? 2 : 4;
+};
+
+template <typename T, int kHeadDim, bool kFp8>
+cudaError_t launch_paged_for_dtype(const AttentionParams& p, AttentionVariant variant,
+                                   cudaStream_t stream) {
+  using Shape = VariantShape<kHeadDim>;
+  if (variant == AttentionVariant::kPagedDecode)
+    return launch_attention_variant<T, kHeadDim, 1, Shape::kDecodeWarpsN, 1, true, kFp8>(p, stream);
+  return launch_attention_variant<T, kHeadDim, 4, 1, Shape::kPrefillMFrags, true, kFp8>(p, stream);
+}
+
 template <typename T, int kHeadDim>
 cudaError_t launch_for_dtype(const AttentionParams& p, AttentionVariant variant,
                              cudaStream_t stream) {
   switch (variant) {
     case AttentionVariant::kPagedDecode:
-      return launch_attention_variant<T, kHeadDim, 1, 4, 1, true>(p, stream);
     case AttentionVariant::kPagedPrefill:
-      return launch_attention_variant<T, kHeadDim, 4, 1, 2, true>(p, stream);
+      return p.kv_fp8 ? launch_paged_for_dtype<T, kHeadDim, true>(p, variant, stream)
+                      : launch_paged_for_dtype<T, kHeadDim, false>(p, variant, stream);
     case AttentionVariant::kPacked:
-      return launch_attention_variant<T, kHeadDim, 4, 1, 2, false>(p, stream);
+      return launch_attention_variant<T, kHeadDim, 4, 1, VariantShape<kHeadDim>::kPrefillMFrags,
+                                      false>(p, stream);
   }
   return cudaErrorInvalidValue;
 }

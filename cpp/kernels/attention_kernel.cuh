@@ -5,7 +5,8 @@
 // share every K/V tile they load. Warps are laid out kWarpsM (16 * kMFrags rows each) by kWarpsN
 // (each a slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at
 // the end (decode: few rows, long contexts). K/V tiles of 64 keys are multi-buffered with cp.async.
-// Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows.
+// Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows;
+// paged K/V may be FP8 (e4m3, converted to T in shared memory, per-head scales folded in).
 // Softmax is online, in float32, in the log2 domain.
 #pragma once
 #include <cuda_runtime.h>
@@ -14,51 +15,28 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "kernels/attention_config.cuh"
 #include "kernels/attention_merge.cuh"
 #include "kernels/attention_params.h"
 #include "kernels/mma_utils.cuh"
 
 namespace mmcore::kernels {
 
-__host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
-
-template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags>
-struct AttentionConfig {
-  static_assert(kHeadDim % 16 == 0 && (kHeadDim / 8) % 2 == 0, "head dim must be 16k, 8 | k*2");
-  static constexpr int kRowsPerWarp = 16 * kMFrags;  // each warp: kMFrags 16-row mma tiles
-  static constexpr int kBlockM = kRowsPerWarp * kWarpsM;
-  // Q fragments stay in registers unless that would crowd out the accumulators.
-  static constexpr bool kQInRegs = kMFrags * kHeadDim <= 128;
-  // Keys per K/V tile (32 for head dim 128 removed its register spills but ran no faster).
-  static constexpr int kBlockN = 64;
-  static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
-  static constexpr int kKeysPerWarp = kBlockN / kWarpsN;
-  static_assert(kKeysPerWarp % 16 == 0, "each warp needs whole 16-key steps");
-  static constexpr int kRowStride = kHeadDim + 8;  // 16 bytes of padding: conflict-free ldmatrix
-  static constexpr int kChunksPerRow = kHeadDim / 8;
-  static constexpr int kQElems = kBlockM * kRowStride;
-  static constexpr int kTileElems = kBlockN * kRowStride;
-  // K/V pipeline depth: the decode variant (few rows, memory-bound) keeps more tiles in flight.
-  static constexpr int kStages = kWarpsN > 1 ? 3 : 2;
-  static constexpr size_t kSmemBytes = (kQElems + 2 * kStages * kTileElems) * sizeof(T);
-  // Cross-warp merge of kWarpsN key slices reuses the K/V buffers.
-  static constexpr size_t kMergeBytes = kWarpsN * 16 * (kHeadDim + 2) * sizeof(float);
-  static_assert(kWarpsN == 1 || kMFrags == 1, "key-sliced warps hold one 16-row tile");
-  static_assert(kWarpsN == 1 || kMergeBytes <= 2 * kStages * kTileElems * sizeof(T),
-                "merge buffer");
-};
-
-template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged>
-__global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>::kThreads)
+template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kPaged, bool kFp8>
+__global__ void __launch_bounds__(
+    AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>::kThreads)
     attention_kernel(const AttentionParams p) {
-  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags>;
+  using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>;
+  static_assert(kPaged || !kFp8, "FP8 K/V come from the paged cache only");
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStride = Cfg::kRowStride;
   constexpr int kNT = Cfg::kKeysPerWarp / 8;  // 8-key accumulator tiles per warp
-  constexpr int kDT = kHeadDim / 8;           // 8-wide output tiles
+  constexpr int kDT = Cfg::kPadDim / 8;       // 8-wide output tiles (padding included)
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);
-  T* s_k = s_q + Cfg::kQElems;                    // kStages tiles
-  T* s_v = s_k + Cfg::kStages * Cfg::kTileElems;  // kStages tiles
+  T* s_k = s_q + Cfg::kQElems;                           // kComputeStages tiles
+  T* s_v = s_k + Cfg::kComputeStages * Cfg::kTileElems;  // kComputeStages tiles
+  // FP8 only: kStages (K tile, V tile) pairs of e4m3 bytes.
+  uint8_t* s_f8 = reinterpret_cast<uint8_t*>(s_v + Cfg::kComputeStages * Cfg::kTileElems);
 
   // Which sequence and row tile this CTA owns.
   // Causal: heavy (late) row tiles first, so the light ones fill the tail of the grid.
@@ -88,11 +66,26 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   if (row0 >= num_rows) return;  // a sequence without queries this step
   const int kv_head = blockIdx.y;
   const int context = seq_len - num_q;  // position of the first query token
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
 
   // Keys this row tile can see, split evenly (in whole tiles) over blockIdx.z.
   const int first_tok = row0 / group;
   const int last_tok = (min(row0 + kBlockM, num_rows) - 1) / group;
-  const int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
+  int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
+  const bool spans = p.causal && p.attend_until != nullptr;
+  if (spans) {
+    // Image spans open keys past the diagonal: the tile reads up to its rows' furthest bound.
+    __shared__ int s_until;
+    if (tid == 0) s_until = -1;
+    __syncthreads();
+    int until = -1;
+    for (int t = first_tok + tid; t <= last_tok; t += Cfg::kThreads)
+      until = max(until, p.attend_until[q_start + t]);
+    if (until >= 0) atomicMax(&s_until, until);
+    __syncthreads();
+    kv_end = min(seq_len, max(kv_end, s_until + 1));
+  }
   int kv_begin = 0;
   if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
   kv_begin = kv_begin / kBlockN * kBlockN;
@@ -100,20 +93,23 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   const int tiles_per_split = ceil_div(kv_tiles, p.num_splits);
   const int tile_begin = blockIdx.z * tiles_per_split;
   const int n_tiles = max(0, min(kv_tiles, tile_begin + tiles_per_split) - tile_begin);
-  // Tiles wholly inside every row's window need no masking.
+  // Tiles wholly inside every row's window need no masking (a row's bound is never below its
+  // own position, so spans only ever widen this).
   const int min_hi = p.causal ? min(kv_end, context + first_tok + 1) : kv_end;
   const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
 
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int wm = warp % kWarpsM, wn = warp / kWarpsM;
-  const T* q_base = static_cast<const T*>(p.q);
-  const T* k_base = static_cast<const T*>(p.k);
-  const T* v_base = static_cast<const T*>(p.v);
+  // FP8: the per-head scales fold into the softmax scale (K) and the output (V).
+  float scale_log2 = p.scale_log2, out_scale = 1.f;
+  if constexpr (kFp8) {
+    scale_log2 *= p.k_scale[kv_head];
+    out_scale = p.v_scale[kv_head];
+  }
 
+  const T* q_base = static_cast<const T*>(p.q);
   for (int c = tid; c < kBlockM * Cfg::kChunksPerRow; c += Cfg::kThreads) {
     const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
     const int row = row0 + r;
-    const bool valid = row < num_rows;
+    const bool valid = row < num_rows && ch < Cfg::kRealChunks;
     const T* src = q_base;
     if (valid) {
       src += (q_start + row / group) * p.q_stride_token +
@@ -126,52 +122,76 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   // Each thread copies chunk column `ch` of rows r, r + kRowsPerPass, ... of every K/V tile, so
   // the per-tile address work is one multiply-add per row (the chunk loop of a general thread
   // count would redo the index math per chunk).
-  constexpr int kChunks = kBlockN * Cfg::kChunksPerRow;
-  constexpr bool kFixedColumn = Cfg::kThreads % Cfg::kChunksPerRow == 0;
-  constexpr int kRowsPerPass = kFixedColumn ? Cfg::kThreads / Cfg::kChunksPerRow : 1;
+  constexpr int kLoadChunks = kFp8 ? Cfg::kF8ChunksPerRow : Cfg::kChunksPerRow;
+  constexpr int kLoadReal = kFp8 ? Cfg::kF8RealChunks : Cfg::kRealChunks;
+  constexpr int kChunkElems = kFp8 ? Cfg::kF8Chunk : 8;
+  constexpr int kChunks = kBlockN * kLoadChunks;
+  constexpr bool kFixedColumn = Cfg::kThreads % kLoadChunks == 0;
+  constexpr int kRowsPerPass = kFixedColumn ? Cfg::kThreads / kLoadChunks : 1;
   const int64_t k_head_off = kv_head * p.k_stride_head;
   const int64_t v_head_off = kv_head * p.v_stride_head;
-  const T* k_seq = k_base + k_head_off;  // packed layout: row 0 of this sequence below
-  const T* v_seq = v_base + v_head_off;
-  if constexpr (!kPaged) {
-    k_seq += static_cast<int64_t>(q_start) * p.k_stride_token;
-    v_seq += static_cast<int64_t>(q_start) * p.v_stride_token;
-  }
-  auto copy_row_chunk = [&](T* dk, T* dv, int key, int ch) {
-    const bool valid = key < kv_end;
-    const T* k_src = k_base;
-    const T* v_src = v_base;
+  // Element (= byte for FP8) offsets of row `key`'s head slice; copies chunk `ch` to stage `stage`.
+  auto copy_row_chunk = [&](int stage, int r, int key, int ch) {
+    const bool valid = key < kv_end && ch < kLoadReal;
+    int64_t k_off = 0, v_off = 0;
     if (valid) {
       if constexpr (kPaged) {
         // Power-of-two block sizes (the usual case) avoid an integer division per row.
         const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
         const int in_block = key - block_idx * p.block_size;
         const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
-        k_src = k_base + block * p.k_stride_block + in_block * p.k_stride_token + k_head_off;
-        v_src = v_base + block * p.v_stride_block + in_block * p.v_stride_token + v_head_off;
+        k_off = block * p.k_stride_block + in_block * p.k_stride_token + k_head_off;
+        v_off = block * p.v_stride_block + in_block * p.v_stride_token + v_head_off;
       } else {
-        k_src = k_seq + static_cast<int64_t>(key) * p.k_stride_token;
-        v_src = v_seq + static_cast<int64_t>(key) * p.v_stride_token;
+        k_off = static_cast<int64_t>(q_start + key) * p.k_stride_token + k_head_off;
+        v_off = static_cast<int64_t>(q_start + key) * p.v_stride_token + v_head_off;
       }
+      k_off += ch * kChunkElems;
+      v_off += ch * kChunkElems;
     }
-    cp_async_16(dk, k_src + ch * 8, valid);
-    cp_async_16(dv, v_src + ch * 8, valid);
+    if constexpr (kFp8) {
+      uint8_t* dk = s_f8 + stage * 2 * Cfg::kF8TileBytes + r * Cfg::kPadDim + ch * kChunkElems;
+      uint8_t* dv = dk + Cfg::kF8TileBytes;
+      const uint8_t* k_src = static_cast<const uint8_t*>(p.k) + k_off;
+      const uint8_t* v_src = static_cast<const uint8_t*>(p.v) + v_off;
+      if constexpr (kChunkElems == 16) {
+        cp_async_16(dk, k_src, valid);
+        cp_async_16(dv, v_src, valid);
+      } else {
+        cp_async_8(dk, k_src, valid);
+        cp_async_8(dv, v_src, valid);
+      }
+    } else {
+      T* dk = s_k + stage * Cfg::kTileElems + r * kStride + ch * 8;
+      T* dv = s_v + stage * Cfg::kTileElems + r * kStride + ch * 8;
+      cp_async_16(dk, static_cast<const T*>(p.k) + k_off, valid);
+      cp_async_16(dv, static_cast<const T*>(p.v) + v_off, valid);
+    }
   };
   auto load_kv = [&](int kv_tile, int stage) {
     const int n0 = kv_begin + kv_tile * kBlockN;
-    T* dk = s_k + stage * Cfg::kTileElems;
-    T* dv = s_v + stage * Cfg::kTileElems;
     if constexpr (kFixedColumn) {
-      const int r0 = tid / Cfg::kChunksPerRow, ch = tid % Cfg::kChunksPerRow;
+      const int r0 = tid / kLoadChunks, ch = tid % kLoadChunks;
 #pragma unroll
-      for (int r = r0; r < kBlockN; r += kRowsPerPass) {
-        copy_row_chunk(dk + r * kStride + ch * 8, dv + r * kStride + ch * 8, n0 + r, ch);
-      }
+      for (int r = r0; r < kBlockN; r += kRowsPerPass) copy_row_chunk(stage, r, n0 + r, ch);
     } else {
       for (int c = tid; c < kChunks; c += Cfg::kThreads) {
-        const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
-        copy_row_chunk(dk + r * kStride + ch * 8, dv + r * kStride + ch * 8, n0 + r, ch);
+        const int r = c / kLoadChunks, ch = c % kLoadChunks;
+        copy_row_chunk(stage, r, n0 + r, ch);
       }
+    }
+  };
+  // FP8: e4m3 stage -> the T tile pair (exact conversion; the scales are applied elsewhere).
+  auto convert_kv = [&](int stage) {
+    constexpr int kGroups = Cfg::kPadDim / 8;
+    const uint8_t* fk = s_f8 + stage * 2 * Cfg::kF8TileBytes;
+    const uint8_t* fv = fk + Cfg::kF8TileBytes;
+    for (int c = tid; c < kBlockN * kGroups; c += Cfg::kThreads) {
+      const int r = c / kGroups, g = c % kGroups;
+      const uint2 kr = *reinterpret_cast<const uint2*>(fk + r * Cfg::kPadDim + g * 8);
+      const uint2 vr = *reinterpret_cast<const uint2*>(fv + r * Cfg::kPadDim + g * 8);
+      *reinterpret_cast<uint4*>(s_k + r * kStride + g * 8) = fp8x8_to<T>(kr);
+      *reinterpret_cast<uint4*>(s_v + r * kStride + g * 8) = fp8x8_to<T>(vr);
     }
   };
 
@@ -184,7 +204,7 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
   cp_async_wait<Cfg::kStages - 1>();
   __syncthreads();
 
-  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kKSteps = Cfg::kPadDim / 16;
   const int warp_row0 = wm * Cfg::kRowsPerWarp;  // first row of this warp within the CTA tile
   // Q fragment (16 rows x 16 dims) of m-tile mf, k-step ks, straight from shared memory.
   auto load_q = [&](uint32_t(&frag)[4], int mf, int ks) {
@@ -222,12 +242,17 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
     cp_async_commit();
     cp_async_wait<Cfg::kStages - 1>();
     __syncthreads();
+    if constexpr (kFp8) {
+      convert_kv(stage);
+      __syncthreads();
+    }
+    const int compute_stage = kFp8 ? 0 : stage;
     // Tiles wholly inside every row's key range skip the per-element mask (own code path).
     auto compute_tile = [&](auto masked) {
       const int n0 = kv_begin + (tile_begin + j) * kBlockN;
       const int warp_key0 = wn * Cfg::kKeysPerWarp;
-      const T* k_s = s_k + stage * Cfg::kTileElems + warp_key0 * kStride;
-      const T* v_s = s_v + stage * Cfg::kTileElems + warp_key0 * kStride;
+      const T* k_s = s_k + compute_stage * Cfg::kTileElems + warp_key0 * kStride;
+      const T* v_s = s_v + compute_stage * Cfg::kTileElems + warp_key0 * kStride;
 
       float s[kMFrags][kNT][4];
 #pragma unroll
@@ -268,8 +293,11 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
           // recomputed here rather than held in registers across the loop.
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int pos = context + (row0 + warp_row0 + mf * 16 + lane / 4 + h * 8) / group;
-            const int key_hi = p.causal ? min(pos + 1, kv_end) : kv_end;
+            const int row = row0 + warp_row0 + mf * 16 + lane / 4 + h * 8;
+            const int pos = context + row / group;
+            int hi = pos;  // last visible key (causal)
+            if (spans && row < num_rows) hi = max(hi, p.attend_until[q_start + row / group]);
+            const int key_hi = p.causal ? min(hi + 1, kv_end) : kv_end;
             const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
 #pragma unroll
             for (int nt = 0; nt < kNT; ++nt) {
@@ -291,14 +319,14 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
             mx = fmaxf(mx, fmaxf(s[mf][nt][2 * h], s[mf][nt][2 * h + 1]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-          const float m_new = fmaxf(m_run[mf][h], mx * p.scale_log2);
+          const float m_new = fmaxf(m_run[mf][h], mx * scale_log2);
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
           alpha[mf][h] = fast_exp2(m_run[mf][h] - m_use);
           float sum = 0.f;
 #pragma unroll
           for (int nt = 0; nt < kNT; ++nt) {
-            s[mf][nt][2 * h] = fast_exp2(fmaf(s[mf][nt][2 * h], p.scale_log2, -m_use));
-            s[mf][nt][2 * h + 1] = fast_exp2(fmaf(s[mf][nt][2 * h + 1], p.scale_log2, -m_use));
+            s[mf][nt][2 * h] = fast_exp2(fmaf(s[mf][nt][2 * h], scale_log2, -m_use));
+            s[mf][nt][2 * h + 1] = fast_exp2(fmaf(s[mf][nt][2 * h + 1], scale_log2, -m_use));
             sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
           }
           l_run[mf][h] = l_run[mf][h] * alpha[mf][h] + sum;
@@ -379,12 +407,12 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
         int token, head;
         row_target(row, token, head);
         const float l = l_run[mf][h];
-        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float inv = l > 0.f ? out_scale / l : 0.f;
         const float lse2 = l > 0.f ? m_run[mf][h] + __log2f(l) : -INFINITY;
         const int64_t slot =
             (static_cast<int64_t>(blockIdx.z) * p.num_tokens + token) * p.num_q_heads + head;
 #pragma unroll
-        for (int dt = 0; dt < kDT; ++dt) {
+        for (int dt = 0; dt < Cfg::kRealChunks; ++dt) {
           const int d = dt * 8 + 2 * (lane % 4);
           const float o0 = o_acc[mf][dt][2 * h] * inv, o1 = o_acc[mf][dt][2 * h + 1] * inv;
           if (split) {
@@ -400,9 +428,9 @@ __global__ void __launch_bounds__(AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN,
     }
   } else {
     static_assert(kWarpsM == 1, "key-sliced warps need a single row tile");
-    merge_key_slices<T, kHeadDim, kWarpsN, Cfg::kThreads>(p, reinterpret_cast<float*>(s_k),
-                                                          o_acc[0], m_run[0], l_run[0], row0,
-                                                          num_rows, q_start, kv_head, wn);
+    merge_key_slices<T, kHeadDim, Cfg::kPadDim, kWarpsN, Cfg::kThreads>(
+        p, reinterpret_cast<float*>(s_k), o_acc[0], m_run[0], l_run[0], row0, num_rows, q_start,
+        kv_head, wn, out_scale);
   }
 }
 

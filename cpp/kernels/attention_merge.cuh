@@ -11,16 +11,17 @@
 namespace mmcore::kernels {
 
 // Merges the per-warp (m, l, O) states of kWarpsN key slices of one 16-row tile through shared
-// memory (`smem`, free K/V buffers) and writes the normalized rows (or split partials).
-template <typename T, int kHeadDim, int kWarpsN, int kThreads>
+// memory (`smem`, free K/V buffers) and writes the normalized rows (or split partials) of the
+// first kHeadDim of kPadDim columns, times `out_scale` (an FP8 cache's V scale, else 1).
+template <typename T, int kHeadDim, int kPadDim, int kWarpsN, int kThreads>
 __device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float* smem,
-                                                 const float (&o_acc)[kHeadDim / 8][4],
+                                                 const float (&o_acc)[kPadDim / 8][4],
                                                  const float (&m_run)[2], const float (&l_run)[2],
                                                  int row0, int num_rows, int q_start, int kv_head,
-                                                 int wn) {
-  constexpr int kDT = kHeadDim / 8;
+                                                 int wn, float out_scale) {
+  constexpr int kDT = kPadDim / 8;
   const int tid = threadIdx.x, lane = tid % 32;
-  constexpr int kOStride = kHeadDim + 2;
+  constexpr int kOStride = kPadDim + 2;
   float* s_o = smem;                            // [kWarpsN][16][kOStride]
   float* s_ml = s_o + kWarpsN * 16 * kOStride;  // [kWarpsN][16][2]
   __syncthreads();
@@ -56,7 +57,7 @@ __device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float
         o1 += s_o[(w * 16 + r) * kOStride + d + 1] * scale;
       }
     }
-    const float inv = l_tot > 0.f ? 1.f / l_tot : 0.f;
+    const float inv = l_tot > 0.f ? out_scale / l_tot : 0.f;
     const int token = q_start + row / p.group;
     const int head = kv_head * p.group + row % p.group;
     const int64_t slot =

@@ -6,7 +6,8 @@
 namespace mmcore::kernels {
 
 // Element types the kernels accept; the Python side passes these codes.
-enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+// kFloat8E4M3 only for KV caches (reshape_and_cache's cache, paged attention's K/V).
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat8E4M3 = 3 };
 
 struct AttentionParams {
   // Queries [T, Hq, D] (last dim contiguous) and the output of the same shape.
@@ -25,6 +26,10 @@ struct AttentionParams {
   int64_t block_table_stride = 0;
   int block_size = 0;
   int block_shift = -1;  // log2(block_size) when it is a power of two, else -1
+  // FP8 (e4m3) K/V: stored value * scale[kv_head] is the real one (float32 [Hkv] each).
+  bool kv_fp8 = false;
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
 
   const int32_t* query_start_loc = nullptr;  // [B + 1]
   const int32_t* seq_lens = nullptr;         // [B]; nullptr: sequence length = query count
@@ -39,6 +44,9 @@ struct AttentionParams {
   float scale_log2 = 0.f;  // softmax scale * log2(e)
   bool causal = true;
   int sliding_window = -1;  // > 0: a query at p sees keys in (p - window, p]
+  // [T] or nullptr: query token t sees keys up to max(own position, attend_until[t]) (causal
+  // only; bidirectional image spans). The window's lower bound still applies.
+  const int32_t* attend_until = nullptr;
 
   // Split-KV: with num_splits > 1 each split writes normalized partial outputs and log2-sum-exp
   // to these float32 buffers ([splits, T, Hq, D] and [splits, T, Hq]); a combine kernel merges.

@@ -33,7 +33,7 @@ T* as_ptr(uintptr_t address) {
 cudaStream_t as_stream(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
 
 DType as_dtype(int code) {
-  if (code < 0 || code > 2)
+  if (code < 0 || code > 3)
     throw std::invalid_argument("unknown dtype code " + std::to_string(code));
   return static_cast<DType>(code);
 }
@@ -71,17 +71,17 @@ void bind_attention(py::module_& m) {
   m.def(
       "paged_num_splits",
       [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int max_query_len,
-         int max_seq_len, int num_sms) {
+         int max_seq_len, int num_sms, int head_dim) {
         if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
           throw std::invalid_argument("paged_num_splits: num_q_heads % num_kv_heads != 0");
         const int group = num_q_heads / num_kv_heads;
         return mmcore::kernels::attention_num_splits(
-            mmcore::kernels::paged_variant(max_query_len, group), num_seqs, num_tokens,
+            mmcore::kernels::paged_variant(max_query_len, group), head_dim, num_seqs, num_tokens,
             num_kv_heads, group, max_seq_len, num_sms);
       },
       py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"),
       py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("num_sms"),
-      "KV splits (flash-decoding) paged_attention should use.");
+      py::arg("head_dim") = 128, "KV splits (flash-decoding) paged_attention should use.");
   m.def(
       "paged_attention",
       [](uintptr_t q, Strides2 q_strides, uintptr_t key_cache, Strides3 k_strides,
@@ -90,7 +90,8 @@ void bind_attention(py::module_& m) {
          uintptr_t tile_offsets, uintptr_t out, Strides2 out_strides, int num_seqs, int num_tokens,
          int num_q_heads, int num_kv_heads, int head_dim, int dtype, double scale,
          int sliding_window, int max_query_len, int num_splits, uintptr_t partial_out,
-         uintptr_t partial_lse, uintptr_t stream) {
+         uintptr_t partial_lse, uintptr_t stream, uintptr_t attend_until, int kv_dtype,
+         uintptr_t k_scale, uintptr_t v_scale) {
         AttentionParams p = attention_params(
             q, q_strides, out, out_strides, query_start_loc, tile_offsets, num_seqs, num_tokens,
             num_q_heads, num_kv_heads, scale, num_splits, partial_out, partial_lse);
@@ -107,9 +108,13 @@ void bind_attention(py::module_& m) {
         p.block_table_stride = block_table_stride;
         p.seq_lens = as_ptr<const int32_t>(seq_lens);
         p.sliding_window = sliding_window;
+        p.attend_until = as_ptr<const int32_t>(attend_until);
+        p.k_scale = as_ptr<const float>(k_scale);
+        p.v_scale = as_ptr<const float>(v_scale);
         py::gil_scoped_release release;
-        mmcore::kernels::launch_paged_attention(p, as_dtype(dtype), head_dim, max_query_len,
-                                                as_stream(stream));
+        mmcore::kernels::launch_paged_attention(p, as_dtype(dtype),
+                                                as_dtype(kv_dtype < 0 ? dtype : kv_dtype), head_dim,
+                                                max_query_len, as_stream(stream));
       },
       py::arg("q"), py::arg("q_strides"), py::arg("key_cache"), py::arg("k_strides"),
       py::arg("value_cache"), py::arg("v_strides"), py::arg("block_size"), py::arg("block_tables"),
@@ -118,7 +123,11 @@ void bind_attention(py::module_& m) {
       py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
       py::arg("dtype"), py::arg("scale"), py::arg("sliding_window"), py::arg("max_query_len"),
       py::arg("num_splits"), py::arg("partial_out"), py::arg("partial_lse"), py::arg("stream"),
-      "Causal paged attention over a mixed prefill/decode batch (device pointers as ints).");
+      py::arg("attend_until") = 0, py::arg("kv_dtype") = -1, py::arg("k_scale") = 0,
+      py::arg("v_scale") = 0,
+      "Causal paged attention over a mixed prefill/decode batch (device pointers as ints; "
+      "attend_until 0 = plain causal; kv_dtype -1 = the query's, 3 = FP8 e4m3 with per-KV-head "
+      "float32 k_scale / v_scale).");
   m.def(
       "varlen_attention",
       [](uintptr_t q, Strides2 q_strides, uintptr_t k, Strides2 k_strides, uintptr_t v,
@@ -152,7 +161,8 @@ void bind_cache_write(py::module_& m) {
       [](uintptr_t key, Strides2 key_strides, uintptr_t value, Strides2 value_strides,
          uintptr_t key_cache, Strides3 kc_strides, uintptr_t value_cache, Strides3 vc_strides,
          uintptr_t slot_mapping, int num_tokens, int num_kv_heads, int head_dim, int block_size,
-         int num_blocks, int src_dtype, int cache_dtype, uintptr_t stream) {
+         int num_blocks, int src_dtype, int cache_dtype, uintptr_t stream, uintptr_t k_scale,
+         uintptr_t v_scale) {
         mmcore::kernels::CacheWriteParams p;
         p.key = as_ptr<const void>(key);
         p.value = as_ptr<const void>(value);
@@ -174,6 +184,8 @@ void bind_cache_write(py::module_& m) {
         p.head_dim = head_dim;
         p.block_size = block_size;
         p.num_blocks = num_blocks;
+        p.k_scale = as_ptr<const float>(k_scale);
+        p.v_scale = as_ptr<const float>(v_scale);
         py::gil_scoped_release release;
         mmcore::kernels::launch_reshape_and_cache(p, as_dtype(src_dtype), as_dtype(cache_dtype),
                                                   as_stream(stream));
@@ -182,8 +194,9 @@ void bind_cache_write(py::module_& m) {
       py::arg("key_cache"), py::arg("kc_strides"), py::arg("value_cache"), py::arg("vc_strides"),
       py::arg("slot_mapping"), py::arg("num_tokens"), py::arg("num_kv_heads"), py::arg("head_dim"),
       py::arg("block_size"), py::arg("num_blocks"), py::arg("src_dtype"), py::arg("cache_dtype"),
-      py::arg("stream"),
-      "Write K/V rows into the paged caches by slot mapping (negative slot = skip).");
+      py::arg("stream"), py::arg("k_scale") = 0, py::arg("v_scale") = 0,
+      "Write K/V rows into the paged caches by slot mapping (negative slot = skip); an FP8 cache "
+      "(cache_dtype 3) stores x / scale[head] saturated to e4m3.");
 }
 
 void bind_fused(py::module_& m) {

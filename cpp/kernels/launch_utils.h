@@ -46,6 +46,8 @@ cudaError_t dispatch_dtype(DType dtype, Launch&& launch) {
       return launch(TypeTag<__half>{});
     case DType::kBFloat16:
       return launch(TypeTag<__nv_bfloat16>{});
+    default:
+      break;
   }
   return cudaErrorInvalidValue;
 }

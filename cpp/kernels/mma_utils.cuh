@@ -3,6 +3,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 
@@ -13,6 +14,14 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
   const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const int src_size = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_size));
+}
+
+// 8-byte global->shared copy (through L1); zeros when `valid` is false.
+__device__ __forceinline__ void cp_async_8(void* smem, const void* gmem, bool valid) {
+  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const int src_size = valid ? 8 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem),
                "r"(src_size));
 }
 
@@ -84,6 +93,33 @@ template <>
 __device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
   __half2 v = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
+}
+
+// Two e4m3 values (low byte first) as two 16-bit T values in one register; exact, since every
+// e4m3 value is a float16 and a bfloat16 value.
+template <typename T>
+__device__ __forceinline__ uint32_t fp8x2_to(uint32_t pair);
+
+template <>
+__device__ __forceinline__ uint32_t fp8x2_to<__half>(uint32_t pair) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xffffu), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
+template <>
+__device__ __forceinline__ uint32_t fp8x2_to<__nv_bfloat16>(uint32_t pair) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair & 0xffffu), __NV_E4M3);
+  const float2 f = __half22float2(__half2(h));
+  return pack2<__nv_bfloat16>(f.x, f.y);
+}
+
+// Eight e4m3 values (8 bytes) as eight T values (16 bytes).
+template <typename T>
+__device__ __forceinline__ uint4 fp8x8_to(uint2 v) {
+  return make_uint4(fp8x2_to<T>(v.x), fp8x2_to<T>(v.x >> 16), fp8x2_to<T>(v.y),
+                    fp8x2_to<T>(v.y >> 16));
 }
 
 }  // namespace mmcore::kernels

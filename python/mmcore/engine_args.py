@@ -23,6 +23,7 @@ from mmcore.arg_utils import (
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 _DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
 MODEL_IMPLS = ("auto", "mmcore", "transformers")
 EXECUTOR_BACKENDS = ("uni", "mp", "ray")
 MM_ENCODER_TP_MODES = ("weights", "data")
@@ -155,6 +156,13 @@ class EngineArgs:
         "prefill)"
     )
     block_size: int = option(16, help="tokens per KV cache block")
+    kv_cache_dtype: str = option(
+        "auto",
+        choices=KV_CACHE_DTYPES,
+        help="KV cache element type: auto = the model dtype; fp8 (= fp8_e4m3) stores float8 "
+        "e4m3 with per-layer, per-KV-head scales (the checkpoint's k_scale / v_scale when it "
+        "has them, else 1.0): half the bytes of bf16, twice the blocks for the same memory",
+    )
     gpu_memory_utilization: float = option(
         0.9, help="fraction of the GPU's memory the engine may use (weights, activations, KV)"
     )

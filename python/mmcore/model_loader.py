@@ -51,16 +51,19 @@ def safetensors_files(model_dir: str) -> list[str]:
 def iterate_safetensors(files: list[str]) -> Iterator[tuple[str, torch.Tensor | LazyWeight]]:
     """Yield (name, tensor) of every tensor. Tensor parallel: lazy tensors, read only when a
     layer slices them, so a rank reads only its shard of each weight (one rank: plain tensors,
-    as every model's ``load_weights`` takes them)."""
+    as every model's ``load_weights`` takes them). KV-cache scales
+    (``mmcore.engine.kv_cache.is_kv_scale``) are not model weights and are skipped."""
     from safetensors import safe_open
 
     from mmcore.distributed.parallel_state import tp_size
+    from mmcore.engine.kv_cache import is_kv_scale
 
     lazy = tp_size() > 1
     for path in files:
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():  # noqa: SIM118 - safe_open is not a dict
-                yield name, LazyWeight(f, name) if lazy else f.get_tensor(name)
+                if not is_kv_scale(name):
+                    yield name, LazyWeight(f, name) if lazy else f.get_tensor(name)
 
 
 def _is_norm_scale(name: str, param: torch.Tensor) -> bool:

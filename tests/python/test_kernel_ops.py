@@ -79,6 +79,38 @@ def test_fake_impls_give_output_shapes():
                                            mode.from_tensor(torch.zeros(4, dtype=torch.long)))  # fmt: skip
 
 
+def test_paged_attention_op_passes_attend_until_and_fp8_scales():
+    gen = torch.Generator().manual_seed(6)
+    query, key_cache, value_cache, *rest = _paged_inputs(gen)
+    until = torch.tensor([-1, 9, 9, -1, -1, -1], dtype=torch.int32)  # request 0: a 2-token span
+    args = (query, key_cache, value_cache, *rest)
+    out = ops.paged_attention(*args, 0.3, -1, until)
+    torch.testing.assert_close(out, reference.paged_attention(*args, 0.3, -1, until))
+    assert not torch.allclose(out[1:3], reference.paged_attention(*args, 0.3)[1:3])
+    scales = {"k_scale": torch.tensor([0.5, 2.0]), "v_scale": torch.tensor([1.0, 0.25])}
+    fp8 = [c.to(torch.float8_e4m3fn) for c in (key_cache, value_cache)]
+    fp8_args = (query, *fp8, *rest)
+    out = ops.paged_attention(*fp8_args, 0.3, 2, until, **scales)
+    want = reference.paged_attention(*fp8_args, 0.3, 2, until, **scales)
+    torch.testing.assert_close(out, want)
+    with pytest.raises(ValueError, match=r"attend_until must be \[T\]"):
+        ops.paged_attention(*args, 0.3, -1, until[:3])
+
+
+def test_fake_impl_takes_attend_until_and_scales():
+    real = _paged_inputs(torch.Generator().manual_seed(7), torch.bfloat16)
+    until = torch.zeros(6, dtype=torch.int32)
+    scale = torch.ones(2)
+    caches = [real[i].to(torch.float8_e4m3fn) for i in (1, 2)]
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(t) for t in (*real, until, scale)]
+        fp8 = [mode.from_tensor(c) for c in caches]
+        out = torch.ops.mmcore.paged_attention(
+            fake[0], *fp8, *fake[3:6], 0.2, -1, 5, 11, fake[6], fake[7], fake[7]
+        )
+        assert out.shape == real[0].shape and out.dtype == torch.bfloat16
+
+
 def test_ops_trace_under_torch_compile():
     gen = torch.Generator().manual_seed(4)
     args = _paged_inputs(gen)
@@ -88,6 +120,13 @@ def test_ops_trace_under_torch_compile():
 
     compiled = torch.compile(step, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(*args), 2 * reference.paged_attention(*args, 0.25))
+    until = torch.tensor([-1, 10, 10, 10, -1, -1], dtype=torch.int32)
+
+    def spans(*a):
+        return ops.paged_attention(*a, 0.25, -1, until, max_query_len=5, max_seq_len=11)
+
+    compiled = torch.compile(spans, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*args), reference.paged_attention(*args, 0.25, -1, until))
 
 
 @pytest.mark.parametrize(
@@ -115,3 +154,19 @@ def test_varlen_and_cache_write_reject_bad_shapes():
     with pytest.raises(ValueError, match="do not fit"):
         ops.reshape_and_cache(q, q, torch.zeros(2, 4, 3, 8), torch.zeros(2, 4, 3, 8),
                               torch.zeros(5, dtype=torch.long))  # fmt: skip
+
+
+def test_kernel_routing_raises_for_half_precision_head_dims_the_kernels_lack(monkeypatch):
+    # As on a GPU with the module built: half precision goes to the kernels or raises, float32
+    # (a debugging path) and FP8 caches of a supported head dim are taken.
+    monkeypatch.setattr(ops, "_use_kernel", lambda t: True)
+    q = torch.zeros(3, 4, 96, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="no CUDA attention kernel for head dim 96"):
+        ops._kernel_or_reference("varlen_attention", q, q, q)
+    assert not ops._kernel_or_reference("varlen_attention", q.float(), q.float(), q.float())
+    for d in ops.ATTENTION_HEAD_DIMS:
+        q = torch.zeros(3, 4, d, dtype=torch.float16)
+        fp8 = torch.zeros(2, 16, 4, d, dtype=torch.float8_e4m3fn)
+        assert ops._kernel_or_reference("paged_attention", q, fp8, fp8)
+    with pytest.raises(ValueError, match="does not match the query"):
+        ops._kernel_or_reference("varlen_attention", q, fp8[0], fp8[0])

@@ -55,8 +55,12 @@ def _check_close(out, ref, dtype):
     assert err <= TOL[dtype], f"max abs error {err}"
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [64, 80, 128])
+HEAD_DIMS = [16, 32, 64, 72, 80, 128, 256]  # ops.ATTENTION_HEAD_DIMS
+_d_id = "d{}".format
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d", HEAD_DIMS, ids=_d_id)
 @pytest.mark.parametrize("hq,hkv", [(8, 8), (8, 2), (8, 1)])
 @pytest.mark.parametrize("block_size", [16, 24, 32])
 def test_paged_attention_mixed_batch(dtype, d, hq, hkv, block_size):
@@ -70,8 +74,8 @@ def test_paged_attention_mixed_batch(dtype, d, hq, hkv, block_size):
     _check_close(out, reference.paged_attention(*args, scale), dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d", [64, 72, 128, 256], ids=_d_id)
 @pytest.mark.parametrize("batch,context", [(1, 8192), (3, 4100), (16, 1000)])
 def test_paged_attention_long_decode_uses_splits(dtype, d, batch, context):
     gen = torch.Generator(device="cuda").manual_seed(batch * 17 + context)
@@ -83,7 +87,7 @@ def test_paged_attention_long_decode_uses_splits(dtype, d, batch, context):
 
 
 @pytest.mark.parametrize("window", [1, 40, 300])
-@pytest.mark.parametrize("d", [80, 128])
+@pytest.mark.parametrize("d", [72, 80, 128, 256], ids=_d_id)
 def test_paged_attention_sliding_window(window, d):
     gen = torch.Generator(device="cuda").manual_seed(window + d)
     seq_lens, num_queries = [700, 2100, 90], [1, 400, 90]
@@ -93,16 +97,18 @@ def test_paged_attention_sliding_window(window, d):
     _check_close(out, ref, torch.bfloat16)
 
 
-def test_paged_attention_long_prefill_8k():
+@pytest.mark.parametrize("d", [72, 128, 256], ids=_d_id)
+def test_paged_attention_long_prefill_8k(d):
     gen = torch.Generator(device="cuda").manual_seed(8)
-    args = _paged_batch([8192, 3000], [8192, 1000], 8, 2, 128, 16, torch.bfloat16, gen)
-    out = ops.paged_attention(*args, 128**-0.5)
-    _check_close(out, reference.paged_attention(*args, 128**-0.5), torch.bfloat16)
+    args = _paged_batch([8192, 3000], [8192, 1000], 8, 2, d, 16, torch.bfloat16, gen)
+    out = ops.paged_attention(*args, d**-0.5)
+    _check_close(out, reference.paged_attention(*args, d**-0.5), torch.bfloat16)
 
 
-def test_paged_attention_in_cuda_graph_and_compile():
+@pytest.mark.parametrize("d", [72, 128, 256], ids=_d_id)
+def test_paged_attention_in_cuda_graph_and_compile(d):
     gen = torch.Generator(device="cuda").manual_seed(3)
-    args = _paged_batch([300, 2000], [1, 1], 8, 2, 128, 16, torch.bfloat16, gen)
+    args = _paged_batch([300, 2000], [1, 1], 8, 2, d, 16, torch.bfloat16, gen)
     ref = reference.paged_attention(*args, 0.125)
 
     def step(*a):
@@ -119,9 +125,9 @@ def test_paged_attention_in_cuda_graph_and_compile():
     _check_close(out, ref, torch.bfloat16)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("d", [64, 80, 128])
-@pytest.mark.parametrize("lens", [[577], [1, 17, 64, 129, 1000], [577] * 6])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("d", HEAD_DIMS, ids=_d_id)
+@pytest.mark.parametrize("lens", [[577], [1, 17, 64, 129, 1000], [577] * 6, [729] * 4])
 def test_varlen_attention(dtype, d, lens):
     gen = torch.Generator(device="cuda").manual_seed(d + len(lens) + lens[0])
     total, h = sum(lens), 16
@@ -148,14 +154,27 @@ def test_reshape_and_cache(src, cache):
     assert torch.equal(caches[0], expect[0]) and torch.equal(caches[1], expect[1])
 
 
-def test_unsupported_inputs_fall_back_to_reference():
+def test_float32_inputs_run_the_reference():
     gen = torch.Generator(device="cuda").manual_seed(5)
     cu = torch.tensor([0, 9, 30], dtype=torch.int32, device="cuda")
-    for d, dtype in ((96, torch.bfloat16), (64, torch.float32)):
-        q, k, v = torch.randn(3, 30, 4, d, generator=gen, device="cuda").to(dtype).unbind(0)
-        assert not ops.attention_kernel_supports(q, k)
-        out = ops.varlen_attention(q, k, v, cu, 0.1)
-        torch.testing.assert_close(out, reference.varlen_attention(q, k, v, cu, 0.1))
+    q, k, v = torch.randn(3, 30, 4, 64, generator=gen, device="cuda").unbind(0)
+    assert not ops.attention_kernel_supports(q, k)
+    out = ops.varlen_attention(q, k, v, cu, 0.1)
+    torch.testing.assert_close(out, reference.varlen_attention(q, k, v, cu, 0.1))
+
+
+def test_unsupported_half_precision_head_dim_raises():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    cu = torch.tensor([0, 9, 30], dtype=torch.int32, device="cuda")
+    q, k, v = torch.randn(3, 30, 4, 96, generator=gen, device="cuda").bfloat16().unbind(0)
+    assert not ops.attention_kernel_supports(q, k)
+    with pytest.raises(ValueError, match="no CUDA attention kernel for head dim 96"):
+        ops.varlen_attention(q, k, v, cu, 0.1)
+    args = _paged_batch([40], [40], 4, 2, 96, 16, torch.bfloat16, gen)
+    with pytest.raises(ValueError, match="no CUDA attention kernel for head dim 96"):
+        ops.paged_attention(*args, 0.1)
+    with pytest.raises(ValueError, match="does not match the query"):
+        ops.varlen_attention(q[..., :64], k[..., :64].half(), v[..., :64], cu, 0.1)
 
 
 def _raw_varlen(q, cu, head_dim, dtype_code, num_kv_heads=None):
@@ -176,7 +195,7 @@ def _raw_varlen(q, cu, head_dim, dtype_code, num_kv_heads=None):
 def test_launcher_validation_raises_value_error():
     q = torch.randn(4, 4, 96, device="cuda", dtype=torch.bfloat16)
     cu = torch.tensor([0, 4], dtype=torch.int32, device="cuda")
-    with pytest.raises(ValueError, match="head_dim must be 64, 80 or 128"):
+    with pytest.raises(ValueError, match="head_dim must be 16, 32, 64, 72, 80, 128 or 256"):
         _raw_varlen(q, cu, 96, 2)
     with pytest.raises(ValueError, match="float16 or bfloat16"):
         _raw_varlen(q[..., :64], cu, 64, 0)

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
 from mmcore.engine.generation_defaults import sampling_defaults
+from mmcore.engine.kv_cache import resolve_kv_cache_dtype
 from mmcore.engine_args import EngineArgs
 from mmcore.executor.base import ParallelConfig, check_shardable, create_executor
 from mmcore.executor.model_setup import KVSizing, ModelSpec
@@ -38,6 +39,7 @@ class EngineConfig:
     num_blocks: int
     kv_block_bytes: int
     vocab_size: int
+    kv_dtype: torch.dtype
     max_num_seqs: int
     enforce_eager: bool
     async_scheduling: bool
@@ -249,6 +251,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         model_impl=args.model_impl,
         quantization=args.quantization,
         quantize_vision=args.quantize_vision,
+        kv_cache_dtype=args.kv_cache_dtype,
     )
     executor = create_executor(
         parallel,
@@ -282,6 +285,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         num_blocks=num_blocks,
         kv_block_bytes=executor.kv_block_bytes,
         vocab_size=_vocab_size(executor, text_config),
+        kv_dtype=resolve_kv_cache_dtype(args.kv_cache_dtype, dtype),
         max_num_seqs=max_num_seqs,
         enforce_eager=args.enforce_eager,
         async_scheduling=(

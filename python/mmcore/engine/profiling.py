@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmcore.engine.runner import kv_bytes_per_block
+from mmcore.engine.kv_cache import allocate_kv_caches, kv_bytes_per_block
 from mmcore.layers.attention import AttentionMetadata
 
 
@@ -101,12 +101,7 @@ def profile_peak_activation_bytes(
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated(device)
-    shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
-    kv_caches = [
-        (torch.empty(shape, dtype=kv_dtype, device=device),
-         torch.empty(shape, dtype=kv_dtype, device=device))
-        for _ in range(model.num_layers)
-    ]  # fmt: skip
+    kv_caches = allocate_kv_caches(model, num_blocks, block_size, kv_dtype, device, zero=False)
     kv_bytes = num_blocks * kv_bytes_per_block(model, block_size, kv_dtype)
     torch.cuda.reset_peak_memory_stats(device)
     for modality, data in encoder_inputs.items():

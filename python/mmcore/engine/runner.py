@@ -20,6 +20,8 @@ from mmcore.engine.cross_attention import build_cross_metadata
 from mmcore.engine.cuda_graphs import DecodeGraphs
 from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_memory
 from mmcore.engine.inputs import MMItem
+from mmcore.engine.kv_cache import KVCache, allocate_kv_caches
+from mmcore.engine.kv_cache import kv_bytes_per_block as kv_bytes_per_block  # re-exported
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
 from mmcore.models.interfaces import supports_bidirectional_mm_spans, supports_encoder_decoder
@@ -71,12 +73,6 @@ class LaunchedStep:
     ran: bool = True
 
 
-def kv_bytes_per_block(model, block_size: int, kv_dtype: torch.dtype) -> int:
-    """Bytes one KV block takes across all layers, K and V."""
-    itemsize = torch.empty((), dtype=kv_dtype).element_size()
-    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * itemsize
-
-
 class ModelRunner:
     """Owns the model, its paged KV cache and the encoder output cache.
 
@@ -84,7 +80,8 @@ class ModelRunner:
         model: an mmcore model (see python/mmcore/models).
         num_blocks: KV cache blocks per layer.
         block_size: tokens per block.
-        kv_dtype: dtype of the KV cache.
+        kv_dtype: dtype of the KV cache (``torch.float8_e4m3fn``: FP8 with per-head scales).
+        kv_scales: FP8 only: per-layer (k_scale, v_scale) ``[Hkv]`` (ones when omitted).
         cuda_graph_max_seqs: on CUDA, capture decode steps of up to this many requests as CUDA
             graphs (0: always eager).
         max_model_len: longest sequence (block-table width and attention bound of the graphs).
@@ -97,20 +94,16 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
         kv_dtype: torch.dtype,
+        kv_scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         cuda_graph_max_seqs: int = 0,
         max_model_len: int = 0,
     ) -> None:
         self.model = model
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
-        shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=kv_dtype, device=self.device),
-                torch.zeros(shape, dtype=kv_dtype, device=self.device),
-            )
-            for _ in range(model.num_layers)
-        ]
+        self.kv_caches: list[KVCache] = allocate_kv_caches(
+            model, num_blocks, block_size, kv_dtype, self.device, kv_scales
+        )
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.requests: dict[int, RequestState] = {}
         # Per-request token counts for penalties and min_tokens, on the device.
@@ -161,7 +154,7 @@ class ModelRunner:
         from mmcore.kernels.ops import attention_kernel_supports
 
         key_cache = self.kv_caches[0][0]
-        query = key_cache.new_empty((1, key_cache.shape[2], key_cache.shape[3]))
+        query = key_cache.new_empty((1, key_cache.shape[2], key_cache.shape[3]), dtype=self.dtype)
         if attention_kernel_supports(query, key_cache):
             return True
         logger.info(

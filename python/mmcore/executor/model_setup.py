@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mmcore.engine.kv_cache import kv_bytes_per_block, load_kv_scales, resolve_kv_cache_dtype
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
-from mmcore.engine.runner import ModelRunner, kv_bytes_per_block
-from mmcore.model_loader import load_model
+from mmcore.engine.runner import ModelRunner
+from mmcore.model_loader import load_model, safetensors_files
 
 CPU_KV_CACHE_BYTES = 2 << 30
 
@@ -26,6 +27,7 @@ class ModelSpec:
     model_impl: str = "auto"  # every rank loads the same implementation
     quantization: str | None = None  # EngineArgs.quantization
     quantize_vision: bool = False
+    kv_cache_dtype: str = "auto"  # EngineArgs.kv_cache_dtype ("fp8": e4m3 with per-head scales)
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def measure_kv_capacity(model, spec: ModelSpec, sizing: KVSizing) -> tuple[int, 
     weights and a profiled worst-case step.
     """
     first = next(model.parameters())
-    block_bytes = kv_bytes_per_block(model, sizing.block_size, first.dtype)
+    kv_dtype = kv_cache_dtype(model, spec)
+    block_bytes = kv_bytes_per_block(model, sizing.block_size, kv_dtype)
     if sizing.kv_cache_memory_bytes is not None:
         return block_bytes, int(sizing.kv_cache_memory_bytes)
     if first.device.type != "cuda":
@@ -99,7 +102,7 @@ def measure_kv_capacity(model, spec: ModelSpec, sizing: KVSizing) -> tuple[int, 
         max_model_len=sizing.max_model_len,
         block_size=sizing.block_size,
         encoder_budget=sizing.encoder_budget,
-        kv_dtype=first.dtype,
+        kv_dtype=kv_dtype,
         limit_mm_per_prompt=sizing.limit_mm_per_prompt,
     )
     return block_bytes, gpu_kv_cache_bytes(first.device, sizing.gpu_memory_utilization, peak)
@@ -126,14 +129,28 @@ def num_blocks_from_capacity(capacities: list[tuple[int, int]], sizing: KVSizing
     return num_blocks
 
 
-def build_runner(model, spec: RunnerSpec) -> ModelRunner:
-    """The runner over a KV cache of ``spec.num_blocks`` blocks."""
-    first = next(model.parameters())
+def kv_cache_dtype(model, spec: ModelSpec) -> torch.dtype:
+    """The KV cache's dtype: the model's, or e4m3 for ``kv_cache_dtype="fp8"`` (whose blocks
+    take half a bf16 block's bytes, so the same memory holds twice the blocks)."""
+    return resolve_kv_cache_dtype(spec.kv_cache_dtype, next(model.parameters()).dtype)
+
+
+def build_runner(model, spec: RunnerSpec, model_spec: ModelSpec) -> ModelRunner:
+    """The runner over a KV cache of ``spec.num_blocks`` blocks (FP8: with the checkpoint's
+    per-layer K/V scales of this rank's KV heads, ones where it has none)."""
+    kv_dtype = kv_cache_dtype(model, model_spec)
+    kv_scales = None
+    if kv_dtype != next(model.parameters()).dtype:
+        files = (
+            [] if model_spec.load_format == "dummy" else safetensors_files(model_spec.model_path)
+        )
+        kv_scales = load_kv_scales(files, model.num_layers, model.num_kv_heads)
     return ModelRunner(
         model,
         num_blocks=spec.num_blocks,
         block_size=spec.block_size,
-        kv_dtype=first.dtype,
+        kv_dtype=kv_dtype,
+        kv_scales=kv_scales,
         cuda_graph_max_seqs=spec.cuda_graph_max_seqs,
         max_model_len=spec.max_model_len,
     )

@@ -38,6 +38,7 @@ class UniExecutor:
             RunnerSpec(
                 self.num_blocks, sizing.block_size, cuda_graph_max_seqs, sizing.max_model_len
             ),
+            spec,
         )
 
     def add_request(self, req_id: int, state) -> None:

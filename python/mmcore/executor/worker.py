@@ -146,7 +146,7 @@ class RankWorker:
         return measure_kv_capacity(self.model, self.args.spec, self.args.sizing)
 
     def init_cache(self, runner_spec) -> None:
-        self.runner = build_runner(self.model, runner_spec)
+        self.runner = build_runner(self.model, runner_spec, self.args.spec)
 
     @torch.inference_mode()
     def handle(self, kind: int, message):

@@ -10,18 +10,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmcore.kernels.reference import dequantize_kv
+
 
 def _gather(
-    cache: torch.Tensor, tables: torch.Tensor, max_len: int, first_block: int = 0
+    cache: torch.Tensor,
+    tables: torch.Tensor,
+    max_len: int,
+    first_block: int = 0,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``[n, max_len - first_block * block_size, Hkv, D]`` K or V of n sequences from their
-    block ``first_block`` on (rows past a sequence's end are junk)."""
+    """Float32 ``[n, max_len - first_block * block_size, Hkv, D]`` K or V of n sequences from
+    their block ``first_block`` on (rows past a sequence's end are junk); an FP8 cache's rows are
+    dequantised with its per-head ``scale``."""
     block_size = cache.shape[1]
     num_blocks = -(-max_len // block_size)
     blocks = tables[:, first_block:num_blocks].to(torch.long).clamp(min=0)
     gathered = cache[blocks]  # [n, num_blocks - first_block, block_size, Hkv, D]
     rows = gathered.reshape(blocks.shape[0], -1, *cache.shape[2:])
-    return rows[:, : max_len - first_block * block_size]
+    return dequantize_kv(rows[:, : max_len - first_block * block_size], scale)
 
 
 def _first_block(min_query_pos: int, sliding_window: int, block_size: int) -> int:
@@ -44,16 +51,25 @@ def _visible(
     return allowed
 
 
-def _gather_from(cache: torch.Tensor, tables: torch.Tensor, first: torch.Tensor, span: int):
-    """``[n, span * block_size, Hkv, D]``: ``span`` blocks of each row from its own ``first``."""
+def _gather_from(
+    cache: torch.Tensor,
+    tables: torch.Tensor,
+    first: torch.Tensor,
+    span: int,
+    scale: torch.Tensor | None = None,
+):
+    """Float32 ``[n, span * block_size, Hkv, D]``: ``span`` blocks of each row from its own
+    ``first`` (FP8: dequantised with ``scale``)."""
     index = (first[:, None] + torch.arange(span, device=first.device)).clamp(
         max=tables.shape[1] - 1
     )
     blocks = tables.gather(1, index.to(torch.long)).to(torch.long).clamp(min=0)
-    return cache[blocks].reshape(blocks.shape[0], -1, *cache.shape[2:])
+    return dequantize_kv(cache[blocks].reshape(blocks.shape[0], -1, *cache.shape[2:]), scale)
 
 
-def _decode_rows(query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window):
+def _decode_rows(
+    query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window, kv_scales
+):
     """One SDPA call for every request that has a single query this step; with a window each
     row reads only its window's blocks."""
     block_size = key_cache.shape[1]
@@ -63,8 +79,8 @@ def _decode_rows(query, key_cache, value_cache, block_tables, lens, rows, q_inde
     )
     span = int((-(-lens_t // block_size) - first).max())
     tables = block_tables[torch.tensor(rows, device=query.device)]
-    k = _gather_from(key_cache, tables, first, span).transpose(1, 2)  # [n, Hkv, L, D]
-    v = _gather_from(value_cache, tables, first, span).transpose(1, 2)
+    k = _gather_from(key_cache, tables, first, span, kv_scales[0]).transpose(1, 2)  # [n, Hkv, L, D]
+    v = _gather_from(value_cache, tables, first, span, kv_scales[1]).transpose(1, 2)
     q = query[torch.tensor(q_index, device=query.device)].unsqueeze(2)  # [n, Hq, 1, D]
     k_pos = first[:, None] * block_size + torch.arange(span * block_size, device=query.device)
     mask = _visible((lens_t - 1)[:, None], k_pos, window) & (k_pos < lens_t[:, None])
@@ -89,11 +105,15 @@ def paged_attention(
     scale: float,
     sliding_window: int = -1,
     attend_until: torch.Tensor | None = None,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
 
     ``attend_until`` as in :func:`mmcore.kernels.reference.paged_attention` (a decode row's
-    keys all precede it, so only prefill rows read it).
+    keys all precede it, so only prefill rows read it); ``k_scale`` / ``v_scale`` dequantise
+    FP8 caches, as there.
     """
     out = torch.empty_like(query)
     qsl = query_start_loc.tolist()
@@ -111,6 +131,7 @@ def paged_attention(
             q_index,
             scale,
             sliding_window,
+            (k_scale, v_scale),
         )
     # Prefill chunks of equal (query length, sequence length) share one SDPA call: a burst of
     # same-shaped prompts costs one call per layer instead of one per request.
@@ -122,8 +143,8 @@ def paged_attention(
     for (num_q, seq_len), rows in groups.items():
         rows_t = torch.tensor(rows, device=query.device)
         first = _first_block(seq_len - num_q, sliding_window, key_cache.shape[1])
-        k = _gather(key_cache, block_tables[rows_t], seq_len, first).transpose(1, 2)
-        v = _gather(value_cache, block_tables[rows_t], seq_len, first).transpose(1, 2)
+        k = _gather(key_cache, block_tables[rows_t], seq_len, first, k_scale).transpose(1, 2)
+        v = _gather(value_cache, block_tables[rows_t], seq_len, first, v_scale).transpose(1, 2)
         q_rows = (
             torch.tensor([qsl[b] for b in rows], device=query.device)[:, None]
             + torch.arange(num_q, device=query.device)

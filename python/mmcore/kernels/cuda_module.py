@@ -8,6 +8,9 @@ import torch
 
 #: dtype codes of the launchers (``DType`` in cpp/kernels/attention_params.h).
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: Code of ``torch.float8_e4m3fn``, taken by the KV-cache ops only (not a DTYPE_CODES entry: the
+#: fused elementwise ops have no FP8 kernels).
+FP8_E4M3_CODE = 3
 
 
 @functools.cache

@@ -3,9 +3,14 @@
 ``mmcore::reshape_and_cache`` (mutates the caches), ``mmcore::paged_attention`` and
 ``mmcore::varlen_attention`` are registered with ``torch.library`` and carry fake (meta)
 implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. CUDA tensors go
-to ``mmcore._kernels`` (raw device pointers, strides and the current stream); CPU tensors, and
-CUDA inputs the kernels are not built for (no module, float32, other head dims; see
-:func:`attention_kernel_supports`), go to :mod:`mmcore.kernels.reference`.
+to ``mmcore._kernels`` (raw device pointers, strides and the current stream); CPU tensors,
+float32 CUDA inputs (a deliberate debugging path) and CUDA inputs without a built module go to
+:mod:`mmcore.kernels.reference`. float16/bfloat16 CUDA inputs the kernels cannot take (a head
+dim outside ``ATTENTION_HEAD_DIMS``) raise ValueError instead of silently running the slow
+reference.
+
+KV caches may be FP8 (``torch.float8_e4m3fn``) with float32 per-KV-head ``k_scale`` /
+``v_scale`` (``[Hkv]``): the stored value times the scale is the real one.
 
 The fused elementwise ops (``rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul``,
 ``rotary_embedding``) live in :mod:`mmcore.kernels.fused_ops` and are re-exported here.
@@ -18,7 +23,12 @@ import functools
 import torch
 
 from mmcore.kernels import reference
-from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
+from mmcore.kernels.cuda_module import (
+    DTYPE_CODES,
+    FP8_E4M3_CODE,
+    kernels_module,
+    stream_handle,
+)
 from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op finds ops.<name>)
     fused_add_rms_norm,
     mrope_rotary_embedding,
@@ -26,6 +36,7 @@ from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op fi
     rotary_embedding,
     silu_and_mul,
 )
+from mmcore.kernels.op_checks import FP8_KV_DTYPE, check_paged, check_scales, check_varlen
 
 _DTYPE_CODES = DTYPE_CODES
 
@@ -38,8 +49,9 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-#: Head dims and dtypes the attention kernels are compiled for.
-ATTENTION_HEAD_DIMS = (64, 80, 128)
+#: Head dims and dtypes the attention kernels are compiled for (72: SigLIP, 256: Gemma; 16 and
+#: 32: small vision towers such as the demo model's and the tiny test checkpoints').
+ATTENTION_HEAD_DIMS = (16, 32, 64, 72, 80, 128, 256)
 ATTENTION_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -52,7 +64,7 @@ def attention_kernel_supports(query: torch.Tensor, key: torch.Tensor) -> bool:
 
     Args:
         query: ``[T, Hq, D]`` queries.
-        key: the key cache or packed keys; must share the query's dtype.
+        key: the key cache or packed keys; the query's dtype (or, for a paged cache, FP8).
 
     Returns:
         True for CUDA tensors of float16/bfloat16 with D in ``ATTENTION_HEAD_DIMS`` when
@@ -61,12 +73,34 @@ def attention_kernel_supports(query: torch.Tensor, key: torch.Tensor) -> bool:
     return (
         _use_kernel(query)
         and query.dtype in ATTENTION_DTYPES
-        and key.dtype == query.dtype
+        and key.dtype in (query.dtype, FP8_KV_DTYPE)
         and query.shape[-1] in ATTENTION_HEAD_DIMS
     )
 
 
+def _kernel_or_reference(name: str, query: torch.Tensor, *kv: torch.Tensor) -> bool:
+    """True when the CUDA kernel runs; False for the reference (CPU, float32 CUDA inputs, no
+    module). Raises ValueError for float16/bfloat16 CUDA inputs the kernels cannot take."""
+    if not _use_kernel(query) or query.dtype not in ATTENTION_DTYPES:
+        return False
+    if query.shape[-1] not in ATTENTION_HEAD_DIMS:
+        raise ValueError(
+            f"{name}: no CUDA attention kernel for head dim {query.shape[-1]} (built for "
+            f"{', '.join(map(str, ATTENTION_HEAD_DIMS))}); run the model in float32 for the "
+            "torch reference"
+        )
+    allowed = (query.dtype, FP8_KV_DTYPE) if name == "paged_attention" else (query.dtype,)
+    for t in kv:
+        if t.dtype not in allowed:
+            raise ValueError(
+                f"{name}: K/V dtype {t.dtype} does not match the query's {query.dtype}"
+            )
+    return True
+
+
 def _dtype_code(t: torch.Tensor, name: str) -> int:
+    if t.dtype == FP8_KV_DTYPE:
+        return FP8_E4M3_CODE
     if t.dtype not in _DTYPE_CODES:
         raise ValueError(f"{name}: unsupported dtype {t.dtype}")
     return _DTYPE_CODES[t.dtype]
@@ -85,42 +119,6 @@ def _rows_aligned(t: torch.Tensor) -> torch.Tensor:
 _stream = stream_handle
 
 
-def _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc):
-    if query.dim() != 3 or key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
-        raise ValueError(
-            "paged_attention: expected query [T, Hq, D] and caches [blocks, block_size, Hkv, D], "
-            f"got {tuple(query.shape)}, {tuple(key_cache.shape)}, {tuple(value_cache.shape)}"
-        )
-    if query.shape[2] != key_cache.shape[3]:
-        raise ValueError(
-            f"paged_attention: query head dim {query.shape[2]} != cache head dim {key_cache.shape[3]}"
-        )
-    if query.shape[1] % key_cache.shape[2] != 0:
-        raise ValueError(
-            f"paged_attention: {query.shape[1]} query heads is not a multiple of "
-            f"{key_cache.shape[2]} KV heads"
-        )
-    num_seqs = seq_lens.shape[0]
-    if query_start_loc.shape != (num_seqs + 1,) or block_tables.dim() != 2:
-        raise ValueError(
-            "paged_attention: expected query_start_loc [B + 1] and block_tables [B, max_blocks] "
-            f"for B = {num_seqs} sequences"
-        )
-
-
-def _check_varlen(query, key, value, cu_seqlens):
-    if query.dim() != 3 or key.shape != value.shape or key.dim() != 3:
-        raise ValueError("varlen_attention: expected query/key/value [T, H, D]")
-    if key.shape[0] != query.shape[0] or key.shape[2] != query.shape[2]:
-        raise ValueError(
-            f"varlen_attention: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
-        )
-    if key.shape[1] != query.shape[1]:
-        raise ValueError("varlen_attention: query, key and value need the same number of heads")
-    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 1:
-        raise ValueError("varlen_attention: cu_seqlens must be [N + 1]")
-
-
 @torch.library.custom_op("mmcore::reshape_and_cache", mutates_args=("key_cache", "value_cache"))
 def _reshape_and_cache_op(
     key: torch.Tensor,
@@ -128,9 +126,13 @@ def _reshape_and_cache_op(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
     if not _use_kernel(key):
-        reference.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+        reference.reshape_and_cache(
+            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale
+        )
         return
     for name, t in (
         ("key", key),
@@ -160,11 +162,13 @@ def _reshape_and_cache_op(
             src_dtype=_dtype_code(key, "reshape_and_cache"),
             cache_dtype=_dtype_code(key_cache, "reshape_and_cache"),
             stream=_stream(key),
+            k_scale=0 if k_scale is None else k_scale.contiguous().data_ptr(),
+            v_scale=0 if v_scale is None else v_scale.contiguous().data_ptr(),
         )
 
 
 @_reshape_and_cache_op.register_fake
-def _(key, value, key_cache, value_cache, slot_mapping) -> None:
+def _(key, value, key_cache, value_cache, slot_mapping, k_scale=None, v_scale=None) -> None:
     return None
 
 
@@ -180,12 +184,17 @@ def _paged_attention_op(
     sliding_window: int,
     max_query_len: int,
     max_seq_len: int,
+    attend_until: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if not attention_kernel_supports(query, key_cache) or value_cache.dtype != query.dtype:
+    if not _kernel_or_reference("paged_attention", query, key_cache, value_cache):
         return reference.paged_attention(
             query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
-            sliding_window,
+            sliding_window, attend_until, k_scale=k_scale, v_scale=v_scale,
         )  # fmt: skip
+    if key_cache.dtype != value_cache.dtype:
+        raise ValueError("paged_attention: key and value caches differ in dtype")
     if key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
         raise ValueError("paged_attention: caches need a contiguous head dim")
     q = _rows_aligned(query)
@@ -196,10 +205,11 @@ def _paged_attention_op(
     tables = _int32(block_tables)
     lens = _int32(seq_lens)
     starts = _int32(query_start_loc)
+    until = None if attend_until is None else _int32(attend_until)
     kernels = _kernels()
     num_splits = kernels.paged_num_splits(
         num_seqs, num_tokens, num_q_heads, key_cache.shape[2], max_query_len, max_seq_len,
-        _num_sms(q.device.index or 0),
+        _num_sms(q.device.index or 0), head_dim,
     )  # fmt: skip
     partial_out = partial_lse = None
     if num_splits > 1:
@@ -238,13 +248,18 @@ def _paged_attention_op(
             partial_out=0 if partial_out is None else partial_out.data_ptr(),
             partial_lse=0 if partial_lse is None else partial_lse.data_ptr(),
             stream=_stream(q),
+            attend_until=0 if until is None else until.data_ptr(),
+            kv_dtype=_dtype_code(key_cache, "paged_attention"),
+            k_scale=0 if k_scale is None else k_scale.contiguous().data_ptr(),
+            v_scale=0 if v_scale is None else v_scale.contiguous().data_ptr(),
         )
     return out
 
 
 @_paged_attention_op.register_fake
 def _(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
-      sliding_window, max_query_len, max_seq_len):  # fmt: skip
+      sliding_window, max_query_len, max_seq_len, attend_until=None, k_scale=None,
+      v_scale=None):  # fmt: skip
     return query.new_empty(query.shape)
 
 
@@ -256,7 +271,7 @@ def _varlen_attention_op(
     cu_seqlens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    if not attention_kernel_supports(query, key) or value.dtype != query.dtype:
+    if not _kernel_or_reference("varlen_attention", query, key, value):
         return reference.varlen_attention(query, key, value, cu_seqlens, scale)
     q, k, v = (_rows_aligned(t) for t in (query, key, value))
     num_tokens, num_q_heads, head_dim = q.shape
@@ -300,6 +315,8 @@ def reshape_and_cache(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
     """Write K/V ``[T, Hkv, D]`` into the paged caches at ``slot_mapping`` (negative = skip).
 
@@ -307,6 +324,8 @@ def reshape_and_cache(
         key, value: the step's new K/V rows.
         key_cache, value_cache: ``[num_blocks, block_size, Hkv, D]``, written in place.
         slot_mapping: ``[T]`` ints, ``block_id * block_size + offset``.
+        k_scale, v_scale: float32 ``[Hkv]`` for FP8 caches (stored = x / scale, saturated to
+            the e4m3 range); None otherwise.
     """
     if key.dim() != 3 or value.shape != key.shape or key_cache.dim() != 4:
         raise ValueError("reshape_and_cache: expected key/value [T, Hkv, D] and 4-D caches")
@@ -317,7 +336,10 @@ def reshape_and_cache(
         )
     if slot_mapping.shape != (key.shape[0],):
         raise ValueError("reshape_and_cache: slot_mapping must have one slot per token")
-    torch.ops.mmcore.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    check_scales(key_cache, k_scale, v_scale, "reshape_and_cache")
+    torch.ops.mmcore.reshape_and_cache(
+        key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale
+    )
 
 
 def paged_attention(
@@ -329,9 +351,12 @@ def paged_attention(
     query_start_loc: torch.Tensor,
     scale: float,
     sliding_window: int = -1,
+    attend_until: torch.Tensor | None = None,
     *,
     max_query_len: int | None = None,
     max_seq_len: int | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries over paged K/V (semantics of the reference).
 
@@ -343,15 +368,25 @@ def paged_attention(
         query_start_loc: ``[B + 1]`` ints.
         scale: softmax scale.
         sliding_window: ``> 0`` limits each query to the last ``sliding_window`` keys.
+        attend_until: int32 ``[T]`` or None (plain causal): query t sees keys up to
+            ``max(own position, attend_until[t])`` (bidirectional image spans). A fixed
+            tensor is capturable in CUDA graphs; None is the no-mask case.
         max_query_len, max_seq_len: upper bounds of the queries per request and of
             ``seq_lens`` (they pick the kernel variant and the KV split; an understated
             ``max_query_len`` gives wrong results). Computed from the tensors (a device sync)
             when omitted; pass them under CUDA graph capture.
+        k_scale, v_scale: float32 ``[Hkv]`` dequantisation scales of FP8 caches.
 
     Returns:
         ``[T, Hq, D]`` in the query's dtype.
     """
-    _check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
+    check_paged(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc)
+    check_scales(key_cache, k_scale, v_scale, "paged_attention")
+    if attend_until is not None and attend_until.shape != (query.shape[0],):
+        raise ValueError(
+            f"paged_attention: attend_until must be [T] = [{query.shape[0]}], got "
+            f"{tuple(attend_until.shape)}"
+        )
     if max_query_len is None:
         counts = query_start_loc[1:] - query_start_loc[:-1]
         max_query_len = int(counts.max()) if counts.numel() else 0
@@ -359,7 +394,7 @@ def paged_attention(
         max_seq_len = int(seq_lens.max()) if seq_lens.numel() else 0
     return torch.ops.mmcore.paged_attention(
         query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, float(scale),
-        int(sliding_window), int(max_query_len), int(max_seq_len),
+        int(sliding_window), int(max_query_len), int(max_seq_len), attend_until, k_scale, v_scale,
     )  # fmt: skip
 
 
@@ -380,5 +415,5 @@ def varlen_attention(
     Returns:
         ``[T, H, D]`` in the query's dtype.
     """
-    _check_varlen(query, key, value, cu_seqlens)
+    check_varlen(query, key, value, cu_seqlens)
     return torch.ops.mmcore.varlen_attention(query, key, value, cu_seqlens, float(scale))

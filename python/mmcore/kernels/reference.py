@@ -4,6 +4,9 @@ They define the ops' semantics: the CPU path of the runner uses them, and every 
 tested against them. Shapes (T = tokens of the step, B = requests, H = heads, D = head dim):
 
 - KV cache: ``[num_blocks, block_size, num_kv_heads, head_dim]``, one tensor for K, one for V.
+  FP8 caches (``float8_e4m3fn``) come with float32 per-KV-head scales ``k_scale`` / ``v_scale``
+  (``[num_kv_heads]``): a cache holds ``x / scale`` clamped to the e4m3 range (+-448) and rounded
+  to nearest; reading multiplies back by the scale.
 - ``slot_mapping[t] = block_id * block_size + offset`` for each new token (negative = skip).
 - Queries of request b are rows ``query_start_loc[b] : query_start_loc[b + 1]``; they are the
   *last* tokens of its sequence of ``seq_lens[b]`` tokens, whose K/V are all in the cache.
@@ -13,6 +16,22 @@ from __future__ import annotations
 
 import torch
 
+FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x [..., Hkv, D] / scale[Hkv]`` as float8_e4m3fn, saturated to +-448 (a plain cast
+    would turn out-of-range values into NaN)."""
+    scaled = x.float() / scale.float()[:, None]
+    return scaled.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+
+
+def dequantize_kv(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Float32 K/V ``[..., Hkv, D]`` of a cache slice (FP8 ones times their per-head scale)."""
+    if scale is None:
+        return x.float()
+    return x.float() * scale.float()[:, None]
+
 
 def reshape_and_cache(
     key: torch.Tensor,
@@ -20,13 +39,20 @@ def reshape_and_cache(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Write K/V of the step's tokens ``[T, Hkv, D]`` into the paged caches, in place."""
+    """Write K/V of the step's tokens ``[T, Hkv, D]`` into the paged caches, in place
+    (quantised with ``k_scale`` / ``v_scale`` when the caches are FP8)."""
     block_size = key_cache.shape[1]
     slots = slot_mapping.to(torch.long)
     valid = slots >= 0
     slots = slots[valid]
     blocks, offsets = slots // block_size, slots % block_size
+    if key_cache.dtype == torch.float8_e4m3fn:
+        key_cache[blocks, offsets] = quantize_fp8(key[valid], k_scale)
+        value_cache[blocks, offsets] = quantize_fp8(value[valid], v_scale)
+        return
     key_cache[blocks, offsets] = key[valid].to(key_cache.dtype)
     value_cache[blocks, offsets] = value[valid].to(value_cache.dtype)
 
@@ -48,6 +74,9 @@ def paged_attention(
     scale: float,
     sliding_window: int = -1,
     attend_until: torch.Tensor | None = None,
+    *,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
 
@@ -56,7 +85,8 @@ def paged_attention(
     ``sliding_window > 0`` lets a query at position p see keys in ``(p - window, p]``.
     ``attend_until`` (int32 ``[T]``, optional) raises query t's upper key bound from its own
     position p to ``max(p, attend_until[t])``: tokens of one image see each other both ways
-    (Gemma 3). The window's lower bound still applies.
+    (Gemma 3). The window's lower bound still applies. FP8 caches are dequantised with
+    ``k_scale`` / ``v_scale`` (float32 ``[Hkv]``).
 
     Returns:
         ``[T, Hq, D]`` in the query's dtype (computed in float32).
@@ -72,8 +102,8 @@ def paged_attention(
         num_q = q_end - q_start
         if num_q == 0:
             continue
-        k = _gather_sequence(key_cache, block_tables[b], seq_len).float()
-        v = _gather_sequence(value_cache, block_tables[b], seq_len).float()
+        k = dequantize_kv(_gather_sequence(key_cache, block_tables[b], seq_len), k_scale)
+        v = dequantize_kv(_gather_sequence(value_cache, block_tables[b], seq_len), v_scale)
         if group > 1:
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)

@@ -12,6 +12,10 @@ Layout of one step (B requests, T new tokens in total)::
     seq_lens[b]:     cached + new tokens of request b               int32[B]
     slot_mapping[t]: block_id * block_size + offset of token t      int64[T] (negative = skip)
     attend_until[t]: last key position token t may see (optional)  int32[T]
+
+A layer's KV cache is ``(key_cache, value_cache)`` or, for an FP8 cache
+(``kv_cache_dtype="fp8"``), ``(key_cache, value_cache, k_scale, v_scale)`` with float32
+per-KV-head scales; the functions below pass the scales on.
 """
 
 from __future__ import annotations
@@ -120,20 +124,28 @@ def select_op(name: str, tensor: torch.Tensor):
     return getattr(reference, name)
 
 
+def _scales(kv_cache: tuple[torch.Tensor, ...]) -> dict:
+    """``k_scale`` / ``v_scale`` keyword arguments of an FP8 layer cache (none otherwise)."""
+    return {"k_scale": kv_cache[2], "v_scale": kv_cache[3]} if len(kv_cache) == 4 else {}
+
+
 def write_kv(
     key: torch.Tensor,
     value: torch.Tensor,
-    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    kv_cache: tuple[torch.Tensor, ...],
     attn: AttentionMetadata,
 ) -> None:
-    """Store the step's keys/values ``[T, Hkv, D]`` at ``attn.slot_mapping`` in the layer's cache."""
-    key_cache, value_cache = kv_cache
-    select_op("reshape_and_cache", key)(key, value, key_cache, value_cache, attn.slot_mapping)
+    """Store the step's keys/values ``[T, Hkv, D]`` at ``attn.slot_mapping`` in the layer's cache
+    (quantised to FP8 with the layer's scales when the cache is FP8)."""
+    key_cache, value_cache = kv_cache[:2]
+    select_op("reshape_and_cache", key)(
+        key, value, key_cache, value_cache, attn.slot_mapping, **_scales(kv_cache)
+    )
 
 
 def paged_attention(
     query: torch.Tensor,
-    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    kv_cache: tuple[torch.Tensor, ...],
     attn: AttentionMetadata,
     scale: float,
     sliding_window: int = -1,
@@ -146,10 +158,12 @@ def paged_attention(
     Returns:
         ``[T, Hq, D]`` in the query's dtype.
     """
-    key_cache, value_cache = kv_cache
+    key_cache, value_cache = kv_cache[:2]
     op = select_op("paged_attention", query)
     args = (query, key_cache, value_cache, attn.block_tables, attn.seq_lens, attn.query_start_loc)
-    extra = {} if attn.attend_until is None else {"attend_until": attn.attend_until}
+    extra = _scales(kv_cache)
+    if attn.attend_until is not None:
+        extra["attend_until"] = attn.attend_until
     if op is getattr(_cuda_ops(), "paged_attention", None):
         # Host-side bounds: the CUDA op would otherwise read them back from the device.
         return op(

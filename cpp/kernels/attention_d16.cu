@@ -1,0 +1,7 @@
+// Attention kernels for head dim 16 (one translation unit per head dim: parallel builds).
+#include "kernels/attention_dispatch.cuh"
+
+namespace mmcore::kernels {
+template cudaError_t run_attention<16>(const AttentionParams&, DType, AttentionVariant,
+                                       cudaStream_t);
+}  // namespace mmcore::kernels
