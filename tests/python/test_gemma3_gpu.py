@@ -31,11 +31,15 @@ def _prompt(body: str) -> str:
 
 @pytest.fixture(scope="module")
 def gemma3_head_dim_64(tmp_path_factory) -> str:
-    """A tiny Gemma 3 whose LM has head dim 64, so the CUDA attention kernels run."""
+    """A tiny Gemma 3 whose LM has head dim 64 and SigLIP head dim 16, so the CUDA attention
+    kernels run (half precision on a head dim they lack is an error, not a fallback)."""
     from mmcore.testing.tiny_gemma3 import build_tiny_gemma3
 
     text = {"hidden_size": 128, "head_dim": 64, "query_pre_attn_scalar": 64}
-    return build_tiny_gemma3(tmp_path_factory.mktemp("gemma3_d64"), text_overrides=text)
+    vision = {"hidden_size": 64, "intermediate_size": 128}  # 4 heads of 16
+    return build_tiny_gemma3(
+        tmp_path_factory.mktemp("gemma3_d64"), text_overrides=text, vision_overrides=vision
+    )
 
 
 @pytest.mark.cuda

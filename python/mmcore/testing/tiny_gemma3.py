@@ -115,6 +115,7 @@ def build_tiny_gemma3(
     seed: int = 0,
     *,
     text_overrides: dict | None = None,
+    vision_overrides: dict | None = None,
 ) -> str:
     """Write a tiny Gemma 3 (``Gemma3ForConditionalGeneration``) checkpoint.
 
@@ -126,6 +127,7 @@ def build_tiny_gemma3(
         path: folder to write (created if missing).
         seed: torch seed of the random weights.
         text_overrides: LM config values replacing the tiny defaults.
+        vision_overrides: SigLIP config values replacing the tiny defaults.
 
     Returns:
         ``str(path)``.
@@ -149,7 +151,7 @@ def build_tiny_gemma3(
     )
     config = Gemma3Config(
         text_config=text,
-        vision_config=dict(_VISION, model_type="siglip_vision_model"),
+        vision_config=dict(_VISION, **(vision_overrides or {}), model_type="siglip_vision_model"),
         mm_tokens_per_image=TOKENS_PER_IMAGE,
         boi_token_index=ids[BOI],
         eoi_token_index=ids[EOI],
