@@ -15,6 +15,7 @@
 #include "kernels/cache_write.h"
 #include "kernels/norm.h"
 #include "kernels/probe.h"
+#include "kernels/quant_fp8.h"
 #include "kernels/rotary.h"
 
 namespace py = pybind11;
@@ -199,6 +200,27 @@ void bind_cache_write(py::module_& m) {
       "(cache_dtype 3) stores x / scale[head] saturated to e4m3.");
 }
 
+void bind_quant(py::module_& m) {
+  m.def(
+      "per_token_quant_fp8",
+      [](uintptr_t x, int64_t x_stride, uintptr_t out, uintptr_t scales, int num_tokens, int hidden,
+         double min_scale, int dtype, uintptr_t stream) {
+        mmcore::kernels::PerTokenQuantParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.out = as_ptr<void>(out);
+        p.scales = as_ptr<float>(scales);
+        p.num_tokens = num_tokens;
+        p.hidden = hidden;
+        p.min_scale = static_cast<float>(min_scale);
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_per_token_quant_fp8(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("out"), py::arg("scales"), py::arg("num_tokens"),
+      py::arg("hidden"), py::arg("min_scale"), py::arg("dtype"), py::arg("stream"),
+      "Per-row FP8 e4m3 quantisation of [num_tokens, hidden] (device pointers as ints).");
+}
+
 void bind_fused(py::module_& m) {
   m.def(
       "rms_norm",
@@ -329,4 +351,5 @@ PYBIND11_MODULE(_kernels, m) {
   bind_attention(m);
   bind_cache_write(m);
   bind_fused(m);
+  bind_quant(m);
 }

@@ -268,3 +268,13 @@ def mrope_rotary_embedding(
         return x * cos + rotated * sin
 
     return rotate(query), rotate(key)
+
+
+def per_token_quant_fp8(x: torch.Tensor, min_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row FP8 (e4m3) quantisation of ``[R, C]``: ``scale = max(amax / 448, min_scale)``
+    (float32 ``[R, 1]``), ``x_fp8 = (x / scale)`` rounded to e4m3 (no clamp needed:
+    ``|x| / scale <= 448`` up to float32 rounding, which rounds to 448)."""
+    fp8 = torch.float8_e4m3fn
+    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True, dtype=torch.float32)
+    scale = (amax / torch.finfo(fp8).max).clamp_(min=min_scale)
+    return (x / scale).to(fp8), scale

@@ -50,17 +50,16 @@ def quantize_with_scale(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (per-token / per-output-channel) quantisation of a 2-D tensor.
-
-    Few kernels, as it runs before every GEMM: the row maximum in float32 in one reduction, and
-    no clamp (``|x| / scale <= 448`` up to float32 rounding, which rounds to 448 in e4m3).
+    """Per-row (per-token / per-output-channel) quantisation of a 2-D tensor: one fused kernel
+    on CUDA (it runs before every GEMM), the same torch ops on the CPU
+    (:func:`mmcore.kernels.quant_ops.per_token_quant_fp8`).
 
     Returns:
         ``(x_fp8 [R, C], scale float32 [R, 1])``.
     """
-    amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True, dtype=torch.float32)
-    scale = scale_from_amax(amax)
-    return (x / scale).to(FP8_DTYPE), scale
+    from mmcore.kernels.quant_ops import per_token_quant_fp8
+
+    return per_token_quant_fp8(x, MIN_SCALE)
 
 
 def dequantize_blocks(
