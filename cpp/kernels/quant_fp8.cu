@@ -1,7 +1,8 @@
 // Per-token FP8 quantisation in one launch (instead of torch's amax, divide, clamp, divide,
 // cast): one CTA per row; pass 1 takes the row's absolute maximum (16-byte vectors when rows
 // are aligned), a block reduction gives the scale, pass 2 re-reads the row (from L1/L2) and
-// writes e4m3 bytes. Both divisions are IEEE (__fdiv_rn), as torch's CUDA division is.
+// writes e4m3 bytes. The scale is ``amax * (1 / 448)`` and the values ``x / scale`` (IEEE), as
+// torch's CUDA ops round them.
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -55,7 +56,8 @@ __global__ void __launch_bounds__(1024) per_token_quant_kernel(const PerTokenQua
     for (int k = 0; k < kWidth; ++k) amax = fmaxf(amax, fabsf(to_float(v.v[k])));
   }
   amax = block_max(amax);
-  const float scale = fmaxf(__fdiv_rn(amax, kFp8Max), p.min_scale);
+  // torch divides a tensor by a Python scalar as a product with the float reciprocal.
+  const float scale = fmaxf(__fmul_rn(amax, 1.f / kFp8Max), p.min_scale);
   if (threadIdx.x == 0) p.scales[row] = scale;
 
   for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {

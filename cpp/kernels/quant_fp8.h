@@ -18,7 +18,7 @@ struct PerTokenQuantParams {
   float min_scale = 0.f;  // floor of a scale (an all-zero row would divide by zero)
 };
 
-// scale[r] = max(max|x[r]| / 448, min_scale) (float32, IEEE division);
+// scale[r] = max(max|x[r]| * (1 / 448), min_scale) (float32, as torch divides by a scalar);
 // out[r] = e4m3(x[r] / scale[r]), rounded to nearest even, saturated to +-448.
 // Bit for bit torch's `amax / 448`, `.clamp(min)`, `(x / scale).to(float8_e4m3fn)`.
 // Throws std::invalid_argument on bad arguments, std::runtime_error on a CUDA error.
