@@ -30,8 +30,9 @@ _CORPUS = [
 ]
 
 
-def build_qwen_audio_tokenizer():
-    """A small byte-level BPE with Qwen2-Audio's special tokens, as a fast tokenizer."""
+def build_qwen_audio_tokenizer(extra_special: tuple[str, ...] = ()):
+    """A small byte-level BPE with Qwen2-Audio's special tokens (and ``extra_special``), as a
+    fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -40,7 +41,7 @@ def build_qwen_audio_tokenizer():
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=360,
-        special_tokens=QWEN_AUDIO_SPECIAL,
+        special_tokens=QWEN_AUDIO_SPECIAL + list(extra_special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -58,7 +59,11 @@ def build_qwen_audio_tokenizer():
 
 
 def build_tiny_qwen2_audio(
-    path: str | os.PathLike, seed: int = 0, *, text_overrides: dict | None = None
+    path: str | os.PathLike,
+    seed: int = 0,
+    *,
+    text_overrides: dict | None = None,
+    extra_special: tuple[str, ...] = (),
 ) -> str:
     """Write a tiny Qwen2-Audio checkpoint (2-layer Whisper encoder, 128 mel bins, Qwen2 LM).
 
@@ -66,6 +71,7 @@ def build_tiny_qwen2_audio(
         path: output folder.
         seed: torch seed of the random weights.
         text_overrides: Qwen2 text-config fields to change (e.g. ``num_key_value_heads``).
+        extra_special: further special tokens of the tokenizer (e.g. another modality's).
 
     Returns:
         ``str(path)``.
@@ -79,7 +85,7 @@ def build_tiny_qwen2_audio(
         WhisperFeatureExtractor,
     )
 
-    tok = build_qwen_audio_tokenizer()
+    tok = build_qwen_audio_tokenizer(extra_special)
     audio_id = tok.convert_tokens_to_ids("<|AUDIO|>")
     audio = Qwen2AudioEncoderConfig(
         num_mel_bins=128,
