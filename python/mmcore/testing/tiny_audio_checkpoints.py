@@ -33,19 +33,11 @@ _CORPUS = [
 def build_qwen_audio_tokenizer(extra_special: tuple[str, ...] = ()):
     """A small byte-level BPE with Qwen2-Audio's special tokens (and ``extra_special``), as a
     fast tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=360,
-        special_tokens=QWEN_AUDIO_SPECIAL + list(extra_special),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    from mmcore.testing.bpe import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS, QWEN_AUDIO_SPECIAL + list(extra_special), 360)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

@@ -68,19 +68,11 @@ def build_tokenizer():
     Returns:
         The tokenizer; ``<image>`` is a special token with its own id.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    from mmcore.testing.bpe import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS, SPECIAL_TOKENS, 320, unk_token="<unk>")
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

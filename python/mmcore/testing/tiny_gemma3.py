@@ -82,24 +82,14 @@ def build_gemma3_tokenizer(newline_runs: bool = False):
         newline_runs: also learn single tokens for runs of 2..8 line breaks, as Gemma's own
             tokenizer has (up to 31; the special token ids stay the same).
     """
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    if newline_runs:  # like SentencePiece: a run of line breaks is its own piece
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Split(Regex("\n+"), "isolated"), tok.pre_tokenizer]
-        )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
+    from mmcore.testing.bpe import train_byte_bpe
+
     corpus = _CORPUS + (["\n" * k for k in range(2, 9)] * 20 if newline_runs else [])
-    tok.train_from_iterator(corpus, trainer=trainer)
+    tok = train_byte_bpe(
+        corpus, SPECIAL_TOKENS, 300, unk_token="<unk>", split_newline_runs=newline_runs
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<bos>",

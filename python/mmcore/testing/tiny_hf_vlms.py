@@ -39,19 +39,11 @@ TEXT = dict(
 def build_tokenizer(extra_specials: list[str], image_token: str, named: dict | None = None):
     """A byte-level BPE whose ``extra_specials`` are single special tokens; ``named`` adds
     tokenizer attributes (e.g. ``boi_token``) processors read."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=340,
-        special_tokens=_BASE_SPECIALS + extra_specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    from mmcore.testing.bpe import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS, _BASE_SPECIALS + extra_specials, 340, unk_token="<unk>")
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",

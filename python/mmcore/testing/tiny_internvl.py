@@ -42,19 +42,11 @@ CHAT_TEMPLATE = INTERNVL_CHAT_TEMPLATE
 
 def build_internvl_tokenizer():
     """A small byte-level BPE with InternVL's special tokens (each a single id)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    from mmcore.testing.bpe import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS, SPECIAL_TOKENS, 300)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
