@@ -30,8 +30,7 @@ def qwen2_audio_dir(tmp_path_factory):
     return build_tiny_qwen2_audio(tmp_path_factory.mktemp("qwen2_audio"), seed=0)
 
 
-@pytest.fixture(scope="module")
-def clips():
+def speech_clips():
     """(waveform, sampling rate) pairs: speech at 16 / 22.05 / 8 kHz, noise, a tone."""
     rng = np.random.default_rng(1)
     return [
@@ -41,6 +40,11 @@ def clips():
         ((0.05 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000),
         ((0.3 * np.sin(np.arange(44100 * 2) * 0.06)).astype(np.float32), 44100),
     ]
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return speech_clips()
 
 
 def _prompts(clips):
