@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, Qwen2AudioConfig
+from transformers import LlamaConfig, Qwen2AudioConfig, Qwen2AudioEncoderConfig, WhisperConfig
 
 from mmcore import Engine
 from mmcore.executor.base import ParallelConfig, check_shardable
@@ -101,7 +101,7 @@ def test_bad_parallel_options_are_refused_before_any_worker_starts(
 @pytest.mark.parametrize(
     ("config", "model_impl", "message"),
     [
-        (Qwen2AudioConfig(), "auto", "'qwen2_audio' is not built from tensor-parallel layers"),
+        (WhisperConfig(), "auto", "'whisper' is not built from tensor-parallel layers"),
         (LlamaConfig(), "transformers", "Transformers backend .* tensor_parallel_size > 1"),
     ],
 )
@@ -109,3 +109,12 @@ def test_models_without_parallel_layers_are_refused(config, model_impl, message)
     with pytest.raises(ValueError, match=message):
         check_shardable(config, ParallelConfig(tensor_parallel_size=2), model_impl=model_impl)
     check_shardable(config, ParallelConfig(tensor_parallel_size=1), model_impl=model_impl)
+
+
+def test_audio_encoder_heads_must_divide_unless_data_parallel():
+    config = Qwen2AudioConfig(audio_config=Qwen2AudioEncoderConfig(encoder_attention_heads=5))
+    with pytest.raises(ValueError, match="audio encoder's 5 heads .* mm_encoder_tp_mode='data'"):
+        check_shardable(config, ParallelConfig(tensor_parallel_size=2), model_impl="auto")
+    data = ParallelConfig(tensor_parallel_size=2, mm_encoder_tp_mode="data")
+    check_shardable(config, data, model_impl="auto")
+    check_shardable(Qwen2AudioConfig(), ParallelConfig(tensor_parallel_size=2), model_impl="auto")

@@ -30,8 +30,7 @@ def qwen2_audio_dir(tmp_path_factory):
     return build_tiny_qwen2_audio(tmp_path_factory.mktemp("qwen2_audio"), seed=0)
 
 
-@pytest.fixture(scope="module")
-def clips():
+def speech_clips():
     """(waveform, sampling rate) pairs: speech at 16 / 22.05 / 8 kHz, noise, a tone."""
     rng = np.random.default_rng(1)
     return [
@@ -41,6 +40,11 @@ def clips():
         ((0.05 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000),
         ((0.3 * np.sin(np.arange(44100 * 2) * 0.06)).astype(np.float32), 44100),
     ]
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return speech_clips()
 
 
 def _prompts(clips):
@@ -182,3 +186,14 @@ def test_audio_errors_name_the_problem(case):
     good = engine.generate(_turn("still serving?", 0), GREEDY, use_tqdm=False)
     assert len(good[0].outputs[0].token_ids) > 0
     assert engine.stats()["kv_blocks_used"] == 0
+
+
+def test_quantize_vision_quantises_the_audio_tower_and_projector(case):
+    model_dir, prompts, _ = case
+    engine = Engine(model_dir, quantization="fp8", quantize_vision=True)
+    model = engine.model
+    for layer in (model.audio_tower.layers[0].fc1, model.multi_modal_projector.linear):
+        assert layer.weight.dtype == torch.float8_e4m3fn
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    out = engine.generate(_engine_prompts(prompts[1:2]), params, use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == MAX_TOKENS

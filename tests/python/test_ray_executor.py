@@ -53,6 +53,17 @@ def test_ray_tp2_across_two_nodes_matches_hf(ray_cluster, tiny_llava_dir, photos
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)
     outputs = engine.generate(_engine_prompts(prompts), params, use_tqdm=False)
     assert _token_ids(outputs) == expected
+    # Prompt log-probabilities come back from rank 0 through the object store, as on one rank.
+    asks = SamplingParams(temperature=0.0, max_tokens=2, prompt_logprobs=2)
+    ray_out = engine.generate(_engine_prompts(prompts), asks, use_tqdm=False)
+    one_out = Engine(tiny_llava_dir).generate(_engine_prompts(prompts), asks, use_tqdm=False)
+    for ray_req, one_req in zip(ray_out, one_out, strict=True):
+        assert len(ray_req.prompt_logprobs) == len(one_req.prompt_logprobs) > 16
+        for ray_pos, one_pos in zip(ray_req.prompt_logprobs[1:], one_req.prompt_logprobs[1:]):
+            assert ray_pos.keys() == one_pos.keys()
+            for token, logprob in ray_pos.items():
+                assert logprob.rank == one_pos[token].rank
+                assert abs(logprob.logprob - one_pos[token].logprob) <= 1e-5
     # Killing rank 1's actor mid-generation fails the engine, naming the rank.
     for i, (prompt, _) in enumerate(prompts[1:2]):
         engine.add_request(f"k{i}", prompt, SamplingParams(max_tokens=64, ignore_eos=True))

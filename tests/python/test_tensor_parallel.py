@@ -139,11 +139,8 @@ HOST_MASKED = [
 
 def test_tp2_sampling_matches_tp1_with_grammars_and_bans(tp_case):
     model_dir, engine, single_options, prompts, _, _ = tp_case
-    with pytest.raises(ValueError, match="prompt_logprobs.*tensor_parallel_size > 1"):
-        engine.generate(prompts[:2], SamplingParams(max_tokens=4, prompt_logprobs=1))
-    assert not engine.has_unfinished_requests()
-    assert engine.stats()["kv_blocks_used"] == 0
     single = Engine(model_dir, **single_options)
+    _assert_prompt_logprobs_match_tp1(engine, single, prompts)
     tp_outputs = engine.generate(prompts[:4], SAMPLED, use_tqdm=False)
     assert _token_ids(tp_outputs) == _token_ids(
         single.generate(prompts[:4], SAMPLED, use_tqdm=False)
@@ -159,6 +156,41 @@ def test_tp2_sampling_matches_tp1_with_grammars_and_bans(tp_case):
     for text, reason in done[1::3]:  # whole, or cut by max_tokens inside the pattern
         pattern = "[a-d]{2,5}-[0-9]{1,3}" if reason == "stop" else "[a-d]{0,5}(-[0-9]{0,3})?"
         assert re.fullmatch(pattern, text), (text, reason)
+    assert engine.stats()["kv_blocks_used"] == 0
+
+
+def _prompt_logprobs(outputs):
+    """Per request, per prompt position: None (the first) or {token: (logprob, rank)}."""
+    return [
+        [
+            None if pos is None else {t: (lp.logprob, lp.rank) for t, lp in pos.items()}
+            for pos in o.prompt_logprobs
+        ]
+        for o in outputs
+    ]
+
+
+def _assert_prompt_logprobs_match_tp1(engine, single, prompts):
+    """Rank 0 computes the prompt log-probabilities (every rank joins the logits gather) and
+    returns them with the step's tokens; chunks cut through the images and prompts."""
+    params = [
+        SamplingParams(max_tokens=4, temperature=0.0, prompt_logprobs=k, logprobs=k)
+        for k in (0, 3, 1, 5)
+    ]
+    tp_outputs = engine.generate(prompts[:4], params, use_tqdm=False)
+    one_outputs = single.generate(prompts[:4], params, use_tqdm=False)
+    assert _token_ids(tp_outputs) == _token_ids(one_outputs)
+    for tp, one, param in zip(
+        _prompt_logprobs(tp_outputs), _prompt_logprobs(one_outputs), params, strict=True
+    ):
+        assert len(tp) == len(one) > 16 and tp[0] is None and one[0] is None
+        for tp_pos, one_pos in zip(tp[1:], one[1:], strict=True):
+            # the prompt token and the top k, with the same ranks
+            assert tp_pos.keys() == one_pos.keys()
+            assert param.prompt_logprobs <= len(tp_pos) <= param.prompt_logprobs + 1
+            for token, (logprob, rank) in tp_pos.items():
+                assert rank == one_pos[token][1]
+                assert abs(logprob - one_pos[token][0]) <= 1e-5
     assert engine.stats()["kv_blocks_used"] == 0
 
 

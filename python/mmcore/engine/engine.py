@@ -30,7 +30,7 @@ from mmcore.engine.sampling_setup import (
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
 from mmcore.engine.transcription import Transcription, transcribe
 from mmcore.engine_args import EngineArgs
-from mmcore.executor.remote_request import DriverRow, RemoteRequest, refuse_host_sampling
+from mmcore.executor.remote_request import DriverRow, RemoteRequest
 from mmcore.outputs import RequestOutput
 from mmcore.sampling.sampler import PendingSample, SampledBatch
 from mmcore.sampling_params import SamplingParams
@@ -166,8 +166,6 @@ class Engine:
         max_tokens = min(params.max_tokens or room, room)
         check_token_ids(params, self.vocab_size)
         bad_words_ids = tokenize_bad_words(self.tokenizer, params.bad_words, self.vocab_size)
-        if self.runner is None:  # several ranks: the workers sample right after the forward
-            refuse_host_sampling(params)
         grammar = (
             self.structured_outputs.compile(params.structured_outputs)
             if params.structured_outputs is not None
@@ -256,7 +254,13 @@ class Engine:
             self.executor.add_request(
                 core_id,
                 RemoteRequest(
-                    processed.items, params, seed, processed.token_ids, bad_words_ids, stop_ids
+                    processed.items,
+                    params,
+                    seed,
+                    processed.token_ids,
+                    bad_words_ids,
+                    stop_ids,
+                    keep_prompt,
                 ),
             )
             return

@@ -91,14 +91,24 @@ def check_shardable(hf_config, parallel: ParallelConfig, model_impl: str = "auto
     kv_heads_per_rank(getattr(text, "num_key_value_heads", None) or text.num_attention_heads, size)
     if getattr(text, "intermediate_size", None):
         divide(text.intermediate_size, size, "intermediate_size")
+    if parallel.mm_encoder_tp_mode != "weights":
+        return
     vision = getattr(hf_config, "vision_config", None)
-    if vision is not None and parallel.mm_encoder_tp_mode == "weights":
+    if vision is not None:
         heads = getattr(vision, "num_attention_heads", None) or getattr(vision, "num_heads", 0)
-        if heads % size:
-            raise ValueError(
-                f"the vision encoder's {heads} heads are not divisible by tensor_parallel_size "
-                f"({size}); use mm_encoder_tp_mode='data' to replicate it"
-            )
+        _check_encoder_heads("vision", heads, size)
+    audio = getattr(hf_config, "audio_config", None)
+    if audio is not None:
+        _check_encoder_heads("audio", getattr(audio, "encoder_attention_heads", 0), size)
+
+
+def _check_encoder_heads(kind: str, heads: int, size: int) -> None:
+    """An encoder sharded by heads needs them divisible by the ranks (else: data mode)."""
+    if heads % size:
+        raise ValueError(
+            f"the {kind} encoder's {heads} heads are not divisible by tensor_parallel_size "
+            f"({size}); use mm_encoder_tp_mode='data' to replicate it"
+        )
 
 
 class Executor(Protocol):

@@ -215,8 +215,8 @@ class MultiprocExecutor:
             if message[0] != "result":
                 self._fail(f"rank 0 sent {message[0]!r} instead of a step result", 0)
             self._received += 1
-            _, tokens, logprobs, self._counters = message
-            self._results[self._received] = SampledBatch(token_ids=tokens, logprobs=logprobs)
+            _, tokens, logprobs, prompt_logprobs, self._counters = message
+            self._results[self._received] = SampledBatch(tokens, logprobs, prompt_logprobs)
             deadline = time.monotonic() + step_timeout_s()
         return self._results.pop(seq)
 

@@ -73,13 +73,19 @@ class RayRank:
         return self.worker.capacity()
 
     def execute(self, data: bytes):
-        """Apply one message; rank 0 returns a launched step's (tokens, logprobs, counters)."""
+        """Apply one message; rank 0 returns a launched step's (tokens, logprobs, prompt
+        logprobs, counters)."""
         kind, message = decode(bytearray(data))
         pending = self.worker.handle(kind, message)
         if pending is None or isinstance(pending, str) or self.worker.args.rank != 0:
             return None
         batch = pending.resolve()
-        return batch.token_ids, batch.logprobs, runner_counters(self.worker.runner)
+        return (
+            batch.token_ids,
+            batch.logprobs,
+            batch.prompt_logprobs,
+            runner_counters(self.worker.runner),
+        )
 
     def ping(self) -> bool:
         """Liveness probe: answers as soon as the actor is idle."""
@@ -212,8 +218,8 @@ class RayExecutor:
                 if ref in ready_ids:
                     value = self._get(rank, ref, 0)
                     if ref is refs[0]:
-                        tokens, logprobs, self._counters = value
-                        result = SampledBatch(token_ids=tokens, logprobs=logprobs)
+                        tokens, logprobs, prompt_logprobs, self._counters = value
+                        result = SampledBatch(tokens, logprobs, prompt_logprobs)
             if refs[0] in ready_ids:
                 self._outstanding = [(r, ref) for r, ref in watched if ref not in ready_ids]
                 return result

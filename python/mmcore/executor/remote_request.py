@@ -1,6 +1,5 @@
-"""What the driver sends a tensor-parallel worker about a new request, what it keeps of the
-request's sampling (its host masks travel with each step), and which sampling features are
-refused with several ranks."""
+"""What the driver sends a tensor-parallel worker about a new request, and what it keeps of the
+request's sampling (its host masks travel with each step)."""
 
 from __future__ import annotations
 
@@ -21,10 +20,12 @@ class RemoteRequest:
         items: its multimodal items.
         params: its sampling parameters.
         generator_seed: seed of its random draws (the generator is made on the rank's device).
-        prompt_token_ids: its prompt (repetition penalty counts).
+        prompt_token_ids: its prompt (repetition penalty counts, prompt log-probabilities).
         bad_words_ids: its bad words as token ids (the workers ban single tokens; bans of
             multi-token words come with each step from the driver, see :class:`DriverRow`).
         stop_ids: tokens masked until ``min_tokens`` were generated.
+        keep_prompt: compute its prompt log-probabilities (the first completion of a request
+            asking for ``prompt_logprobs``); every rank takes part, rank 0 returns them.
     """
 
     items: list[MMItem]
@@ -33,6 +34,7 @@ class RemoteRequest:
     prompt_token_ids: np.ndarray
     bad_words_ids: list[list[int]]
     stop_ids: list[int]
+    keep_prompt: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,19 +52,6 @@ class DriverRow:
         return cls(prefixes or None)
 
 
-def refuse_host_sampling(params: SamplingParams) -> None:
-    """Refuse what the workers cannot do with several ranks: prompt log-probabilities.
-
-    Raises:
-        ValueError: naming the feature.
-    """
-    if params.prompt_logprobs is not None:
-        raise ValueError(
-            "prompt_logprobs is not supported with tensor_parallel_size > 1 yet "
-            "(see docs/distributed.md)"
-        )
-
-
 def to_request_state(runner, request: RemoteRequest):
     """The runner's state of ``request`` on this rank (sampling counts on its device)."""
     from mmcore.engine.runner import RequestState
@@ -75,4 +64,5 @@ def to_request_state(runner, request: RemoteRequest):
         request.bad_words_ids,
         request.stop_ids,
     )
-    return RequestState(request.items, sampling)
+    prompt = request.prompt_token_ids if request.keep_prompt else None
+    return RequestState(request.items, sampling, prompt)

@@ -102,7 +102,13 @@ class _ResultSender:
             pending = self._pending.get()
             try:
                 batch = pending.resolve()
-                message = ("result", batch.token_ids, batch.logprobs, runner_counters(self._runner))
+                message = (
+                    "result",
+                    batch.token_ids,
+                    batch.logprobs,
+                    batch.prompt_logprobs,
+                    runner_counters(self._runner),
+                )
             except BaseException:  # noqa: BLE001 - reported to the driver, which stops the engine
                 message = ("error", 0, traceback.format_exc())
             with self._lock:

@@ -16,8 +16,8 @@ class LlavaNextModel(LlavaModel):
     (``image_sizes`` = original (height, width); extra padded tiles are ignored).
     """
 
-    # Its anyres tiling and image_newline are not verified over several ranks yet.
-    supports_tensor_parallel = False
+    # Tiles run through LLaVA's sharded tower and projector; image_newline is replicated.
+    supports_tensor_parallel = True
 
     def __init__(self, hf_config, *, dtype: torch.dtype, device: torch.device):
         if hf_config.vision_feature_select_strategy != "default":

@@ -5,6 +5,11 @@ Whisper attends over the whole 30 s window (padding included), so its clips are 
 Qwen2-Audio masks the padded positions, which makes them irrelevant to the valid ones: its clips
 are cut to their valid frames (plus the two the convolutions read past the end), so a 3 s clip
 costs a tenth of a padded 30 s window.
+
+With ``tensor_parallel=True`` (Qwen2-Audio) the layers are mmcore's parallel linears: attention
+heads and fc1 rows column-parallel, out_proj and fc2 row-parallel (one all-reduce per block);
+``disable_tp`` keeps them whole on every rank (``mm_encoder_tp_mode="data"``). Whisper's own
+decoder is not parallel, so its encoder keeps plain ``nn.Linear`` layers (one rank, no FP8).
 """
 
 from __future__ import annotations
@@ -14,21 +19,43 @@ from torch import nn
 
 from mmcore.layers.activations import get_activation
 from mmcore.layers.attention import varlen_attention
+from mmcore.layers.linear import ColumnParallelLinear, RowParallelLinear, divide
+
+
+class _Linears:
+    """Builds the encoder's column / row linears: parallel layers, or ``nn.Linear`` (Whisper)."""
+
+    def __init__(self, *, tensor_parallel: bool, disable_tp: bool, dtype, device):
+        self.parallel, self.disable_tp = tensor_parallel, disable_tp
+        self.dtype, self.device = dtype, device
+
+    def _make(self, layer, in_features: int, out_features: int, bias: bool) -> nn.Module:
+        kw = dict(bias=bias, dtype=self.dtype, device=self.device)
+        if not self.parallel:
+            return nn.Linear(in_features, out_features, **kw)
+        return layer(in_features, out_features, disable_tp=self.disable_tp, **kw)
+
+    def column(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+        return self._make(ColumnParallelLinear, in_features, out_features, bias)
+
+    def row(self, in_features: int, out_features: int, bias: bool = True) -> nn.Module:
+        return self._make(RowParallelLinear, in_features, out_features, bias)
 
 
 class WhisperEncoderAttention(nn.Module):
-    """Bidirectional self-attention; k_proj has no bias (as in Whisper)."""
+    """Bidirectional self-attention; k_proj has no bias (as in Whisper). Sharded by heads when
+    built from parallel layers (q/k/v column-, out_proj row-parallel)."""
 
-    def __init__(self, config, *, dtype, device):
+    def __init__(self, config, linears: _Linears):
         super().__init__()
         d = config.d_model
-        self.num_heads = config.encoder_attention_heads
-        self.head_dim = d // self.num_heads
+        self.head_dim = d // config.encoder_attention_heads
         self.scaling = self.head_dim**-0.5
-        self.q_proj = nn.Linear(d, d, dtype=dtype, device=device)
-        self.k_proj = nn.Linear(d, d, bias=False, dtype=dtype, device=device)
-        self.v_proj = nn.Linear(d, d, dtype=dtype, device=device)
-        self.out_proj = nn.Linear(d, d, dtype=dtype, device=device)
+        self.q_proj = linears.column(d, d)
+        self.k_proj = linears.column(d, d, bias=False)
+        self.v_proj = linears.column(d, d)
+        self.num_heads = divide(self.q_proj.out_features, self.head_dim, "encoder heads")
+        self.out_proj = linears.row(d, d)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         shape = (x.shape[0], self.num_heads, self.head_dim)
@@ -39,14 +66,14 @@ class WhisperEncoderAttention(nn.Module):
 
 
 class WhisperEncoderLayer(nn.Module):
-    def __init__(self, config, *, dtype, device):
+    def __init__(self, config, linears: _Linears, *, dtype, device):
         super().__init__()
         d = config.d_model
         self.self_attn_layer_norm = nn.LayerNorm(d, dtype=dtype, device=device)
-        self.self_attn = WhisperEncoderAttention(config, dtype=dtype, device=device)
+        self.self_attn = WhisperEncoderAttention(config, linears)
         self.final_layer_norm = nn.LayerNorm(d, dtype=dtype, device=device)
-        self.fc1 = nn.Linear(d, config.encoder_ffn_dim, dtype=dtype, device=device)
-        self.fc2 = nn.Linear(config.encoder_ffn_dim, d, dtype=dtype, device=device)
+        self.fc1 = linears.column(d, config.encoder_ffn_dim)
+        self.fc2 = linears.row(config.encoder_ffn_dim, d)
         self.act = get_activation(config.activation_function)
 
     def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -69,10 +96,24 @@ class WhisperAudioEncoder(nn.Module):
     Args:
         config: the HF audio encoder config (``WhisperConfig`` or ``Qwen2AudioEncoderConfig``).
         pool: average-pool pairs of positions before the final norm (Qwen2-Audio).
+        tensor_parallel: build the layers from mmcore's parallel linears (sharded by heads).
+        disable_tp: with ``tensor_parallel``, keep every layer whole on each rank.
     """
 
-    def __init__(self, config, *, pool: bool, dtype, device):
+    def __init__(
+        self,
+        config,
+        *,
+        pool: bool,
+        dtype,
+        device,
+        tensor_parallel: bool = False,
+        disable_tp: bool = False,
+    ):
         super().__init__()
+        linears = _Linears(
+            tensor_parallel=tensor_parallel, disable_tp=disable_tp, dtype=dtype, device=device
+        )
         d = config.d_model
         self.num_mel_bins = config.num_mel_bins
         self.max_source_positions = config.max_source_positions
@@ -82,7 +123,7 @@ class WhisperAudioEncoder(nn.Module):
             config.max_source_positions, d, dtype=dtype, device=device
         )
         self.layers = nn.ModuleList(
-            WhisperEncoderLayer(config, dtype=dtype, device=device)
+            WhisperEncoderLayer(config, linears, dtype=dtype, device=device)
             for _ in range(config.encoder_layers)
         )
         self.layer_norm = nn.LayerNorm(d, dtype=dtype, device=device)

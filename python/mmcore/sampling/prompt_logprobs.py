@@ -49,7 +49,8 @@ def compute_prompt_logprobs(
         to_device: the runner's staging copy.
 
     Returns:
-        The chunk, or None when no scheduled request needs any.
+        The chunk, or None when no scheduled request needs any (and on tensor-parallel ranks
+        other than 0, which take part in the logits gather but get no logits).
     """
     if not wanted:
         return None
@@ -74,6 +75,9 @@ def compute_prompt_logprobs(
     if not rows:
         return None
     index = to_device("prompt_logprob_rows", np.concatenate(rows), torch.long)
-    log_probs = model.compute_logits(hidden[index]).float().log_softmax(-1)
+    logits = model.compute_logits(hidden[index])  # a collective: every rank calls it
+    if logits is None:
+        return None
+    log_probs = logits.float().log_softmax(-1)
     chosen = to_device("prompt_logprob_targets", np.concatenate(targets), torch.long)
     return PromptLogprobsChunk(req_ids, firsts, counts, gather_logprobs(log_probs, chosen, top))

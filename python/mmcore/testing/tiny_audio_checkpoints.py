@@ -87,8 +87,7 @@ def build_tiny_qwen2_audio(
         d_model=32,
         max_source_positions=1500,
     )
-    text = Qwen2Config(
-        vocab_size=len(tok),
+    text_fields = dict(
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
@@ -97,8 +96,8 @@ def build_tiny_qwen2_audio(
         max_position_embeddings=2048,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
-        **(text_overrides or {}),
     )
+    text = Qwen2Config(vocab_size=len(tok), **{**text_fields, **(text_overrides or {})})
     config = Qwen2AudioConfig(audio_config=audio, text_config=text, audio_token_index=audio_id)
     config.audio_token_id = audio_id
     torch.manual_seed(seed)

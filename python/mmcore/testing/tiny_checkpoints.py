@@ -231,11 +231,13 @@ def build_tiny_llava_next(
     }
     if text_model_type == "llama":
         text = LlamaConfig(
-            vocab_size=len(tok), num_key_value_heads=4, rope_parameters=rope, **text_kwargs
+            vocab_size=len(tok), rope_parameters=rope, **{"num_key_value_heads": 4, **text_kwargs}
         )
     elif text_model_type == "mistral":
         text = MistralConfig(
-            vocab_size=len(tok), num_key_value_heads=2, sliding_window=sliding_window, **text_kwargs
+            vocab_size=len(tok),
+            sliding_window=sliding_window,
+            **{"num_key_value_heads": 2, **text_kwargs},
         )
     else:
         raise ValueError(f"text_model_type must be 'llama' or 'mistral', got {text_model_type!r}")

@@ -8,7 +8,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.attention import AttentionMetadata
+from mmcore.layers.linear import ColumnParallelLinear
 from mmcore.models.llama import LlamaForCausalLM
 from mmcore.models.weights import load_named_weights
 from mmcore.models.whisper_encoder import WhisperAudioEncoder, conv_output_len
@@ -23,18 +25,35 @@ _PREFIX_RENAMES = (
 
 
 class Qwen2AudioModel(nn.Module):
-    """Items for :meth:`encode`: the processor's ``{"input_features", "num_frames"}``."""
+    """Items for :meth:`encode`: the processor's ``{"input_features", "num_frames"}``.
+
+    Tensor parallel: the audio tower is sharded by heads like the LM (or whole on every rank
+    with ``mm_encoder_tp_mode="data"``); the projector, one small matrix, is replicated.
+    """
 
     supported_modalities = ("audio",)
+    supports_tensor_parallel = True  # audio tower and Qwen2 LM built from parallel layers
 
     def __init__(self, hf_config, *, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.config = hf_config
         audio = hf_config.audio_config
-        self.audio_tower = WhisperAudioEncoder(audio, pool=True, dtype=dtype, device=device)
+        self.audio_tower = WhisperAudioEncoder(
+            audio,
+            pool=True,
+            dtype=dtype,
+            device=device,
+            tensor_parallel=True,
+            disable_tp=encoder_tp_disabled(),
+        )
         self.multi_modal_projector = nn.Module()
-        self.multi_modal_projector.linear = nn.Linear(
-            audio.d_model, hf_config.text_config.hidden_size, dtype=dtype, device=device
+        self.multi_modal_projector.linear = ColumnParallelLinear(
+            audio.d_model,
+            hf_config.text_config.hidden_size,
+            bias=True,
+            dtype=dtype,
+            device=device,
+            disable_tp=True,  # replicated: its output must be whole, and it is small
         )
         self.language_model = LlamaForCausalLM(  # Qwen2 = Llama with q/k/v biases
             hf_config.text_config,
