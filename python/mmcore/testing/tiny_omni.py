@@ -72,6 +72,7 @@ class TinyOmniModel(Qwen2AudioModel):
     """Qwen2-Audio's audio tower, projector and LM, plus a CLIP tower and a LLaVA projector."""
 
     supported_modalities = ("image", "audio")
+    supports_tensor_parallel = False  # a CPU test model; its TP is not tested
 
     def __init__(self, hf_config, *, dtype: torch.dtype, device: torch.device):
         super().__init__(hf_config, dtype=dtype, device=device)
