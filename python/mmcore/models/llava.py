@@ -9,10 +9,10 @@ from torch import nn
 
 from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation
-from mmcore.layers.attention import AttentionMetadata
 from mmcore.layers.linear import ColumnParallelLinear, RowParallelLinear
 from mmcore.models.clip import CLIPVisionTower
 from mmcore.models.llama import LlamaForCausalLM
+from mmcore.models.lm_delegate import DelegatesToLanguageModel
 from mmcore.models.weights import load_named_weights
 
 # Checkpoint prefixes -> module prefixes. Published LLaVA checkpoints use the right-hand
@@ -74,7 +74,7 @@ def _one_image(pixel_values: torch.Tensor) -> torch.Tensor:
     return pixel_values
 
 
-class LlavaModel(nn.Module):
+class LlavaModel(DelegatesToLanguageModel, nn.Module):
     """LLaVA-1.5 (HF ``LlavaForConditionalGeneration``), mmcore's model contract.
 
     Items for :meth:`encode` are ``{"pixel_values": [3, S, S]}`` (one cropped image each).
@@ -104,13 +104,7 @@ class LlavaModel(nn.Module):
             device=device,
             tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", None),
         )
-        lm = self.language_model
-        self.hidden_size, self.vocab_size = lm.hidden_size, lm.vocab_size
-        self.num_layers, self.num_kv_heads, self.head_dim = (
-            lm.num_layers,
-            lm.num_kv_heads,
-            lm.head_dim,
-        )
+        self.adopt_language_model_sizes()
         self.dtype, self.device = dtype, torch.device(device)
 
     # -- weights -------------------------------------------------------------------------------
@@ -147,32 +141,3 @@ class LlavaModel(nn.Module):
             return []
         pixels = torch.stack([_one_image(item["pixel_values"]) for item in items])
         return list(self.encode_tiles(pixels).unbind(0))
-
-    # -- language model ------------------------------------------------------------------------
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings ``[T] -> [T, hidden]`` (placeholders get overwritten by the runner)."""
-        return self.language_model.embed_tokens(input_ids)
-
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        attn: AttentionMetadata,
-    ) -> torch.Tensor:
-        """LM over the step's flattened tokens; writes their K/V into ``kv_caches``.
-
-        Args:
-            inputs_embeds: ``[T, hidden]`` text embeddings with image embeddings scattered in.
-            positions: int64 ``[T]`` position of each token in its sequence.
-            kv_caches: per layer (key_cache, value_cache) ``[blocks, block_size, kv_heads, head_dim]``.
-            attn: where each request's tokens sit in the caches.
-
-        Returns:
-            Final-norm hidden states ``[T, hidden]``.
-        """
-        return self.language_model(inputs_embeds, positions, kv_caches, attn)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
-        return self.language_model.compute_logits(hidden)

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmcore.layers.attention import AttentionMetadata
 from mmcore.models.gemma3.text import Gemma3ForCausalLM
 from mmcore.models.gemma3.vision import Gemma3Projector, SiglipVisionTower
+from mmcore.models.lm_delegate import DelegatesToLanguageModel
 from mmcore.models.weights import load_named_weights
 
 # Checkpoint prefixes -> module prefixes: transformers 5 in-memory layout, then the layouts
@@ -37,7 +37,7 @@ def canonical_weight_name(name: str) -> str:
     return name
 
 
-class Gemma3Model(nn.Module):
+class Gemma3Model(DelegatesToLanguageModel, nn.Module):
     """Gemma 3 (HF ``Gemma3ForConditionalGeneration``), mmcore's model contract.
 
     Items for :meth:`encode`: ``{"pixel_values": [1 + crops, 3, S, S]}`` per image (the image
@@ -62,14 +62,8 @@ class Gemma3Model(nn.Module):
             device=device,
             tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", True),
         )
-        lm = self.language_model
-        self.hidden_size, self.vocab_size = lm.hidden_size, lm.vocab_size
-        self.num_layers, self.num_kv_heads, self.head_dim = (
-            lm.num_layers,
-            lm.num_kv_heads,
-            lm.head_dim,
-        )
-        self.layer_sliding_windows = lm.layer_sliding_windows
+        self.adopt_language_model_sizes()
+        self.layer_sliding_windows = self.language_model.layer_sliding_windows
         self.tokens_per_view = self.multi_modal_projector.num_tokens
         self.dtype, self.device = dtype, torch.device(device)
 
@@ -106,22 +100,3 @@ class Gemma3Model(nn.Module):
         counts = [v.shape[0] for v in views]
         features = self.multi_modal_projector(self.vision_tower(torch.cat(views)))
         return [f.reshape(-1, self.hidden_size) for f in features.split(counts)]
-
-    # -- language model ------------------------------------------------------------------------
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Scaled token embeddings ``[T] -> [T, hidden]`` (image rows get overwritten)."""
-        return self.language_model.embed_tokens(input_ids)
-
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        attn: AttentionMetadata,
-    ) -> torch.Tensor:
-        """The Gemma 3 LM over the step's tokens (``attn.attend_until`` opens image spans)."""
-        return self.language_model(inputs_embeds, positions, kv_caches, attn)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
-        return self.language_model.compute_logits(hidden)

@@ -17,11 +17,11 @@ from torch import nn
 
 from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation
-from mmcore.layers.attention import AttentionMetadata
 from mmcore.layers.linear import ColumnParallelLinear, RowParallelLinear
 from mmcore.models.internvl.tiling import normalize_tiles
 from mmcore.models.internvl.vision import InternVisionTower
 from mmcore.models.llama import LlamaForCausalLM
+from mmcore.models.lm_delegate import DelegatesToLanguageModel
 from mmcore.models.weights import load_named_weights
 
 # Checkpoint prefixes (transformers 5 layout) -> module prefixes.
@@ -88,7 +88,7 @@ def _check_supported(hf_config) -> bool | None:
     return _TEXT_MODELS[text.model_type]
 
 
-class InternVLModel(nn.Module):
+class InternVLModel(DelegatesToLanguageModel, nn.Module):
     """InternVL 2.5 / 3 in HF format (``model_type`` ``internvl``), mmcore's model contract.
 
     Items for :meth:`encode`: ``{"pixel_values": [tiles, 3, S, S]}`` for an image (its tiles
@@ -122,13 +122,7 @@ class InternVLModel(nn.Module):
             tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", None),
             qkv_bias=qkv_bias,
         )
-        lm = self.language_model
-        self.hidden_size, self.vocab_size = lm.hidden_size, lm.vocab_size
-        self.num_layers, self.num_kv_heads, self.head_dim = (
-            lm.num_layers,
-            lm.num_kv_heads,
-            lm.head_dim,
-        )
+        self.adopt_language_model_sizes()
         self.dtype, self.device = dtype, torch.device(device)
 
     # -- weights -------------------------------------------------------------------------------
@@ -183,22 +177,3 @@ class InternVLModel(nn.Module):
         embeds = self.encode_tiles(torch.cat(tiles))
         counts = [t.shape[0] for t in tiles]
         return [e.reshape(-1, e.shape[-1]) for e in embeds.split(counts)]
-
-    # -- language model ------------------------------------------------------------------------
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings ``[T] -> [T, hidden]`` (placeholders get overwritten by the runner)."""
-        return self.language_model.embed_tokens(input_ids)
-
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        attn: AttentionMetadata,
-    ) -> torch.Tensor:
-        """The LM over the step's flattened tokens (1-D positions)."""
-        return self.language_model(inputs_embeds, positions, kv_caches, attn)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        """``[N, hidden]`` -> float32 logits ``[N, vocab]`` (None on ranks other than 0)."""
-        return self.language_model.compute_logits(hidden)

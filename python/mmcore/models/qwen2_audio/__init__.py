@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from mmcore.distributed.parallel_state import encoder_tp_disabled
-from mmcore.layers.attention import AttentionMetadata
 from mmcore.layers.linear import ColumnParallelLinear
 from mmcore.models.llama import LlamaForCausalLM
+from mmcore.models.lm_delegate import DelegatesToLanguageModel
 from mmcore.models.weights import load_named_weights
 from mmcore.models.whisper_encoder import WhisperAudioEncoder, conv_output_len
 
@@ -24,7 +24,7 @@ _PREFIX_RENAMES = (
 )
 
 
-class Qwen2AudioModel(nn.Module):
+class Qwen2AudioModel(DelegatesToLanguageModel, nn.Module):
     """Items for :meth:`encode`: the processor's ``{"input_features", "num_frames"}``.
 
     Tensor parallel: the audio tower is sharded by heads like the LM (or whole on every rank
@@ -62,13 +62,7 @@ class Qwen2AudioModel(nn.Module):
             tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", None),
             qkv_bias=True,
         )
-        lm = self.language_model
-        self.hidden_size, self.vocab_size = lm.hidden_size, lm.vocab_size
-        self.num_layers, self.num_kv_heads, self.head_dim = (
-            lm.num_layers,
-            lm.num_kv_heads,
-            lm.head_dim,
-        )
+        self.adopt_language_model_sizes()
         self.device = torch.device(device)
 
     def _module_name(self, name: str) -> str | None:
@@ -95,18 +89,3 @@ class Qwen2AudioModel(nn.Module):
         positions = [conv_output_len(int(item["num_frames"])) for item in items]
         states = self.audio_tower(mels, positions)
         return [self.multi_modal_projector.linear(s) for s in states]
-
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.language_model.embed_tokens(input_ids)
-
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        attn: AttentionMetadata,
-    ) -> torch.Tensor:
-        return self.language_model(inputs_embeds, positions, kv_caches, attn)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.language_model.compute_logits(hidden)

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmcore.layers.attention import AttentionMetadata
 from mmcore.layers.sharded_weights import weight_shape
 from mmcore.models.llama import LlamaForCausalLM
+from mmcore.models.lm_delegate import DelegatesToLanguageModel
 from mmcore.models.qwen2_vl.processor import expand_image_patches
 from mmcore.models.qwen2_vl.vision import Qwen2VisionTower
 from mmcore.models.weights import load_named_weights
@@ -44,7 +44,7 @@ def _check_text_config(text) -> None:
         raise ValueError("Qwen2-VL language models with sliding-window layers are not supported")
 
 
-class Qwen2VLModel(nn.Module):
+class Qwen2VLModel(DelegatesToLanguageModel, nn.Module):
     """Qwen2-VL / Qwen2.5-VL (HF ``Qwen2VLForConditionalGeneration`` and
     ``Qwen2_5_VLForConditionalGeneration``), mmcore's model contract with M-RoPE.
 
@@ -75,13 +75,7 @@ class Qwen2VLModel(nn.Module):
             tie_word_embeddings=getattr(hf_config, "tie_word_embeddings", None),
             qkv_bias=True,
         )
-        lm = self.language_model
-        self.hidden_size, self.vocab_size = lm.hidden_size, lm.vocab_size
-        self.num_layers, self.num_kv_heads, self.head_dim = (
-            lm.num_layers,
-            lm.num_kv_heads,
-            lm.head_dim,
-        )
+        self.adopt_language_model_sizes()
         self.dtype, self.device = dtype, torch.device(device)
 
     # -- weights -------------------------------------------------------------------------------
@@ -129,22 +123,3 @@ class Qwen2VLModel(nn.Module):
         pixels = torch.cat(parts)
         merged = self.visual(pixels, grids)
         return list(merged.split([self.visual.num_embeds(g) for g in grids]))
-
-    # -- language model ------------------------------------------------------------------------
-    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings ``[T] -> [T, hidden]`` (placeholders get overwritten by the runner)."""
-        return self.language_model.embed_tokens(input_ids)
-
-    def forward(
-        self,
-        inputs_embeds: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        attn: AttentionMetadata,
-    ) -> torch.Tensor:
-        """The Qwen2 LM over the step's tokens; ``positions`` ``[3, T]`` (M-RoPE) or ``[T]``."""
-        return self.language_model(inputs_embeds, positions, kv_caches, attn)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[N, hidden]`` -> float32 logits ``[N, vocab]``."""
-        return self.language_model.compute_logits(hidden)
