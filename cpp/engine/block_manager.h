@@ -88,6 +88,19 @@ class BlockManager {
     cache_new_full_blocks(request, num_tokens);
   }
 
+  // Software prefetch for a decode step of `request` a few requests ahead: first its table, then
+  // (once the table is in cache) the block holding its last slot. Hints only; no checks needed.
+  void prefetch_table(const Request& request) const {
+    if (request.kv_table >= 0 && static_cast<size_t>(request.kv_table) < tables_.size()) {
+      __builtin_prefetch(tables_[request.kv_table].get());
+    }
+  }
+  void prefetch_last_block(const Request& request) const {
+    if (request.kv_table >= 0 && static_cast<size_t>(request.kv_table) < tables_.size()) {
+      const std::vector<BlockId>& blocks = tables_[request.kv_table]->blocks;
+      if (!blocks.empty()) __builtin_prefetch(&blocks.back());
+    }
+  }
   // The request's block ids in order (empty when it holds none).
   [[nodiscard]] const std::vector<BlockId>& block_table(const Request& request) const {
     const Table* table = table_of(request);

@@ -21,6 +21,25 @@ const SchedulerConfig& validated(const SchedulerConfig& config) {
   throw std::logic_error("scheduler invariant broken: " + what);
 }
 
+// Prefetch distances (in requests) of the per-request loops: the Request's hot lines first, then
+// what they point at (tokens, block table), so a step overlaps the cache misses of requests.
+constexpr size_t kPrefetchRequest = 16;
+constexpr size_t kPrefetchPointees = 8;
+constexpr size_t kPrefetchBlock = 4;
+
+void prefetch_request(const Request* r) {
+  const char* p = reinterpret_cast<const char*>(r);
+  __builtin_prefetch(p);
+  __builtin_prefetch(p + 64);
+  __builtin_prefetch(p + 128);
+}
+
+// The token a decode step reads (its input id) or an update writes next to (the new sample).
+void prefetch_token(const Request& r, int32_t index) {
+  const int32_t last = r.num_tokens() - 1;
+  if (last >= 0) __builtin_prefetch(r.token_ids.data() + std::min(index, last));
+}
+
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config)
@@ -92,6 +111,14 @@ const SchedulerOutput& Scheduler::schedule() {
 
 void Scheduler::schedule_running() {
   for (size_t i = 0; i < running_.size() && token_budget_ > 0; ++i) {
+    if (i + kPrefetchRequest < running_.size()) prefetch_request(running_[i + kPrefetchRequest]);
+    if (i + kPrefetchPointees < running_.size()) {
+      const Request& ahead = *running_[i + kPrefetchPointees];
+      prefetch_token(ahead, ahead.num_computed_tokens);
+      kv_.prefetch_table(ahead);
+    }
+    if (i + kPrefetchBlock < running_.size())
+      kv_.prefetch_last_block(*running_[i + kPrefetchBlock]);
     Request& r = *running_[i];
     const int32_t total = r.num_tokens() + r.num_pending_tokens;
     // The pending sample will finish the request: nothing more to compute for it.
@@ -235,7 +262,13 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
   std::vector<Request*>& to_finish = finishing_;
   to_finish.clear();
   size_t j = 0;
-  for (size_t i = 0; i < rec.scheduled.size(); ++i) {
+  const size_t num_scheduled = rec.scheduled.size();
+  for (size_t i = 0; i < num_scheduled; ++i) {
+    if (i + kPrefetchRequest < num_scheduled) prefetch_request(rec.scheduled[i + kPrefetchRequest]);
+    if (i + kPrefetchPointees < num_scheduled) {
+      const Request& ahead = *rec.scheduled[i + kPrefetchPointees];
+      prefetch_token(ahead, ahead.num_tokens());
+    }
     Request& r = *rec.scheduled[i];
     const bool samples = j < rec.sampled.size() && rec.sampled[j] == &r;
     const TokenId token = samples ? sampled[j] : 0;

@@ -128,7 +128,10 @@ void StepBuilder::write_block_tables() {
   // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
   out.block_tables.resize(chunks_.size() * static_cast<size_t>(width));
   BlockId* dst = out.block_tables.data();
-  for (const Chunk& c : chunks_) {
+  constexpr size_t kAhead = 4;  // rows prefetched ahead: each table is a separate allocation
+  for (size_t i = 0; i < chunks_.size(); ++i) {
+    if (i + kAhead < chunks_.size()) __builtin_prefetch(chunks_[i + kAhead].blocks);
+    const Chunk& c = chunks_[i];
     BlockId* row_end = dst + width;
     dst = std::copy(c.blocks, c.blocks + c.num_blocks, dst);
     std::fill(dst, row_end, -1);
