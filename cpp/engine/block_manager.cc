@@ -151,6 +151,21 @@ void BlockManager::cache_new_full_blocks(Request& request, int32_t num_tokens) {
   }
 }
 
+void BlockManager::prepare_full_blocks(Request& request, int32_t num_tokens) {
+  const int32_t bs = pool_.block_size();
+  (void)table_of(request);  // checks ownership
+  const Table& table = *tables_[request.kv_table];
+  if (table.caching_stopped || request.is_encoder_decoder()) return;
+  num_tokens = std::min(num_tokens, request.num_tokens());
+  const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
+  if (table.num_cached_blocks >= num_full) return;
+  extend_block_hashes(request, bs);
+  for (int32_t b = table.num_cached_blocks; b < num_full; ++b) {
+    pool_.prefetch_cache(table.blocks[b], request.block_hashes[b],
+                         b == 0 ? kNoBlock : table.blocks[b - 1]);
+  }
+}
+
 BlockManagerStats BlockManager::stats() const {
   BlockManagerStats s;
   s.num_blocks = pool_.num_blocks();

@@ -78,15 +78,18 @@ class BlockManager {
   void free(Request& request);
   // Adds the request's full blocks among its first `num_tokens` known tokens to the prefix cache.
   void cache_full_blocks(Request& request, int32_t num_tokens) {
-    // Fast path (inline): no block became full since the last call, i.e.
-    // min(num_tokens, known tokens) / block_size <= cached blocks (tested without a division).
-    if (!enable_prefix_caching_ || request.kv_table < 0 ||
-        std::min(num_tokens, request.num_tokens()) <
-            (static_cast<int64_t>(request.kv_num_cached_blocks) + 1) * pool_.block_size()) {
-      return;
-    }
-    cache_new_full_blocks(request, num_tokens);
+    if (has_new_full_blocks(request, num_tokens)) cache_new_full_blocks(request, num_tokens);
   }
+  // Whether cache_full_blocks(request, num_tokens) has work: a block became full since the last
+  // call, i.e. min(num_tokens, known tokens) / block_size > cached blocks (no division).
+  [[nodiscard]] bool has_new_full_blocks(const Request& request, int32_t num_tokens) const {
+    return enable_prefix_caching_ && request.kv_table >= 0 &&
+           std::min(num_tokens, request.num_tokens()) >=
+               (static_cast<int64_t>(request.kv_num_cached_blocks) + 1) * pool_.block_size();
+  }
+  // Hashes the blocks cache_full_blocks(request, num_tokens) will cache and prefetches their
+  // prefix-cache slots, so that caching many requests' blocks later overlaps the cache misses.
+  void prepare_full_blocks(Request& request, int32_t num_tokens);
 
   // Software prefetch for a decode step of `request` a few requests ahead: first its table, then
   // (once the table is in cache) the block holding its last slot. Hints only; no checks needed.

@@ -261,6 +261,7 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
   result.token_ids.reserve(rec.sampled.size());
   std::vector<Request*>& to_finish = finishing_;
   to_finish.clear();
+  caching_.clear();
   size_t j = 0;
   const size_t num_scheduled = rec.scheduled.size();
   for (size_t i = 0; i < num_scheduled; ++i) {
@@ -279,7 +280,12 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
     if (r.num_done_items < static_cast<int32_t>(r.features.size())) {
       release_done_items(r, done, encoder_cache_);
     }
-    kv_.cache_full_blocks(r, done);
+    if (kv_.has_new_full_blocks(r, done)) {
+      // Cached after the loop, in this order: the hashing and prefetches overlap the misses.
+      const int32_t known = std::min(done, r.num_tokens());
+      kv_.prepare_full_blocks(r, known);
+      caching_.emplace_back(&r, known);
+    }
     // Its cross K/V is written: the encoder output may leave the cache.
     if (r.encoder_input_held && done > 0) release_encoder_input(r, encoder_cache_);
     if (!samples) continue;
@@ -293,6 +299,7 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
       to_finish.push_back(&r);
     }
   }
+  for (const auto& [request, known] : caching_) kv_.cache_full_blocks(*request, known);
   for (size_t k = 0; k < to_finish.size(); ++k) finish(*to_finish[k], result.finish_statuses[k]);
   in_flight_.pop_front();
   retire_old_requests();
