@@ -207,7 +207,8 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
   const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
-  if (r.is_encoder_decoder()) {
+  // Holding blocks, a request has cross blocks iff it is encoder-decoder (a hot field).
+  if (r.cross_num_blocks > 0) {
     builder_.set_cross(kv_.cross_block_table(r), r.encoder_input.num_embeds);
   }
   if (!past_items) append_scatter_plan(r, start, end, row, rec.out);
