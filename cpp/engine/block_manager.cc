@@ -81,6 +81,7 @@ std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_
     fresh.in_use = true;
     fresh.num_cached_blocks = 0;
     fresh.caching_stopped = false;
+    fresh.epoch = ++last_epoch_;
   }
   Table& table = *tables_[request.kv_table];
   if (inserted) {

@@ -109,6 +109,13 @@ class BlockManager {
     const Table* table = table_of(request);
     return table == nullptr ? empty_table_ : table->blocks;
   }
+  // Changes whenever the request gets a table (admission, re-admission after preemption) and is
+  // never 0 for a held one: two reads with the same epoch see one table that only grew between
+  // them (blocks are appended, never replaced). 0 when it holds none.
+  [[nodiscard]] uint64_t table_epoch(const Request& request) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? 0 : table->epoch;
+  }
   // The request's cross-attention blocks, encoder position p in block p / block_size (empty for a
   // decoder-only request or one holding no blocks).
   [[nodiscard]] const std::vector<BlockId>& cross_block_table(const Request& request) const {
@@ -136,6 +143,7 @@ class BlockManager {
     int32_t num_cross_slots = 0;        // encoder positions the cross blocks cover
     int32_t num_cached_blocks = 0;      // leading blocks registered in the prefix cache
     bool caching_stopped = false;       // a block's hash was taken by another block: stop the chain
+    uint64_t epoch = 0;                 // see table_epoch()
   };
 
   [[nodiscard]] int32_t blocks_for(int32_t num_slots) const {
@@ -162,6 +170,7 @@ class BlockManager {
   // Heap-allocated once each: references stay valid while other tables are added.
   std::vector<std::unique_ptr<Table>> tables_;
   std::vector<int32_t> free_tables_;
+  uint64_t last_epoch_ = 0;  // epoch of the table assigned last
   int64_t prefix_queries_ = 0;
   int64_t prefix_hits_ = 0;
   std::vector<BlockId> empty_table_;  // what block_table returns for a request holding none

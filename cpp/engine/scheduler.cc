@@ -92,7 +92,7 @@ const SchedulerOutput& Scheduler::schedule() {
   rec.step_id = next_step_id_++;
   rec.scheduled.clear();
   rec.sampled.clear();
-  builder_.begin(rec.out, rec.step_id);
+  builder_.begin(rec.out, rec.step_id, rec.rows);
   token_budget_ = config_.max_num_batched_tokens;
   encoder_budget_ = config_.encoder_budget;
   preempted_this_step_ = false;
@@ -206,7 +206,8 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   token_budget_ -= n;
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
-  const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
+  const int32_t row =
+      builder_.add_request(r, kv_.block_table(r), kv_.table_epoch(r), start, n, samples);
   // Holding blocks, a request has cross blocks iff it is encoder-decoder (a hot field).
   if (r.cross_num_blocks > 0) {
     builder_.set_cross(kv_.cross_block_table(r), r.encoder_input.num_embeds);

@@ -86,6 +86,7 @@ class Scheduler {
     std::vector<Request*> scheduled;  // batch order, parallel to out.req_ids
     std::vector<Request*> sampled;    // parallel to out.sampling_req_ids
     SchedulerOutput out;
+    BlockTableRows rows;  // what out.block_tables holds from the last step built into it
   };
 
   // Tries to schedule up to num_tokens of `request` from its num_computed_tokens (after the

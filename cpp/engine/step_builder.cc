@@ -4,8 +4,9 @@
 
 namespace mmcore {
 
-void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
+void StepBuilder::begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& rows) {
   out_ = &out;
+  rows_ = &rows;
   out.step_id = step_id;
   // The per-request, per-token and block-table arrays keep their size: finish() resizes and
   // overwrites every element, so only growth pays for initialisation.
@@ -123,18 +124,34 @@ void StepBuilder::write_cross_tables() {
 
 void StepBuilder::write_block_tables() {
   SchedulerOutput& out = *out_;
+  BlockTableRows& rows = *rows_;
   out.max_blocks_per_req = max_blocks_;
   const int32_t width = max_blocks_;
-  // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
-  out.block_tables.resize(chunks_.size() * static_cast<size_t>(width));
+  const size_t num_rows = chunks_.size();
+  // Rows left by the last step in this buffer are valid only at the same width.
+  const size_t num_kept = rows.width == width ? std::min(num_rows, rows.epochs.size()) : 0;
+  out.block_tables.resize(num_rows * static_cast<size_t>(width));
+  rows.epochs.resize(num_rows);
+  rows.lengths.resize(num_rows);
+  rows.width = width;
   BlockId* dst = out.block_tables.data();
   constexpr size_t kAhead = 4;  // rows prefetched ahead: each table is a separate allocation
-  for (size_t i = 0; i < chunks_.size(); ++i) {
-    if (i + kAhead < chunks_.size()) __builtin_prefetch(chunks_[i + kAhead].blocks);
+  for (size_t i = 0; i < num_rows; ++i) {
     const Chunk& c = chunks_[i];
     BlockId* row_end = dst + width;
-    dst = std::copy(c.blocks, c.blocks + c.num_blocks, dst);
-    std::fill(dst, row_end, -1);
+    const int32_t written = rows.lengths[i];
+    if (i < num_kept && c.table_epoch != 0 && rows.epochs[i] == c.table_epoch &&
+        written <= c.num_blocks) {
+      // Same table, only grown: its first `written` ids and the -1 padding after the new ones
+      // are in place.
+      std::copy(c.blocks + written, c.blocks + c.num_blocks, dst + written);
+    } else {
+      // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
+      if (i + kAhead < num_rows) __builtin_prefetch(chunks_[i + kAhead].blocks);
+      std::fill(std::copy(c.blocks, c.blocks + c.num_blocks, dst), row_end, -1);
+    }
+    rows.epochs[i] = c.table_epoch;
+    rows.lengths[i] = c.num_blocks;
     dst = row_end;
   }
 }

@@ -11,21 +11,32 @@
 
 namespace mmcore {
 
+// What an output buffer's block_tables rows hold from the last step built into it: the width
+// and, per row, the table epoch (BlockManager::table_epoch) and the number of block ids written.
+// A row whose table only grew since is completed in place (a decode step appends a block id
+// every block_size steps) instead of copied whole.
+struct BlockTableRows {
+  int32_t width = -1;
+  std::vector<uint64_t> epochs;
+  std::vector<int32_t> lengths;
+};
+
 class StepBuilder {
  public:
   explicit StepBuilder(int32_t block_size)
       : block_size_(block_size),
         block_shift_((block_size & (block_size - 1)) == 0 ? __builtin_ctz(block_size) : -1) {}
 
-  // Clears `out`'s lists (keeping their capacity) and starts step `step_id`.
-  void begin(SchedulerOutput& out, int64_t step_id);
+  // Clears `out`'s lists (keeping their capacity) and starts step `step_id`. `rows` describes
+  // out.block_tables as the last step built into `out` left it (updated by finish()).
+  void begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& rows);
   // Adds the chunk [start, start + num_tokens) of `request`; tokens past the known ones are the
   // pending sample of the step in flight (input id -1). `request` (its tokens and
   // last_sample_index as of this call) and `block_table` must not change until finish().
-  // Returns the step row of the chunk's first token.
-  // Inline: called once per scheduled request.
+  // `table_epoch` is the table's BlockManager::table_epoch. Returns the step row of the chunk's
+  // first token. Inline: called once per scheduled request.
   int32_t add_request(const Request& request, const std::vector<BlockId>& block_table,
-                      int32_t start, int32_t num_tokens, bool samples) {
+                      uint64_t table_epoch, int32_t start, int32_t num_tokens, bool samples) {
     const int32_t row = num_tokens_;
     const int32_t end = start + num_tokens;
     Chunk c{&request,
@@ -40,7 +51,8 @@ class StepBuilder {
             0,
             nullptr,
             0,
-            0};
+            0,
+            table_epoch};
     if (num_tokens == 1) {
       // Decode: everything finish() needs is taken now, while the request is in cache.
       const int32_t block_index = block_shift_ >= 0 ? start >> block_shift_ : start / block_size_;
@@ -84,6 +96,7 @@ class StepBuilder {
     const BlockId* cross_blocks;  // encoder-decoder: cross-attention blocks (else nullptr)
     int32_t num_cross_blocks;
     int32_t cross_len;
+    uint64_t table_epoch;
   };
 
   // Input ids, positions and slots of one chunk, starting at the given output pointers.
@@ -95,6 +108,7 @@ class StepBuilder {
   int32_t block_size_;
   int32_t block_shift_;  // log2(block_size) for a power of two (a shift, not a division), else -1
   SchedulerOutput* out_ = nullptr;
+  BlockTableRows* rows_ = nullptr;
   std::vector<Chunk> chunks_;
   int32_t num_tokens_ = 0;
   int32_t num_samples_ = 0;
