@@ -33,7 +33,7 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& r
   max_blocks_ = 0;
   has_mrope_ = false;
   max_cross_blocks_ = 0;
-  has_cross_ = false;
+  crosses_.clear();
 }
 
 void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
@@ -102,7 +102,7 @@ void StepBuilder::finish() {
   }
   write_block_tables();
   if (has_mrope_) write_mrope_positions();
-  if (has_cross_) write_cross_tables();
+  if (!crosses_.empty()) write_cross_tables();
 }
 
 void StepBuilder::write_cross_tables() {
@@ -111,14 +111,12 @@ void StepBuilder::write_cross_tables() {
   out.max_cross_blocks_per_req = width;
   out.cross_seq_lens.resize(chunks_.size());
   out.cross_block_tables.resize(chunks_.size() * static_cast<size_t>(width));
-  BlockId* dst = out.cross_block_tables.data();
-  for (size_t i = 0; i < chunks_.size(); ++i) {
-    const Chunk& c = chunks_[i];
-    out.cross_seq_lens[i] = c.cross_len;
-    BlockId* row_end = dst + width;
-    dst = std::copy(c.cross_blocks, c.cross_blocks + c.num_cross_blocks, dst);
-    std::fill(dst, row_end, -1);
-    dst = row_end;
+  std::fill(out.cross_seq_lens.begin(), out.cross_seq_lens.end(), 0);
+  std::fill(out.cross_block_tables.begin(), out.cross_block_tables.end(), -1);
+  for (const CrossChunk& c : crosses_) {
+    out.cross_seq_lens[c.row] = c.len;
+    std::copy(c.blocks, c.blocks + c.num_blocks,
+              out.cross_block_tables.begin() + static_cast<std::ptrdiff_t>(c.row * width));
   }
 }
 
