@@ -135,15 +135,16 @@ class BlockManager {
   void check_invariants() const;
 
  private:
-  struct Table {
+  // One cache line holds what a decode step reads (owner, epoch, in_use, the blocks' header).
+  struct alignas(64) Table {
     RequestId owner = -1;
+    uint64_t epoch = 0;  // see table_epoch()
     bool in_use = false;
     std::vector<BlockId> blocks;        // capacity kept when the table is recycled
     std::vector<BlockId> cross_blocks;  // encoder-decoder: cross-attention K/V blocks
     int32_t num_cross_slots = 0;        // encoder positions the cross blocks cover
     int32_t num_cached_blocks = 0;      // leading blocks registered in the prefix cache
     bool caching_stopped = false;       // a block's hash was taken by another block: stop the chain
-    uint64_t epoch = 0;                 // see table_epoch()
   };
 
   [[nodiscard]] int32_t blocks_for(int32_t num_slots) const {
