@@ -5,6 +5,7 @@
 #include <string>
 
 #include "engine/cross_attention.h"
+#include "engine/request_prefetch.h"
 #include "engine/request_validation.h"
 #include "engine/stop_conditions.h"
 
@@ -19,25 +20,6 @@ const SchedulerConfig& validated(const SchedulerConfig& config) {
 
 [[noreturn]] void broken(const std::string& what) {
   throw std::logic_error("scheduler invariant broken: " + what);
-}
-
-// Prefetch distances (in requests) of the per-request loops: the Request's hot lines first, then
-// what they point at (tokens, block table), so a step overlaps the cache misses of requests.
-constexpr size_t kPrefetchRequest = 16;
-constexpr size_t kPrefetchPointees = 8;
-constexpr size_t kPrefetchBlock = 4;
-
-void prefetch_request(const Request* r) {
-  const char* p = reinterpret_cast<const char*>(r);
-  __builtin_prefetch(p);
-  __builtin_prefetch(p + 64);
-  __builtin_prefetch(p + 128);
-}
-
-// The token a decode step reads (its input id) or an update writes next to (the new sample).
-void prefetch_token(const Request& r, int32_t index) {
-  const int32_t last = r.num_tokens() - 1;
-  if (last >= 0) __builtin_prefetch(r.token_ids.data() + std::min(index, last));
 }
 
 }  // namespace
