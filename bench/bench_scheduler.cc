@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <deque>
 #include <random>
@@ -33,6 +34,10 @@ struct Workload {
   int64_t block_size = 16;
   int64_t max_batched_tokens = 8192;
   int64_t seed = 1;
+  bool prefix_caching = true;
+  // No arrivals and no finishes: every request decodes through the measured steps (after its
+  // prefill in the warm-up), so each step is one token per running request.
+  bool decode_only = false;
   bool json = false;
 };
 
@@ -65,7 +70,8 @@ class RequestFactory {
       }
     }
     const auto mean = static_cast<uint32_t>(w_.output_len);
-    r.sampling.max_tokens = static_cast<int32_t>(mean / 2 + rng_() % mean);
+    r.sampling.max_tokens = w_.decode_only ? static_cast<int32_t>(w_.warmup + w_.steps + 1)
+                                           : static_cast<int32_t>(mean / 2 + rng_() % mean);
     r.sampling.ignore_eos = true;
     if (w_.hit_rate > 0 && !repeat) {
       recent_.push_back(r);
@@ -96,11 +102,13 @@ double thread_cpu_us() {
 }
 
 Result run(const Workload& w, int64_t target_running) {
-  const int64_t per_request = w.prompt_len + w.image_len + 2 * w.output_len;
+  const int64_t per_request =
+      w.prompt_len + w.image_len + (w.decode_only ? w.warmup + w.steps + 1 : 2 * w.output_len);
   mmcore::SchedulerConfig c;
   c.block_size = static_cast<int32_t>(w.block_size);
   c.max_num_seqs = static_cast<int32_t>(target_running);
   c.max_num_batched_tokens = static_cast<int32_t>(w.max_batched_tokens);
+  c.enable_prefix_caching = w.prefix_caching;
   c.max_model_len = static_cast<int32_t>(std::max<int64_t>(4096, per_request));
   c.num_blocks = static_cast<int32_t>(target_running * per_request / w.block_size * 5 / 4);
   c.encoder_budget = static_cast<int32_t>(std::max<int64_t>(8192, w.image_len));
@@ -120,7 +128,7 @@ Result run(const Workload& w, int64_t target_running) {
   mmcore::SchedulerStats before{};
   for (int64_t step = 0; step < w.warmup + w.steps; ++step) {
     if (step == w.warmup) before = s.stats();
-    const int n = arrivals(rng);
+    const int n = w.decode_only ? 0 : arrivals(rng);
     for (int i = 0; i < n; ++i) s.add_request(factory.make(next_id++));
     const double c0 = thread_cpu_us();
     const auto t0 = Clock::now();
@@ -130,6 +138,11 @@ Result run(const Workload& w, int64_t target_running) {
     const double us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
     const double cpu_us = thread_cpu_us() - c0;
     if (step >= w.warmup) {
+      if (w.decode_only && out.num_tokens() != out.num_reqs()) {
+        std::fprintf(stderr, "--decode-only: step %lld still prefills; raise --warmup\n",
+                     static_cast<long long>(step));
+        std::exit(2);
+      }
       times.push_back(us);
       cpu += cpu_us;
       reqs += out.num_reqs();
@@ -164,13 +177,14 @@ void print_json(const Workload& w, const std::vector<Result>& results) {
   std::printf(
       "{\"benchmark\": \"scheduler\", \"workload\": {\"steps\": %lld, \"warmup\": %lld, "
       "\"prompt_len\": %lld, \"image_len\": %lld, \"num_images\": %lld, \"output_len\": %lld, "
-      "\"hit_rate\": %g, \"block_size\": %lld, \"max_batched_tokens\": %lld, \"seed\": %lld}, "
-      "\"results\": [",
+      "\"hit_rate\": %g, \"block_size\": %lld, \"max_batched_tokens\": %lld, \"seed\": %lld, "
+      "\"prefix_caching\": %s, \"decode_only\": %s}, \"results\": [",
       static_cast<long long>(w.steps), static_cast<long long>(w.warmup),
       static_cast<long long>(w.prompt_len), static_cast<long long>(w.image_len),
       static_cast<long long>(w.num_images), static_cast<long long>(w.output_len), w.hit_rate,
       static_cast<long long>(w.block_size), static_cast<long long>(w.max_batched_tokens),
-      static_cast<long long>(w.seed));
+      static_cast<long long>(w.seed), w.prefix_caching ? "true" : "false",
+      w.decode_only ? "true" : "false");
   for (size_t i = 0; i < results.size(); ++i) {
     const Result& r = results[i];
     std::printf(
@@ -186,8 +200,9 @@ void print_json(const Workload& w, const std::vector<Result>& results) {
 }
 
 void print_table(const Workload& w, const std::vector<Result>& results) {
-  std::printf("scheduler steady state: %lld measured steps after %lld warm-up steps\n",
-              static_cast<long long>(w.steps), static_cast<long long>(w.warmup));
+  std::printf("scheduler steady state%s: %lld measured steps after %lld warm-up steps%s\n",
+              w.decode_only ? " (decode only)" : "", static_cast<long long>(w.steps),
+              static_cast<long long>(w.warmup), w.prefix_caching ? "" : ", no prefix caching");
   std::printf(
       "| target running | reqs/step | tokens/step | wall mean us | wall p50 us | wall p99 us | "
       "thread CPU us/step | preemptions | prefix hits | encoder hits |\n");
@@ -218,8 +233,13 @@ int main(int argc, char** argv) {
   args.add_int("block-size", &w.block_size, "KV block size in tokens");
   args.add_int("max-batched-tokens", &w.max_batched_tokens, "token budget per step");
   args.add_int("seed", &w.seed, "random seed of the workload");
+  bool no_prefix_caching = false;
+  args.add_flag("no-prefix-caching", &no_prefix_caching, "disable the prefix cache");
+  args.add_flag("decode-only", &w.decode_only,
+                "no arrivals or finishes: measure pure decode steps after the warm-up prefills");
   args.add_flag("json", &w.json, "print one JSON object instead of a table");
   args.parse(argc, argv);
+  w.prefix_caching = !no_prefix_caching;
   for (int64_t n : w.running) args.require(n >= 1 && n <= 65536, "--running values: 1..65536");
   args.require(w.steps >= 1, "--steps must be >= 1");
   args.require(w.warmup >= 0, "--warmup must be >= 0");

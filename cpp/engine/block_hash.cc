@@ -125,7 +125,11 @@ void extend_block_hashes(Request& request, int32_t block_size) {
   const int32_t num_full = request.num_tokens() / block_size;
   auto num_hashed = static_cast<int32_t>(request.block_hashes.size());
   if (num_hashed >= num_full) return;
-  request.block_hashes.reserve(num_full);
+  // Geometric growth: an exact reserve would reallocate at every block a decode step fills.
+  if (request.block_hashes.capacity() < static_cast<size_t>(num_full)) {
+    request.block_hashes.reserve(
+        std::max(static_cast<size_t>(num_full), 2 * request.block_hashes.capacity()));
+  }
   BlockHash parent = num_hashed == 0 ? kNoParentHash : request.block_hashes.back();
   for (int32_t b = num_hashed; b < num_full; ++b) {
     // Extra keys are hashed in place unless M-RoPE positions are part of them.

@@ -18,6 +18,8 @@ class BlockHashMap {
   [[nodiscard]] int32_t size() const { return size_; }
   // The block stored under `hash`, or -1.
   [[nodiscard]] BlockId find(BlockHash hash) const;
+  // Prefetches the home slot of `hash` (a find or insert soon after then hits the cache).
+  void prefetch(BlockHash hash) const { __builtin_prefetch(&slots_[home(hash)]); }
   // Precondition: `hash` is absent and size() < max_entries.
   void insert(BlockHash hash, BlockId block);
   // Removes `hash` if present.

@@ -81,6 +81,7 @@ std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_
     fresh.in_use = true;
     fresh.num_cached_blocks = 0;
     fresh.caching_stopped = false;
+    fresh.epoch = ++last_epoch_;
   }
   Table& table = *tables_[request.kv_table];
   if (inserted) {
@@ -148,6 +149,21 @@ void BlockManager::cache_new_full_blocks(Request& request, int32_t num_tokens) {
     }
     table.num_cached_blocks = b + 1;
     request.kv_num_cached_blocks = b + 1;
+  }
+}
+
+void BlockManager::prepare_full_blocks(Request& request, int32_t num_tokens) {
+  const int32_t bs = pool_.block_size();
+  (void)table_of(request);  // checks ownership
+  const Table& table = *tables_[request.kv_table];
+  if (table.caching_stopped || request.is_encoder_decoder()) return;
+  num_tokens = std::min(num_tokens, request.num_tokens());
+  const int32_t num_full = std::min(num_tokens / bs, static_cast<int32_t>(table.blocks.size()));
+  if (table.num_cached_blocks >= num_full) return;
+  extend_block_hashes(request, bs);
+  for (int32_t b = table.num_cached_blocks; b < num_full; ++b) {
+    pool_.prefetch_cache(table.blocks[b], request.block_hashes[b],
+                         b == 0 ? kNoBlock : table.blocks[b - 1]);
   }
 }
 

@@ -78,20 +78,43 @@ class BlockManager {
   void free(Request& request);
   // Adds the request's full blocks among its first `num_tokens` known tokens to the prefix cache.
   void cache_full_blocks(Request& request, int32_t num_tokens) {
-    // Fast path (inline): no block became full since the last call, i.e.
-    // min(num_tokens, known tokens) / block_size <= cached blocks (tested without a division).
-    if (!enable_prefix_caching_ || request.kv_table < 0 ||
-        std::min(num_tokens, request.num_tokens()) <
-            (static_cast<int64_t>(request.kv_num_cached_blocks) + 1) * pool_.block_size()) {
-      return;
-    }
-    cache_new_full_blocks(request, num_tokens);
+    if (has_new_full_blocks(request, num_tokens)) cache_new_full_blocks(request, num_tokens);
   }
+  // Whether cache_full_blocks(request, num_tokens) has work: a block became full since the last
+  // call, i.e. min(num_tokens, known tokens) / block_size > cached blocks (no division).
+  [[nodiscard]] bool has_new_full_blocks(const Request& request, int32_t num_tokens) const {
+    return enable_prefix_caching_ && request.kv_table >= 0 &&
+           std::min(num_tokens, request.num_tokens()) >=
+               (static_cast<int64_t>(request.kv_num_cached_blocks) + 1) * pool_.block_size();
+  }
+  // Hashes the blocks cache_full_blocks(request, num_tokens) will cache and prefetches their
+  // prefix-cache slots, so that caching many requests' blocks later overlaps the cache misses.
+  void prepare_full_blocks(Request& request, int32_t num_tokens);
 
+  // Software prefetch for a decode step of `request` a few requests ahead: first its table, then
+  // (once the table is in cache) the block holding its last slot. Hints only; no checks needed.
+  void prefetch_table(const Request& request) const {
+    if (request.kv_table >= 0 && static_cast<size_t>(request.kv_table) < tables_.size()) {
+      __builtin_prefetch(tables_[request.kv_table].get());
+    }
+  }
+  void prefetch_last_block(const Request& request) const {
+    if (request.kv_table >= 0 && static_cast<size_t>(request.kv_table) < tables_.size()) {
+      const std::vector<BlockId>& blocks = tables_[request.kv_table]->blocks;
+      if (!blocks.empty()) __builtin_prefetch(&blocks.back());
+    }
+  }
   // The request's block ids in order (empty when it holds none).
   [[nodiscard]] const std::vector<BlockId>& block_table(const Request& request) const {
     const Table* table = table_of(request);
     return table == nullptr ? empty_table_ : table->blocks;
+  }
+  // Changes whenever the request gets a table (admission, re-admission after preemption) and is
+  // never 0 for a held one: two reads with the same epoch see one table that only grew between
+  // them (blocks are appended, never replaced). 0 when it holds none.
+  [[nodiscard]] uint64_t table_epoch(const Request& request) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? 0 : table->epoch;
   }
   // The request's cross-attention blocks, encoder position p in block p / block_size (empty for a
   // decoder-only request or one holding no blocks).
@@ -112,8 +135,10 @@ class BlockManager {
   void check_invariants() const;
 
  private:
-  struct Table {
+  // One cache line holds what a decode step reads (owner, epoch, in_use, the blocks' header).
+  struct alignas(64) Table {
     RequestId owner = -1;
+    uint64_t epoch = 0;  // see table_epoch()
     bool in_use = false;
     std::vector<BlockId> blocks;        // capacity kept when the table is recycled
     std::vector<BlockId> cross_blocks;  // encoder-decoder: cross-attention K/V blocks
@@ -146,6 +171,7 @@ class BlockManager {
   // Heap-allocated once each: references stay valid while other tables are added.
   std::vector<std::unique_ptr<Table>> tables_;
   std::vector<int32_t> free_tables_;
+  uint64_t last_epoch_ = 0;  // epoch of the table assigned last
   int64_t prefix_queries_ = 0;
   int64_t prefix_hits_ = 0;
   std::vector<BlockId> empty_table_;  // what block_table returns for a request holding none

@@ -45,6 +45,13 @@ class BlockPool {
   bool cache(BlockId block, BlockHash hash, const TokenId* tokens, const BlockExtraKeys& extra,
              BlockId parent);
 
+  // Prefetches what cache(block, hash, ..., parent) reads and writes.
+  void prefetch_cache(BlockId block, BlockHash hash, BlockId parent) const {
+    hash_to_block_.prefetch(hash);
+    __builtin_prefetch(&blocks_[block]);
+    __builtin_prefetch(&tokens_[static_cast<size_t>(block) * block_size_]);
+    if (parent != kNoBlock) __builtin_prefetch(&blocks_[parent]);
+  }
   // Throws std::logic_error naming the first broken invariant; `expected_refs[b]` is the number
   // of block tables holding block b.
   void check_invariants(const std::vector<int32_t>& expected_refs) const;

@@ -4,7 +4,8 @@ namespace mmcore {
 
 EncoderInputPlan plan_encoder_input(Request& request, int32_t start, int32_t encoder_budget_left,
                                     EncoderCacheManager& cache) {
-  if (!request.is_encoder_decoder() || start != 0 || request.encoder_input_held) {
+  // Cheapest tests first: a decode step (start > 0) reads nothing past the hot fields.
+  if (start != 0 || request.encoder_input_held || !request.is_encoder_decoder()) {
     return EncoderInputPlan::kNotNeeded;
   }
   const MMFeature& input = request.encoder_input;

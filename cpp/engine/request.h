@@ -51,10 +51,13 @@ struct Request {
   int32_t last_sample_index = -1;
   std::vector<TokenId> token_ids;  // prompt followed by the generated tokens
   SamplingLimits sampling;         // read by every step's stop check (second cache line)
+  // Third cache line, the last one a decode step reads (schedule and update).
   // Scheduler bookkeeping set at admission: the end of the last feature's range (0 without
   // features), so a decode step knows it is past every item without reading `features`.
   int32_t items_end = 0;
   int32_t num_done_items = 0;       // leading features whose range is fully computed
+  int32_t cross_num_blocks = 0;     // mirror of the block manager's cross table size
+  bool encoder_input_held = false;  // holds an encoder-cache reference to encoder_input
   std::vector<MMFeature> features;  // sorted by offset, non-overlapping, inside the prompt
   // M-RoPE: 3 x num_prompt_tokens positions (row-major); generated token i sits at
   // i + mrope_delta in all three rows. Empty for 1-D RoPE models.
@@ -63,7 +66,6 @@ struct Request {
   // num_embeds is the number of encoder positions, i.e. the cross-attention K/V slots the block
   // manager holds for the request (offset / length unused); 0 for a decoder-only request.
   MMFeature encoder_input;
-  int32_t cross_num_blocks = 0;  // mirror of the block manager's cross table size
 
   // --- colder state ---
   std::string cache_salt;     // separates prefix-cache namespaces (first block's hash)
@@ -77,8 +79,7 @@ struct Request {
   // --- scheduler bookkeeping of the multimodal items (one entry per feature) ---
   std::vector<uint8_t> item_held;     // this request holds an encoder-cache reference for it
   std::vector<int64_t> item_handles;  // encoder-cache handle while held
-  bool encoder_input_held = false;    // holds an encoder-cache reference to encoder_input
-  int64_t encoder_input_handle = -1;  // its handle while held
+  int64_t encoder_input_handle = -1;  // encoder_input's handle while held
 
   [[nodiscard]] int32_t num_tokens() const { return static_cast<int32_t>(token_ids.size()); }
   [[nodiscard]] int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }

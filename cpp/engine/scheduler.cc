@@ -5,6 +5,7 @@
 #include <string>
 
 #include "engine/cross_attention.h"
+#include "engine/request_prefetch.h"
 #include "engine/request_validation.h"
 #include "engine/stop_conditions.h"
 
@@ -73,7 +74,7 @@ const SchedulerOutput& Scheduler::schedule() {
   rec.step_id = next_step_id_++;
   rec.scheduled.clear();
   rec.sampled.clear();
-  builder_.begin(rec.out, rec.step_id);
+  builder_.begin(rec.out, rec.step_id, rec.rows);
   token_budget_ = config_.max_num_batched_tokens;
   encoder_budget_ = config_.encoder_budget;
   preempted_this_step_ = false;
@@ -92,6 +93,14 @@ const SchedulerOutput& Scheduler::schedule() {
 
 void Scheduler::schedule_running() {
   for (size_t i = 0; i < running_.size() && token_budget_ > 0; ++i) {
+    if (i + kPrefetchRequest < running_.size()) prefetch_request(running_[i + kPrefetchRequest]);
+    if (i + kPrefetchPointees < running_.size()) {
+      const Request& ahead = *running_[i + kPrefetchPointees];
+      prefetch_token(ahead, ahead.num_computed_tokens);
+      kv_.prefetch_table(ahead);
+    }
+    if (i + kPrefetchBlock < running_.size())
+      kv_.prefetch_last_block(*running_[i + kPrefetchBlock]);
     Request& r = *running_[i];
     const int32_t total = r.num_tokens() + r.num_pending_tokens;
     // The pending sample will finish the request: nothing more to compute for it.
@@ -179,8 +188,10 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   token_budget_ -= n;
   const int32_t end = start + n;
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
-  const int32_t row = builder_.add_request(r, kv_.block_table(r), start, n, samples);
-  if (r.is_encoder_decoder()) {
+  const int32_t row =
+      builder_.add_request(r, kv_.block_table(r), kv_.table_epoch(r), start, n, samples);
+  // Holding blocks, a request has cross blocks iff it is encoder-decoder (a hot field).
+  if (r.cross_num_blocks > 0) {
     builder_.set_cross(kv_.cross_block_table(r), r.encoder_input.num_embeds);
   }
   if (!past_items) append_scatter_plan(r, start, end, row, rec.out);
@@ -234,8 +245,15 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
   result.token_ids.reserve(rec.sampled.size());
   std::vector<Request*>& to_finish = finishing_;
   to_finish.clear();
+  caching_.clear();
   size_t j = 0;
-  for (size_t i = 0; i < rec.scheduled.size(); ++i) {
+  const size_t num_scheduled = rec.scheduled.size();
+  for (size_t i = 0; i < num_scheduled; ++i) {
+    if (i + kPrefetchRequest < num_scheduled) prefetch_request(rec.scheduled[i + kPrefetchRequest]);
+    if (i + kPrefetchPointees < num_scheduled) {
+      const Request& ahead = *rec.scheduled[i + kPrefetchPointees];
+      prefetch_token(ahead, ahead.num_tokens());
+    }
     Request& r = *rec.scheduled[i];
     const bool samples = j < rec.sampled.size() && rec.sampled[j] == &r;
     const TokenId token = samples ? sampled[j] : 0;
@@ -246,7 +264,12 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
     if (r.num_done_items < static_cast<int32_t>(r.features.size())) {
       release_done_items(r, done, encoder_cache_);
     }
-    kv_.cache_full_blocks(r, done);
+    if (kv_.has_new_full_blocks(r, done)) {
+      // Cached after the loop, in this order: the hashing and prefetches overlap the misses.
+      const int32_t known = std::min(done, r.num_tokens());
+      kv_.prepare_full_blocks(r, known);
+      caching_.emplace_back(&r, known);
+    }
     // Its cross K/V is written: the encoder output may leave the cache.
     if (r.encoder_input_held && done > 0) release_encoder_input(r, encoder_cache_);
     if (!samples) continue;
@@ -260,6 +283,7 @@ UpdateResult Scheduler::update_from_output(int64_t step_id, const TokenId* sampl
       to_finish.push_back(&r);
     }
   }
+  for (const auto& [request, known] : caching_) kv_.cache_full_blocks(*request, known);
   for (size_t k = 0; k < to_finish.size(); ++k) finish(*to_finish[k], result.finish_statuses[k]);
   in_flight_.pop_front();
   retire_old_requests();

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "block_manager.h"
@@ -85,6 +86,7 @@ class Scheduler {
     std::vector<Request*> scheduled;  // batch order, parallel to out.req_ids
     std::vector<Request*> sampled;    // parallel to out.sampling_req_ids
     SchedulerOutput out;
+    BlockTableRows rows;  // what out.block_tables holds from the last step built into it
   };
 
   // Tries to schedule up to num_tokens of `request` from its num_computed_tokens (after the
@@ -115,6 +117,8 @@ class Scheduler {
   std::deque<std::pair<int64_t, std::unique_ptr<Request>>> retired_;
   std::vector<RequestId> finished_since_last_step_;
   std::vector<Request*> finishing_;  // update_from_output's requests to finish (reused)
+  // update_from_output's requests with newly full blocks and their known computed tokens (reused).
+  std::vector<std::pair<Request*, int32_t>> caching_;
 
   // Output buffers, reused: the step in flight, the last returned step and the one being built.
   StepRecord records_[3];

@@ -4,8 +4,9 @@
 
 namespace mmcore {
 
-void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
+void StepBuilder::begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& rows) {
   out_ = &out;
+  rows_ = &rows;
   out.step_id = step_id;
   // The per-request, per-token and block-table arrays keep their size: finish() resizes and
   // overwrites every element, so only growth pays for initialisation.
@@ -32,7 +33,7 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id) {
   max_blocks_ = 0;
   has_mrope_ = false;
   max_cross_blocks_ = 0;
-  has_cross_ = false;
+  crosses_.clear();
 }
 
 void StepBuilder::write_tokens(const Chunk& chunk, TokenId* ids, int64_t* pos,
@@ -101,7 +102,7 @@ void StepBuilder::finish() {
   }
   write_block_tables();
   if (has_mrope_) write_mrope_positions();
-  if (has_cross_) write_cross_tables();
+  if (!crosses_.empty()) write_cross_tables();
 }
 
 void StepBuilder::write_cross_tables() {
@@ -110,28 +111,45 @@ void StepBuilder::write_cross_tables() {
   out.max_cross_blocks_per_req = width;
   out.cross_seq_lens.resize(chunks_.size());
   out.cross_block_tables.resize(chunks_.size() * static_cast<size_t>(width));
-  BlockId* dst = out.cross_block_tables.data();
-  for (size_t i = 0; i < chunks_.size(); ++i) {
-    const Chunk& c = chunks_[i];
-    out.cross_seq_lens[i] = c.cross_len;
-    BlockId* row_end = dst + width;
-    dst = std::copy(c.cross_blocks, c.cross_blocks + c.num_cross_blocks, dst);
-    std::fill(dst, row_end, -1);
-    dst = row_end;
+  std::fill(out.cross_seq_lens.begin(), out.cross_seq_lens.end(), 0);
+  std::fill(out.cross_block_tables.begin(), out.cross_block_tables.end(), -1);
+  for (const CrossChunk& c : crosses_) {
+    out.cross_seq_lens[c.row] = c.len;
+    std::copy(c.blocks, c.blocks + c.num_blocks,
+              out.cross_block_tables.begin() + static_cast<std::ptrdiff_t>(c.row * width));
   }
 }
 
 void StepBuilder::write_block_tables() {
   SchedulerOutput& out = *out_;
+  BlockTableRows& rows = *rows_;
   out.max_blocks_per_req = max_blocks_;
   const int32_t width = max_blocks_;
-  // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
-  out.block_tables.resize(chunks_.size() * static_cast<size_t>(width));
+  const size_t num_rows = chunks_.size();
+  // Rows left by the last step in this buffer are valid only at the same width.
+  const size_t num_kept = rows.width == width ? std::min(num_rows, rows.epochs.size()) : 0;
+  out.block_tables.resize(num_rows * static_cast<size_t>(width));
+  rows.epochs.resize(num_rows);
+  rows.lengths.resize(num_rows);
+  rows.width = width;
   BlockId* dst = out.block_tables.data();
-  for (const Chunk& c : chunks_) {
+  constexpr size_t kAhead = 4;  // rows prefetched ahead: each table is a separate allocation
+  for (size_t i = 0; i < num_rows; ++i) {
+    const Chunk& c = chunks_[i];
     BlockId* row_end = dst + width;
-    dst = std::copy(c.blocks, c.blocks + c.num_blocks, dst);
-    std::fill(dst, row_end, -1);
+    const int32_t written = rows.lengths[i];
+    if (i < num_kept && c.table_epoch != 0 && rows.epochs[i] == c.table_epoch &&
+        written <= c.num_blocks) {
+      // Same table, only grown: its first `written` ids and the -1 padding after the new ones
+      // are in place.
+      std::copy(c.blocks + written, c.blocks + c.num_blocks, dst + written);
+    } else {
+      // Each row written once: the table, then -1 padding (no fill-then-overwrite pass).
+      if (i + kAhead < num_rows) __builtin_prefetch(chunks_[i + kAhead].blocks);
+      std::fill(std::copy(c.blocks, c.blocks + c.num_blocks, dst), row_end, -1);
+    }
+    rows.epochs[i] = c.table_epoch;
+    rows.lengths[i] = c.num_blocks;
     dst = row_end;
   }
 }

@@ -11,36 +11,47 @@
 
 namespace mmcore {
 
+// What an output buffer's block_tables rows hold from the last step built into it: the width
+// and, per row, the table epoch (BlockManager::table_epoch) and the number of block ids written.
+// A row whose table only grew since is completed in place (a decode step appends a block id
+// every block_size steps) instead of copied whole.
+struct BlockTableRows {
+  int32_t width = -1;
+  std::vector<uint64_t> epochs;
+  std::vector<int32_t> lengths;
+};
+
 class StepBuilder {
  public:
   explicit StepBuilder(int32_t block_size)
       : block_size_(block_size),
         block_shift_((block_size & (block_size - 1)) == 0 ? __builtin_ctz(block_size) : -1) {}
 
-  // Clears `out`'s lists (keeping their capacity) and starts step `step_id`.
-  void begin(SchedulerOutput& out, int64_t step_id);
+  // Clears `out`'s lists (keeping their capacity) and starts step `step_id`. `rows` describes
+  // out.block_tables as the last step built into `out` left it (updated by finish()).
+  void begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& rows);
   // Adds the chunk [start, start + num_tokens) of `request`; tokens past the known ones are the
   // pending sample of the step in flight (input id -1). `request` (its tokens and
   // last_sample_index as of this call) and `block_table` must not change until finish().
-  // Returns the step row of the chunk's first token.
-  // Inline: called once per scheduled request.
+  // `table_epoch` is the table's BlockManager::table_epoch. Returns the step row of the chunk's
+  // first token. Inline: called once per scheduled request.
   int32_t add_request(const Request& request, const std::vector<BlockId>& block_table,
-                      int32_t start, int32_t num_tokens, bool samples) {
+                      uint64_t table_epoch, int32_t start, int32_t num_tokens, bool samples) {
     const int32_t row = num_tokens_;
     const int32_t end = start + num_tokens;
-    Chunk c{&request,
-            block_table.data(),
-            static_cast<int32_t>(block_table.size()),
-            request.id,
-            start,
-            num_tokens,
-            end > request.num_tokens() ? request.last_sample_index : -1,
-            samples,
-            -1,
-            0,
-            nullptr,
-            0,
-            0};
+    // Written in place (no temporary): this store stream is a large part of a decode step.
+    Chunk& c = chunks_.emplace_back();
+    c.request = &request;
+    c.blocks = block_table.data();
+    c.id = request.id;
+    c.table_epoch = table_epoch;
+    c.num_blocks = static_cast<int32_t>(block_table.size());
+    c.start = start;
+    c.num_tokens = num_tokens;
+    c.prev_sample_index = end > request.num_tokens() ? request.last_sample_index : -1;
+    c.samples = samples;
+    c.decode_input_id = -1;
+    c.decode_slot = 0;
     if (num_tokens == 1) {
       // Decode: everything finish() needs is taken now, while the request is in cache.
       const int32_t block_index = block_shift_ >= 0 ? start >> block_shift_ : start / block_size_;
@@ -48,7 +59,6 @@ class StepBuilder {
       c.decode_slot = static_cast<int64_t>(block_table[block_index]) * block_size_ +
                       (start - block_index * block_size_);
     }
-    chunks_.push_back(c);
     num_tokens_ += num_tokens;
     num_samples_ += samples ? 1 : 0;
     has_mrope_ |= request.has_mrope();
@@ -58,32 +68,35 @@ class StepBuilder {
   // Gives the chunk added last the cross-attention blocks of its (encoder-decoder) request;
   // `cross_table` must not change until finish().
   void set_cross(const std::vector<BlockId>& cross_table, int32_t cross_len) {
-    Chunk& c = chunks_.back();
-    c.cross_blocks = cross_table.data();
-    c.num_cross_blocks = static_cast<int32_t>(cross_table.size());
-    c.cross_len = cross_len;
-    max_cross_blocks_ = std::max(max_cross_blocks_, c.num_cross_blocks);
-    has_cross_ = true;
+    const auto num_cross = static_cast<int32_t>(cross_table.size());
+    crosses_.push_back({chunks_.size() - 1, cross_table.data(), num_cross, cross_len});
+    max_cross_blocks_ = std::max(max_cross_blocks_, num_cross);
   }
   // Writes the arrays of every added chunk, pads block tables with -1 and writes
   // 3 x num_tokens positions if any request uses M-RoPE.
   void finish();
 
  private:
+  // One scheduled chunk, 64 bytes (decode steps write one per running request).
   struct Chunk {
     const Request* request;
     const BlockId* blocks;  // the request's block table (unchanged until finish())
-    int32_t num_blocks;
     RequestId id;
+    int64_t decode_slot;   // one-token chunks: the slot of their token
+    uint64_t table_epoch;  // BlockManager::table_epoch of `blocks`
+    int32_t num_blocks;
     int32_t start;
     int32_t num_tokens;
     int32_t prev_sample_index;  // -1 unless the chunk ends with the pending sample
+    TokenId decode_input_id;    // one-token chunks: their input id (-1: pending sample)
     bool samples;
-    TokenId decode_input_id;  // one-token chunks: their input id (-1: pending sample) and slot
-    int64_t decode_slot;
-    const BlockId* cross_blocks;  // encoder-decoder: cross-attention blocks (else nullptr)
-    int32_t num_cross_blocks;
-    int32_t cross_len;
+  };
+  // Cross-attention blocks of an encoder-decoder request's chunk (rare: kept out of Chunk).
+  struct CrossChunk {
+    size_t row;             // index of its chunk
+    const BlockId* blocks;  // unchanged until finish()
+    int32_t num_blocks;
+    int32_t len;
   };
 
   // Input ids, positions and slots of one chunk, starting at the given output pointers.
@@ -95,13 +108,14 @@ class StepBuilder {
   int32_t block_size_;
   int32_t block_shift_;  // log2(block_size) for a power of two (a shift, not a division), else -1
   SchedulerOutput* out_ = nullptr;
+  BlockTableRows* rows_ = nullptr;
   std::vector<Chunk> chunks_;
+  std::vector<CrossChunk> crosses_;  // in row order
   int32_t num_tokens_ = 0;
   int32_t num_samples_ = 0;
   int32_t max_blocks_ = 0;  // widest block table so far: the step's max_blocks_per_req
   bool has_mrope_ = false;
   int32_t max_cross_blocks_ = 0;
-  bool has_cross_ = false;  // some chunk has cross-attention blocks
 };
 
 }  // namespace mmcore
