@@ -32,6 +32,7 @@ import time
 import numpy as np
 import torch
 
+from bench_gpu_offline import hf_batch_sweep  # the script folder is on sys.path
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_gemma3 import GEMMA3_CONFIGS, write_gemma3_checkpoint
 
@@ -114,24 +115,12 @@ def hf_offline(path: str, args) -> list[dict]:
             )  # fmt: skip
         assert out.shape[1] == width + new_tokens
 
-    run(image_requests(path, 2, args.text_len, 90), 4)
-    rows = []
-    for batch in args.hf_batch_sizes:
-        requests = image_requests(path, 2 * batch, args.text_len, 91 + batch)
-        try:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for chunk in (requests[:batch], requests[batch:]):
-                run(chunk, args.output_len)
-            torch.cuda.synchronize()
-        except torch.OutOfMemoryError:
-            rows.append({"batch": batch, "oom": True})
-            torch.cuda.empty_cache()
-            continue
-        elapsed = time.perf_counter() - start
-        rows.append({"batch": batch, "elapsed_s": elapsed, "req_per_s": 2 * batch / elapsed})
-        print("hf", rows[-1], flush=True)
-    return rows
+    return hf_batch_sweep(
+        run,
+        lambda n, seed: image_requests(path, n, args.text_len, seed),
+        args.hf_batch_sizes,
+        args.output_len,
+    )
 
 
 def stage_offline(path: str, args) -> dict:

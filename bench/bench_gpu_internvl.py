@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
-from bench_gpu_offline import measure_machine, model_shapes, roofline
+from bench_gpu_offline import hf_batch_sweep, measure_machine, model_shapes, roofline
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
 
@@ -101,24 +101,12 @@ def hf_images(path: str, args) -> list[dict]:
             )  # fmt: skip
         assert out.shape[1] == width + new_tokens
 
-    run(image_requests(2, args.text_len, 90), 4)
-    rows = []
-    for batch in args.hf_batch_sizes:
-        requests = image_requests(2 * batch, args.text_len, 91 + batch)
-        try:
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for chunk in (requests[:batch], requests[batch:]):
-                run(chunk, args.output_len)
-            torch.cuda.synchronize()
-        except torch.OutOfMemoryError:
-            rows.append({"batch": batch, "oom": True})
-            torch.cuda.empty_cache()
-            continue
-        elapsed = time.perf_counter() - start
-        rows.append({"batch": batch, "elapsed_s": elapsed, "req_per_s": 2 * batch / elapsed})
-        print("hf", rows[-1], flush=True)
-    return rows
+    return hf_batch_sweep(
+        run,
+        lambda n, seed: image_requests(n, args.text_len, seed),
+        args.hf_batch_sizes,
+        args.output_len,
+    )
 
 
 def _vit_shapes(engine: Engine, shapes: dict) -> dict:

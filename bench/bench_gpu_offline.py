@@ -170,6 +170,36 @@ class StepTimer:
         }
 
 
+def hf_batch_sweep(run, requests_for, batch_sizes: list[int], output_len: int) -> list[dict]:
+    """HF ``generate()`` req/s at each batch size: two batches of that size, timed, after a
+    warm-up of two requests; a batch size that runs out of memory is recorded, not raised.
+
+    Args:
+        run: ``run(requests, new_tokens)`` generates one batch with HF.
+        requests_for: ``requests_for(count, seed)`` makes that many requests.
+        batch_sizes: the sizes to try.
+        output_len: new tokens per request.
+    """
+    run(requests_for(2, 90), 4)
+    rows = []
+    for batch in batch_sizes:
+        requests = requests_for(2 * batch, 91 + batch)
+        try:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for chunk in (requests[:batch], requests[batch:]):
+                run(chunk, output_len)
+            torch.cuda.synchronize()
+        except torch.OutOfMemoryError:
+            rows.append({"batch": batch, "oom": True})
+            torch.cuda.empty_cache()
+            continue
+        elapsed = time.perf_counter() - start
+        rows.append({"batch": batch, "elapsed_s": elapsed, "req_per_s": 2 * batch / elapsed})
+        print("hf", rows[-1], flush=True)
+    return rows
+
+
 def _throughput(engine: Engine, requests: list, params: SamplingParams, output_len: int) -> dict:
     timer = StepTimer(engine)
     start = time.perf_counter()
