@@ -120,12 +120,8 @@ def _(x):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
-@torch.library.custom_op("mmcore::rotary_embedding", mutates_args=())
-def _rotary_embedding_op(
-    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if not _use_kernel(query, key, cos_sin_cache):
-        return reference.rotary_embedding(positions, query, key, cos_sin_cache)
+def _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section=None):
+    """The rotary kernel into new q/k tensors; ``mrope_section`` set: 3-row M-RoPE positions."""
     q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
     pos = positions.to(device=q.device)
     if pos.dtype not in (torch.int32, torch.int64):
@@ -133,6 +129,11 @@ def _rotary_embedding_op(
     pos = pos.contiguous()
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    mrope = (
+        {}
+        if mrope_section is None
+        else {"mrope_section": list(mrope_section), "positions_row_stride": pos.stride(0)}
+    )
     with torch.cuda.device(q.device):
         _kernels().rotary_embedding(
             positions=pos.data_ptr(), positions_int64=pos.dtype == torch.int64,
@@ -142,9 +143,18 @@ def _rotary_embedding_op(
             cos_sin_cache=cache.data_ptr(), cache_stride=cache.stride(0),
             max_positions=cache.shape[0], num_tokens=q.shape[0], num_q_heads=q.shape[1],
             num_kv_heads=k.shape[1], head_dim=q.shape[2], dtype=_DTYPE_CODES[q.dtype],
-            stream=_stream(q),
+            stream=_stream(q), **mrope,
         )  # fmt: skip
     return q_out, k_out
+
+
+@torch.library.custom_op("mmcore::rotary_embedding", mutates_args=())
+def _rotary_embedding_op(
+    positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not _use_kernel(query, key, cos_sin_cache):
+        return reference.rotary_embedding(positions, query, key, cos_sin_cache)
+    return _rotary_kernel(positions, query, key, cos_sin_cache)
 
 
 @_rotary_embedding_op.register_fake
@@ -165,26 +175,7 @@ def _mrope_rotary_embedding_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not _use_kernel(query, key, cos_sin_cache):
         return reference.mrope_rotary_embedding(positions, query, key, cos_sin_cache, mrope_section)
-    q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
-    pos = positions.to(device=q.device)
-    if pos.dtype not in (torch.int32, torch.int64):
-        pos = pos.long()
-    pos = pos.contiguous()
-    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    with torch.cuda.device(q.device):
-        _kernels().rotary_embedding(
-            positions=pos.data_ptr(), positions_int64=pos.dtype == torch.int64,
-            query=q.data_ptr(), q_strides=q.stride()[:2], key=k.data_ptr(),
-            k_strides=k.stride()[:2], query_out=q_out.data_ptr(), qo_strides=q_out.stride()[:2],
-            key_out=k_out.data_ptr(), ko_strides=k_out.stride()[:2],
-            cos_sin_cache=cache.data_ptr(), cache_stride=cache.stride(0),
-            max_positions=cache.shape[0], num_tokens=q.shape[0], num_q_heads=q.shape[1],
-            num_kv_heads=k.shape[1], head_dim=q.shape[2], dtype=_DTYPE_CODES[q.dtype],
-            stream=_stream(q), mrope_section=list(mrope_section),
-            positions_row_stride=pos.stride(0),
-        )  # fmt: skip
-    return q_out, k_out
+    return _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section)
 
 
 @_mrope_rotary_embedding_op.register_fake
