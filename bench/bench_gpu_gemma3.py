@@ -32,7 +32,8 @@ import time
 import numpy as np
 import torch
 
-from bench_gpu_offline import hf_batch_sweep  # the script folder is on sys.path
+from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
+from bench_gpu_offline import hf_batch_sweep
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_gemma3 import GEMMA3_CONFIGS, write_gemma3_checkpoint
 
@@ -70,21 +71,6 @@ def _engine(path: str, args, **extra) -> Engine:
         max_model_len=args.max_model_len,
         **extra,
     )
-
-
-def _latency(engine: Engine, prompts: list, params: SamplingParams) -> dict:
-    """Batch 1: TTFT (from add_request, image processing included) and inter-token latency."""
-    ttfts, itls = [], []
-    for i, prompt in enumerate(prompts):
-        start = time.perf_counter()
-        engine.add_request(f"lat{i}-{time.monotonic_ns()}", prompt, params)
-        stamps = []
-        while engine.has_unfinished_requests():
-            if engine.step():
-                stamps.append(time.perf_counter())
-        ttfts.append(stamps[0] - start)
-        itls.append(float(np.median(np.diff(stamps))))
-    return {"ttft_s": float(np.median(ttfts)), "itl_s": float(np.median(itls))}
 
 
 def hf_offline(path: str, args) -> list[dict]:
@@ -134,7 +120,7 @@ def stage_offline(path: str, args) -> dict:
     assert all(len(o.outputs[0].token_ids) == args.output_len for o in outputs)
     ours = {"elapsed_s": elapsed, "req_per_s": len(requests) / elapsed, **engine.stats()}
     print("mmcore", ours, flush=True)
-    ours["batch1"] = _latency(
+    ours["batch1"] = batch1_latency(
         engine, image_requests(path, args.latency_runs, args.text_len, 3), params
     )
     print("mmcore batch 1", ours["batch1"], flush=True)
