@@ -1,17 +1,21 @@
 """Tensor parallelism on GPUs: TP=2 against TP=1 on the same machine (nvidia-h200-x2).
 
 Models (random weights, ``load_format="dummy"``):
-  * ``llava-1.5-7b`` (fp16): batch-1 TTFT / ITL (5 requests: one 336x336 image + 64 text
-    tokens, 64 output tokens; medians) and offline throughput of ``--num-requests`` such
-    requests, at TP=1 and TP=2; the goal is ITL(TP=2) <= 0.6 x ITL(TP=1).
+  * ``llava-1.5-7b`` (``--dtype``, bf16 by default): batch-1 TTFT / ITL (5 requests: one
+    336x336 image + 64 text tokens, 64 output tokens; medians), TTFT of 640-token text
+    prompts, and offline throughput of ``--num-requests`` such requests, at TP=1, TP=2 (the
+    one-shot peer all-reduce) and TP=2 with NCCL only (``disable_custom_all_reduce``; no
+    throughput run); the goal is ITL(TP=2) <= 0.6 x ITL(TP=1). ``--profile-dir``: PyTorch
+    profiler traces of one request at TP=2 and TP=1 (``Engine.start_profile``).
   * ``llava-llama2-70b`` (bf16; LLaVA-1.5's CLIP-L + projector over a Llama-2-70B LM, which
     needs two GPUs): batch-1 ITL against the bound (LM weight bytes + KV bytes) / (2 x copy
     bandwidth) -- goal <= 1.4x -- and offline throughput, at TP=2 only.
   * Encoder TP vs data parallel (TP=2, LLaVA-1.5-7B): one step's worth of 64 one-image prompts
     with 1 output token each, ``mm_encoder_tp_mode="weights"`` vs ``"data"``.
-  * All-reduce share of a decode step: the measured time of one all-reduce of ``[batch, hidden]``
-    (2 per layer) over NCCL, times 2 x layers, over the step period (an estimate: the step's
-    own all-reduces are not timed inside the workers).
+  * All-reduce: NCCL vs the one-shot peer all-reduce of ``[batch, hidden]`` bf16, eager and
+    replayed 64 in a row in a CUDA graph; its share of a decode step: one graph-replayed
+    all-reduce times 2 x layers over the step period (an estimate: the step's own all-reduces
+    are not timed inside the workers).
 
 Usage: python bench/bench_gpu_tp.py --out DIR [--num-requests 1000] [--sections encoder,70b,7b]
        [--enforce-eager]   (each section fits one 10-minute device call)
@@ -27,6 +31,7 @@ import os
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
@@ -96,30 +101,63 @@ def encoder_step(engine: Engine, num_images: int = 64) -> dict:
             "encoder_runs": engine.stats()["encoder_runs"]}  # fmt: skip
 
 
+def _time_all_reduce(fn, x, graph: bool) -> float:
+    """Seconds per all-reduce: 200 back to back (eager), or a graph of 64 in a row replayed."""
+    for _ in range(20):
+        fn(x)
+    torch.cuda.synchronize()
+    if not graph:
+        start = time.perf_counter()
+        for _ in range(200):
+            fn(x)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / 200
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    cuda_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(cuda_graph):
+        for _ in range(64):
+            fn(x)
+    cuda_graph.replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        cuda_graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / 640
+
+
 def _all_reduce_worker(rank: int, port: int, hidden: int, batches: list, queue) -> None:
     import torch.distributed as dist
 
-    torch.cuda.set_device(rank)
+    from mmcore.distributed.peer_all_reduce import create_peer_all_reduce
+
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)  # fmt: skip
+                            world_size=2, device_id=device)  # fmt: skip
+    peer = create_peer_all_reduce(dist.group.WORLD, rank, 2, device, torch.bfloat16)
+    kinds = {"nccl": lambda x: dist.all_reduce(x)}
+    if peer is not None:
+        kinds["peer"] = peer.all_reduce
     times = {}
     for batch in batches:
-        x = torch.randn(batch, hidden, dtype=torch.float16, device="cuda")
-        for _ in range(20):
-            dist.all_reduce(x)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(200):
-            dist.all_reduce(x)
-        torch.cuda.synchronize()
-        times[batch] = (time.perf_counter() - start) / 200
+        x = torch.randn(batch, hidden, dtype=torch.bfloat16, device="cuda")
+        for name, fn in kinds.items():
+            for graph in (False, True):
+                key = f"{name}_{'graph' if graph else 'eager'}_{batch}x{hidden}"
+                times[key] = _time_all_reduce(fn, x, graph)
     if rank == 0:
         queue.put(times)
     dist.destroy_process_group()
 
 
 def all_reduce_seconds(hidden: int, batches: list) -> dict:
-    """Mean time of one NCCL all-reduce of ``[batch, hidden]`` fp16 over 2 GPUs."""
+    """Seconds per all-reduce of ``[batch, hidden]`` bf16 over 2 GPUs: NCCL and the one-shot
+    peer all-reduce, eager (back to back) and replayed in a CUDA graph."""
     import multiprocessing as mp
     import socket
 
@@ -136,6 +174,24 @@ def all_reduce_seconds(hidden: int, batches: list) -> dict:
     for p in procs:
         p.join()
     return times
+
+
+def text_ttft(engine: Engine, prompt_len: int) -> float:
+    """Median batch-1 TTFT (ms) of 5 text-only prompts of ``prompt_len`` tokens."""
+    rng = np.random.default_rng(4)
+    prompts = [{"prompt_token_ids": rng.integers(100, 30000, prompt_len).tolist()}
+               for _ in range(5)]  # fmt: skip
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    return batch1_latency(engine, prompts, params)["ttft_s"] * 1e3
+
+
+def profile_one_request(engine: Engine, folder: str) -> None:
+    """A PyTorch profiler trace (every rank) of one batch-1 image request."""
+    os.environ["MMCORE_TORCH_PROFILER_DIR"] = folder
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    engine.start_profile()
+    engine.generate(make_requests(1, TEXT_LEN, 336, seed=99), params, use_tqdm=False)
+    engine.stop_profile()
 
 
 def run(args) -> dict:
@@ -174,18 +230,33 @@ def run(args) -> dict:
     if "7b" not in sections:
         return results
     rows = {}
-    for tp in (2, 1):
-        engine = Engine(small, tensor_parallel_size=tp, max_num_seqs=256, **common)
-        rows[tp] = {"latency": latency(engine), "throughput": throughput(engine, args.num_requests)}
+    variants = {"tp2": (2, False), "tp2_nccl": (2, True), "tp1": (1, False)}
+    for name, (tp, nccl_only) in variants.items():
+        engine = Engine(small, tensor_parallel_size=tp, max_num_seqs=256,
+                        disable_custom_all_reduce=nccl_only, dtype=args.dtype,
+                        **common)  # fmt: skip
+        rows[name] = {"latency": latency(engine),
+                      "ttft_text_640_ms": text_ttft(engine, 576 + TEXT_LEN),
+                      "peer_all_reduce": engine.stats()["peer_all_reduce"]}  # fmt: skip
+        if args.profile_dir and name != "tp2_nccl":
+            profile_one_request(engine, os.path.join(args.profile_dir, name))
+        if name != "tp2_nccl":
+            rows[name]["throughput"] = throughput(engine, args.num_requests)
         engine.shutdown()
-        print(json.dumps({f"llava-1.5-7b tp={tp}": rows[tp]}), flush=True)
-    rows["itl_ratio_tp2_over_tp1"] = rows[2]["latency"]["itl_ms"] / rows[1]["latency"]["itl_ms"]
+        print(json.dumps({f"llava-1.5-7b {name}": rows[name]}), flush=True)
+    for name in ("tp2", "tp2_nccl"):
+        rows[f"itl_ratio_{name}_over_tp1"] = (
+            rows[name]["latency"]["itl_ms"] / rows["tp1"]["latency"]["itl_ms"]
+        )
     shapes = lm_bytes("llava-1.5-7b", 576 + TEXT_LEN + OUTPUT_LEN // 2)
-    ar = all_reduce_seconds(shapes["hidden"], [1, 256])
+    ar = all_reduce_seconds(shapes["hidden"], [1, 8, 256, 576 + TEXT_LEN])
     rows["all_reduce_s"] = ar
-    rows["all_reduce_share_batch1_tp2"] = (
-        2 * shapes["layers"] * ar[1] / (rows[2]["latency"]["itl_ms"] / 1e3)
-    )
+    hidden = shapes["hidden"]
+    for kind in ("nccl", "peer"):
+        key = f"{kind}_graph_1x{hidden}"
+        if key in ar:
+            itl = rows["tp2" if kind == "peer" else "tp2_nccl"]["latency"]["itl_ms"] / 1e3
+            rows[f"all_reduce_share_batch1_{kind}"] = 2 * shapes["layers"] * ar[key] / itl
     results["models"]["llava-1.5-7b"] = rows
     return results
 
@@ -198,6 +269,8 @@ def main() -> None:
         "--sections", default="encoder,70b,7b", help="comma list of encoder, 70b, 7b"
     )
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument("--dtype", default="bfloat16", help="7b section (fp16 keeps NCCL only)")
+    parser.add_argument("--profile-dir", help="7b: profiler traces of one request, TP=2 and 1")
     args = parser.parse_args()
     if torch.cuda.device_count() < 2:
         raise SystemExit("needs 2 GPUs (device kind nvidia-h200-x2)")

@@ -192,6 +192,11 @@ class EngineArgs:
         help="weights = shard the vision encoder like the LM; data = each rank runs the whole "
         "encoder on a share of the step's images",
     )
+    disable_custom_all_reduce: bool = option(
+        False,
+        help="reduce tensor-parallel activations with NCCL only (default: a one-shot "
+        "peer-to-peer all-reduce for tensors up to 8 MiB on GPUs with peer access)",
+    )
     # ----------------------------------------------------------------- multimodal inputs
     limit_mm_per_prompt: dict[str, int] | None = option(
         parse=parse_limit_mm,

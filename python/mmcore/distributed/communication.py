@@ -9,10 +9,16 @@ from mmcore.distributed.parallel_state import tp_state
 
 
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over the ranks, in place; returns it (the input itself on one rank)."""
+    """Sum ``tensor`` over the ranks; returns the sum (the input itself on one rank).
+
+    Small CUDA tensors go through the one-shot peer-to-peer all-reduce when the ranks set one
+    up (a new tensor); the rest through NCCL or gloo (in place).
+    """
     state = tp_state()
     if state.world_size == 1:
         return tensor
+    if state.peer_all_reduce is not None and state.peer_all_reduce.takes(tensor):
+        return state.peer_all_reduce.all_reduce(tensor)
     dist.all_reduce(tensor, group=state.group)
     return tensor
 

@@ -21,6 +21,7 @@ class TensorParallelState:
     world_size: int = 1
     group: dist.ProcessGroup | None = None
     mm_encoder_tp_mode: str = "weights"
+    peer_all_reduce: object | None = None  # a PeerAllReduce where every rank can use one
 
 
 _STATE = TensorParallelState()
@@ -37,6 +38,7 @@ def init_tensor_parallel(
     device: torch.device,
     mm_encoder_tp_mode: str = "weights",
     timeout_s: float = 600,
+    peer_all_reduce_dtype: torch.dtype | None = None,
 ) -> None:
     """Join the tensor-parallel process group (NCCL on CUDA devices, gloo on CPU).
 
@@ -48,6 +50,8 @@ def init_tensor_parallel(
         mm_encoder_tp_mode: ``"weights"`` shards the multimodal encoders like the LM;
             ``"data"`` replicates them and splits each step's items over the ranks.
         timeout_s: how long a collective may wait for a peer before it fails.
+        peer_all_reduce_dtype: the activations' dtype, to reduce small tensors of it with the
+            one-shot peer-to-peer all-reduce where every rank can (None: NCCL only).
     """
     global _STATE
     import datetime
@@ -65,7 +69,14 @@ def init_tensor_parallel(
         timeout=datetime.timedelta(seconds=timeout_s),
         **kwargs,
     )
-    _STATE = TensorParallelState(rank, world_size, dist.group.WORLD, mm_encoder_tp_mode)
+    peer = None
+    if peer_all_reduce_dtype is not None and device.type == "cuda":
+        from mmcore.distributed.peer_all_reduce import create_peer_all_reduce
+
+        peer = create_peer_all_reduce(
+            dist.group.WORLD, rank, world_size, device, peer_all_reduce_dtype
+        )
+    _STATE = TensorParallelState(rank, world_size, dist.group.WORLD, mm_encoder_tp_mode, peer)
 
 
 def destroy_tensor_parallel() -> None:

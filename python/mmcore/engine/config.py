@@ -182,6 +182,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         tensor_parallel_size=args.tensor_parallel_size,
         distributed_executor_backend=args.distributed_executor_backend,
         mm_encoder_tp_mode=args.mm_encoder_tp_mode,
+        disable_custom_all_reduce=args.disable_custom_all_reduce,
     )
     parallel.validate()
     check_shardable(hf_config, parallel, model_impl=args.model_impl)

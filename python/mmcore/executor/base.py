@@ -32,11 +32,14 @@ class ParallelConfig:
             several nodes).
         mm_encoder_tp_mode: ``"weights"`` shards the vision encoder like the LM; ``"data"``
             replicates it and splits each step's images over the ranks.
+        disable_custom_all_reduce: NCCL for every all-reduce (else the one-shot peer-to-peer
+            all-reduce of :mod:`mmcore.distributed.peer_all_reduce` for small tensors).
     """
 
     tensor_parallel_size: int = 1
     distributed_executor_backend: str | None = None
     mm_encoder_tp_mode: str = "weights"
+    disable_custom_all_reduce: bool = False
 
     @property
     def backend(self) -> str:

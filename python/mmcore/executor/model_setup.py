@@ -157,9 +157,13 @@ def build_runner(model, spec: RunnerSpec, model_spec: ModelSpec) -> ModelRunner:
 
 
 def runner_counters(runner) -> dict[str, int]:
-    """The runner's counters the engine reports in ``stats()``."""
+    """The runner's counters the engine reports in ``stats()`` (``peer_all_reduce``: 1 when
+    tensor-parallel activations are reduced by the one-shot peer-to-peer all-reduce)."""
+    from mmcore.distributed.parallel_state import tp_state
+
     return {
         "encoder_runs": runner.num_encoder_runs,
         "cuda_graph_steps": runner.num_graph_steps,
         "overlapped_steps": runner.num_overlapped_steps,
+        "peer_all_reduce": int(tp_state().peer_all_reduce is not None),
     }

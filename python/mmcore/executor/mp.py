@@ -43,6 +43,7 @@ from mmcore.sampling.sampler import SampledBatch
 START_TIMEOUT_S = 1800.0  # loading a large checkpoint and capturing graphs
 HEARTBEAT_TIMEOUT_S = 10.0
 _POLL_S = 0.5
+PROFILE_WRITE_TIMEOUT_S = 300  # a long trace takes a while to write
 
 
 def step_timeout_s() -> float:
@@ -122,7 +123,12 @@ class MultiprocExecutor:
         self._results: dict[int, SampledBatch] = {}
         self._received = 0
         self._inbox = [collections.deque() for _ in range(size)]
-        self._counters = {"encoder_runs": 0, "cuda_graph_steps": 0, "overlapped_steps": 0}
+        self._counters = {
+            "encoder_runs": 0,
+            "cuda_graph_steps": 0,
+            "overlapped_steps": 0,
+            "peer_all_reduce": 0,
+        }
         self.queue = ShmBroadcastQueue(size)
         self.status = WorkerStatus(size)
         ctx = mp.get_context("spawn")
@@ -137,6 +143,7 @@ class MultiprocExecutor:
                 init_method=init_method,
                 device_type=device.type,
                 mm_encoder_tp_mode=parallel.mm_encoder_tp_mode,
+                peer_all_reduce=not parallel.disable_custom_all_reduce,
                 spec=spec,
                 sizing=sizing,
                 queue_handle=self.queue.handle(),
@@ -186,6 +193,25 @@ class MultiprocExecutor:
         self._put(encode_step(out, {"removed_req_ids": removed, **host_mask_arrays(host_masks)}))
         self._launched += 1
         return RemotePending(self, self._launched)
+
+    def profile(self, action: str, folder: str | None = None) -> None:
+        """``"start"`` a profiler trace on every rank, or ``"stop"`` and wait until every rank
+        has written its trace."""
+        self._raise_if_dead()
+        self._put(encode_control(("profile", action, folder)))
+        if action != "stop":
+            return
+        for rank in range(self.world_size):
+            while True:
+                message = self._next_message(rank, time.monotonic() + PROFILE_WRITE_TIMEOUT_S)
+                if message[0] == "profiled":
+                    break
+                if rank == 0 and message[0] == "result":  # a step still in flight
+                    self._received += 1
+                    _, tokens, logprobs, prompt_logprobs, self._counters = message
+                    self._results[self._received] = SampledBatch(tokens, logprobs, prompt_logprobs)
+                else:
+                    self._fail(f"rank {rank} sent {message[0]!r}, expected 'profiled'", rank)
 
     def check_health(self) -> None:
         """Raise the :class:`WorkerFailedError` that stopped the workers, if any."""

@@ -111,7 +111,12 @@ class RayExecutor:
         self.world_size = size
         self._dead: WorkerFailedError | None = None
         self._adds, self._removed = [], []
-        self._counters = {"encoder_runs": 0, "cuda_graph_steps": 0, "overlapped_steps": 0}
+        self._counters = {
+            "encoder_runs": 0,
+            "cuda_graph_steps": 0,
+            "overlapped_steps": 0,
+            "peer_all_reduce": 0,
+        }
         self._outstanding: list[tuple[int, object]] = []  # (rank, ref) not yet checked
         self._step_refs: dict[int, list] = {}
         self._launched = 0
@@ -146,6 +151,7 @@ class RayExecutor:
                     init_method=init_method,
                     device_type=device.type,
                     mm_encoder_tp_mode=parallel.mm_encoder_tp_mode,
+                    peer_all_reduce=not parallel.disable_custom_all_reduce,
                     spec=spec,
                     sizing=sizing,
                     fingerprint=fingerprint,
@@ -183,6 +189,16 @@ class RayExecutor:
             encode_step(out, {"removed_req_ids": removed, **host_mask_arrays(host_masks)})
         )
         return RemotePending(self, self._launched)
+
+    def profile(self, action: str, folder: str | None = None) -> None:
+        """``"start"`` a profiler trace on every rank, or ``"stop"`` and wait for the traces."""
+        self.check_health()
+        refs = self._broadcast(encode_control(("profile", action, folder)))
+        if action == "stop":
+            for rank, ref in enumerate(refs):
+                self._get(rank, ref, 300)
+        else:
+            self._outstanding += enumerate(refs)
 
     def counters(self) -> dict[str, int]:
         return dict(self._counters)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from mmcore.engine.torch_profiler import StepProfiler
 from mmcore.executor.model_setup import (
     KVSizing,
     ModelSpec,
@@ -40,6 +41,7 @@ class UniExecutor:
             ),
             spec,
         )
+        self.profiler = StepProfiler()
 
     def add_request(self, req_id: int, state) -> None:
         self.runner.add_request(req_id, state)
@@ -53,6 +55,10 @@ class UniExecutor:
     def counters(self) -> dict[str, int]:
         """The runner's counters (encoder runs, CUDA graph steps, overlapped steps)."""
         return runner_counters(self.runner)
+
+    def profile(self, action: str, folder: str | None = None) -> None:
+        """``"start"`` a profiler trace into ``folder`` or ``"stop"`` and write it."""
+        self.profiler.start(folder) if action == "start" else self.profiler.stop()
 
     def check_health(self) -> None:
         """In-process: nothing can fail apart from the call itself."""

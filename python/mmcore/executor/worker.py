@@ -21,6 +21,7 @@ import torch
 
 from mmcore.distributed.communication import all_gather_object
 from mmcore.distributed.parallel_state import destroy_tensor_parallel, init_tensor_parallel
+from mmcore.engine.torch_profiler import StepProfiler
 from mmcore.executor.model_setup import (
     KVSizing,
     ModelSpec,
@@ -53,6 +54,7 @@ class WorkerArgs:
     status_name: str | None = None
     parent_pid: int | None = None
     registered_models: dict | None = None  # mmcore.register_model calls made in the driver
+    peer_all_reduce: bool = True  # one-shot peer-to-peer all-reduce where every rank can
 
 
 def checkpoint_fingerprint(spec: ModelSpec, sizing: KVSizing, world_size: int) -> str:
@@ -142,10 +144,12 @@ class RankWorker:
             args.init_method,
             device=device,
             mm_encoder_tp_mode=args.mm_encoder_tp_mode,
+            peer_all_reduce_dtype=args.spec.dtype if args.peer_all_reduce else None,
         )
         _check_agreement(args)
         self.model = load_model_shard(args.spec, device)
         self.runner = None
+        self.profiler = StepProfiler(args.rank)
 
     def capacity(self) -> tuple[int, int]:
         """(bytes of one KV block, KV bytes this rank can hold)."""
@@ -166,6 +170,12 @@ class RankWorker:
             elif message[0] == "add":
                 for req_id, request in message[1]:
                     self.runner.add_request(req_id, to_request_state(self.runner, request))
+            elif message[0] == "profile":
+                if message[1] == "start":
+                    self.profiler.start(message[2])
+                else:
+                    self.profiler.stop()
+                    return "profiled"
             return None
         for req_id in message.removed_req_ids.tolist():
             self.runner.remove_request(req_id)
@@ -194,6 +204,10 @@ def _serve(args: WorkerArgs, conn, lock: threading.Lock) -> None:
         pending = worker.handle(kind, message)
         if pending == "shutdown":
             break
+        if pending == "profiled":
+            with lock:
+                conn.send(("profiled",))
+            continue
         if pending is None:
             continue
         status.steps_done[args.rank] += 1

@@ -1,0 +1,121 @@
+"""The one-shot peer-to-peer all-reduce on 2 GPUs: NCCL's sums, also replayed in a CUDA graph,
+and a TP=2 engine that uses it gives TP=1's tokens (float32) and reports it in ``stats()``."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as torch_mp
+
+from mmcore import Engine, SamplingParams
+from mmcore.testing.tiny_checkpoints import build_tiny_llava
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"),
+]
+
+SHAPES = [(1, 4096), (3, 4096), (64, 5120), (1, 1000), (640, 4096)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, failures) -> None:
+    from mmcore.distributed.peer_all_reduce import create_peer_all_reduce
+
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, device_id=device
+    )
+    try:
+        for dtype in (torch.bfloat16, torch.float32):
+            peer = create_peer_all_reduce(dist.group.WORLD, rank, 2, device, dtype)
+            assert peer is not None, "peer all-reduce unavailable on 2 NVLink GPUs"
+            for shape in SHAPES:
+                gen = torch.Generator(device).manual_seed(100 * rank + shape[0])
+                x = torch.randn(shape, device=device, generator=gen).to(dtype)
+                expected = x.float().clone()
+                dist.all_reduce(expected)
+                got = peer.all_reduce(x)
+                assert got.shape == x.shape and got.dtype == dtype
+                tol = 1e-5 if dtype == torch.float32 else 2e-2
+                torch.testing.assert_close(got.float(), expected, atol=tol, rtol=tol)
+            # 64 reductions in a row inside one graph (a decode step's count), replayed with
+            # new inputs: each result is the sum of both ranks' values.
+            static = torch.zeros((2, 4096), device=device, dtype=dtype)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                peer.all_reduce(static)  # warm-up outside capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y = static
+                for _ in range(64):
+                    y = peer.all_reduce(y) * 0.5  # sum of 2 equal halves: stays the same
+            for trial in range(3):
+                value = float(trial + 1 + rank)  # rank 0: t+1, rank 1: t+2
+                static.fill_(value)
+                graph.replay()
+                torch.cuda.synchronize()
+                # First reduction: (t+1)+(t+2); every later one keeps it (both ranks agree).
+                want = (2 * trial + 3) / 2
+                assert torch.all(y.float() == want), (trial, y.float().unique().tolist(), want)
+        assert create_peer_all_reduce(dist.group.WORLD, rank, 2, device, torch.float16) is None
+    except BaseException as exc:  # reported to the parent; the other rank may hang otherwise
+        failures.put(f"rank {rank}: {exc!r}")
+        os._exit(1)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_peer_all_reduce_equals_nccl_and_replays_in_graphs():
+    ctx = torch_mp.get_context("spawn")
+    failures = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, port, failures)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    assert not alive and not errors and all(p.exitcode == 0 for p in procs), errors
+
+
+@pytest.mark.parametrize("disable", [False, True])
+def test_tp2_engine_with_peer_all_reduce_float32_equals_tp1(tmp_path, disable):
+    model_dir = build_tiny_llava(
+        tmp_path / "m",
+        seed=3,
+        text_overrides={"hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4},
+        vision_overrides={"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 2},
+    )
+    kwargs = dict(device="cuda", dtype="float32", max_num_seqs=8, kv_cache_memory_bytes=64 << 20)
+    prompts = [f"USER: count to {i}\nASSISTANT:" for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    expected = [
+        o.outputs[0].token_ids for o in Engine(model_dir, **kwargs).generate(prompts, params)
+    ]
+    torch.cuda.empty_cache()
+    engine = Engine(model_dir, tensor_parallel_size=2, disable_custom_all_reduce=disable, **kwargs)
+    try:
+        got = [o.outputs[0].token_ids for o in engine.generate(prompts, params)]
+        stats = engine.stats()
+    finally:
+        engine.shutdown()
+    assert got == expected
+    assert stats["peer_all_reduce"] == (0 if disable else 1)
