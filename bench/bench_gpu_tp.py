@@ -10,6 +10,8 @@ Models (random weights, ``load_format="dummy"``):
   * ``llava-llama2-70b`` (bf16; LLaVA-1.5's CLIP-L + projector over a Llama-2-70B LM, which
     needs two GPUs): batch-1 ITL against the bound (LM weight bytes + KV bytes) / (2 x copy
     bandwidth) -- goal <= 1.4x -- and offline throughput, at TP=2 only.
+  * ``qwen2.5-vl-7b-instruct`` (bf16): batch-1 TTFT / ITL at TP=2 and TP=1 (one image of
+    mixed sizes + 64 text tokens, 64 output tokens; goal ITL ratio <= 0.6).
   * Encoder TP vs data parallel (TP=2, LLaVA-1.5-7B): one step's worth of 64 one-image prompts
     with 1 output token each, ``mm_encoder_tp_mode="weights"`` vs ``"data"``.
   * All-reduce: NCCL vs the one-shot peer all-reduce of ``[batch, hidden]`` bf16, eager and
@@ -36,6 +38,8 @@ import torch
 
 from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
 from bench_gpu_offline import make_requests, measure_machine
+from bench_gpu_qwen2_vl import MODEL as QWEN
+from bench_gpu_qwen2_vl import image_requests as qwen_image_requests
 from mmcore import Engine, SamplingParams
 from mmcore.testing.configs import CHAT_TEMPLATES, REAL_CONFIGS
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
@@ -194,6 +198,26 @@ def profile_one_request(engine: Engine, folder: str) -> None:
     engine.stop_profile()
 
 
+def qwen_tp(folder: str) -> dict:
+    """Qwen2.5-VL-7B (bf16): batch-1 TTFT / ITL at TP=2 (peer all-reduce) and TP=1, one image
+    of mixed sizes + 64 text tokens per request, 64 output tokens."""
+    path = write_dummy_checkpoint(QWEN, os.path.join(folder, QWEN))
+    params = SamplingParams(temperature=0.0, max_tokens=OUTPUT_LEN, ignore_eos=True)
+    rows = {}
+    for tp in (2, 1):
+        engine = Engine(path, tensor_parallel_size=tp, load_format="dummy", device="cuda",
+                        max_num_seqs=64, max_model_len=8192,
+                        limit_mm_per_prompt={"image": 1, "video": 0})  # fmt: skip
+        engine.generate(qwen_image_requests(2, TEXT_LEN, seed=1), params, use_tqdm=False)
+        medians = batch1_latency(engine, qwen_image_requests(5, TEXT_LEN, seed=20), params)
+        rows[f"tp{tp}"] = {"ttft_ms": medians["ttft_s"] * 1e3, "itl_ms": medians["itl_s"] * 1e3,
+                           "peer_all_reduce": engine.stats()["peer_all_reduce"]}  # fmt: skip
+        engine.shutdown()
+        print(json.dumps({f"{QWEN} tp={tp}": rows[f"tp{tp}"]}), flush=True)
+    rows["itl_ratio_tp2_over_tp1"] = rows["tp2"]["itl_ms"] / rows["tp1"]["itl_ms"]
+    return rows
+
+
 def run(args) -> dict:
     _register_70b()
     machine = measure_machine()
@@ -227,6 +251,8 @@ def run(args) -> dict:
         row["itl_over_bound"] = row["latency"]["itl_ms"] / row["itl_bound_ms"]
         results["models"][BIG] = row
         print(json.dumps({BIG: row}), flush=True)
+    if "qwen7b" in sections:
+        results["models"][QWEN] = qwen_tp(folder)
     if "7b" not in sections:
         return results
     rows = {}
@@ -266,7 +292,9 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--num-requests", type=int, default=1000)
     parser.add_argument(
-        "--sections", default="encoder,70b,7b", help="comma list of encoder, 70b, 7b"
+        "--sections",
+        default="encoder,70b,7b,qwen7b",
+        help="comma list of encoder, 70b, 7b, qwen7b",
     )
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     parser.add_argument("--dtype", default="bfloat16", help="7b section (fp16 keeps NCCL only)")

@@ -5,8 +5,9 @@
 #               processor vs HF's (torchvision) and the Qwen2-VL engine on CUDA
 #   structured  structured-output overhead: 256 requests with a JSON schema vs without
 #   qwen        Qwen2.5-VL-7B dummy: offline req/s vs HF generate() and the roofline; packed ViT
-#   tp          (2 GPUs) TP=2 GPU tests; bench_gpu_tp.py: LLaVA-1.5-7B TP=2 vs TP=1, encoder
-#               weights vs data, a 70B LM at TP=2 against its ITL bound
+#   tp          (2 GPUs) peer all-reduce and TP=2 GPU tests; bench_gpu_tp.py: LLaVA-1.5-7B TP=2
+#               (peer all-reduce, NCCL) vs TP=1, profiler traces
+#   tp_more     (2 GPUs) Qwen2.5-VL-7B TP=2 vs TP=1; a 70B LM at TP=2 against its ITL bound
 #   internvl    InternVL processor vs HF's (torchvision), engine on CUDA vs HF; InternVL3-8B
 #               dummy: offline req/s vs HF generate() and the roofline, batch-1 ITL vs the bound
 #   gemma       Gemma 3 on CUDA vs HF; Gemma-3-12B dummy: offline req/s vs HF, KV at 8k prompts
@@ -47,12 +48,14 @@ for s in $STAGES; do
     qwen) stage qwen_vit 60 python3 bench/bench_gpu_qwen2_vl.py --stage vit --repeats 3 --out "$LOG"
       stage qwen_images 200 python3 bench/bench_gpu_qwen2_vl.py --stage images \
         --num-requests 300 --hf-batch-sizes 32 64 --repeats 1 --out "$LOG" ;;
-    tp) stage tp_tests 150 python3 -m pytest -q -p no:cacheprovider \
-      tests/python/test_gpu_tensor_parallel.py
-      stage tp_7b 220 python3 bench/bench_gpu_tp.py --out "$LOG" --sections 7b --num-requests 200
-      cp "$LOG/results_gpu_tp.json" "$LOG/results_gpu_tp_7b.json" 2>/dev/null
-      stage tp_70b_encoder 180 python3 bench/bench_gpu_tp.py --out "$LOG" --sections encoder,70b \
-        --num-requests 64 ;;
+    tp) stage tp_tests 200 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/test_gpu_peer_all_reduce.py tests/python/test_gpu_tensor_parallel.py
+      stage tp_7b 330 python3 bench/bench_gpu_tp.py --out "$LOG" --sections 7b --num-requests 200 \
+        --profile-dir "$LOG/prof"
+      cp "$LOG/results_gpu_tp.json" "$LOG/results_gpu_tp_7b.json" 2>/dev/null ;;
+    tp_more) stage tp_qwen 200 python3 bench/bench_gpu_tp.py --out "$LOG" --sections qwen7b
+      cp "$LOG/results_gpu_tp.json" "$LOG/results_gpu_tp_qwen.json" 2>/dev/null
+      stage tp_70b 200 python3 bench/bench_gpu_tp.py --out "$LOG" --sections 70b --num-requests 64 ;;
     internvl) stage internvl_tests 180 python3 -m pytest -q -p no:cacheprovider \
       tests/python/test_internvl_gpu.py
       stage internvl_images 240 python3 bench/bench_gpu_internvl.py --stage images \

@@ -39,8 +39,11 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype, world_size: int
         import torch.distributed._symmetric_memory  # noqa: F401
     except ImportError as exc:
         return f"PyTorch has no symmetric memory ({exc})"
-    if not hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out"):
-        return "PyTorch lacks symm_mem.one_shot_all_reduce_copy_out"
+    ops = torch.ops.symm_mem
+    if not (
+        hasattr(ops, "one_shot_all_reduce_copy_out") or hasattr(ops, "one_shot_all_reduce_out")
+    ):
+        return "PyTorch lacks symm_mem.one_shot_all_reduce_out"
     visible = torch.cuda.device_count()
     if visible >= world_size:
         # Each rank uses cuda:rank (mp executor); peers must map each other's memory.
@@ -70,6 +73,8 @@ class PeerAllReduce:
                 enable(self.group_name)
         self.buffer = symm_mem.empty(self.max_numel, dtype=dtype, device=device)
         self.handle = symm_mem.rendezvous(self.buffer, self.group_name)
+        # PyTorch >= 2.8 copies the input in the reducing kernel; before, a separate copy.
+        self._fused_copy = hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out")
 
     def takes(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is reduced here (dtype, size, layout) rather than by NCCL."""
@@ -83,9 +88,16 @@ class PeerAllReduce:
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over the ranks, as a new tensor of its shape."""
         out = torch.empty_like(tensor)
-        torch.ops.symm_mem.one_shot_all_reduce_copy_out(
-            self.buffer[: tensor.numel()], tensor.view(-1), "sum", self.group_name, out.view(-1)
-        )
+        staging = self.buffer[: tensor.numel()]
+        if self._fused_copy:
+            torch.ops.symm_mem.one_shot_all_reduce_copy_out(
+                staging, tensor.view(-1), "sum", self.group_name, out.view(-1)
+            )
+        else:
+            staging.copy_(tensor.view(-1))
+            torch.ops.symm_mem.one_shot_all_reduce_out(
+                staging, "sum", self.group_name, out.view(-1)
+            )
         return out
 
 
