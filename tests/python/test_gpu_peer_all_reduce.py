@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, port: int, failures) -> None:
-    from mmcore.distributed.peer_all_reduce import create_peer_all_reduce
+    from mmcore.distributed.peer_all_reduce import DEFAULT_MAX_BYTES, create_peer_all_reduce
 
     device = torch.device("cuda", rank)
     torch.cuda.set_device(device)
@@ -43,6 +43,10 @@ def _rank_main(rank: int, port: int, failures) -> None:
             for shape in SHAPES:
                 gen = torch.Generator(device).manual_seed(100 * rank + shape[0])
                 x = torch.randn(shape, device=device, generator=gen).to(dtype)
+                if x.numel() * x.element_size() > DEFAULT_MAX_BYTES:
+                    assert not peer.takes(x)  # NCCL's (communication.all_reduce)
+                    continue
+                assert peer.takes(x)
                 expected = x.float().clone()
                 dist.all_reduce(expected)
                 got = peer.all_reduce(x)

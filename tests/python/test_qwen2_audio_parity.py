@@ -197,3 +197,25 @@ def test_quantize_vision_quantises_the_audio_tower_and_projector(case):
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
     out = engine.generate(_engine_prompts(prompts[1:2]), params, use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == MAX_TOKENS
+
+
+def test_checkpoint_with_the_lm_saved_whole_under_model_loads(case, tmp_path):
+    """transformers 5.17 saves the LM whole: ``language_model.model.model.*`` / ``.model.lm_head``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model_dir, prompts, expected = case
+    moved = tmp_path / "moved"
+    shutil.copytree(model_dir, moved)
+    (path,) = [p for p in moved.iterdir() if p.suffix == ".safetensors"]
+    tensors = load_file(path)
+    renamed = {}
+    for name, tensor in tensors.items():
+        if name.startswith("language_model."):
+            name = "language_model.model." + name[len("language_model.") :]
+        renamed[name] = tensor
+    assert any(n.startswith("language_model.model.model.layers.") for n in renamed)
+    save_file(renamed, path, metadata={"format": "pt"})
+    engine = Engine(str(moved))
+    assert _tokens(engine.generate(_engine_prompts(prompts[:3]), GREEDY)) == expected[:3]

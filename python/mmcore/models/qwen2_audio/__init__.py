@@ -15,8 +15,13 @@ from mmcore.models.lm_delegate import DelegatesToLanguageModel
 from mmcore.models.weights import load_named_weights
 from mmcore.models.whisper_encoder import WhisperAudioEncoder, conv_output_len
 
-# transformers 5 layout -> module names; older checkpoints already use the right-hand one.
+# transformers 5 layouts -> module names; older checkpoints already use the right-hand one.
+# First match wins. Some 5.x releases (5.17) save the LM as a whole causal LM under the model.
 _PREFIX_RENAMES = (
+    ("model.language_model.model.", "language_model.model."),
+    ("model.language_model.lm_head.", "language_model.lm_head."),
+    ("language_model.model.model.", "language_model.model."),
+    ("language_model.model.lm_head.", "language_model.lm_head."),
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
     ("model.audio_tower.", "audio_tower."),
@@ -69,6 +74,7 @@ class Qwen2AudioModel(DelegatesToLanguageModel, nn.Module):
         for old, new in _PREFIX_RENAMES:
             if name.startswith(old):
                 name = new + name[len(old) :]
+                break
         if name.endswith("rotary_emb.inv_freq"):
             return None
         if name == "language_model.lm_head.weight" and self.language_model.tie_word_embeddings:
