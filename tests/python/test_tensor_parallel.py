@@ -238,4 +238,5 @@ def test_tp2_profile_writes_every_ranks_trace(tp_case, tmp_path, monkeypatch):
         with open(tmp_path / f"rank{rank}_summary.txt") as f:
             assert "aten::mm" in f.read()
         assert (tmp_path / f"rank{rank}_trace.json").stat().st_size > 1000
+    assert "engine.py" in (tmp_path / "driver_summary.txt").read_text()  # the engine's thread
     assert _token_ids(engine.generate([prompts[1]], GREEDY, use_tqdm=False)) == [expected[1]]

@@ -22,7 +22,7 @@ from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
 from mmcore.engine.request_tracker import RequestTracker, TokenTexts
 from mmcore.engine.runner import LaunchedStep
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
-from mmcore.engine.torch_profiler import profiler_dir
+from mmcore.engine.torch_profiler import ProfilingCalls
 from mmcore.engine.transcription import Transcription, transcribe
 from mmcore.engine_args import EngineArgs
 from mmcore.executor.remote_request import DriverRow
@@ -35,7 +35,7 @@ _PARALLEL_INPUT_MIN = 16  # fewer prompts are processed inline
 _MAX_INPUT_WORKERS = 8
 
 
-class Engine(RequestAdmission):
+class Engine(RequestAdmission, ProfilingCalls):
     """A multimodal LLM engine (vLLM's ``LLM``; ``mmcore.LLM`` is the same class).
 
     Args:
@@ -88,7 +88,7 @@ class Engine(RequestAdmission):
         )
         # Where the model runs: this process ("uni") or one worker per tensor-parallel rank.
         self.executor = cfg.executor
-        self._profiling = False
+        self.init_profiling()
         self.runner = getattr(self.executor, "runner", None)  # in-process runner, if any
         self.scheduler = _core.Scheduler(cfg.scheduler_config)
         self._eos_token_ids = cfg.eos_token_ids
@@ -460,30 +460,6 @@ class Engine(RequestAdmission):
         )
 
     # ----------------------------------------------------------------- introspection
-    def start_profile(self) -> None:
-        """Trace the following steps with the PyTorch profiler on every rank (vLLM's call).
-
-        Raises:
-            RuntimeError: ``MMCORE_TORCH_PROFILER_DIR`` is not set, or a trace is running.
-        """
-        folder = profiler_dir()
-        if self._profiling:
-            raise RuntimeError("the profiler is already running: stop_profile() first")
-        self.executor.profile("start", folder)
-        self._profiling = True
-
-    def stop_profile(self) -> None:
-        """Stop the trace; each rank writes ``rank{r}_trace.json`` and ``rank{r}_summary.txt``
-        into ``MMCORE_TORCH_PROFILER_DIR`` before this returns.
-
-        Raises:
-            RuntimeError: no trace is running.
-        """
-        if not self._profiling:
-            raise RuntimeError("the profiler is not running: start_profile() first")
-        self._profiling = False
-        self.executor.profile("stop")
-
     def stats(self) -> dict[str, Any]:
         """Counters of the core (KV blocks, prefix and encoder cache hits) and the runner."""
         stats = dict(self.scheduler.stats())

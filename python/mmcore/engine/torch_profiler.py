@@ -2,7 +2,9 @@
 them, one per rank (vLLM's ``VLLM_TORCH_PROFILER_DIR``, here ``MMCORE_TORCH_PROFILER_DIR``).
 
 Each rank writes ``rank{r}_trace.json`` (open it in Perfetto or chrome://tracing) and
-``rank{r}_summary.txt`` (the operators and kernels by total device time, then by CPU time).
+``rank{r}_summary.txt`` (the operators and kernels by total device time, then by CPU time);
+with worker processes (tensor parallel) the engine's own thread writes ``driver_summary.txt`` too
+(Python's cProfile: scheduling, input processing, step encoding, detokenizing by function).
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class StepProfiler:
         """
         if self._profile is None:
             raise RuntimeError("the profiler is not running: start_profile() first")
-        if torch.cuda.is_available():
+        on_device = torch.cuda.is_available()
+        if on_device:
             torch.cuda.synchronize()  # the kernels launched so far end inside the trace
         profile, self._profile = self._profile, None
         profile.stop()
@@ -70,10 +73,75 @@ class StepProfiler:
         summary = os.path.join(self._folder, f"rank{self.rank}_summary.txt")
         profile.export_chrome_trace(trace)
         averages = profile.key_averages()
-        device_sort = (
-            "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
-        )
+        device_sort = "self_device_time_total" if on_device else "self_cpu_time_total"
         with open(summary, "w") as f:
             f.write(averages.table(sort_by=device_sort, row_limit=40) + "\n")
             f.write(averages.table(sort_by="self_cpu_time_total", row_limit=40) + "\n")
         return [trace, summary]
+
+
+class DriverProfiler:
+    """The engine thread's Python functions (cProfile), when workers run the model."""
+
+    def __init__(self, folder: str) -> None:
+        import cProfile
+
+        self._folder = folder
+        self._profile = cProfile.Profile()
+        self._profile.enable()
+
+    def stop(self) -> str:
+        """Stop and write ``driver_summary.txt`` (top functions by total and by own time)."""
+        import io
+        import pstats
+
+        self._profile.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(self._profile, stream=out)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(40)
+        path = os.path.join(self._folder, "driver_summary.txt")
+        with open(path, "w") as f:
+            f.write(out.getvalue())
+        return path
+
+
+class ProfilingCalls:
+    """``Engine.start_profile()`` / ``stop_profile()`` over the engine's executor (a mixin:
+    the engine calls :meth:`init_profiling` once it has ``self.executor``)."""
+
+    def init_profiling(self) -> None:
+        self._profiling = False
+        self._driver_profiler: DriverProfiler | None = None
+
+    def start_profile(self) -> None:
+        """Trace the following steps with the PyTorch profiler on every rank (vLLM's call).
+
+        Raises:
+            RuntimeError: ``MMCORE_TORCH_PROFILER_DIR`` is not set, or a trace is running.
+        """
+        from mmcore.executor.uni import UniExecutor
+
+        folder = profiler_dir()
+        if self._profiling:
+            raise RuntimeError("the profiler is already running: stop_profile() first")
+        self.executor.profile("start", folder)
+        if not isinstance(self.executor, UniExecutor):  # workers run the model: trace here too
+            self._driver_profiler = DriverProfiler(folder)
+        self._profiling = True
+
+    def stop_profile(self) -> None:
+        """Stop the trace; each rank writes ``rank{r}_trace.json`` and ``rank{r}_summary.txt``
+        (with worker processes, ``driver_summary.txt`` of the engine's thread too) into
+        ``MMCORE_TORCH_PROFILER_DIR`` before this returns.
+
+        Raises:
+            RuntimeError: no trace is running.
+        """
+        if not self._profiling:
+            raise RuntimeError("the profiler is not running: start_profile() first")
+        self._profiling = False
+        self.executor.profile("stop")
+        if self._driver_profiler is not None:
+            self._driver_profiler.stop()
+            self._driver_profiler = None
