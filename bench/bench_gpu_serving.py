@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from mmcore.bench.serve_client import run_serve_bench
+from mmcore.bench.serve_client import arrival_offsets, run_serve_bench
 from mmcore.bench.stats import BenchSummary
 from mmcore.bench.workload import _WORDS, BenchRequest, random_png_data_url
 
@@ -184,7 +184,10 @@ def run_served_phases(args, tokenizer, offline_rate: float, log) -> dict:
             )
             load_requests = _workload(args, tokenizer, num, SEED_LOAD + i)
             summary = _serve(url, load_requests, rate, seed=i)
-            row = {"fraction": fraction, "offered_req_per_s": rate, **summary_dict(summary)}
+            row = {"fraction": fraction, "offered_req_per_s": rate,
+                   # achieved req/s spans the arrivals plus the last requests' generation
+                   "arrival_span_s": arrival_offsets(num, rate, seed=i)[-1],
+                   **summary_dict(summary)}  # fmt: skip
             result["load"].append(row)
             print(f"load {fraction:.0%}: offered {rate:.2f} req/s, achieved req_per_s "
                   f"{summary.request_throughput:.2f}, TTFT p50/p99 {_ms(summary.ttft)}, "
