@@ -17,7 +17,6 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 import httpx2 as httpx
 from PIL import Image
 from skimage import data as skdata
+
+from serve_process import free_port, start_server, stop_server, wait_healthy
 
 _PHOTOS = ["astronaut", "chelsea", "coffee", "rocket"]
 
@@ -65,32 +66,6 @@ def run_offline(model: str, n: int, max_tokens: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(model: str, port: int, placement: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mmcore.cli", "serve", model, "--device", "cpu"]
-    cmd += ["--port", str(port), "--log-level", "warning", "--disable-log-stats"]
-    if not placement:
-        cmd.append("--no-cpu-placement")
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait_healthy(url: str, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server did not become healthy")
-
-
 async def _send_all(url: str, bodies: list[dict]) -> float:
     limits = httpx.Limits(max_connections=len(bodies))
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -107,11 +82,11 @@ async def _send_all(url: str, bodies: list[dict]) -> float:
 
 def run_served(model: str, n: int, max_tokens: int, placement: bool) -> float:
     """Requests per second of `mmcore serve` (start-up not timed)."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(model, port, placement)
+    server = start_server(model, port, extra_args=[] if placement else ["--no-cpu-placement"])
     try:
-        _wait_healthy(url)
+        wait_healthy(url, process=server)
         urls = [_data_url(p) for p in _photos()]
         bodies = [
             {
@@ -134,11 +109,7 @@ def run_served(model: str, n: int, max_tokens: int, placement: bool) -> float:
         asyncio.run(_send_all(url, bodies[:4]))  # warm-up (media worker processes start)
         return asyncio.run(_send_all(url, bodies))
     finally:
-        server.terminate()
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 def main() -> None:

@@ -17,6 +17,9 @@
 #               graphs) and the FP8-KV engine
 #   kernels_bench  bench_gpu_kernels_wave2.py: d72 / d256 vs SDPA, FP8-KV decode vs bf16 against
 #               copy bandwidth
+#   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
+#               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
+#               served saturation rate
 # Usage: bash bench/gpu_wave2_check.sh LOG_DIR [STAGE ...]
 # Python packages the machine lacks travel as wheels in .whl (see the device notes).
 set -uo pipefail
@@ -74,6 +77,9 @@ for s in $STAGES; do
       grep -E "^FAILED|^ERROR" "$LOG/kernels_tests.log" | cut -c1-300 | head -40 ;;
     kernels_bench) stage kernels_bench 300 python3 bench/bench_gpu_kernels_wave2.py --out "$LOG"
       cat "$LOG/kernels_bench.log" ;;
+    serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
+      grep WARNING "$LOG/serving.log"
+      tail -5 "$LOG/serving_server.log" 2>/dev/null | cut -c1-300 ;;
     build) ;;
     *) echo "unknown stage $s" ;;
   esac

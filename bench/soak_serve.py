@@ -26,7 +26,7 @@ import httpx2 as httpx
 from PIL import Image
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_cpu_serving import _free_port, _start_server, _wait_healthy  # noqa: E402
+from serve_process import free_port, start_server, stop_server, wait_healthy  # noqa: E402
 
 
 def _rss_mib(pid: int) -> float:
@@ -113,15 +113,14 @@ def main() -> int:
         from mmcore.testing.tiny_checkpoints import build_tiny_llava
 
         model = build_tiny_llava(tempfile.mkdtemp(prefix="tiny_llava_"), seed=0)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(model, port, placement=True)
+    server = start_server(model, port)
     try:
-        _wait_healthy(url)
+        wait_healthy(url, process=server)
         result = asyncio.run(_soak(url, model, server.pid, args.minutes, args.concurrency))
     finally:
-        server.terminate()
-        server.wait(60)
+        stop_server(server)
     samples = result["samples"]
     warm = [rss for t, rss in samples if t >= args.warmup_fraction * args.minutes * 60]
     after_warmup = statistics.median(warm[: max(1, len(warm) // 5)])
