@@ -12,6 +12,9 @@
 #               dummy: offline req/s vs HF generate() and the roofline, batch-1 ITL vs the bound
 #   gemma       Gemma 3 on CUDA vs HF; Gemma-3-12B dummy: offline req/s vs HF, KV at 8k prompts
 #   fp8         FP8 GEMM / engine GPU tests; LLaVA-1.5-7B dummy bf16 vs fp8 weights (req/s, ITL, KL)
+#   video       Qwen2.5-VL-7B dummy: 100 requests with a 32-frame 448x448 clip (req/s, TTFT, ViT share)
+#   demo_train_bg  the demo model's training in the background on GPU $DEMO_GPU (default 1)
+#   demo_wait   wait (up to $DEMO_WAIT_S s) for that training to end; its summary
 #   build       nothing after the build (a first call that leaves build/gpu for the next ones)
 #   kernels     attention kernels vs the torch reference (head dims 16-256, image spans, FP8 KV,
 #               graphs) and the FP8-KV engine
@@ -80,6 +83,16 @@ for s in $STAGES; do
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
       grep WARNING "$LOG/serving.log"
       tail -5 "$LOG/serving_server.log" 2>/dev/null | cut -c1-300 ;;
+    video) stage qwen_video 240 python3 bench/bench_gpu_qwen2_vl.py --stage video --out "$LOG" ;;
+    demo_train_bg) # the demo model's training on GPU ${DEMO_GPU:-1}, in the background
+      CUDA_VISIBLE_DEVICES=${DEMO_GPU:-1} setsid nohup python3 -m mmcore.demo.train \
+        --out "$LOG/demo_ckpt" --device cuda --minutes "${DEMO_MINUTES:-7}" \
+        --pictures-per-batch 256 --questions-per-picture 4 --workers 20 \
+        >"$LOG/demo_train.log" 2>&1 &
+      echo "demo training started on GPU ${DEMO_GPU:-1}" | tee -a "$LOG/run.log" ;;
+    demo_wait) for _ in $(seq 1 ${DEMO_WAIT_S:-300}); do
+        pgrep -f mmcore.demo.train >/dev/null || break; sleep 1; done
+      tail -12 "$LOG/demo_train.log" | cut -c1-600 ;;
     build) ;;
     *) echo "unknown stage $s" ;;
   esac
