@@ -12,6 +12,8 @@
 #               dummy: offline req/s vs HF generate() and the roofline, batch-1 ITL vs the bound
 #   gemma       Gemma 3 on CUDA vs HF; Gemma-3-12B dummy: offline req/s vs HF, KV at 8k prompts
 #   fp8         FP8 GEMM / engine GPU tests; LLaVA-1.5-7B dummy bf16 vs fp8 weights (req/s, ITL, KL)
+#   backend_idefics  Transformers backend vs HF generate() on Idefics3-8B dummy (bf16): 200
+#               requests of one 364 px image (17 tiles, 2873 embeddings) + ~64 text tokens
 #   build       nothing after the build (a first call that leaves build/gpu for the next ones)
 #   kernels     attention kernels vs the torch reference (head dims 16-256, image spans, FP8 KV,
 #               graphs) and the FP8-KV engine
@@ -74,6 +76,9 @@ for s in $STAGES; do
       grep -E "^FAILED|^ERROR" "$LOG/kernels_tests.log" | cut -c1-300 | head -40 ;;
     kernels_bench) stage kernels_bench 300 python3 bench/bench_gpu_kernels_wave2.py --out "$LOG"
       cat "$LOG/kernels_bench.log" ;;
+    backend_idefics) stage backend_idefics 200 python3 bench/bench_gpu_transformers_backend.py \
+      --model idefics3-8b --num-requests 200 --hf-requests 64 --hf-batch-size 32 --max-tokens 64 \
+      --out "$LOG/results_transformers_backend_idefics3.json" ;;
     build) ;;
     *) echo "unknown stage $s" ;;
   esac
