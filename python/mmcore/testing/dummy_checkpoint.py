@@ -20,9 +20,13 @@ _ADDED_SPECIALS = ["<image>", "<pad>"]  # ids 32000, 32001 as in the LLaVA-HF to
 _BASE_VOCAB = 32000
 
 
-def _padded_bpe(base_vocab: int, base_specials: list[str]):
+def padded_bpe(base_vocab: int, base_specials: list[str]):
     """A byte-level BPE trained offline on a small corpus, padded to exactly ``base_vocab``
     tokens with unreachable filler tokens; ``base_specials`` take the first ids.
+
+    Args:
+        base_vocab: size of the padded vocabulary.
+        base_specials: special tokens among the first ids (``<unk>`` becomes the unk token).
 
     Returns:
         A ``tokenizers.Tokenizer`` (add the family's special tokens after it).
@@ -65,7 +69,7 @@ def build_padded_tokenizer(base_vocab: int = _BASE_VOCAB):
     """
     from transformers import PreTrainedTokenizerFast
 
-    tok = _padded_bpe(base_vocab, _BASE_SPECIALS)
+    tok = padded_bpe(base_vocab, _BASE_SPECIALS)
     tok.add_special_tokens(_ADDED_SPECIALS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,

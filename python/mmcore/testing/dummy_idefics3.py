@@ -45,9 +45,9 @@ def build_idefics3_padded_tokenizer():
     """Byte-level BPE padded to 128,000 tokens, Llama 3's specials, then Idefics3's three."""
     from transformers import PreTrainedTokenizerFast
 
-    from mmcore.testing.dummy_checkpoint import _padded_bpe
+    from mmcore.testing.dummy_checkpoint import padded_bpe
 
-    backend = _padded_bpe(LLAMA3_BASE_VOCAB, [])
+    backend = padded_bpe(LLAMA3_BASE_VOCAB, [])
     backend.add_special_tokens(_llama3_specials() + IDEFICS3_ADDED)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
