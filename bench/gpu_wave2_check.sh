@@ -15,6 +15,8 @@
 #   video       Qwen2.5-VL-7B dummy: 100 requests with a 32-frame 448x448 clip (req/s, TTFT, ViT share)
 #   demo_train_bg  the demo model's training in the background on GPU $DEMO_GPU (default 1)
 #   demo_wait   wait (up to $DEMO_WAIT_S s) for that training to end; its summary
+#   backend_idefics  Transformers backend vs HF generate() on Idefics3-8B dummy (bf16): 200
+#               requests of one 364 px image (17 tiles, 2873 embeddings) + ~64 text tokens
 #   build       nothing after the build (a first call that leaves build/gpu for the next ones)
 #   kernels     attention kernels vs the torch reference (head dims 16-256, image spans, FP8 KV,
 #               graphs) and the FP8-KV engine
@@ -93,6 +95,9 @@ for s in $STAGES; do
     demo_wait) for _ in $(seq 1 ${DEMO_WAIT_S:-300}); do
         pgrep -f mmcore.demo.train >/dev/null || break; sleep 1; done
       tail -12 "$LOG/demo_train.log" | cut -c1-600 ;;
+    backend_idefics) stage backend_idefics 200 python3 bench/bench_gpu_transformers_backend.py \
+      --model idefics3-8b --num-requests 200 --hf-requests 64 --hf-batch-size 32 --max-tokens 64 \
+      --out "$LOG/results_transformers_backend_idefics3.json" ;;
     build) ;;
     *) echo "unknown stage $s" ;;
   esac

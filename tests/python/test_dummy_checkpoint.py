@@ -86,3 +86,42 @@ def test_internvl3_8b_dummy_checkpoint_has_real_shapes(tmp_path):
     ours = sum(p.numel() for p in model.parameters())
     assert ours == sum(p.numel() for p in hf.parameters())
     assert ours / 1e9 == pytest.approx(7.94, abs=0.01)
+
+
+def test_idefics3_8b_dummy_checkpoint_has_real_shapes(tmp_path):
+    """Config, tokenizer ids and processor of HuggingFaceM4/Idefics3-8B-Llama3 load with the
+    Auto classes; the processor expands one image into 169 embeddings per 364 px tile."""
+    from transformers import AutoProcessor
+
+    from mmcore.models.transformers_backend.model import hf_model_class
+    from mmcore.models.transformers_backend.processor import TransformersMultiModalProcessor
+
+    path = write_dummy_checkpoint("idefics3-8b", tmp_path / "idefics3-8b")
+    config = AutoConfig.from_pretrained(path)
+    text, vision = config.text_config, config.vision_config
+    assert (text.hidden_size, text.num_hidden_layers, text.num_key_value_heads) == (4096, 32, 8)
+    assert text.rope_parameters["rope_theta"] == 500000.0 and text.vocab_size == 128259
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.image_size) == (1152, 27, 364)
+    processor = AutoProcessor.from_pretrained(path)
+    tokenizer = processor.tokenizer
+    assert len(tokenizer) == 128259 and tokenizer.pad_token_id == 128002
+    specials = ["<|begin_of_text|>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+    assert tokenizer.convert_tokens_to_ids(specials) == [128000, 128256, 128257, 128258]
+    assert config.image_token_id == 128257 and processor.image_seq_len == 169
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    prompt = processor.apply_chat_template(turn, add_generation_prompt=True)
+    assert prompt == "<|begin_of_text|>User:<image>Hi<end_of_utterance>\nAssistant:"
+    # 364x364 is upscaled to 1456 px: a 4x4 grid of tiles + the global image; 728x364 2x4 + 1.
+    for size, tiles in (((364, 364), 17), ((728, 364), 9)):
+        ids = processor(text=prompt, images=[Image.new("RGB", size)], add_special_tokens=False)
+        assert ids["input_ids"][0].count(128257) == 169 * tiles
+    backend = TransformersMultiModalProcessor(path, config, tokenizer)
+    assert backend.num_embeds("image", Image.new("RGB", (364, 364))) == 169 * 17
+    with torch.device("meta"):
+        model = hf_model_class(config)._from_config(config, dtype=torch.bfloat16)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(8.46, abs=0.01)
+
+
+def test_config_overrides_shrink_idefics3_only(tmp_path):
+    with pytest.raises(ValueError, match="idefics3 only"):
+        write_dummy_checkpoint("llava-1.5-7b", tmp_path / "llava", overrides={"dtype": "float32"})

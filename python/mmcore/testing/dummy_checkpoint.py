@@ -20,23 +20,25 @@ _ADDED_SPECIALS = ["<image>", "<pad>"]  # ids 32000, 32001 as in the LLaVA-HF to
 _BASE_VOCAB = 32000
 
 
-def build_padded_tokenizer(base_vocab: int = _BASE_VOCAB):
-    """A byte-level BPE of exactly ``base_vocab`` tokens, then ``<image>`` and ``<pad>``.
+def padded_bpe(base_vocab: int, base_specials: list[str]):
+    """A byte-level BPE trained offline on a small corpus, padded to exactly ``base_vocab``
+    tokens with unreachable filler tokens; ``base_specials`` take the first ids.
 
     Args:
-        base_vocab: size before the added special tokens (32000 for Llama-2 / Mistral).
+        base_vocab: size of the padded vocabulary.
+        base_specials: special tokens among the first ids (``<unk>`` becomes the unk token).
 
     Returns:
-        A ``PreTrainedTokenizerFast`` of ``base_vocab + 2`` tokens.
+        A ``tokenizers.Tokenizer`` (add the family's special tokens after it).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
-    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    unk = "<unk>" if "<unk>" in base_specials else None
+    trained = Tokenizer(models.BPE(unk_token=unk))
     trained.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(
         vocab_size=1024,
-        special_tokens=_BASE_SPECIALS,
+        special_tokens=base_specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -49,10 +51,26 @@ def build_padded_tokenizer(base_vocab: int = _BASE_VOCAB):
     # Filler tokens no merge produces: they only give the embedding table its real size.
     for i in range(base_vocab - len(vocab)):
         vocab[f"fill{i}"] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(_BASE_SPECIALS + _ADDED_SPECIALS)
+    tok.add_special_tokens(base_specials)
+    return tok
+
+
+def build_padded_tokenizer(base_vocab: int = _BASE_VOCAB):
+    """A byte-level BPE of exactly ``base_vocab`` tokens, then ``<image>`` and ``<pad>``.
+
+    Args:
+        base_vocab: size before the added special tokens (32000 for Llama-2 / Mistral).
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` of ``base_vocab + 2`` tokens.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tok = padded_bpe(base_vocab, _BASE_SPECIALS)
+    tok.add_special_tokens(_ADDED_SPECIALS)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -97,27 +115,38 @@ def _processor(config: dict, tokenizer, chat_template: str):
     return LlavaNextProcessor(image_processor=image_processor, **kwargs)
 
 
-def write_dummy_checkpoint(name: str, path: str | os.PathLike) -> str:
+def write_dummy_checkpoint(
+    name: str, path: str | os.PathLike, overrides: dict | None = None
+) -> str:
     """Write the weightless checkpoint folder of real architecture ``name``.
 
     Args:
         name: a key of :data:`mmcore.testing.configs.REAL_CONFIGS`, e.g. ``"llava-1.5-7b"`` or
             ``"qwen2.5-vl-7b-instruct"``.
         path: folder to write (created if missing).
+        overrides: config.json fields replacing the released ones, nested dicts merged (a
+            shrunk model for CPU smoke runs); Idefics3 only.
 
     Returns:
         ``str(path)``, loadable with ``Engine(path, load_format="dummy")``.
 
     Raises:
-        ValueError: unknown ``name``.
+        ValueError: unknown ``name``, or ``overrides`` for another family.
     """
     if name not in REAL_CONFIGS:
         raise ValueError(f"unknown architecture {name!r}; choose one of {sorted(REAL_CONFIGS)}")
-    if REAL_CONFIGS[name]["model_type"] in ("qwen2_vl", "qwen2_5_vl"):
+    model_type = REAL_CONFIGS[name]["model_type"]
+    if overrides is not None and model_type != "idefics3":
+        raise ValueError(f"config overrides are supported for idefics3 only, not {name!r}")
+    if model_type == "idefics3":
+        from mmcore.testing.dummy_idefics3 import write_idefics3_checkpoint
+
+        return write_idefics3_checkpoint(name, path, overrides)
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
         from mmcore.testing.dummy_qwen2_vl import write_qwen2_vl_checkpoint
 
         return write_qwen2_vl_checkpoint(name, path)
-    if REAL_CONFIGS[name]["model_type"] == "internvl":
+    if model_type == "internvl":
         from mmcore.testing.dummy_internvl import write_internvl_checkpoint
 
         return write_internvl_checkpoint(name, path)

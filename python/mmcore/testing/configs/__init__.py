@@ -160,9 +160,57 @@ INTERNVL3_8B = {
     },
 }
 
+# Idefics3-8B (HuggingFaceM4/Idefics3-8B-Llama3): SigLIP-so400m at 364 px + Llama-3.1-8B.
+IDEFICS3_8B = {
+    "model_type": "idefics3",
+    "architectures": ["Idefics3ForConditionalGeneration"],
+    "image_token_id": 128257,
+    "scale_factor": 2,
+    "pad_token_id": 128002,
+    "tie_word_embeddings": False,
+    "dtype": "bfloat16",
+    "vision_config": {
+        "model_type": "idefics3_vision",
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 364,
+        "patch_size": 14,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+    "text_config": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        "hidden_act": "silu",
+        "vocab_size": 128259,
+        "tie_word_embeddings": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "pad_token_id": 128002,
+        "dtype": "bfloat16",
+    },
+}
+
 #: name -> (model config.json dict, chat template family)
 REAL_CONFIGS: dict[str, dict] = {
     "internvl3-8b": INTERNVL3_8B,
+    "idefics3-8b": IDEFICS3_8B,
     "qwen2-vl-7b-instruct": {
         **_QWEN2_LM_7B,
         **_QWEN_TOKENS,
@@ -291,6 +339,17 @@ INTERNVL_CHAT_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Idefics3's "User:<image>...<end_of_utterance>\nAssistant:" format (no space after the colon
+# when the turn opens with an image).
+IDEFICS3_CHAT_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}"
+    "{% else %}{{ ':' if message['content'][0]['type'] == 'image' else ': ' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
 CHAT_TEMPLATES = {
     "qwen2-vl-7b-instruct": QWEN_CHAT_TEMPLATE,
     "qwen2.5-vl-7b-instruct": QWEN_CHAT_TEMPLATE,
@@ -299,4 +358,5 @@ CHAT_TEMPLATES = {
     "llava-next-vicuna-7b": VICUNA_CHAT_TEMPLATE,
     "llava-next-mistral-7b": MISTRAL_CHAT_TEMPLATE,
     "internvl3-8b": INTERNVL_CHAT_TEMPLATE,
+    "idefics3-8b": IDEFICS3_CHAT_TEMPLATE,
 }
