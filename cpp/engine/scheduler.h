@@ -103,6 +103,8 @@ class Scheduler {
   void preempt(Request& request);
   void finish(Request& request, RequestStatus status);
   void retire_old_requests();
+  // check_invariants of one running request's KV group tables (hybrid models).
+  void check_group_tables(const Request& r, const std::string& name) const;
 
   SchedulerConfig config_;
   BlockManager kv_;

@@ -27,6 +27,8 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& r
   out.cross_fill_rows.clear();
   out.cross_fill_handles.clear();
   out.cross_slot_mapping.clear();
+  out.num_kv_groups = num_groups_;
+  group_tables_.clear();
   chunks_.clear();
   num_tokens_ = 0;
   num_samples_ = 0;
@@ -103,6 +105,31 @@ void StepBuilder::finish() {
   write_block_tables();
   if (has_mrope_) write_mrope_positions();
   if (!crosses_.empty()) write_cross_tables();
+  if (num_groups_ > 1) write_group_tables();
+}
+
+void StepBuilder::write_group_tables() {
+  SchedulerOutput& out = *out_;
+  const size_t extra = static_cast<size_t>(num_groups_) - 1;
+  const size_t num_reqs = chunks_.size();
+  const auto width = static_cast<size_t>(max_blocks_);
+  const auto num_tokens = static_cast<size_t>(num_tokens_);
+  out.group_block_tables.resize(extra * num_reqs * width);
+  out.group_slot_mapping.resize(extra * num_tokens);
+  for (size_t g = 0; g < extra; ++g) {
+    BlockId* table_dst = out.group_block_tables.data() + g * num_reqs * width;
+    int64_t* slot = out.group_slot_mapping.data() + g * num_tokens;
+    for (size_t i = 0; i < num_reqs; ++i) {
+      const Chunk& c = chunks_[i];
+      const BlockId* blocks = group_tables_[i * extra + g];
+      BlockId* row = table_dst + i * width;
+      std::fill(std::copy(blocks, blocks + c.num_blocks, row), row + width, -1);
+      // The chunk's new tokens always lie inside the window: their blocks are held.
+      for (int32_t p = c.start; p < c.start + c.num_tokens; ++p) {
+        *slot++ = static_cast<int64_t>(blocks[p / block_size_]) * block_size_ + p % block_size_;
+      }
+    }
+  }
 }
 
 void StepBuilder::write_cross_tables() {

@@ -23,8 +23,9 @@ struct BlockTableRows {
 
 class StepBuilder {
  public:
-  explicit StepBuilder(int32_t block_size)
+  explicit StepBuilder(int32_t block_size, int32_t num_groups = 1)
       : block_size_(block_size),
+        num_groups_(num_groups),
         block_shift_((block_size & (block_size - 1)) == 0 ? __builtin_ctz(block_size) : -1) {}
 
   // Clears `out`'s lists (keeping their capacity) and starts step `step_id`. `rows` describes
@@ -65,6 +66,11 @@ class StepBuilder {
     max_blocks_ = std::max(max_blocks_, c.num_blocks);
     return row;
   }
+  // Adds the block table of the next KV cache group (1, 2, ...) of the chunk added last; it
+  // must not change until finish(). Hybrid models only (num_groups > 1).
+  void add_group_table(const std::vector<BlockId>& group_table) {
+    group_tables_.push_back(group_table.data());
+  }
   // Gives the chunk added last the cross-attention blocks of its (encoder-decoder) request;
   // `cross_table` must not change until finish().
   void set_cross(const std::vector<BlockId>& cross_table, int32_t cross_len) {
@@ -104,13 +110,16 @@ class StepBuilder {
   void write_block_tables();
   void write_mrope_positions();
   void write_cross_tables();
+  void write_group_tables();
 
   int32_t block_size_;
+  int32_t num_groups_;   // KV cache groups: each chunk has num_groups_ - 1 group tables
   int32_t block_shift_;  // log2(block_size) for a power of two (a shift, not a division), else -1
   SchedulerOutput* out_ = nullptr;
   BlockTableRows* rows_ = nullptr;
   std::vector<Chunk> chunks_;
   std::vector<CrossChunk> crosses_;  // in row order
+  std::vector<const BlockId*> group_tables_;  // chunk i, group g: [i * (num_groups_ - 1) + g - 1]
   int32_t num_tokens_ = 0;
   int32_t num_samples_ = 0;
   int32_t max_blocks_ = 0;  // widest block table so far: the step's max_blocks_per_req

@@ -147,7 +147,7 @@ class RankWorker:
         self.model = load_model_shard(args.spec, device)
         self.runner = None
 
-    def capacity(self) -> tuple[int, int]:
+    def capacity(self) -> tuple:
         """(bytes of one KV block, KV bytes this rank can hold)."""
         return measure_kv_capacity(self.model, self.args.spec, self.args.sizing)
 
