@@ -142,8 +142,8 @@ void BlockManager::check_group_invariants(const Table& table, std::vector<int32_
         continue;
       }
       if (b < 0 || b >= pool_.num_blocks()) {
-        broken(id, "holds out-of-range block " + std::to_string(b) + " in group " +
-                       std::to_string(g));
+        broken(id,
+               "holds out-of-range block " + std::to_string(b) + " in group " + std::to_string(g));
       }
       if (static_cast<int32_t>(i) < first_live) {
         broken(id, "holds block " + std::to_string(b) + " of group " + std::to_string(g) +

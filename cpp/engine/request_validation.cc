@@ -117,10 +117,10 @@ void validate_request(const Request& r, const SchedulerConfig& config) {
     // A sliding group holds at most its window plus one step's chunk (and a block of slack).
     const int64_t window = config.kv_group_windows[g];
     const int64_t held =
-        window <= 0 ? per_group
-                    : (config.max_num_batched_tokens + window + config.block_size - 1) /
-                              config.block_size +
-                          1;
+        window <= 0
+            ? per_group
+            : (config.max_num_batched_tokens + window + config.block_size - 1) / config.block_size +
+                  1;
     blocks += std::min(per_group, held);
   }
   if (blocks > config.num_blocks) {

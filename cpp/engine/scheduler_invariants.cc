@@ -77,8 +77,8 @@ void Scheduler::check_group_tables(const Request& r, const std::string& name) co
         window <= 0 ? 0 : std::max(0, r.num_computed_tokens - window + 1) / config_.block_size;
     for (size_t b = static_cast<size_t>(first); b < table.size(); ++b) {
       if (table[b] == kNoBlock) {
-        broken(name + " released block " + std::to_string(b) + " of KV group " +
-               std::to_string(g) + " that its next query can still see");
+        broken(name + " released block " + std::to_string(b) + " of KV group " + std::to_string(g) +
+               " that its next query can still see");
       }
     }
     if (table.size() != kv_.block_table(r).size()) {

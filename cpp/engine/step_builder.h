@@ -118,7 +118,7 @@ class StepBuilder {
   SchedulerOutput* out_ = nullptr;
   BlockTableRows* rows_ = nullptr;
   std::vector<Chunk> chunks_;
-  std::vector<CrossChunk> crosses_;  // in row order
+  std::vector<CrossChunk> crosses_;           // in row order
   std::vector<const BlockId*> group_tables_;  // chunk i, group g: [i * (num_groups_ - 1) + g - 1]
   int32_t num_tokens_ = 0;
   int32_t num_samples_ = 0;

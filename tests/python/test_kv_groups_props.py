@@ -43,12 +43,10 @@ def would_reject(spec: Spec, cfg) -> bool:
     sizes = {i: (n_ if m is None else sum(m)) for i, _, n_, m in spec.items}
     if any(v > min(cfg.encoder_budget, cfg.encoder_cache_size) for v in sizes.values()):
         return True
-    if not cfg.enable_chunked_prefill:
-        if n > cfg.max_num_batched_tokens or sum(sizes.values()) > min(
-            cfg.encoder_budget, cfg.encoder_cache_size
-        ):
-            return True
-    return False
+    budget = min(cfg.encoder_budget, cfg.encoder_cache_size)
+    return not cfg.enable_chunked_prefill and (
+        n > cfg.max_num_batched_tokens or sum(sizes.values()) > budget
+    )
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
