@@ -157,3 +157,27 @@ def test_kv_cache_layer_slots_are_shared_across_groups(case):
     # 4 groups of one layer: every layer uses slot 0, i.e. the same tensors.
     assert all(c[0] is caches[0][0] and c[1] is caches[0][1] for c in caches)
     assert caches[0][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("name", "groups", "slots"),
+    [("gemma-3-12b-it", [-1] + [1024] * 5, 8), ("gemma-3-27b-it", [-1] + [1024] * 6, 10)],
+)
+def test_released_gemma3_configs_split_into_equal_groups(name, groups, slots):
+    from transformers import Gemma3TextConfig
+
+    from mmcore.engine.kv_groups import kv_cache_groups
+    from mmcore.models.gemma3.text import SLIDING, layer_types
+    from mmcore.testing.dummy_gemma3 import GEMMA3_CONFIGS
+
+    config = Gemma3TextConfig(**GEMMA3_CONFIGS[name])
+    windows = [config.sliding_window if t == SLIDING else -1 for t in layer_types(config)]
+    layout = kv_cache_groups(windows, len(windows))
+    assert list(layout.windows) == groups
+    assert layout.num_slots == slots
+    # Every (group, slot) pair is one layer: no two layers write the same blocks of one tensor.
+    pairs = set(zip(layout.layer_group, layout.layer_slot))
+    assert len(pairs) == len(windows)
+    assert all(layout.windows[g] == w for g, w in zip(layout.layer_group, windows))
+    assert kv_cache_groups(windows, len(windows), hybrid=False).num_groups == 1
+    assert kv_cache_groups([-1] * 4, 4).num_groups == 1  # no sliding layer: one group
