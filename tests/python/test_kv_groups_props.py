@@ -119,3 +119,25 @@ def test_long_request_releases_out_of_window_blocks_and_hits_the_prefix_cache():
     assert stats["prefix_hits"] >= 56  # the twin reuses every full block in every group
     for spec in (first, twin):
         assert results[spec.rid] == reference_outputs(spec, cfg.max_model_len, (-1, 6, 6))
+
+
+def test_group_tables_travel_in_the_tensor_parallel_step_message():
+    from mmcore.executor.step_codec import KIND_STEP, decode, encode_step
+
+    cfg = _core.SchedulerConfig()
+    cfg.num_blocks, cfg.block_size, cfg.max_num_batched_tokens = 64, 4, 8
+    cfg.kv_group_windows = [-1, 4, 4]
+    sched = _core.Scheduler(cfg)
+    for rid in range(2):
+        sched.add_request(rid, np.arange(30, dtype=np.int32) + rid, [], max_tokens=3)
+    for _ in range(3):  # past the window: the sliding tables have -1 entries
+        out = sched.schedule()
+        sched.update_from_output(out, np.zeros(len(out.sampling_req_ids), dtype=np.int32))
+    out = sched.schedule()
+    assert (out.group_block_tables == -1).any()
+    parts = encode_step(out, {})
+    kind, step = decode(b"".join(bytes(memoryview(p)) for p in parts))
+    assert kind == KIND_STEP and step.num_kv_groups == 3
+    assert np.array_equal(step.group_block_tables, out.group_block_tables)
+    assert np.array_equal(step.group_slot_mapping, out.group_slot_mapping)
+    assert step.group_block_tables.shape == (2 * out.num_reqs, out.max_blocks_per_req)
