@@ -230,7 +230,9 @@ def kv_run(path: str, args, *, keep_all: bool, kv_bytes: int | None, num_request
 def stage_kv(path: str, args) -> dict:
     """Hybrid (free out-of-window sliding blocks) vs keep-all, same prompts, equal KV memory:
     the first engine sizes the cache (profiled on GPU), the second gets the same bytes."""
-    hybrid = kv_run(path, args, keep_all=False, kv_bytes=args.kv_bytes, num_requests=None)
+    hybrid = kv_run(
+        path, args, keep_all=False, kv_bytes=args.kv_bytes, num_requests=args.kv_requests
+    )
     keep_all = kv_run(
         path,
         args,
@@ -265,6 +267,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kv-output-len", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens (kv)")
     parser.add_argument("--extra-requests", type=int, default=8)
+    parser.add_argument(
+        "--kv-requests",
+        type=int,
+        default=None,
+        help="prompts per kv run (default: the hybrid cache's fit + --extra-requests)",
+    )
     parser.add_argument(
         "--kv-bytes", type=int, default=None, help="KV cache bytes (kv; default: profiled)"
     )
