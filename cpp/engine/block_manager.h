@@ -140,6 +140,11 @@ class BlockManager {
     const Table* table = table_of(request);
     return table == nullptr ? empty_table_ : table->groups[g - 1];
   }
+  // Leading kNoBlock entries of group g's table (blocks released out of the window).
+  [[nodiscard]] int32_t group_num_released(const Request& request, int32_t g) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? 0 : table->group_first_live[g - 1];
+  }
   // Block ids the request holds in every group (kNoBlock entries not counted; cross excluded).
   [[nodiscard]] int32_t num_live_blocks(const Request& request) const;
   // The request's cross-attention blocks, encoder position p in block p / block_size (empty for a

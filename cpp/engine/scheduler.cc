@@ -188,8 +188,9 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   const int32_t row =
       builder_.add_request(r, kv_.block_table(r), kv_.table_epoch(r), start, n, samples);
   if (kv_.num_groups() > 1) {
-    for (int32_t g = 1; g < kv_.num_groups(); ++g)
-      builder_.add_group_table(kv_.group_block_table(r, g));
+    for (int32_t g = 1; g < kv_.num_groups(); ++g) {
+      builder_.add_group_table(kv_.group_block_table(r, g), kv_.group_num_released(r, g));
+    }
   }
   // Holding blocks, a request has cross blocks iff it is encoder-decoder (a hot field).
   if (r.cross_num_blocks > 0) {

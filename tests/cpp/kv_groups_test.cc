@@ -116,30 +116,42 @@ TEST(KVGroups, SchedulerStepsCarryEveryGroupsTablesAndSlots) {
   config.max_num_batched_tokens = 12;
   config.max_num_seqs = 4;
   config.max_model_len = 128;
-  config.kv_group_windows = {-1, kWindow};
+  config.kv_group_windows = {-1, kWindow, kWindow};
   Scheduler s(config);
-  for (RequestId id = 1; id <= 3; ++id) {
-    Request r = make_request(id, 30 + static_cast<int32_t>(id));
+  RequestId next_id = 1;
+  auto add = [&](int32_t len) {
+    Request r = make_request(next_id++, len);
     r.sampling.max_tokens = 10;
     s.add_request(std::move(r));
-  }
+  };
+  for (int32_t len : {31, 32, 33}) add(len);
   int steps = 0;
-  while (s.num_running() + s.num_waiting() > 0 && steps < 200) {
+  while (s.num_running() + s.num_waiting() > 0 && steps < 300) {
+    if (steps == 9 || steps == 15) add(20 + steps);  // the batch changes size mid-run
     const SchedulerOutput& out = s.schedule();
     ++steps;
-    ASSERT_EQ(out.num_kv_groups, 2);
+    ASSERT_EQ(out.num_kv_groups, 3);
     const auto width = static_cast<size_t>(out.max_blocks_per_req);
-    ASSERT_EQ(out.group_block_tables.size(), out.req_ids.size() * width);
-    ASSERT_EQ(out.group_slot_mapping.size(), out.input_ids.size());
+    ASSERT_EQ(out.group_block_tables.size(), out.req_ids.size() * 2 * width);
+    ASSERT_EQ(out.group_slot_mapping.size(), 2 * out.input_ids.size());
     for (int32_t i = 0; i < out.num_reqs(); ++i) {
-      for (int32_t t = out.query_start_loc[i]; t < out.query_start_loc[i + 1]; ++t) {
-        const auto pos = static_cast<int32_t>(out.positions[t]);
-        const BlockId block = out.group_block_tables[i * width + pos / kBs];
-        ASSERT_NE(block, kNoBlock);
-        EXPECT_EQ(out.group_slot_mapping[t], static_cast<int64_t>(block) * kBs + pos % kBs);
-        // Every key the token can see is held.
-        for (int32_t k = std::max(0, pos - kWindow + 1); k <= pos; ++k) {
-          EXPECT_NE(out.group_block_tables[i * width + k / kBs], kNoBlock);
+      const Request& r = *s.find_request(out.req_ids[i]);
+      for (int32_t g = 1; g <= 2; ++g) {
+        // Rows completed in place step to step equal the block manager's tables exactly.
+        const BlockId* row = out.group_block_tables.data() + (i * 2 + g - 1) * width;
+        std::vector<BlockId> expected = s.block_manager().group_block_table(r, g);
+        expected.resize(width, -1);
+        ASSERT_EQ(std::vector<BlockId>(row, row + width), expected) << "step " << steps;
+        for (int32_t t = out.query_start_loc[i]; t < out.query_start_loc[i + 1]; ++t) {
+          const auto pos = static_cast<int32_t>(out.positions[t]);
+          const BlockId block = row[pos / kBs];
+          ASSERT_NE(block, kNoBlock);
+          EXPECT_EQ(out.group_slot_mapping[(g - 1) * out.input_ids.size() + t],
+                    static_cast<int64_t>(block) * kBs + pos % kBs);
+          // Every key the token can see is held.
+          for (int32_t k = std::max(0, pos - kWindow + 1); k <= pos; ++k) {
+            EXPECT_NE(row[k / kBs], kNoBlock);
+          }
         }
       }
     }

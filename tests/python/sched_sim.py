@@ -212,7 +212,7 @@ class SimModel:
 
     def _group_read(self, out, g: int, row: int, t: int, pos: int) -> int:
         """Group g + 1's value at the key token t (position pos) reads (0: none)."""
-        table = out.group_block_tables[g * out.num_reqs + row]
+        table = out.group_block_tables[row * len(self.group_kv) + g]
         slot = int(out.group_slot_mapping[g][t])
         assert slot == table[pos // self.bs] * self.bs + pos % self.bs
         key = group_key(pos, self.group_windows[g + 1])

@@ -141,3 +141,5 @@ def test_group_tables_travel_in_the_tensor_parallel_step_message():
     assert np.array_equal(step.group_block_tables, out.group_block_tables)
     assert np.array_equal(step.group_slot_mapping, out.group_slot_mapping)
     assert step.group_block_tables.shape == (2 * out.num_reqs, out.max_blocks_per_req)
+    # Rows are request-major: request i's group g at i * 2 + g - 1; group 0 is block_tables.
+    assert (out.group_block_tables[0::2] != out.group_block_tables[1::2]).any()

@@ -170,7 +170,8 @@ class DecodeGraphs:
                 np.asarray(out.group_slot_mapping),
                 self.group_slot_mapping[:, :batch],
             )
-            tables = np.asarray(out.group_block_tables).reshape(extra, batch, width)
+            tables = np.asarray(out.group_block_tables).reshape(batch, extra, width)
+            tables = tables.transpose(1, 0, 2)  # request-major rows -> per group
             self.staging.copy_into(
                 "group_block_tables", tables, self.group_block_tables[:, :batch, :width]
             )

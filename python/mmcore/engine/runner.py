@@ -353,14 +353,13 @@ class ModelRunner:
 
     def _group_metadata(self, out, attn: AttentionMetadata) -> list[AttentionMetadata]:
         """KV cache groups 1.. of a hybrid step: their own slots and block tables."""
-        rows = out.num_reqs
+        extra = out.num_kv_groups - 1
         tables = self._tensor("group_block_tables", out.group_block_tables, torch.int32)
+        tables = tables.view(out.num_reqs, extra, -1)  # request-major rows
         slots = self._tensor("group_slot_mapping", out.group_slot_mapping, torch.long)
         return [
-            dataclasses.replace(
-                attn, slot_mapping=slots[g], block_tables=tables[g * rows : (g + 1) * rows]
-            )
-            for g in range(out.num_kv_groups - 1)
+            dataclasses.replace(attn, slot_mapping=slots[g], block_tables=tables[:, g])
+            for g in range(extra)
         ]
 
     def _attend_until(self, out) -> torch.Tensor | None:
