@@ -10,11 +10,15 @@ Stages (``--stage``):
            text tokens, ``--output-len`` tokens each: mmcore req/s, HF generate() req/s at its
            best batch size (left padding, ``token_type_ids`` for the image mask), batch-1 TTFT
            and inter-token latency (median of ``--latency-runs``).
-  kv       ``--long-len``-token text prompts: KV bytes per token, KV blocks, how many such
-           sequences fit at once, and the measured peak of running sequences when more are
-           submitted. Every layer keeps every block in this build; the figure a hybrid
-           allocator that frees out-of-window sliding-layer blocks would reach is given beside
-           it as a projection from the same numbers (``projected_*``), not a measurement.
+  kv       ``--long-len``-token text prompts through two engines at equal KV memory: the hybrid
+           KV cache (sliding-window groups free their out-of-window blocks) and
+           ``disable_hybrid_kv_cache_manager=True`` (every layer keeps every block). Per
+           engine: blocks one sequence holds, how many such sequences fit (decode steady state
+           and prefill peak), the measured peak of running sequences, preemptions and
+           throughput on the same workload; then the ratios (goal: >= 3x sequences).
+
+``--smoke`` runs the kv stage on the CPU with the tiny Gemma 3 checkpoint (window 8) and small
+lengths: it checks the script end to end, the figures mean nothing.
 
 Usage: python bench/bench_gpu_gemma3.py --stage offline --out DIR   (one JSON per stage)
 """
@@ -63,6 +67,8 @@ def image_requests(path: str, num: int, text_len: int, seed: int) -> list[dict]:
 
 
 def _engine(path: str, args, **extra) -> Engine:
+    if args.smoke:  # the tiny checkpoint's own weights, on the CPU
+        return Engine(path, device="cpu", block_size=4, max_model_len=args.max_model_len, **extra)
     return Engine(
         path,
         load_format="dummy",
@@ -138,74 +144,112 @@ def stage_offline(path: str, args) -> dict:
     return result
 
 
-def kv_projection(text_config, block_size: int, seq_len: int, chunk: int) -> dict:
-    """Layer-blocks one ``seq_len`` sequence holds, keeping every block in every layer vs keeping
-    in sliding layers only the blocks a query can still see: the window plus, while a prefill
-    chunk runs, the chunk (peak), or the window alone once decoding (steady state)."""
-    from mmcore.models.gemma3.text import SLIDING, layer_types
+def kv_blocks_per_sequence(engine: Engine, seq_len: int, chunk: int) -> dict:
+    """Block ids one ``seq_len``-token sequence holds in ``engine``'s KV cache: every group
+    keeps every block without sliding groups; a sliding group keeps its window plus, while a
+    prefill chunk runs, the chunk (peak), or plus one block once decoding (steady state)."""
+    config = engine.config
+    windows = list(config.scheduler_config.kv_group_windows) or [-1]
+    per_group = math.ceil(seq_len / config.block_size)
 
-    kinds = layer_types(text_config)
-    num_sliding = kinds.count(SLIDING)
-    num_full = len(kinds) - num_sliding
-    per_layer = math.ceil(seq_len / block_size)
-    window = text_config.sliding_window
-    keep_all = len(kinds) * per_layer
+    def held(tokens_seen: int) -> int:
+        sliding = min(per_group, math.ceil(tokens_seen / config.block_size) + 1)
+        return sum(per_group if w <= 0 else sliding for w in windows)
 
-    def hybrid(tokens_seen: int) -> int:
-        sliding = min(per_layer, math.ceil(tokens_seen / block_size) + 1)
-        return num_full * per_layer + num_sliding * sliding
-
+    window = max(windows)
     return {
-        "num_full_layers": num_full,
-        "num_sliding_layers": num_sliding,
-        "layer_blocks_keep_all": keep_all,
-        "layer_blocks_hybrid_prefill_peak": hybrid(window + chunk),
-        "layer_blocks_hybrid_decode": hybrid(window),
-        "ratio_prefill_peak": keep_all / hybrid(window + chunk),
-        "ratio_decode": keep_all / hybrid(window),
+        "num_kv_groups": len(windows),
+        "blocks_prefill_peak": held(window + chunk) if window > 0 else per_group,
+        "blocks_decode": held(window) if window > 0 else per_group,
     }
 
 
-def stage_kv(path: str, args) -> dict:
-    from transformers import AutoConfig
-
-    engine = _engine(path, args, max_num_batched_tokens=args.chunk)
+def kv_run(path: str, args, *, keep_all: bool, kv_bytes: int | None, num_requests: int | None):
+    """``num_requests`` (None: enough to fill the cache) ``--long-len``-token prompts through
+    one engine, with (``keep_all=False``) or without freeing out-of-window blocks."""
+    extra = dict(
+        max_num_batched_tokens=args.chunk,
+        enable_prefix_caching=False,  # distinct prompts: hits would not change the picture
+        disable_hybrid_kv_cache_manager=keep_all,
+    )
+    if kv_bytes is not None:
+        extra["kv_cache_memory_bytes"] = kv_bytes
+    engine = _engine(path, args, **extra)
     config = engine.config
-    kv_block_bytes = config.kv_block_bytes
     seq = args.long_len + args.kv_output_len
-    fit = config.num_blocks * config.block_size // seq
+    per_seq = kv_blocks_per_sequence(engine, seq, args.chunk)
+    fits = {
+        "fit_decode": config.num_blocks // per_seq["blocks_decode"],
+        "fit_prefill_peak": config.num_blocks // per_seq["blocks_prefill_peak"],
+    }
+    if num_requests is None:
+        num_requests = fits["fit_decode"] + args.extra_requests
     rng = np.random.default_rng(5)
     vocab = len(engine.tokenizer)  # ids the engine accepts (below the special tokens' range)
     prompts = [
         {"prompt_token_ids": rng.integers(16, vocab, args.long_len).tolist()}
-        for _ in range(fit + args.extra_requests)
+        for _ in range(num_requests)
     ]
     params = SamplingParams(temperature=0.0, max_tokens=args.kv_output_len, ignore_eos=True)
-    for prompt in prompts:
-        engine.add_request(f"kv-{time.monotonic_ns()}", prompt, params)
-    peak, start = 0, time.perf_counter()
+    for index, prompt in enumerate(prompts):
+        engine.add_request(f"kv-{index}", prompt, params)
+    peak_running = peak_blocks = 0
+    start = time.perf_counter()
     while engine.has_unfinished_requests():
         engine.step()
-        peak = max(peak, int(engine.stats()["num_running"]))
+        stats = engine.stats()
+        peak_running = max(peak_running, int(stats["num_running"]))
+        peak_blocks = max(peak_blocks, int(stats["kv_blocks_used"]))
     elapsed = time.perf_counter() - start
-    projection = kv_projection(
-        AutoConfig.from_pretrained(path).text_config, config.block_size, seq, args.chunk
-    )
+    stats = engine.stats()
     result = {
-        "kv_cache_bytes": config.num_blocks * kv_block_bytes,
-        "kv_bytes_per_token": kv_block_bytes / config.block_size,
+        "hybrid": not keep_all,
+        "kv_cache_bytes": config.num_blocks * config.kv_block_bytes,
+        "kv_block_bytes": config.kv_block_bytes,
         "num_blocks": config.num_blocks,
         "block_size": config.block_size,
         "sequence_tokens": seq,
-        "max_concurrent_keep_all": fit,
-        "measured_peak_running": peak,
-        "req_per_s": len(prompts) / elapsed,
-        "projection": projection,
-        "projected_max_concurrent_hybrid_decode": int(fit * projection["ratio_decode"]),
-        **engine.stats(),
+        **per_seq,
+        **fits,
+        "num_requests": num_requests,
+        "measured_peak_running": peak_running,
+        "measured_peak_kv_blocks_used": peak_blocks,
+        "elapsed_s": elapsed,
+        "req_per_s": num_requests / elapsed,
+        "output_tok_per_s": num_requests * args.kv_output_len / elapsed,
+        **stats,
     }
-    print("kv", result, flush=True)
+    print("kv hybrid" if not keep_all else "kv keep-all", result, flush=True)
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return result
+
+
+def stage_kv(path: str, args) -> dict:
+    """Hybrid (free out-of-window sliding blocks) vs keep-all, same prompts, equal KV memory:
+    the first engine sizes the cache (profiled on GPU), the second gets the same bytes."""
+    hybrid = kv_run(
+        path, args, keep_all=False, kv_bytes=args.kv_bytes, num_requests=args.kv_requests
+    )
+    keep_all = kv_run(
+        path,
+        args,
+        keep_all=True,
+        kv_bytes=hybrid["kv_cache_bytes"],
+        num_requests=hybrid["num_requests"],
+    )
+    return {
+        "hybrid": hybrid,
+        "keep_all": keep_all,
+        "concurrent_ratio_decode": hybrid["fit_decode"] / max(keep_all["fit_decode"], 1),
+        "concurrent_ratio_prefill_peak": hybrid["fit_prefill_peak"]
+        / max(keep_all["fit_prefill_peak"], 1),
+        "measured_peak_running_ratio": hybrid["measured_peak_running"]
+        / max(keep_all["measured_peak_running"], 1),
+        "throughput_ratio": hybrid["req_per_s"] / keep_all["req_per_s"],
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -223,16 +267,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kv-output-len", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=2048, help="max_num_batched_tokens (kv)")
     parser.add_argument("--extra-requests", type=int, default=8)
+    parser.add_argument(
+        "--kv-requests",
+        type=int,
+        default=None,
+        help="prompts per kv run (default: the hybrid cache's fit + --extra-requests)",
+    )
+    parser.add_argument(
+        "--kv-bytes", type=int, default=None, help="KV cache bytes (kv; default: profiled)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="kv stage on the CPU with a tiny checkpoint"
+    )
     parser.add_argument("--out", default=".")
     return parser.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
-    path = write_gemma3_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
+    if args.smoke:
+        from mmcore.testing.tiny_gemma3 import build_tiny_gemma3
+
+        if args.stage != "kv":
+            raise SystemExit("--smoke runs the kv stage only")
+        path = build_tiny_gemma3(os.path.join(tempfile.mkdtemp(), "tiny_gemma3"))
+    else:
+        path = write_gemma3_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
     run = {"offline": stage_offline, "kv": stage_kv}[args.stage]
     result = {
-        "device": torch.cuda.get_device_name(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": args.model,
         "args": vars(args),

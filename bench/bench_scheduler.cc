@@ -35,6 +35,9 @@ struct Workload {
   int64_t max_batched_tokens = 8192;
   int64_t seed = 1;
   bool prefix_caching = true;
+  // Hybrid KV cache (e.g. Gemma 3: 5 sliding groups per full group): groups with this window.
+  int64_t sliding_groups = 0;
+  int64_t sliding_window = 1024;
   // No arrivals and no finishes: every request decodes through the measured steps (after its
   // prefill in the warm-up), so each step is one token per running request.
   bool decode_only = false;
@@ -110,7 +113,13 @@ Result run(const Workload& w, int64_t target_running) {
   c.max_num_batched_tokens = static_cast<int32_t>(w.max_batched_tokens);
   c.enable_prefix_caching = w.prefix_caching;
   c.max_model_len = static_cast<int32_t>(std::max<int64_t>(4096, per_request));
-  c.num_blocks = static_cast<int32_t>(target_running * per_request / w.block_size * 5 / 4);
+  c.num_blocks = static_cast<int32_t>(target_running * per_request / w.block_size * 5 / 4 *
+                                      (1 + w.sliding_groups));
+  if (w.sliding_groups > 0) {
+    c.kv_group_windows.assign(static_cast<size_t>(w.sliding_groups) + 1,
+                              static_cast<int32_t>(w.sliding_window));
+    c.kv_group_windows[0] = -1;
+  }
   c.encoder_budget = static_cast<int32_t>(std::max<int64_t>(8192, w.image_len));
   c.encoder_cache_size =
       std::max<int64_t>(64, w.num_images) * std::max<int64_t>(1, w.image_len) * 2;
@@ -233,6 +242,10 @@ int main(int argc, char** argv) {
   args.add_int("block-size", &w.block_size, "KV block size in tokens");
   args.add_int("max-batched-tokens", &w.max_batched_tokens, "token budget per step");
   args.add_int("seed", &w.seed, "random seed of the workload");
+  args.add_int("sliding-groups", &w.sliding_groups,
+               "KV cache groups with a sliding window besides the full one (5: Gemma 3); 0: one "
+               "group");
+  args.add_int("sliding-window", &w.sliding_window, "their window in tokens");
   bool no_prefix_caching = false;
   args.add_flag("no-prefix-caching", &no_prefix_caching, "disable the prefix cache");
   args.add_flag("decode-only", &w.decode_only,
@@ -249,6 +262,8 @@ int main(int argc, char** argv) {
   args.require(w.output_len >= 2 && w.output_len <= 65536, "--output-len must be in 2..65536");
   args.require(w.hit_rate >= 0 && w.hit_rate <= 1, "--hit-rate must be in [0, 1]");
   args.require(w.block_size >= 1 && w.block_size <= 1024, "--block-size must be in 1..1024");
+  args.require(w.sliding_groups >= 0 && w.sliding_groups <= 64, "--sliding-groups: 0..64");
+  args.require(w.sliding_window >= 1, "--sliding-window must be >= 1");
   args.require(w.max_batched_tokens >= 1 && w.max_batched_tokens <= (1 << 24),
                "--max-batched-tokens must be in 1..16777216");
   std::vector<Result> results;

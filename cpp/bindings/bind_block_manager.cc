@@ -38,7 +38,7 @@ std::vector<TokenId> to_tokens(
 class BlockManagerHarness {
  public:
   BlockManagerHarness(int32_t num_blocks, int32_t block_size, bool enable_prefix_caching)
-      : manager_(BlockManagerConfig{num_blocks, block_size, enable_prefix_caching}) {}
+      : manager_(BlockManagerConfig{num_blocks, block_size, enable_prefix_caching, {}}) {}
 
   void add_request(RequestId id,
                    const py::array_t<int32_t, py::array::c_style | py::array::forcecast>& tokens,

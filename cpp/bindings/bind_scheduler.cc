@@ -35,13 +35,14 @@ struct PySchedulerOutput {
   int32_t max_blocks_per_req = 0;
   int32_t position_dims = 1;
   int32_t max_cross_blocks_per_req = 0;
+  int32_t num_kv_groups = 1;
   py::array_t<int64_t> req_ids, positions, slot_mapping, sampling_req_ids, encoder_req_ids,
       encoder_handles, scatter_handles, freed_encoder_handles, finished_req_ids, preempted_req_ids,
-      cross_fill_handles, cross_slot_mapping;
+      cross_fill_handles, cross_slot_mapping, group_slot_mapping;
   py::array_t<int32_t> num_scheduled_tokens, num_computed_tokens, seq_lens, query_start_loc,
       block_tables, input_ids, logits_indices, prev_sample_index, encoder_item_indices,
       scatter_src_offsets, scatter_dst_rows, scatter_lens, cross_seq_lens, cross_block_tables,
-      cross_fill_rows;
+      cross_fill_rows, group_block_tables;
 
   explicit PySchedulerOutput(const SchedulerOutput& o)
       : step_id(o.step_id),
@@ -50,6 +51,7 @@ struct PySchedulerOutput {
         max_blocks_per_req(o.max_blocks_per_req),
         position_dims(o.position_dims),
         max_cross_blocks_per_req(o.max_cross_blocks_per_req),
+        num_kv_groups(o.num_kv_groups),
         req_ids(copy_array(o.req_ids)),
         positions(copy_array(o.positions)),
         slot_mapping(copy_array(o.slot_mapping)),
@@ -62,6 +64,7 @@ struct PySchedulerOutput {
         preempted_req_ids(copy_array(o.preempted_req_ids)),
         cross_fill_handles(copy_array(o.cross_fill_handles)),
         cross_slot_mapping(copy_array(o.cross_slot_mapping)),
+        group_slot_mapping(copy_array(o.group_slot_mapping)),
         num_scheduled_tokens(copy_array(o.num_scheduled_tokens)),
         num_computed_tokens(copy_array(o.num_computed_tokens)),
         seq_lens(copy_array(o.seq_lens)),
@@ -76,12 +79,19 @@ struct PySchedulerOutput {
         scatter_lens(copy_array(o.scatter_lens)),
         cross_seq_lens(copy_array(o.cross_seq_lens)),
         cross_block_tables(copy_array(o.cross_block_tables)),
-        cross_fill_rows(copy_array(o.cross_fill_rows)) {
+        cross_fill_rows(copy_array(o.cross_fill_rows)),
+        group_block_tables(copy_array(o.group_block_tables)) {
     block_tables.resize(
         {static_cast<py::ssize_t>(num_reqs), static_cast<py::ssize_t>(max_blocks_per_req)});
     if (!o.cross_seq_lens.empty()) {
       cross_block_tables.resize(
           {static_cast<py::ssize_t>(num_reqs), static_cast<py::ssize_t>(max_cross_blocks_per_req)});
+    }
+    if (num_kv_groups > 1) {
+      const auto extra = static_cast<py::ssize_t>(num_kv_groups - 1);
+      group_block_tables.resize({extra * static_cast<py::ssize_t>(num_reqs),
+                                 static_cast<py::ssize_t>(max_blocks_per_req)});
+      group_slot_mapping.resize({extra, static_cast<py::ssize_t>(num_tokens)});
     }
     if (position_dims == 3) {
       positions.resize({py::ssize_t{3}, static_cast<py::ssize_t>(num_tokens)});
@@ -183,6 +193,8 @@ py::dict stats_dict(const Scheduler& s) {
   d["kv_blocks_cached"] = st.kv.num_cached_blocks;
   d["prefix_queries"] = st.kv.prefix_queries;
   d["prefix_hits"] = st.kv.prefix_hits;
+  d["num_kv_groups"] = st.kv.num_kv_groups;
+  d["num_sliding_blocks_freed"] = st.kv.num_sliding_blocks_freed;
   d["encoder_queries"] = st.encoder.num_queries;
   d["encoder_hits"] = st.encoder.num_hits;
   d["encoder_used_embeds"] = st.encoder.used_embeds;
@@ -209,7 +221,10 @@ void bind_scheduler(py::module_& m) {
       .def_readwrite("enable_chunked_prefill", &SchedulerConfig::enable_chunked_prefill)
       .def_readwrite("chunk_inside_mm_items", &SchedulerConfig::chunk_inside_mm_items)
       .def_readwrite("encoder_budget", &SchedulerConfig::encoder_budget)
-      .def_readwrite("encoder_cache_size", &SchedulerConfig::encoder_cache_size);
+      .def_readwrite("encoder_cache_size", &SchedulerConfig::encoder_cache_size)
+      .def_readwrite("kv_group_windows", &SchedulerConfig::kv_group_windows,
+                     "KV cache groups: -1 (full) or the sliding window per group, full first; "
+                     "empty for one full group");
 
   py::class_<PySchedulerOutput> output(
       m, "SchedulerOutput", "One step as numpy arrays (see cpp/engine/scheduler_output.h).");
@@ -217,7 +232,10 @@ void bind_scheduler(py::module_& m) {
       .def_readonly("num_reqs", &PySchedulerOutput::num_reqs)
       .def_readonly("num_tokens", &PySchedulerOutput::num_tokens)
       .def_readonly("max_blocks_per_req", &PySchedulerOutput::max_blocks_per_req)
-      .def_readonly("position_dims", &PySchedulerOutput::position_dims);
+      .def_readonly("position_dims", &PySchedulerOutput::position_dims)
+      .def_readonly("num_kv_groups", &PySchedulerOutput::num_kv_groups);
+  output.def_readonly("group_block_tables", &PySchedulerOutput::group_block_tables);
+  output.def_readonly("group_slot_mapping", &PySchedulerOutput::group_slot_mapping);
   output.def_readonly("req_ids", &PySchedulerOutput::req_ids);
   output.def_readonly("num_scheduled_tokens", &PySchedulerOutput::num_scheduled_tokens);
   output.def_readonly("num_computed_tokens", &PySchedulerOutput::num_computed_tokens);

@@ -14,7 +14,17 @@ const BlockExtraKeys kNoExtra;  // extra keys of a plain request's blocks
 
 BlockManager::BlockManager(const BlockManagerConfig& config)
     : pool_(config.num_blocks, config.block_size),
-      enable_prefix_caching_(config.enable_prefix_caching) {}
+      enable_prefix_caching_(config.enable_prefix_caching) {
+  windows_ = config.group_windows.empty() ? std::vector<int32_t>{-1} : config.group_windows;
+  if (windows_[0] != -1) throw std::invalid_argument("KV cache group 0 must be full attention");
+  for (int32_t w : windows_) {
+    if (w != -1 && w <= 0) {
+      throw std::invalid_argument("a KV cache group's window must be -1 or positive, got " +
+                                  std::to_string(w));
+    }
+  }
+  num_groups_ = static_cast<int32_t>(windows_.size());
+}
 
 void BlockManager::throw_not_owner(const Request& request) {
   throw std::logic_error("request " + std::to_string(request.id) +
@@ -43,6 +53,7 @@ ComputedBlocks BlockManager::get_computed_blocks(Request& request) const {
     parent = *hit;
   }
   computed.num_tokens = static_cast<int32_t>(computed.blocks.size()) * bs;
+  if (num_groups_ > 1 && !computed.blocks.empty()) computed_group_blocks(request, computed);
   return computed;
 }
 
@@ -53,13 +64,23 @@ bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
   const int32_t num_prefix = held == 0 ? static_cast<int32_t>(computed.blocks.size()) : 0;
   // Admission of an encoder-decoder request also takes its cross-attention blocks.
   const int32_t cross = request.kv_table < 0 ? num_cross_blocks(request) : 0;
-  const int32_t needed = blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens) -
-                         held - num_prefix + cross;
+  // Every group's table grows by the same number of entries.
+  const int32_t needed =
+      num_groups_ * (blocks_for(request.num_computed_tokens + prefix_tokens + num_new_tokens) -
+                     held - num_prefix) +
+      cross;
   if (needed <= 0) return true;
   // Free prefix blocks leave the free queue when taken, so they do not count as available.
   int32_t prefix_in_free_queue = 0;
   for (int32_t i = 0; i < num_prefix; ++i) {
     if (pool_.ref_count(computed.blocks[i]) == 0) ++prefix_in_free_queue;
+  }
+  if (held == 0) {
+    for (const std::vector<BlockId>& group : computed.group_blocks) {
+      for (BlockId b : group) {
+        if (b != kNoBlock && pool_.ref_count(b) == 0) ++prefix_in_free_queue;
+      }
+    }
   }
   return needed <= pool_.num_free() - prefix_in_free_queue;
 }
@@ -67,6 +88,10 @@ bool BlockManager::can_allocate(const Request& request, int32_t num_new_tokens,
 std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_t num_new_tokens,
                                                         const ComputedBlocks& computed) {
   if (num_new_tokens < 0) throw std::invalid_argument("num_new_tokens must be >= 0");
+  // Blocks out of every sliding window are released first: the new ones may reuse them.
+  if (num_groups_ > 1 && request.kv_table >= 0) {
+    free_out_of_window(*tables_[request.kv_table], request.num_computed_tokens);
+  }
   if (!can_allocate(request, num_new_tokens, computed)) return std::nullopt;
   const bool inserted = request.kv_table < 0;
   if (inserted) {
@@ -82,6 +107,11 @@ std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_
     fresh.num_cached_blocks = 0;
     fresh.caching_stopped = false;
     fresh.epoch = ++last_epoch_;
+    if (num_groups_ > 1) {
+      fresh.groups.resize(static_cast<size_t>(num_groups_ - 1));
+      fresh.group_first_live.assign(static_cast<size_t>(num_groups_ - 1), 0);
+      fresh.group_next_cache.assign(static_cast<size_t>(num_groups_ - 1), 0);
+    }
   }
   Table& table = *tables_[request.kv_table];
   if (inserted) {
@@ -95,6 +125,19 @@ std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_
     }
     table.num_cached_blocks = static_cast<int32_t>(computed.blocks.size());
     request.kv_num_cached_blocks = table.num_cached_blocks;
+    for (size_t g = 0; g < computed.group_blocks.size(); ++g) {
+      int32_t first_live = 0;
+      for (BlockId block : computed.group_blocks[g]) {
+        if (block == kNoBlock) {
+          ++first_live;
+        } else {
+          pool_.add_ref(block);
+        }
+        table.groups[g].push_back(block);
+      }
+      table.group_first_live[g] = first_live;
+      table.group_next_cache[g] = table.num_cached_blocks;
+    }
     const int32_t num_cross = num_cross_blocks(request);
     for (int32_t b = 0; b < num_cross; ++b) table.cross_blocks.push_back(pool_.allocate());
     table.num_cross_slots = request.is_encoder_decoder() ? request.encoder_input.num_embeds : 0;
@@ -105,7 +148,8 @@ std::optional<int32_t> BlockManager::allocate_new_slots(Request& request, int32_
   int32_t num_new_blocks = 0;
   while (static_cast<int32_t>(table.blocks.size()) < target) {
     table.blocks.push_back(pool_.allocate());
-    ++num_new_blocks;
+    for (std::vector<BlockId>& group : table.groups) group.push_back(pool_.allocate());
+    num_new_blocks += num_groups_;
   }
   request.kv_num_blocks = static_cast<int32_t>(table.blocks.size());
   return num_new_blocks;
@@ -116,6 +160,12 @@ void BlockManager::free(Request& request) {
   Table& table = *tables_[request.kv_table];
   for (auto b = table.blocks.rbegin(); b != table.blocks.rend(); ++b) pool_.release(*b);
   for (BlockId b : table.cross_blocks) pool_.release(b);
+  for (std::vector<BlockId>& group : table.groups) {
+    for (auto b = group.rbegin(); b != group.rend(); ++b) {
+      if (*b != kNoBlock) pool_.release(*b);
+    }
+    group.clear();
+  }
   table.blocks.clear();
   table.cross_blocks.clear();
   table.num_cross_slots = 0;
@@ -145,11 +195,12 @@ void BlockManager::cache_new_full_blocks(Request& request, int32_t num_tokens) {
     const BlockExtraKeys& extra = plain ? kNoExtra : scratch_extra_;
     if (!pool_.cache(table.blocks[b], request.block_hashes[b], tokens, extra, parent)) {
       table.caching_stopped = true;
-      return;
+      break;
     }
     table.num_cached_blocks = b + 1;
     request.kv_num_cached_blocks = b + 1;
   }
+  if (num_groups_ > 1) cache_group_blocks(request, table, table.num_cached_blocks);
 }
 
 void BlockManager::prepare_full_blocks(Request& request, int32_t num_tokens) {
@@ -175,6 +226,8 @@ BlockManagerStats BlockManager::stats() const {
   s.num_cached_blocks = pool_.num_cached();
   s.prefix_queries = prefix_queries_;
   s.prefix_hits = prefix_hits_;
+  s.num_kv_groups = num_groups_;
+  s.num_sliding_blocks_freed = sliding_blocks_freed_;
   return s;
 }
 
@@ -183,7 +236,9 @@ void BlockManager::check_invariants() const {
   for (const auto& owned : tables_) {
     const Table& table = *owned;
     if (!table.in_use) {
-      if (!table.blocks.empty() || !table.cross_blocks.empty()) {
+      if (!table.blocks.empty() || !table.cross_blocks.empty() ||
+          std::any_of(table.groups.begin(), table.groups.end(),
+                      [](const std::vector<BlockId>& g) { return !g.empty(); })) {
         throw std::logic_error("block manager invariant broken: a free block table holds blocks");
       }
       continue;
@@ -216,8 +271,14 @@ void BlockManager::check_invariants() const {
                                " as cached but the pool does not");
       }
     }
+    if (num_groups_ > 1) check_group_invariants(table, refs);
     std::vector<BlockId> sorted = table.blocks;
     sorted.insert(sorted.end(), table.cross_blocks.begin(), table.cross_blocks.end());
+    for (const std::vector<BlockId>& group : table.groups) {
+      for (BlockId b : group) {
+        if (b != kNoBlock) sorted.push_back(b);
+      }
+    }
     std::sort(sorted.begin(), sorted.end());
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
       throw std::logic_error("block manager invariant broken: request " + std::to_string(id) +

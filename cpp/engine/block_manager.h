@@ -11,6 +11,14 @@
 // from the encoder output and read by every decoder step. Both tables come from the same pool and
 // are freed together (finish, abort, preemption). Such requests skip the prefix cache: their
 // decoder KV depends on the encoder input through cross-attention.
+//
+// KV cache groups (hybrid models, e.g. Gemma 3's sliding-window and global layers): with
+// BlockManagerConfig::group_windows of G > 1 entries, a request holds G block tables of equal
+// length drawn from the one pool. Group 0 is a full-attention group and holds every block; a
+// sliding group (window W) replaces the blocks no future query can see (every token older than
+// num_computed_tokens - W + 1) with kNoBlock and releases them, when the request next allocates.
+// Blocks of groups > 0 are prefix-cached under their group's hash with the request's group-0
+// block before them as parent, so group 0's verified chain vouches for their prefix.
 #include <algorithm>
 #include <cstdint>
 #include <memory>
@@ -26,12 +34,17 @@ struct BlockManagerConfig {
   int32_t num_blocks = 0;
   int32_t block_size = 16;
   bool enable_prefix_caching = true;
+  // One entry per KV cache group: -1 full attention, W > 0 a sliding window of W tokens. Empty:
+  // one full group (no freeing). Entry 0 must be -1.
+  std::vector<int32_t> group_windows;
 };
 
 // The longest cached prefix of a request: whole blocks, never the request's last known token.
 struct ComputedBlocks {
   std::vector<BlockId> blocks;
   int32_t num_tokens = 0;  // blocks.size() * block_size
+  // Groups 1..G-1 (index g - 1): blocks.size() entries each, kNoBlock before the window.
+  std::vector<std::vector<BlockId>> group_blocks;
 };
 
 struct BlockManagerStats {
@@ -41,6 +54,8 @@ struct BlockManagerStats {
   int32_t num_cached_blocks = 0;
   int64_t prefix_queries = 0;  // tokens looked up when a request first got blocks
   int64_t prefix_hits = 0;     // of those, tokens found in the prefix cache
+  int32_t num_kv_groups = 1;
+  int64_t num_sliding_blocks_freed = 0;  // sliding-group blocks released out of the window
 };
 
 class BlockManager {
@@ -51,6 +66,9 @@ class BlockManager {
   [[nodiscard]] int32_t num_blocks() const { return pool_.num_blocks(); }
   [[nodiscard]] int32_t num_free_blocks() const { return pool_.num_free(); }
   [[nodiscard]] bool prefix_caching_enabled() const { return enable_prefix_caching_; }
+  [[nodiscard]] int32_t num_groups() const { return num_groups_; }
+  // Window of group g (-1: full attention).
+  [[nodiscard]] int32_t group_window(int32_t g) const { return windows_[g]; }
 
   // Longest cached prefix of `request`'s known tokens (hashes them as needed). Empty when
   // prefix caching is off or the request already holds blocks.
@@ -116,6 +134,19 @@ class BlockManager {
     const Table* table = table_of(request);
     return table == nullptr ? 0 : table->epoch;
   }
+  // The block table of group g (1 <= g < num_groups()): kNoBlock entries before the window.
+  [[nodiscard]] const std::vector<BlockId>& group_block_table(const Request& request,
+                                                              int32_t g) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? empty_table_ : table->groups[g - 1];
+  }
+  // Leading kNoBlock entries of group g's table (blocks released out of the window).
+  [[nodiscard]] int32_t group_num_released(const Request& request, int32_t g) const {
+    const Table* table = table_of(request);
+    return table == nullptr ? 0 : table->group_first_live[g - 1];
+  }
+  // Block ids the request holds in every group (kNoBlock entries not counted; cross excluded).
+  [[nodiscard]] int32_t num_live_blocks(const Request& request) const;
   // The request's cross-attention blocks, encoder position p in block p / block_size (empty for a
   // decoder-only request or one holding no blocks).
   [[nodiscard]] const std::vector<BlockId>& cross_block_table(const Request& request) const {
@@ -145,6 +176,11 @@ class BlockManager {
     int32_t num_cross_slots = 0;        // encoder positions the cross blocks cover
     int32_t num_cached_blocks = 0;      // leading blocks registered in the prefix cache
     bool caching_stopped = false;       // a block's hash was taken by another block: stop the chain
+    // Groups 1..G-1 (index g - 1): tables as long as `blocks`; entries before
+    // group_first_live[g - 1] are kNoBlock; group_next_cache[g - 1]: next block to cache.
+    std::vector<std::vector<BlockId>> groups;
+    std::vector<int32_t> group_first_live;
+    std::vector<int32_t> group_next_cache;
   };
 
   [[nodiscard]] int32_t blocks_for(int32_t num_slots) const {
@@ -164,9 +200,29 @@ class BlockManager {
   [[nodiscard]] std::optional<int32_t> allocate_new_slots(Request& request, int32_t num_new_tokens,
                                                           const ComputedBlocks& computed);
   void cache_new_full_blocks(Request& request, int32_t num_tokens);
+  // KV cache groups (block_manager_groups.cc).
+  // First block a query at `position` or later can see in a group of window `window`.
+  [[nodiscard]] int32_t first_visible_block(int32_t position, int32_t window) const {
+    return window <= 0 ? 0 : std::max(0, position - window + 1) / pool_.block_size();
+  }
+  // Releases the sliding groups' blocks no query at `position` or later can see.
+  void free_out_of_window(Table& table, int32_t position);
+  // Prefix hits of groups > 0 for the group-0 hit `computed` (shortened until every group has
+  // the blocks its window needs).
+  void computed_group_blocks(Request& request, ComputedBlocks& computed) const;
+  // Caches groups > 0's full blocks among the first `num_full` (group 0's cached prefix bounds
+  // them: their parent is the group-0 block before them).
+  void cache_group_blocks(Request& request, Table& table, int32_t num_full);
+  void check_group_invariants(const Table& table, std::vector<int32_t>& refs) const;
+  [[nodiscard]] BlockHash group_hash(BlockHash hash, int32_t g) const {
+    return hash_combine(hash, 0x6b79a38fULL + static_cast<uint64_t>(g));
+  }
 
   BlockPool pool_;
   bool enable_prefix_caching_;
+  int32_t num_groups_ = 1;
+  std::vector<int32_t> windows_;  // per group, -1: full attention
+  int64_t sliding_blocks_freed_ = 0;
   // Tables indexed by Request::kv_table (no hashing on the hot path); free ones are recycled.
   // Heap-allocated once each: references stay valid while other tables are added.
   std::vector<std::unique_ptr<Table>> tables_;

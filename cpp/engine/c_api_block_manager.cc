@@ -43,7 +43,7 @@ mmcore_status mmcore_block_manager_create(int32_t num_blocks, int32_t block_size
     require_pointer(out, "out");
     *out = nullptr;
     auto* m = new mmcore_block_manager(
-        mmcore::BlockManagerConfig{num_blocks, block_size, enable_prefix_caching != 0});
+        mmcore::BlockManagerConfig{num_blocks, block_size, enable_prefix_caching != 0, {}});
     mmcore::capi::register_handle(m, HandleKind::kBlockManager);
     *out = m;
   });

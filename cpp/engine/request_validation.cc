@@ -110,7 +110,19 @@ void validate_request(const Request& r, const SchedulerConfig& config) {
       std::min<int64_t>(static_cast<int64_t>(n) + r.sampling.max_tokens, config.max_model_len);
   const int64_t cross_blocks =
       (std::max(r.encoder_input.num_embeds, 0) + config.block_size - 1) / config.block_size;
-  const int64_t blocks = (final_len + config.block_size - 1) / config.block_size + cross_blocks;
+  const int64_t per_group = (final_len + config.block_size - 1) / config.block_size;
+  int64_t blocks = cross_blocks + (config.kv_group_windows.size() <= 1 ? per_group : 0);
+  for (size_t g = 0; g < config.kv_group_windows.size() && config.kv_group_windows.size() > 1;
+       ++g) {
+    // A sliding group holds at most its window plus one step's chunk (and a block of slack).
+    const int64_t window = config.kv_group_windows[g];
+    const int64_t held =
+        window <= 0
+            ? per_group
+            : (config.max_num_batched_tokens + window + config.block_size - 1) / config.block_size +
+                  1;
+    blocks += std::min(per_group, held);
+  }
   if (blocks > config.num_blocks) {
     reject(r, "it may reach " + std::to_string(final_len) + " tokens = " + std::to_string(blocks) +
                   " KV blocks" +

@@ -18,17 +18,14 @@ const SchedulerConfig& validated(const SchedulerConfig& config) {
   return config;
 }
 
-[[noreturn]] void broken(const std::string& what) {
-  throw std::logic_error("scheduler invariant broken: " + what);
-}
-
 }  // namespace
 
 Scheduler::Scheduler(const SchedulerConfig& config)
     : config_(validated(config)),
-      kv_(BlockManagerConfig{config.num_blocks, config.block_size, config.enable_prefix_caching}),
+      kv_(BlockManagerConfig{config.num_blocks, config.block_size, config.enable_prefix_caching,
+                             config.kv_group_windows}),
       encoder_cache_(config.encoder_cache_size),
-      builder_(config.block_size) {
+      builder_(config.block_size, kv_.num_groups()) {
   running_.reserve(static_cast<size_t>(config.max_num_seqs));
 }
 
@@ -190,6 +187,11 @@ Scheduler::Fit Scheduler::try_schedule(Request& r, int32_t num_tokens,
   const bool samples = end == r.num_tokens() + r.num_pending_tokens;
   const int32_t row =
       builder_.add_request(r, kv_.block_table(r), kv_.table_epoch(r), start, n, samples);
+  if (kv_.num_groups() > 1) {
+    for (int32_t g = 1; g < kv_.num_groups(); ++g) {
+      builder_.add_group_table(kv_.group_block_table(r, g), kv_.group_num_released(r, g));
+    }
+  }
   // Holding blocks, a request has cross blocks iff it is encoder-decoder (a hot field).
   if (r.cross_num_blocks > 0) {
     builder_.set_cross(kv_.cross_block_table(r), r.encoder_input.num_embeds);
@@ -342,58 +344,6 @@ SchedulerStats Scheduler::stats() const {
   s.num_running = num_running();
   s.num_waiting = num_waiting();
   return s;
-}
-
-void Scheduler::check_invariants() const {
-  kv_.check_invariants();
-  encoder_cache_.check_invariants();
-  if (static_cast<size_t>(num_running() + num_waiting()) != requests_.size()) {
-    broken(std::to_string(num_running()) + " running + " + std::to_string(num_waiting()) +
-           " waiting requests but " + std::to_string(requests_.size()) + " live ones");
-  }
-  if (kv_.num_requests() > num_running()) {
-    broken(std::to_string(kv_.num_requests()) + " requests hold blocks but only " +
-           std::to_string(num_running()) + " run");
-  }
-  if (num_running() > config_.max_num_seqs) broken("more running requests than max_num_seqs");
-  for (const auto& [id, owned] : requests_) {
-    const Request& r = *owned;
-    const std::string name = "request " + std::to_string(id);
-    const auto slots = static_cast<int64_t>(kv_.block_table(r).size()) * config_.block_size;
-    if (static_cast<int32_t>(kv_.block_table(r).size()) != r.kv_num_blocks) {
-      broken(name + " mirrors " + std::to_string(r.kv_num_blocks) + " blocks but holds " +
-             std::to_string(kv_.block_table(r).size()));
-    }
-    if (r.status == RequestStatus::kRunning) {
-      if (std::find(running_.begin(), running_.end(), &r) == running_.end()) {
-        broken(name + " is marked running but not in the running list");
-      }
-      if (slots < r.num_computed_tokens) broken(name + " has fewer slots than computed tokens");
-      if (static_cast<int32_t>(kv_.cross_block_table(r).size()) != kv_.num_cross_blocks(r) ||
-          r.cross_num_blocks != kv_.num_cross_blocks(r)) {
-        broken(name + " runs with " + std::to_string(kv_.cross_block_table(r).size()) +
-               " cross-attention blocks (mirror " + std::to_string(r.cross_num_blocks) +
-               ") instead of " + std::to_string(kv_.num_cross_blocks(r)));
-      }
-    } else if (is_finished(r.status)) {
-      broken(name + " is finished but still live");
-    } else if (slots != 0 || r.num_computed_tokens != 0 || r.cross_num_blocks != 0 ||
-               !kv_.cross_block_table(r).empty() || r.encoder_input_held) {
-      broken(name + " is waiting but holds blocks, computed tokens or its encoder output");
-    }
-    if (r.encoder_input_held && encoder_cache_.num_refs(r.encoder_input.identifier) == 0) {
-      broken(name + " holds its encoder input that nobody references in the encoder cache");
-    }
-    if (r.num_computed_tokens > r.num_tokens() + r.num_pending_tokens) {
-      broken(name + " has more computed tokens than tokens");
-    }
-    for (size_t f = 0; f < r.features.size(); ++f) {
-      if (r.item_held[f] && encoder_cache_.num_refs(r.features[f].identifier) == 0) {
-        broken(name + " holds item '" + r.features[f].identifier +
-               "' that nobody references in the encoder cache");
-      }
-    }
-  }
 }
 
 }  // namespace mmcore

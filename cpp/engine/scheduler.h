@@ -72,6 +72,8 @@ class Scheduler {
   [[nodiscard]] int32_t num_waiting() const { return waiting_.size(); }
   [[nodiscard]] const Request* find_request(RequestId id) const;
   [[nodiscard]] SchedulerStats stats() const;
+  // The block manager (read-only: tests compare the step's tables with it).
+  [[nodiscard]] const BlockManager& block_manager() const { return kv_; }
   [[nodiscard]] const SchedulerConfig& config() const { return config_; }
   // Sets the most running requests from the next step on (after an out-of-memory step), never
   // below 1 or the number running now. Returns the limit in force.
@@ -103,6 +105,8 @@ class Scheduler {
   void preempt(Request& request);
   void finish(Request& request, RequestStatus status);
   void retire_old_requests();
+  // check_invariants of one running request's KV group tables (hybrid models).
+  void check_group_tables(const Request& r, const std::string& name) const;
 
   SchedulerConfig config_;
   BlockManager kv_;

@@ -1,6 +1,7 @@
 #pragma once
 // Static limits of one scheduler: KV cache size, per-step budgets, encoder cache size.
 #include <cstdint>
+#include <vector>
 
 namespace mmcore {
 
@@ -20,6 +21,9 @@ struct SchedulerConfig {
   bool chunk_inside_mm_items = true;
   int32_t encoder_budget = 8192;      // encoder embeddings computed per step at most
   int64_t encoder_cache_size = 8192;  // embeddings held in the encoder cache at most
+  // KV cache groups (BlockManagerConfig::group_windows): empty for one full-attention group;
+  // hybrid models list -1 (full) or the sliding window per group, full group first.
+  std::vector<int32_t> kv_group_windows;
 };
 
 // Throws std::invalid_argument naming the first bad field.

@@ -25,6 +25,13 @@ struct SchedulerOutput {
   std::vector<int32_t> query_start_loc;      // num_reqs + 1 prefix sums of num_scheduled_tokens
   std::vector<int32_t> block_tables;         // num_reqs x max_blocks_per_req, padded with -1
   int32_t max_blocks_per_req = 0;
+  // KV cache groups > 0 (hybrid models; empty with one group): the block table of request i in
+  // group g is row i * (num_kv_groups - 1) + g - 1 of group_block_tables (-1 entries before a
+  // sliding window are released blocks no query of the step reads); group g's slots are row
+  // g - 1 of group_slot_mapping.
+  int32_t num_kv_groups = 1;
+  std::vector<int32_t> group_block_tables;  // num_reqs x (num_kv_groups - 1) x max_blocks_per_req
+  std::vector<int64_t> group_slot_mapping;  // (num_kv_groups - 1) x num_tokens
 
   // --- per token (num_tokens rows) ---
   // input_ids[i] == -1 means "the token sampled for this request by the previous step, not yet

@@ -27,6 +27,8 @@ void StepBuilder::begin(SchedulerOutput& out, int64_t step_id, BlockTableRows& r
   out.cross_fill_rows.clear();
   out.cross_fill_handles.clear();
   out.cross_slot_mapping.clear();
+  out.num_kv_groups = num_groups_;
+  group_tables_.clear();
   chunks_.clear();
   num_tokens_ = 0;
   num_samples_ = 0;
@@ -100,9 +102,60 @@ void StepBuilder::finish() {
       ++sample;
     }
   }
+  // Group rows first: they compare against the epochs write_block_tables replaces.
+  if (num_groups_ > 1) write_group_tables();
   write_block_tables();
   if (has_mrope_) write_mrope_positions();
   if (!crosses_.empty()) write_cross_tables();
+}
+
+void StepBuilder::write_group_tables() {
+  SchedulerOutput& out = *out_;
+  BlockTableRows& rows = *rows_;
+  const size_t extra = static_cast<size_t>(num_groups_) - 1;
+  const size_t num_reqs = chunks_.size();
+  const auto width = static_cast<size_t>(max_blocks_);
+  const auto num_tokens = static_cast<size_t>(num_tokens_);
+  // Rows are laid out request-major, so a request's rows stay put when num_reqs changes; like
+  // group 0's, rows of the same table at the same width are completed in place.
+  const size_t num_kept = rows.width == max_blocks_ ? std::min(num_reqs, rows.epochs.size()) : 0;
+  out.group_block_tables.resize(num_reqs * extra * width);
+  out.group_slot_mapping.resize(extra * num_tokens);
+  rows.group_lengths.resize(num_reqs * extra);
+  rows.group_released.resize(num_reqs * extra);
+  for (size_t i = 0; i < num_reqs; ++i) {
+    const Chunk& c = chunks_[i];
+    const bool same_table = i < num_kept && c.table_epoch != 0 && rows.epochs[i] == c.table_epoch;
+    for (size_t g = 0; g < extra; ++g) {
+      const size_t k = i * extra + g;
+      const GroupTable& t = group_tables_[k];
+      BlockId* row = out.group_block_tables.data() + k * width;
+      const int32_t written = rows.group_lengths[k];
+      const int32_t released = rows.group_released[k];
+      if (same_table && written <= c.num_blocks && released <= t.num_released) {
+        std::fill(row + released, row + t.num_released, -1);  // released since
+        std::copy(t.blocks + std::max(written, t.num_released), t.blocks + c.num_blocks,
+                  row + std::max(written, t.num_released));
+      } else {
+        std::fill(std::copy(t.blocks, t.blocks + c.num_blocks, row), row + width, -1);
+      }
+      rows.group_lengths[k] = c.num_blocks;
+      rows.group_released[k] = t.num_released;
+    }
+  }
+  size_t row = 0;
+  for (size_t i = 0; i < num_reqs; ++i) {
+    const Chunk& c = chunks_[i];
+    for (size_t g = 0; g < extra; ++g) {
+      const BlockId* blocks = group_tables_[i * extra + g].blocks;
+      int64_t* slot = out.group_slot_mapping.data() + g * num_tokens + row;
+      // The chunk's new tokens always lie inside the window: their blocks are held.
+      for (int32_t p = c.start; p < c.start + c.num_tokens; ++p) {
+        *slot++ = static_cast<int64_t>(blocks[p / block_size_]) * block_size_ + p % block_size_;
+      }
+    }
+    row += static_cast<size_t>(c.num_tokens);
+  }
 }
 
 void StepBuilder::write_cross_tables() {

@@ -19,12 +19,17 @@ struct BlockTableRows {
   int32_t width = -1;
   std::vector<uint64_t> epochs;
   std::vector<int32_t> lengths;
+  // KV cache groups > 0, row i * (groups - 1) + g - 1: ids written, leading -1 entries written
+  // (a sliding group's row also changes where blocks were released: those become -1).
+  std::vector<int32_t> group_lengths;
+  std::vector<int32_t> group_released;
 };
 
 class StepBuilder {
  public:
-  explicit StepBuilder(int32_t block_size)
+  explicit StepBuilder(int32_t block_size, int32_t num_groups = 1)
       : block_size_(block_size),
+        num_groups_(num_groups),
         block_shift_((block_size & (block_size - 1)) == 0 ? __builtin_ctz(block_size) : -1) {}
 
   // Clears `out`'s lists (keeping their capacity) and starts step `step_id`. `rows` describes
@@ -65,6 +70,12 @@ class StepBuilder {
     max_blocks_ = std::max(max_blocks_, c.num_blocks);
     return row;
   }
+  // Adds the block table of the next KV cache group (1, 2, ...) of the chunk added last, whose
+  // first `num_released` entries are kNoBlock; it must not change until finish(). Hybrid models
+  // only (num_groups > 1).
+  void add_group_table(const std::vector<BlockId>& group_table, int32_t num_released) {
+    group_tables_.push_back({group_table.data(), num_released});
+  }
   // Gives the chunk added last the cross-attention blocks of its (encoder-decoder) request;
   // `cross_table` must not change until finish().
   void set_cross(const std::vector<BlockId>& cross_table, int32_t cross_len) {
@@ -104,13 +115,20 @@ class StepBuilder {
   void write_block_tables();
   void write_mrope_positions();
   void write_cross_tables();
+  void write_group_tables();
 
   int32_t block_size_;
+  int32_t num_groups_;   // KV cache groups: each chunk has num_groups_ - 1 group tables
   int32_t block_shift_;  // log2(block_size) for a power of two (a shift, not a division), else -1
   SchedulerOutput* out_ = nullptr;
   BlockTableRows* rows_ = nullptr;
   std::vector<Chunk> chunks_;
   std::vector<CrossChunk> crosses_;  // in row order
+  struct GroupTable {
+    const BlockId* blocks;  // as long as the chunk's group-0 table
+    int32_t num_released;   // leading kNoBlock entries
+  };
+  std::vector<GroupTable> group_tables_;  // chunk i, group g: [i * (num_groups_ - 1) + g - 1]
   int32_t num_tokens_ = 0;
   int32_t num_samples_ = 0;
   int32_t max_blocks_ = 0;  // widest block table so far: the step's max_blocks_per_req

@@ -88,6 +88,9 @@ __global__ void __launch_bounds__(
   }
   int kv_begin = 0;
   if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
+  // Keys before the window are never loaded: their blocks may be released (hybrid KV cache:
+  // a -1 block-table entry), even inside the first tile (rounded down to kBlockN).
+  const int kv_lo = kv_begin;
   kv_begin = kv_begin / kBlockN * kBlockN;
   const int kv_tiles = ceil_div(max(kv_end - kv_begin, 0), kBlockN);
   const int tiles_per_split = ceil_div(kv_tiles, p.num_splits);
@@ -132,7 +135,7 @@ __global__ void __launch_bounds__(
   const int64_t v_head_off = kv_head * p.v_stride_head;
   // Element (= byte for FP8) offsets of row `key`'s head slice; copies chunk `ch` to stage `stage`.
   auto copy_row_chunk = [&](int stage, int r, int key, int ch) {
-    const bool valid = key < kv_end && ch < kLoadReal;
+    const bool valid = key < kv_end && key >= kv_lo && ch < kLoadReal;
     int64_t k_off = 0, v_off = 0;
     if (valid) {
       if constexpr (kPaged) {

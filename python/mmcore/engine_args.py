@@ -174,6 +174,11 @@ class EngineArgs:
         True, help="reuse the KV blocks of identical prefixes (images included)"
     )
     enable_chunked_prefill: bool = option(True, help="split long prompts across steps")
+    disable_hybrid_kv_cache_manager: bool = option(
+        False,
+        help="keep every KV block of sliding-window layers for the whole request (one block "
+        "table for all layers) instead of freeing the blocks out of the window (Gemma 3)",
+    )
     async_scheduling: bool | None = option(
         help="overlap scheduling with the GPU step (default: on for CUDA, off on CPU)"
     )

@@ -6,6 +6,12 @@ id, or the encoder embedding scattered into that row) and the position. The samp
 hash of the last value. A wrong block, slot, position, input id or embedding therefore changes
 every later token, and the outputs must equal those of ``reference_outputs``, which computes the
 same chain per request without any scheduler.
+
+With KV cache groups (``group_windows``: -1 full, W sliding; group 0 is the one above), each
+token also reads, through each other group's table, the value of the oldest key it can see in
+that group (position ``p - W + 1`` for a sliding group, ``p - 1`` for a full one) and mixes it
+in; a released block the window still needs, or a prefix-cache hit with wrong content, changes
+the tokens.
 """
 
 from __future__ import annotations
@@ -86,16 +92,28 @@ class Spec:
         return (pos + self.mrope_delta,) * 3
 
 
-def reference_outputs(spec: Spec, max_model_len: int) -> tuple[list[int], str]:
+def group_key(pos: int, window: int) -> int:
+    """The key position a token at ``pos`` reads in a group of ``window`` (-1: full), or -1."""
+    key = pos - 1 if window <= 0 else max(0, pos - window + 1)
+    return key if key < pos else -1
+
+
+def reference_outputs(
+    spec: Spec, max_model_len: int, group_windows: tuple[int, ...] = ()
+) -> tuple[list[int], str]:
     """The tokens and finish reason an ideal engine produces for ``spec``."""
     seq = list(spec.tokens)
     value = 0
+    values: list[int] = []
     out: list[int] = []
     pos = 0
     while True:
         while pos < len(seq):
             inp = spec.input_value(pos) if pos < len(spec.tokens) else seq[pos]
-            value = mix(value if pos > 0 else 0, inp, spec.position(pos))
+            reads = [group_key(pos, w) for w in group_windows[1:]]
+            extra = [values[k] if k >= 0 else 0 for k in reads]
+            value = mix(value if pos > 0 else 0, inp, spec.position(pos), *extra)
+            values.append(value)
             pos += 1
         tok = mix("sample", value) % VOCAB
         out.append(tok)
@@ -110,10 +128,14 @@ def reference_outputs(spec: Spec, max_model_len: int) -> tuple[list[int], str]:
 class SimModel:
     """Executes SchedulerOutputs against a paged KV dict and an encoder-output dict."""
 
-    def __init__(self, specs: dict[int, Spec], block_size: int) -> None:
+    def __init__(
+        self, specs: dict[int, Spec], block_size: int, group_windows: tuple[int, ...] = ()
+    ) -> None:
         self.specs = specs
         self.bs = block_size
         self.kv: dict[int, int] = {}
+        self.group_windows = tuple(group_windows)
+        self.group_kv: list[dict[int, int]] = [{} for _ in self.group_windows[1:]]
         self.encoder: dict[int, list[int]] = {}
         self.prev_sampled = np.zeros(0, dtype=np.int32)
 
@@ -145,6 +167,8 @@ class SimModel:
         pos = out.positions
         qsl = out.query_start_loc.tolist()
         values = [0] * out.num_tokens
+        groups = len(self.group_kv)
+        assert out.num_kv_groups == groups + 1
         for i, rid in enumerate(out.req_ids.tolist()):
             spec = self.specs[rid]
             table = out.block_tables[i].tolist()
@@ -175,10 +199,25 @@ class SimModel:
                     prev = self.kv[b * self.bs + (abs_pos - 1) % self.bs]
                 slot = int(out.slot_mapping[t])
                 assert slot == table[abs_pos // self.bs] * self.bs + abs_pos % self.bs
-                values[t] = self.kv[slot] = mix(prev, inp, p)
+                extra = [self._group_read(out, g, i, t, abs_pos) for g in range(groups)]
+                values[t] = self.kv[slot] = mix(prev, inp, p, *extra)
+                for g in range(groups):
+                    self.group_kv[g][int(out.group_slot_mapping[g][t])] = values[t]
         sampled = np.array(
             [mix("sample", values[t]) % VOCAB for t in out.logits_indices.tolist()],
             dtype=np.int32,
         )
         self.prev_sampled = sampled
         return sampled
+
+    def _group_read(self, out, g: int, row: int, t: int, pos: int) -> int:
+        """Group g + 1's value at the key token t (position pos) reads (0: none)."""
+        table = out.group_block_tables[row * len(self.group_kv) + g]
+        slot = int(out.group_slot_mapping[g][t])
+        assert slot == table[pos // self.bs] * self.bs + pos % self.bs
+        key = group_key(pos, self.group_windows[g + 1])
+        if key < 0:
+            return 0
+        block = int(table[key // self.bs])
+        assert block >= 0, f"group {g + 1} released the block of key {key} (position {pos})"
+        return self.group_kv[g][block * self.bs + key % self.bs]

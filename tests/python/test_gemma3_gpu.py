@@ -68,3 +68,32 @@ def test_engine_on_cuda_matches_hf(gemma3_head_dim_64):
     assert [o.outputs[0].token_ids for o in replayed] == [
         o.outputs[0].token_ids for o in eager.generate(prompts, params, use_tqdm=False)
     ]
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_hybrid_kv_cache_on_cuda_equals_keeping_every_block(gemma3_head_dim_64):
+    """Freed sliding-window blocks (-1 table entries) on the CUDA kernels, eager and in CUDA
+    graphs (per-group static tables): the same tokens as keeping every block, and the same as
+    HF in float32."""
+    model_dir = gemma3_head_dim_64
+    body = "The rocket lifts off into a clear blue sky, leaving a trail of smoke. " * 8
+    cases = [(_prompt(body + "What next?"), []), (_prompt(body + IMG + body), [_image(40, 60, 3)])]
+    prompts = [{"prompt": t, "multi_modal_data": {"image": i}} if i else t for t, i in cases]
+    params = SamplingParams(temperature=0.0, max_tokens=40)
+    options = dict(device="cuda", max_num_seqs=8, block_size=16, max_num_batched_tokens=64)
+    tokens = {}
+    for dtype in ("float32", "bfloat16"):
+        for keep_all in (False, True):
+            engine = Engine(
+                model_dir, dtype=dtype, disable_hybrid_kv_cache_manager=keep_all, **options
+            )
+            out = engine.generate(prompts, params, use_tqdm=False)
+            tokens[dtype, keep_all] = [o.outputs[0].token_ids for o in out]
+            stats = engine.stats()
+            assert (stats["num_sliding_blocks_freed"] > 0) is not keep_all
+            if dtype == "bfloat16":
+                assert stats["cuda_graph_steps"] > 0
+    expected = [hf_greedy(model_dir, hf_inputs(model_dir, t, i), 40) for t, i in cases]
+    assert tokens["float32", False] == tokens["float32", True] == expected
+    assert tokens["bfloat16", False] == tokens["bfloat16", True]

@@ -94,7 +94,7 @@ def run_workload(cfg, specs_by_arrival, overlap: bool, aborts: dict[int, int]):
     """Drives the scheduler to completion; returns {rid: (tokens, reason)} and the stats."""
     sched = _core.Scheduler(cfg)
     specs = {s.rid: s for _, s in specs_by_arrival}
-    model = SimModel(specs, cfg.block_size)
+    model = SimModel(specs, cfg.block_size, tuple(cfg.kv_group_windows))
     outputs = {rid: [] for rid in specs}
     reasons: dict[int, str] = {}
     pending = sorted(specs_by_arrival, key=lambda x: x[0])

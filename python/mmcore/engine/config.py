@@ -253,6 +253,7 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
         quantization=args.quantization,
         quantize_vision=args.quantize_vision,
         kv_cache_dtype=args.kv_cache_dtype,
+        hybrid_kv_cache=not args.disable_hybrid_kv_cache_manager,
     )
     executor = create_executor(
         parallel,
@@ -275,6 +276,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     # Items attended both ways must be computed whole in one step (chunking and recompute).
     sc.chunk_inside_mm_items = not _bidirectional_spans(hf_config.model_type, args.model_impl)
     sc.encoder_cache_size = encoder_budget
+    windows = list(getattr(executor, "kv_group_windows", (-1,)))
+    sc.kv_group_windows = windows if len(windows) > 1 else []
 
     return EngineConfig(
         args=args,

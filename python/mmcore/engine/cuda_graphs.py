@@ -7,13 +7,18 @@ next captured size. Pad rows write no KV (slot -1), attend one key of block 0 an
 Steps with prefill tokens, encoder work or a batch larger than the largest graph run eagerly.
 M-RoPE decode steps replay the same graphs: generated tokens sit at one position in all three
 rows, so the first row is the 1-D position the rotary layer takes.
+Hybrid KV caches (:mod:`mmcore.engine.kv_groups`) capture every group's block tables and slot
+mapping as static buffers too.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
+from mmcore.engine.kv_groups import KVCacheGroups
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
 
@@ -53,6 +58,7 @@ class DecodeGraphs:
         max_seq_len: bound on sequence lengths given to the attention kernel at capture.
         staging: the runner's pinned host buffers.
         logits_in_graph: capture the LM head too (else :meth:`run` returns hidden states).
+        kv_groups: the KV cache groups (None: one group).
     """
 
     def __init__(
@@ -65,6 +71,7 @@ class DecodeGraphs:
         max_seq_len: int,
         staging: HostStaging,
         logits_in_graph: bool = True,
+        kv_groups: KVCacheGroups | None = None,
     ) -> None:
         self.model = model
         self.logits_in_graph = logits_in_graph
@@ -78,6 +85,12 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
         self.block_tables = torch.zeros((n, max_blocks_per_seq), dtype=torch.int32, device=dev)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=dev)
+        self.kv_groups = kv_groups if kv_groups is not None and kv_groups.hybrid else None
+        extra = self.kv_groups.num_groups - 1 if self.kv_groups else 0
+        self.group_slot_mapping = torch.full((extra, n), -1, dtype=torch.long, device=dev)
+        self.group_block_tables = torch.zeros(
+            (extra, n, max_blocks_per_seq), dtype=torch.int32, device=dev
+        )
         self.max_seq_len = max_seq_len
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
@@ -91,6 +104,16 @@ class DecodeGraphs:
             max_seq_len=self.max_seq_len,
             max_query_len=1,
         )
+        if self.kv_groups is not None:
+            attn.groups = [attn] + [
+                dataclasses.replace(
+                    attn,
+                    slot_mapping=self.group_slot_mapping[g, :size],
+                    block_tables=self.group_block_tables[g, :size],
+                )
+                for g in range(self.kv_groups.num_groups - 1)
+            ]
+            attn.layer_group = self.kv_groups.layer_group
         embeds = self.model.embed_tokens(self.input_ids[:size])
         hidden = self.model.forward(embeds, self.positions[:size], self.kv_caches, attn)
         return self.model.compute_logits(hidden) if self.logits_in_graph else hidden
@@ -140,9 +163,23 @@ class DecodeGraphs:
         self.staging.copy_into(
             "block_tables", np.asarray(out.block_tables), self.block_tables[:batch, :width]
         )
+        if self.kv_groups is not None:
+            extra = self.kv_groups.num_groups - 1
+            self.staging.copy_into(
+                "group_slot_mapping",
+                np.asarray(out.group_slot_mapping),
+                self.group_slot_mapping[:, :batch],
+            )
+            tables = np.asarray(out.group_block_tables).reshape(batch, extra, width)
+            tables = tables.transpose(1, 0, 2)  # request-major rows -> per group
+            self.staging.copy_into(
+                "group_block_tables", tables, self.group_block_tables[:, :batch, :width]
+            )
         if size > batch:  # pad rows: no KV write, one key of block 0
             self.slot_mapping[batch:size].fill_(-1)
             self.seq_lens[batch:size].fill_(1)
             self.block_tables[batch:size, 0].fill_(0)
+            self.group_slot_mapping[:, batch:size].fill_(-1)
+            self.group_block_tables[:, batch:size, 0].fill_(0)
         self.graphs[size].replay()
         return self.logits[size][:batch]

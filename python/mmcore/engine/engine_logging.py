@@ -50,7 +50,7 @@ def log_startup(engine: Any, load_s: float) -> str:
         f"device={cfg.device} dtype={dtype} {weights}"
         f"KV cache={cfg.num_blocks} blocks x {cfg.block_size} = "
         f"{cfg.num_blocks * cfg.block_size} tokens "
-        f"({cfg.num_blocks * cfg.kv_block_bytes / (1 << 30):.2f} GiB), "
+        f"({cfg.num_blocks * cfg.kv_block_bytes / (1 << 30):.2f} GiB{_groups_text(cfg)}), "
         f"max_model_len={cfg.max_model_len}, "
         f"{graph_text}, loaded in {load_s:.1f} s"
     )
@@ -94,3 +94,12 @@ class StatLogger:
         self._last_prompt_tokens = prompt_tokens
         logger.info(line)
         return line
+
+
+def _groups_text(cfg) -> str:
+    """Hybrid KV cache: how many groups share the blocks (docs/kv_cache.md); empty otherwise."""
+    windows = list(cfg.scheduler_config.kv_group_windows)
+    if len(windows) <= 1:
+        return ""
+    sliding = sum(1 for w in windows if w > 0)
+    return f", {len(windows)} KV cache groups: {sliding} sliding-window, a block id per group"

@@ -16,6 +16,8 @@ import re
 
 import torch
 
+from mmcore.engine.kv_groups import KVCacheGroups, single_group
+
 FP8_KV_DTYPE = torch.float8_e4m3fn
 _FP8_NAMES = ("fp8", "fp8_e4m3")
 # Checkpoint tensors holding K/V quantisation scales: not model weights, read here instead.
@@ -101,11 +103,15 @@ def load_kv_scales(
     return [(k, v) for k, v in scales]
 
 
-def kv_bytes_per_block(model, block_size: int, kv_dtype: torch.dtype) -> int:
-    """Bytes one KV block takes across all layers, K and V (FP8 scales are per layer, not per
-    block, and negligible)."""
+def kv_bytes_per_block(
+    model, block_size: int, kv_dtype: torch.dtype, num_slots: int | None = None
+) -> int:
+    """Bytes one KV block id takes, K and V (FP8 scales are per layer, not per block, and
+    negligible): across all layers, or across the ``num_slots`` layer slots of KV cache groups
+    (:mod:`mmcore.engine.kv_groups`: a block id serves one group's layers)."""
     itemsize = torch.empty((), dtype=kv_dtype).element_size()
-    return 2 * model.num_layers * block_size * model.num_kv_heads * model.head_dim * itemsize
+    layers = model.num_layers if num_slots is None else num_slots
+    return 2 * layers * block_size * model.num_kv_heads * model.head_dim * itemsize
 
 
 def allocate_kv_caches(
@@ -117,6 +123,7 @@ def allocate_kv_caches(
     scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     *,
     zero: bool = True,
+    groups: KVCacheGroups | None = None,
 ) -> list[KVCache]:
     """Per-layer ``(key_cache, value_cache)``, plus ``(k_scale, v_scale)`` when FP8.
 
@@ -127,18 +134,22 @@ def allocate_kv_caches(
         device: where the caches live.
         scales: FP8 only: per-layer scales (:func:`load_kv_scales`); ones when omitted.
         zero: zero-fill (else uninitialised, for short-lived profiling caches).
+        groups: KV cache groups: layers of different groups with the same slot share one
+            K/V tensor (each reads it through its own group's block table); None: one per layer.
 
     Returns:
         One tuple per layer, ``[num_blocks, block_size, Hkv, D]`` caches first.
     """
+    groups = groups or single_group(model.num_layers)
     shape = (num_blocks, block_size, model.num_kv_heads, model.head_dim)
     make = torch.zeros if zero else torch.empty
+    slots = [
+        (make(shape, dtype=kv_dtype, device=device), make(shape, dtype=kv_dtype, device=device))
+        for _ in range(groups.num_slots)
+    ]
     caches: list[KVCache] = []
     for layer in range(model.num_layers):
-        pair = (
-            make(shape, dtype=kv_dtype, device=device),
-            make(shape, dtype=kv_dtype, device=device),
-        )
+        pair = slots[groups.layer_slot[layer]]
         if kv_dtype == FP8_KV_DTYPE:
             if scales is None:
                 k_scale = v_scale = torch.ones(model.num_kv_heads)

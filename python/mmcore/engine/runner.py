@@ -22,6 +22,7 @@ from mmcore.engine.fault_isolation import RequestFault, find_faulty, is_out_of_m
 from mmcore.engine.inputs import MMItem
 from mmcore.engine.kv_cache import KVCache, allocate_kv_caches
 from mmcore.engine.kv_cache import kv_bytes_per_block as kv_bytes_per_block  # re-exported
+from mmcore.engine.kv_groups import KVCacheGroups, single_group
 from mmcore.engine.staging import HostStaging
 from mmcore.layers.attention import AttentionMetadata
 from mmcore.models.interfaces import supports_bidirectional_mm_spans, supports_encoder_decoder
@@ -82,6 +83,7 @@ class ModelRunner:
         block_size: tokens per block.
         kv_dtype: dtype of the KV cache (``torch.float8_e4m3fn``: FP8 with per-head scales).
         kv_scales: FP8 only: per-layer (k_scale, v_scale) ``[Hkv]`` (ones when omitted).
+        kv_groups: the KV cache groups (:mod:`mmcore.engine.kv_groups`; None: one group).
         cuda_graph_max_seqs: on CUDA, capture decode steps of up to this many requests as CUDA
             graphs (0: always eager).
         max_model_len: longest sequence (block-table width and attention bound of the graphs).
@@ -95,14 +97,16 @@ class ModelRunner:
         block_size: int,
         kv_dtype: torch.dtype,
         kv_scales: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        kv_groups: KVCacheGroups | None = None,
         cuda_graph_max_seqs: int = 0,
         max_model_len: int = 0,
     ) -> None:
         self.model = model
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
+        self.kv_groups = kv_groups or single_group(model.num_layers)
         self.kv_caches: list[KVCache] = allocate_kv_caches(
-            model, num_blocks, block_size, kv_dtype, self.device, kv_scales
+            model, num_blocks, block_size, kv_dtype, self.device, kv_scales, groups=self.kv_groups
         )
         self.encoder_cache: dict[int, torch.Tensor] = {}
         self.requests: dict[int, RequestState] = {}
@@ -127,6 +131,7 @@ class ModelRunner:
                 max_blocks_per_seq=-(-max_model_len // block_size),
                 max_seq_len=max_model_len,
                 staging=self.staging,
+                kv_groups=self.kv_groups,
                 # Tensor parallel: rank 0 gathers the logits outside the graph.
                 logits_in_graph=tp_size() == 1,
             )
@@ -331,7 +336,7 @@ class ModelRunner:
     def _attention_metadata(self, out) -> AttentionMetadata:
         """The step's paged-attention arrays on the device; the bounds come from the host."""
         starts = out.query_start_loc
-        return AttentionMetadata(
+        attn = AttentionMetadata(
             slot_mapping=self._tensor("slot_mapping", out.slot_mapping, torch.long),
             block_tables=self._tensor("block_tables", out.block_tables, torch.int32),
             seq_lens=self._tensor("seq_lens", out.seq_lens, torch.int32),
@@ -341,6 +346,21 @@ class ModelRunner:
             attend_until=self._attend_until(out),
             cross=build_cross_metadata(out, self.encoder_cache, self._tensor),
         )
+        if getattr(out, "num_kv_groups", 1) > 1:
+            attn.groups = [attn, *self._group_metadata(out, attn)]
+            attn.layer_group = self.kv_groups.layer_group
+        return attn
+
+    def _group_metadata(self, out, attn: AttentionMetadata) -> list[AttentionMetadata]:
+        """KV cache groups 1.. of a hybrid step: their own slots and block tables."""
+        extra = out.num_kv_groups - 1
+        tables = self._tensor("group_block_tables", out.group_block_tables, torch.int32)
+        tables = tables.view(out.num_reqs, extra, -1)  # request-major rows
+        slots = self._tensor("group_slot_mapping", out.group_slot_mapping, torch.long)
+        return [
+            dataclasses.replace(attn, slot_mapping=slots[g], block_tables=tables[:, g])
+            for g in range(extra)
+        ]
 
     def _attend_until(self, out) -> torch.Tensor | None:
         """For models with bidirectional item spans: each embedding row may see up to the last

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mmcore.engine.kv_cache import kv_bytes_per_block, load_kv_scales, resolve_kv_cache_dtype
+from mmcore.engine.kv_groups import model_kv_groups
 from mmcore.engine.profiling import gpu_kv_cache_bytes, profile_peak_activation_bytes
 from mmcore.engine.runner import ModelRunner
 from mmcore.model_loader import load_model, safetensors_files
@@ -28,6 +29,8 @@ class ModelSpec:
     quantization: str | None = None  # EngineArgs.quantization
     quantize_vision: bool = False
     kv_cache_dtype: str = "auto"  # EngineArgs.kv_cache_dtype ("fp8": e4m3 with per-head scales)
+    # False: disable_hybrid_kv_cache_manager (one KV group even for sliding-window layers).
+    hybrid_kv_cache: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,19 +84,23 @@ def _processor(spec: ModelSpec, model):
     return processor_cls(spec.model_path, hf_config, tokenizer, spec.mm_processor_kwargs)
 
 
-def measure_kv_capacity(model, spec: ModelSpec, sizing: KVSizing) -> tuple[int, int]:
-    """(bytes of one KV block on this rank, KV bytes this rank can hold).
+def measure_kv_capacity(
+    model, spec: ModelSpec, sizing: KVSizing
+) -> tuple[int, int, tuple[int, ...]]:
+    """(bytes of one KV block id on this rank, KV bytes this rank can hold, the KV cache
+    groups' windows: :mod:`mmcore.engine.kv_groups`).
 
     On CUDA without ``kv_cache_memory_bytes``: what is left of ``gpu_memory_utilization`` after the
     weights and a profiled worst-case step.
     """
     first = next(model.parameters())
     kv_dtype = kv_cache_dtype(model, spec)
-    block_bytes = kv_bytes_per_block(model, sizing.block_size, kv_dtype)
+    groups = model_kv_groups(model, spec.hybrid_kv_cache)
+    block_bytes = kv_bytes_per_block(model, sizing.block_size, kv_dtype, groups.num_slots)
     if sizing.kv_cache_memory_bytes is not None:
-        return block_bytes, int(sizing.kv_cache_memory_bytes)
+        return block_bytes, int(sizing.kv_cache_memory_bytes), groups.windows
     if first.device.type != "cuda":
-        return block_bytes, CPU_KV_CACHE_BYTES
+        return block_bytes, CPU_KV_CACHE_BYTES, groups.windows
     peak = profile_peak_activation_bytes(
         model,
         _processor(spec, model),
@@ -105,24 +112,26 @@ def measure_kv_capacity(model, spec: ModelSpec, sizing: KVSizing) -> tuple[int, 
         kv_dtype=kv_dtype,
         limit_mm_per_prompt=sizing.limit_mm_per_prompt,
     )
-    return block_bytes, gpu_kv_cache_bytes(first.device, sizing.gpu_memory_utilization, peak)
+    kv_bytes = gpu_kv_cache_bytes(first.device, sizing.gpu_memory_utilization, peak)
+    return block_bytes, kv_bytes, groups.windows
 
 
-def num_blocks_from_capacity(capacities: list[tuple[int, int]], sizing: KVSizing) -> int:
+def num_blocks_from_capacity(capacities: list[tuple], sizing: KVSizing) -> int:
     """KV blocks every rank can hold (the smallest rank decides), capped at what the longest
     batch can use.
 
     Raises:
         ValueError: when not even one block fits.
     """
-    num_blocks = min(kv_bytes // block_bytes for block_bytes, kv_bytes in capacities)
-    per_seq = -(-sizing.max_model_len // sizing.block_size) + -(
+    num_blocks = min(c[1] // c[0] for c in capacities)
+    num_groups = len(capacities[0][2]) if len(capacities[0]) > 2 else 1
+    per_seq = num_groups * -(-sizing.max_model_len // sizing.block_size) + -(
         -sizing.cross_len // sizing.block_size
     )
     cap = sizing.max_num_seqs * per_seq + 1
     num_blocks = min(num_blocks, cap)
     if num_blocks < 1:
-        block_bytes, kv_bytes = min(capacities, key=lambda c: c[1] // c[0])
+        block_bytes, kv_bytes = min(capacities, key=lambda c: c[1] // c[0])[:2]
         raise ValueError(
             f"kv_cache_memory_bytes={kv_bytes} holds no KV block of {block_bytes} bytes"
         )
@@ -151,6 +160,7 @@ def build_runner(model, spec: RunnerSpec, model_spec: ModelSpec) -> ModelRunner:
         block_size=spec.block_size,
         kv_dtype=kv_dtype,
         kv_scales=kv_scales,
+        kv_groups=model_kv_groups(model, model_spec.hybrid_kv_cache),
         cuda_graph_max_seqs=spec.cuda_graph_max_seqs,
         max_model_len=spec.max_model_len,
     )

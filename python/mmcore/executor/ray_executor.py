@@ -163,7 +163,8 @@ class RayExecutor:
         ]
         capacities = [self._get(rank, ref, START_TIMEOUT_S) for rank, ref in enumerate(refs)]
         self.num_blocks = num_blocks_from_capacity(capacities, sizing)
-        self.kv_block_bytes = max(block_bytes for block_bytes, _ in capacities)  # per rank
+        self.kv_block_bytes = max(c[0] for c in capacities)  # per rank
+        self.kv_group_windows = capacities[0][2]  # every rank has the model's layers
         runner_spec = RunnerSpec(
             self.num_blocks, sizing.block_size, cuda_graph_max_seqs, sizing.max_model_len
         )

@@ -33,6 +33,7 @@ class UniExecutor:
         self.model = load_model_shard(spec, device)
         capacity = measure_kv_capacity(self.model, spec, sizing)
         self.kv_block_bytes = capacity[0]
+        self.kv_group_windows = capacity[2]
         self.num_blocks = num_blocks_from_capacity([capacity], sizing)
         self.runner = build_runner(
             self.model,

@@ -151,7 +151,7 @@ class RankWorker:
         self.runner = None
         self.profiler = StepProfiler(args.rank)
 
-    def capacity(self) -> tuple[int, int]:
+    def capacity(self) -> tuple:
         """(bytes of one KV block, KV bytes this rank can hold)."""
         return measure_kv_capacity(self.model, self.args.spec, self.args.sizing)
 

@@ -47,6 +47,10 @@ class AttentionMetadata:
             both ways (models whose ``bidirectional_mm_spans`` is set, e.g. Gemma 3).
         cross: encoder-decoder models only: where the step's queries find their requests'
             cross-attention K/V (:class:`CrossAttentionMetadata`).
+        groups: hybrid KV cache only (:mod:`mmcore.engine.kv_groups`): the metadata of each
+            KV cache group (``groups[0]`` is this one), whose slot mapping and block tables
+            differ; None with one group.
+        layer_group: with ``groups``: the group of each decoder layer.
     """
 
     slot_mapping: torch.Tensor
@@ -57,6 +61,15 @@ class AttentionMetadata:
     max_query_len: int
     attend_until: torch.Tensor | None = None
     cross: CrossAttentionMetadata | None = None
+    groups: list[AttentionMetadata] | None = None
+    layer_group: tuple[int, ...] | None = None
+
+    def for_layer(self, layer: int) -> AttentionMetadata:
+        """The metadata decoder layer ``layer`` reads: its KV cache group's (this one without
+        groups). Models with sliding-window layers call it per layer."""
+        if self.groups is None:
+            return self
+        return self.groups[self.layer_group[layer]]
 
     @property
     def num_requests(self) -> int:

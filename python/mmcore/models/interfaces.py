@@ -41,6 +41,11 @@ class MultiModalModel(Protocol):
         head_dim: width of one attention head.
         hidden_size: width of the embeddings that :meth:`encode` returns and the LM takes.
         vocab_size: rows of the logits.
+
+    Optional: ``layer_sliding_windows`` (per decoder layer, -1 or its sliding window): a model
+    mixing both kinds gets KV cache groups (``docs/kv_cache.md``); its ``forward`` must then
+    give layer ``i`` the metadata ``attn.for_layer(i)``, whose block tables and slot mapping
+    are that layer's group's.
     """
 
     supported_modalities: tuple[str, ...]
@@ -89,7 +94,8 @@ class MultiModalModel(Protocol):
                 that declare :class:`SupportsMRoPE`. A ``[T]`` tensor must be accepted by
                 M-RoPE models too (text-only steps, memory profiling): all rows equal.
             kv_caches: per layer ``(key_cache, value_cache)``, each
-                ``[num_blocks, block_size, num_kv_heads, head_dim]``.
+                ``[num_blocks, block_size, num_kv_heads, head_dim]`` (with KV cache groups,
+                layers of different groups share tensors: each uses its group's tables).
             attn: :class:`mmcore.layers.attention.AttentionMetadata` of the step.
 
         Returns:

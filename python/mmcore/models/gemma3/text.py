@@ -189,9 +189,10 @@ class Gemma3TextModel(nn.Module):
         if len(kv_caches) != len(self.layers):
             raise ValueError(f"got {len(kv_caches)} KV caches for {len(self.layers)} layers")
         hidden, residual = inputs_embeds, None
-        for layer, kv_cache in zip(self.layers, kv_caches):
+        for index, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
             rotary = self.rotary[layer.layer_type]
-            hidden, residual = layer(hidden, residual, positions, rotary, kv_cache, attn)
+            layer_attn = attn.for_layer(index)  # its KV cache group's block tables
+            hidden, residual = layer(hidden, residual, positions, rotary, kv_cache, layer_attn)
         if residual is None:
             return self.norm(hidden)
         return self.norm(hidden, residual)[0]
