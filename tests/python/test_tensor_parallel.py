@@ -194,6 +194,20 @@ def _assert_prompt_logprobs_match_tp1(engine, single, prompts):
     assert engine.stats()["kv_blocks_used"] == 0
 
 
+def test_tp2_profile_writes_every_ranks_trace(tp_case, tmp_path, monkeypatch):
+    _, engine, _, prompts, expected, _ = tp_case
+    monkeypatch.setenv("MMCORE_TORCH_PROFILER_DIR", str(tmp_path))
+    engine.start_profile()
+    assert _token_ids(engine.generate([prompts[0]], GREEDY, use_tqdm=False)) == [expected[0]]
+    engine.stop_profile()  # returns once both ranks wrote their files
+    for rank in (0, 1):
+        with open(tmp_path / f"rank{rank}_summary.txt") as f:
+            assert "aten::mm" in f.read()
+        assert (tmp_path / f"rank{rank}_trace.json").stat().st_size > 1000
+    assert "engine.py" in (tmp_path / "driver_summary.txt").read_text()  # the engine's thread
+    assert _token_ids(engine.generate([prompts[1]], GREEDY, use_tqdm=False)) == [expected[1]]
+
+
 def _step_until_failure(engine, prompts, fault) -> tuple[WorkerFailedError, float]:
     for i, prompt in enumerate(prompts):
         engine.add_request(f"fault-{i}", prompt, SamplingParams(max_tokens=64, ignore_eos=True))
@@ -226,17 +240,3 @@ def test_worker_fault_fails_fast_naming_the_rank(tp_case):
     # The engine stays failed with the same error; no call hangs.
     with pytest.raises(WorkerFailedError, match="rank 1"):
         engine.step()
-
-
-def test_tp2_profile_writes_every_ranks_trace(tp_case, tmp_path, monkeypatch):
-    _, engine, _, prompts, expected, _ = tp_case
-    monkeypatch.setenv("MMCORE_TORCH_PROFILER_DIR", str(tmp_path))
-    engine.start_profile()
-    assert _token_ids(engine.generate([prompts[0]], GREEDY, use_tqdm=False)) == [expected[0]]
-    engine.stop_profile()  # returns once both ranks wrote their files
-    for rank in (0, 1):
-        with open(tmp_path / f"rank{rank}_summary.txt") as f:
-            assert "aten::mm" in f.read()
-        assert (tmp_path / f"rank{rank}_trace.json").stat().st_size > 1000
-    assert "engine.py" in (tmp_path / "driver_summary.txt").read_text()  # the engine's thread
-    assert _token_ids(engine.generate([prompts[1]], GREEDY, use_tqdm=False)) == [expected[1]]
