@@ -23,8 +23,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmcore.outputs import Logprob, RequestOutput
+from mmcore.outputs import RequestOutput
 from mmcore.sampling_params import SamplingParams
+from mmcore.server.stream_updates import (  # noqa: F401 - re-exported for the serving modules
+    CompletionDelta,
+    StreamUpdate,
+    _Active,
+    _deltas,
+    merge_updates,
+)
 
 logger = logging.getLogger("mmcore.server")
 
@@ -51,82 +58,14 @@ class RequestFailedError(EngineRequestError):
 
 
 @dataclass
-class CompletionDelta:
-    """What one completion gained in one engine step.
-
-    Attributes:
-        index: the completion's index among the request's ``n``.
-        text: new text that is safe to show (no possible stop-string prefix held back).
-        token_ids: the new token ids.
-        logprobs: one dict token id -> :class:`~mmcore.outputs.Logprob` per new token, when asked for.
-        finish_reason: ``"stop"``, ``"length"``, ``"abort"`` once finished, else None.
-    """
-
-    index: int
-    text: str
-    token_ids: list[int]
-    logprobs: list[dict[int, Logprob]] | None
-    finish_reason: str | None
-
-
-@dataclass
-class StreamUpdate:
-    """One step's news for one request; ``finished`` on the last update."""
-
-    deltas: list[CompletionDelta]
-    finished: bool
-    prompt_logprobs: list | None = None  # once, when the request asked for them
-
-
-@dataclass
 class _Accepted:
     """First queue item: the engine took the request."""
-
-
-@dataclass
-class _Active:
-    """Engine-thread bookkeeping of one request being streamed."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    hold_back: int  # characters that could still be the start of a stop string
-    sent_chars: list[int]
-    sent_tokens: list[int]
-    done: list[bool]
-    sent_prompt_logprobs: bool = False
 
 
 def _deliver(batch: list[tuple[asyncio.Queue, StreamUpdate]]) -> None:
     """Runs on the event loop: hand each request its update."""
     for q, update in batch:
         q.put_nowait(update)
-
-
-def _deltas(active: _Active, output: RequestOutput) -> list[CompletionDelta]:
-    """New text/tokens of each completion since the last update (stop-string safe)."""
-    deltas = []
-    for i, completion in enumerate(output.outputs):
-        if active.done[i]:
-            continue
-        finished = completion.finish_reason is not None
-        text = completion.text
-        safe_len = len(text) if finished else max(0, len(text) - active.hold_back)
-        new_text = text[active.sent_chars[i] : safe_len] if safe_len > active.sent_chars[i] else ""
-        active.sent_chars[i] = max(active.sent_chars[i], safe_len)
-        num_tokens = len(completion.token_ids)
-        new_tokens = completion.token_ids[active.sent_tokens[i] : num_tokens]
-        new_logprobs = (
-            completion.logprobs[active.sent_tokens[i] : num_tokens]
-            if completion.logprobs is not None
-            else None
-        )
-        active.sent_tokens[i] = num_tokens
-        active.done[i] = finished
-        if new_text or new_tokens or finished:
-            deltas.append(
-                CompletionDelta(i, new_text, new_tokens, new_logprobs, completion.finish_reason)
-            )
-    return deltas
 
 
 @dataclass
@@ -149,12 +88,24 @@ class RequestStream:
     on_close: Callable[[], None] | None = None  # called once when the stream ends
 
     async def __aiter__(self) -> AsyncIterator[StreamUpdate]:
+        held: Any = None  # an item taken while merging that could not join the update
         try:
             while not self.finished:
-                item = await self._engine.next_item(self._queue)
+                if held is not None:
+                    item, held = held, None
+                else:
+                    item = await self._engine.next_item(self._queue)
                 if isinstance(item, BaseException):
                     self.finished = True
                     raise item
+                # A consumer slower than the engine gets what piled up as one update (one SSE
+                # event instead of one per step), so a busy event loop catches up.
+                while not item.finished and not self._queue.empty():
+                    following = self._queue.get_nowait()
+                    if not isinstance(following, StreamUpdate):
+                        held = following
+                        break
+                    item = merge_updates(item, following)
                 self.finished = item.finished
                 if item.prompt_logprobs is not None:
                     self.prompt_logprobs = item.prompt_logprobs

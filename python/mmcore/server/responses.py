@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from mmcore.outputs import Logprob
-from mmcore.server.async_engine import CompletionDelta
+from mmcore.server.stream_updates import CompletionDelta
 
 
 def sse_event(payload: dict[str, Any] | str) -> str:
