@@ -154,9 +154,13 @@ def run_worker(engine: str, spec: dict) -> dict:
     return result
 
 
-def _worker_env(engine: str, threads: int, vllm_bind: str) -> dict[str, str]:
+def _worker_env(
+    engine: str, threads: int, vllm_bind: str, mmcore_env: list[str]
+) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
+    if engine == "mmcore":
+        env.update(item.split("=", 1) for item in mmcore_env)
     if engine == "vllm":
         env["VLLM_CPU_OMP_THREADS_BIND"] = vllm_bind
         env["VLLM_CPU_KVCACHE_SPACE"] = "1"  # GiB; mmcore's CPU default is 0.5 GiB
@@ -182,11 +186,13 @@ def vllm_thread_bind(threads: int, cores: list[int]) -> str:
     return ",".join(str(c) for c in cores[:threads])
 
 
-def _run_subprocess(python: str, engine: str, spec: dict, vllm_bind: str) -> dict:
+def _run_subprocess(
+    python: str, engine: str, spec: dict, vllm_bind: str, mmcore_env: list[str]
+) -> dict:
     with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
         command = [python, os.path.abspath(__file__), "--worker", engine,
                    "--spec", json.dumps(spec), "--worker-out", out.name]  # fmt: skip
-        env = _worker_env(engine, spec["threads"], vllm_bind)
+        env = _worker_env(engine, spec["threads"], vllm_bind, mmcore_env)
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
         if done.returncode != 0:
             raise RuntimeError(f"{engine} worker failed:\n{done.stderr[-4000:]}")
@@ -289,6 +295,9 @@ def main() -> None:
                         "timed batch runs its whole prefill)")  # fmt: skip
     parser.add_argument("--vllm-compile", action="store_true",
                         help="let vLLM torch.compile (default: enforce_eager, as mmcore on CPU)")  # fmt: skip
+    parser.add_argument("--mmcore-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment of the mmcore process (e.g. "
+                        "OMP_WAIT_POLICY=PASSIVE); repeatable")  # fmt: skip
     parser.add_argument("--out", help="JSON result file")
     parser.add_argument("--worker", choices=["mmcore", "vllm"], help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
@@ -298,6 +307,8 @@ def main() -> None:
         with open(args.worker_out, "w") as f:
             json.dump(run_worker(args.worker, json.loads(args.spec)), f)
         return
+    if any("=" not in item for item in args.mmcore_env):
+        parser.error("--mmcore-env takes KEY=VALUE")
     if not args.vllm_python:
         parser.error("--vllm-python is required (see bench/setup_vllm_cpu_venv.sh)")
     cores = sorted(os.sched_getaffinity(0))
@@ -312,7 +323,7 @@ def main() -> None:
     runs = []
     for repeat in range(args.repeats):
         for engine, python in (("mmcore", sys.executable), ("vllm", args.vllm_python)):
-            run = _run_subprocess(python, engine, spec, vllm_bind)
+            run = _run_subprocess(python, engine, spec, vllm_bind, args.mmcore_env)
             runs.append({"repeat": repeat, **run})
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "token_ids"}), flush=True)
     summary = summarize(runs)
@@ -321,6 +332,7 @@ def main() -> None:
         config = {k: v for k, v in spec.items() if k != "photos"}
         with open(args.out, "w") as f:
             json.dump({"config": {**config, "cores": cores, "vllm_cpu_omp_threads_bind": vllm_bind,
+                                  "mmcore_env": args.mmcore_env,
                                   "text_model": _TEXT_MODEL, "load_average_before": load},
                        "summary": summary,
                        "runs": [{k: v for k, v in r.items() if k != "token_ids"} for r in runs]},
