@@ -154,9 +154,7 @@ def run_worker(engine: str, spec: dict) -> dict:
     return result
 
 
-def _worker_env(
-    engine: str, threads: int, vllm_bind: str, mmcore_env: list[str]
-) -> dict[str, str]:
+def _worker_env(engine: str, threads: int, vllm_bind: str, mmcore_env: list[str]) -> dict[str, str]:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(threads)
     if engine == "mmcore":
