@@ -18,12 +18,12 @@ from mmcore.bench.stats import RequestResult, summarize
 from mmcore.bench.workload import parse_image_size, random_mm_requests
 from mmcore.engine_args import parse_limit_mm
 from mmcore.outputs import CompletionOutput, Logprob, RequestOutput
-from mmcore.server.stream_updates import _Active, _deltas
 from mmcore.server.errors import error_body
 from mmcore.server.media_fetch import MediaPolicy, resolve_messages, resolve_url
 from mmcore.server.metrics import RequestRecorder, ServerMetrics
 from mmcore.server.protocol import ChatCompletionRequest, CompletionRequest
 from mmcore.server.responses import SSE_DONE, chat_logprobs, sse_event
+from mmcore.server.stream_updates import _Active, _deltas
 
 USER = [{"role": "user", "content": "hi"}]
 
