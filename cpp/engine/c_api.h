@@ -86,6 +86,11 @@ typedef struct mmcore_scheduler_config {
   int32_t enable_chunked_prefill; /* 0 or 1 */
   int32_t encoder_budget;         /* encoder embeddings computed per step at most */
   int64_t encoder_cache_size;     /* embeddings held in the encoder cache at most */
+  /* KV cache groups of a hybrid model (docs/kv_cache.md): NULL / 0 for one full-attention group;
+   * else per group -1 (full attention) or its sliding window in tokens, full groups first.
+   * Copied by mmcore_scheduler_create. */
+  const int32_t* kv_group_windows;
+  int32_t num_kv_groups;
 } mmcore_scheduler_config;
 
 /* A request to admit. Everything is copied by mmcore_scheduler_add_request. */
@@ -145,6 +150,13 @@ typedef struct mmcore_scheduler_output {
   const int64_t* finished_req_ids;
   int32_t num_preempted;
   const int64_t* preempted_req_ids;
+  /* KV cache groups (1 unless the config listed several). Group g >= 1 of request i: block table
+   * row i * (num_kv_groups - 1) + g - 1 of group_block_tables (max_blocks_per_req wide; -1 before
+   * a sliding window: released blocks no query of the step reads), slots row g - 1 of
+   * group_slot_mapping (num_tokens wide). Group 0 is block_tables / slot_mapping. */
+  int32_t num_kv_groups;
+  const int32_t* group_block_tables;
+  const int64_t* group_slot_mapping;
 } mmcore_scheduler_output;
 
 /* What mmcore_scheduler_update did. Owned by the scheduler; valid until its next update. */
@@ -183,6 +195,7 @@ typedef struct mmcore_scheduler_stats {
   int64_t encoder_capacity_embeds;
   int32_t encoder_num_entries;
   int32_t encoder_num_referenced_entries;
+  int64_t kv_num_sliding_blocks_freed; /* sliding-group blocks released out of their window */
 } mmcore_scheduler_stats;
 
 /* Fills the defaults of the C++ SchedulerConfig (num_blocks 0: the caller must set it). */

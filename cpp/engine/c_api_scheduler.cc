@@ -38,6 +38,10 @@ mmcore::SchedulerConfig to_config(const mmcore_scheduler_config& c) {
   config.enable_chunked_prefill = c.enable_chunked_prefill != 0;
   config.encoder_budget = c.encoder_budget;
   config.encoder_cache_size = c.encoder_cache_size;
+  require_array(c.kv_group_windows, c.num_kv_groups, "kv_group_windows");
+  if (c.num_kv_groups > 0) {
+    config.kv_group_windows.assign(c.kv_group_windows, c.kv_group_windows + c.num_kv_groups);
+  }
   return config;
 }
 
@@ -103,6 +107,9 @@ void fill_output(const mmcore::SchedulerOutput& o, mmcore_scheduler_output* out)
   out->finished_req_ids = o.finished_req_ids.data();
   out->num_preempted = count(o.preempted_req_ids);
   out->preempted_req_ids = o.preempted_req_ids.data();
+  out->num_kv_groups = o.num_kv_groups;
+  out->group_block_tables = o.group_block_tables.data();
+  out->group_slot_mapping = o.group_slot_mapping.data();
 }
 
 }  // namespace
@@ -121,6 +128,8 @@ void mmcore_scheduler_config_init(mmcore_scheduler_config* config) {
   config->enable_chunked_prefill = d.enable_chunked_prefill ? 1 : 0;
   config->encoder_budget = d.encoder_budget;
   config->encoder_cache_size = d.encoder_cache_size;
+  config->kv_group_windows = nullptr;
+  config->num_kv_groups = 0;
 }
 
 void mmcore_request_init(mmcore_request* request) {
@@ -251,6 +260,7 @@ mmcore_status mmcore_scheduler_get_stats(const mmcore_scheduler* scheduler,
     out->encoder_capacity_embeds = st.encoder.capacity_embeds;
     out->encoder_num_entries = st.encoder.num_entries;
     out->encoder_num_referenced_entries = st.encoder.num_referenced_entries;
+    out->kv_num_sliding_blocks_freed = st.kv.num_sliding_blocks_freed;
   });
 }
 

@@ -26,6 +26,21 @@ void validate_config(const SchedulerConfig& config) {
     throw std::invalid_argument(
         "SchedulerConfig.encoder_budget and encoder_cache_size must be >= 0");
   }
+  // KV cache groups: -1 (full attention) or a positive window each, the full groups first.
+  bool sliding_seen = false;
+  for (const int32_t window : config.kv_group_windows) {
+    if (window != -1 && window <= 0) {
+      throw std::invalid_argument(
+          "SchedulerConfig.kv_group_windows: each entry is -1 (full) or a "
+          "positive window, got " +
+          std::to_string(window));
+    }
+    if (window == -1 && sliding_seen) {
+      throw std::invalid_argument(
+          "SchedulerConfig.kv_group_windows: full-attention groups come before sliding ones");
+    }
+    sliding_seen = sliding_seen || window > 0;
+  }
 }
 
 }  // namespace mmcore

@@ -498,6 +498,76 @@ static void test_encoder_cache(void) {
   CHECK_OK(mmcore_encoder_cache_destroy(c));
 }
 
+/* A hybrid model's KV cache groups: a sliding group's blocks before its window come back to the
+ * pool while the request runs (-1 in its block table), and bad group lists are refused. */
+static void test_scheduler_kv_groups(void) {
+  mmcore_scheduler_config config;
+  mmcore_scheduler_config_init(&config);
+  CHECK(config.kv_group_windows == NULL && config.num_kv_groups == 0);
+  config.num_blocks = 64;
+  config.block_size = 4;
+  config.max_model_len = 256;
+  config.max_num_batched_tokens = 8;
+  mmcore_scheduler* s = NULL;
+  const int32_t bad_order[] = {8, -1};
+  config.kv_group_windows = bad_order;
+  config.num_kv_groups = 2;
+  CHECK_STATUS(mmcore_scheduler_create(&config, &s), MMCORE_ERROR_INVALID_ARGUMENT,
+               "full-attention groups come before");
+  const int32_t bad_window[] = {-1, 0};
+  config.kv_group_windows = bad_window;
+  CHECK_STATUS(mmcore_scheduler_create(&config, &s), MMCORE_ERROR_INVALID_ARGUMENT,
+               "positive window");
+  config.kv_group_windows = NULL;
+  CHECK_STATUS(mmcore_scheduler_create(&config, &s), MMCORE_ERROR_INVALID_ARGUMENT,
+               "kv_group_windows is NULL");
+  const int32_t windows[] = {-1, 8};
+  config.kv_group_windows = windows;
+  CHECK_OK(mmcore_scheduler_create(&config, &s));
+
+  int32_t prompt[40];
+  for (int i = 0; i < 40; ++i) prompt[i] = 10 + i;
+  mmcore_request r;
+  mmcore_request_init(&r);
+  r.id = 3;
+  r.token_ids = prompt;
+  r.num_tokens = 40;
+  r.max_tokens = 12;
+  r.ignore_eos = 1;
+  CHECK_OK(mmcore_scheduler_add_request(s, &r));
+  int32_t flag = 1, saw_released = 0, steps = 0;
+  mmcore_scheduler_output out;
+  while (flag && steps < 100) {
+    CHECK_OK(mmcore_scheduler_schedule(s, &out));
+    ++steps;
+    CHECK(out.num_kv_groups == 2);
+    if (out.num_reqs == 1) {
+      /* Group 1's row: released entries only at the front, live blocks after them. */
+      const int32_t* row = out.group_block_tables;
+      int32_t live = 0;
+      for (int32_t b = 0; b < out.max_blocks_per_req; ++b) {
+        if (row[b] >= 0) live = 1;
+        if (row[b] < 0 && !live) saw_released = saw_released || b < out.max_blocks_per_req - 1;
+      }
+      /* Its slots point into its own live blocks. */
+      for (int32_t t = 0; t < out.num_tokens; ++t) CHECK(out.group_slot_mapping[t] >= 0);
+      CHECK(out.block_tables[0] >= 0); /* the full group keeps every block */
+    }
+    const int32_t token = 5;
+    CHECK_OK(mmcore_scheduler_update(s, out.step_id, &token, out.num_samples, NULL));
+    CHECK_OK(mmcore_scheduler_check_invariants(s));
+    CHECK_OK(mmcore_scheduler_has_unfinished(s, &flag));
+  }
+  CHECK(saw_released);
+  mmcore_scheduler_stats st;
+  CHECK_OK(mmcore_scheduler_get_stats(s, &st));
+  CHECK(st.kv_num_sliding_blocks_freed > 0);
+  CHECK_OK(mmcore_scheduler_schedule(s, &out)); /* reports the finished request */
+  CHECK_OK(mmcore_scheduler_get_stats(s, &st));
+  CHECK(st.kv_num_used_blocks == 0);
+  CHECK_OK(mmcore_scheduler_destroy(s));
+}
+
 int main(void) {
   test_version_and_status_names();
   test_placeholders();
@@ -505,6 +575,7 @@ int main(void) {
   test_scheduler_bad_arguments();
   test_bad_handles();
   test_scheduler_loop_with_preemption();
+  test_scheduler_kv_groups();
   test_block_manager();
   test_encoder_cache();
   printf("%d checks, %d failed\n", g_checks, g_failures);

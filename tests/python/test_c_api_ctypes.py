@@ -27,6 +27,8 @@ class SchedulerConfig(C.Structure):
         ("enable_chunked_prefill", I32),
         ("encoder_budget", I32),
         ("encoder_cache_size", I64),
+        ("kv_group_windows", P(I32)),
+        ("num_kv_groups", I32),
     ]
 
 
@@ -97,6 +99,9 @@ class SchedulerOutput(C.Structure):
         ("finished_req_ids", P(I64)),
         ("num_preempted", I32),
         ("preempted_req_ids", P(I64)),
+        ("num_kv_groups", I32),
+        ("group_block_tables", P(I32)),
+        ("group_slot_mapping", P(I64)),
     ]
 
 
@@ -157,6 +162,7 @@ def test_scheduler_round_trip_with_an_image_and_an_abort(lib):
     out = SchedulerOutput()
     assert lib.mmcore_scheduler_schedule(handle, C.byref(out)) == OK
     assert out.num_reqs == 2 and out.num_tokens == 20
+    assert out.num_kv_groups == 1  # the trailing fields line up with the header
     assert [out.req_ids[i] for i in range(2)] == [1, 2]
     assert out.num_encoder_items == 1  # one identifier, encoded once for both requests
     assert out.num_scatter == 2 and out.scatter_dst_rows[1] == out.query_start_loc[1] + 2
