@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import tempfile
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
-from bench_gpu_offline import hf_batch_sweep
+from bench_gpu_offline import hf_batch_sweep, write_stage_result
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_gemma3 import GEMMA3_CONFIGS, write_gemma3_checkpoint
 
@@ -294,17 +293,7 @@ def main() -> None:
     else:
         path = write_gemma3_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
     run = {"offline": stage_offline, "kv": stage_kv}[args.stage]
-    result = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": args.model,
-        "args": vars(args),
-        args.stage: run(path, args),
-    }
-    out_path = os.path.join(args.out, f"bench_gpu_gemma3_{args.stage}.json")
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    print(json.dumps(result, indent=2, default=float))
+    write_stage_result("bench_gpu_gemma3", args.model, args, run(path, args))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,13 @@ import numpy as np
 import torch
 
 from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
-from bench_gpu_offline import hf_batch_sweep, measure_machine, model_shapes, roofline
+from bench_gpu_offline import (
+    hf_batch_sweep,
+    measure_machine,
+    model_shapes,
+    roofline,
+    write_stage_result,
+)
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
 
@@ -201,17 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"checkpoint": path, "args": vars(args)}))
         return
     run = {"images": stage_images, "latency": stage_latency}[args.stage]
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": MODEL,
-        "args": vars(args),
-        args.stage: run(path, args),
-    }
-    out_path = os.path.join(args.out, f"bench_gpu_internvl_{args.stage}.json")
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    print(json.dumps(result, indent=2, default=float))
+    write_stage_result("bench_gpu_internvl", MODEL, args, run(path, args))
 
 
 if __name__ == "__main__":

@@ -200,6 +200,23 @@ def hf_batch_sweep(run, requests_for, batch_sizes: list[int], output_len: int) -
     return rows
 
 
+def write_stage_result(script: str, model: str, args, stage_result: dict) -> dict:
+    """Record one stage's result with the card, date, model and arguments: writes
+    ``args.out/{script}_{args.stage}.json`` and prints it; returns the record."""
+    result = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": model,
+        "args": vars(args),
+        args.stage: stage_result,
+    }
+    out_path = os.path.join(args.out, f"{script}_{args.stage}.json")
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    print(json.dumps(result, indent=2, default=float))
+    return result
+
+
 def _throughput(engine: Engine, requests: list, params: SamplingParams, output_len: int) -> dict:
     timer = StepTimer(engine)
     start = time.perf_counter()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import tempfile
 import time
@@ -34,6 +33,7 @@ from bench_gpu_offline import (  # script folder on sys.path
     measure_machine,
     model_shapes,
     roofline,
+    write_stage_result,
 )
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
@@ -301,17 +301,7 @@ def main() -> None:
     args = parser.parse_args()
     path = write_dummy_checkpoint(MODEL, os.path.join(tempfile.mkdtemp(), MODEL))
     run = {"images": stage_images, "video": stage_video, "vit": stage_vit}[args.stage]
-    result = {
-        "device": torch.cuda.get_device_name(),
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "model": MODEL,
-        "args": vars(args),
-        args.stage: run(path, args),
-    }
-    out_path = os.path.join(args.out, f"bench_gpu_qwen2_vl_{args.stage}.json")
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    print(json.dumps(result, indent=2, default=float))
+    write_stage_result("bench_gpu_qwen2_vl", MODEL, args, run(path, args))
 
 
 if __name__ == "__main__":
