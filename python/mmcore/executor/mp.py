@@ -208,9 +208,7 @@ class MultiprocExecutor:
                 if message[0] == "profiled":
                     break
                 if rank == 0 and message[0] == "result":  # a step still in flight
-                    self._received += 1
-                    _, tokens, logprobs, prompt_logprobs, self._counters = message
-                    self._results[self._received] = SampledBatch(tokens, logprobs, prompt_logprobs)
+                    self._store_result(message)
                 else:
                     self._fail(f"rank {rank} sent {message[0]!r}, expected 'profiled'", rank)
 
@@ -241,11 +239,15 @@ class MultiprocExecutor:
             message = self._next_message(0, deadline, step=seq)
             if message[0] != "result":
                 self._fail(f"rank 0 sent {message[0]!r} instead of a step result", 0)
-            self._received += 1
-            _, tokens, logprobs, prompt_logprobs, self._counters = message
-            self._results[self._received] = SampledBatch(tokens, logprobs, prompt_logprobs)
+            self._store_result(message)
             deadline = time.monotonic() + step_timeout_s()
         return self._results.pop(seq)
+
+    def _store_result(self, message: tuple) -> None:
+        """Keep rank 0's ``("result", ...)`` message as the next step's sampled batch."""
+        self._received += 1
+        _, tokens, logprobs, prompt_logprobs, self._counters = message
+        self._results[self._received] = SampledBatch(tokens, logprobs, prompt_logprobs)
 
     def _expect(self, rank: int, kind: str, timeout_s: float) -> tuple:
         message = self._next_message(rank, time.monotonic() + timeout_s)
