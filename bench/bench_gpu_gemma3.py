@@ -36,7 +36,13 @@ import numpy as np
 import torch
 
 from bench_gpu_offline import _latency as batch1_latency  # the script folder is on sys.path
-from bench_gpu_offline import hf_batch_sweep, write_stage_result
+from bench_gpu_offline import (
+    hf_batch_sweep,
+    measure_machine,
+    model_shapes,
+    roofline,
+    write_stage_result,
+)
 from mmcore import Engine, SamplingParams
 from mmcore.testing.dummy_gemma3 import GEMMA3_CONFIGS, write_gemma3_checkpoint
 
@@ -115,6 +121,8 @@ def hf_offline(path: str, args) -> list[dict]:
 
 
 def stage_offline(path: str, args) -> dict:
+    machine = measure_machine()
+    print("machine", machine, flush=True)
     engine = _engine(path, args, limit_mm_per_prompt={"image": 1})
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
     engine.generate(image_requests(path, 4, args.text_len, 1), params, use_tqdm=False)
@@ -130,10 +138,27 @@ def stage_offline(path: str, args) -> dict:
     )
     print("mmcore batch 1", ours["batch1"], flush=True)
     ours["cuda_graphs"] = engine.runner.use_decode_graphs if hasattr(engine, "runner") else None
+    shapes = model_shapes(engine)
+    prompt_len = len(engine.inputs.process(requests[0]).token_ids)
+    concurrent = min(
+        args.max_num_seqs,
+        engine.config.num_blocks * engine.config.block_size // (prompt_len + args.output_len),
+    )
+    vision = engine.model.config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    bound = roofline(
+        shapes, machine, num_requests=len(requests), prompt_len=prompt_len,
+        out_len=args.output_len, vit_tokens=patches, vit_layers=vision.num_hidden_layers,
+        vit_hidden=vision.hidden_size, batch=concurrent, hidden=shapes["hidden"],
+    )  # fmt: skip
     del engine
     gc.collect()
     torch.cuda.empty_cache()
-    result = {"mmcore": ours}
+    result = {"mmcore": ours, "roofline": bound, "shapes": shapes, "machine": machine,
+              "prompt_len": prompt_len, "concurrent_requests": concurrent}  # fmt: skip
+    result["fraction_of_roofline"] = ours["req_per_s"] / bound["req_per_s_bound"]
+    # Batch-1 bound: the LM weights (head included) and the mean context's KV read once a token.
+    result["itl_over_bound"] = ours["batch1"]["itl_s"] / bound["itl_bound_s"]
     try:
         result["hf"] = hf_offline(path, args)
         best = max((r["req_per_s"] for r in result["hf"] if "req_per_s" in r), default=None)

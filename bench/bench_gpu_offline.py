@@ -79,7 +79,9 @@ def model_shapes(engine: Engine) -> dict:
     model = engine.model
     lm = model.language_model
     lm_params = sum(p.numel() for p in lm.parameters())
-    embed = lm.model.embed_tokens.weight.numel()
+    # A tied head reads the embedding matrix every step: count it as a matmul weight then.
+    tied = getattr(lm, "tie_word_embeddings", False)
+    embed = 0 if tied else lm.model.embed_tokens.weight.numel()
     vision = sum(p.numel() for p in model.parameters()) - lm_params
     kv_token = 2 * model.num_layers * model.num_kv_heads * model.head_dim * 2
     return {

@@ -185,6 +185,12 @@ def stage_images(path: str, args) -> dict:
     assert all(len(o.outputs[0].token_ids) == args.output_len for o in outputs)
     ours = {"elapsed_s": elapsed, "req_per_s": len(requests) / elapsed, **engine.stats()}
     print("mmcore", ours, flush=True)
+    if args.profile_dir:  # where a step's device time goes, on a slice of the same workload
+        os.environ["MMCORE_TORCH_PROFILER_DIR"] = os.path.join(args.profile_dir, "images")
+        engine.start_profile()
+        engine.generate(image_requests(args.profile_requests, args.text_len, 4), params,
+                        use_tqdm=False)  # fmt: skip
+        engine.stop_profile()
     shapes = model_shapes(engine)
     prompt_len = int(3 + args.text_len + image_tokens - 1)
     concurrent = min(
@@ -277,11 +283,24 @@ def stage_vit(path: str, args) -> dict:
                     times.append(time.perf_counter() - start)
             row[f"{mode}_ms"] = 1e3 * float(np.median(times))
         vision.varlen_attention = packed_attention
+        if args.profile_dir:
+            _profile_tower(tower, pixels, grids, os.path.join(args.profile_dir, f"vit_{name}.txt"))
         row["speedup"] = row["sdpa_per_window_ms"] / row["packed_ms"]
         row["max_abs_diff"] = float((outs["packed"] - outs["sdpa_per_window"]).abs().max())
         result[name] = row
         print("vit", name, row, flush=True)
     return result
+
+
+def _profile_tower(tower, pixels, grids, path: str) -> None:
+    """The tower's kernels by total device time over one packed run, as a table in ``path``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.inference_mode(), torch.profiler.profile(activities=activities) as prof:
+        tower(pixels, grids)
+        torch.cuda.synchronize()
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 
 
 def main() -> None:
@@ -297,6 +316,8 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=8192)
     parser.add_argument("--hf-batch-sizes", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile-dir", help="images / vit: PyTorch profiler tables here")
+    parser.add_argument("--profile-requests", type=int, default=48, help="images: profiled")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
     path = write_dummy_checkpoint(MODEL, os.path.join(tempfile.mkdtemp(), MODEL))

@@ -238,7 +238,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="image width = height (336)")
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--warmup", type=int, help="warm-up requests per engine (8)")
-    parser.add_argument("--load-fractions", type=float, nargs="+", default=[0.5, 0.9])
+    parser.add_argument("--load-fractions", type=float, nargs="*", default=[0.5, 0.9])
     parser.add_argument("--load-requests", type=int, help="most requests per load phase (300)")
     parser.add_argument("--load-seconds", type=float, default=60.0,
                         help="arrival span each load phase aims at (capped by --load-requests)")  # fmt: skip
