@@ -292,8 +292,9 @@ void bind_fused(py::module_& m) {
          uintptr_t key_out, Strides2 ko_strides, uintptr_t cos_sin_cache, int64_t cache_stride,
          int max_positions, int num_tokens, int num_q_heads, int num_kv_heads, int head_dim,
          int dtype, uintptr_t stream, std::array<int, 3> mrope_section,
-         int64_t positions_row_stride) {
+         int64_t positions_row_stride, bool float_math) {
         mmcore::kernels::RotaryParams p;
+        p.float_math = float_math;
         p.positions = as_ptr<const void>(positions);
         p.positions_int64 = positions_int64;
         p.positions_row_stride = positions_row_stride;
@@ -326,8 +327,10 @@ void bind_fused(py::module_& m) {
       py::arg("max_positions"), py::arg("num_tokens"), py::arg("num_q_heads"),
       py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("stream"),
       py::arg("mrope_section") = std::array<int, 3>{0, 0, 0}, py::arg("positions_row_stride") = 0,
+      py::arg("float_math") = false,
       "NeoX rotary embedding of q/k into new tensors (device pointers as ints); with a non-zero "
-      "mrope_section, positions are 3 rows positions_row_stride apart (M-RoPE).");
+      "mrope_section, positions are 3 rows positions_row_stride apart (M-RoPE); float_math: a "
+      "float32 cache and float32 arithmetic rounded once.");
 }
 
 }  // namespace

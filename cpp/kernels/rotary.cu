@@ -13,7 +13,8 @@ namespace {
 
 constexpr int kThreads = 128;
 
-template <typename T, int kWidth>
+// kFloatMath: a float32 cache, float32 arithmetic, one rounding (RotaryParams::float_math).
+template <typename T, int kWidth, bool kFloatMath>
 __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) {
   using V = Vec<T, kWidth>;
   const int half = p.head_dim / 2;
@@ -46,6 +47,18 @@ __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) 
     if (pos < 0 || pos >= p.max_positions) {
 #pragma unroll
       for (int k = 0; k < kWidth; ++k) o1.v[k] = o2.v[k] = from_float<T>(0.f);
+    } else if constexpr (kFloatMath) {
+      const float* row = static_cast<const float*>(p.cos_sin_cache) + pos * p.cache_stride + offset;
+      const T* x = src + token * src_stride;
+      const V x1 = *reinterpret_cast<const V*>(x);
+      const V x2 = *reinterpret_cast<const V*>(x + half);
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        const float a = to_float(x1.v[k]), b = to_float(x2.v[k]);
+        const float cf = row[k], sf = row[half + k];
+        o1.v[k] = from_float<T>(__fadd_rn(__fmul_rn(a, cf), -__fmul_rn(b, sf)));
+        o2.v[k] = from_float<T>(__fadd_rn(__fmul_rn(b, cf), __fmul_rn(a, sf)));
+      }
     } else {
       const T* row = static_cast<const T*>(p.cos_sin_cache) + pos * p.cache_stride + offset;
       const V c = *reinterpret_cast<const V*>(row);
@@ -73,25 +86,43 @@ template <typename T, int kWidth>
 cudaError_t launch_width(const RotaryParams& p, cudaStream_t stream) {
   const int items = (p.num_q_heads + p.num_kv_heads) * (p.head_dim / 2 / kWidth);
   const dim3 grid((items + kThreads - 1) / kThreads, std::min(p.num_tokens, kMaxGridY));
-  rotary_kernel<T, kWidth><<<grid, kThreads, 0, stream>>>(p);
+  if (p.float_math) {
+    rotary_kernel<T, kWidth, true><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    rotary_kernel<T, kWidth, false><<<grid, kThreads, 0, stream>>>(p);
+  }
   return cudaGetLastError();
+}
+
+// Whether kWidth-element vectors fit every pointer, stride and section boundary.
+template <typename T>
+bool fits_width(const RotaryParams& p, int width) {
+  const auto aligned = [&](const void* ptr) {
+    return reinterpret_cast<uintptr_t>(ptr) % (width * sizeof(T)) == 0;
+  };
+  // A float32 cache is read per element; a cache of T by vectors.
+  bool fits = (p.head_dim / 2) % width == 0 &&
+              (p.float_math || (p.cache_stride % width == 0 && aligned(p.cos_sin_cache)));
+  const void* ptrs[] = {p.query, p.key, p.query_out, p.key_out};
+  for (const void* ptr : ptrs) fits = fits && aligned(ptr);
+  const int64_t strides[] = {p.q_stride_token,  p.q_stride_head,   p.k_stride_token,
+                             p.k_stride_head,   p.qo_stride_token, p.qo_stride_head,
+                             p.ko_stride_token, p.ko_stride_head};
+  for (int64_t s : strides) fits = fits && s % width == 0;
+  // M-RoPE section boundaries must fall between vectors.
+  return fits && p.mrope_section[0] % width == 0 &&
+         (p.mrope_section[0] + p.mrope_section[1]) % width == 0;
 }
 
 template <typename T>
 cudaError_t launch_dtype(const RotaryParams& p, cudaStream_t stream) {
   constexpr int kWidth = kVecWidth<T>;
-  bool vectorized =
-      (p.head_dim / 2) % kWidth == 0 && p.cache_stride % kWidth == 0 && aligned16(p.cos_sin_cache);
-  const void* ptrs[] = {p.query, p.key, p.query_out, p.key_out};
-  for (const void* ptr : ptrs) vectorized = vectorized && aligned16(ptr);
-  const int64_t strides[] = {p.q_stride_token,  p.q_stride_head,   p.k_stride_token,
-                             p.k_stride_head,   p.qo_stride_token, p.qo_stride_head,
-                             p.ko_stride_token, p.ko_stride_head};
-  for (int64_t s : strides) vectorized = vectorized && s % kWidth == 0;
-  // M-RoPE section boundaries must fall between vectors.
-  vectorized = vectorized && p.mrope_section[0] % kWidth == 0 &&
-               (p.mrope_section[0] + p.mrope_section[1]) % kWidth == 0;
-  return vectorized ? launch_width<T, kWidth>(p, stream) : launch_width<T, 1>(p, stream);
+  if (fits_width<T>(p, kWidth)) return launch_width<T, kWidth>(p, stream);
+  // Half vectors: e.g. Qwen2.5-VL's vision rope, sections of 20 frequencies.
+  if constexpr (kWidth >= 4) {
+    if (fits_width<T>(p, kWidth / 2)) return launch_width<T, kWidth / 2>(p, stream);
+  }
+  return launch_width<T, 1>(p, stream);
 }
 
 }  // namespace

@@ -26,6 +26,9 @@ struct RotaryParams {
   void* key_out = nullptr;
   int64_t ko_stride_token = 0, ko_stride_head = 0;
   const void* cos_sin_cache = nullptr;  // [max_positions, head_dim]: cos | sin, dtype of q/k
+  // The cache is float32 and each output is computed in float32 and rounded once (HF's vision
+  // rope: q.float() * cos + rotate_half(q.float()) * sin, cast back), not per product.
+  bool float_math = false;
   int64_t cache_stride = 0;
   int max_positions = 0;
   int num_tokens = 0, num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
@@ -36,6 +39,8 @@ struct RotaryParams {
 //   out[i + h] = round(round(x[i + h] * c[i]) + round(x[i] * s[i]))
 // With M-RoPE, c[i] and s[i] come from the cache row of the position in row r(i) of the
 // section that frequency i falls in (HF apply_multimodal_rotary_pos_emb).
+// With float_math (a float32 cache): out[i] = round(x[i] * c[i] - x[i + h] * s[i]), each
+// product and the sum in float32 (no fused multiply-add), one rounding to the output dtype.
 // Positions outside [0, max_positions) give zero rows. Outputs must not alias the inputs.
 // Throws std::invalid_argument on bad arguments, std::runtime_error on a CUDA error.
 void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t stream);

@@ -85,6 +85,15 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
                 param.copy_(noise * DUMMY_STD)
 
 
+def after_weights_loaded(model: nn.Module) -> None:
+    """Call every submodule's optional ``after_weights_loaded()`` (a layout change that needs
+    the final weights, e.g. padding for the GPU's GEMMs), once the weights are in place."""
+    for module in model.modules():
+        hook = getattr(module, "after_weights_loaded", None)
+        if callable(hook):
+            hook()
+
+
 def load_model(
     model_dir: str,
     *,
@@ -145,6 +154,7 @@ def load_model(
         if quant is not None and quant.checkpoint is not None:
             mark_fp8_checkpoint(model, quant.checkpoint, checkpoint_tensor_names(files))
         model.load_weights(iterate_safetensors(files))
+    after_weights_loaded(model)
     if quant is not None:
         finish_quantization(model, quant)
     return model.eval().requires_grad_(False), hf_config

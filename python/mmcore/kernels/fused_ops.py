@@ -120,8 +120,9 @@ def _(x):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
-def _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section=None):
-    """The rotary kernel into new q/k tensors; ``mrope_section`` set: 3-row M-RoPE positions."""
+def _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section=None, float_math=False):
+    """The rotary kernel into new q/k tensors; ``mrope_section`` set: 3-row M-RoPE positions;
+    ``float_math``: a float32 cache, float32 arithmetic rounded once."""
     q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
     pos = positions.to(device=q.device)
     if pos.dtype not in (torch.int32, torch.int64):
@@ -143,7 +144,7 @@ def _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section=None):
             cos_sin_cache=cache.data_ptr(), cache_stride=cache.stride(0),
             max_positions=cache.shape[0], num_tokens=q.shape[0], num_q_heads=q.shape[1],
             num_kv_heads=k.shape[1], head_dim=q.shape[2], dtype=_DTYPE_CODES[q.dtype],
-            stream=_stream(q), **mrope,
+            stream=_stream(q), float_math=float_math, **mrope,
         )  # fmt: skip
     return q_out, k_out
 

@@ -37,6 +37,7 @@ from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op fi
     silu_and_mul,
 )
 from mmcore.kernels.op_checks import FP8_KV_DTYPE, check_paged, check_scales, check_varlen
+from mmcore.kernels.vision_rope import vision_rotary_embedding  # noqa: F401  (re-exported)
 
 _DTYPE_CODES = DTYPE_CODES
 

@@ -278,3 +278,38 @@ def per_token_quant_fp8(x: torch.Tensor, min_scale: float) -> tuple[torch.Tensor
     amax = torch.linalg.vector_norm(x, float("inf"), dim=-1, keepdim=True, dtype=torch.float32)
     scale = (amax / torch.finfo(fp8).max).clamp_(min=min_scale)
     return (x / scale).to(fp8), scale
+
+
+def vision_rotary_embedding(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    sections: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sectioned rope computed in float32 and rounded once (HF's Qwen2-VL vision numerics:
+    ``q.float() * cos + rotate_half(q.float()) * sin``, cast back).
+
+    Args:
+        positions: ``[R, T]`` ints; frequency section ``i`` rotates by row ``i``.
+        query: ``[T, Hq, D]``; key: ``[T, Hk, D]``.
+        cos_sin_cache: float32 ``[max_positions, D]``: cos in the first ``D / 2`` columns.
+        sections: frequency counts per row, summing to ``D / 2``.
+
+    Returns:
+        New (query, key) in their dtype.
+    """
+    half = query.shape[-1] // 2
+    row_of = torch.repeat_interleave(torch.arange(len(sections)), torch.tensor(list(sections)))
+    columns = torch.cat((row_of, row_of)).to(positions.device)
+    per_row = cos_sin_cache[positions.long()]  # [R, T, D]
+    table = per_row.gather(0, columns.view(1, 1, -1).expand(1, per_row.shape[1], -1))[0]
+    cos, sin = table[:, None, :half], table[:, None, half:]
+    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+        return (xf * cos + rotated * sin).to(x.dtype)
+
+    return rotate(query), rotate(key)

@@ -17,7 +17,8 @@ from torch import nn
 
 from mmcore.distributed.parallel_state import encoder_tp_disabled
 from mmcore.layers.activations import get_activation, get_gated_activation
-from mmcore.layers.attention import varlen_attention
+from mmcore.layers.attention import select_op, varlen_attention
+from mmcore.layers.gemm_alignment import pad_gated_mlp
 from mmcore.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,
@@ -91,21 +92,16 @@ class VisionRotary(nn.Module):
         spatial = head_dim // 2
         exponents = torch.arange(0, spatial, 2, dtype=torch.float, device=device) / spatial
         self.register_buffer("inv_freq", 1.0 / theta**exponents, persistent=False)
+        # Frequency counts rotated by the patch row, then by the patch column.
+        self.sections = [spatial // 2, spatial // 2]
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 (cos, sin) ``[N, head_dim]`` for positions ``[N, 2]``."""
-        freqs = positions[..., None].float() * self.inv_freq  # [N, 2, D/4]
-        angles = freqs.flatten(1)  # rows' frequencies, then columns'
+    def cos_sin_cache(self, size: int) -> torch.Tensor:
+        """float32 ``[size, head_dim]``: cos then sin of positions ``0..size-1``; each half is
+        the rows' frequencies, then the columns' (the same ones), as HF lays them out."""
+        index = torch.arange(size, dtype=torch.float, device=self.inv_freq.device)
+        angles = index[:, None] * self.inv_freq
         angles = torch.cat((angles, angles), dim=-1)
-        return angles.cos(), angles.sin()
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rope of ``[N, H, D]`` in float32, back in ``x``'s dtype (HF's vision numerics)."""
-    half = x.shape[-1] // 2
-    xf = x.float()
-    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
-    return (xf * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+        return torch.cat((angles.cos(), angles.sin()), dim=-1)
 
 
 class VisionAttention(nn.Module):
@@ -120,10 +116,11 @@ class VisionAttention(nn.Module):
         self.num_heads = self.qkv.num_local_heads
         self.proj = RowParallelLinear(dim, dim, **kw)
 
-    def forward(self, x, cu_seqlens, cos, sin):
+    def forward(self, x, cu_seqlens, rope):
         n = x.shape[0]
         q, k, v = self.qkv(x).view(n, 3, self.num_heads, self.head_dim).unbind(1)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        positions, cache, sections = rope
+        q, k = select_op("vision_rotary_embedding", q)(positions, q, k, cache, sections)
         out = varlen_attention(q, k, v.contiguous(), cu_seqlens, self.head_dim**-0.5)
         return self.proj(out.reshape(n, -1))
 
@@ -148,6 +145,11 @@ class VisionMLP(nn.Module):
             self.act = get_activation(config.hidden_act)
             self.fc2 = RowParallelLinear(inner, dim, **kw)
 
+    def after_weights_loaded(self) -> None:
+        """On CUDA, pad the gated inner width (Qwen2.5-VL: 3,420) for Hopper's fast GEMMs."""
+        if self.gated and self.gate_up_proj.weight.is_cuda:
+            pad_gated_mlp(self.gate_up_proj, self.down_proj)
+
     def forward(self, x):
         if self.gated:
             return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
@@ -171,8 +173,8 @@ class VisionBlock(nn.Module):
         self.attn = VisionAttention(dim, config.num_heads, **kw)
         self.mlp = VisionMLP(config, dim, **kw)
 
-    def forward(self, x, cu_seqlens, cos, sin):
-        x = x + self.attn(self.norm1(x), cu_seqlens, cos, sin)
+    def forward(self, x, cu_seqlens, rope):
+        x = x + self.attn(self.norm1(x), cu_seqlens, rope)
         return x + self.mlp(self.norm2(x))
 
 
@@ -244,7 +246,7 @@ class Qwen2VisionTower(nn.Module):
         dtype = self.patch_embed.proj.weight.dtype
         x = self.patch_embed.proj(pixel_values.to(dtype))
         positions = torch.from_numpy(patch_positions(grids, self.merge)).to(device)
-        cos, sin = self.rotary(positions)
+        cache = self.rotary.cos_sin_cache(max(max(h, w) for _, h, w in grids))
         full = torch.from_numpy(frame_cu_seqlens(grids)).to(device)
         unit = self.merge**2
         if self.windowed:
@@ -255,10 +257,11 @@ class Qwen2VisionTower(nn.Module):
             def by_window(t: torch.Tensor) -> torch.Tensor:
                 return t.view(-1, unit, t.shape[-1])[order].reshape(t.shape)
 
-            x, cos, sin = by_window(x), by_window(cos), by_window(sin)
+            x, positions = by_window(x), by_window(positions)
+        rope = (positions.t().contiguous(), cache, self.rotary.sections)  # rows [2, N]
         for index, block in enumerate(self.blocks):
             windowed = self.windowed and index not in self.full_blocks
-            x = block(x, windows if windowed else full, cos, sin)
+            x = block(x, windows if windowed else full, rope)
         merged = self.merger(x)
         if self.windowed:
             merged = merged[torch.argsort(order)]
