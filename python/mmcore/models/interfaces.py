@@ -3,7 +3,9 @@
 A model class serves one or more HF ``config.model_type`` values (see
 :func:`mmcore.multimodal.registry.register_model`); the engine builds it as
 ``cls(hf_config, dtype=..., device=...)``, fills its weights through :meth:`load_weights` (or
-random ones for ``load_format="dummy"``) and then, per scheduler step::
+random ones for ``load_format="dummy"``), calls any submodule's optional
+``after_weights_loaded()`` (layout changes that need the final weights) and then, per
+scheduler step::
 
     items of new multimodal inputs ──encode()──▶ [num_embeds, hidden] per item (encoder cache)
     step input ids ──embed_tokens()──▶ [T, hidden]
