@@ -253,12 +253,13 @@ def _sdpa_per_window(query, key, value, cu_seqlens, scale):
 def stage_vit(path: str, args) -> dict:
     from transformers import AutoConfig
 
-    from mmcore.model_loader import init_dummy_weights
+    from mmcore.model_loader import after_weights_loaded, init_dummy_weights
     from mmcore.models.qwen2_vl import vision
 
     config = AutoConfig.from_pretrained(path).vision_config
     tower = vision.Qwen2VisionTower(config, dtype=torch.bfloat16, device=torch.device("cuda"))
     init_dummy_weights(tower)
+    after_weights_loaded(tower)  # as the engine's loader does (MLP width padded for the GEMMs)
     cases = {"images_8x1280x720": [(1, 52, 92)] * 8, "video_32x448x448": [(16, 32, 32)]}
     result = {}
     packed_attention = vision.varlen_attention
