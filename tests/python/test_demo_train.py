@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import mmcore.demo
-from mmcore.demo import batches, build, scenes, shapes, train
+from mmcore.demo import batches, build, evaluate, scenes, shapes, train
 
 CHECKPOINT_FILES = [
     "chat_template.jinja",
@@ -171,6 +171,24 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     proc = AutoProcessor.from_pretrained(out)
     assert proc.tokenizer.convert_tokens_to_ids(build.IMAGE_TOKEN) == model.config.image_token_index
     assert (out / "chat_template.jinja").is_file()
+    # The training-only patch head trained (its loss is logged) but is not in the checkpoint:
+    # the saved tensors are exactly those of a plain LLaVA model of the demo's config.
+    assert summary["patch_loss_weight"] > 0
+    from safetensors import safe_open
+
+    def tensor_names(folder):
+        with safe_open(folder / "model.safetensors", "pt") as saved:
+            return set(saved.keys())
+
+    LlavaForConditionalGeneration(build.build_config(proc.tokenizer)).save_pretrained(
+        tmp_path / "plain"
+    )
+    assert tensor_names(out) == tensor_names(tmp_path / "plain")
+    # mmcore's Engine runs it and answers as HF generate() does.
+    samples = scenes.eval_samples(3, seed=11)
+    images, questions = [s.image for s in samples], [s.question for s in samples]
+    hf = evaluate.HFGenerator.from_pretrained(out)(images, questions)
+    assert evaluate.engine_generate(out, images, questions, device="cpu") == hf
 
 
 def test_cuda_without_a_gpu_is_refused(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmcore.demo import build, scenes, shapes
+from mmcore.demo import build, patch_labels, scenes, shapes
 
 # Binding a colour or a position to the named shape is the hardest skill: ask those most.
 QTYPE_WEIGHTS = {"shape": 0.18, "colour": 0.26, "count": 0.12, "position": 0.22, "describe": 0.22}
@@ -23,8 +23,9 @@ EASY_FIRST_DEMO_SHARE = 0.5
 class SequenceEncoder:
     """Turns (question, answer) into training ids and labels, as the processor would."""
 
-    def __init__(self, processor):
+    def __init__(self, processor, num_image_tokens: int = build.NUM_IMAGE_TOKENS):
         self.processor = processor
+        self.num_image_tokens = num_image_tokens
         self.tokenizer = processor.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(build.IMAGE_TOKEN)
         self._prompts: dict[str, list[int]] = {}
@@ -39,7 +40,7 @@ class SequenceEncoder:
             text = self.processor.apply_chat_template(messages, add_generation_prompt=True)
             ids = []
             for t in self.tokenizer(text, add_special_tokens=False)["input_ids"]:
-                ids.extend([t] * build.NUM_IMAGE_TOKENS if t == self.image_token_id else [t])
+                ids.extend([t] * self.num_image_tokens if t == self.image_token_id else [t])
             self._prompts[question] = ids
         return ids
 
@@ -69,6 +70,9 @@ def draw_pictures(
     questions: int,
     ease: float = 0.0,
     first_demo_fraction: float = 0.0,
+    num_shapes_weights: tuple[float, ...] = NUM_SHAPES_WEIGHTS,
+    qtype_weights: dict[str, float] | None = None,
+    label_grid: int = patch_labels.GRID,
 ) -> list[shapes.Sample]:
     """``pictures`` varied pictures with ``questions`` distinct question types each, in order.
 
@@ -80,34 +84,47 @@ def draw_pictures(
         first_demo_fraction: share of pictures drawn by the first demo's generator
             (:mod:`mmcore.demo.shapes`: one size, filled, grey backgrounds); more while
             ``ease`` is above 0 (:func:`first_demo_share`).
+        num_shapes_weights: how often pictures have 1, 2 and 3 shapes.
+        qtype_weights: how often each question type is asked (default QTYPE_WEIGHTS).
+        label_grid: patches per side for the pictures' token labels.
 
     Returns:
         ``pictures * questions`` samples; samples of one picture are consecutive.
     """
-    types, weights = list(QTYPE_WEIGHTS), np.asarray(list(QTYPE_WEIGHTS.values()))
-    if not 1 <= questions <= len(types):
-        raise ValueError(f"questions per picture must be in 1..{len(types)}, got {questions}")
+    qtype_weights = QTYPE_WEIGHTS if qtype_weights is None else qtype_weights
+    types, weights = list(qtype_weights), np.asarray(list(qtype_weights.values()), dtype=float)
+    if not 1 <= questions <= int((weights > 0).sum()):
+        raise ValueError(
+            f"questions per picture must be in 1..{int((weights > 0).sum())}, got {questions}"
+        )
+    shape_p = np.asarray(num_shapes_weights, dtype=float)
     out: list[shapes.Sample] = []
     demo_share = first_demo_share(ease, first_demo_fraction)
     for _ in range(pictures):
-        num_shapes = 1 + int(rng.choice(shapes.MAX_SHAPES, p=NUM_SHAPES_WEIGHTS))
+        num_shapes = 1 + int(rng.choice(shapes.MAX_SHAPES, p=shape_p / shape_p.sum()))
         picked = rng.choice(len(types), questions, replace=False, p=weights / weights.sum())
         qtypes = [types[i] for i in picked]
         if demo_share and rng.random() < demo_share:
-            out += first_demo_samples(rng, num_shapes, qtypes)
+            out += first_demo_samples(rng, num_shapes, qtypes, label_grid)
         else:
-            out += scenes.make_samples(rng, num_shapes, qtypes, build.IMAGE_SIZE, ease)
+            out += scenes.make_samples(rng, num_shapes, qtypes, build.IMAGE_SIZE, ease, label_grid)
     return out
 
 
 def first_demo_samples(
-    rng: np.random.Generator, num_shapes: int, qtypes: list[str]
+    rng: np.random.Generator,
+    num_shapes: int,
+    qtypes: list[str],
+    label_grid: int = patch_labels.GRID,
 ) -> list[shapes.Sample]:
     """One first-demo picture (resized to the model's size) and one question per type."""
     items = shapes.random_items(rng, num_shapes)
-    image = scenes.to_model_size(shapes.render(items, rng), build.IMAGE_SIZE)
+    picture, masks = shapes.render_with_masks(items, rng)
+    image = scenes.to_model_size(picture, build.IMAGE_SIZE)
+    labels = patch_labels.first_demo_labels(items, masks, label_grid)
     return [
-        shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype) for qtype in qtypes
+        shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype, labels)
+        for qtype in qtypes
     ]
 
 
@@ -140,8 +157,9 @@ def collate(samples, encoder: SequenceEncoder, questions: int = 1) -> dict[str, 
         questions: samples per picture.
 
     Returns:
-        ``input_ids``, ``attention_mask``, ``labels`` of shape (len(samples), L) and ``pixels``
-        of shape (len(samples) // questions, S, S, 3).
+        ``input_ids``, ``attention_mask``, ``labels`` of shape (len(samples), L), ``pixels``
+        of shape (len(samples) // questions, S, S, 3) and, when every picture has them,
+        ``patch_labels`` of shape (len(samples) // questions, 3, NUM_TOKENS).
     """
     encoded = [encoder.encode(s.question, s.answer) for s in samples]
     width = max(len(ids) for ids, _ in encoded)
@@ -153,13 +171,17 @@ def collate(samples, encoder: SequenceEncoder, questions: int = 1) -> dict[str, 
         input_ids[row, : len(ids)] = torch.tensor(ids)
         labels[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
-    pictures = [np.asarray(s.image, dtype=np.uint8) for s in samples[::questions]]
-    return {
+    firsts = samples[::questions]
+    pictures = [np.asarray(s.image, dtype=np.uint8) for s in firsts]
+    batch = {
         "input_ids": input_ids,
         "attention_mask": mask,
         "labels": labels,
         "pixels": torch.from_numpy(np.stack(pictures)),
     }
+    if all(s.patch_labels is not None for s in firsts):
+        batch["patch_labels"] = torch.from_numpy(np.stack([s.patch_labels for s in firsts]))
+    return batch
 
 
 class PictureStream(torch.utils.data.IterableDataset):

@@ -165,6 +165,22 @@ def _pil_mask(parts: list[Part], size: tuple[int, int], mode: str, style: str, w
     return Image.fromarray(both.astype(np.uint8) * (255 if mode == "1" else 1), "L").convert(mode)
 
 
+def silhouette(parts: list[Part], canvas: tuple[int, int], size: int) -> np.ndarray:
+    """The filled area of a shape (outlined ones too), as the fraction of each cell it covers.
+
+    Args:
+        parts: from :func:`shape_parts`, in canvas pixels.
+        canvas: (width, height) of the canvas.
+        size: the canvas is squashed to ``size`` x ``size`` cells (as the processor squashes it).
+
+    Returns:
+        float32 (size, size) fractions in [0, 1].
+    """
+    mask = _pil_mask(parts, canvas, "L", "fill", 0)
+    small = mask.resize((size, size), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float32) / 255.0
+
+
 def _ellipse_sdf(x: np.ndarray, y: np.ndarray, geometry: tuple) -> np.ndarray:
     cx, cy, rx, ry = geometry
     qx, qy = (x - cx) / rx, (y - cy) / ry

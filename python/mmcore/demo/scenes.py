@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from mmcore.demo import paint, shapes
+from mmcore.demo import paint, patch_labels, shapes
 
 # Hue (degrees), saturation and value ranges that each colour name covers; the gaps between
 # them (e.g. magenta, brown, dark orange) are never drawn, so every picture has one right name.
@@ -64,6 +64,7 @@ class Picture:
     background: str
     strokes: list[paint.Stroke]
     jpeg_quality: int | None
+    parts: list[list[paint.Part]]  # each item's outline, canvas pixels (for training labels)
 
 
 def sample_colour(rng: np.random.Generator, name: str) -> tuple[int, int, int]:
@@ -310,7 +311,7 @@ def random_picture(rng: np.random.Generator, num_shapes: int, ease: float = 0.0)
         canvas = make_background(rng, background, width, height)
         np.clip(canvas, 0, 255, out=canvas)
         kinds = rng.choice(len(shapes.SHAPES), num_shapes, replace=False)
-        items, strokes, used, ok = [], [], set(), True
+        items, strokes, outlines, used, ok = [], [], [], set(), True
         for (cell, cx, cy, radius), kind in zip(places, kinds):
             x0, x1 = int(max(0, cx - radius)), int(min(width, cx + radius + 1))
             y0, y1 = int(max(0, cy - radius)), int(min(height, cy + radius + 1))
@@ -328,9 +329,10 @@ def random_picture(rng: np.random.Generator, num_shapes: int, ease: float = 0.0)
             paint.paint(canvas, parts, rgb, stroke, radius)
             items.append(shapes.ShapeItem(shapes.SHAPES[kind], name, cell, (cx, cy), radius, angle))
             strokes.append(stroke)
+            outlines.append(parts)
         if ok:
             image, quality = _finish(canvas, rng)
-            return Picture(image, items, background, strokes, quality)
+            return Picture(image, items, background, strokes, quality, outlines)
 
 
 def to_model_size(image: Image.Image, size: int) -> Image.Image:
@@ -341,15 +343,25 @@ def to_model_size(image: Image.Image, size: int) -> Image.Image:
 
 
 def make_samples(
-    rng: np.random.Generator, num_shapes: int, qtypes: list[str], size: int, ease: float = 0.0
+    rng: np.random.Generator,
+    num_shapes: int,
+    qtypes: list[str],
+    size: int,
+    ease: float = 0.0,
+    label_grid: int = patch_labels.GRID,
 ) -> list[shapes.Sample]:
-    """One varied picture (resized to ``size``) and one question per type in ``qtypes``."""
+    """One varied picture (resized to ``size``) and one question per type in ``qtypes``.
+
+    The samples carry the picture's per-image-token labels (:func:`patch_labels.scene_labels`
+    on a ``label_grid`` square of patches).
+    """
     picture = random_picture(rng, num_shapes, ease)
     image = to_model_size(picture.image, size)
+    labels = patch_labels.scene_labels(picture, label_grid)
     out = []
     for qtype in qtypes:
         question, answer = shapes.question_answer(picture.items, qtype, rng)
-        out.append(shapes.Sample(image=image, question=question, answer=answer, qtype=qtype))
+        out.append(shapes.Sample(image, question, answer, qtype, labels))
     return out
 
 

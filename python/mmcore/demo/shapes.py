@@ -78,6 +78,8 @@ class Sample:
     question: str
     answer: str
     qtype: str
+    # Training only: per-image-token labels of the picture (:mod:`mmcore.demo.patch_labels`).
+    patch_labels: np.ndarray | None = None
 
 
 def random_items(rng: np.random.Generator, num_shapes: int) -> list[ShapeItem]:
@@ -190,17 +192,35 @@ def render(items: list[ShapeItem], rng: np.random.Generator) -> Image.Image:
     Returns:
         An RGB image of IMAGE_SIZE x IMAGE_SIZE pixels.
     """
+    return render_with_masks(items, rng)[0]
+
+
+def render_with_masks(
+    items: list[ShapeItem], rng: np.random.Generator
+) -> tuple[Image.Image, list[np.ndarray]]:
+    """:func:`render`, also returning each shape's coverage mask (what training labels use).
+
+    Args:
+        items: shapes from :func:`random_items`.
+        rng: the random generator (draws exactly what :func:`render` draws).
+
+    Returns:
+        (the picture, one float32 IMAGE_SIZE-square coverage mask in [0, 1] per item).
+    """
     img = _background(rng)
+    masks = []
     for item in items:
         colour = np.asarray(COLOURS[item.colour], dtype=np.float32)
         colour = np.clip(colour + rng.uniform(-_COLOUR_JITTER, _COLOUR_JITTER, 3), 0, 255)
-        cover = _draw_mask(item, rng)[:, :, None]
+        mask = _draw_mask(item, rng)
+        masks.append(mask)
+        cover = mask[:, :, None]
         # Blend only inside the shape's bounding box (every shape fits within 1.3 radii).
         x0, y0 = (max(0, int(c - 1.3 * item.radius) - 1) for c in item.center)
         x1, y1 = (min(IMAGE_SIZE, int(c + 1.3 * item.radius) + 2) for c in item.center)
         box = (slice(y0, y1), slice(x0, x1))
         img[box] = img[box] * (1.0 - cover[box]) + colour * cover[box]
-    return Image.fromarray(np.rint(img).astype(np.uint8), "RGB")
+    return Image.fromarray(np.rint(img).astype(np.uint8), "RGB"), masks
 
 
 def _with_article(words: str) -> str:

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 import mmcore.demo
-from mmcore.demo import batches, build, evaluate, ood, scenes, shapes
+from mmcore.demo import batches, build, evaluate, ood, patch_head, scenes, shapes
 
 TARGETS = {"held_out": 0.99, "ood": 0.95}
 _PLAN_AT = (50, 500, 2000)  # steps at which the step count is planned from the measured rate
@@ -43,7 +43,16 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def shared_image_loss(model, batch: dict[str, torch.Tensor], questions: int) -> torch.Tensor:
+def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """The projector's output for uint8 (N, S, S, 3) pictures: (N, NUM_IMAGE_TOKENS, hidden)."""
+    inner = model.model
+    hidden = inner.vision_tower(batches.normalize(pixels), output_hidden_states=True)
+    return inner.multi_modal_projector(hidden.hidden_states[-1][:, 1:])  # drop CLS
+
+
+def shared_image_loss(
+    model, batch: dict[str, torch.Tensor], questions: int, features: torch.Tensor | None = None
+) -> torch.Tensor:
     """The LLaVA loss with each picture encoded once and used by its ``questions`` sequences.
 
     Equal to ``model(input_ids, pixel_values=<each picture repeated>, ...).loss`` (a test
@@ -54,13 +63,13 @@ def shared_image_loss(model, batch: dict[str, torch.Tensor], questions: int) -> 
         batch: from :func:`batches.collate` (``pixels`` uint8, one per picture), on the model's
             device.
         questions: sequences per picture.
+        features: :func:`image_features` of the batch's pictures, when already computed.
 
     Returns:
         The mean cross-entropy over answer tokens.
     """
-    inner = model.model
-    hidden = inner.vision_tower(batches.normalize(batch["pixels"]), output_hidden_states=True)
-    features = inner.multi_modal_projector(hidden.hidden_states[-1][:, 1:])  # drop CLS
+    if features is None:
+        features = image_features(model, batch["pixels"])
     features = features.repeat_interleave(questions, dim=0)
     input_ids = batch["input_ids"]
     embeds = model.get_input_embeddings()(input_ids)
@@ -73,9 +82,34 @@ def shared_image_loss(model, batch: dict[str, torch.Tensor], questions: int) -> 
     return out.loss
 
 
-def _optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+def training_loss(
+    model, head, batch: dict[str, torch.Tensor], questions: int, patch_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The answer loss plus ``patch_weight`` times the patch labels' loss (:mod:`patch_head`).
+
+    Args:
+        model: the LLaVA model.
+        head: the :class:`patch_head.PatchHead`, or None (no patch loss).
+        batch: from :func:`batches.collate`, on the model's device (with ``patch_labels``
+            when ``head`` is given).
+        questions: sequences per picture.
+        patch_weight: weight of the patch loss.
+
+    Returns:
+        (total loss, answer loss, patch loss (0 without a head), the projector's output).
+    """
+    features = image_features(model, batch["pixels"])
+    answer = shared_image_loss(model, batch, questions, features)
+    if head is None:
+        return answer, answer, torch.zeros((), device=answer.device), features
+    patch = patch_head.patch_loss(head, features, batch["patch_labels"])
+    return answer + patch_weight * patch, answer, patch, features
+
+
+def _optimizer(modules, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for m in modules for p in m.parameters()]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0},
@@ -154,7 +188,12 @@ def train(args: argparse.Namespace) -> dict:
         prefetch_factor=4 if workers else None,
         persistent_workers=bool(workers),
     )
-    optimizer = _optimizer(model, args.lr, args.weight_decay)
+    # Training only: the head is not part of the model and is not saved.
+    head = None
+    if args.patch_loss_weight > 0:
+        head = patch_head.PatchHead(config.text_config.hidden_size).to(device).train()
+    modules = [model] + ([head] if head is not None else [])
+    optimizer = _optimizer(modules, args.lr, args.weight_decay)
     use_bf16 = device.type == "cuda"
     probes = {}
     if args.eval_every_s:
@@ -185,21 +224,23 @@ def train(args: argparse.Namespace) -> dict:
             group["lr"] = lr_at(step, total, args.lr, args.warmup)
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = shared_image_loss(model, batch, args.questions_per_picture)
+            loss, answer_loss, patch, features = training_loss(
+                model, head, batch, args.questions_per_picture, args.patch_loss_weight
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], 1.0)
         optimizer.step()
         step += 1
-        if step % 250 == 0 or step == total:
+        if step % args.log_every == 0 or step == total:
             elapsed = time.monotonic() - start
             lr = lr_at(step, total, args.lr, args.warmup)
             wait = data_wait_s / max(1e-9, time.monotonic() - t_train)
-            print(
-                f"step {step}/{total} loss {loss.item():.4f} lr {lr:.2e} t {elapsed:.0f}s "
-                f"data wait {wait:.0%}",
-                flush=True,
-            )
+            line = f"step {step}/{total} loss {answer_loss.item():.4f}"
+            if head is not None:
+                acc = patch_head.patch_accuracy(head, features.detach(), batch["patch_labels"])
+                line += f" patch loss {patch.item():.4f} patch accuracy {acc}"
+            print(f"{line} lr {lr:.2e} t {elapsed:.0f}s data wait {wait:.0%}", flush=True)
         if probes and time.monotonic() - t_eval > args.eval_every_s:
             model.eval()
             acc = {
@@ -229,6 +270,7 @@ def train(args: argparse.Namespace) -> dict:
         "questions_per_picture": args.questions_per_picture,
         "ease_steps": args.ease_steps,
         "first_demo_fraction": args.first_demo_fraction,
+        "patch_loss_weight": args.patch_loss_weight,
         "train_seconds": round(train_seconds),
         "data_wait_seconds": round(data_wait_s),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -263,8 +305,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--steps", type=int, default=0, help="fixed step count (overrides --minutes)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pictures-per-batch", type=int, default=128)
-    p.add_argument("--questions-per-picture", type=int, default=2, help="1..5 (distinct types)")
+    p.add_argument("--pictures-per-batch", type=int, default=256)
+    p.add_argument("--questions-per-picture", type=int, default=4, help="1..5 (distinct types)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=300)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -280,6 +322,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.15,
         help="share of training pictures drawn by the first demo's generator (50%% at the start)",
     )
+    p.add_argument(
+        "--patch-loss-weight",
+        type=float,
+        default=0.5,
+        help="weight of the training-only loss on each image token's shape, colour and third "
+        "(mmcore.demo.patch_head; 0: off)",
+    )
+    p.add_argument("--log-every", type=int, default=250, help="steps between log lines")
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
     p.add_argument("--eval-every-s", type=float, default=90.0, help="probe period (0: off)")
     p.add_argument("--probe-questions", type=int, default=200)
