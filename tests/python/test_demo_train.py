@@ -195,3 +195,22 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path), "--device", "cuda"])
+
+
+def test_init_from_goes_on_from_the_saved_weights(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    argv = ["--device", "cpu", "--pictures-per-batch", "2", "--questions-per-picture", "2"]
+    argv += ["--workers", "0", "--eval-every-s", "0", "--final-questions", "5"]
+    argv += ["--ood-questions", "12", "--max-new-tokens", "2", "--save-dtype", "float32"]
+    first = tmp_path / "first"
+    assert train.main(["--out", str(first), "--steps", "1", *argv]) == 0
+    # Zero learning rate: the continued run saves exactly the weights it started from.
+    second = tmp_path / "second"
+    more = ["--init-from", str(first), "--steps", "1", "--lr", "0", "--weight-decay", "0"]
+    assert train.main(["--out", str(second), *more, *argv]) == 0
+    a = LlavaForConditionalGeneration.from_pretrained(first).state_dict()
+    b = LlavaForConditionalGeneration.from_pretrained(second).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    summary = json.loads((second / "training_summary.json").read_text())
+    assert "--init-from" in summary["command"]

@@ -167,7 +167,11 @@ def train(args: argparse.Namespace) -> dict:
     tokenizer = build.build_tokenizer()
     processor = build.build_processor(tokenizer)
     config = build.build_config(tokenizer)
-    model = LlavaForConditionalGeneration(config).to(device).train()
+    if args.init_from:  # go on from a saved run (its weights in float32; a fresh schedule)
+        model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
+        model = model.to(device).train()
+    else:
+        model = LlavaForConditionalGeneration(config).to(device).train()
     num_params = sum(p.numel() for p in model.parameters())
     print(f"model: {num_params / 1e6:.2f}M parameters on {device}", flush=True)
 
@@ -328,6 +332,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="weight of the training-only loss on each image token's shape, colour and third "
         "(mmcore.demo.patch_head; 0: off)",
+    )
+    p.add_argument(
+        "--init-from",
+        help="a checkpoint this command saved: train on from its weights (with a new learning "
+        "rate schedule; e.g. --ease-steps 0 --lr 3e-4) instead of from random ones",
     )
     p.add_argument("--log-every", type=int, default=250, help="steps between log lines")
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
