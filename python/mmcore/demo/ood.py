@@ -243,5 +243,5 @@ def ood_samples(n: int, seed: int = 7, groups: tuple[str, ...] = GROUPS) -> list
         qtype = OOD_QUESTION_TYPES[(i // len(groups)) % len(OOD_QUESTION_TYPES)]
         image, layout = _picture(group, rng, int(rng.integers(1, shapes.MAX_SHAPES + 1)))
         question, answer = _question(layout, qtype, rng)
-        out.append(OodSample(image, question, answer, qtype, group))
+        out.append(OodSample(image, question, answer, qtype, group=group))
     return out
