@@ -1,0 +1,228 @@
+"""The engine core process: an ``Engine`` (scheduler, runner, detokenizer) in a spawned process.
+
+    server process                                   engine core process
+    EngineCoreClient ──("batch", [add/abort/...])──► _Core: apply commands, engine.step()
+        reader thread ◄──("step", events, updates, failures, stats)── one message per step
+
+The server process keeps its GIL for HTTP, JSON and SSE work; the core's GIL serves only the
+engine. Each step's news is one pickled message: per request the stop-string-safe text and
+token deltas (:func:`~mmcore.server.stream_updates._deltas`, computed here next to the
+detokenizer, so the server never copies whole outputs), plus the engine's stats.
+
+The core exits when the server asks (``stop``), when its pipe closes, or when its parent
+process is gone (a killed server leaves no orphan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copyreg
+import logging
+import os
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from mmcore import _core
+from mmcore.server.stream_updates import CompletionDelta, StreamUpdate, _Active, _deltas
+
+logger = logging.getLogger("mmcore.server")
+
+_PARENT_POLL_S = 0.5  # how often the core checks that the server process is still there
+
+
+def _reduce_feature(feature: Any) -> tuple:
+    args = (
+        feature.modality,
+        feature.identifier,
+        feature.offset,
+        feature.length,
+        feature.num_embeds,
+        feature.embed_mask,
+    )
+    return _core.MMFeature, args
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle a message (C++ placeholder features included)."""
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+loads = pickle.loads
+copyreg.pickle(_core.MMFeature, _reduce_feature)  # prompts carry their placeholder features
+
+
+def portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a RuntimeError with its repr."""
+    try:
+        loads(dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(repr(exc))
+
+
+@dataclass
+class CoreSpec:
+    """What the spawned core needs (pickled once, at spawn).
+
+    Attributes:
+        factory: builds the Engine (a picklable no-argument callable).
+        setup: called first in the core (e.g. CPU pinning), or None.
+        parent_pid: the server process; the core exits once it is gone.
+        log_level: the server's root log level, applied in the core.
+    """
+
+    factory: Callable[[], Any]
+    setup: Callable[[], None] | None
+    parent_pid: int
+    log_level: int = logging.WARNING
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def _stats(engine: Any, num_active: int) -> dict[str, Any]:
+    stats = dict(engine.stats())
+    stats["num_active_requests"] = num_active
+    return stats
+
+
+class _Core:
+    """The core's loop: apply the server's commands, step, send each step's news."""
+
+    def __init__(self, engine: Any, conn: Connection) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.live: dict[str, _Active] = {}
+        self.events: list[tuple] = []
+
+    def _add(self, request_id: str, processed: Any, params: Any) -> None:
+        try:
+            self.engine.add_processed(request_id, processed, params)
+        except Exception as exc:  # this request is refused; the core goes on
+            self.events.append(("refused", request_id, portable(exc)))
+            return
+        hold_back = max((len(s) for s in params.stop_strings), default=1) - 1
+        n = params.n
+        self.live[request_id] = _Active(None, None, hold_back, [0] * n, [0] * n, [False] * n)
+        self.events.append(("accepted", request_id))
+
+    def _abort(self, request_id: str) -> None:
+        active = self.live.pop(request_id, None)
+        self.engine.abort_request(request_id)
+        if active is not None:
+            open_indices = [i for i, done in enumerate(active.done) if not done]
+            self.events.append(("aborted", request_id, open_indices))
+
+    def _handle(self, command: tuple) -> bool:
+        """Apply one command; False on stop."""
+        kind = command[0]
+        if kind == "add":
+            self._add(*command[1:])
+        elif kind == "abort":
+            self._abort(command[1])
+        elif kind == "abort_all":
+            for request_id in list(self.live):
+                self._abort(request_id)
+        elif kind == "stop":
+            return False
+        else:
+            raise ValueError(f"unknown engine core command {kind!r}")
+        return True
+
+    def _apply_commands(self, block: bool) -> bool:
+        """Apply what the server sent (waiting for it when idle); False on stop."""
+        if block:
+            self.conn.poll(None)
+        while self.conn.poll(0):
+            for command in loads(self.conn.recv_bytes()):
+                if not self._handle(command):
+                    return False
+        return True
+
+    def _updates(self, outputs: list) -> tuple[list, list]:
+        """Each output's stream update (as the in-process dispatch builds it), and failures."""
+        updates, failures = [], []
+        for output in outputs:
+            active = self.live.get(output.request_id)
+            if active is None:
+                continue
+            if output.error is not None:
+                del self.live[output.request_id]
+                failures.append((output.request_id, output.error))
+                continue
+            deltas = _deltas(active, output)
+            prompt_logprobs = getattr(output, "prompt_logprobs", None)
+            if prompt_logprobs is None or active.sent_prompt_logprobs:
+                prompt_logprobs = None
+            else:
+                active.sent_prompt_logprobs = True
+            if output.finished:
+                del self.live[output.request_id]
+            if deltas or output.finished or prompt_logprobs is not None:
+                update = StreamUpdate(deltas, output.finished, prompt_logprobs)
+                updates.append((output.request_id, update))
+        return updates, failures
+
+    def _send_step(self, updates: list, failures: list) -> None:
+        stats = _stats(self.engine, len(self.live))
+        message = ("step", self.events, updates, failures, stats)
+        self.events = []
+        self.conn.send_bytes(dumps(message))
+
+    def run(self) -> None:
+        """Serve until ``stop``; raises what the engine raised (fatal)."""
+        running = True
+        while running:
+            running = self._apply_commands(block=not self.engine.has_unfinished_requests())
+            updates, failures = [], []
+            if running and self.engine.has_unfinished_requests():
+                updates, failures = self._updates(self.engine.step())
+            if not running:  # requests still running at shutdown end as aborted
+                for request_id in list(self.live):
+                    self._abort(request_id)
+            self._send_step(updates, failures)
+        self.conn.send_bytes(dumps(("stopped",)))
+
+
+def abort_update(open_indices: list[int]) -> StreamUpdate:
+    """The last update of an aborted request: ``finish_reason="abort"`` for open completions."""
+    deltas = [CompletionDelta(i, "", [], None, "abort") for i in open_indices]
+    return StreamUpdate(deltas, finished=True)
+
+
+def run_engine_core(spec: CoreSpec, conn: Connection) -> None:
+    """Entry point of the spawned core: build the engine, report ready, serve; exit non-zero
+    after reporting a failure."""
+    logging.basicConfig(level=spec.log_level, format="%(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(spec.parent_pid,), daemon=True).start()
+    try:
+        if spec.setup is not None:
+            spec.setup()
+        engine = spec.factory()
+    except BaseException as exc:
+        logger.exception("building the engine failed")
+        conn.send_bytes(dumps(("start_error", portable(exc))))
+        raise SystemExit(1) from None
+    from mmcore.engine.engine_front import FrontConfig
+
+    conn.send_bytes(dumps(("ready", FrontConfig.of(engine.config), _stats(engine, 0))))
+    try:
+        _Core(engine, conn).run()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        raise SystemExit(1) from None  # the server is gone; nobody to report to
+    except BaseException as exc:
+        logger.exception("the engine core failed")
+        with contextlib.suppress(OSError):
+            conn.send_bytes(dumps(("fatal", portable(exc))))
+        raise SystemExit(1) from None
+    finally:
+        with contextlib.suppress(Exception):  # stops tensor-parallel workers, if any
+            engine.shutdown()
