@@ -151,6 +151,15 @@ def _on_cpu(args: argparse.Namespace) -> bool:
     return device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl"))
 
 
+def engine_core_process(args: argparse.Namespace, server_args: ServerArgs) -> bool:
+    """Whether ``mmcore serve`` runs its engine in an engine core process: as asked, else on
+    CUDA hosts (HTTP work then never holds the engine's GIL) and not on CPU hosts (where the
+    engine thread is pinned to the compute cores and the cores are few)."""
+    if server_args.engine_core_process is not None:
+        return server_args.engine_core_process
+    return not _on_cpu(args)
+
+
 def _cpu_placement(args: argparse.Namespace, server_args: ServerArgs):
     """The CPU placement of ``mmcore serve`` on a CPU host (None on a GPU host or when off);
     sets OpenMP's environment, so it runs before torch is imported."""
@@ -198,11 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     config = server_config(engine_args, server_args, local_dir)
     config.cpu_placement = placement
-    config.engine_core_process = (
-        not _on_cpu(args)
-        if server_args.engine_core_process is None
-        else server_args.engine_core_process
-    )
+    config.engine_core_process = engine_core_process(args, server_args)
     engine_args = dataclasses.replace(engine_args, model=local_dir)
     try:
         # Built on the engine thread (or in the engine core process) that runs it: one OpenMP
