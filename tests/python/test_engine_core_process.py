@@ -187,3 +187,20 @@ def test_the_engine_core_process_is_the_default_on_cuda_only(flags, device, expe
 
     args = build_parser().parse_args(["serve", "some-model", "--device", device, *flags])
     assert engine_core_process(args, ServerArgs.from_cli_args(args)) is expected
+
+
+def test_placeholder_features_cross_the_process_boundary():
+    import numpy as np
+
+    from mmcore import _core
+    from mmcore.server.engine_core import dumps, loads
+
+    mask = np.array([1, 1, 0, 1, 1, 1, 1, 0, 0, 1], dtype=bool)
+    for feature in (
+        _core.MMFeature(_core.Modality.IMAGE, "img-1", 3, 10, 7, mask),
+        _core.MMFeature(_core.Modality.AUDIO, "aud-2", 20, 5, 5),
+    ):
+        copy = loads(dumps(feature))
+        for name in ("modality", "identifier", "offset", "length", "num_embeds"):
+            assert getattr(copy, name) == getattr(feature, name)
+        assert list(copy.embed_mask) == list(feature.embed_mask)

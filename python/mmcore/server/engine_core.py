@@ -36,13 +36,14 @@ _PARENT_POLL_S = 0.5  # how often the core checks that the server process is sti
 
 
 def _reduce_feature(feature: Any) -> tuple:
+    mask = feature.embed_mask
     args = (
         feature.modality,
         feature.identifier,
         feature.offset,
         feature.length,
         feature.num_embeds,
-        feature.embed_mask,
+        mask if len(mask) else None,  # empty: every position takes an embedding
     )
     return _core.MMFeature, args
 
