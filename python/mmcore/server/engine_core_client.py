@@ -30,7 +30,13 @@ from mmcore.server.async_engine import (
     _Accepted,
     _deliver,
 )
-from mmcore.server.engine_core import CoreSpec, abort_update, dumps, loads, run_engine_core
+from mmcore.server.engine_core import (
+    CoreSpec,
+    abort_update,
+    dumps_commands,
+    loads,
+    run_engine_core,
+)
 from mmcore.server.stream_updates import _Active
 
 logger = logging.getLogger("mmcore.server")
@@ -197,7 +203,7 @@ class EngineCoreClient(AsyncEngine):
                     break
             if batch:
                 try:
-                    self._conn.send_bytes(dumps(batch))
+                    self._conn.send_bytes(dumps_commands(batch))
                 except (OSError, ValueError):  # the core is gone; the reader reports it
                     return
             if command is None:
