@@ -204,3 +204,27 @@ def test_placeholder_features_cross_the_process_boundary():
         for name in ("modality", "identifier", "offset", "length", "num_embeds"):
             assert getattr(copy, name) == getattr(feature, name)
         assert list(copy.embed_mask) == list(feature.embed_mask)
+
+
+def test_an_engine_builder_that_cannot_cross_to_the_core_is_named(tiny_llava_dir):
+    from mmcore import Engine
+
+    config = ServerConfig(model_names=[MODEL_NAME], log_level="critical", engine_core_process=True)
+    srv = BackgroundServer(lambda: Engine(tiny_llava_dir), config)
+    with pytest.raises(RuntimeError, match="did not start"):
+        srv.start()
+    assert isinstance(srv.state.engine.start_error, TypeError)
+    assert "picklable function" in str(srv.state.engine.start_error)
+    assert not srv.state.engine.is_running
+
+
+def test_an_engine_that_fails_to_build_in_the_core_stops_the_server_with_its_error(tmp_path):
+    from mmcore import Engine
+
+    config = ServerConfig(model_names=[MODEL_NAME], log_level="critical", engine_core_process=True)
+    srv = BackgroundServer(functools.partial(Engine, str(tmp_path)), config)
+    with pytest.raises(RuntimeError, match="did not start"):
+        srv.start()
+    error = srv.state.engine.start_error
+    assert isinstance(error, (ValueError, OSError)) and str(tmp_path) in str(error)
+    assert not _alive(srv.state.engine.core_pid)

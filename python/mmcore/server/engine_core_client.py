@@ -15,6 +15,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import threading
 import time
@@ -93,7 +94,14 @@ class EngineCoreClient(AsyncEngine):
             target=run_engine_core, args=(spec, child_conn), name="mmcore-engine-core"
         )
         try:
-            self._process.start()
+            try:
+                self._process.start()
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                raise TypeError(
+                    "the engine core process needs a picklable function that builds the "
+                    "Engine, e.g. functools.partial(Engine, model_path, seed=0) (not a lambda "
+                    f"or a local function): {exc}"
+                ) from exc
             child_conn.close()
             self._conn = parent_conn
             message = self._first_message()
