@@ -7,7 +7,8 @@
 The server process keeps its GIL for HTTP, JSON and SSE work; the core's GIL serves only the
 engine. Each step's news is one pickled message: per request the stop-string-safe text and
 token deltas (:func:`~mmcore.server.stream_updates._deltas`, computed here next to the
-detokenizer, so the server never copies whole outputs), plus the engine's stats.
+detokenizer, so the server never copies whole outputs; :func:`stream_update` rebuilds them),
+plus the engine's stats.
 
 The core exits when the server asks (``stop``), when its pipe closes, or when its parent
 process is gone (a killed server leaves no orphan).
@@ -187,7 +188,8 @@ class _Core:
         return True
 
     def _updates(self, outputs: list) -> tuple[list, list]:
-        """Each output's stream update (as the in-process dispatch builds it), and failures."""
+        """Each output's stream update (as the in-process dispatch builds it, as
+        ``(request_id, finished, prompt_logprobs, delta fields)``), and failures."""
         updates, failures = [], []
         for output in outputs:
             active = self.live.get(output.request_id)
@@ -206,8 +208,11 @@ class _Core:
             if output.finished:
                 del self.live[output.request_id]
             if deltas or output.finished or prompt_logprobs is not None:
-                update = StreamUpdate(deltas, output.finished, prompt_logprobs)
-                updates.append((output.request_id, update))
+                # Plain tuples: about 7x cheaper to pickle here than the dataclasses.
+                fields = [
+                    (d.index, d.text, d.token_ids, d.logprobs, d.finish_reason) for d in deltas
+                ]
+                updates.append((output.request_id, output.finished, prompt_logprobs, fields))
         return updates, failures
 
     def _send_step(self, updates: list, failures: list) -> None:
@@ -229,6 +234,11 @@ class _Core:
                     self._abort(request_id)
             self._send_step(updates, failures)
         self.conn.send_bytes(dumps(("stopped",)))
+
+
+def stream_update(finished: bool, prompt_logprobs: Any, fields: list[tuple]) -> StreamUpdate:
+    """The :class:`StreamUpdate` of one request's entry of a step message."""
+    return StreamUpdate([CompletionDelta(*f) for f in fields], finished, prompt_logprobs)
 
 
 def abort_update(open_indices: list[int]) -> StreamUpdate:

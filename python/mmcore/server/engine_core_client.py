@@ -37,6 +37,7 @@ from mmcore.server.engine_core import (
     dumps_commands,
     loads,
     run_engine_core,
+    stream_update,
 )
 from mmcore.server.stream_updates import _Active
 
@@ -237,12 +238,13 @@ class EngineCoreClient(AsyncEngine):
                 logger.info("request %s aborted", request_id)
                 self._send(active, abort_update(event[2]))
         batches: dict[asyncio.AbstractEventLoop, list] = {}
-        for request_id, update in updates:
+        for request_id, finished, prompt_logprobs, fields in updates:
             active = self._active.get(request_id)
             if active is None:
                 continue
-            if update.finished:
+            if finished:
                 del self._active[request_id]
+            update = stream_update(finished, prompt_logprobs, fields)
             batches.setdefault(active.loop, []).append((active.queue, update))
         for request_id, error in failures:
             active = self._active.pop(request_id, None)
