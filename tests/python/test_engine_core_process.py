@@ -100,6 +100,19 @@ def test_a_failing_request_fails_alone_and_kv_blocks_come_back(server):
     assert stats["num_steps"] > 0
 
 
+def test_structured_outputs_compile_off_the_step_loop_and_constrain(server):
+    url = server.url + "/v1/chat/completions"
+    choice = {**BODY, "max_tokens": 8, "structured_outputs": {"choice": ["red", "green"]}}
+    regex = {**BODY, "max_tokens": 6, "structured_outputs": {"regex": "[0-9]{3}"}}
+    for body, check in ((choice, lambda t: t in ("red", "green")), (regex, str.isdigit)):
+        response = requests.post(url, json=body, timeout=60)
+        assert response.status_code == 200, response.text
+        assert check(response.json()["choices"][0]["message"]["content"])
+    bad = requests.post(url, json={**BODY, "structured_outputs": {"regex": "("}}, timeout=30)
+    assert bad.status_code == 400 and "regex" in bad.json()["error"]["message"]
+    assert server.state.engine.stats()["num_active_requests"] == 0
+
+
 def test_a_killed_core_fails_the_running_request_with_503_and_stops_the_server(tiny_llava_dir):
     config = ServerConfig(model_names=[MODEL_NAME], log_level="critical", engine_core_process=True)
     srv = BackgroundServer(functools.partial(slow_engine, tiny_llava_dir), config).start()

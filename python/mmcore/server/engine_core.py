@@ -25,6 +25,7 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -37,6 +38,7 @@ from mmcore.server.stream_updates import CompletionDelta, StreamUpdate, _Active,
 logger = logging.getLogger("mmcore.server")
 
 _PARENT_POLL_S = 0.5  # how often the core checks that the server process is still there
+_COMPILE_POLL_S = 0.005  # idle but a grammar compiles: how often the core looks at it
 
 
 def _reduce_feature(feature: Any) -> tuple:
@@ -142,8 +144,32 @@ class _Core:
         self.conn = conn
         self.live: dict[str, _Active] = {}
         self.events: list[tuple] = []
+        # Requests whose grammar compiles on a core thread first: inline it would stall the step.
+        self.compiling: dict[str, tuple[Future, Any, Any]] = {}
+        self._compile_pool: ThreadPoolExecutor | None = None
 
     def _add(self, request_id: str, processed: Any, params: Any) -> None:
+        if params.structured_outputs is None:
+            self._admit(request_id, processed, params)
+            return
+        if self._compile_pool is None:
+            self._compile_pool = ThreadPoolExecutor(1, thread_name_prefix="mm-grammar")
+        compile_grammar = self.engine.structured_outputs.compile
+        future = self._compile_pool.submit(compile_grammar, params.structured_outputs)
+        self.compiling[request_id] = (future, processed, params)
+
+    def _admit_compiled(self) -> None:
+        """Add the requests whose grammar is compiled (cached now); refuse a bad grammar."""
+        for request_id, (future, processed, params) in list(self.compiling.items()):
+            if not future.done():
+                continue
+            del self.compiling[request_id]
+            if future.exception() is not None:
+                self.events.append(("refused", request_id, portable(future.exception())))
+            else:
+                self._admit(request_id, processed, params)
+
+    def _admit(self, request_id: str, processed: Any, params: Any) -> None:
         try:
             self.engine.add_processed(request_id, processed, params)
         except Exception as exc:  # this request is refused; the core goes on
@@ -155,6 +181,10 @@ class _Core:
         self.events.append(("accepted", request_id))
 
     def _abort(self, request_id: str) -> None:
+        compiling = self.compiling.pop(request_id, None)
+        if compiling is not None:
+            self.events.append(("aborted", request_id, list(range(compiling[2].n))))
+            return
         active = self.live.pop(request_id, None)
         self.engine.abort_request(request_id)
         if active is not None:
@@ -169,7 +199,7 @@ class _Core:
         elif kind == "abort":
             self._abort(command[1])
         elif kind == "abort_all":
-            for request_id in list(self.live):
+            for request_id in [*self.compiling, *self.live]:
                 self._abort(request_id)
         elif kind == "stop":
             return False
@@ -177,10 +207,10 @@ class _Core:
             raise ValueError(f"unknown engine core command {kind!r}")
         return True
 
-    def _apply_commands(self, block: bool) -> bool:
+    def _apply_commands(self, idle: bool) -> bool:
         """Apply what the server sent (waiting for it when idle); False on stop."""
-        if block:
-            self.conn.poll(None)
+        if idle:  # nothing to step: wait for a command (or, briefly, for a compiled grammar)
+            self.conn.poll(_COMPILE_POLL_S if self.compiling else None)
         while self.conn.poll(0):
             for command in loads(self.conn.recv_bytes()):
                 if not self._handle(command):
@@ -225,14 +255,18 @@ class _Core:
         """Serve until ``stop``; raises what the engine raised (fatal)."""
         running = True
         while running:
-            running = self._apply_commands(block=not self.engine.has_unfinished_requests())
+            running = self._apply_commands(idle=not self.engine.has_unfinished_requests())
+            if running and self.compiling:
+                self._admit_compiled()
             updates, failures = [], []
-            if running and self.engine.has_unfinished_requests():
+            stepped = running and self.engine.has_unfinished_requests()
+            if stepped:
                 updates, failures = self._updates(self.engine.step())
             if not running:  # requests still running at shutdown end as aborted
-                for request_id in list(self.live):
+                for request_id in [*self.compiling, *self.live]:
                     self._abort(request_id)
-            self._send_step(updates, failures)
+            if stepped or self.events or not running:  # idle polls while compiling send nothing
+                self._send_step(updates, failures)
         self.conn.send_bytes(dumps(("stopped",)))
 
 
