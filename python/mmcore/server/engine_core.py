@@ -11,7 +11,8 @@ detokenizer, so the server never copies whole outputs; :func:`stream_update` reb
 plus the engine's stats.
 
 The core exits when the server asks (``stop``), when its pipe closes, or when its parent
-process is gone (a killed server leaves no orphan).
+process is gone (a killed server leaves no orphan). It ignores SIGINT and SIGTERM: those go to
+the server, which drains its requests first.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -285,6 +287,10 @@ def run_engine_core(spec: CoreSpec, conn: Connection) -> None:
     """Entry point of the spawned core: build the engine, report ready, serve; exit non-zero
     after reporting a failure."""
     logging.basicConfig(level=spec.log_level, format="%(levelname)s %(name)s: %(message)s")
+    # Ctrl-C reaches the whole process group, systemd's stop every process of the unit: the
+    # server drains its requests and then stops the core, which must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(spec.parent_pid,), daemon=True).start()
     try:
         if spec.setup is not None:

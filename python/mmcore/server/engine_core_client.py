@@ -114,6 +114,7 @@ class EngineCoreClient(AsyncEngine):
         except BaseException as exc:
             self.start_error = exc
             self._stopped.set()
+            parent_conn.close()  # a core waiting for commands sees the pipe close and exits
             self._stop_process(timeout=_STOP_GRACE_S)
             raise
         logger.info("engine core process %d ready", self._process.pid)
@@ -137,15 +138,14 @@ class EngineCoreClient(AsyncEngine):
             ) from None
 
     def _stop_process(self, timeout: float) -> None:
-        """Wait for the core to exit; terminate, then kill it if it does not."""
+        """Wait for the core to exit; kill it if it does not (it ignores SIGTERM)."""
         process = self._process
         if process is None or process.pid is None:
             return
         process.join(timeout)
-        for stop in (process.terminate, process.kill):
-            if not process.is_alive():
-                break
-            stop()
+        if process.is_alive():
+            logger.warning("the engine core process did not stop in %.0f s; killing it", timeout)
+            process.kill()
             process.join(_STOP_GRACE_S)
 
     def shutdown(self, timeout: float = 30.0) -> None:
