@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import pickle
+import queue
 import signal
 import threading
 import time
@@ -149,6 +150,17 @@ class _Core:
         # Requests whose grammar compiles on a core thread first: inline it would stall the step.
         self.compiling: dict[str, tuple[Future, Any, Any]] = {}
         self._compile_pool: ThreadPoolExecutor | None = None
+        # Commands read and unpickled on a thread of their own: a request's pixels load while
+        # the step loop waits on the device, not in between steps.
+        self.commands: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._receive, name="mm-core-receiver", daemon=True).start()
+
+    def _receive(self) -> None:
+        try:
+            while True:
+                self.commands.put(loads(self.conn.recv_bytes()))
+        except (EOFError, OSError):  # the server is gone (or closed the pipe)
+            self.commands.put(None)
 
     def _add(self, request_id: str, processed: Any, params: Any) -> None:
         if params.structured_outputs is None:
@@ -211,13 +223,20 @@ class _Core:
 
     def _apply_commands(self, idle: bool) -> bool:
         """Apply what the server sent (waiting for it when idle); False on stop."""
-        if idle:  # nothing to step: wait for a command (or, briefly, for a compiled grammar)
-            self.conn.poll(_COMPILE_POLL_S if self.compiling else None)
-        while self.conn.poll(0):
-            for command in loads(self.conn.recv_bytes()):
-                if not self._handle(command):
-                    return False
-        return True
+        try:
+            if not idle:
+                batch = self.commands.get_nowait()
+            else:  # nothing to step: wait for a command (or, briefly, for a compiled grammar)
+                batch = self.commands.get(timeout=_COMPILE_POLL_S if self.compiling else None)
+            while True:
+                if batch is None:
+                    raise EOFError("the server closed the engine core's pipe")
+                for command in batch:
+                    if not self._handle(command):
+                        return False
+                batch = self.commands.get_nowait()
+        except queue.Empty:
+            return True
 
     def _updates(self, outputs: list) -> tuple[list, list]:
         """Each output's stream update (as the in-process dispatch builds it, as
