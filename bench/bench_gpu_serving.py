@@ -15,9 +15,14 @@ compared. Phases, each engine in its own process so GPU memory is freed between 
    (fresh requests, each phase capped in requests and seconds) -> TTFT p50/p99, TPOT
    (time per output token after the first) p50/p99, achieved req/s.
 
+On CUDA `mmcore serve` runs its engine in an engine core process (``--engine-core-process``,
+the CUDA default); ``--server-args=--no-engine-core-process`` measures the engine thread.
+
 Usage:
     python bench/bench_gpu_serving.py --out DIR          # GPU, writes DIR/results_gpu_serving.json
+    python bench/bench_gpu_serving.py --out DIR --server-args=--no-engine-core-process
     python bench/bench_gpu_serving.py --smoke --out DIR  # CPU, tiny LLaVA, a few requests
+    python bench/bench_gpu_serving.py --smoke --out DIR --server-args=--engine-core-process
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 
 from mmcore.engine_args import EngineArgs
@@ -142,16 +143,29 @@ def server_config(engine_args: EngineArgs, server_args: ServerArgs, model_dir: s
     )
 
 
+def _on_cpu(args: argparse.Namespace) -> bool:
+    """Whether ``mmcore serve`` runs on the CPU (checked without importing torch)."""
+    import os
+
+    device = str(getattr(args, "device", "auto") or "auto")
+    return device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl"))
+
+
+def engine_core_process(args: argparse.Namespace, server_args: ServerArgs) -> bool:
+    """Whether ``mmcore serve`` runs its engine in an engine core process: as asked, else on
+    CUDA hosts (HTTP work then never holds the engine's GIL) and not on CPU hosts (where the
+    engine thread is pinned to the compute cores and the cores are few)."""
+    if server_args.engine_core_process is not None:
+        return server_args.engine_core_process
+    return not _on_cpu(args)
+
+
 def _cpu_placement(args: argparse.Namespace, server_args: ServerArgs):
     """The CPU placement of ``mmcore serve`` on a CPU host (None on a GPU host or when off);
     sets OpenMP's environment, so it runs before torch is imported."""
-    import os
-
     from mmcore.engine.cpu_placement import plan_cpu_placement, set_openmp_environment
 
-    device = str(getattr(args, "device", "auto") or "auto")
-    on_cpu = device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl"))
-    if not (server_args.cpu_placement and on_cpu):
+    if not (server_args.cpu_placement and _on_cpu(args)):
         return None
     placement = plan_cpu_placement()
     set_openmp_environment(placement)
@@ -193,10 +207,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     config = server_config(engine_args, server_args, local_dir)
     config.cpu_placement = placement
+    config.engine_core_process = engine_core_process(args, server_args)
     engine_args = dataclasses.replace(engine_args, model=local_dir)
     try:
-        # Built on the engine thread that runs it (one OpenMP team on CPU hosts).
-        run_server(lambda: Engine.from_engine_args(engine_args), config, sock)
+        # Built on the engine thread (or in the engine core process) that runs it: one OpenMP
+        # team on CPU hosts. A partial, not a lambda: the core process gets it pickled.
+        run_server(functools.partial(Engine.from_engine_args, engine_args), config, sock)
     except (ValueError, FileNotFoundError, EngineDeadError, WorkerFailedError) as exc:
         raise SystemExit(f"error: {exc}") from None
     return 0

@@ -60,6 +60,11 @@ class ServerArgs:
         help="worker processes that decode and process images, so that work never holds the "
         "server's GIL (0: input threads do it in the server process)",
     )
+    engine_core_process: bool | None = option(
+        help="run the engine (scheduler, model runner, detokenizer) in its own process, so "
+        "HTTP, JSON and streaming work never holds the engine's GIL (vLLM's "
+        "VLLM_ENABLE_V1_MULTIPROCESSING; default: on for CUDA, off on CPU)",
+    )
     cpu_placement: bool = option(
         True,
         help="on a CPU host, pin the engine's compute threads to all cores of the process but "

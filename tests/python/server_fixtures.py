@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import socket
 import time
@@ -77,23 +78,20 @@ def oracle(tiny_llava_dir):
     return Engine(tiny_llava_dir, seed=0)
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llava_dir, media_dir):
-    """A server over the tiny LLaVA on a free loopback port, for the whole module.
+def served_tiny_llava(tiny_llava_dir: str, media_dir, engine_core_process: bool = False):
+    """A server over the tiny LLaVA (not started: use it as a context manager).
 
     Its engine overlaps steps (async scheduling, the CUDA default) so every server test also
     checks that the overlapped engine answers as the synchronous ``oracle``. It is built on the
-    server's engine thread, as ``mmcore serve`` builds it."""
-
-    def engine():
-        return Engine(
-            tiny_llava_dir,
-            seed=0,
-            async_scheduling=True,
-            limit_mm_per_prompt={"image": MAX_IMAGES},
-            allowed_local_media_path=str(media_dir),
-        )
-
+    server's engine thread (or in its engine core process), as ``mmcore serve`` builds it."""
+    engine = functools.partial(
+        Engine,
+        tiny_llava_dir,
+        seed=0,
+        async_scheduling=True,
+        limit_mm_per_prompt={"image": MAX_IMAGES},
+        allowed_local_media_path=str(media_dir),
+    )
     config = ServerConfig(
         model_names=[MODEL_NAME],
         max_request_bytes=MAX_REQUEST_BYTES,
@@ -106,8 +104,22 @@ def server(tiny_llava_dir, media_dir):
         ),
         log_level="warning",
         shutdown_timeout_s=10.0,
+        engine_core_process=engine_core_process,
     )
-    with BackgroundServer(engine, config) as srv:
+    return BackgroundServer(engine, config)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llava_dir, media_dir):
+    """A server over the tiny LLaVA on a free loopback port, for the whole module."""
+    with served_tiny_llava(tiny_llava_dir, media_dir) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["engine-thread", "engine-core-process"])
+def server_both_modes(request, tiny_llava_dir, media_dir):
+    """The tiny LLaVA server with its engine on a thread, then in an engine core process."""
+    with served_tiny_llava(tiny_llava_dir, media_dir, engine_core_process=request.param) as srv:
         yield srv
 
 

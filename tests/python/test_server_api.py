@@ -15,7 +15,7 @@ from server_fixtures import (  # noqa: F401  (pytest fixtures)
     media_dir,
     oracle,
     png_bytes,
-    server,
+    server_both_modes,
     user,
 )
 
@@ -24,6 +24,13 @@ from mmcore import SamplingParams
 MAX_TOKENS = 8
 GREEDY = {"temperature": 0.0, "max_tokens": MAX_TOKENS, "extra_body": {"ignore_eos": True}}
 ORACLE_GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def server(server_both_modes):
+    """This module's tests run against the engine thread and the engine core process."""
+    return server_both_modes
+
 
 ONE_IMAGE = user(image_part(data_url(png_bytes(1))), "What is in this picture?")
 TWO_IMAGES = user(

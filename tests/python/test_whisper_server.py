@@ -5,6 +5,8 @@ the limit 413, and the server serves on."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import openai
 import pytest
@@ -28,12 +30,22 @@ def clip():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    model_dir = build_tiny_whisper(tmp_path_factory.mktemp("whisper_server"))
+def whisper_dir(tmp_path_factory):
+    return build_tiny_whisper(tmp_path_factory.mktemp("whisper_server"))
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["engine-thread", "engine-core-process"])
+def served(request, whisper_dir):
+    model_dir = whisper_dir
     config = ServerConfig(
-        model_names=[MODEL], media=MediaPolicy(), log_level="warning", shutdown_timeout_s=10.0
+        model_names=[MODEL],
+        media=MediaPolicy(),
+        log_level="warning",
+        shutdown_timeout_s=10.0,
+        engine_core_process=request.param,
     )
-    with BackgroundServer(lambda: Engine(model_dir, max_num_seqs=4), config) as srv:
+    factory = functools.partial(Engine, model_dir, max_num_seqs=4)
+    with BackgroundServer(factory, config) as srv:
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
         yield srv, client, Engine(model_dir, max_num_seqs=4)
 

@@ -14,11 +14,11 @@ from tqdm.auto import tqdm
 
 from mmcore import _core
 from mmcore.engine.admission import RequestAdmission
-from mmcore.engine.chat import render_chat
 from mmcore.engine.config import EngineConfig, resolve_config
+from mmcore.engine.engine_front import build_input_processor, chat_prompt
 from mmcore.engine.engine_logging import StatLogger, log_startup
 from mmcore.engine.fault_isolation import RequestFault, newest_requests
-from mmcore.engine.inputs import InputProcessor, ProcessedPrompt
+from mmcore.engine.inputs import ProcessedPrompt
 from mmcore.engine.request_tracker import RequestTracker, TokenTexts
 from mmcore.engine.runner import LaunchedStep
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
@@ -75,16 +75,8 @@ class Engine(RequestAdmission, ProfilingCalls):
         self.tokenizer = cfg.tokenizer
         self.model = cfg.model
         self.processor = cfg.processor
-        self.inputs = InputProcessor(
-            self.processor,
-            self.tokenizer,
-            model_id=cfg.model_path,
-            max_model_len=cfg.max_model_len,
-            limit_mm_per_prompt=cfg.limit_mm_per_prompt,
-            mm_processor_kwargs=cfg.mm_processor_kwargs,
-            cache=cfg.processor_cache,
-            allowed_local_media_path=cfg.allowed_local_media_path,
-            allowed_media_domains=cfg.allowed_media_domains,
+        self.inputs = build_input_processor(
+            cfg, self.processor, self.tokenizer, cfg.processor_cache
         )
         # Where the model runs: this process ("uni") or one worker per tensor-parallel rank.
         self.executor = cfg.executor
@@ -407,19 +399,14 @@ class Engine(RequestAdmission, ProfilingCalls):
         Returns:
             The prompt dict :meth:`generate` takes.
         """
-        placeholders = {
-            m: self.processor.placeholder_text(m) for m in self.processor.supported_modalities
-        }
-        prompt, token_ids, media = render_chat(
+        return chat_prompt(
+            self.processor,
             self.tokenizer,
+            self.config.chat_template,
             messages,
-            chat_template or self.config.chat_template,
-            placeholders,
+            chat_template,
             **render_options,
         )
-        if token_ids is not None:  # user text kept apart from control tokens
-            return {"prompt_token_ids": token_ids, "multi_modal_data": media}
-        return {"prompt": prompt, "multi_modal_data": media}
 
     def transcribe(
         self,

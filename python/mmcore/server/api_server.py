@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -23,6 +24,7 @@ from mmcore.executor.errors import WorkerFailedError
 from mmcore.listen_socket import bind_socket
 from mmcore.multimodal.media_processes import MediaProcessPool
 from mmcore.server.async_engine import AsyncEngine, EngineDeadError
+from mmcore.server.engine_core_client import EngineCoreClient
 from mmcore.server.errors import APIError, install_error_handlers
 from mmcore.server.media_fetch import MediaPolicy
 from mmcore.server.metrics import CONTENT_TYPE, ServerMetrics
@@ -70,6 +72,9 @@ class ServerConfig:
             threads do, in the server process).
         cpu_placement: on a CPU host, the cores of the engine thread (compute) and of the
             HTTP and input threads (None: no pinning).
+        engine_core_process: run the engine in a spawned engine core process (the engine
+            argument must then be a picklable function that builds it); HTTP work then never
+            shares the engine's GIL.
     """
 
     # Defaults come from the server's options (mmcore.server_args), their one home.
@@ -91,6 +96,7 @@ class ServerConfig:
     max_request_pixels: int | None = ServerArgs.max_request_pixels
     media_processes: int = 0
     cpu_placement: CpuPlacement | None = None
+    engine_core_process: bool = False
 
     def __post_init__(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
@@ -100,22 +106,32 @@ class ServerConfig:
 
 
 def build_app(engine: Any, config: ServerConfig) -> FastAPI:
-    """Assemble the FastAPI app around an ``Engine``; the engine thread runs during its lifespan.
+    """Assemble the FastAPI app around an ``Engine``; the engine thread (or engine core
+    process) runs during its lifespan.
 
     Args:
         engine: a constructed ``mmcore.Engine``, or a no-argument function that builds one on
-            the engine thread at start-up (see :class:`AsyncEngine`).
+            the engine thread at start-up (see :class:`AsyncEngine`); with
+            ``config.engine_core_process`` a picklable such function (e.g.
+            ``functools.partial(Engine, path, seed=0)``), called in the core process.
         config: the server options.
 
     Returns:
         The app; ``app.state.server`` is its :class:`ServerState`.
     """
     placement = config.cpu_placement
-    async_engine = AsyncEngine(
-        engine,
-        input_workers=config.input_workers,
-        thread_setup=(lambda: pin_compute_thread(placement)) if placement else None,
-    )
+    if config.engine_core_process:
+        async_engine: AsyncEngine = EngineCoreClient(
+            engine,
+            input_workers=config.input_workers,
+            core_setup=functools.partial(pin_compute_thread, placement) if placement else None,
+        )
+    else:
+        async_engine = AsyncEngine(
+            engine,
+            input_workers=config.input_workers,
+            thread_setup=(lambda: pin_compute_thread(placement)) if placement else None,
+        )
     state = ServerState(
         engine=async_engine,
         metrics=ServerMetrics(async_engine.stats, config.model_names[0]),
