@@ -50,3 +50,22 @@ def test_the_compute_thread_pins_itself_and_sizes_torch(monkeypatch):
     assert seen["affinity"] == set(placement.compute_cores)
     assert seen["threads"] == placement.num_compute_threads
     assert os.sched_getaffinity(0) == cores  # this thread is untouched
+
+
+def test_offline_engine_threads_leave_one_core_unless_omp_num_threads_is_set(monkeypatch):
+    from mmcore.engine.cpu_placement import apply_offline_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(4)
+        assert apply_offline_cpu_threads({0, 1, 2, 3}) == 3
+        assert torch.get_num_threads() == 3
+        assert apply_offline_cpu_threads({5}) == 1  # one core: compute takes it
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        torch.set_num_threads(4)
+        assert apply_offline_cpu_threads({0, 1, 2, 3}) is None  # the user's count stays
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)

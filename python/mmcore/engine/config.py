@@ -11,6 +11,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from mmcore import _core
+from mmcore.engine.cpu_placement import apply_offline_cpu_threads
 from mmcore.engine.generation_defaults import sampling_defaults
 from mmcore.engine.kv_cache import resolve_kv_cache_dtype
 from mmcore.engine_args import EngineArgs
@@ -170,6 +171,8 @@ def resolve_config(args: EngineArgs) -> EngineConfig:
     )
     check_remote_code(model, args.trust_remote_code)
     device = _resolve_device(args.device)
+    if device.type == "cpu":
+        apply_offline_cpu_threads()  # before the model's first op starts the OpenMP team
     hf_config = AutoConfig.from_pretrained(model)
     dtype = _resolve_dtype(args.dtype, hf_config, device)
     # Refuse an unsupported quantisation here, before any worker starts.

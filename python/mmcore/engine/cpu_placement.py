@@ -81,3 +81,33 @@ def pin_compute_thread(placement: CpuPlacement) -> None:
         placement.num_compute_threads,
         list(placement.io_cores),
     )
+
+
+def apply_offline_cpu_threads(cores: set[int] | None = None) -> int | None:
+    """Size torch's thread pool for an offline ``Engine`` on a CPU as ``mmcore serve`` and
+    vLLM's CPU backend do: one core left for the rest of the process (input processing,
+    scheduling, the caller's own threads), unless ``OMP_NUM_THREADS`` names a count.
+
+    An OpenMP team as large as the machine waits actively at every barrier, so any other busy
+    thread or process stalls each step: on a 2-core host with one competing process, tiny
+    LLaVA ran at 1.7 req/s with 2 threads and 35.8 with 1 (bench/RESULTS.md, session 5).
+
+    Args:
+        cores: the cores the process may use (default: its affinity).
+
+    Returns:
+        The thread count set, or None when ``OMP_NUM_THREADS`` is set (then nothing changes).
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    import torch
+
+    threads = plan_cpu_placement(cores).num_compute_threads
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+        logger.info(
+            "CPU: compute on %d torch threads (one core left for the rest; OMP_NUM_THREADS "
+            "sets the count)",
+            threads,
+        )
+    return threads
