@@ -25,11 +25,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 import mmcore.demo
-from mmcore.demo import batches, build, evaluate, ood, patch_head, scenes, shapes
+from mmcore.demo import batches, build, evaluate, ood, patch_head, position_init, scenes, shapes
 
 TARGETS = {"held_out": 0.99, "ood": 0.95}
 _PLAN_AT = (50, 500, 2000)  # steps at which the step count is planned from the measured rate
@@ -168,6 +169,11 @@ def train(args: argparse.Namespace) -> dict:
     processor = build.build_processor(tokenizer)
     config = build.build_config(tokenizer)
     model = LlavaForConditionalGeneration(config).to(device).train()
+    if args.position_init == "sincos":
+        pictures = batches.draw_pictures(np.random.default_rng([args.seed, 7]), 64, 1)
+        pixels = batches.pixel_values([s.image for s in pictures]).to(device)
+        rms = position_init.init_position_embeddings(model.model.vision_tower, pixels)
+        print(f"position embeddings: 2-D sin-cos at rms {rms:.3f}", flush=True)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"model: {num_params / 1e6:.2f}M parameters on {device}", flush=True)
 
@@ -271,6 +277,7 @@ def train(args: argparse.Namespace) -> dict:
         "ease_steps": args.ease_steps,
         "first_demo_fraction": args.first_demo_fraction,
         "patch_loss_weight": args.patch_loss_weight,
+        "position_init": args.position_init,
         "train_seconds": round(train_seconds),
         "data_wait_seconds": round(data_wait_s),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -328,6 +335,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.5,
         help="weight of the training-only loss on each image token's shape, colour and third "
         "(mmcore.demo.patch_head; 0: off)",
+    )
+    p.add_argument(
+        "--position-init",
+        default="sincos",
+        choices=["sincos", "clip"],
+        help="start of the vision tower's position embeddings: 2-D sin-cos as loud as the "
+        "patches (mmcore.demo.position_init) or CLIP's (std 0.02)",
     )
     p.add_argument("--log-every", type=int, default=250, help="steps between log lines")
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
