@@ -12,7 +12,11 @@ The loss covers only the answer tokens, and the learning rate follows a warm-up 
 decay over a step count chosen to fill ``--minutes`` (measured after the first steps and logged;
 ``--steps N`` fixes it, to repeat a run). The default budget is sized for one H200 (the whole
 command in about 8.5 minutes); on a CPU it runs, slowly. Training starts with large filled
-shapes and reaches the full variety of pictures by ``--ease-steps`` (a curriculum).
+shapes and reaches the full variety of pictures by ``--ease-steps`` (a curriculum). A
+training-only head asks every image token which shape, colour and third it shows
+(``--patch-loss-weight``, :mod:`mmcore.demo.patch_head`), and the vision tower's position
+embeddings start as 2-D sines and cosines (``--position-init``, :mod:`mmcore.demo.position_init`);
+neither changes the saved checkpoint's architecture.
 """
 
 from __future__ import annotations
