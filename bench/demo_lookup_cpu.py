@@ -1,7 +1,8 @@
 """Does the patch-label loss teach the demo model to find a shape by its name? A CPU experiment.
 
-A reduced task that a CPU trains in minutes: pictures of two large filled shapes (the
-curriculum's easiest varied pictures), the three look-up questions ("What colour is the star?",
+A reduced task that a CPU trains in minutes: pictures of two shapes (by default the first demo's
+pictures: one size, filled, on shaded grey; ``--pictures easy``: the curriculum's easiest varied
+pictures, large and filled), the three look-up questions ("What colour is the star?",
 "Where is the star?", "What shape is the red one?") and a reduced model of the demo's kind
 (CLIP 96 x 3 layers with 16 px patches: 49 image tokens; Llama 128 x 2 layers). The same seeded
 run with ``--patch-loss-weight 0`` (no patch loss) and with it on shows whether the name look-ups
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from mmcore.demo import batches, build, evaluate, patch_head, scenes, train
+from mmcore.demo import batches, build, evaluate, patch_head, position_init, train
 
 PATCH = 16  # a 7 x 7 grid of image tokens on the model's 112 px pictures
 GRID = build.IMAGE_SIZE // PATCH
@@ -43,14 +44,18 @@ def reduced_model(tokenizer):
     return LlavaForConditionalGeneration(config)
 
 
-def lookup_set(n: int, seed: int) -> list:
-    """Held-out two-shape easy pictures, the three look-up question types in turn."""
-    rng = np.random.default_rng([seed, 0x100C])
-    types = list(LOOKUP_WEIGHTS)
-    out = []
-    for i in range(n):
-        out += scenes.make_samples(rng, 2, [types[i % 3]], build.IMAGE_SIZE, 1.0, GRID)
-    return out
+def draw(rng: np.random.Generator, pictures: int, kind: str) -> list:
+    """``pictures`` two-shape pictures of ``kind`` with the three look-up questions each."""
+    return batches.draw_pictures(
+        rng, pictures, 3, ease=1.0, first_demo_fraction=1.0 if kind == "first_demo" else 0.0,
+        num_shapes_weights=(0.0, 1.0, 0.0), qtype_weights=LOOKUP_WEIGHTS, label_grid=GRID,
+    )  # fmt: skip
+
+
+def lookup_set(n: int, seed: int, kind: str) -> list:
+    """Held-out two-shape pictures of ``kind``, the three look-up question types in turn."""
+    samples = draw(np.random.default_rng([seed, 0x100C]), n, kind)
+    return [samples[3 * i + i % 3] for i in range(n)]
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -61,6 +66,10 @@ def run(args: argparse.Namespace) -> dict:
     processor = build.build_processor(tokenizer)
     processor.patch_size = PATCH  # expands <image> to GRID * GRID tokens, as the model takes
     model = reduced_model(tokenizer).train()
+    if args.position_init == "sincos":
+        pictures = draw(np.random.default_rng([args.seed, 7]), 64, args.pictures_kind)[::3]
+        pixels = batches.pixel_values([s.image for s in pictures])
+        position_init.init_position_embeddings(model.model.vision_tower, pixels)
     head = (
         patch_head.PatchHead(model.config.text_config.hidden_size)
         if args.patch_loss_weight
@@ -70,7 +79,10 @@ def run(args: argparse.Namespace) -> dict:
     optimizer = train._optimizer(modules, args.lr, 0.05)
     encoder = batches.SequenceEncoder(processor, GRID * GRID)
     rng = np.random.default_rng(args.seed)
-    probe = lookup_set(args.probe_questions, args.seed + 99)
+    probe = lookup_set(args.probe_questions, args.seed + 99, args.pictures_kind)
+    probe_batch = batches.collate(
+        draw(np.random.default_rng(args.seed + 98), 64, args.pictures_kind), encoder, 3
+    )
     history, start, step, next_probe = [], time.monotonic(), 0, 0.0
     while True:
         elapsed = time.monotonic() - start
@@ -80,16 +92,17 @@ def run(args: argparse.Namespace) -> dict:
             report = evaluate.score(probe, generator, batch_size=64)
             model.train()
             row = {"step": step, "seconds": round(elapsed), **report.accuracy}
+            if head is not None:
+                with torch.no_grad():
+                    features = train.image_features(model, probe_batch["pixels"])
+                    tokens = patch_head.patch_accuracy(head, features, probe_batch["patch_labels"])
+                row["patch_accuracy"] = tokens
             history.append(row)
             print(json.dumps(row), flush=True)
             next_probe = elapsed + args.probe_every_s
             if elapsed >= args.minutes * 60:
                 break
-        samples = batches.draw_pictures(
-            rng, args.pictures, 3, ease=1.0, num_shapes_weights=(0.0, 1.0, 0.0),
-            qtype_weights=LOOKUP_WEIGHTS, label_grid=GRID,
-        )  # fmt: skip
-        batch = batches.collate(samples, encoder, 3)
+        batch = batches.collate(draw(rng, args.pictures, args.pictures_kind), encoder, 3)
         for group in optimizer.param_groups:
             group["lr"] = train.lr_at(step, 10**9, args.lr, 100)  # warm-up, then constant
         loss, answer, patch, _ = train.training_loss(model, head, batch, 3, args.patch_loss_weight)
@@ -100,7 +113,13 @@ def run(args: argparse.Namespace) -> dict:
         step += 1
         if step % 50 == 0:
             print(f"step {step} answer loss {answer.item():.4f} patch loss {patch.item():.4f}")
-    return {"patch_loss_weight": args.patch_loss_weight, "steps": step, "history": history}
+    return {
+        "patch_loss_weight": args.patch_loss_weight,
+        "pictures_kind": args.pictures_kind,
+        "position_init": args.position_init,
+        "steps": step,
+        "history": history,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--pictures", type=int, default=16, help="pictures per step (3 questions each)")
+    p.add_argument("--pictures-kind", default="first_demo", choices=["first_demo", "easy"])
+    p.add_argument("--position-init", default="sincos", choices=["sincos", "clip"])
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-questions", type=int, default=150)

@@ -139,3 +139,55 @@ def test_patch_head_learns_labels_the_features_hold():
         "colour": 1.0,
         "cell": 1.0,
     }
+
+
+def test_colour_and_third_are_learnt_only_where_a_shape_is():
+    torch.manual_seed(1)
+    labels = torch.stack(
+        [torch.randint(0, n, (2, patch_labels.NUM_TOKENS)) for n in patch_labels.NUM_CLASSES], 1
+    )
+    features = torch.randn(2, patch_labels.NUM_TOKENS, 16)
+    head = patch_head.PatchHead(16)
+    loss = patch_head.patch_loss(head, features, labels)
+    # Background tokens' colour and third labels do not count; their shape label does.
+    background = labels[:, 0] == 0
+    relabelled = labels.clone()
+    relabelled[:, 1:][background.unsqueeze(1).expand(-1, 2, -1)] = 1
+    torch.testing.assert_close(patch_head.patch_loss(head, features, relabelled), loss)
+    shape_moved = labels.clone()
+    shape_moved[:, 0] = (labels[:, 0] + 1) % patch_labels.NUM_CLASSES[0]
+    assert not torch.isclose(patch_head.patch_loss(head, features, shape_moved), loss)
+
+
+def test_position_embeddings_start_as_sincos_as_loud_as_the_patches():
+    from transformers import LlavaForConditionalGeneration
+
+    from mmcore.demo import position_init
+
+    table = position_init.sincos_table(14, 160)
+    assert table.shape == (196, 160)
+    assert torch.cdist(table, table).add(torch.eye(196) * 9).min() > 0.1  # every patch differs
+    torch.manual_seed(0)
+    tower = LlavaForConditionalGeneration(
+        build.build_config(build.build_tokenizer())
+    ).model.vision_tower
+    samples = batches.draw_pictures(np.random.default_rng(0), 8, 1)
+    pixels = batches.pixel_values([s.image for s in samples])
+    grey = batches.pixel_values([Image.new("RGB", (112, 112), (128, 128, 128))])
+
+    def spread_over_positions():
+        # On a blank picture only its position tells one image token (after the layer norm)
+        # from another.
+        with torch.no_grad():
+            tokens = tower(grey, output_hidden_states=True).hidden_states[0][0, 1:]
+        return (tokens - tokens.mean(0)).norm(dim=1).mean().item()
+
+    before = spread_over_positions()
+    rms = position_init.init_position_embeddings(tower, pixels)
+    weight = tower.embeddings.position_embedding.weight
+    assert (weight[0] == 0).all()
+    assert weight[1:].pow(2).mean().sqrt().item() == pytest.approx(rms, rel=1e-4)
+    with torch.no_grad():
+        patches = tower.embeddings.patch_embedding(pixels)
+    assert patches.pow(2).mean().sqrt().item() == pytest.approx(rms, rel=1e-4)
+    assert spread_over_positions() > 2 * before

@@ -152,6 +152,7 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     argv = ["--out", str(out), "--device", "cpu", "--steps", "2", "--pictures-per-batch", "2"]
     argv += ["--questions-per-picture", "2", "--workers", "0", "--eval-every-s", "0"]
     argv += ["--final-questions", "5", "--ood-questions", "12", "--max-new-tokens", "2"]
+    argv += ["--position-init", "sincos"]  # the non-default start runs too
     assert train.main(argv) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 2 and summary["device"] == "cpu"
@@ -173,7 +174,7 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     assert (out / "chat_template.jinja").is_file()
     # The training-only patch head trained (its loss is logged) but is not in the checkpoint:
     # the saved tensors are exactly those of a plain LLaVA model of the demo's config.
-    assert summary["patch_loss_weight"] > 0
+    assert summary["patch_loss_weight"] > 0 and summary["position_init"] == "sincos"
     from safetensors import safe_open
 
     def tensor_names(folder):
@@ -184,11 +185,32 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
         tmp_path / "plain"
     )
     assert tensor_names(out) == tensor_names(tmp_path / "plain")
-    # mmcore's Engine runs it and answers as HF generate() does.
+    # mmcore's Engine runs it and picks the same tokens as HF generate() (greedy, float32).
+    from mmcore import Engine, SamplingParams
+
+    def upto_eos(ids):
+        eos = proc.tokenizer.eos_token_id
+        return ids[: ids.index(eos)] if eos in ids else ids
+
     samples = scenes.eval_samples(3, seed=11)
-    images, questions = [s.image for s in samples], [s.question for s in samples]
-    hf = evaluate.HFGenerator.from_pretrained(out)(images, questions)
-    assert evaluate.engine_generate(out, images, questions, device="cpu") == hf
+    hf = evaluate.HFGenerator.from_pretrained(out)
+    engine = Engine(str(out), device="cpu", seed=0)
+    for sample in samples:
+        inputs = proc(text=[hf.prompt(sample.question)], images=[sample.image], return_tensors="pt")
+        with torch.no_grad():
+            ids = hf.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        want = ids[0, inputs["input_ids"].shape[1] :].tolist()
+        conversation = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": sample.image},
+                    {"type": "text", "text": sample.question},
+                ],
+            }
+        ]
+        got = engine.chat([conversation], SamplingParams(temperature=0.0, max_tokens=4))
+        assert upto_eos(list(got[0].outputs[0].token_ids)) == upto_eos(want)
 
 
 def test_cuda_without_a_gpu_is_refused(tmp_path, monkeypatch):

@@ -123,7 +123,7 @@ def first_demo_samples(
     image = scenes.to_model_size(picture, build.IMAGE_SIZE)
     labels = patch_labels.first_demo_labels(items, masks, label_grid)
     return [
-        shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype, labels)
+        shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype, patch_labels=labels)
         for qtype in qtypes
     ]
 

@@ -34,7 +34,12 @@ class PatchHead(torch.nn.Module):
 
 
 def patch_loss(head: PatchHead, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the head's predictions over every token, summed over label kinds.
+    """Cross-entropy of the head's predictions, summed over label kinds.
+
+    The shape is predicted for every token (background included); colour and third only for
+    tokens that show a shape: "background" is then the shape head's to say, and the others
+    need no nonlinear "is this a shape?" of their own (a linear head cannot tell "any colour"
+    from grey, nor "a shape here" from a position alone).
 
     Args:
         head: the head.
@@ -44,9 +49,11 @@ def patch_loss(head: PatchHead, features: torch.Tensor, labels: torch.Tensor) ->
     Returns:
         The loss (a float32 scalar).
     """
+    shown = labels[:, 0] > 0
     total = features.new_zeros((), dtype=torch.float32)
     for kind, logits in enumerate(head(features)):
-        total = total + F.cross_entropy(logits.flatten(0, 1), labels[:, kind].flatten())
+        target = labels[:, kind] if kind == 0 else labels[:, kind].masked_fill(~shown, -100)
+        total = total + F.cross_entropy(logits.flatten(0, 1).float(), target.flatten())
     return total
 
 

@@ -361,7 +361,7 @@ def make_samples(
     out = []
     for qtype in qtypes:
         question, answer = shapes.question_answer(picture.items, qtype, rng)
-        out.append(shapes.Sample(image, question, answer, qtype, labels))
+        out.append(shapes.Sample(image, question, answer, qtype, patch_labels=labels))
     return out
 
 

@@ -17,7 +17,7 @@ Only numpy and Pillow are used, so the generator runs in data-loader workers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -78,8 +78,9 @@ class Sample:
     question: str
     answer: str
     qtype: str
-    # Training only: per-image-token labels of the picture (:mod:`mmcore.demo.patch_labels`).
-    patch_labels: np.ndarray | None = None
+    # Training only: per-image-token labels of the picture (:mod:`mmcore.demo.patch_labels`);
+    # keyword-only, so that subclasses' positional fields (ood.OodSample's group) stay theirs.
+    patch_labels: np.ndarray | None = field(default=None, kw_only=True)
 
 
 def random_items(rng: np.random.Generator, num_shapes: int) -> list[ShapeItem]:

@@ -12,7 +12,11 @@ The loss covers only the answer tokens, and the learning rate follows a warm-up 
 decay over a step count chosen to fill ``--minutes`` (measured after the first steps and logged;
 ``--steps N`` fixes it, to repeat a run). The default budget is sized for one H200 (the whole
 command in about 8.5 minutes); on a CPU it runs, slowly. Training starts with large filled
-shapes and reaches the full variety of pictures by ``--ease-steps`` (a curriculum).
+shapes and reaches the full variety of pictures by ``--ease-steps`` (a curriculum). A
+training-only head asks every image token which shape, colour and third it shows
+(``--patch-loss-weight``, :mod:`mmcore.demo.patch_head`), and the vision tower's position
+embeddings start as 2-D sines and cosines (``--position-init``, :mod:`mmcore.demo.position_init`);
+neither changes the saved checkpoint's architecture.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
 import mmcore.demo
-from mmcore.demo import batches, build, evaluate, ood, patch_head, scenes, shapes
+from mmcore.demo import batches, build, evaluate, ood, patch_head, position_init, scenes, shapes
 
 TARGETS = {"held_out": 0.99, "ood": 0.95}
 _PLAN_AT = (50, 500, 2000)  # steps at which the step count is planned from the measured rate
@@ -172,6 +177,11 @@ def train(args: argparse.Namespace) -> dict:
         model = model.to(device).train()
     else:
         model = LlavaForConditionalGeneration(config).to(device).train()
+        if args.position_init == "sincos":
+            pictures = batches.draw_pictures(np.random.default_rng([args.seed, 7]), 64, 1)
+            pixels = batches.pixel_values([s.image for s in pictures]).to(device)
+            rms = position_init.init_position_embeddings(model.model.vision_tower, pixels)
+            print(f"position embeddings: 2-D sin-cos at rms {rms:.3f}", flush=True)
     num_params = sum(p.numel() for p in model.parameters())
     print(f"model: {num_params / 1e6:.2f}M parameters on {device}", flush=True)
 
@@ -275,6 +285,7 @@ def train(args: argparse.Namespace) -> dict:
         "ease_steps": args.ease_steps,
         "first_demo_fraction": args.first_demo_fraction,
         "patch_loss_weight": args.patch_loss_weight,
+        "position_init": args.position_init,
         "train_seconds": round(train_seconds),
         "data_wait_seconds": round(data_wait_s),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -337,6 +348,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init-from",
         help="a checkpoint this command saved: train on from its weights (with a new learning "
         "rate schedule; e.g. --ease-steps 0 --lr 3e-4) instead of from random ones",
+    )
+    p.add_argument(
+        "--position-init",
+        default="clip",
+        choices=["sincos", "clip"],
+        help="start of the vision tower's position embeddings: CLIP's (std 0.02; the shipped "
+        "run's) or 2-D sin-cos as loud as the patches (mmcore.demo.position_init; tried on CPU "
+        "only so far)",
     )
     p.add_argument("--log-every", type=int, default=250, help="steps between log lines")
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
