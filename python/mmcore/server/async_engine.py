@@ -29,8 +29,8 @@ from mmcore.server.stream_updates import (  # noqa: F401 - re-exported for the s
     CompletionDelta,
     StreamUpdate,
     _Active,
-    _deltas,
     merge_updates,
+    output_update,
 )
 
 logger = logging.getLogger("mmcore.server")
@@ -235,12 +235,8 @@ class AsyncEngine:
         """
         if not self.is_running:
             raise EngineDeadError("the engine is not running")
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
-        num = params.n
-        hold_back = max((len(s) for s in params.stop_strings), default=1) - 1
-        active = _Active(loop, q, hold_back, [0] * num, [0] * num, [False] * num)
-        self._commands.put(("add", request_id, processed, params, active))
+        self._enqueue_add(request_id, processed, params, q)
         try:
             first = await self.next_item(q)
         except asyncio.CancelledError:
@@ -256,6 +252,18 @@ class AsyncEngine:
             _queue=q,
             _engine=self,
         )
+
+    def _enqueue_add(
+        self, request_id: str, processed: Any, params: SamplingParams, q: asyncio.Queue
+    ) -> None:
+        """Queue the add command with the request's stream state (stop strings held back here,
+        by the engine thread's dispatch); the engine thread registers it."""
+        num = params.n
+        hold_back = max((len(s) for s in params.stop_strings), default=1) - 1
+        active = _Active(
+            asyncio.get_running_loop(), q, hold_back, [0] * num, [0] * num, [False] * num
+        )
+        self._commands.put(("add", request_id, processed, params, active))
 
     async def next_item(self, q: asyncio.Queue) -> Any:
         """The next item the engine thread sent to ``q``; an EngineDeadError instead of
@@ -361,17 +369,11 @@ class AsyncEngine:
                 del self._active[output.request_id]
                 self._send(active, RequestFailedError(output.error))
                 continue
-            deltas = _deltas(active, output)
-            prompt_logprobs = getattr(output, "prompt_logprobs", None)
-            if prompt_logprobs is None or active.sent_prompt_logprobs:
-                prompt_logprobs = None
-            else:
-                active.sent_prompt_logprobs = True
+            update = output_update(active, output)
             if output.finished:
                 del self._active[output.request_id]
-            if deltas or output.finished or prompt_logprobs is not None:
-                batch = batches.setdefault(active.loop, [])
-                batch.append((active.queue, StreamUpdate(deltas, output.finished, prompt_logprobs)))
+            if update is not None:
+                batches.setdefault(active.loop, []).append((active.queue, update))
         for loop, batch in batches.items():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, batch)

@@ -6,7 +6,7 @@
 
 The server process keeps its GIL for HTTP, JSON and SSE work; the core's GIL serves only the
 engine. Each step's news is one pickled message: per request the stop-string-safe text and
-token deltas (:func:`~mmcore.server.stream_updates._deltas`, computed here next to the
+token deltas (:func:`~mmcore.server.stream_updates.output_update`, computed here next to the
 detokenizer, so the server never copies whole outputs; :func:`stream_update` rebuilds them),
 plus the engine's stats.
 
@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from mmcore import _core
-from mmcore.server.stream_updates import CompletionDelta, StreamUpdate, _Active, _deltas
+from mmcore.server.stream_updates import CompletionDelta, StreamUpdate, _Active, output_update
 
 logger = logging.getLogger("mmcore.server")
 
@@ -250,20 +250,16 @@ class _Core:
                 del self.live[output.request_id]
                 failures.append((output.request_id, output.error))
                 continue
-            deltas = _deltas(active, output)
-            prompt_logprobs = getattr(output, "prompt_logprobs", None)
-            if prompt_logprobs is None or active.sent_prompt_logprobs:
-                prompt_logprobs = None
-            else:
-                active.sent_prompt_logprobs = True
+            update = output_update(active, output)
             if output.finished:
                 del self.live[output.request_id]
-            if deltas or output.finished or prompt_logprobs is not None:
+            if update is not None:
                 # Plain tuples: about 7x cheaper to pickle here than the dataclasses.
                 fields = [
-                    (d.index, d.text, d.token_ids, d.logprobs, d.finish_reason) for d in deltas
+                    (d.index, d.text, d.token_ids, d.logprobs, d.finish_reason)
+                    for d in update.deltas
                 ]
-                updates.append((output.request_id, output.finished, prompt_logprobs, fields))
+                updates.append((output.request_id, update.finished, update.prompt_logprobs, fields))
         return updates, failures
 
     def _send_step(self, updates: list, failures: list) -> None:

@@ -18,7 +18,6 @@ import os
 import pickle
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,6 @@ from mmcore.server.async_engine import (
     AsyncEngine,
     EngineDeadError,
     RequestFailedError,
-    RequestStream,
     _Accepted,
     _deliver,
 )
@@ -167,36 +165,16 @@ class EngineCoreClient(AsyncEngine):
         return None if self._process is None else self._process.pid
 
     # ------------------------------------------------------------------ coroutine API
-    async def submit(
-        self,
-        request_id: str,
-        processed: Any,
-        params: SamplingParams,
-        arrival_time: float | None = None,
-    ) -> RequestStream:
-        """As :meth:`AsyncEngine.submit`; the core accepts or refuses the request."""
-        if not self.is_running:
-            raise EngineDeadError("the engine is not running")
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
+    def _enqueue_add(
+        self, request_id: str, processed: Any, params: SamplingParams, q: asyncio.Queue
+    ) -> None:
+        """Register the request's stream and queue the add for the core (which holds stop
+        strings back next to its detokenizer: nothing is held back here)."""
         num = params.n
-        self._active[request_id] = _Active(loop, q, 0, [0] * num, [0] * num, [False] * num)
-        self._commands.put(("add", request_id, processed, params))
-        try:
-            first = await self.next_item(q)
-        except asyncio.CancelledError:
-            self.abort(request_id)
-            raise
-        if isinstance(first, BaseException):
-            raise first
-        assert isinstance(first, _Accepted)
-        return RequestStream(
-            request_id=request_id,
-            prompt_token_ids=processed.token_ids.tolist(),
-            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
-            _queue=q,
-            _engine=self,
+        self._active[request_id] = _Active(
+            asyncio.get_running_loop(), q, 0, [0] * num, [0] * num, [False] * num
         )
+        self._commands.put(("add", request_id, processed, params))
 
     # ------------------------------------------------------------------ threads
     def _send_loop(self) -> None:

@@ -101,3 +101,17 @@ def _deltas(active: _Active, output: RequestOutput) -> list[CompletionDelta]:
                 CompletionDelta(i, new_text, new_tokens, new_logprobs, completion.finish_reason)
             )
     return deltas
+
+
+def output_update(active: _Active, output: RequestOutput) -> StreamUpdate | None:
+    """One request's news of a step: its new text/token deltas (stop-string safe) and its
+    prompt log-probs the first time they come; None when there is nothing to send."""
+    deltas = _deltas(active, output)
+    prompt_logprobs = getattr(output, "prompt_logprobs", None)
+    if prompt_logprobs is None or active.sent_prompt_logprobs:
+        prompt_logprobs = None
+    else:
+        active.sent_prompt_logprobs = True
+    if deltas or output.finished or prompt_logprobs is not None:
+        return StreamUpdate(deltas, output.finished, prompt_logprobs)
+    return None
