@@ -237,6 +237,18 @@ def mrope_columns(mrope_section: list[int], head_dim: int, device=None) -> torch
     return torch.cat((rows, rows)).to(device)
 
 
+def _sectioned_cos_sin(
+    positions: torch.Tensor, cos_sin_cache: torch.Tensor, columns: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) ``[T, 1, D]`` for positions ``[R, T]``: cache column ``j`` read at the
+    position of row ``columns[j]`` (:func:`mrope_columns`), each half repeated over ``D``."""
+    per_row = cos_sin_cache[positions.long()]  # [R, T, D]
+    rows = per_row.gather(0, columns.view(1, 1, -1).expand(1, per_row.shape[1], -1))[0]
+    half = rows.shape[-1] // 2
+    cos, sin = rows[:, None, :half], rows[:, None, half:]
+    return torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+
+
 def mrope_rotary_embedding(
     positions: torch.Tensor,
     query: torch.Tensor,
@@ -257,11 +269,8 @@ def mrope_rotary_embedding(
     """
     head_dim = query.shape[-1]
     columns = mrope_columns(mrope_section, head_dim, positions.device)
-    per_row = cos_sin_cache[positions.long()]  # [3, T, D]
-    rows = per_row.gather(0, columns.view(1, 1, -1).expand(1, per_row.shape[1], -1))[0]
+    cos, sin = _sectioned_cos_sin(positions, cos_sin_cache, columns)
     half = head_dim // 2
-    cos, sin = rows[:, None, :half], rows[:, None, half:]
-    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -299,13 +308,11 @@ def vision_rotary_embedding(
     Returns:
         New (query, key) in their dtype.
     """
-    half = query.shape[-1] // 2
-    row_of = torch.repeat_interleave(torch.arange(len(sections)), torch.tensor(list(sections)))
-    columns = torch.cat((row_of, row_of)).to(positions.device)
-    per_row = cos_sin_cache[positions.long()]  # [R, T, D]
-    table = per_row.gather(0, columns.view(1, 1, -1).expand(1, per_row.shape[1], -1))[0]
-    cos, sin = table[:, None, :half], table[:, None, half:]
-    cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+    head_dim = query.shape[-1]
+    three = (list(sections) + [0, 0])[:3]  # mrope_columns' three rows; the unused ones empty
+    columns = mrope_columns(three, head_dim, positions.device)
+    cos, sin = _sectioned_cos_sin(positions, cos_sin_cache, columns)
+    half = head_dim // 2
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
