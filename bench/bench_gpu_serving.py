@@ -23,12 +23,14 @@ Usage:
     python bench/bench_gpu_serving.py --out DIR --server-args=--no-engine-core-process
     python bench/bench_gpu_serving.py --smoke --out DIR  # CPU, tiny LLaVA, a few requests
     python bench/bench_gpu_serving.py --smoke --out DIR --server-args=--engine-core-process
+    python bench/bench_gpu_serving.py --out DIR --profile-dir DIR/spy --load-fractions
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -47,6 +49,7 @@ from mmcore.bench.workload import _WORDS, BenchRequest, random_png_data_url
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_process import free_port, start_server, stop_server, wait_healthy  # noqa: E402
+from spy import SpyRecorder, cpu_seconds, cpu_seconds_delta  # noqa: E402
 
 # Seeds of the workloads: the offline and saturation phases share one; warm-ups and load
 # phases get their own, so no prefix or processor cache entry carries over between them.
@@ -146,7 +149,8 @@ def run_offline_phase(args) -> dict:
     tokenizer = _tokenizer(args.model)  # the parent's, so both paths fit the same texts
     run_offline_bench(engine, _workload(args, tokenizer, args.warmup, SEED_WARMUP), False)
     requests = _workload(args, tokenizer, args.num_requests, SEED_MAIN)
-    summary = run_offline_bench(engine, requests, progress=False)
+    with _profiled(args, os.getpid(), "offline") as profile:
+        summary = run_offline_bench(engine, requests, progress=False)
     cuda = torch.cuda.is_available() and args.device.startswith("cuda")
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -154,6 +158,7 @@ def run_offline_phase(args) -> dict:
         "startup_s": startup_s,
         "num_blocks": engine.config.num_blocks,
         "summary": summary_dict(summary),
+        **profile,
     }
 
 
@@ -175,8 +180,13 @@ def run_served_phases(args, tokenizer, offline_rate: float, log) -> dict:
         result: dict = {"startup_s": time.perf_counter() - start, "server_args": extra}
         _serve(url, _workload(args, tokenizer, args.warmup, SEED_WARMUP), math.inf, 0)
         requests = _workload(args, tokenizer, args.num_requests, SEED_MAIN)
-        saturation = _serve(url, requests, math.inf, 0)
+        with (
+            _profiled(args, server.pid, "server_saturation") as server_profile,
+            _profiled(args, os.getpid(), "client_saturation", False) as client_profile,
+        ):
+            saturation = _serve(url, requests, math.inf, 0)
         result["saturation"] = summary_dict(saturation)
+        result["saturation_cpu_s"] = {"server": server_profile, "client": client_profile}
         served_rate = saturation.request_throughput
         result["served_over_offline"] = served_rate / offline_rate
         print(f"saturation req_per_s {served_rate:.2f}; ratio served/offline "
@@ -202,6 +212,22 @@ def run_served_phases(args, tokenizer, offline_rate: float, log) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def _profiled(args, pid: int, name: str, descendants: bool = True):
+    """CPU seconds of ``pid`` (and its descendants) over the block (filled in on exit) and, with
+    ``--profile-dir``, a py-spy record of them (``DIR/NAME.txt``, raw collapsed stacks)."""
+    profile: dict = {}
+    before = cpu_seconds(pid, descendants)
+    if args.profile_dir:
+        os.makedirs(args.profile_dir, exist_ok=True)
+        path = os.path.join(args.profile_dir, name + ".txt")
+        with SpyRecorder(pid, path, subprocesses=descendants):
+            yield profile
+    else:
+        yield profile
+    profile["cpu_s"] = cpu_seconds_delta(before, cpu_seconds(pid, descendants))
+
+
 def _ms(dist: dict) -> str:
     if not dist:
         return "-"
@@ -216,6 +242,9 @@ def _offline_in_subprocess(args) -> dict:
                "--phase-result", result_path]  # fmt: skip
         for name in _WORKLOAD_OPTIONS:
             cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
+        for name in _OPTIONAL_OPTIONS:
+            if getattr(args, name):
+                cmd += ["--" + name.replace("_", "-"), str(getattr(args, name))]
         subprocess.run(cmd, check=True)
         with open(result_path) as f:
             return json.load(f)
@@ -224,6 +253,7 @@ def _offline_in_subprocess(args) -> dict:
 # Options the offline phase's process gets from the parent, and their values per mode.
 _WORKLOAD_OPTIONS = ("model", "device", "load_format", "num_requests", "text_tokens",
                      "output_len", "image_size", "max_num_seqs", "warmup")  # fmt: skip
+_OPTIONAL_OPTIONS = ("profile_dir",)  # passed on when set
 _SMOKE = {"device": "cpu", "num_requests": 6, "text_tokens": 16, "output_len": 8,
           "image_size": 64, "load_requests": 6, "warmup": 2}  # fmt: skip
 _FULL = {"device": "cuda", "num_requests": 500, "text_tokens": 64, "output_len": 128,
@@ -249,6 +279,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="arrival span each load phase aims at (capped by --load-requests)")  # fmt: skip
     parser.add_argument("--server-args", default="", help="more `mmcore serve` options")
     parser.add_argument("--out", default=".", help="folder of results_gpu_serving.json")
+    parser.add_argument("--profile-dir", help="py-spy records of the timed offline run and of "
+                        "the server and client at saturation (raw stacks; bench/spy.py sums them)")  # fmt: skip
     parser.add_argument(
         "--phase", choices=["all", "offline"], default="all", help=argparse.SUPPRESS
     )
