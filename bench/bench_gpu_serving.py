@@ -49,7 +49,13 @@ from mmcore.bench.workload import _WORDS, BenchRequest, random_png_data_url
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve_process import free_port, start_server, stop_server, wait_healthy  # noqa: E402
-from spy import SpyRecorder, cpu_seconds, cpu_seconds_delta  # noqa: E402
+from spy import (  # noqa: E402
+    SpyRecorder,
+    busiest_threads,
+    cpu_seconds,
+    cpu_seconds_delta,
+    thread_cpu_seconds,
+)
 
 # Seeds of the workloads: the offline and saturation phases share one; warm-ups and load
 # phases get their own, so no prefix or processor cache entry carries over between them.
@@ -218,6 +224,7 @@ def _profiled(args, pid: int, name: str, descendants: bool = True):
     ``--profile-dir``, a py-spy record of them (``DIR/NAME.txt``, raw collapsed stacks)."""
     profile: dict = {}
     before = cpu_seconds(pid, descendants)
+    threads_before = {p: thread_cpu_seconds(p) for p in before}
     if args.profile_dir:
         os.makedirs(args.profile_dir, exist_ok=True)
         path = os.path.join(args.profile_dir, name + ".txt")
@@ -225,7 +232,11 @@ def _profiled(args, pid: int, name: str, descendants: bool = True):
             yield profile
     else:
         yield profile
-    profile["cpu_s"] = cpu_seconds_delta(before, cpu_seconds(pid, descendants))
+    after = cpu_seconds(pid, descendants)
+    profile["cpu_s"] = cpu_seconds_delta(before, after)
+    profile["threads"] = {
+        str(p): busiest_threads(threads_before.get(p, {}), thread_cpu_seconds(p)) for p in after
+    }
 
 
 def _ms(dist: dict) -> str:

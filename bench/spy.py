@@ -87,6 +87,37 @@ def cpu_seconds_delta(before: dict[int, float], after: dict[int, float]) -> dict
     return {str(p): round(after[p] - before.get(p, 0.0), 2) for p in after}
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid``, keyed ``"tid name"`` (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    result: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return result
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1 : text.rfind(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        result[f"{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return result
+
+
+def busiest_threads(before: dict[str, float], after: dict[str, float], top: int = 12) -> dict:
+    """The ``top`` threads by CPU seconds between two :func:`thread_cpu_seconds` readings, and
+    how many threads used more than 0.5 s."""
+    spent = {k: after[k] - before.get(k, 0.0) for k in after}
+    ranked = sorted(spent.items(), key=lambda kv: -kv[1])
+    return {
+        "threads_over_half_s": sum(1 for _, v in ranked if v > 0.5),
+        "top": {k: round(v, 2) for k, v in ranked[:top]},
+    }
+
+
 def summarize(path: str, top: int = 25) -> str:
     """Per process of a raw py-spy file: samples, then the functions with the most samples on
     top of the stack (self) and anywhere in it (inclusive)."""
@@ -100,7 +131,7 @@ def summarize(path: str, top: int = 25) -> str:
     with open(path) as f:
         for line in f:
             stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack:
+            if not stack or not count.isdigit():  # a frame name with a line break in it
                 continue
             frames = stack.split(";")
             roots = [i for i, fr in enumerate(frames) if fr.startswith("process ")]

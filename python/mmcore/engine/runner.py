@@ -247,10 +247,15 @@ class ModelRunner:
                 self.encoder_cache[handle] = emb
 
     def _encode(self, modality: str, items: list[MMItem]) -> list[torch.Tensor]:
-        data = [
-            {k: self._upload(v) if isinstance(v, torch.Tensor) else v for k, v in it.data.items()}
-            for it in items
-        ]
+        # Every item's tensors in one staged copy per dtype (see HostStaging.tensors_to_device).
+        keys = [(n, k) for n, it in enumerate(items) for k, v in it.data.items()
+                if isinstance(v, torch.Tensor)]  # fmt: skip
+        uploaded = self.staging.tensors_to_device(
+            "encoder_inputs", [items[n].data[k] for n, k in keys]
+        )
+        data = [dict(it.data) for it in items]
+        for (n, k), tensor in zip(keys, uploaded):
+            data[n][k] = tensor
         return self.model.encode(modality, data) if data else []
 
     def _encode_data_parallel(self, modality: str, items: list[MMItem]) -> list[torch.Tensor]:
