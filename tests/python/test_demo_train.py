@@ -152,7 +152,7 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     argv = ["--out", str(out), "--device", "cpu", "--steps", "2", "--pictures-per-batch", "2"]
     argv += ["--questions-per-picture", "2", "--workers", "0", "--eval-every-s", "0"]
     argv += ["--final-questions", "5", "--ood-questions", "12", "--max-new-tokens", "2"]
-    argv += ["--position-init", "sincos"]  # the non-default start runs too
+    argv += ["--position-init", "clip"]  # the non-default start runs too
     assert train.main(argv) == 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["steps"] == 2 and summary["device"] == "cpu"
@@ -174,7 +174,7 @@ def test_a_short_cpu_run_saves_a_loadable_checkpoint(tmp_path):
     assert (out / "chat_template.jinja").is_file()
     # The training-only patch head trained (its loss is logged) but is not in the checkpoint:
     # the saved tensors are exactly those of a plain LLaVA model of the demo's config.
-    assert summary["patch_loss_weight"] > 0 and summary["position_init"] == "sincos"
+    assert summary["patch_loss_weight"] > 0 and summary["position_init"] == "clip"
     from safetensors import safe_open
 
     def tensor_names(folder):

@@ -351,11 +351,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--position-init",
-        default="clip",
+        default="sincos",
         choices=["sincos", "clip"],
-        help="start of the vision tower's position embeddings: CLIP's (std 0.02; the shipped "
-        "run's) or 2-D sin-cos as loud as the patches (mmcore.demo.position_init; tried on CPU "
-        "only so far)",
+        help="start of the vision tower's position embeddings: 2-D sin-cos as loud as the "
+        "patches (mmcore.demo.position_init; the shipped run's) or CLIP's (std 0.02)",
     )
     p.add_argument("--log-every", type=int, default=250, help="steps between log lines")
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
