@@ -173,6 +173,7 @@ def _cpu_placement(args: argparse.Namespace, server_args: ServerArgs):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from mmcore.engine.cpu_placement import set_gpu_host_threads
     from mmcore.listen_socket import bind_socket
 
     try:
@@ -184,6 +185,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SystemExit(f"error: {exc.strerror}") from None
     placement = _cpu_placement(args, server_args)  # before torch loads OpenMP
+    host_threads = None if _on_cpu(args) else set_gpu_host_threads()  # before torch, too
     from mmcore import Engine
     from mmcore.executor.errors import WorkerFailedError
     from mmcore.hub import resolve_model_path
@@ -195,6 +197,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=server_args.uvicorn_log_level.upper().replace("TRACE", "DEBUG"),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if host_threads:
+        logging.getLogger("mmcore.engine").info(host_threads)
     # Find (or download) the model now, so a missing one is one line before the server starts.
     try:
         local_dir = resolve_model_path(

@@ -4,11 +4,14 @@ pins itself (and so its OpenMP team) while the rest of the process keeps its cor
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import torch
 
 from mmcore.engine.cpu_placement import (
+    GPU_HOST_THREADS,
     pin_compute_thread,
     plan_cpu_placement,
     set_openmp_environment,
@@ -69,3 +72,29 @@ def test_offline_engine_threads_leave_one_core_unless_omp_num_threads_is_set(mon
         assert torch.get_num_threads() == 4
     finally:
         torch.set_num_threads(before)
+
+
+def _torch_threads_after(code: str, env: dict[str, str]) -> str:
+    script = f"{code}\nimport torch\nprint(torch.get_num_threads())"
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()[-1]
+
+
+def test_gpu_host_threads_give_one_torch_thread_unless_omp_num_threads_is_set():
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = "from mmcore.engine.cpu_placement import set_gpu_host_threads as s; print(s())"
+    assert _torch_threads_after(code, env) == str(GPU_HOST_THREADS)
+    assert _torch_threads_after(code, {**env, "OMP_NUM_THREADS": "2"}) == "2"
+
+
+def test_serve_on_a_gpu_device_sets_the_host_threads_before_torch(tmp_path):
+    # No GPU here: the engine fails to start, after the server logged its thread choice.
+    from mmcore.testing.tiny_checkpoints import build_tiny_llava
+
+    model = build_tiny_llava(str(tmp_path / "tiny_llava"), seed=0)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = [sys.executable, "-m", "mmcore.cli", "serve", model, "--device", "cuda", "--port", "0"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "host threads: 1 torch thread per process on a GPU host" in done.stderr

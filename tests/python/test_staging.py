@@ -1,13 +1,15 @@
-"""HostStaging.tensors_to_device: a step's encoder inputs reach the device unchanged.
+"""HostStaging: a step's arrays and encoder inputs reach the device unchanged, without waiting.
 
 On CUDA the tensors go through a ring of pinned buffers (one copy per dtype); the GPU cases
 check values, shapes and dtypes across more calls than the ring has slots, with the host
-overwriting its source tensors right after each call, and that the first pass round the ring
-never waits on the GPU (sync debug mode). On CPU the tensors pass through as they are.
+overwriting its source tensors right after each call, that no call synchronises (sync debug
+mode), and that staging a step never waits for the GPU work queued before it (the previous
+step's buffers are not the ones reused). On CPU the tensors pass through as they are.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -61,3 +63,23 @@ def test_cuda_ring_copies_every_call(monkeypatch, ring_max_bytes):
         for want, got in zip(expected, out):
             assert got.device.type == "cuda" and got.dtype == want.dtype
             assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_staging_a_step_never_waits_for_the_step_still_running():
+    staging = HostStaging(torch.device("cuda"))
+    busy, results = [], []
+    for step in range(4):
+        torch.cuda._sleep(100_000_000)  # ~50 ms of GPU work: the "running step"
+        busy.append(torch.cuda.Event())
+        busy[-1].record()
+        rows = staging.to_device("logits_indices", np.arange(5) + step, torch.long)
+        items = staging.tensors_to_device("encoder_inputs", [torch.full((3,), float(step))])
+        if step:  # reusing the last step's buffers would have waited for the last step's work
+            assert not busy[-2].query()
+        results.append((rows, items[0]))
+    torch.cuda.synchronize()
+    for step, (rows, item) in enumerate(results):
+        assert rows.tolist() == list(range(step, step + 5))
+        assert item.tolist() == [float(step)] * 3

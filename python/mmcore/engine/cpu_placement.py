@@ -63,6 +63,31 @@ def set_openmp_environment(placement: CpuPlacement) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# Torch (OpenMP) threads of each process of `mmcore serve` on a GPU host. Their host work is
+# copies of a step's inputs and Python; a team as large as the machine there only contends
+# with the server's other processes: on an H200 host the engine core's 32-thread copies of
+# each image into pinned memory took ~9 ms apiece under load (bench/RESULTS.md, session 6).
+# vLLM's GPU worker processes run one thread as well.
+GPU_HOST_THREADS = 1
+
+
+def set_gpu_host_threads() -> str | None:
+    """Give `mmcore serve` on a GPU host (and the engine core, media and TP worker processes
+    it starts, which inherit the environment) ``GPU_HOST_THREADS`` torch threads, unless
+    ``OMP_NUM_THREADS`` is set; call before torch is imported.
+
+    Returns:
+        The ``OMP_NUM_THREADS`` now in effect and whether the user set it, as a log message.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return f"host threads: OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} (set by the user)"
+    os.environ["OMP_NUM_THREADS"] = str(GPU_HOST_THREADS)
+    return (
+        f"host threads: {GPU_HOST_THREADS} torch thread per process on a GPU host "
+        "(OMP_NUM_THREADS sets the count)"
+    )
+
+
 def pin_current_thread(cores: tuple[int, ...]) -> None:
     """Run the calling thread (and threads it starts later) on ``cores`` only."""
     os.sched_setaffinity(0, cores)  # pid 0: the calling thread on Linux

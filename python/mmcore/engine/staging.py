@@ -15,12 +15,13 @@ _RING_MAX_BYTES = 256 << 20
 
 
 class HostStaging:
-    """One pinned host buffer per named step array, grown on demand and reused every step.
+    """Two pinned host buffers per named step array, grown on demand and used in turn.
 
     On CUDA, each array is written into its page-locked buffer and sent with a non-blocking copy,
     so the host goes on building the step while the copy runs. Before a buffer is rewritten the
-    host waits on the event recorded after its last copy (normally long done), so an in-flight
-    copy never reads a buffer being overwritten. On CPU the arrays are wrapped without copies.
+    host waits on the event recorded after its last copy (two uses ago: normally long done), so
+    an in-flight copy never reads a buffer being overwritten. On CPU the arrays are wrapped
+    without copies.
 
     Args:
         device: where the tensors go.
@@ -31,7 +32,8 @@ class HostStaging:
         self._pinned = device.type == "cuda"
         self._buffers: dict[str, torch.Tensor] = {}
         self._copied: dict[str, torch.cuda.Event] = {}
-        self._ring_next: dict[str, int] = {}
+        self._turn: dict[str, int] = {}  # to_device: which of a name's two buffers is next
+        self._ring_next: dict[str, int] = {}  # tensors_to_device: next slot of each ring
 
     def _buffer(self, name: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
         buf = self._buffers.get(name)
@@ -55,12 +57,18 @@ class HostStaging:
         host = torch.from_numpy(np.ascontiguousarray(array))
         if not self._pinned:
             return host.to(dtype)
-        done = self._copied.get(name)
+        # Two buffers per name, used in turn: a name staged after the step's forward (e.g. the
+        # logits rows) has its last copy queued behind the running step, and waiting on that
+        # copy would hold the host until the step ends.
+        parity = self._turn.get(name, 0)
+        self._turn[name] = 1 - parity
+        key = f"{name}#{parity}"
+        done = self._copied.get(key)
         if done is not None:
-            done.synchronize()
+            done.synchronize()  # the copy of the step before last: done
         else:
-            done = self._copied[name] = torch.cuda.Event()
-        staged = self._buffer(name, dtype, host.numel())
+            done = self._copied[key] = torch.cuda.Event()
+        staged = self._buffer(key, dtype, host.numel())
         staged.copy_(host.reshape(-1))
         out = staged.to(self.device, non_blocking=True).view(host.shape)
         done.record()

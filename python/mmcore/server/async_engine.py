@@ -137,6 +137,11 @@ class RequestStream:
 class AsyncEngine:
     """Runs an ``Engine`` on its own thread and serves it to coroutines.
 
+    Attributes:
+        compiles_grammars: whether the engine compiles a request's structured-output grammar
+            off its step loop by itself (the engine core process does); if not, the server
+            compiles it in its input pool first, so the step finds it cached.
+
     Args:
         engine: a constructed ``mmcore.Engine``, or a no-argument function that builds one. A
             function is called on the engine thread by :meth:`start`, so one thread both builds
@@ -165,6 +170,7 @@ class AsyncEngine:
         self._pending_lock = threading.Lock()
         self._error: BaseException | None = None
         self.on_fatal: Callable[[], None] | None = None  # called once the engine thread failed
+        self.compiles_grammars = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mm-engine", daemon=True)
         if self.engine is not None:

@@ -68,6 +68,7 @@ class EngineCoreClient(AsyncEngine):
         if not callable(engine):
             raise TypeError("the engine core process needs a function that builds the Engine")
         super().__init__(engine, input_workers=input_workers)
+        self.compiles_grammars = True  # on a core thread; a bad grammar comes back refused
         self._core_setup = core_setup
         self._process: Any = None
         self._conn: Any = None

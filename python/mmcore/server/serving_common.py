@@ -120,7 +120,7 @@ async def process_and_submit(
 
     def prepare_and_compile():
         processed = prepare()
-        if params.structured_outputs is not None:
+        if params.structured_outputs is not None and not state.engine.compiles_grammars:
             # Compiled here, in the pool: the engine thread then finds it in the cache instead
             # of stalling every running request while xgrammar compiles.
             engine.structured_outputs.compile(params.structured_outputs)
