@@ -89,7 +89,10 @@ class HostStaging:
         Returns:
             Device tensors of the same shapes and dtypes, in order (device inputs as they are).
         """
-        out: list[torch.Tensor | None] = [t if t.device == self.device else None for t in tensors]
+        # Already on the device kind ("cuda" and "cuda:0" are one here) or, on CPU, as they are.
+        out: list[torch.Tensor | None] = [
+            t if t.device.type == self.device.type else None for t in tensors
+        ]
         by_dtype: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(tensors):
             if out[i] is None:
