@@ -12,8 +12,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmcore.kernels import reference
 from mmcore.kernels.cpu_plan import AttentionPlan, DecodeRows, PrefillGroup, plan_attention
 from mmcore.kernels.reference import dequantize_kv
+
+
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """:func:`mmcore.kernels.reference.reshape_and_cache`, as one ``index_copy_`` per cache over
+    its flat slots (a fraction of the advanced-index write's cost; FP8 and non-contiguous caches
+    take the reference)."""
+    if key_cache.dtype == torch.float8_e4m3fn or not (
+        key_cache.is_contiguous() and value_cache.is_contiguous()
+    ):
+        reference.reshape_and_cache(
+            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale
+        )
+        return
+    slots = slot_mapping.to(torch.long)
+    valid = slots >= 0
+    if not bool(valid.all()):
+        slots, key, value = slots[valid], key[valid], value[valid]
+    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slots, key.to(key_cache.dtype))
+    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slots, value.to(value_cache.dtype))
 
 
 def _blocks_rows(cache: torch.Tensor, blocks: torch.Tensor, num_rows: int) -> torch.Tensor:
