@@ -3,6 +3,11 @@ the step's parts (scheduler, runner input preparation, encoder, LM forward, atte
 detokenizer, output objects).
 
     python bench/profile_cpu_step.py --num-requests 32 --max-tokens 32
+    OMP_NUM_THREADS=1 python bench/profile_cpu_step.py --bench-model --num-requests 64 --max-tokens 64
+
+``--bench-model`` profiles the checkpoint ``bench_vs_vllm_cpu.py`` compares with vLLM (head dim 64,
+4 layers); the default is the tests' tiny LLaVA. Parts nest (the LM forward holds the attention,
+the attention plan and the KV write; apply holds the detokenizer and the output objects).
 """
 
 from __future__ import annotations
@@ -28,22 +33,35 @@ _PARTS = {
         ("runner.py", "_input_embeds"),
     ],
     "encoder": [("runner.py", "_run_encoder")],
-    "LM forward": [("llama.py", "forward")],
+    "runner forward (encoder + LM)": [("runner.py", "forward")],
     "paged attention (CPU)": [("cpu.py", "paged_attention")],
-    "sampler": [("runner.py", "_sample")],
+    "  of which the step's attention plan": [("cpu_plan.py", "plan_attention")],
+    "KV cache write": [("attention.py", "write_kv")],
+    "rotary embedding": [("rotary.py", "forward")],
+    "RMS norms": [("norm.py", "forward")],
+    "sampler": [("runner.py", "sample")],
     "detokenizer": [("detokenizer.py", "append")],
-    "output objects": [("engine.py", "to_output")],
+    "output objects": [("request_tracker.py", "to_output")],
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="checkpoint folder (default: a tiny LLaVA built here)")
+    parser.add_argument(
+        "--bench-model",
+        action="store_true",
+        help="build the tiny LLaVA of bench_vs_vllm_cpu.py (head dim 64) instead",
+    )
     parser.add_argument("--num-requests", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     args = parser.parse_args()
     model = args.model
-    if model is None:
+    if model is None and args.bench_model:
+        from bench_vs_vllm_cpu import build_checkpoint  # this folder: on sys.path as the script's
+
+        model = build_checkpoint(tempfile.mkdtemp(prefix="bench_llava_"))
+    elif model is None:
         from mmcore.testing.tiny_checkpoints import build_tiny_llava
 
         model = build_tiny_llava(tempfile.mkdtemp(prefix="tiny_llava_"), seed=0)

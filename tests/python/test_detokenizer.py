@@ -1,10 +1,12 @@
 """Incremental detokenization equals a full decode; stop strings cut the text."""
 
+import random
+
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from mmcore.sampling.detokenizer import IncrementalDetokenizer
+from mmcore.sampling.detokenizer import IncrementalDetokenizer, backend_decode
 
 TEXT = [
     "The quick brown fox jumps over the lazy dog. Ünïcödé wörds and emoji 🙂 too!",
@@ -112,3 +114,47 @@ def test_spaces_between_special_tokens(metaspace_tokenizer, skip):
     else:
         assert run(False) == "<s>hello world</s>the cat"
         assert run(True) != run(False)
+
+
+def test_backend_decode_only_where_the_wrapper_adds_nothing(tokenizer):
+    assert backend_decode(tokenizer) is not None  # a plain fast tokenizer: the Rust decode
+
+    class Shouting(type(tokenizer)):
+        def decode(self, *args, **kwargs):
+            return super().decode(*args, **kwargs).upper()
+
+    shouting = Shouting(tokenizer_object=tokenizer.backend_tokenizer, eos_token="</s>")
+    cleaning = type(tokenizer)(
+        tokenizer_object=tokenizer.backend_tokenizer, clean_up_tokenization_spaces=True
+    )
+    assert backend_decode(shouting) is None and backend_decode(cleaning) is None
+    detok = IncrementalDetokenizer(shouting, [], stop=[])
+    for tok in tokenizer(TEXT[0])["input_ids"]:
+        detok.append(tok)
+    assert detok.text == TEXT[0].upper()  # an overridden decode is still honoured
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("spaces", [False, True])
+def test_random_ids_rust_decode_equals_the_wrapper(metaspace_tokenizer, skip, spaces):
+    """Random ids (special tokens and pieces mixed), token by token: the direct Rust decode
+    gives the Hugging Face wrapper's text, with both special-token options."""
+    tok = metaspace_tokenizer
+    gen = random.Random(7)
+    ids = [gen.randrange(len(tok)) for _ in range(300)]
+
+    def run(direct: bool) -> str:
+        detok = IncrementalDetokenizer(
+            tok, [1, 5, 9], stop=[], skip_special_tokens=skip, spaces_between_special_tokens=spaces
+        )
+        assert detok._backend_decode is not None  # a plain fast tokenizer: the Rust decode
+        if not direct:
+            detok._backend_decode = None  # through tokenizer.decode, as before
+        for t in ids:
+            detok.append(t)
+        return detok.text
+
+    direct = run(True)
+    assert direct == run(False)
+    if spaces:
+        assert direct == tok.decode(ids, skip_special_tokens=skip)

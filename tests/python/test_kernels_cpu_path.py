@@ -97,3 +97,27 @@ def test_paged_attention_attend_until_matches_reference(seed, window):
     expected = reference.paged_attention(*step, 0.25, window, attend_until=attend_until)
     got = cpu.paged_attention(*step, 0.25, window, attend_until=attend_until)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cache_kind", ["float32", "bfloat16", "fp8", "strided"])
+def test_reshape_and_cache_matches_reference(cache_kind):
+    """The CPU write (index_copy_ over flat slots) leaves the caches as the reference does,
+    negative slots skipped; FP8 and non-contiguous caches included."""
+    g = torch.Generator().manual_seed(4)
+    key, value = (torch.randn(6, 2, 8, generator=g) for _ in range(2))
+    slots = torch.tensor([5, -1, 0, 17, -1, 30])
+    dtype = {"bfloat16": torch.bfloat16, "fp8": torch.float8_e4m3fn}.get(cache_kind, torch.float32)
+    scales = {"k_scale": torch.tensor([0.5, 2.0]), "v_scale": torch.tensor([1.0, 0.25])}
+    extra = scales if cache_kind == "fp8" else {}
+
+    def caches():
+        if cache_kind == "strided":  # every other block of a larger tensor
+            return tuple(torch.zeros(16, 4, 2, 8)[::2] for _ in range(2))
+        return tuple(torch.zeros(8, 4, 2, 8, dtype=dtype) for _ in range(2))
+
+    got, want = caches(), caches()
+    cpu.reshape_and_cache(key, value, *got, slots, **extra)
+    reference.reshape_and_cache(key, value, *want, slots, **extra)
+    for a, b in zip(got, want):
+        assert torch.equal(a.float(), b.float())
+    assert got[0].float().abs().sum() > 0

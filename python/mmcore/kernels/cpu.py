@@ -2,7 +2,9 @@
 
 Same signatures and semantics as :mod:`mmcore.kernels.reference` (the oracle it is tested
 against), but decode rows of a step run as one batched SDPA call per layer instead of a Python
-loop over requests, and prefill chunks use SDPA's fused kernel.
+loop over requests, and prefill chunks use SDPA's fused kernel. Which rows decode, the KV blocks
+each reads and the masks come from a per-step :class:`mmcore.kernels.cpu_plan.AttentionPlan`
+that the step's layers share.
 """
 
 from __future__ import annotations
@@ -10,95 +12,77 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmcore.kernels import reference
+from mmcore.kernels.cpu_plan import AttentionPlan, DecodeRows, PrefillGroup, plan_attention
 from mmcore.kernels.reference import dequantize_kv
 
 
-def _blocks_rows(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``[n, k * block_size, Hkv, D]``: the cache blocks ``blocks [n, k]`` of each row, in
-    order. ``index_select`` over the flat ids copies ~3-4x faster than ``cache[blocks]``."""
-    picked = cache.index_select(0, blocks.reshape(-1))
-    return picked.view(blocks.shape[0], -1, *cache.shape[2:])
+def reshape_and_cache(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+) -> None:
+    """:func:`mmcore.kernels.reference.reshape_and_cache`, as one ``index_copy_`` per cache over
+    its flat slots (a fraction of the advanced-index write's cost; FP8 and non-contiguous caches
+    take the reference)."""
+    if key_cache.dtype == torch.float8_e4m3fn or not (
+        key_cache.is_contiguous() and value_cache.is_contiguous()
+    ):
+        reference.reshape_and_cache(
+            key, value, key_cache, value_cache, slot_mapping, k_scale, v_scale
+        )
+        return
+    slots = slot_mapping.to(torch.long)
+    valid = slots >= 0
+    if not bool(valid.all()):
+        slots, key, value = slots[valid], key[valid], value[valid]
+    key_cache.view(-1, *key_cache.shape[2:]).index_copy_(0, slots, key.to(key_cache.dtype))
+    value_cache.view(-1, *value_cache.shape[2:]).index_copy_(0, slots, value.to(value_cache.dtype))
 
 
-def _gather(
-    cache: torch.Tensor,
-    tables: torch.Tensor,
-    max_len: int,
-    first_block: int = 0,
-    scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Float32 ``[n, max_len - first_block * block_size, Hkv, D]`` K or V of n sequences from
-    their block ``first_block`` on (rows past a sequence's end are junk); an FP8 cache's rows are
-    dequantised with its per-head ``scale``."""
-    block_size = cache.shape[1]
-    num_blocks = -(-max_len // block_size)
-    blocks = tables[:, first_block:num_blocks].to(torch.long).clamp(min=0)
-    rows = _blocks_rows(cache, blocks)
-    return dequantize_kv(rows[:, : max_len - first_block * block_size], scale)
+def _blocks_rows(cache: torch.Tensor, blocks: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``[n, k * block_size, Hkv, D]``: the cache blocks ``blocks [n * k]`` (row after row).
+    ``index_select`` over the flat ids copies ~3-4x faster than ``cache[blocks]``."""
+    return cache.index_select(0, blocks).view(num_rows, -1, *cache.shape[2:])
 
 
-def _first_block(min_query_pos: int, sliding_window: int, block_size: int) -> int:
-    """First block a query at ``min_query_pos`` or later can see: blocks wholly before every
-    query's window are never read (with a window; else block 0)."""
-    if sliding_window <= 0:
-        return 0
-    return max(0, min_query_pos - sliding_window + 1) // block_size
-
-
-def _visible(
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
-    sliding_window: int,
-    upper: torch.Tensor | None = None,
-) -> torch.Tensor:
-    allowed = k_pos <= (q_pos if upper is None else torch.maximum(q_pos, upper))
-    if sliding_window > 0:
-        allowed &= k_pos > q_pos - sliding_window
-    return allowed
-
-
-def _gather_from(
-    cache: torch.Tensor,
-    tables: torch.Tensor,
-    first: torch.Tensor,
-    span: int,
-    scale: torch.Tensor | None = None,
-):
-    """Float32 ``[n, span * block_size, Hkv, D]``: ``span`` blocks of each row from its own
-    ``first`` (FP8: dequantised with ``scale``)."""
-    index = (first[:, None] + torch.arange(span, device=first.device)).clamp(
-        max=tables.shape[1] - 1
-    )
-    blocks = tables.gather(1, index.to(torch.long)).to(torch.long).clamp(min=0)
-    return dequantize_kv(_blocks_rows(cache, blocks), scale)
-
-
-def _decode_rows(
-    query, key_cache, value_cache, block_tables, lens, rows, q_index, scale, window, kv_scales
-):
+def _decode(query, key_cache, value_cache, rows: DecodeRows, scale, k_scale, v_scale):
     """One SDPA call for every request that has a single query this step; with a window each
     row reads only its window's blocks."""
-    block_size = key_cache.shape[1]
-    lens_t = torch.tensor([lens[b] for b in rows], device=query.device)
-    first = torch.tensor(
-        [_first_block(lens[b] - 1, window, block_size) for b in rows], device=query.device
-    )
-    span = int((-(-lens_t // block_size) - first).max())
-    tables = block_tables[torch.tensor(rows, device=query.device)]
-    k = _gather_from(key_cache, tables, first, span, kv_scales[0]).transpose(1, 2)  # [n, Hkv, L, D]
-    v = _gather_from(value_cache, tables, first, span, kv_scales[1]).transpose(1, 2)
-    q = query[torch.tensor(q_index, device=query.device)].unsqueeze(2)  # [n, Hq, 1, D]
-    k_pos = first[:, None] * block_size + torch.arange(span * block_size, device=query.device)
-    mask = _visible((lens_t - 1)[:, None], k_pos, window) & (k_pos < lens_t[:, None])
+    n = rows.q_index.shape[0]
+    k = dequantize_kv(_blocks_rows(key_cache, rows.blocks, n), k_scale)  # [n, L, Hkv, D]
+    v = dequantize_kv(_blocks_rows(value_cache, rows.blocks, n), v_scale)
+    q = query if rows.whole_step else query[rows.q_index]
     out = F.scaled_dot_product_attention(
-        q.float(),
-        k.float(),
-        v.float(),
-        attn_mask=mask[:, None, None, :],
+        q.unsqueeze(2).float(),  # [n, Hq, 1, D]
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        attn_mask=rows.mask,
         scale=scale,
-        enable_gqa=q.shape[1] != k.shape[1],
+        enable_gqa=q.shape[1] != k.shape[2],
     )
     return out.squeeze(2).to(query.dtype)
+
+
+def _prefill(query, key_cache, value_cache, group: PrefillGroup, scale, k_scale, v_scale):
+    """One SDPA call for the prefill chunks of one shape; ``[n * num_q, Hq, D]``."""
+    n, num_q = group.num_rows, group.num_q
+    k = _blocks_rows(key_cache, group.blocks, n)[:, : group.num_keys]
+    v = _blocks_rows(value_cache, group.blocks, n)[:, : group.num_keys]
+    q = query[group.q_rows].view(n, num_q, *query.shape[1:]).transpose(1, 2)
+    res = F.scaled_dot_product_attention(
+        q.float(),
+        dequantize_kv(k, k_scale).transpose(1, 2),
+        dequantize_kv(v, v_scale).transpose(1, 2),
+        attn_mask=group.mask,
+        scale=scale,
+        enable_gqa=q.shape[1] != k.shape[2],
+    )
+    return res.transpose(1, 2).reshape(-1, *query.shape[1:]).to(query.dtype)
 
 
 def paged_attention(
@@ -114,64 +98,36 @@ def paged_attention(
     *,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    plan: AttentionPlan | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries ``[T, Hq, D]`` over K/V read through block tables.
 
     ``attend_until`` as in :func:`mmcore.kernels.reference.paged_attention` (a decode row's
     keys all precede it, so only prefill rows read it); ``k_scale`` / ``v_scale`` dequantise
-    FP8 caches, as there.
+    FP8 caches, as there. ``plan``: :func:`mmcore.kernels.cpu_plan.plan_attention` of these
+    step arguments, built once per step and shared by its layers (None: built here).
+
+    Raises:
+        ValueError: ``plan`` was built for another block size or window.
     """
+    block_size = key_cache.shape[1]
+    if plan is None:
+        plan = plan_attention(
+            block_tables, seq_lens, query_start_loc, block_size, sliding_window, attend_until
+        )
+    elif (plan.block_size, plan.sliding_window) != (block_size, sliding_window):
+        raise ValueError(
+            f"paged_attention: plan built for block size {plan.block_size} and window "
+            f"{plan.sliding_window}, called with {block_size} and {sliding_window}"
+        )
+    kv = (query, key_cache, value_cache)
+    if plan.decode is not None and plan.decode.whole_step:  # a pure decode step: no scatter
+        return _decode(*kv, plan.decode, scale, k_scale, v_scale)
     out = torch.empty_like(query)
-    qsl = query_start_loc.tolist()
-    lens = seq_lens.tolist()
-    decode_rows = [b for b in range(len(lens)) if qsl[b + 1] - qsl[b] == 1]
-    if decode_rows:
-        q_index = [qsl[b] for b in decode_rows]
-        out[torch.tensor(q_index, device=query.device)] = _decode_rows(
-            query,
-            key_cache,
-            value_cache,
-            block_tables,
-            lens,
-            decode_rows,
-            q_index,
-            scale,
-            sliding_window,
-            (k_scale, v_scale),
-        )
-    # Prefill chunks of equal (query length, sequence length) share one SDPA call: a burst of
-    # same-shaped prompts costs one call per layer instead of one per request.
-    groups: dict[tuple[int, int], list[int]] = {}
-    for b, seq_len in enumerate(lens):
-        num_q = qsl[b + 1] - qsl[b]
-        if num_q > 1:
-            groups.setdefault((num_q, seq_len), []).append(b)
-    for (num_q, seq_len), rows in groups.items():
-        rows_t = torch.tensor(rows, device=query.device)
-        first = _first_block(seq_len - num_q, sliding_window, key_cache.shape[1])
-        k = _gather(key_cache, block_tables[rows_t], seq_len, first, k_scale).transpose(1, 2)
-        v = _gather(value_cache, block_tables[rows_t], seq_len, first, v_scale).transpose(1, 2)
-        q_rows = (
-            torch.tensor([qsl[b] for b in rows], device=query.device)[:, None]
-            + torch.arange(num_q, device=query.device)
-        ).flatten()
-        q = query[q_rows].view(len(rows), num_q, *query.shape[1:]).transpose(1, 2)
-        q_pos = torch.arange(seq_len - num_q, seq_len, device=query.device)[:, None]
-        k_pos = torch.arange(first * key_cache.shape[1], seq_len, device=query.device)[None, :]
-        if attend_until is None:
-            mask = _visible(q_pos, k_pos, sliding_window)
-        else:  # [n, 1, num_q, L]: each request's rows have their own upper bounds
-            upper = attend_until[q_rows].to(q_pos).view(len(rows), num_q, 1)
-            mask = _visible(q_pos, k_pos, sliding_window, upper)[:, None]
-        res = F.scaled_dot_product_attention(
-            q.float(),
-            k.float(),
-            v.float(),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
-        out[q_rows] = res.transpose(1, 2).reshape(-1, *query.shape[1:]).to(query.dtype)
+    if plan.decode is not None:
+        out[plan.decode.q_index] = _decode(*kv, plan.decode, scale, k_scale, v_scale)
+    for group in plan.prefill:
+        out[group.q_rows] = _prefill(*kv, group, scale, k_scale, v_scale)
     return out
 
 

@@ -21,13 +21,14 @@ per-KV-head scales; the functions below pass the scales on.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
 
 import torch
 
 from mmcore.kernels import cpu, reference
+from mmcore.kernels.cpu_plan import AttentionPlan, plan_attention
 
 
 @dataclass
@@ -63,6 +64,32 @@ class AttentionMetadata:
     cross: CrossAttentionMetadata | None = None
     groups: list[AttentionMetadata] | None = None
     layer_group: tuple[int, ...] | None = None
+    # The CPU attention path's per-step plans by (block size, window): built by the first layer.
+    _cpu_plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def cpu_attention_plan(self, block_size: int, sliding_window: int) -> AttentionPlan:
+        """The CPU paged attention's index tensors and masks of this step
+        (:func:`mmcore.kernels.cpu_plan.plan_attention`), built once and shared by the layers.
+
+        Args:
+            block_size: tokens per KV cache block.
+            sliding_window: the layer's window (-1: none).
+
+        Returns:
+            The plan for these arguments.
+        """
+        plan = self._cpu_plans.get((block_size, sliding_window))
+        if plan is None:
+            plan = plan_attention(
+                self.block_tables,
+                self.seq_lens,
+                self.query_start_loc,
+                block_size,
+                sliding_window,
+                self.attend_until,
+            )
+            self._cpu_plans[(block_size, sliding_window)] = plan
+        return plan
 
     def for_layer(self, layer: int) -> AttentionMetadata:
         """The metadata decoder layer ``layer`` reads: its KV cache group's (this one without
@@ -187,6 +214,8 @@ def paged_attention(
             max_seq_len=attn.max_seq_len,
             **extra,
         )
+    if op is cpu.paged_attention:  # the step's index tensors and masks, shared by its layers
+        extra["plan"] = attn.cpu_attention_plan(key_cache.shape[1], sliding_window)
     return op(*args, scale, sliding_window, **extra)
 
 
