@@ -34,9 +34,10 @@ def arrival_offsets(num: int, request_rate: float, seed: int = 0) -> list[float]
     return np.concatenate([[0.0], np.cumsum(gaps[:-1])]).tolist() if num else []
 
 
-async def _one_request(
-    client: httpx.AsyncClient, url: str, model: str, req: BenchRequest
-) -> RequestResult:
+def _request_body(model: str, req: BenchRequest) -> bytes:
+    """The JSON body of one streamed chat request, encoded once before the run: encoding a body
+    with an image inside (~0.45 MB) costs 2-7 ms, which inside the timed loop delayed every
+    later request's send (3.4 s of a 25 s saturation run on an H200 host, bench/RESULTS.md)."""
     body = {
         "model": model,
         "messages": req.messages(),
@@ -46,11 +47,15 @@ async def _one_request(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+async def _one_request(client: httpx.AsyncClient, url: str, body: bytes) -> RequestResult:
     start = time.perf_counter()
     ttft = None
     usage = None
     try:
-        async with client.stream("POST", url, json=body) as response:
+        async with client.stream("POST", url, content=body, headers=_JSON) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")
                 return RequestResult(ok=False, error=f"HTTP {response.status_code}: {text[:200]}")
@@ -77,6 +82,9 @@ async def _one_request(
         ttft_s=latency if ttft is None else ttft,
         latency_s=latency,
     )
+
+
+_JSON = {"Content-Type": "application/json"}
 
 
 async def _first_model(client: httpx.AsyncClient, base_url: str) -> str:
@@ -123,16 +131,17 @@ async def run_serve_bench(
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits, headers=headers) as client:
         model = model or await _first_model(client, base_url)
         url = f"{base_url}/v1/chat/completions"
+        bodies = [_request_body(model, r) for r in requests]
         start = time.perf_counter()
 
-        async def launch(offset: float, req: BenchRequest) -> RequestResult:
+        async def launch(offset: float, body: bytes) -> RequestResult:
             await asyncio.sleep(max(0.0, start + offset - time.perf_counter()))
             async with semaphore:
-                result = await _one_request(client, url, model, req)
+                result = await _one_request(client, url, body)
             bar.update(1)
             return result
 
-        results = await asyncio.gather(*(launch(o, r) for o, r in zip(offsets, requests)))
+        results = await asyncio.gather(*(launch(o, b) for o, b in zip(offsets, bodies)))
         duration = time.perf_counter() - start
     bar.close()
     return summarize(list(results), duration)
