@@ -94,7 +94,8 @@ def test_attention_dispatch_on_cpu_uses_the_batched_cpu_path_else_the_reference(
     x = torch.zeros(1)
     assert attention.select_op("paged_attention", x) is cpu.paged_attention
     assert attention.select_op("varlen_attention", x) is cpu.varlen_attention
-    assert attention.select_op("reshape_and_cache", x) is reference.reshape_and_cache
+    assert attention.select_op("reshape_and_cache", x) is cpu.reshape_and_cache
+    assert attention.select_op("rms_norm", x) is reference.rms_norm  # no CPU version of its own
 
 
 def test_feature_layer_indices_resolve_like_hf_hidden_states():
