@@ -84,6 +84,20 @@ def test_a_prompt_that_cannot_fit_is_refused_before_decoding(engine, count_decod
     assert count_decodes == []
 
 
+def test_warm_up_returns_once_the_workers_have_started(engine):
+    pool = MediaProcessPool(
+        engine.processor, 1, model_id="m", max_image_pixels=engine.inputs.max_image_pixels
+    )
+    try:
+        assert not pool.ready
+        pool.warm_up(timeout_s=300)
+        # Nothing is left queued: a worker has loaded the processor and answered (a warm-up
+        # that only started the workers returns while they still import torch, for seconds).
+        assert pool.ready and not pool._executor._pending_work_items
+    finally:
+        pool.shutdown()
+
+
 def test_worker_processes_give_the_same_items_as_threads(engine):
     images = [_png(300, 200, 3), _png(64, 640, 4)]
     expected = engine.inputs.process(_prompt(images))

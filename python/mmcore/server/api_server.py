@@ -152,17 +152,18 @@ def build_app(engine: Any, config: ServerConfig) -> FastAPI:
         inputs = async_engine.engine.inputs
         if config.max_request_pixels is not None:
             inputs.budget.max_request_pixels = config.max_request_pixels
-        if config.media_processes > 0:
-            inputs.media_pool = MediaProcessPool(
-                inputs.processor,
-                config.media_processes,
-                model_id=inputs.model_id,
-                mm_processor_kwargs=inputs.mm_processor_kwargs,
-                max_image_pixels=inputs.media_options.max_image_pixels,
-                allowed_local_media_path=inputs.media_options.allowed_local_media_path,
-            )
-            inputs.media_pool.warm_up()
         try:
+            if config.media_processes > 0:
+                inputs.media_pool = MediaProcessPool(
+                    inputs.processor,
+                    config.media_processes,
+                    model_id=inputs.model_id,
+                    mm_processor_kwargs=inputs.mm_processor_kwargs,
+                    max_image_pixels=inputs.media_options.max_image_pixels,
+                    allowed_local_media_path=inputs.media_options.allowed_local_media_path,
+                )
+                # Ready only once the workers are: else the first image request waits for them.
+                await asyncio.to_thread(inputs.media_pool.warm_up)
             yield
         finally:
             async_engine.shutdown(timeout=config.shutdown_timeout_s)
