@@ -197,16 +197,15 @@ class ModelRunner:
     def _tensor(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return self.staging.to_device(name, array, dtype)
 
-    def _upload(self, tensor: torch.Tensor) -> torch.Tensor:
-        """A host tensor on the device; on CUDA through pinned memory with a non-blocking copy,
-        so an overlapped step does not wait here for the step still running."""
-        if self.device.type != "cuda" or tensor.is_cuda:
-            return tensor.to(self.device)
-        return tensor.pin_memory().to(self.device, non_blocking=True)
+    def _upload(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Host tensors on the device in one staged copy per dtype through the pinned ring of
+        encoder inputs (non-blocking: an overlapped step does not wait for the step running)."""
+        return self.staging.tensors_to_device("encoder_inputs", tensors)
 
     def _run_encoder(self, out) -> None:
         """Encode the step's new items, batched across requests, into the encoder cache."""
         pending: dict[str, list[tuple[int, int, MMItem]]] = {}
+        given: list[tuple[int, torch.Tensor]] = []  # (handle, embeddings the user passed)
         for req_id, item_index, handle in zip(
             out.encoder_req_ids.tolist(),
             out.encoder_item_indices.tolist(),
@@ -216,9 +215,11 @@ class ModelRunner:
                 continue
             item = self.requests[req_id].items[item_index]
             if item.embeds is not None:
-                self.encoder_cache[handle] = self._upload(item.embeds).to(self.dtype)
+                given.append((handle, item.embeds))
             else:
                 pending.setdefault(item.modality, []).append((req_id, handle, item))
+        for (handle, _), embeds in zip(given, self._upload([e for _, e in given])):
+            self.encoder_cache[handle] = embeds.to(self.dtype)
         for modality, entries in pending.items():
             items = [item for _, _, item in entries]
             try:
@@ -247,12 +248,10 @@ class ModelRunner:
                 self.encoder_cache[handle] = emb
 
     def _encode(self, modality: str, items: list[MMItem]) -> list[torch.Tensor]:
-        # Every item's tensors in one staged copy per dtype (see HostStaging.tensors_to_device).
+        # Every item's tensors in one staged copy per dtype.
         keys = [(n, k) for n, it in enumerate(items) for k, v in it.data.items()
                 if isinstance(v, torch.Tensor)]  # fmt: skip
-        uploaded = self.staging.tensors_to_device(
-            "encoder_inputs", [items[n].data[k] for n, k in keys]
-        )
+        uploaded = self._upload([items[n].data[k] for n, k in keys])
         data = [dict(it.data) for it in items]
         for (n, k), tensor in zip(keys, uploaded):
             data[n][k] = tensor
@@ -291,7 +290,7 @@ class ModelRunner:
             item = self.requests[req_id].items[item_index]
             try:
                 if item.embeds is not None:
-                    self.encoder_cache[handle] = self._upload(item.embeds).to(self.dtype)
+                    self.encoder_cache[handle] = self._upload([item.embeds])[0].to(self.dtype)
                 else:
                     self.encoder_cache[handle] = self._encode(item.modality, [item])[0]
             except Exception as exc:

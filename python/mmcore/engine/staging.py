@@ -32,8 +32,7 @@ class HostStaging:
         self._pinned = device.type == "cuda"
         self._buffers: dict[str, torch.Tensor] = {}
         self._copied: dict[str, torch.cuda.Event] = {}
-        self._turn: dict[str, int] = {}  # to_device: which of a name's two buffers is next
-        self._ring_next: dict[str, int] = {}  # tensors_to_device: next slot of each ring
+        self._next_slot: dict[str, int] = {}  # which of a name's buffers is used next
 
     def _buffer(self, name: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
         buf = self._buffers.get(name)
@@ -42,6 +41,28 @@ class HostStaging:
             buf = torch.empty(capacity, dtype=dtype, pin_memory=True)
             self._buffers[name] = buf
         return buf[:numel]
+
+    def _slot(self, name: str, slots: int) -> int:
+        """The next of ``name``'s ``slots`` buffers, in turn."""
+        slot = self._next_slot.get(name, 0)
+        self._next_slot[name] = (slot + 1) % slots
+        return slot
+
+    def _send(self, key: str, dtype: torch.dtype, sources: list[torch.Tensor]) -> torch.Tensor:
+        """``sources`` flattened one after another into the pinned buffer ``key`` (as ``dtype``)
+        and sent with one non-blocking copy; returns the flat device tensor."""
+        done = self._copied.get(key)
+        if done is not None:
+            done.synchronize()  # the buffer's last copy, a full turn of its slots ago: done
+        else:
+            done = self._copied[key] = torch.cuda.Event()
+        sizes = [t.numel() for t in sources]
+        staged = self._buffer(key, dtype, sum(sizes))
+        for part, source in zip(staged.split(sizes), sources):
+            part.copy_(source.reshape(-1))
+        out = staged.to(self.device, non_blocking=True)
+        done.record()
+        return out
 
     def to_device(self, name: str, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         """``array`` as a ``dtype`` tensor on the device (same shape).
@@ -60,19 +81,8 @@ class HostStaging:
         # Two buffers per name, used in turn: a name staged after the step's forward (e.g. the
         # logits rows) has its last copy queued behind the running step, and waiting on that
         # copy would hold the host until the step ends.
-        parity = self._turn.get(name, 0)
-        self._turn[name] = 1 - parity
-        key = f"{name}#{parity}"
-        done = self._copied.get(key)
-        if done is not None:
-            done.synchronize()  # the copy of the step before last: done
-        else:
-            done = self._copied[key] = torch.cuda.Event()
-        staged = self._buffer(key, dtype, host.numel())
-        staged.copy_(host.reshape(-1))
-        out = staged.to(self.device, non_blocking=True).view(host.shape)
-        done.record()
-        return out
+        key = f"{name}#{self._slot(name, 2)}"
+        return self._send(key, dtype, [host]).view(host.shape)
 
     def tensors_to_device(self, name: str, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Host tensors on the device: per dtype, one copy into a pinned ring buffer and one
@@ -90,44 +100,27 @@ class HostStaging:
             Device tensors of the same shapes and dtypes, in order (device inputs as they are).
         """
         # Already on the device kind ("cuda" and "cuda:0" are one here) or, on CPU, as they are.
-        out: list[torch.Tensor | None] = [
-            t if t.device.type == self.device.type else None for t in tensors
-        ]
+        out = list(tensors)
         by_dtype: dict[torch.dtype, list[int]] = {}
         for i, t in enumerate(tensors):
-            if out[i] is None:
+            if t.device.type != self.device.type:
                 by_dtype.setdefault(t.dtype, []).append(i)
-        if not by_dtype:
-            return out  # type: ignore[return-value]
-        total_bytes = sum(
-            tensors[i].numel() * tensors[i].element_size()
-            for i in range(len(out))
-            if out[i] is None
-        )
-        if not self._pinned or total_bytes > _RING_MAX_BYTES:
-            for i in (i for idx in by_dtype.values() for i in idx):
+        host = [i for indices in by_dtype.values() for i in indices]
+        if not host:
+            return out
+        if not self._pinned or sum(tensors[i].nbytes for i in host) > _RING_MAX_BYTES:
+            for i in host:
                 t = tensors[i]
                 pinned = t.pin_memory() if self._pinned else t
                 out[i] = pinned.to(self.device, non_blocking=self._pinned)
-            return out  # type: ignore[return-value]
-        slot = self._ring_next.get(name, 0)
-        self._ring_next[name] = (slot + 1) % _TENSOR_RING
+            return out
+        slot = self._slot(name, _TENSOR_RING)
         for dtype, indices in by_dtype.items():
-            key = f"{name}/{slot}/{dtype}"
-            done = self._copied.get(key)
-            if done is not None:
-                done.synchronize()  # the copy of _TENSOR_RING calls ago: normally long done
-            else:
-                done = self._copied[key] = torch.cuda.Event()
-            sizes = [tensors[i].numel() for i in indices]
-            staged = self._buffer(key, dtype, sum(sizes))
-            for part, i in zip(staged.split(sizes), indices):
-                part.copy_(tensors[i].reshape(-1))
-            device = staged.to(self.device, non_blocking=True)
-            done.record()
-            for part, i in zip(device.split(sizes), indices):
+            sources = [tensors[i] for i in indices]
+            flat = self._send(f"{name}/{slot}/{dtype}", dtype, sources)
+            for part, i in zip(flat.split([t.numel() for t in sources]), indices):
                 out[i] = part.view(tensors[i].shape)
-        return out  # type: ignore[return-value]
+        return out
 
     def copy_into(self, name: str, array: np.ndarray, dest: torch.Tensor) -> None:
         """Copy ``array`` (same number of elements) into the device tensor ``dest`` in place.
