@@ -63,20 +63,29 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _stat_cpu(path: str) -> tuple[str, float] | None:
+    """(name, user + system CPU seconds) from a /proc ``stat`` file; None once it is gone."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    name = text[text.find("(") + 1 : text.rfind(")")]
+    fields = text.rsplit(")", 1)[1].split()
+    return name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def cpu_seconds(pid: int, descendants: bool = True) -> dict[int, float]:
     """User + system CPU seconds of ``pid`` and (by default) each of its descendants, by pid
     (Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
     result: dict[int, float] = {}
     stack = [pid]
     while stack:
         current = stack.pop()
-        try:
-            with open(f"/proc/{current}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        stat = _stat_cpu(f"/proc/{current}/stat")
+        if stat is None:
             continue
-        result[current] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        result[current] = stat[1]
         if descendants:
             stack.extend(_children(current))
     return result
@@ -89,21 +98,15 @@ def cpu_seconds_delta(before: dict[int, float], after: dict[int, float]) -> dict
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid``, keyed ``"tid name"`` (Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    result: dict[str, float] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return result
+        return {}
+    result: dict[str, float] = {}
     for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                text = f.read()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1 : text.rfind(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        result[f"{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+        stat = _stat_cpu(f"/proc/{pid}/task/{tid}/stat")
+        if stat is not None:
+            result[f"{tid} {stat[0]}"] = stat[1]
     return result
 
 
