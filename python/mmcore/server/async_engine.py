@@ -384,6 +384,13 @@ class AsyncEngine:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_deliver, batch)
 
+    def _engine_failed(self, error: BaseException) -> None:
+        """Record the engine's fatal ``error``, fail every open stream, tell the server."""
+        self._error = error
+        self._fail_all(EngineDeadError(f"engine failure: {error!r}"))
+        if self.on_fatal is not None:
+            self.on_fatal()
+
     def _fail_all(self, exc: BaseException) -> None:
         for request_id, active in list(self._active.items()):
             self._send(active, exc)
@@ -416,10 +423,7 @@ class AsyncEngine:
                 self._publish_stats()
         except BaseException as exc:
             logger.exception("the engine thread failed")
-            self._error = exc
-            self._fail_all(EngineDeadError(f"engine failure: {exc!r}"))
-            if self.on_fatal is not None:
-                self.on_fatal()
+            self._engine_failed(exc)
         finally:
             self._stopped.set()
             # Requests still running at shutdown end as aborted.

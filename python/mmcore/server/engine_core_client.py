@@ -263,10 +263,7 @@ class EngineCoreClient(AsyncEngine):
                 logger.exception("the engine core reader failed")
                 error = exc
             logger.error("the engine failed: %r", error)
-            self._error = error
-            self._fail_all(EngineDeadError(f"engine failure: {error!r}"))
-            if self.on_fatal is not None:
-                self.on_fatal()
+            self._engine_failed(error)
         finally:
             self._stopped.set()
             self._fail_all(EngineDeadError("the engine has stopped"))
