@@ -236,3 +236,61 @@ def test_init_from_goes_on_from_the_saved_weights(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((second / "training_summary.json").read_text())
     assert "--init-from" in summary["command"]
+
+
+def test_resized_position_table_keeps_the_class_row_and_each_patch_where_it_lies():
+    from mmcore.demo import position_init
+
+    # A table linear in x and y stays near-linear (torch's bicubic, a = -0.75, is not exact).
+    grid, dim = 14, 8
+    ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    table = torch.zeros(1 + grid * grid, dim)
+    table[0] = 7.0
+    table[1:, 0] = (xs.reshape(-1).float() + 0.5) / grid
+    table[1:, 1] = (ys.reshape(-1).float() + 0.5) / grid
+    resized = position_init.resize_position_embeddings(table, 20)
+    assert resized.shape == (1 + 20 * 20, dim)
+    assert torch.equal(resized[0], table[0])
+    new = resized[1:].reshape(20, 20, dim)
+    centres = (torch.arange(20).float() + 0.5) / 20
+    inner = slice(3, 17)
+    assert torch.allclose(new[inner, inner, 0], centres[inner].expand(14, 14), atol=5e-3)
+    assert torch.allclose(new[inner, inner, 1], centres[inner, None].expand(14, 14), atol=5e-3)
+    assert torch.equal(position_init.resize_position_embeddings(table, grid), table)
+    with pytest.raises(ValueError, match="square grid"):
+        position_init.resize_position_embeddings(table[:-1], 20)
+
+
+def test_image_size_must_be_a_multiple_of_the_patch(tmp_path):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build.build_config(build.build_tokenizer(), 100)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path), "--device", "cpu", "--image-size", "100"])
+
+
+def test_init_from_at_another_image_size_trains_the_resized_model(tmp_path):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    argv = ["--device", "cpu", "--pictures-per-batch", "2", "--questions-per-picture", "2"]
+    argv += ["--workers", "0", "--eval-every-s", "0", "--final-questions", "5"]
+    argv += ["--ood-questions", "12", "--max-new-tokens", "2", "--save-dtype", "float32"]
+    first = tmp_path / "first"
+    assert train.main(["--out", str(first), "--steps", "1", *argv]) == 0
+    second = tmp_path / "second"
+    more = ["--init-from", str(first), "--steps", "1", "--lr", "0", "--weight-decay", "0"]
+    assert train.main(["--out", str(second), "--image-size", "64", *more, *argv]) == 0
+    a = LlavaForConditionalGeneration.from_pretrained(first)
+    b = LlavaForConditionalGeneration.from_pretrained(second)
+    assert b.config.vision_config.image_size == 64 and b.config.image_seq_length == 64
+    sa, sb = a.state_dict(), b.state_dict()
+    key = next(k for k in sa if k.endswith("position_embedding.weight"))
+    assert sb[key].shape == (1 + 8 * 8, sa[key].shape[1])
+    # Every other weight goes on unchanged (zero learning rate).
+    assert all(torch.equal(sa[k], sb[k]) for k in sa if k != key and "position_ids" not in k)
+    proc = AutoProcessor.from_pretrained(second)
+    assert proc.image_processor.size == {"height": 64, "width": 64}
+    # The saved processor expands the placeholder to the resized tower's 64 tokens.
+    inputs = proc(text=["<image> hi"], images=[scenes.eval_samples(1, 3)[0].image])
+    assert inputs["input_ids"][0].count(b.config.image_token_index) == 64
+    summary = json.loads((second / "training_summary.json").read_text())
+    assert summary["image_size"] == 64

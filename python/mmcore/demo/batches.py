@@ -73,6 +73,7 @@ def draw_pictures(
     num_shapes_weights: tuple[float, ...] = NUM_SHAPES_WEIGHTS,
     qtype_weights: dict[str, float] | None = None,
     label_grid: int = patch_labels.GRID,
+    size: int = build.IMAGE_SIZE,
 ) -> list[shapes.Sample]:
     """``pictures`` varied pictures with ``questions`` distinct question types each, in order.
 
@@ -87,6 +88,7 @@ def draw_pictures(
         num_shapes_weights: how often pictures have 1, 2 and 3 shapes.
         qtype_weights: how often each question type is asked (default QTYPE_WEIGHTS).
         label_grid: patches per side for the pictures' token labels.
+        size: the model's input side the pictures are resized to.
 
     Returns:
         ``pictures * questions`` samples; samples of one picture are consecutive.
@@ -105,9 +107,9 @@ def draw_pictures(
         picked = rng.choice(len(types), questions, replace=False, p=weights / weights.sum())
         qtypes = [types[i] for i in picked]
         if demo_share and rng.random() < demo_share:
-            out += first_demo_samples(rng, num_shapes, qtypes, label_grid)
+            out += first_demo_samples(rng, num_shapes, qtypes, label_grid, size)
         else:
-            out += scenes.make_samples(rng, num_shapes, qtypes, build.IMAGE_SIZE, ease, label_grid)
+            out += scenes.make_samples(rng, num_shapes, qtypes, size, ease, label_grid)
     return out
 
 
@@ -116,11 +118,12 @@ def first_demo_samples(
     num_shapes: int,
     qtypes: list[str],
     label_grid: int = patch_labels.GRID,
+    size: int = build.IMAGE_SIZE,
 ) -> list[shapes.Sample]:
     """One first-demo picture (resized to the model's size) and one question per type."""
     items = shapes.random_items(rng, num_shapes)
     picture, masks = shapes.render_with_masks(items, rng)
-    image = scenes.to_model_size(picture, build.IMAGE_SIZE)
+    image = scenes.to_model_size(picture, size)
     labels = patch_labels.first_demo_labels(items, masks, label_grid)
     return [
         shapes.Sample(image, *shapes.question_answer(items, qtype, rng), qtype, patch_labels=labels)
@@ -199,9 +202,11 @@ class PictureStream(torch.utils.data.IterableDataset):
         seed: int,
         ease_steps: int = 0,
         first_demo_fraction: float = 0.0,
+        image_size: int = build.IMAGE_SIZE,
     ):
         super().__init__()
-        self.encoder = SequenceEncoder(processor)
+        self.encoder = SequenceEncoder(processor, build.num_image_tokens(image_size))
+        self.image_size = image_size
         self.pictures, self.questions, self.seed = pictures, questions, seed
         self.ease_steps, self.first_demo_fraction = ease_steps, first_demo_fraction
 
@@ -213,7 +218,13 @@ class PictureStream(torch.utils.data.IterableDataset):
         while True:
             ease = ease_at(n * workers + worker, self.ease_steps)
             samples = draw_pictures(
-                rng, self.pictures, self.questions, ease, self.first_demo_fraction
+                rng,
+                self.pictures,
+                self.questions,
+                ease,
+                self.first_demo_fraction,
+                label_grid=self.image_size // build.PATCH_SIZE,
+                size=self.image_size,
             )
             yield collate(samples, self.encoder, self.questions)
             n += 1

@@ -67,11 +67,26 @@ def build_tokenizer():
     )
 
 
-def build_processor(tokenizer):
+def check_image_size(image_size: int) -> int:
+    """``image_size`` if the vision tower can take it (a multiple of PATCH_SIZE), else ValueError."""
+    if image_size < PATCH_SIZE or image_size % PATCH_SIZE:
+        raise ValueError(
+            f"image size must be a positive multiple of {PATCH_SIZE}, got {image_size}"
+        )
+    return image_size
+
+
+def num_image_tokens(image_size: int = IMAGE_SIZE) -> int:
+    """Image tokens of a picture at ``image_size``: one per patch (the class token is dropped)."""
+    return (check_image_size(image_size) // PATCH_SIZE) ** 2
+
+
+def build_processor(tokenizer, image_size: int = IMAGE_SIZE):
     """Wrap the tokenizer with a CLIP image processor into a LlavaProcessor.
 
     Args:
         tokenizer: from :func:`build_tokenizer`.
+        image_size: the square side pictures are resized to (a multiple of PATCH_SIZE).
 
     Returns:
         A ``LlavaProcessor`` that resizes pictures to the model's square (bicubic, no crop)
@@ -79,7 +94,7 @@ def build_processor(tokenizer):
     """
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    size = IMAGE_SIZE
+    size = check_image_size(image_size)
     image_processor = CLIPImageProcessor(
         size={"height": size, "width": size},
         do_center_crop=False,
@@ -99,11 +114,12 @@ def build_processor(tokenizer):
     )
 
 
-def build_config(tokenizer):
+def build_config(tokenizer, image_size: int = IMAGE_SIZE):
     """The LLaVA config: CLIP 160-wide x 6 layers, Llama 256-wide x 4 layers (GQA 4/2).
 
     Args:
         tokenizer: gives the vocabulary size and the special token ids.
+        image_size: the vision tower's input side (a multiple of PATCH_SIZE).
 
     Returns:
         A ``LlavaConfig``.
@@ -115,7 +131,7 @@ def build_config(tokenizer):
         intermediate_size=640,
         num_hidden_layers=6,
         num_attention_heads=5,
-        image_size=IMAGE_SIZE,
+        image_size=check_image_size(image_size),
         patch_size=PATCH_SIZE,
         projection_dim=160,
     )
@@ -137,7 +153,7 @@ def build_config(tokenizer):
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=NUM_IMAGE_TOKENS,
+        image_seq_length=num_image_tokens(image_size),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         projector_hidden_act="gelu",

@@ -62,3 +62,31 @@ def init_position_embeddings(vision_tower, pixel_values: torch.Tensor) -> float:
     weight.zero_()
     weight[1:] = table.to(weight.dtype)
     return rms
+
+
+def resize_position_embeddings(weight: torch.Tensor, grid: int) -> torch.Tensor:
+    """A class-token + square-grid position table resized to ``grid`` x ``grid`` (bicubic).
+
+    Lets a trained tower go on training at another input size: each patch keeps the embedding
+    of where it lies in the picture; the class token's row is kept as it is.
+
+    Args:
+        weight: (1 + g * g, dim) table (CLIP's ``position_embedding.weight``).
+        grid: patches per side wanted.
+
+    Returns:
+        A new (1 + grid * grid, dim) float table of ``weight``'s dtype.
+    """
+    old = math.isqrt(weight.shape[0] - 1)
+    if old * old + 1 != weight.shape[0]:
+        raise ValueError(f"{weight.shape[0]} positions are not a class token and a square grid")
+    if grid < 1:
+        raise ValueError(f"grid must be positive, got {grid}")
+    if grid == old:
+        return weight.clone()
+    table = weight[1:].float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    table = torch.nn.functional.interpolate(
+        table, size=(grid, grid), mode="bicubic", align_corners=False
+    )
+    table = table.permute(0, 2, 3, 1).reshape(grid * grid, -1)
+    return torch.cat([weight[:1].float(), table]).to(weight.dtype)

@@ -162,6 +162,35 @@ def final_evaluation(out: Path, args: argparse.Namespace) -> dict:
     return results
 
 
+def load_resized(init_from, config):
+    """A saved run's model (float32) for ``config``'s input size: positions resized if it differs.
+
+    Args:
+        init_from: folder of a checkpoint this module saved.
+        config: the LLaVA config to train (its vision ``image_size`` may differ from the saved).
+
+    Returns:
+        The model with the saved weights, the vision position table resized to the new grid.
+    """
+    from transformers import LlavaForConditionalGeneration
+
+    saved = LlavaForConditionalGeneration.from_pretrained(init_from, dtype=torch.float32)
+    if saved.config.vision_config.image_size == config.vision_config.image_size:
+        return saved
+    grid = config.vision_config.image_size // config.vision_config.patch_size
+    state = saved.state_dict()
+    key = next(k for k in state if k.endswith("embeddings.position_embedding.weight"))
+    state[key] = position_init.resize_position_embeddings(state[key], grid)
+    model = LlavaForConditionalGeneration(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Only the position-id buffer differs in shape; the new model's own is the right one.
+    problems = [k for k in missing + unexpected if not k.endswith("position_ids")]
+    if problems:
+        raise ValueError(f"{init_from} does not match the demo model: {problems[:5]}")
+    print(f"init from {init_from}: position embeddings resized to {grid} x {grid}", flush=True)
+    return model
+
+
 def train(args: argparse.Namespace) -> dict:
     """Build, train, save and evaluate the model; returns the summary (also saved as JSON)."""
     from transformers import LlavaForConditionalGeneration
@@ -170,15 +199,16 @@ def train(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     tokenizer = build.build_tokenizer()
-    processor = build.build_processor(tokenizer)
-    config = build.build_config(tokenizer)
+    processor = build.build_processor(tokenizer, args.image_size)
+    config = build.build_config(tokenizer, args.image_size)
+    grid = args.image_size // build.PATCH_SIZE
     if args.init_from:  # go on from a saved run (its weights in float32; a fresh schedule)
-        model = LlavaForConditionalGeneration.from_pretrained(args.init_from, dtype=torch.float32)
-        model = model.to(device).train()
+        model = load_resized(args.init_from, config).to(device).train()
     else:
         model = LlavaForConditionalGeneration(config).to(device).train()
         if args.position_init == "sincos":
-            pictures = batches.draw_pictures(np.random.default_rng([args.seed, 7]), 64, 1)
+            rng = np.random.default_rng([args.seed, 7])
+            pictures = batches.draw_pictures(rng, 64, 1, label_grid=grid, size=args.image_size)
             pixels = batches.pixel_values([s.image for s in pictures]).to(device)
             rms = position_init.init_position_embeddings(model.model.vision_tower, pixels)
             print(f"position embeddings: 2-D sin-cos at rms {rms:.3f}", flush=True)
@@ -193,6 +223,7 @@ def train(args: argparse.Namespace) -> dict:
         args.seed,
         ease_steps=args.ease_steps,
         first_demo_fraction=args.first_demo_fraction,
+        image_size=args.image_size,
     )
     loader = torch.utils.data.DataLoader(
         stream,
@@ -286,6 +317,7 @@ def train(args: argparse.Namespace) -> dict:
         "first_demo_fraction": args.first_demo_fraction,
         "patch_loss_weight": args.patch_loss_weight,
         "position_init": args.position_init,
+        "image_size": args.image_size,
         "train_seconds": round(train_seconds),
         "data_wait_seconds": round(data_wait_s),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -356,6 +388,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="start of the vision tower's position embeddings: 2-D sin-cos as loud as the "
         "patches (mmcore.demo.position_init; the shipped run's) or CLIP's (std 0.02)",
     )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=build.IMAGE_SIZE,
+        help=f"the vision tower's input side in px (a multiple of {build.PATCH_SIZE}); with "
+        "--init-from at another size the position embeddings are resized",
+    )
     p.add_argument("--log-every", type=int, default=250, help="steps between log lines")
     p.add_argument("--workers", type=int, default=min(14, max(0, (os.cpu_count() or 2) - 2)))
     p.add_argument("--eval-every-s", type=float, default=90.0, help="probe period (0: off)")
@@ -372,6 +411,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda but no CUDA device is available")
+    try:
+        build.check_image_size(args.image_size)
+    except ValueError as e:
+        p.error(f"--image-size: {e}")
     if not 1 <= args.questions_per_picture <= len(shapes.QUESTION_TYPES):
         p.error(f"--questions-per-picture must be in 1..{len(shapes.QUESTION_TYPES)}")
     return args
