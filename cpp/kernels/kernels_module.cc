@@ -14,6 +14,7 @@
 #include "kernels/attention.h"
 #include "kernels/cache_write.h"
 #include "kernels/norm.h"
+#include "kernels/peer_norm.h"
 #include "kernels/probe.h"
 #include "kernels/quant_fp8.h"
 #include "kernels/rotary.h"
@@ -268,6 +269,44 @@ void bind_fused(py::module_& m) {
       py::arg("summed_stride"), py::arg("num_tokens"), py::arg("hidden"), py::arg("eps"),
       py::arg("dtype"), py::arg("stream"),
       "summed = residual + x and out = RMSNorm(summed), one launch (device pointers as ints).");
+  m.def(
+      "peer_add_rms_norm",
+      [](uintptr_t x, int64_t x_stride, uintptr_t residual, int64_t residual_stride,
+         uintptr_t weight, uintptr_t out, int64_t out_stride, uintptr_t summed,
+         int64_t summed_stride, int num_tokens, int hidden, double eps, uintptr_t buffers,
+         uintptr_t signal_pads, int64_t buffer_offset, int64_t half_elems, uintptr_t call_counters,
+         int rank, int world_size, int dtype, uintptr_t stream) {
+        mmcore::kernels::PeerAddRmsNormParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.residual = as_ptr<const void>(residual);
+        p.residual_stride = residual_stride;
+        p.weight = as_ptr<const void>(weight);
+        p.out = as_ptr<void>(out);
+        p.out_stride = out_stride;
+        p.summed = as_ptr<void>(summed);
+        p.summed_stride = summed_stride;
+        p.num_tokens = num_tokens;
+        p.hidden = hidden;
+        p.eps = static_cast<float>(eps);
+        p.buffers = as_ptr<void* const>(buffers);
+        p.signal_pads = as_ptr<uint32_t* const>(signal_pads);
+        p.buffer_offset = buffer_offset;
+        p.half_elems = half_elems;
+        p.call_counters = as_ptr<uint32_t>(call_counters);
+        p.rank = rank;
+        p.world_size = world_size;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_peer_add_rms_norm(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("residual"), py::arg("residual_stride"),
+      py::arg("weight"), py::arg("out"), py::arg("out_stride"), py::arg("summed"),
+      py::arg("summed_stride"), py::arg("num_tokens"), py::arg("hidden"), py::arg("eps"),
+      py::arg("buffers"), py::arg("signal_pads"), py::arg("buffer_offset"), py::arg("half_elems"),
+      py::arg("call_counters"), py::arg("rank"), py::arg("world_size"), py::arg("dtype"),
+      py::arg("stream"),
+      "summed = residual + all-reduce(x) over peer buffers, out = RMSNorm(summed): one launch.");
+  m.attr("PEER_NORM_BLOCKS") = mmcore::kernels::kPeerNormBlocks;
   m.def(
       "silu_and_mul",
       [](uintptr_t x, int64_t x_stride, uintptr_t out, int64_t out_stride, int num_tokens,

@@ -82,11 +82,89 @@ def _rank_main(rank: int, port: int, failures) -> None:
         dist.destroy_process_group()
 
 
-def test_peer_all_reduce_equals_nccl_and_replays_in_graphs():
+NORM_SHAPES = [(1, 4096), (3, 4096), (33, 3584), (256, 4096), (2, 8192), (5, 1000)]
+
+
+def _rank_norm_main(rank: int, port: int, failures) -> None:
+    from mmcore.distributed.peer_all_reduce import create_peer_all_reduce
+    from mmcore.kernels import reference
+
+    device = torch.device("cuda", rank)
+    torch.cuda.set_device(device)
+    dist.init_process_group(
+        "nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, device_id=device
+    )
+    try:
+        for dtype in (torch.bfloat16, torch.float32):
+            peer = create_peer_all_reduce(dist.group.WORLD, rank, 2, device, dtype)
+            assert peer is not None, "peer all-reduce unavailable on 2 NVLink GPUs"
+            for rows, hidden in NORM_SHAPES:
+                gen = torch.Generator(device).manual_seed(100 * rank + rows)
+                shared = torch.Generator(device).manual_seed(7 + rows)  # same on both ranks
+                x = torch.randn((rows, hidden), device=device, generator=gen).to(dtype)
+                residual = torch.randn((rows, hidden), device=device, generator=shared).to(dtype)
+                weight = torch.rand(hidden, device=device, generator=shared).to(dtype) + 0.5
+                assert peer.takes_norm(x, residual, weight)
+                reduced = x.clone()
+                dist.all_reduce(reduced)
+                want_out, want_summed = reference.fused_add_rms_norm(
+                    reduced, residual, weight, 1e-5
+                )
+                out, summed = peer.add_rms_norm(x, residual, weight, 1e-5)
+                # The sum of two ranks, rounded once, plus the residual: bit-exact.
+                assert torch.equal(summed, want_summed), (dtype, rows, hidden)
+                tol = 1e-5 if dtype == torch.float32 else 1.6e-2
+                torch.testing.assert_close(out, want_out, atol=tol, rtol=tol)
+                # Every rank holds the same bits (the residual stream must not drift apart).
+                both = [torch.empty_like(out) for _ in range(2)]
+                dist.all_gather(both, out)
+                assert torch.equal(both[0], both[1])
+            # A decoder step's pattern inside one graph: 64 fused reductions of 1 and 3 rows
+            # in turn, replayed with new inputs and with eager calls in between.
+            hidden = 4096
+            weight = torch.ones(hidden, device=device, dtype=dtype)
+            statics = [torch.zeros((n, hidden), device=device, dtype=dtype) for n in (1, 3)]
+            zeros = [torch.zeros_like(t) for t in statics]
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for t, z in zip(statics, zeros):
+                    peer.add_rms_norm(t, z, weight, 0.0)  # warm-up outside capture
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                sums = []
+                for i in range(64):
+                    k = i % 2
+                    _, summed = peer.add_rms_norm(statics[k], zeros[k], weight, 0.0)
+                    sums.append(summed)
+            for trial in range(3):
+                for k, t in enumerate(statics):
+                    t.copy_(
+                        torch.arange(t.numel(), device=device).view(t.shape).remainder(97).to(dtype)
+                        + (trial + rank + k)
+                    )
+                graph.replay()
+                # Eager calls between replays move the per-block halves on as the graph does.
+                eager = peer.add_rms_norm(statics[1], zeros[1], weight, 0.0)[1]
+                torch.cuda.synchronize()
+                for i, got in enumerate(sums + [eager]):
+                    k = i % 2 if i < 64 else 1
+                    base = torch.arange(statics[k].numel(), device=device).remainder(97)
+                    want = (2 * base + 2 * trial + 2 * k + 1).view(statics[k].shape)
+                    assert torch.equal(got.float(), want.float()), (dtype, trial, i)
+    except BaseException as exc:  # reported to the parent; the other rank may hang otherwise
+        failures.put(f"rank {rank}: {exc!r}")
+        os._exit(1)
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_two_ranks(target) -> None:
     ctx = torch_mp.get_context("spawn")
     failures = ctx.SimpleQueue()
     port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, port, failures)) for r in range(2)]
+    procs = [ctx.Process(target=target, args=(r, port, failures)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -98,6 +176,14 @@ def test_peer_all_reduce_equals_nccl_and_replays_in_graphs():
     while not failures.empty():
         errors.append(failures.get())
     assert not alive and not errors and all(p.exitcode == 0 for p in procs), errors
+
+
+def test_peer_add_rms_norm_equals_all_reduce_then_norm_and_replays_in_graphs():
+    _run_two_ranks(_rank_norm_main)
+
+
+def test_peer_all_reduce_equals_nccl_and_replays_in_graphs():
+    _run_two_ranks(_rank_main)
 
 
 @pytest.mark.parametrize("disable", [False, True])

@@ -23,6 +23,25 @@ def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_add_rms_norm(
+    partial: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rms_norm(s) * weight, s)`` with ``s = residual + sum of partial over the ranks``.
+
+    One kernel on ranks joined by the peer all-reduce (reduction, residual add and norm);
+    elsewhere the all-reduce, then the fused add + norm.
+    """
+    from mmcore.layers.attention import select_op
+
+    state = tp_state()
+    if state.world_size > 1:
+        peer = state.peer_all_reduce
+        if peer is not None and peer.takes_norm(partial, residual, weight):
+            return peer.add_rms_norm(partial, residual, weight, eps)
+        partial = all_reduce(partial)
+    return select_op("fused_add_rms_norm", partial)(partial, residual, weight, eps)
+
+
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``tensor`` over the ranks, in place; returns it."""
     state = tp_state()

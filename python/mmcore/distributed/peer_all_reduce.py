@@ -10,6 +10,11 @@ in a CUDA graph. Larger tensors (prefill) keep NCCL, whose ring uses the links b
 The kernels are PyTorch's (``torch.ops.symm_mem.one_shot_all_reduce_copy_out``); they reduce
 float32 and bfloat16. Float16 models and setups without peer access keep NCCL, and the choice
 is logged once at start-up.
+
+A row-parallel layer followed by a residual add and an RMSNorm (every decoder block, twice)
+takes :meth:`PeerAllReduce.add_rms_norm` instead: mmcore's ``peer_add_rms_norm`` kernel
+(cpp/kernels/peer_norm.cu) stages the rows in a second symmetric buffer, meets the peers at a
+signal barrier and reduces, adds and normalizes in the same launch.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 # Largest tensor (bytes) reduced here; above it NCCL is used.
 DEFAULT_MAX_BYTES = 8 << 20
+# Largest tensor (bytes) of the fused all-reduce + add + norm (decode batches up to 256 rows of
+# 4096 bf16); above it the all-reduce and the fused add + norm run as two kernels.
+DEFAULT_NORM_MAX_BYTES = 2 << 20
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float32)
 
 
@@ -60,8 +68,17 @@ class PeerAllReduce:
     rendezvous is a collective.
     """
 
-    def __init__(self, group: dist.ProcessGroup, device: torch.device, dtype, max_bytes: int):
+    def __init__(
+        self,
+        group: dist.ProcessGroup,
+        device: torch.device,
+        dtype,
+        max_bytes: int,
+        norm_max_bytes: int = DEFAULT_NORM_MAX_BYTES,
+    ):
         import torch.distributed._symmetric_memory as symm_mem
+
+        from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module
 
         self.group_name = group.group_name
         self.dtype = dtype
@@ -76,6 +93,29 @@ class PeerAllReduce:
         # PyTorch >= 2.8 copies the input in the reducing kernel; before, a separate copy.
         self._fused_copy = hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out")
 
+        # The fused all-reduce + add + norm: its own buffer (two halves) and signal pads.
+        self._kernels = kernels_module()
+        if self._kernels is None or not hasattr(self._kernels, "peer_add_rms_norm"):
+            raise RuntimeError(
+                "mmcore._kernels lacks peer_add_rms_norm (a stale build?): rebuild the package"
+            )
+        self._dtype_code = DTYPE_CODES[dtype]
+        self.norm_half_numel = norm_max_bytes // self.buffer.element_size()
+        self.norm_buffer = symm_mem.empty(2 * self.norm_half_numel, dtype=dtype, device=device)
+        self.norm_handle = symm_mem.rendezvous(self.norm_buffer, self.group_name)
+        blocks = int(self._kernels.PEER_NORM_BLOCKS)
+        pad_slots = self.norm_handle.signal_pad_size // 4
+        if blocks * self.norm_handle.world_size > pad_slots:
+            raise RuntimeError(
+                f"symmetric memory signal pads hold {pad_slots} slots; the fused all-reduce "
+                f"needs {blocks} x {self.norm_handle.world_size}"
+            )
+        # Which half each block stages into next: advanced by the kernel on the device.
+        self._call_counters = torch.zeros(blocks, dtype=torch.int32, device=device)
+        # Bytes from each rank's mapped allocation to the buffer (the same on every rank).
+        rank = self.norm_handle.rank
+        self._norm_offset = self.norm_buffer.data_ptr() - self.norm_handle.buffer_ptrs[rank]
+
     def takes(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is reduced here (dtype, size, layout) rather than by NCCL."""
         return (
@@ -84,6 +124,45 @@ class PeerAllReduce:
             and tensor.is_cuda
             and tensor.is_contiguous()
         )
+
+    def takes_norm(self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether :meth:`add_rms_norm` takes these (dtype, size, 16-byte rows) or the caller
+        should reduce and normalize in two steps."""
+        return (
+            x.dtype == self.dtype
+            and residual.dtype == self.dtype
+            and weight.dtype == self.dtype
+            and x.is_cuda
+            and x.numel() <= self.norm_half_numel
+            and residual.shape == x.shape
+            and all(_rows_aligned(t) for t in (x, residual, weight))
+        )
+
+    def add_rms_norm(
+        self, x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rms_norm(s) * weight, s)`` with ``s = residual + sum of x over the ranks``.
+
+        Every rank must call it with the same shapes, in the same order (it is a collective).
+        """
+        rows = _contiguous_rows(x)
+        res = _contiguous_rows(residual)
+        w = weight.contiguous()
+        out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
+        summed = torch.empty_like(out)
+        handle = self.norm_handle
+        self._kernels.peer_add_rms_norm(
+            x=rows.data_ptr(), x_stride=rows.stride(0), residual=res.data_ptr(),
+            residual_stride=res.stride(0), weight=w.data_ptr(), out=out.data_ptr(),
+            out_stride=out.stride(0), summed=summed.data_ptr(), summed_stride=summed.stride(0),
+            num_tokens=rows.shape[0], hidden=rows.shape[1], eps=eps,
+            buffers=handle.buffer_ptrs_dev, signal_pads=handle.signal_pad_ptrs_dev,
+            buffer_offset=self._norm_offset, half_elems=self.norm_half_numel,
+            call_counters=self._call_counters.data_ptr(), rank=handle.rank,
+            world_size=handle.world_size, dtype=self._dtype_code,
+            stream=torch.cuda.current_stream(x.device).cuda_stream,
+        )  # fmt: skip
+        return out.view(x.shape), summed.view(x.shape)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over the ranks, as a new tensor of its shape."""
@@ -99,6 +178,24 @@ class PeerAllReduce:
                 staging, "sum", self.group_name, out.view(-1)
             )
         return out
+
+
+def _rows_aligned(t: torch.Tensor) -> bool:
+    """Whether ``t``'s rows start on 16-byte boundaries with a contiguous last dim."""
+    size = t.element_size()
+    row = t.stride(-2) if t.dim() > 1 else t.shape[-1]
+    return (
+        t.stride(-1) == 1
+        and t.data_ptr() % 16 == 0
+        and (t.shape[-1] * size) % 16 == 0
+        and (row * size) % 16 == 0
+    )
+
+
+def _contiguous_rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as ``[N, last]`` rows with a contiguous last dim."""
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def create_peer_all_reduce(

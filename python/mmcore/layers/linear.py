@@ -238,11 +238,24 @@ class RowParallelLinear(Fp8LinearMixin, nn.Module):
     Args:
         in_features, out_features, bias, dtype, device: as for ``nn.Linear``.
         disable_tp: keep the whole layer on every rank.
+        reduce_results: sum the ranks' partial products here (False: return this rank's
+            partial product; the caller reduces it, e.g. fused with the next norm).
     """
 
-    def __init__(self, in_features, out_features, *, bias, dtype, device, disable_tp=False):
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        *,
+        bias,
+        dtype,
+        device,
+        disable_tp=False,
+        reduce_results=True,
+    ):
         super().__init__()
         self._rank, self._size = _rank_and_size(disable_tp)
+        self.reduce_results = reduce_results
         local = divide(in_features, self._size, "input features")
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, local, dtype=dtype, device=device))
@@ -255,7 +268,7 @@ class RowParallelLinear(Fp8LinearMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self._linear(x, self.bias if self._rank == 0 else None)
-        return all_reduce(out) if self._size > 1 else out
+        return all_reduce(out) if self._size > 1 and self.reduce_results else out
 
     def _scale_shards(self, name: str) -> list[ScaleShard]:
         """One projection, every output row on every rank."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcore.distributed.communication import all_reduce_add_rms_norm
 from mmcore.layers.attention import select_op
 
 
@@ -26,3 +27,13 @@ class RMSNorm(nn.Module):
         if residual is None:
             return select_op("rms_norm", x)(x, self.weight, self.eps)
         return select_op("fused_add_rms_norm", x)(x, residual, self.weight, self.eps)
+
+    def reduce_add(
+        self, partial: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(sum of partial over the ranks, residual)``: the all-reduce of the row-parallel
+        layer before this norm, done here (one kernel with the add and norm over peer memory).
+
+        On one rank it is ``forward(partial, residual)``.
+        """
+        return all_reduce_add_rms_norm(partial, residual, self.weight, self.eps)

@@ -26,7 +26,13 @@ class LlamaAttention(nn.Module):
     """
 
     def __init__(
-        self, config, *, dtype: torch.dtype, device: torch.device, qkv_bias: bool | None = None
+        self,
+        config,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        qkv_bias: bool | None = None,
+        reduce_results: bool = True,
     ):
         super().__init__()
         total_heads = config.num_attention_heads
@@ -53,7 +59,12 @@ class LlamaAttention(nn.Module):
         self.num_heads = self.qkv_proj.num_local_heads
         self.num_kv_heads = self.qkv_proj.num_local_kv_heads
         self.o_proj = RowParallelLinear(
-            total_heads * self.head_dim, h, bias=bias, dtype=dtype, device=device
+            total_heads * self.head_dim,
+            h,
+            bias=bias,
+            dtype=dtype,
+            device=device,
+            reduce_results=reduce_results,
         )
 
     def forward(
@@ -77,16 +88,21 @@ class LlamaAttention(nn.Module):
 
 class LlamaMLP(nn.Module):
     """Gated MLP: ``down(act(gate(x)) * up(x))`` with gate and up as one GEMM (``gate_up_proj``);
-    tensor parallel, each rank has a share of the intermediate size (one all-reduce in ``down``)."""
+    tensor parallel, each rank has a share of the intermediate size (one all-reduce in ``down``,
+    or none with ``reduce_results=False``: the caller sums the ranks' partial outputs)."""
 
-    def __init__(self, config, *, dtype: torch.dtype, device: torch.device):
+    def __init__(
+        self, config, *, dtype: torch.dtype, device: torch.device, reduce_results: bool = True
+    ):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
         h, i = config.hidden_size, config.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(
             h, {"gate_proj": i, "up_proj": i}, bias=bias, dtype=dtype, device=device
         )
-        self.down_proj = RowParallelLinear(i, h, bias=bias, dtype=dtype, device=device)
+        self.down_proj = RowParallelLinear(
+            i, h, bias=bias, dtype=dtype, device=device, reduce_results=reduce_results
+        )
         self.act_and_mul = get_gated_activation(config.hidden_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,21 +116,27 @@ class LlamaDecoderLayer(nn.Module):
         super().__init__()
         eps = config.rms_norm_eps
         self.input_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
-        self.self_attn = LlamaAttention(config, dtype=dtype, device=device, qkv_bias=qkv_bias)
+        # Tensor parallel: o_proj and down_proj return this rank's partial sums and the norm
+        # after each reduces them (fused with the residual add and the norm on peer GPUs).
+        self.self_attn = LlamaAttention(
+            config, dtype=dtype, device=device, qkv_bias=qkv_bias, reduce_results=False
+        )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps, dtype=dtype, device=device)
-        self.mlp = LlamaMLP(config, dtype=dtype, device=device)
+        self.mlp = LlamaMLP(config, dtype=dtype, device=device, reduce_results=False)
 
     def forward(self, hidden, residual, positions, rotary, kv_cache, attn):
         """Returns ``(mlp output, residual stream)``; the next layer's norm adds them (fused).
 
         ``residual`` is None for the first layer, whose input is the residual stream itself.
+        Under tensor parallelism the returned mlp output is this rank's partial sum: the next
+        norm (:meth:`RMSNorm.reduce_add`) reduces it.
         """
         if residual is None:
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden, residual = self.input_layernorm.reduce_add(hidden, residual)
         hidden = self.self_attn(hidden, positions, rotary, kv_cache, attn)
-        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        hidden, residual = self.post_attention_layernorm.reduce_add(hidden, residual)
         return self.mlp(hidden), residual
 
 
@@ -155,7 +177,7 @@ class LlamaModel(nn.Module):
             hidden, residual = layer(hidden, residual, positions, self.rotary, kv_cache, attn)
         if residual is None:  # no layers
             return self.norm(hidden)
-        return self.norm(hidden, residual)[0]
+        return self.norm.reduce_add(hidden, residual)[0]
 
 
 class LlamaForCausalLM(nn.Module):

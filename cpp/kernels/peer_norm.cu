@@ -1,0 +1,159 @@
+// One-shot all-reduce + residual add + RMSNorm over peer-mapped buffers. Block b handles rows
+// b, b + kPeerNormBlocks, ...: it copies this rank's partial rows into its own staging buffer,
+// meets block b of every peer at a signal barrier, then reads every rank's rows over NVLink,
+// sums them in rank order (every rank gets the same bits), adds the residual and normalizes.
+// Staging alternates between two halves by a per-block call counter kept on the device (so
+// CUDA-graph replays advance it too): a block writes a half again only two calls later, after
+// the barrier of the call in between, which each peer reaches only once it has read that half.
+#include <cuda/atomic>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "kernels/elementwise_utils.cuh"
+#include "kernels/peer_norm.h"
+
+namespace mmcore::kernels {
+namespace {
+
+__device__ __forceinline__ bool cas_system(uint32_t* addr, uint32_t expected, uint32_t desired,
+                                           cuda::std::memory_order order) {
+  cuda::atomic_ref<uint32_t, cuda::thread_scope_system> ref(*addr);
+  return ref.compare_exchange_strong(expected, desired, order);
+}
+
+// Block-level barrier with the same block of every rank: thread t hands a token to rank t's
+// pad (slot [block][rank]) and takes rank t's token from its own (slot [block][t]). Release
+// and acquire make the staged rows of every thread of both blocks visible across the barrier.
+__device__ __forceinline__ void barrier_with_peers(uint32_t* const* pads, int rank, int world) {
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < world) {
+    const int peer = threadIdx.x;
+    uint32_t* give = pads[peer] + blockIdx.x * world + rank;
+    uint32_t* take = pads[rank] + blockIdx.x * world + peer;
+    while (!cas_system(give, 0u, 1u, cuda::std::memory_order_release)) {
+    }
+    while (!cas_system(take, 1u, 0u, cuda::std::memory_order_acquire)) {
+    }
+  }
+  __syncthreads();
+}
+
+template <typename T, int kWidth>
+__global__ void __launch_bounds__(1024)
+    peer_add_rms_norm_kernel(const PeerAddRmsNormParams p, float inv_hidden) {
+  using V = Vec<T, kWidth>;
+  const int num_vecs = p.hidden / kWidth;
+  __shared__ uint32_t parity;
+  if (threadIdx.x == 0) parity = p.call_counters[blockIdx.x] & 1u;
+  __syncthreads();
+  const int64_t half = static_cast<int64_t>(parity) * p.half_elems;
+  auto staged = [&](int r, int64_t row) {
+    const char* base = static_cast<const char*>(p.buffers[r]) + p.buffer_offset;
+    return reinterpret_cast<const V*>(reinterpret_cast<const T*>(base) + half + row * p.hidden);
+  };
+  V* own = const_cast<V*>(staged(p.rank, 0));
+
+  // 1. Stage this rank's rows.
+  for (int64_t row = blockIdx.x; row < p.num_tokens; row += gridDim.x) {
+    const auto* x = reinterpret_cast<const V*>(static_cast<const T*>(p.x) + row * p.x_stride);
+    V* dst = own + row * num_vecs;
+    for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) dst[i] = x[i];
+  }
+  barrier_with_peers(p.signal_pads, p.rank, p.world_size);
+
+  // 2. Reduce, add the residual, normalize (HF LlamaRMSNorm numerics, as norm.cu).
+  const auto* weight = static_cast<const V*>(p.weight);
+  for (int64_t row = blockIdx.x; row < p.num_tokens; row += gridDim.x) {
+    const auto* residual =
+        reinterpret_cast<const V*>(static_cast<const T*>(p.residual) + row * p.residual_stride);
+    auto* summed = reinterpret_cast<V*>(static_cast<T*>(p.summed) + row * p.summed_stride);
+    auto* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + row * p.out_stride);
+    float sum = 0.f;
+    for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
+      float acc[kWidth];
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) acc[k] = 0.f;
+      for (int r = 0; r < p.world_size; ++r) {
+        const V v = staged(r, row)[i];
+#pragma unroll
+        for (int k = 0; k < kWidth; ++k) acc[k] = __fadd_rn(acc[k], to_float(v.v[k]));
+      }
+      const V res = residual[i];
+      V s;
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        // The all-reduce's output is rounded to T, then added to the residual and rounded.
+        const float reduced = round_to<T>(acc[k]);
+        s.v[k] = from_float<T>(__fadd_rn(to_float(res.v[k]), reduced));
+        const float f = to_float(s.v[k]);
+        sum = __fadd_rn(sum, __fmul_rn(f, f));
+      }
+      summed[i] = s;
+    }
+    sum = block_sum(sum);
+    const float scale = rsqrtf(__fadd_rn(__fmul_rn(sum, inv_hidden), p.eps));
+    // summed was written by this same thread: read back from L1/L2.
+    for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
+      const V s = summed[i];
+      const V w = weight[i];
+      V o;
+#pragma unroll
+      for (int k = 0; k < kWidth; ++k) {
+        const float y = round_to<T>(__fmul_rn(to_float(s.v[k]), scale));
+        o.v[k] = from_float<T>(__fmul_rn(to_float(w.v[k]), y));
+      }
+      out[i] = o;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) p.call_counters[blockIdx.x] += 1u;
+}
+
+int round_up(int n, int multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+template <typename T>
+cudaError_t launch_dtype(const PeerAddRmsNormParams& p, cudaStream_t stream) {
+  constexpr int kWidth = kVecWidth<T>;
+  const int num_vecs = p.hidden / kWidth;
+  const int threads = std::clamp(round_up(num_vecs, 32), 32, 512);
+  const float inv_hidden = static_cast<float>(p.num_tokens) /
+                           static_cast<float>(static_cast<int64_t>(p.num_tokens) * p.hidden);
+  peer_add_rms_norm_kernel<T, kWidth><<<kPeerNormBlocks, threads, 0, stream>>>(p, inv_hidden);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+void launch_peer_add_rms_norm(const PeerAddRmsNormParams& p, DType dtype, cudaStream_t stream) {
+  const std::string n = "peer_add_rms_norm";
+  require(valid_dtype(dtype), n + ": dtype must be float32, float16 or bfloat16");
+  require(p.world_size >= 2 && p.rank >= 0 && p.rank < p.world_size,
+          n + ": rank " + std::to_string(p.rank) + " of world size " +
+              std::to_string(p.world_size) + " is not a multi-rank group");
+  require(p.num_tokens >= 0, n + ": negative num_tokens");
+  require(p.hidden > 0, n + ": hidden size must be positive, got " + std::to_string(p.hidden));
+  require(std::isfinite(p.eps) && p.eps >= 0.f, n + ": eps must be finite and non-negative");
+  require(static_cast<int64_t>(p.num_tokens) * p.hidden <= p.half_elems,
+          n + ": " + std::to_string(p.num_tokens) + " x " + std::to_string(p.hidden) +
+              " elements exceed the staging buffer's half of " + std::to_string(p.half_elems));
+  require(p.x && p.residual && p.weight && p.out && p.summed && p.buffers && p.signal_pads &&
+              p.call_counters,
+          n + ": null device pointer");
+  const int width = dtype == DType::kFloat32 ? 4 : 8;  // elements per 16-byte vector
+  require(p.hidden % width == 0 && p.x_stride % width == 0 && p.residual_stride % width == 0 &&
+              p.out_stride % width == 0 && p.summed_stride % width == 0 &&
+              p.half_elems % width == 0 && p.buffer_offset % 16 == 0 && aligned16(p.x) &&
+              aligned16(p.residual) && aligned16(p.weight) && aligned16(p.out) &&
+              aligned16(p.summed),
+          n + ": rows, strides and pointers must be 16-byte aligned (hidden a multiple of " +
+              std::to_string(width) + ")");
+  if (p.num_tokens == 0) return;  // every rank skips alike: the counters stay in step
+  check_launch(
+      dispatch_dtype(
+          dtype, [&](auto tag) { return launch_dtype<typename decltype(tag)::type>(p, stream); }),
+      "peer_add_rms_norm");
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,43 @@
+// All-reduce over peer-mapped GPU memory fused with the residual add and RMSNorm that follow a
+// tensor-parallel row-parallel linear: one launch where there were two (and two round trips).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "kernels/attention_params.h"
+
+namespace mmcore::kernels {
+
+// Blocks of every launch: fixed, so that a block always stages and reads the same rows and its
+// call counter and signals pair with the same block of every peer.
+inline constexpr int kPeerNormBlocks = 32;
+
+struct PeerAddRmsNormParams {
+  const void* x = nullptr;  // this rank's partial sums, [num_tokens, hidden]
+  int64_t x_stride = 0;
+  const void* residual = nullptr;
+  int64_t residual_stride = 0;
+  const void* weight = nullptr;  // [hidden], contiguous
+  void* out = nullptr;           // rms_norm(summed)
+  int64_t out_stride = 0;
+  void* summed = nullptr;  // residual + (sum of every rank's x)
+  int64_t summed_stride = 0;
+  int num_tokens = 0, hidden = 0;
+  float eps = 0.f;
+  // Peer memory (PyTorch symmetric memory): device arrays of world_size pointers each.
+  void* const* buffers = nullptr;          // each rank's staging buffer, 2 halves of half_elems
+  uint32_t* const* signal_pads = nullptr;  // each rank's signal pad (kPeerNormBlocks * world)
+  int64_t buffer_offset = 0;               // bytes from each buffer pointer to the staging area
+  int64_t half_elems = 0;                  // capacity of one half, elements of the dtype
+  uint32_t* call_counters = nullptr;       // [kPeerNormBlocks] on this rank, zero at start
+  int rank = 0, world_size = 0;
+};
+
+// summed = residual + round(sum over ranks of x); out = round(weight * round(summed * rsqrt(
+// mean(summed^2) + eps))) (as launch_fused_add_rms_norm). Every rank must launch it with the
+// same num_tokens, in the same order with its other launches of this kind. Throws
+// std::invalid_argument on bad arguments, std::runtime_error on a CUDA error.
+void launch_peer_add_rms_norm(const PeerAddRmsNormParams& p, DType dtype, cudaStream_t stream);
+
+}  // namespace mmcore::kernels
