@@ -11,7 +11,7 @@
 #   internvl    InternVL processor vs HF's (torchvision), engine on CUDA vs HF; InternVL3-8B
 #               dummy: offline req/s vs HF generate() and the roofline, batch-1 ITL vs the bound
 #   gemma       Gemma 3 on CUDA vs HF; Gemma-3-12B dummy: offline req/s vs HF, KV at 8k prompts
-#   fp8         FP8 GEMM / engine GPU tests; LLaVA-1.5-7B dummy bf16 vs fp8 weights (req/s, ITL, KL)
+#   fp8         FP8 GEMM, weight-only GEMV and engine GPU tests; LLaVA-1.5-7B dummy bf16 vs fp8 weights (req/s, ITL, KL)
 #   video       Qwen2.5-VL-7B dummy: 100 requests with a 32-frame 448x448 clip (req/s, TTFT, ViT share)
 #   demo_train_bg  the demo model's training in the background on GPU $DEMO_GPU (default 1)
 #   demo_wait   wait (up to $DEMO_WAIT_S s) for that training to end; its summary
@@ -73,7 +73,8 @@ for s in $STAGES; do
       stage gemma_offline 240 python3 bench/bench_gpu_gemma3.py --stage offline --num-requests 200 \
         --hf-batch-sizes 16 32 --out "$LOG"
       stage gemma_kv 150 python3 bench/bench_gpu_gemma3.py --stage kv --out "$LOG" ;;
-    fp8) stage fp8_tests 120 python3 -m pytest -q -p no:cacheprovider tests/python/test_fp8_cuda.py
+    fp8) stage fp8_tests 180 python3 -m pytest -q -p no:cacheprovider tests/python/test_fp8_cuda.py \
+      tests/python/test_fp8_gemv_cuda.py
       stage fp8_bench 300 python3 bench/bench_gpu_fp8.py --num-requests 300 --demo-n 200 \
         --out "$LOG" ;;
     kernels) stage kernels_tests 480 python3 -m pytest -q -p no:cacheprovider --maxfail=40 \

@@ -13,6 +13,7 @@
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/cache_write.h"
+#include "kernels/fp8_gemv.h"
 #include "kernels/norm.h"
 #include "kernels/peer_norm.h"
 #include "kernels/probe.h"
@@ -202,6 +203,28 @@ void bind_cache_write(py::module_& m) {
 }
 
 void bind_quant(py::module_& m) {
+  m.def(
+      "fp8_gemv",
+      [](uintptr_t x, int64_t x_stride, uintptr_t weight, uintptr_t weight_scale, uintptr_t bias,
+         uintptr_t out, int64_t out_stride, int rows, int n, int k, int dtype, uintptr_t stream) {
+        mmcore::kernels::Fp8GemvParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.weight = as_ptr<const void>(weight);
+        p.weight_scale = as_ptr<const float>(weight_scale);
+        p.bias = bias ? as_ptr<const void>(bias) : nullptr;
+        p.out = as_ptr<void>(out);
+        p.out_stride = out_stride;
+        p.rows = rows;
+        p.n = n;
+        p.k = k;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_fp8_gemv(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("weight"), py::arg("weight_scale"),
+      py::arg("bias"), py::arg("out"), py::arg("out_stride"), py::arg("rows"), py::arg("n"),
+      py::arg("k"), py::arg("dtype"), py::arg("stream"),
+      "out = x @ (e4m3 weight * scale).T (+ bias) for at most 8 rows (device pointers as ints).");
   m.def(
       "per_token_quant_fp8",
       [](uintptr_t x, int64_t x_stride, uintptr_t out, uintptr_t scales, int num_tokens, int hidden,

@@ -289,6 +289,16 @@ def per_token_quant_fp8(x: torch.Tensor, min_scale: float) -> tuple[torch.Tensor
     return (x / scale).to(fp8), scale
 
 
+def fp8_gemv(
+    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """W8A16 product of a few activation rows: ``x [R, K] @ (weight [N, K] * weight_scale [N,
+    1]).T`` in float32, rounded to ``x``'s dtype, then ``+ bias`` (rounded again)."""
+    w = weight.float() * weight_scale.float().view(-1, 1)
+    out = (x.float() @ w.t()).to(x.dtype)
+    return out + bias if bias is not None else out
+
+
 def vision_rotary_embedding(
     positions: torch.Tensor,
     query: torch.Tensor,

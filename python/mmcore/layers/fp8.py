@@ -87,6 +87,10 @@ def fp8_linear(
 ) -> torch.Tensor:
     """``F.linear(x, W, bias)`` with ``W = weight * weight_scale[:, None]`` in FP8.
 
+    On CUDA, up to ``FP8_GEMV_MAX_ROWS`` rows (decode steps) take the weight-only GEMV (the
+    activations stay in their dtype, ``input_scale`` is not needed); more rows are quantised
+    per token (or with ``input_scale``) for ``torch._scaled_mm``.
+
     Args:
         x: activations ``[..., K]`` in the model dtype (the output has it too).
         weight: e4m3 ``[N, K]``.
@@ -98,10 +102,15 @@ def fp8_linear(
     Returns:
         ``[..., N]`` in ``x.dtype``.
     """
+    from mmcore.kernels.quant_ops import fp8_gemv, fp8_gemv_takes
+
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     if x2.shape[0] == 0:  # e.g. a rank with no images this step: nothing to scale
         return x.new_empty(*lead, weight.shape[0])
+    if fp8_gemv_takes(x2, weight):
+        # Decode-sized batches: read the e4m3 weight once, activations unquantised (W8A16).
+        return fp8_gemv(x2, weight, weight_scale, bias).reshape(*lead, weight.shape[0])
     if input_scale is None:
         x_fp8, scale_a = quantize_rows(x2)
     else:
