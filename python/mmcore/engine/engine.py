@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from mmcore import _core
 from mmcore.engine.admission import RequestAdmission
 from mmcore.engine.config import EngineConfig, resolve_config
+from mmcore.engine.cpu_thread_tuner import cpu_thread_tuner_for
 from mmcore.engine.engine_front import build_input_processor, chat_prompt
 from mmcore.engine.engine_logging import StatLogger, log_startup
 from mmcore.engine.fault_isolation import RequestFault, newest_requests
@@ -104,6 +105,7 @@ class Engine(RequestAdmission, ProfilingCalls):
         self.num_generated_tokens = 0  # read by the stats logger
         self.num_prompt_tokens = 0  # prompt tokens accepted (each of n completions counts)
         self._stat_logger = None if engine_args.disable_log_stats else StatLogger(self)
+        self._thread_tuner = cpu_thread_tuner_for(self.runner)
         log_startup(self, time.perf_counter() - started)
 
     def get_tokenizer(self) -> Any:
@@ -171,8 +173,14 @@ class Engine(RequestAdmission, ProfilingCalls):
             self._note_first_scheduled(out)
         if self.runner is None:  # several ranks: a failing step is a worker failure (fail fast)
             return self._launch_and_apply(out)
+        tuner = self._thread_tuner
         try:
-            return self._launch_and_apply(out)
+            if tuner is None:
+                return self._launch_and_apply(out)
+            tuner.step_started()
+            outputs = self._launch_and_apply(out)
+            tuner.step_finished()
+            return outputs
         except RequestFault as fault:
             return recover_failed_step(self, out, fault.core_ids, fault)
         except torch.OutOfMemoryError as exc:
