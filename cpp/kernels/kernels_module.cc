@@ -202,6 +202,28 @@ void bind_cache_write(py::module_& m) {
       "(cache_dtype 3) stores x / scale[head] saturated to e4m3.");
 }
 
+// The rows of a residual add + RMSNorm (fused_add_rms_norm and its peer all-reduce variant).
+mmcore::kernels::RmsNormParams add_norm_params(uintptr_t x, int64_t x_stride, uintptr_t residual,
+                                               int64_t residual_stride, uintptr_t weight,
+                                               uintptr_t out, int64_t out_stride, uintptr_t summed,
+                                               int64_t summed_stride, int num_tokens, int hidden,
+                                               double eps) {
+  mmcore::kernels::RmsNormParams p;
+  p.x = as_ptr<const void>(x);
+  p.x_stride = x_stride;
+  p.residual = as_ptr<const void>(residual);
+  p.residual_stride = residual_stride;
+  p.weight = as_ptr<const void>(weight);
+  p.out = as_ptr<void>(out);
+  p.out_stride = out_stride;
+  p.summed = as_ptr<void>(summed);
+  p.summed_stride = summed_stride;
+  p.num_tokens = num_tokens;
+  p.hidden = hidden;
+  p.eps = static_cast<float>(eps);
+  return p;
+}
+
 void bind_quant(py::module_& m) {
   m.def(
       "fp8_gemv",
@@ -271,19 +293,8 @@ void bind_fused(py::module_& m) {
          uintptr_t weight, uintptr_t out, int64_t out_stride, uintptr_t summed,
          int64_t summed_stride, int num_tokens, int hidden, double eps, int dtype,
          uintptr_t stream) {
-        mmcore::kernels::RmsNormParams p;
-        p.x = as_ptr<const void>(x);
-        p.x_stride = x_stride;
-        p.residual = as_ptr<const void>(residual);
-        p.residual_stride = residual_stride;
-        p.weight = as_ptr<const void>(weight);
-        p.out = as_ptr<void>(out);
-        p.out_stride = out_stride;
-        p.summed = as_ptr<void>(summed);
-        p.summed_stride = summed_stride;
-        p.num_tokens = num_tokens;
-        p.hidden = hidden;
-        p.eps = static_cast<float>(eps);
+        const auto p = add_norm_params(x, x_stride, residual, residual_stride, weight, out,
+                                       out_stride, summed, summed_stride, num_tokens, hidden, eps);
         py::gil_scoped_release release;
         mmcore::kernels::launch_fused_add_rms_norm(p, as_dtype(dtype), as_stream(stream));
       },
@@ -300,18 +311,8 @@ void bind_fused(py::module_& m) {
          uintptr_t signal_pads, int64_t buffer_offset, int64_t half_elems, uintptr_t call_counters,
          int rank, int world_size, int dtype, uintptr_t stream) {
         mmcore::kernels::PeerAddRmsNormParams p;
-        p.x = as_ptr<const void>(x);
-        p.x_stride = x_stride;
-        p.residual = as_ptr<const void>(residual);
-        p.residual_stride = residual_stride;
-        p.weight = as_ptr<const void>(weight);
-        p.out = as_ptr<void>(out);
-        p.out_stride = out_stride;
-        p.summed = as_ptr<void>(summed);
-        p.summed_stride = summed_stride;
-        p.num_tokens = num_tokens;
-        p.hidden = hidden;
-        p.eps = static_cast<float>(eps);
+        p.norm = add_norm_params(x, x_stride, residual, residual_stride, weight, out, out_stride,
+                                 summed, summed_stride, num_tokens, hidden, eps);
         p.buffers = as_ptr<void* const>(buffers);
         p.signal_pads = as_ptr<uint32_t* const>(signal_pads);
         p.buffer_offset = buffer_offset;

@@ -44,32 +44,35 @@ template <typename T, int kWidth>
 __global__ void __launch_bounds__(1024)
     peer_add_rms_norm_kernel(const PeerAddRmsNormParams p, float inv_hidden) {
   using V = Vec<T, kWidth>;
-  const int num_vecs = p.hidden / kWidth;
+  const int num_vecs = p.norm.hidden / kWidth;
   __shared__ uint32_t parity;
   if (threadIdx.x == 0) parity = p.call_counters[blockIdx.x] & 1u;
   __syncthreads();
   const int64_t half = static_cast<int64_t>(parity) * p.half_elems;
   auto staged = [&](int r, int64_t row) {
     const char* base = static_cast<const char*>(p.buffers[r]) + p.buffer_offset;
-    return reinterpret_cast<const V*>(reinterpret_cast<const T*>(base) + half + row * p.hidden);
+    return reinterpret_cast<const V*>(reinterpret_cast<const T*>(base) + half +
+                                      row * p.norm.hidden);
   };
   V* own = const_cast<V*>(staged(p.rank, 0));
 
   // 1. Stage this rank's rows.
-  for (int64_t row = blockIdx.x; row < p.num_tokens; row += gridDim.x) {
-    const auto* x = reinterpret_cast<const V*>(static_cast<const T*>(p.x) + row * p.x_stride);
+  for (int64_t row = blockIdx.x; row < p.norm.num_tokens; row += gridDim.x) {
+    const auto* x =
+        reinterpret_cast<const V*>(static_cast<const T*>(p.norm.x) + row * p.norm.x_stride);
     V* dst = own + row * num_vecs;
     for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) dst[i] = x[i];
   }
   barrier_with_peers(p.signal_pads, p.rank, p.world_size);
 
   // 2. Reduce, add the residual, normalize (HF LlamaRMSNorm numerics, as norm.cu).
-  const auto* weight = static_cast<const V*>(p.weight);
-  for (int64_t row = blockIdx.x; row < p.num_tokens; row += gridDim.x) {
-    const auto* residual =
-        reinterpret_cast<const V*>(static_cast<const T*>(p.residual) + row * p.residual_stride);
-    auto* summed = reinterpret_cast<V*>(static_cast<T*>(p.summed) + row * p.summed_stride);
-    auto* out = reinterpret_cast<V*>(static_cast<T*>(p.out) + row * p.out_stride);
+  const auto* weight = static_cast<const V*>(p.norm.weight);
+  for (int64_t row = blockIdx.x; row < p.norm.num_tokens; row += gridDim.x) {
+    const auto* residual = reinterpret_cast<const V*>(static_cast<const T*>(p.norm.residual) +
+                                                      row * p.norm.residual_stride);
+    auto* summed =
+        reinterpret_cast<V*>(static_cast<T*>(p.norm.summed) + row * p.norm.summed_stride);
+    auto* out = reinterpret_cast<V*>(static_cast<T*>(p.norm.out) + row * p.norm.out_stride);
     float sum = 0.f;
     for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
       float acc[kWidth];
@@ -93,7 +96,7 @@ __global__ void __launch_bounds__(1024)
       summed[i] = s;
     }
     sum = block_sum(sum);
-    const float scale = rsqrtf(__fadd_rn(__fmul_rn(sum, inv_hidden), p.eps));
+    const float scale = rsqrtf(__fadd_rn(__fmul_rn(sum, inv_hidden), p.norm.eps));
     // summed was written by this same thread: read back from L1/L2.
     for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
       const V s = summed[i];
@@ -116,10 +119,11 @@ int round_up(int n, int multiple) { return (n + multiple - 1) / multiple * multi
 template <typename T>
 cudaError_t launch_dtype(const PeerAddRmsNormParams& p, cudaStream_t stream) {
   constexpr int kWidth = kVecWidth<T>;
-  const int num_vecs = p.hidden / kWidth;
+  const int num_vecs = p.norm.hidden / kWidth;
   const int threads = std::clamp(round_up(num_vecs, 32), 32, 512);
-  const float inv_hidden = static_cast<float>(p.num_tokens) /
-                           static_cast<float>(static_cast<int64_t>(p.num_tokens) * p.hidden);
+  const float inv_hidden =
+      static_cast<float>(p.norm.num_tokens) /
+      static_cast<float>(static_cast<int64_t>(p.norm.num_tokens) * p.norm.hidden);
   peer_add_rms_norm_kernel<T, kWidth><<<kPeerNormBlocks, threads, 0, stream>>>(p, inv_hidden);
   return cudaGetLastError();
 }
@@ -132,24 +136,26 @@ void launch_peer_add_rms_norm(const PeerAddRmsNormParams& p, DType dtype, cudaSt
   require(p.world_size >= 2 && p.rank >= 0 && p.rank < p.world_size,
           n + ": rank " + std::to_string(p.rank) + " of world size " +
               std::to_string(p.world_size) + " is not a multi-rank group");
-  require(p.num_tokens >= 0, n + ": negative num_tokens");
-  require(p.hidden > 0, n + ": hidden size must be positive, got " + std::to_string(p.hidden));
-  require(std::isfinite(p.eps) && p.eps >= 0.f, n + ": eps must be finite and non-negative");
-  require(static_cast<int64_t>(p.num_tokens) * p.hidden <= p.half_elems,
-          n + ": " + std::to_string(p.num_tokens) + " x " + std::to_string(p.hidden) +
+  require(p.norm.num_tokens >= 0, n + ": negative num_tokens");
+  require(p.norm.hidden > 0,
+          n + ": hidden size must be positive, got " + std::to_string(p.norm.hidden));
+  require(std::isfinite(p.norm.eps) && p.norm.eps >= 0.f,
+          n + ": eps must be finite and non-negative");
+  require(static_cast<int64_t>(p.norm.num_tokens) * p.norm.hidden <= p.half_elems,
+          n + ": " + std::to_string(p.norm.num_tokens) + " x " + std::to_string(p.norm.hidden) +
               " elements exceed the staging buffer's half of " + std::to_string(p.half_elems));
-  require(p.x && p.residual && p.weight && p.out && p.summed && p.buffers && p.signal_pads &&
-              p.call_counters,
+  require(p.norm.x && p.norm.residual && p.norm.weight && p.norm.out && p.norm.summed &&
+              p.buffers && p.signal_pads && p.call_counters,
           n + ": null device pointer");
   const int width = dtype == DType::kFloat32 ? 4 : 8;  // elements per 16-byte vector
-  require(p.hidden % width == 0 && p.x_stride % width == 0 && p.residual_stride % width == 0 &&
-              p.out_stride % width == 0 && p.summed_stride % width == 0 &&
-              p.half_elems % width == 0 && p.buffer_offset % 16 == 0 && aligned16(p.x) &&
-              aligned16(p.residual) && aligned16(p.weight) && aligned16(p.out) &&
-              aligned16(p.summed),
+  require(p.norm.hidden % width == 0 && p.norm.x_stride % width == 0 &&
+              p.norm.residual_stride % width == 0 && p.norm.out_stride % width == 0 &&
+              p.norm.summed_stride % width == 0 && p.half_elems % width == 0 &&
+              p.buffer_offset % 16 == 0 && aligned16(p.norm.x) && aligned16(p.norm.residual) &&
+              aligned16(p.norm.weight) && aligned16(p.norm.out) && aligned16(p.norm.summed),
           n + ": rows, strides and pointers must be 16-byte aligned (hidden a multiple of " +
               std::to_string(width) + ")");
-  if (p.num_tokens == 0) return;  // every rank skips alike: the counters stay in step
+  if (p.norm.num_tokens == 0) return;  // every rank skips alike: the counters stay in step
   check_launch(
       dispatch_dtype(
           dtype, [&](auto tag) { return launch_dtype<typename decltype(tag)::type>(p, stream); }),

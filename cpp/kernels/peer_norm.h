@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/attention_params.h"
+#include "kernels/norm.h"
 
 namespace mmcore::kernels {
 
@@ -14,17 +15,9 @@ namespace mmcore::kernels {
 inline constexpr int kPeerNormBlocks = 32;
 
 struct PeerAddRmsNormParams {
-  const void* x = nullptr;  // this rank's partial sums, [num_tokens, hidden]
-  int64_t x_stride = 0;
-  const void* residual = nullptr;
-  int64_t residual_stride = 0;
-  const void* weight = nullptr;  // [hidden], contiguous
-  void* out = nullptr;           // rms_norm(summed)
-  int64_t out_stride = 0;
-  void* summed = nullptr;  // residual + (sum of every rank's x)
-  int64_t summed_stride = 0;
-  int num_tokens = 0, hidden = 0;
-  float eps = 0.f;
+  // The fused add + norm's rows (norm.h): x holds this rank's partial sums, summed receives
+  // residual + (sum of every rank's x).
+  RmsNormParams norm;
   // Peer memory (PyTorch symmetric memory): device arrays of world_size pointers each.
   void* const* buffers = nullptr;          // each rank's staging buffer, 2 halves of half_elems
   uint32_t* const* signal_pads = nullptr;  // each rank's signal pad (kPeerNormBlocks * world)
