@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 
 from mmcore.distributed.parallel_state import tp_state
+from mmcore.layers.attention import select_op
 
 
 def all_reduce(tensor: torch.Tensor) -> torch.Tensor:
@@ -31,8 +32,6 @@ def all_reduce_add_rms_norm(
     One kernel on ranks joined by the peer all-reduce (reduction, residual add and norm);
     elsewhere the all-reduce, then the fused add + norm.
     """
-    from mmcore.layers.attention import select_op
-
     state = tp_state()
     if state.world_size > 1:
         peer = state.peer_all_reduce

@@ -25,6 +25,9 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
+from mmcore.kernels.fused_ops import as_rows
+
 logger = logging.getLogger(__name__)
 
 # Largest tensor (bytes) reduced here; above it NCCL is used.
@@ -77,8 +80,6 @@ class PeerAllReduce:
         norm_max_bytes: int = DEFAULT_NORM_MAX_BYTES,
     ):
         import torch.distributed._symmetric_memory as symm_mem
-
-        from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module
 
         self.group_name = group.group_name
         self.dtype = dtype
@@ -145,8 +146,8 @@ class PeerAllReduce:
 
         Every rank must call it with the same shapes, in the same order (it is a collective).
         """
-        rows = _contiguous_rows(x)
-        res = _contiguous_rows(residual)
+        rows = as_rows(x)
+        res = as_rows(residual)
         w = weight.contiguous()
         out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
         summed = torch.empty_like(out)
@@ -160,7 +161,7 @@ class PeerAllReduce:
             buffer_offset=self._norm_offset, half_elems=self.norm_half_numel,
             call_counters=self._call_counters.data_ptr(), rank=handle.rank,
             world_size=handle.world_size, dtype=self._dtype_code,
-            stream=torch.cuda.current_stream(x.device).cuda_stream,
+            stream=stream_handle(x),
         )  # fmt: skip
         return out.view(x.shape), summed.view(x.shape)
 
@@ -190,12 +191,6 @@ def _rows_aligned(t: torch.Tensor) -> bool:
         and (t.shape[-1] * size) % 16 == 0
         and (row * size) % 16 == 0
     )
-
-
-def _contiguous_rows(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as ``[N, last]`` rows with a contiguous last dim."""
-    rows = t.reshape(-1, t.shape[-1])
-    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def create_peer_all_reduce(

@@ -40,7 +40,7 @@ def _use_kernel(*tensors: torch.Tensor) -> bool:
 _stream = stream_handle
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
+def as_rows(t: torch.Tensor) -> torch.Tensor:
     """``t`` as ``[N, last]`` with a contiguous last dim (a view where the layout allows)."""
     rows = t.reshape(-1, t.shape[-1])
     return rows if rows.stride(-1) == 1 else rows.contiguous()
@@ -57,7 +57,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if not _use_kernel(x, weight):
         return reference.rms_norm(x, weight, eps)
-    rows, w = _rows(x), weight.contiguous()
+    rows, w = as_rows(x), weight.contiguous()
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     with torch.cuda.device(x.device):
         _kernels().rms_norm(
@@ -79,7 +79,7 @@ def _fused_add_rms_norm_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if not _use_kernel(x, residual, weight):
         return reference.fused_add_rms_norm(x, residual, weight, eps)
-    rows, res, w = _rows(x), _rows(residual), weight.contiguous()
+    rows, res, w = as_rows(x), as_rows(residual), weight.contiguous()
     out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     summed = torch.empty_like(out)
     with torch.cuda.device(x.device):
@@ -103,7 +103,7 @@ def _(x, residual, weight, eps):
 def _silu_and_mul_op(x: torch.Tensor) -> torch.Tensor:
     if not _use_kernel(x):
         return reference.silu_and_mul(x)
-    rows = _rows(x)
+    rows = as_rows(x)
     half = rows.shape[1] // 2
     out = torch.empty((rows.shape[0], half), dtype=x.dtype, device=x.device)
     with torch.cuda.device(x.device):
