@@ -100,7 +100,7 @@ class CpuThreadTuner:
                 self._others.append(running - self.threads)
         if self._window_s < WINDOW_S:
             if self._held_until is not None and now >= self._held_until:
-                self._probe_up(now)
+                self._probe_up()
             return
         contended = self._window_switches / self._window_s > CONTENDED_PER_S
         others, self._others = self._others, []
@@ -118,9 +118,9 @@ class CpuThreadTuner:
             self._hold_s = FIRST_HOLD_S
             self._held_until = None if self.threads == self.max_threads else now + self._hold_s
         elif self._held_until is not None and (room or now >= self._held_until):
-            self._probe_up(now)
+            self._probe_up()
 
-    def _probe_up(self, now: float) -> None:
+    def _probe_up(self) -> None:
         self._probing = True
         self._held_until = None
         self._window_s, self._window_switches = 0.0, 0
