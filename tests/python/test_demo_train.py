@@ -219,18 +219,24 @@ def test_cuda_without_a_gpu_is_refused(tmp_path, monkeypatch):
         train.parse_args(["--out", str(tmp_path), "--device", "cuda"])
 
 
-def test_init_from_goes_on_from_the_saved_weights(tmp_path):
-    from transformers import LlavaForConditionalGeneration
-
+def _one_step_then_continued(tmp_path, *continued_args: str):
+    """A one-step CPU run, then a one-step run going on from it at zero learning rate (with
+    ``continued_args``); returns both checkpoint folders."""
     argv = ["--device", "cpu", "--pictures-per-batch", "2", "--questions-per-picture", "2"]
     argv += ["--workers", "0", "--eval-every-s", "0", "--final-questions", "5"]
     argv += ["--ood-questions", "12", "--max-new-tokens", "2", "--save-dtype", "float32"]
-    first = tmp_path / "first"
+    first, second = tmp_path / "first", tmp_path / "second"
     assert train.main(["--out", str(first), "--steps", "1", *argv]) == 0
-    # Zero learning rate: the continued run saves exactly the weights it started from.
-    second = tmp_path / "second"
     more = ["--init-from", str(first), "--steps", "1", "--lr", "0", "--weight-decay", "0"]
-    assert train.main(["--out", str(second), *more, *argv]) == 0
+    assert train.main(["--out", str(second), *continued_args, *more, *argv]) == 0
+    return first, second
+
+
+def test_init_from_goes_on_from_the_saved_weights(tmp_path):
+    from transformers import LlavaForConditionalGeneration
+
+    # Zero learning rate: the continued run saves exactly the weights it started from.
+    first, second = _one_step_then_continued(tmp_path)
     a = LlavaForConditionalGeneration.from_pretrained(first).state_dict()
     b = LlavaForConditionalGeneration.from_pretrained(second).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -271,14 +277,7 @@ def test_image_size_must_be_a_multiple_of_the_patch(tmp_path):
 def test_init_from_at_another_image_size_trains_the_resized_model(tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    argv = ["--device", "cpu", "--pictures-per-batch", "2", "--questions-per-picture", "2"]
-    argv += ["--workers", "0", "--eval-every-s", "0", "--final-questions", "5"]
-    argv += ["--ood-questions", "12", "--max-new-tokens", "2", "--save-dtype", "float32"]
-    first = tmp_path / "first"
-    assert train.main(["--out", str(first), "--steps", "1", *argv]) == 0
-    second = tmp_path / "second"
-    more = ["--init-from", str(first), "--steps", "1", "--lr", "0", "--weight-decay", "0"]
-    assert train.main(["--out", str(second), "--image-size", "64", *more, *argv]) == 0
+    first, second = _one_step_then_continued(tmp_path, "--image-size", "64")
     a = LlavaForConditionalGeneration.from_pretrained(first)
     b = LlavaForConditionalGeneration.from_pretrained(second)
     assert b.config.vision_config.image_size == 64 and b.config.image_seq_length == 64
