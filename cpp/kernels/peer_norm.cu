@@ -1,11 +1,15 @@
 // One-shot all-reduce + residual add + RMSNorm over peer-mapped buffers. Block b handles rows
-// b, b + kPeerNormBlocks, ...: it copies this rank's partial rows into its own staging buffer,
-// meets block b of every peer at a signal barrier, then reads every rank's rows over NVLink,
-// sums them in rank order (every rank gets the same bits), adds the residual and normalizes.
-// Staging alternates between two halves by a per-block call counter kept on the device (so
-// CUDA-graph replays advance it too): a block writes a half again only two calls later, after
-// the barrier of the call in between, which each peer reaches only once it has read that half.
+// b, b + kPeerNormBlocks, ...: it pushes this rank's partial rows into its slot of every rank's
+// staging buffer (NVLink stores, no round trip), signals block b of every peer with the call's
+// epoch (a release store) and waits for theirs (an acquire load), then reads all slots from its
+// own buffer, sums them in rank order (every rank gets the same bits), adds the residual and
+// normalizes. Staging alternates between two halves by a per-block call counter kept on the
+// device (so CUDA-graph replays advance it too; it is also the epoch): a block writes into a
+// half again only two calls later, after the barrier of the call in between, which each peer
+// reaches only once it has read that half.
 #include <cuda/atomic>
+
+#include <cstring>
 
 #include <algorithm>
 #include <cmath>
@@ -17,27 +21,35 @@
 namespace mmcore::kernels {
 namespace {
 
-__device__ __forceinline__ bool cas_system(uint32_t* addr, uint32_t expected, uint32_t desired,
-                                           cuda::std::memory_order order) {
-  cuda::atomic_ref<uint32_t, cuda::thread_scope_system> ref(*addr);
-  return ref.compare_exchange_strong(expected, desired, order);
-}
-
-// Block-level barrier with the same block of every rank: thread t hands a token to rank t's
-// pad (slot [block][rank]) and takes rank t's token from its own (slot [block][t]). Release
-// and acquire make the staged rows of every thread of both blocks visible across the barrier.
-__device__ __forceinline__ void barrier_with_peers(uint32_t* const* pads, int rank, int world) {
+// Block-level barrier with the same block of every rank. Thread t stores this call's epoch into
+// rank t's pad (slot [block][rank]) and waits until its own slot [block][t] has reached it. The
+// release store orders every staged row of the block (stores to peer memory included) before
+// the signal; the acquire load orders the peer's rows before this block's reads.
+__device__ __forceinline__ void barrier_with_peers(uint32_t* const* pads, int rank, int world,
+                                                   uint32_t epoch) {
   __syncthreads();
   if (static_cast<int>(threadIdx.x) < world) {
     const int peer = threadIdx.x;
-    uint32_t* give = pads[peer] + blockIdx.x * world + rank;
-    uint32_t* take = pads[rank] + blockIdx.x * world + peer;
-    while (!cas_system(give, 0u, 1u, cuda::std::memory_order_release)) {
-    }
-    while (!cas_system(take, 1u, 0u, cuda::std::memory_order_acquire)) {
+    cuda::atomic_ref<uint32_t, cuda::thread_scope_system> give(
+        pads[peer][blockIdx.x * world + rank]);
+    cuda::atomic_ref<uint32_t, cuda::thread_scope_system> take(
+        pads[rank][blockIdx.x * world + peer]);
+    give.store(epoch, cuda::std::memory_order_release);
+    // A peer may already be one call further (epoch + 1): "reached", not "equal".
+    while (static_cast<int32_t>(take.load(cuda::std::memory_order_acquire) - epoch) < 0) {
     }
   }
   __syncthreads();
+}
+
+// 16 bytes from the staging buffer, past L1 (peers write it between this block's reads).
+template <typename V>
+__device__ __forceinline__ V load_staged(const V* ptr) {
+  static_assert(sizeof(V) == 16, "16-byte vectors");
+  const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(ptr));
+  V v;
+  memcpy(&v, &raw, sizeof(V));
+  return v;
 }
 
 template <typename T, int kWidth>
@@ -45,27 +57,31 @@ __global__ void __launch_bounds__(1024)
     peer_add_rms_norm_kernel(const PeerAddRmsNormParams p, float inv_hidden) {
   using V = Vec<T, kWidth>;
   const int num_vecs = p.norm.hidden / kWidth;
-  __shared__ uint32_t parity;
-  if (threadIdx.x == 0) parity = p.call_counters[blockIdx.x] & 1u;
+  __shared__ uint32_t calls;
+  if (threadIdx.x == 0) calls = p.call_counters[blockIdx.x];
   __syncthreads();
-  const int64_t half = static_cast<int64_t>(parity) * p.half_elems;
-  auto staged = [&](int r, int64_t row) {
-    const char* base = static_cast<const char*>(p.buffers[r]) + p.buffer_offset;
-    return reinterpret_cast<const V*>(reinterpret_cast<const T*>(base) + half +
-                                      row * p.norm.hidden);
+  // Rank r's slot of this call's half in the buffer of `owner`.
+  const int64_t half = static_cast<int64_t>(calls & 1u) * p.world_size * p.half_elems;
+  auto slot = [&](int owner, int r) {
+    char* base = static_cast<char*>(p.buffers[owner]) + p.buffer_offset;
+    return reinterpret_cast<V*>(reinterpret_cast<T*>(base) + half + r * p.half_elems);
   };
-  V* own = const_cast<V*>(staged(p.rank, 0));
 
-  // 1. Stage this rank's rows.
+  // 1. Push this rank's rows into its slot of every rank's buffer.
   for (int64_t row = blockIdx.x; row < p.norm.num_tokens; row += gridDim.x) {
     const auto* x =
         reinterpret_cast<const V*>(static_cast<const T*>(p.norm.x) + row * p.norm.x_stride);
-    V* dst = own + row * num_vecs;
-    for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) dst[i] = x[i];
+    for (int i = threadIdx.x; i < num_vecs; i += blockDim.x) {
+      const V v = x[i];
+      for (int owner = 0; owner < p.world_size; ++owner) {
+        slot(owner, p.rank)[row * num_vecs + i] = v;
+      }
+    }
   }
-  barrier_with_peers(p.signal_pads, p.rank, p.world_size);
+  barrier_with_peers(p.signal_pads, p.rank, p.world_size, calls + 1u);
 
-  // 2. Reduce, add the residual, normalize (HF LlamaRMSNorm numerics, as norm.cu).
+  // 2. Reduce from this rank's own buffer, add the residual, normalize (HF LlamaRMSNorm
+  // numerics, as norm.cu).
   const auto* weight = static_cast<const V*>(p.norm.weight);
   for (int64_t row = blockIdx.x; row < p.norm.num_tokens; row += gridDim.x) {
     const auto* residual = reinterpret_cast<const V*>(static_cast<const T*>(p.norm.residual) +
@@ -79,7 +95,7 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
       for (int k = 0; k < kWidth; ++k) acc[k] = 0.f;
       for (int r = 0; r < p.world_size; ++r) {
-        const V v = staged(r, row)[i];
+        const V v = load_staged(slot(p.rank, r) + row * num_vecs + i);
 #pragma unroll
         for (int k = 0; k < kWidth; ++k) acc[k] = __fadd_rn(acc[k], to_float(v.v[k]));
       }
@@ -111,7 +127,7 @@ __global__ void __launch_bounds__(1024)
     }
   }
   __syncthreads();
-  if (threadIdx.x == 0) p.call_counters[blockIdx.x] += 1u;
+  if (threadIdx.x == 0) p.call_counters[blockIdx.x] = calls + 1u;
 }
 
 int round_up(int n, int multiple) { return (n + multiple - 1) / multiple * multiple; }

@@ -19,10 +19,12 @@ struct PeerAddRmsNormParams {
   // residual + (sum of every rank's x).
   RmsNormParams norm;
   // Peer memory (PyTorch symmetric memory): device arrays of world_size pointers each.
-  void* const* buffers = nullptr;          // each rank's staging buffer, 2 halves of half_elems
+  // Each rank's staging buffer: 2 halves x world_size slots (one per sending rank) of
+  // half_elems elements each.
+  void* const* buffers = nullptr;
   uint32_t* const* signal_pads = nullptr;  // each rank's signal pad (kPeerNormBlocks * world)
   int64_t buffer_offset = 0;               // bytes from each buffer pointer to the staging area
-  int64_t half_elems = 0;                  // capacity of one half, elements of the dtype
+  int64_t half_elems = 0;                  // capacity of one slot, elements of the dtype
   uint32_t* call_counters = nullptr;       // [kPeerNormBlocks] on this rank, zero at start
   int rank = 0, world_size = 0;
 };

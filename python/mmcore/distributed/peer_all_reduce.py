@@ -13,8 +13,9 @@ is logged once at start-up.
 
 A row-parallel layer followed by a residual add and an RMSNorm (every decoder block, twice)
 takes :meth:`PeerAllReduce.add_rms_norm` instead: mmcore's ``peer_add_rms_norm`` kernel
-(cpp/kernels/peer_norm.cu) stages the rows in a second symmetric buffer, meets the peers at a
-signal barrier and reduces, adds and normalizes in the same launch.
+(cpp/kernels/peer_norm.cu) pushes the rows into every rank's second symmetric buffer, meets the
+peers at a signal barrier (one-way epoch stores, no atomic round trip) and reduces, adds and
+normalizes in the same launch.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class PeerAllReduce:
         # PyTorch >= 2.8 copies the input in the reducing kernel; before, a separate copy.
         self._fused_copy = hasattr(torch.ops.symm_mem, "one_shot_all_reduce_copy_out")
 
-        # The fused all-reduce + add + norm: its own buffer (two halves) and signal pads.
+        # The fused all-reduce + add + norm: its own buffer and signal pads.
         self._kernels = kernels_module()
         if self._kernels is None or not hasattr(self._kernels, "peer_add_rms_norm"):
             raise RuntimeError(
@@ -102,7 +103,12 @@ class PeerAllReduce:
             )
         self._dtype_code = DTYPE_CODES[dtype]
         self.norm_half_numel = norm_max_bytes // self.buffer.element_size()
-        self.norm_buffer = symm_mem.empty(2 * self.norm_half_numel, dtype=dtype, device=device)
+        # Two halves (alternate calls) of one slot per sending rank: each rank pushes its rows
+        # into its slot of every rank's buffer, then sums its own buffer's slots.
+        world = self.handle.world_size
+        self.norm_buffer = symm_mem.empty(
+            2 * world * self.norm_half_numel, dtype=dtype, device=device
+        )
         self.norm_handle = symm_mem.rendezvous(self.norm_buffer, self.group_name)
         blocks = int(self._kernels.PEER_NORM_BLOCKS)
         pad_slots = self.norm_handle.signal_pad_size // 4
