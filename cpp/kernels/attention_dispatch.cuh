@@ -27,9 +27,13 @@ cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stre
     max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
   }
   const dim3 grid(max_tiles, p.num_kv_heads, p.num_splits);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  AttentionParams q = p;
+  if (static_cast<int64_t>(max_tiles) * p.num_kv_heads > p.split_counter_capacity) {
+    q.split_counters = nullptr;  // too few counters for this grid: the combine kernel merges
+  }
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(q);
   err = cudaGetLastError();
-  if (err != cudaSuccess || p.num_splits == 1) return err;
+  if (err != cudaSuccess || p.num_splits == 1 || q.split_counters != nullptr) return err;
   combine_splits_kernel<T><<<dim3(p.num_tokens, p.num_q_heads), 128, 0, stream>>>(p, kHeadDim);
   return cudaGetLastError();
 }

@@ -400,9 +400,8 @@ __global__ void __launch_bounds__(
   };
 
   if constexpr (kWarpsN == 1) {
-    if (!warp_active) return;
 #pragma unroll
-    for (int mf = 0; mf < kMFrags; ++mf) {
+    for (int mf = 0; mf < kMFrags && warp_active; ++mf) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int row = row0 + warp_row0 + mf * 16 + lane / 4 + h * 8;
@@ -434,6 +433,10 @@ __global__ void __launch_bounds__(
     merge_key_slices<T, kHeadDim, Cfg::kPadDim, kWarpsN, Cfg::kThreads>(
         p, reinterpret_cast<float*>(s_k), o_acc[0], m_run[0], l_run[0], row0, num_rows, q_start,
         kv_head, wn, out_scale);
+  }
+  if (split && p.split_counters != nullptr) {
+    merge_splits_if_last<T, kHeadDim, Cfg::kThreads>(p, row0, min(row0 + kBlockM, num_rows),
+                                                     q_start, kv_head);
   }
 }
 

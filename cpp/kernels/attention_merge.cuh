@@ -73,4 +73,49 @@ __device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float
   }
 }
 
+// Split-KV without a combine launch: every split CTA of a (row tile, KV head) counts itself in
+// once its partials are written; the last one merges all splits' partials of the tile's rows
+// [row_begin, row_end) (as combine_splits_kernel does) and resets the counter for the next
+// launch or graph replay.
+template <typename T, int kHeadDim, int kThreads>
+__device__ __forceinline__ void merge_splits_if_last(const AttentionParams& p, int row_begin,
+                                                     int row_end, int q_start, int kv_head) {
+  __shared__ bool s_last;
+  __threadfence();  // this CTA's partials before its count
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint32_t* counter = p.split_counters + blockIdx.x * gridDim.y + blockIdx.y;
+    s_last = atomicAdd(counter, 1u) == static_cast<uint32_t>(p.num_splits - 1);
+    if (s_last) *counter = 0u;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();  // the other splits' partials after their counts
+  const int64_t stride_split = static_cast<int64_t>(p.num_tokens) * p.num_q_heads;
+  constexpr int kPairs = kHeadDim / 2;
+  for (int e = threadIdx.x; e < (row_end - row_begin) * kPairs; e += kThreads) {
+    const int row = row_begin + e / kPairs, d = 2 * (e % kPairs);
+    const int token = q_start + row / p.group;
+    const int head = kv_head * p.group + row % p.group;
+    const int64_t slot = static_cast<int64_t>(token) * p.num_q_heads + head;
+    float m = -INFINITY;
+    for (int s = 0; s < p.num_splits; ++s)
+      m = fmaxf(m, __ldcg(p.partial_lse + s * stride_split + slot));
+    float acc0 = 0.f, acc1 = 0.f, total = 0.f;
+    if (m != -INFINITY) {
+      for (int s = 0; s < p.num_splits; ++s) {
+        const float w = exp2f(__ldcg(p.partial_lse + s * stride_split + slot) - m);
+        const float2 o = __ldcg(reinterpret_cast<const float2*>(
+            p.partial_out + (s * stride_split + slot) * kHeadDim + d));
+        total += w;
+        acc0 += w * o.x;
+        acc1 += w * o.y;
+      }
+    }
+    T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
+    *reinterpret_cast<uint32_t*>(dst) =
+        pack2<T>(total > 0.f ? acc0 / total : 0.f, total > 0.f ? acc1 / total : 0.f);
+  }
+}
+
 }  // namespace mmcore::kernels

@@ -53,6 +53,12 @@ struct AttentionParams {
   int num_splits = 1;
   float* partial_out = nullptr;
   float* partial_lse = nullptr;
+  // Optional: zeroed counters, one per (row tile CTA, KV head), at least split_counter_capacity.
+  // When set (and large enough for the grid) the last split of each to finish merges the
+  // splits itself and resets its counter, so no combine kernel is launched; launches that share
+  // the counters must be stream-ordered.
+  uint32_t* split_counters = nullptr;
+  int split_counter_capacity = 0;
 };
 
 }  // namespace mmcore::kernels

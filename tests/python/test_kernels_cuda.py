@@ -86,6 +86,44 @@ def test_paged_attention_long_decode_uses_splits(dtype, d, batch, context):
     _check_close(out, reference.paged_attention(*args, scale), dtype)
 
 
+@pytest.mark.parametrize("d", [64, 72, 128, 256], ids=_d_id)
+@pytest.mark.parametrize("batch,context,hkv", [(1, 8192, 8), (3, 4100, 2), (5, 2000, 1)])
+def test_split_merge_in_the_kernel_equals_the_combine_kernel(monkeypatch, d, batch, context, hkv):
+    # The last split CTA of each (row tile, KV head) merges the partials itself: the same sums in
+    # the same order as the combine kernel, so the same bits; its counters end at zero again.
+    gen = torch.Generator(device="cuda").manual_seed(d + batch + hkv)
+    seq_lens = [context - 57 * b for b in range(batch)]
+    args = _paged_batch(seq_lens, [1] * batch, 8 * hkv, hkv, d, 16, torch.bfloat16, gen)
+    fused = ops.paged_attention(*args, d**-0.5)
+    counters = ops._split_counters(fused.device)
+    assert counters is not None and int(counters.abs().sum()) == 0
+    monkeypatch.setattr(ops, "_split_counters", lambda device: None)
+    combined = ops.paged_attention(*args, d**-0.5)
+    assert torch.equal(fused, combined)
+    _check_close(fused, reference.paged_attention(*args, d**-0.5), torch.bfloat16)
+
+
+def test_split_merge_replays_in_a_graph_with_new_queries():
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    query, *rest = _paged_batch([6000, 3000], [1, 1], 32, 8, 128, 16, torch.bfloat16, gen)
+
+    def step(q):
+        return ops.paged_attention(q, *rest, 0.09, max_query_len=1, max_seq_len=8192)
+
+    step(query)  # warm up outside the capture (creates the counters)
+    static = query.clone()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(static)
+    for seed in range(3):
+        static.copy_(torch.randn(query.shape, generator=gen.manual_seed(seed), device="cuda"))
+        graph.replay()
+        eager = step(static)
+        torch.cuda.synchronize()
+        assert torch.equal(out, eager)
+        _check_close(out, reference.paged_attention(static, *rest, 0.09), torch.bfloat16)
+
+
 @pytest.mark.parametrize("window", [1, 40, 300])
 @pytest.mark.parametrize("d", [72, 80, 128, 256], ids=_d_id)
 def test_paged_attention_sliding_window(window, d):

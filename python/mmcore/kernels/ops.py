@@ -50,6 +50,25 @@ def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+#: Counters of the split-KV merge in the decode kernel (one per row-tile CTA and KV head).
+SPLIT_COUNTER_CAPACITY = 1 << 16
+_split_counters_by_device: dict[int, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device) -> torch.Tensor | None:
+    """This device's zeroed split-KV counters (the kernel leaves them zeroed after each launch).
+
+    Created on the first eager call: zeros made inside a CUDA-graph capture would be zeroed by
+    that graph only. Until then (a first call inside a capture) None: the combine kernel runs.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    counters = _split_counters_by_device.get(index)
+    if counters is None and not torch.cuda.is_current_stream_capturing():
+        counters = torch.zeros(SPLIT_COUNTER_CAPACITY, dtype=torch.int32, device=device)
+        _split_counters_by_device[index] = counters
+    return counters
+
+
 #: Head dims and dtypes the attention kernels are compiled for (72: SigLIP, 256: Gemma; 16 and
 #: 32: small vision towers such as the demo model's and the tiny test checkpoints').
 ATTENTION_HEAD_DIMS = (16, 32, 64, 72, 80, 128, 256)
@@ -212,6 +231,7 @@ def _paged_attention_op(
         num_seqs, num_tokens, num_q_heads, key_cache.shape[2], max_query_len, max_seq_len,
         _num_sms(q.device.index or 0), head_dim,
     )  # fmt: skip
+    counters = _split_counters(q.device)
     partial_out = partial_lse = None
     if num_splits > 1:
         partial_out = torch.empty(
@@ -253,6 +273,8 @@ def _paged_attention_op(
             kv_dtype=_dtype_code(key_cache, "paged_attention"),
             k_scale=0 if k_scale is None else k_scale.contiguous().data_ptr(),
             v_scale=0 if v_scale is None else v_scale.contiguous().data_ptr(),
+            split_counters=0 if counters is None else counters.data_ptr(),
+            split_counter_capacity=0 if counters is None else counters.numel(),
         )
     return out
 
