@@ -107,7 +107,7 @@ def bench_prefill_d256(gen, lengths, rows):
         starts = torch.tensor([0, n], dtype=torch.int32, device=DEV)
         ours = time_ms(lambda q=q, kc=kc, vc=vc, t=tables, lens=lens, s=starts, n=n:
                        ops.paged_attention(q, kc, vc, t, lens, s, d**-0.5, max_query_len=n,
-                                           max_seq_len=n))  # fmt: skip
+                                           min_query_len=n, max_seq_len=n))  # fmt: skip
         qs = q.view(1, n, hq, d).transpose(1, 2).contiguous()
         ks = kc.view(1, -1, hkv, d)[:, :n].repeat_interleave(hq // hkv, 2).transpose(1, 2)
         vs = vc.view(1, -1, hkv, d)[:, :n].repeat_interleave(hq // hkv, 2).transpose(1, 2)

@@ -149,7 +149,7 @@ def bench_decode(gen, copy_bw, batches, contexts):
 
             ms = time_ms(run, reps=20, calls=rotations)
             moved = kv_bytes + 2 * q.numel() * 2 + tables[0].numel() * 4
-            splits = kernels.paged_num_splits(b, b, hq, hkv, 1, ctx, ops._num_sms(0))
+            splits = kernels.paged_launch_plan(b, b, hq, hkv, 1, 1, ctx, ops._num_sms(0))[0]
             bw = moved / (ms * 1e-3)
             print(f"| {b} | {ctx} | {ms * 1e3:.1f} | {bw / 1e9:.0f} | {bw / copy_bw:.0%} | "
                   f"{splits} |")  # fmt: skip

@@ -79,12 +79,6 @@ int attention_block_rows(AttentionVariant variant, int head_dim) {
   return head_dim > 128 ? kPrefillRows / 2 : kPrefillRows;  // VariantShape: one 16-row tile/warp
 }
 
-AttentionVariant paged_variant(int max_query_len, int group) {
-  return static_cast<int64_t>(max_query_len) * group <= kDecodeRows
-             ? AttentionVariant::kPagedDecode
-             : AttentionVariant::kPagedPrefill;
-}
-
 int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, int num_tokens,
                          int num_kv_heads, int group, int max_seq_len, int num_sms) {
   const int rows = attention_block_rows(variant, head_dim);
@@ -113,8 +107,29 @@ int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, i
   return best;
 }
 
+PagedLaunchPlan plan_paged_attention(int head_dim, int num_seqs, int num_tokens, int num_kv_heads,
+                                     int group, int min_query_len, int max_query_len,
+                                     int max_seq_len, int num_sms) {
+  PagedLaunchPlan plan;
+  if (static_cast<int64_t>(std::max(min_query_len, 0)) * group <= kDecodeRows) {
+    plan.decode_splits = attention_num_splits(AttentionVariant::kPagedDecode, head_dim, num_seqs,
+                                              num_tokens, num_kv_heads, group, max_seq_len,
+                                              num_sms);
+  }
+  if (static_cast<int64_t>(max_query_len) * group > kDecodeRows) {
+    plan.prefill_splits = attention_num_splits(AttentionVariant::kPagedPrefill, head_dim,
+                                               num_seqs, num_tokens, num_kv_heads, group,
+                                               max_seq_len, num_sms);
+  }
+  return plan;
+}
+
 void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int head_dim,
-                            int max_query_len, cudaStream_t stream) {
+                            PagedLaunchPlan plan, cudaStream_t stream) {
+  require(plan.decode_splits >= 0 && plan.prefill_splits >= 0 &&
+              plan.decode_splits + plan.prefill_splits > 0,
+          "paged_attention: the plan launches neither variant");
+  p.num_splits = std::max(plan.decode_splits, plan.prefill_splits);
   check_common(p, dtype, head_dim, "paged_attention");
   require(kv_dtype == dtype || kv_dtype == DType::kFloat8E4M3,
           "paged_attention: the KV cache must have the query's dtype or float8_e4m3fn");
@@ -138,7 +153,6 @@ void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int 
           "paged_attention: negative stride");
   require(p.k_stride_block % 8 == 0 && p.v_stride_block % 8 == 0,
           "paged_attention: cache block strides must be multiples of 8 elements");
-  require(max_query_len >= 0, "paged_attention: max_query_len must be >= 0");
   p.group = p.num_q_heads / p.num_kv_heads;
   p.causal = true;
   p.block_shift = -1;
@@ -146,10 +160,23 @@ void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int 
     if ((1 << shift) == p.block_size) p.block_shift = shift;
   }
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
-  const AttentionVariant variant = paged_variant(max_query_len, p.group);
-  // max_query_len * group <= 16 rows: each sequence is a single row tile of the decode variant.
-  p.one_tile_per_seq = variant == AttentionVariant::kPagedDecode;
-  check_launch(run_for_head_dim(p, dtype, head_dim, variant, stream), "paged_attention");
+  if (plan.decode_splits > 0) {
+    // Sequences of <= 16 rows: each a single row tile of the decode variant.
+    AttentionParams d = p;
+    d.num_splits = plan.decode_splits;
+    d.one_tile_per_seq = true;
+    d.max_rows = kDecodeRows;
+    check_launch(run_for_head_dim(d, dtype, head_dim, AttentionVariant::kPagedDecode, stream),
+                 "paged_attention");
+  }
+  if (plan.prefill_splits > 0) {
+    AttentionParams f = p;
+    f.num_splits = plan.prefill_splits;
+    f.one_tile_per_seq = false;
+    if (plan.decode_splits > 0) f.min_rows = kDecodeRows + 1;
+    check_launch(run_for_head_dim(f, dtype, head_dim, AttentionVariant::kPagedPrefill, stream),
+                 "paged_attention");
+  }
 }
 
 void launch_varlen_attention(AttentionParams p, DType dtype, int head_dim, cudaStream_t stream) {

@@ -10,10 +10,11 @@
 
 namespace mmcore::kernels {
 
-// One warp: tile_offsets[b + 1] = sum over b' <= b of ceil(num_q(b') * group / block_m).
+// One warp: tile_offsets[b + 1] = sum over b' <= b of ceil(rows(b') / block_m), rows(b) =
+// num_q(b) * group, counting only sequences whose rows lie in [min_rows, max_rows].
 static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query_start_loc,
-                                               int num_seqs, int group, int block_m,
-                                               int32_t* __restrict__ tile_offsets) {
+                                               int num_seqs, int group, int block_m, int min_rows,
+                                               int max_rows, int32_t* __restrict__ tile_offsets) {
   const int lane = threadIdx.x;
   int running = 0;
   if (lane == 0) tile_offsets[0] = 0;
@@ -22,7 +23,8 @@ static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query
     int tiles = 0;
     if (b < num_seqs) {
       const int rows = (query_start_loc[b + 1] - query_start_loc[b]) * group;
-      tiles = rows > 0 ? (rows + block_m - 1) / block_m : 0;
+      const bool mine = rows >= min_rows && rows <= max_rows;
+      tiles = mine && rows > 0 ? (rows + block_m - 1) / block_m : 0;
     }
     int inclusive = tiles;
 #pragma unroll
@@ -35,10 +37,23 @@ static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query
   }
 }
 
-// One CTA per (token, head): out = sum_s exp2(lse_s - lse) * partial_s over the splits.
+// One CTA per (token, head): out = sum_s exp2(lse_s - lse) * partial_s over the splits, for the
+// tokens of sequences whose rows lie in [p.min_rows, p.max_rows] (the launch's own).
 template <typename T>
 __global__ void combine_splits_kernel(const AttentionParams p, int head_dim) {
   const int token = blockIdx.x, head = blockIdx.y;
+  if (p.min_rows > 0 || p.max_rows < 0x7fffffff) {
+    int lo = 0, hi = p.num_seqs - 1;  // the largest b with query_start_loc[b] <= token
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (p.query_start_loc[mid] <= token)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const int rows = (p.query_start_loc[lo + 1] - p.query_start_loc[lo]) * p.group;
+    if (rows < p.min_rows || rows > p.max_rows) return;
+  }
   const int64_t stride_split = static_cast<int64_t>(p.num_tokens) * p.num_q_heads;
   const int64_t slot = static_cast<int64_t>(token) * p.num_q_heads + head;
   float m = -INFINITY;

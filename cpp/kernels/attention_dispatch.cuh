@@ -20,7 +20,8 @@ cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stre
   int max_tiles = p.num_seqs;
   if (!p.one_tile_per_seq) {
     row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group,
-                                                  Cfg::kBlockM, p.tile_offsets);
+                                                  Cfg::kBlockM, p.min_rows, p.max_rows,
+                                                  p.tile_offsets);
     err = cudaGetLastError();
     if (err != cudaSuccess) return err;
     // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.

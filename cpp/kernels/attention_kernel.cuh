@@ -62,6 +62,7 @@ __global__ void __launch_bounds__(
   const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
   const int group = p.group;
   const int num_rows = num_q * group;
+  if (num_rows < p.min_rows || num_rows > p.max_rows) return;  // the other launch's sequence
   const int row0 = p.one_tile_per_seq ? 0 : (tile - p.tile_offsets[seq]) * kBlockM;
   if (row0 >= num_rows) return;  // a sequence without queries this step
   const int kv_head = blockIdx.y;

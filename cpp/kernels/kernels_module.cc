@@ -72,19 +72,24 @@ AttentionParams attention_params(uintptr_t q, Strides2 q_strides, uintptr_t out,
 void bind_attention(py::module_& m) {
   using mmcore::kernels::AttentionVariant;
   m.def(
-      "paged_num_splits",
-      [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int max_query_len,
-         int max_seq_len, int num_sms, int head_dim) {
+      "paged_launch_plan",
+      [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int min_query_len,
+         int max_query_len, int max_seq_len, int num_sms, int head_dim) {
         if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
-          throw std::invalid_argument("paged_num_splits: num_q_heads % num_kv_heads != 0");
-        const int group = num_q_heads / num_kv_heads;
-        return mmcore::kernels::attention_num_splits(
-            mmcore::kernels::paged_variant(max_query_len, group), head_dim, num_seqs, num_tokens,
-            num_kv_heads, group, max_seq_len, num_sms);
+          throw std::invalid_argument("paged_launch_plan: num_q_heads % num_kv_heads != 0");
+        if (min_query_len < 0 || max_query_len < min_query_len)
+          throw std::invalid_argument("paged_launch_plan: need 0 <= min_query_len <= max_query_len");
+        const auto plan = mmcore::kernels::plan_paged_attention(
+            head_dim, num_seqs, num_tokens, num_kv_heads, num_q_heads / num_kv_heads,
+            min_query_len, max_query_len, max_seq_len, num_sms);
+        return py::make_tuple(plan.decode_splits, plan.prefill_splits);
       },
       py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"),
-      py::arg("max_query_len"), py::arg("max_seq_len"), py::arg("num_sms"),
-      py::arg("head_dim") = 128, "KV splits (flash-decoding) paged_attention should use.");
+      py::arg("min_query_len"), py::arg("max_query_len"), py::arg("max_seq_len"),
+      py::arg("num_sms"), py::arg("head_dim") = 128,
+      "(decode_splits, prefill_splits) of a paged step: KV splits of the decode-variant launch "
+      "(sequences of <= 16 query rows) and of the prefill-variant launch (longer ones); 0 = "
+      "that launch is not needed.");
   m.def(
       "paged_attention",
       [](uintptr_t q, Strides2 q_strides, uintptr_t key_cache, Strides3 k_strides,
@@ -92,13 +97,13 @@ void bind_attention(py::module_& m) {
          int64_t block_table_stride, uintptr_t seq_lens, uintptr_t query_start_loc,
          uintptr_t tile_offsets, uintptr_t out, Strides2 out_strides, int num_seqs, int num_tokens,
          int num_q_heads, int num_kv_heads, int head_dim, int dtype, double scale,
-         int sliding_window, int max_query_len, int num_splits, uintptr_t partial_out,
+         int sliding_window, int decode_splits, int prefill_splits, uintptr_t partial_out,
          uintptr_t partial_lse, uintptr_t stream, uintptr_t attend_until, int kv_dtype,
          uintptr_t k_scale, uintptr_t v_scale, uintptr_t split_counters,
          int split_counter_capacity) {
         AttentionParams p = attention_params(
             q, q_strides, out, out_strides, query_start_loc, tile_offsets, num_seqs, num_tokens,
-            num_q_heads, num_kv_heads, scale, num_splits, partial_out, partial_lse);
+            num_q_heads, num_kv_heads, scale, 1, partial_out, partial_lse);
         p.k = as_ptr<const void>(key_cache);
         p.k_stride_block = k_strides[0];
         p.k_stride_token = k_strides[1];
@@ -120,15 +125,15 @@ void bind_attention(py::module_& m) {
         py::gil_scoped_release release;
         mmcore::kernels::launch_paged_attention(p, as_dtype(dtype),
                                                 as_dtype(kv_dtype < 0 ? dtype : kv_dtype), head_dim,
-                                                max_query_len, as_stream(stream));
+                                                {decode_splits, prefill_splits}, as_stream(stream));
       },
       py::arg("q"), py::arg("q_strides"), py::arg("key_cache"), py::arg("k_strides"),
       py::arg("value_cache"), py::arg("v_strides"), py::arg("block_size"), py::arg("block_tables"),
       py::arg("block_table_stride"), py::arg("seq_lens"), py::arg("query_start_loc"),
       py::arg("tile_offsets"), py::arg("out"), py::arg("out_strides"), py::arg("num_seqs"),
       py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
-      py::arg("dtype"), py::arg("scale"), py::arg("sliding_window"), py::arg("max_query_len"),
-      py::arg("num_splits"), py::arg("partial_out"), py::arg("partial_lse"), py::arg("stream"),
+      py::arg("dtype"), py::arg("scale"), py::arg("sliding_window"), py::arg("decode_splits"),
+      py::arg("prefill_splits"), py::arg("partial_out"), py::arg("partial_lse"), py::arg("stream"),
       py::arg("attend_until") = 0, py::arg("kv_dtype") = -1, py::arg("k_scale") = 0,
       py::arg("v_scale") = 0, py::arg("split_counters") = 0, py::arg("split_counter_capacity") = 0,
       "Causal paged attention over a mixed prefill/decode batch (device pointers as ints; "

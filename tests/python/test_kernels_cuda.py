@@ -124,6 +124,44 @@ def test_split_merge_replays_in_a_graph_with_new_queries():
         _check_close(out, reference.paged_attention(static, *rest, 0.09), torch.bfloat16)
 
 
+def test_paged_launch_plan_splits_mixed_steps_by_query_rows():
+    plan = ops._kernels().paged_launch_plan
+    sms = ops._num_sms(0)
+    decode, prefill = plan(8, 8, 32, 8, 1, 1, 4096, sms)  # 8 decodes, group 4
+    assert decode >= 1 and prefill == 0
+    decode, prefill = plan(2, 900, 32, 8, 400, 500, 900, sms)  # two prefill chunks
+    assert decode == 0 and prefill >= 1
+    decode, prefill = plan(5, 600, 32, 8, 1, 500, 4096, sms)  # decodes next to a prefill
+    assert decode >= 1 and prefill >= 1
+    assert plan(5, 20, 32, 8, 4, 4, 4096, sms)[1] == 0  # 4 queries x group 4 = 16 rows: decode
+    assert plan(5, 5, 32, 1, 1, 1, 4096, sms)[0] == 0  # group 32: one query is 32 rows
+    with pytest.raises(ValueError, match="min_query_len"):
+        plan(5, 20, 32, 8, 6, 4, 4096, sms)
+
+
+@pytest.mark.parametrize("d", [64, 128, 256], ids=_d_id)
+@pytest.mark.parametrize("hq,hkv", [(8, 8), (16, 4)])
+def test_mixed_step_runs_decodes_and_prefills_in_their_own_variants(monkeypatch, d, hq, hkv):
+    # Decodes (long contexts: split KV), a short GQA run of 16 rows and prefill chunks,
+    # interleaved; the two-launch path equals the reference, the prefill-only launch and (with
+    # the in-kernel split merge off) the combine kernel's output.
+    gen = torch.Generator(device="cuda").manual_seed(d + hq)
+    seq_lens = [4000, 300, 5100, 16 // (hq // hkv) + 900, 2000, 64, 1]
+    num_queries = [1, 300, 1, 16 // (hq // hkv), 130, 1, 1]
+    args = _paged_batch(seq_lens, num_queries, hq, hkv, d, 16, torch.bfloat16, gen)
+    decode, prefill = ops._kernels().paged_launch_plan(
+        len(seq_lens), sum(num_queries), hq, hkv, 1, 300, 5100, ops._num_sms(0), d
+    )
+    assert decode > 1 and prefill >= 1
+    scale = d**-0.5
+    mixed = ops.paged_attention(*args, scale)
+    _check_close(mixed, reference.paged_attention(*args, scale), torch.bfloat16)
+    prefill_only = ops.paged_attention(*args, scale, max_query_len=300, min_query_len=300)
+    _check_close(mixed, prefill_only, torch.bfloat16)
+    monkeypatch.setattr(ops, "_split_counters", lambda device: None)
+    assert torch.equal(mixed, ops.paged_attention(*args, scale))
+
+
 @pytest.mark.parametrize("window", [1, 40, 300])
 @pytest.mark.parametrize("d", [72, 80, 128, 256], ids=_d_id)
 def test_paged_attention_sliding_window(window, d):

@@ -103,6 +103,7 @@ class DecodeGraphs:
             query_start_loc=self.query_start_loc[: size + 1],
             max_seq_len=self.max_seq_len,
             max_query_len=1,
+            min_query_len=1,
         )
         if self.kv_groups is not None:
             attn.groups = [attn] + [

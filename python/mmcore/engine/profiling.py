@@ -57,6 +57,7 @@ def _dummy_attention(
         query_start_loc=starts.to(device),
         max_seq_len=max(lens),
         max_query_len=max(lens),
+        min_query_len=min(lens),
     )
     return attn, positions.to(device), first
 

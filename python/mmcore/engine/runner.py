@@ -340,13 +340,15 @@ class ModelRunner:
     def _attention_metadata(self, out) -> AttentionMetadata:
         """The step's paged-attention arrays on the device; the bounds come from the host."""
         starts = out.query_start_loc
+        query_lens = np.diff(starts)
         attn = AttentionMetadata(
             slot_mapping=self._tensor("slot_mapping", out.slot_mapping, torch.long),
             block_tables=self._tensor("block_tables", out.block_tables, torch.int32),
             seq_lens=self._tensor("seq_lens", out.seq_lens, torch.int32),
             query_start_loc=self._tensor("query_start_loc", starts, torch.int32),
             max_seq_len=int(out.seq_lens.max()),
-            max_query_len=int(np.diff(starts).max()),
+            max_query_len=int(query_lens.max()),
+            min_query_len=int(query_lens.min()),
             attend_until=self._attend_until(out),
             cross=build_cross_metadata(out, self.encoder_cache, self._tensor),
         )

@@ -207,6 +207,7 @@ def _paged_attention_op(
     attend_until: torch.Tensor | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    min_query_len: int = 0,
 ) -> torch.Tensor:
     if not _kernel_or_reference("paged_attention", query, key_cache, value_cache):
         return reference.paged_attention(
@@ -227,10 +228,12 @@ def _paged_attention_op(
     starts = _int32(query_start_loc)
     until = None if attend_until is None else _int32(attend_until)
     kernels = _kernels()
-    num_splits = kernels.paged_num_splits(
-        num_seqs, num_tokens, num_q_heads, key_cache.shape[2], max_query_len, max_seq_len,
-        _num_sms(q.device.index or 0), head_dim,
+    # Mixed steps: decode rows through the decode variant, longer runs through prefill tiles.
+    decode_splits, prefill_splits = kernels.paged_launch_plan(
+        num_seqs, num_tokens, num_q_heads, key_cache.shape[2], min(min_query_len, max_query_len),
+        max_query_len, max_seq_len, _num_sms(q.device.index or 0), head_dim,
     )  # fmt: skip
+    num_splits = max(decode_splits, prefill_splits)
     counters = _split_counters(q.device)
     partial_out = partial_lse = None
     if num_splits > 1:
@@ -264,8 +267,8 @@ def _paged_attention_op(
             dtype=_dtype_code(q, "paged_attention"),
             scale=scale,
             sliding_window=sliding_window,
-            max_query_len=max_query_len,
-            num_splits=num_splits,
+            decode_splits=decode_splits,
+            prefill_splits=prefill_splits,
             partial_out=0 if partial_out is None else partial_out.data_ptr(),
             partial_lse=0 if partial_lse is None else partial_lse.data_ptr(),
             stream=_stream(q),
@@ -282,7 +285,7 @@ def _paged_attention_op(
 @_paged_attention_op.register_fake
 def _(query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, scale,
       sliding_window, max_query_len, max_seq_len, attend_until=None, k_scale=None,
-      v_scale=None):  # fmt: skip
+      v_scale=None, min_query_len=0):  # fmt: skip
     return query.new_empty(query.shape)
 
 
@@ -380,6 +383,7 @@ def paged_attention(
     max_seq_len: int | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
+    min_query_len: int | None = None,
 ) -> torch.Tensor:
     """Causal attention of varlen queries over paged K/V (semantics of the reference).
 
@@ -399,6 +403,11 @@ def paged_attention(
             ``max_query_len`` gives wrong results). Computed from the tensors (a device sync)
             when omitted; pass them under CUDA graph capture.
         k_scale, v_scale: float32 ``[Hkv]`` dequantisation scales of FP8 caches.
+        min_query_len: a lower bound of the queries per request. With ``max_query_len`` it
+            splits a mixed step: requests of at most 16 query rows (queries x GQA group) run
+            through the decode variant, the others through prefill tiles, two launches. 0
+            when omitted with ``max_query_len`` given (a decode launch that may find nothing),
+            else computed with it.
 
     Returns:
         ``[T, Hq, D]`` in the query's dtype.
@@ -413,11 +422,14 @@ def paged_attention(
     if max_query_len is None:
         counts = query_start_loc[1:] - query_start_loc[:-1]
         max_query_len = int(counts.max()) if counts.numel() else 0
+        if min_query_len is None:
+            min_query_len = int(counts.min()) if counts.numel() else 0
     if max_seq_len is None:
         max_seq_len = int(seq_lens.max()) if seq_lens.numel() else 0
     return torch.ops.mmcore.paged_attention(
         query, key_cache, value_cache, block_tables, seq_lens, query_start_loc, float(scale),
         int(sliding_window), int(max_query_len), int(max_seq_len), attend_until, k_scale, v_scale,
+        int(min_query_len or 0),
     )  # fmt: skip
 
 

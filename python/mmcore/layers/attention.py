@@ -43,6 +43,9 @@ class AttentionMetadata:
         max_seq_len: the largest entry of ``seq_lens``.
         max_query_len: the most new tokens of one request (known on the host, so the CUDA
             kernel needs no device sync to pick its variant).
+        min_query_len: the fewest new tokens of one request (0: unknown); with
+            ``max_query_len`` it tells the CUDA kernel whether a step mixes decode rows and
+            prefill runs (one launch of each variant).
         attend_until: int32 ``[T]`` or None (plain causal). Query t sees keys up to
             ``max(own position, attend_until[t])``: tokens of one image attend to each other
             both ways (models whose ``bidirectional_mm_spans`` is set, e.g. Gemma 3).
@@ -60,6 +63,7 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor
     max_seq_len: int
     max_query_len: int
+    min_query_len: int = 0
     attend_until: torch.Tensor | None = None
     cross: CrossAttentionMetadata | None = None
     groups: list[AttentionMetadata] | None = None
@@ -134,6 +138,7 @@ class CrossAttentionMetadata:
             query_start_loc=self.query_start_loc,
             max_seq_len=self.max_seq_len,
             max_query_len=1,
+            min_query_len=1,
         )
 
 
@@ -211,6 +216,7 @@ def paged_attention(
             scale,
             sliding_window,
             max_query_len=attn.max_query_len,
+            min_query_len=attn.min_query_len,
             max_seq_len=attn.max_seq_len,
             **extra,
         )

@@ -84,5 +84,6 @@ class PagedKVCache:
             query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
             max_seq_len=max(seq_lens),
             max_query_len=max(b - a for a, b in zip(starts, starts[1:])),
+            min_query_len=min(b - a for a, b in zip(starts, starts[1:])),
         )
         return attn, torch.tensor(positions, dtype=torch.int64, device=dev)
