@@ -112,14 +112,14 @@ PagedLaunchPlan plan_paged_attention(int head_dim, int num_seqs, int num_tokens,
                                      int max_seq_len, int num_sms) {
   PagedLaunchPlan plan;
   if (static_cast<int64_t>(std::max(min_query_len, 0)) * group <= kDecodeRows) {
-    plan.decode_splits = attention_num_splits(AttentionVariant::kPagedDecode, head_dim, num_seqs,
-                                              num_tokens, num_kv_heads, group, max_seq_len,
-                                              num_sms);
+    plan.decode_splits =
+        attention_num_splits(AttentionVariant::kPagedDecode, head_dim, num_seqs, num_tokens,
+                             num_kv_heads, group, max_seq_len, num_sms);
   }
   if (static_cast<int64_t>(max_query_len) * group > kDecodeRows) {
-    plan.prefill_splits = attention_num_splits(AttentionVariant::kPagedPrefill, head_dim,
-                                               num_seqs, num_tokens, num_kv_heads, group,
-                                               max_seq_len, num_sms);
+    plan.prefill_splits =
+        attention_num_splits(AttentionVariant::kPagedPrefill, head_dim, num_seqs, num_tokens,
+                             num_kv_heads, group, max_seq_len, num_sms);
   }
   return plan;
 }

@@ -36,8 +36,7 @@ struct PagedLaunchPlan {
 // understated max gives wrong results; an understated min only an empty decode launch).
 [[nodiscard]] PagedLaunchPlan plan_paged_attention(int head_dim, int num_seqs, int num_tokens,
                                                    int num_kv_heads, int group, int min_query_len,
-                                                   int max_query_len, int max_seq_len,
-                                                   int num_sms);
+                                                   int max_query_len, int max_seq_len, int num_sms);
 
 // Paged causal attention; p.tile_offsets needs num_seqs + 1 int32s; split buffers as documented
 // in AttentionParams when a launch of the plan splits (sized for the larger count; the two

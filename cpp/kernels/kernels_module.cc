@@ -78,10 +78,11 @@ void bind_attention(py::module_& m) {
         if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
           throw std::invalid_argument("paged_launch_plan: num_q_heads % num_kv_heads != 0");
         if (min_query_len < 0 || max_query_len < min_query_len)
-          throw std::invalid_argument("paged_launch_plan: need 0 <= min_query_len <= max_query_len");
+          throw std::invalid_argument(
+              "paged_launch_plan: need 0 <= min_query_len <= max_query_len");
         const auto plan = mmcore::kernels::plan_paged_attention(
-            head_dim, num_seqs, num_tokens, num_kv_heads, num_q_heads / num_kv_heads,
-            min_query_len, max_query_len, max_seq_len, num_sms);
+            head_dim, num_seqs, num_tokens, num_kv_heads, num_q_heads / num_kv_heads, min_query_len,
+            max_query_len, max_seq_len, num_sms);
         return py::make_tuple(plan.decode_splits, plan.prefill_splits);
       },
       py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"),
@@ -101,9 +102,9 @@ void bind_attention(py::module_& m) {
          uintptr_t partial_lse, uintptr_t stream, uintptr_t attend_until, int kv_dtype,
          uintptr_t k_scale, uintptr_t v_scale, uintptr_t split_counters,
          int split_counter_capacity) {
-        AttentionParams p = attention_params(
-            q, q_strides, out, out_strides, query_start_loc, tile_offsets, num_seqs, num_tokens,
-            num_q_heads, num_kv_heads, scale, 1, partial_out, partial_lse);
+        AttentionParams p = attention_params(q, q_strides, out, out_strides, query_start_loc,
+                                             tile_offsets, num_seqs, num_tokens, num_q_heads,
+                                             num_kv_heads, scale, 1, partial_out, partial_lse);
         p.k = as_ptr<const void>(key_cache);
         p.k_stride_block = k_strides[0];
         p.k_stride_token = k_strides[1];
