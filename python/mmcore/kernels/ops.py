@@ -19,6 +19,7 @@ The fused elementwise ops (``rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul`
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -49,6 +50,10 @@ _kernels = kernels_module
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
+
+#: Mixed steps (decodes next to prefill chunks) launch the decode variant for the decodes;
+#: ``MMCORE_MIXED_STEP_SPLIT=0`` runs them through prefill tiles with the rest (one launch).
+MIXED_STEP_SPLIT = os.environ.get("MMCORE_MIXED_STEP_SPLIT", "1") != "0"
 
 #: Counters of the split-KV merge in the decode kernel (one per row-tile CTA and KV head).
 SPLIT_COUNTER_CAPACITY = 1 << 16
@@ -229,9 +234,10 @@ def _paged_attention_op(
     until = None if attend_until is None else _int32(attend_until)
     kernels = _kernels()
     # Mixed steps: decode rows through the decode variant, longer runs through prefill tiles.
+    min_query_len = min(min_query_len, max_query_len) if MIXED_STEP_SPLIT else max_query_len
     decode_splits, prefill_splits = kernels.paged_launch_plan(
-        num_seqs, num_tokens, num_q_heads, key_cache.shape[2], min(min_query_len, max_query_len),
-        max_query_len, max_seq_len, _num_sms(q.device.index or 0), head_dim,
+        num_seqs, num_tokens, num_q_heads, key_cache.shape[2], min_query_len, max_query_len,
+        max_seq_len, _num_sms(q.device.index or 0), head_dim,
     )  # fmt: skip
     num_splits = max(decode_splits, prefill_splits)
     counters = _split_counters(q.device)
