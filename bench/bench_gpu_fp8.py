@@ -1,8 +1,10 @@
-"""FP8 weights vs bf16 on a GPU, same run: offline throughput, batch-1 ITL, KL, demo accuracy.
+"""FP8 weights (and FP8 KV) vs bf16 on a GPU, same run: offline throughput, batch-1 ITL, KL,
+demo accuracy.
 
-Model: LLaVA-1.5-7B with random bf16 weights (``load_format="dummy"``); the FP8 engine
-quantises the same seeded weights online (``quantization="fp8"``; ``--quantize-vision`` also
-the CLIP tower and projector). Engines run one after the other (one GPU). Per engine:
+Model: LLaVA-1.5-7B with random bf16 weights (``load_format="dummy"``); the FP8 engines
+quantise the same seeded weights online (``quantization="fp8"``; ``--quantize-vision`` also
+the CLIP tower and projector), the third also stores K/V as e4m3 (``kv_cache_dtype="fp8"``,
+issue 18's end-to-end configuration). Engines run one after the other (one GPU). Per engine:
 
 * offline: ``--num-requests`` requests of one random 336x336 image + ``--text-len`` text tokens,
   ``--output-len`` output tokens (ignore_eos), req/s and output tok/s;
@@ -220,8 +222,10 @@ def main(argv: list[str] | None = None) -> dict:
     config = AutoConfig.from_pretrained(args.path)
     image_token, vocab = config.image_token_index, min(config.text_config.vocab_size, 32000)
     fp8_options = {"quantization": "fp8", "quantize_vision": args.quantize_vision}
+    fp8_kv_options = {**fp8_options, "kv_cache_dtype": "fp8"}
     base, base_lp = run_engine(args.path, args, {}, image_token, vocab)
     fp8, fp8_lp = run_engine(args.path, args, fp8_options, image_token, vocab)
+    fp8_kv, fp8_kv_lp = run_engine(args.path, args, fp8_kv_options, image_token, vocab)
     result = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch": torch.__version__,
@@ -229,11 +233,17 @@ def main(argv: list[str] | None = None) -> dict:
         "model": "tiny-llava (smoke)" if args.smoke else args.model,
         "bf16": base,
         "fp8": fp8,
+        "fp8_kv": fp8_kv,
         "speedup": {
             "req_per_s": fp8["offline"]["req_per_s"] / base["offline"]["req_per_s"],
             "itl": fp8["batch1"]["itl_ms"] / base["batch1"]["itl_ms"],
         },
+        "speedup_fp8_kv": {
+            "req_per_s": fp8_kv["offline"]["req_per_s"] / base["offline"]["req_per_s"],
+            "itl": fp8_kv["batch1"]["itl_ms"] / base["batch1"]["itl_ms"],
+        },
         "kl_bf16_fp8": kl_report(base_lp, fp8_lp),
+        "kl_bf16_fp8_kv": kl_report(base_lp, fp8_kv_lp),
     }
     if args.demo_n:
         result["demo"] = {
@@ -241,8 +251,14 @@ def main(argv: list[str] | None = None) -> dict:
             "fp8": demo_accuracy(
                 args.device, args.demo_n, {"quantization": "fp8", "quantize_vision": True}
             ),
+            "fp8_kv": demo_accuracy(
+                args.device,
+                args.demo_n,
+                {"quantization": "fp8", "quantize_vision": True, "kv_cache_dtype": "fp8"},
+            ),
         }
-    print("fp8 result", json.dumps({k: result[k] for k in ("speedup", "kl_bf16_fp8")}), flush=True)
+    keys = ("speedup", "speedup_fp8_kv", "kl_bf16_fp8", "kl_bf16_fp8_kv")
+    print("fp8 result", json.dumps({k: result[k] for k in keys}), flush=True)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_gpu_fp8.json"), "w") as f:
         json.dump(result, f, indent=2)
