@@ -60,6 +60,18 @@ def test_fp8_linear_matches_float32_and_dequantised_reference(dtype, tokens):
         _check_against_float32(x, w, bias, y)
 
 
+@pytest.mark.parametrize("out_features,in_features", [(80, 24), (40, 96)])
+def test_features_the_fp8_gemm_refuses_multiply_the_dequantised_weight(out_features, in_features):
+    # torch._scaled_mm takes multiples of 16 only; such a layer runs W8A16 on any device.
+    torch.manual_seed(1)
+    x = torch.randn(5, in_features, dtype=torch.bfloat16)
+    w_fp8, w_scale = fp8.quantize_rows(torch.randn(out_features, in_features) * 0.05)
+    bias = torch.randn(out_features, dtype=torch.bfloat16)
+    y = fp8.fp8_linear(x, w_fp8, w_scale.view(-1), bias)
+    dequantised = (w_fp8.float() * w_scale).to(torch.bfloat16)
+    assert torch.equal(y, torch.nn.functional.linear(x, dequantised, bias))
+
+
 def test_no_tokens_give_an_empty_output():
     w_fp8, w_scale = fp8.quantize_rows(torch.randn(32, 64))
     y = fp8.fp8_linear(torch.randn(2, 0, 64), w_fp8, w_scale.view(-1), torch.zeros(32))
@@ -78,10 +90,13 @@ def test_per_channel_scales_map_each_row_maximum_to_448():
 
 
 def test_static_input_scale_saturates_instead_of_overflowing():
-    w_fp8, w_scale = fp8.quantize_rows(torch.eye(4))
-    x = torch.tensor([[1.0, -2.0, 1000.0, 0.5]])
+    w_fp8, w_scale = fp8.quantize_rows(torch.eye(16))  # 16: the FP8 GEMM's smallest size
+    x = torch.zeros(1, 16)
+    x[0, :4] = torch.tensor([1.0, -2.0, 1000.0, 0.5])
     y = fp8.fp8_linear(x, w_fp8, w_scale.view(-1), None, torch.tensor(2.0 / 448))
-    torch.testing.assert_close(y, torch.tensor([[1.0, -2.0, 2.0, 0.5]]))
+    want = torch.zeros(1, 16)
+    want[0, :4] = torch.tensor([1.0, -2.0, 2.0, 0.5])
+    torch.testing.assert_close(y, want)
 
 
 def _layers():

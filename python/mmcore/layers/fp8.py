@@ -78,6 +78,10 @@ def _gemm_out_dtype(out_dtype: torch.dtype, device: torch.device) -> torch.dtype
     return torch.bfloat16 if device.type == "cuda" else out_dtype
 
 
+#: ``torch._scaled_mm`` needs both the input and output features in multiples of this.
+SCALED_MM_ALIGN = 16
+
+
 def fp8_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -89,7 +93,8 @@ def fp8_linear(
 
     On CUDA, up to ``FP8_GEMV_MAX_ROWS`` rows (decode steps) take the weight-only GEMV (the
     activations stay in their dtype, ``input_scale`` is not needed); more rows are quantised
-    per token (or with ``input_scale``) for ``torch._scaled_mm``.
+    per token (or with ``input_scale``) for ``torch._scaled_mm``. Layers whose features are
+    not multiples of 16 (which ``_scaled_mm`` refuses) multiply the dequantised weight.
 
     Args:
         x: activations ``[..., K]`` in the model dtype (the output has it too).
@@ -111,6 +116,10 @@ def fp8_linear(
     if fp8_gemv_takes(x2, weight):
         # Decode-sized batches: read the e4m3 weight once, activations unquantised (W8A16).
         return fp8_gemv(x2, weight, weight_scale, bias).reshape(*lead, weight.shape[0])
+    if weight.shape[0] % SCALED_MM_ALIGN or weight.shape[1] % SCALED_MM_ALIGN:
+        # cuBLASLt's FP8 GEMM takes multiples of 16 only: this layer runs dequantised (W8A16).
+        w = (weight.to(torch.float32) * weight_scale.view(-1, 1)).to(x.dtype)
+        return torch.nn.functional.linear(x2, w, bias).reshape(*lead, weight.shape[0])
     if input_scale is None:
         x_fp8, scale_a = quantize_rows(x2)
     else:
