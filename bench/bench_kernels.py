@@ -131,8 +131,9 @@ def paged_decode_case(batch, context, hq, hkv, d, block_size, gen, rotations):
 def bench_decode(gen, copy_bw, batches, contexts):
     print(f"\n### Decode (32 q heads / 8 KV heads, d 128, block 16, bf16); copy bandwidth "
           f"{copy_bw / 1e12:.2f} TB/s")  # fmt: skip
-    print("| batch | context | ours us | GB/s | of copy BW | splits |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | context | ours us | GB/s | of copy BW | splits | >= 4 tiles a split us "
+          "| splits |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     hq, hkv, d = 32, 8, 128
     kernels = ops._kernels()
     for b in batches:
@@ -148,11 +149,16 @@ def bench_decode(gen, copy_bw, batches, contexts):
                                         max_query_len=1, max_seq_len=ctx)  # fmt: skip
 
             ms = time_ms(run, reps=20, calls=rotations)
+            ops.SPLIT_MIN_KEY_TILES = 4  # the coarser split of before, same run
+            coarse_ms = time_ms(run, reps=20, calls=rotations)
+            ops.SPLIT_MIN_KEY_TILES = 1
             moved = kv_bytes + 2 * q.numel() * 2 + tables[0].numel() * 4
-            splits = kernels.paged_launch_plan(b, b, hq, hkv, 1, 1, ctx, ops._num_sms(0))[0]
+            plan = kernels.paged_launch_plan
+            splits = plan(b, b, hq, hkv, 1, 1, ctx, ops._num_sms(0))[0]
+            coarse = plan(b, b, hq, hkv, 1, 1, ctx, ops._num_sms(0), min_tiles_per_split=4)[0]
             bw = moved / (ms * 1e-3)
             print(f"| {b} | {ctx} | {ms * 1e3:.1f} | {bw / 1e9:.0f} | {bw / copy_bw:.0%} | "
-                  f"{splits} |")  # fmt: skip
+                  f"{splits} | {coarse_ms * 1e3:.1f} | {coarse} |")  # fmt: skip
 
 
 def bench_prefill(gen, cases):
@@ -195,7 +201,7 @@ def main() -> None:
     if "mixed" in only:
         bench_vit_mixed(gen, [8, 32] if args.quick else [4, 16, 64])
     if "decode" in only:
-        bench_decode(gen, copy_bandwidth(), [1, 16, 64], [1024, 4096, 16384])
+        bench_decode(gen, copy_bandwidth(), [1, 16, 64], [640, 1024, 4096, 16384])
     if "prefill" in only:
         bench_prefill(gen, [(1, 4096), (4, 2048)] if args.quick else [(1, 1024), (1, 4096), (1, 8192),
                                                                   (4, 2048)])  # fmt: skip

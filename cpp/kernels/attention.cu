@@ -80,7 +80,8 @@ int attention_block_rows(AttentionVariant variant, int head_dim) {
 }
 
 int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, int num_tokens,
-                         int num_kv_heads, int group, int max_seq_len, int num_sms) {
+                         int num_kv_heads, int group, int max_seq_len, int num_sms,
+                         int min_tiles_per_split) {
   const int rows = attention_block_rows(variant, head_dim);
   const int64_t row_tiles = variant == AttentionVariant::kPagedDecode
                                 ? num_seqs
@@ -90,15 +91,17 @@ int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, i
   const int64_t slots = static_cast<int64_t>(std::max(num_sms, 1)) * 2;
   // Prefill rows already fill the card; their float32 partials would be large.
   if (variant != AttentionVariant::kPagedDecode && ctas >= slots) return 1;
-  // Keep at least 4 key tiles per split so the combine stays cheap.
-  const int64_t max_useful = std::clamp<int64_t>(max_seq_len / (4 * kKeysPerTile), 1, kMaxSplits);
-  // Equal-work CTAs run in waves of `slots`: pick the split count with the fewest waves per
-  // unit of work, nudged towards fewer splits (each costs a partial write and the combine).
+  const int64_t key_tiles = std::max<int64_t>(1, (max_seq_len + kKeysPerTile - 1) / kKeysPerTile);
+  const int64_t max_useful =
+      std::clamp<int64_t>(key_tiles / std::max(min_tiles_per_split, 1), 1, kMaxSplits);
+  // Equal-work CTAs run in waves of `slots`, each CTA its share of the key tiles plus about a
+  // tile's worth of fixed work (queries, partial write, merge); nudged towards fewer splits.
   int best = 1;
   double best_cost = 0.0;
   for (int64_t s = 1; s <= max_useful; ++s) {
     const int64_t waves = (ctas * s + slots - 1) / slots;
-    const double cost = static_cast<double>(waves) / s * (1.0 + 0.02 * (s - 1));
+    const int64_t tiles_per_split = (key_tiles + s - 1) / s;
+    const double cost = static_cast<double>(waves * (tiles_per_split + 1)) * (1.0 + 0.02 * (s - 1));
     if (s == 1 || cost < best_cost) {
       best = static_cast<int>(s);
       best_cost = cost;
@@ -109,17 +112,17 @@ int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, i
 
 PagedLaunchPlan plan_paged_attention(int head_dim, int num_seqs, int num_tokens, int num_kv_heads,
                                      int group, int min_query_len, int max_query_len,
-                                     int max_seq_len, int num_sms) {
+                                     int max_seq_len, int num_sms, int min_tiles_per_split) {
   PagedLaunchPlan plan;
   if (static_cast<int64_t>(std::max(min_query_len, 0)) * group <= kDecodeRows) {
     plan.decode_splits =
         attention_num_splits(AttentionVariant::kPagedDecode, head_dim, num_seqs, num_tokens,
-                             num_kv_heads, group, max_seq_len, num_sms);
+                             num_kv_heads, group, max_seq_len, num_sms, min_tiles_per_split);
   }
   if (static_cast<int64_t>(max_query_len) * group > kDecodeRows) {
     plan.prefill_splits =
         attention_num_splits(AttentionVariant::kPagedPrefill, head_dim, num_seqs, num_tokens,
-                             num_kv_heads, group, max_seq_len, num_sms);
+                             num_kv_heads, group, max_seq_len, num_sms, min_tiles_per_split);
   }
   return plan;
 }

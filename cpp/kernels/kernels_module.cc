@@ -74,7 +74,7 @@ void bind_attention(py::module_& m) {
   m.def(
       "paged_launch_plan",
       [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int min_query_len,
-         int max_query_len, int max_seq_len, int num_sms, int head_dim) {
+         int max_query_len, int max_seq_len, int num_sms, int head_dim, int min_tiles_per_split) {
         if (num_kv_heads <= 0 || num_q_heads % num_kv_heads != 0)
           throw std::invalid_argument("paged_launch_plan: num_q_heads % num_kv_heads != 0");
         if (min_query_len < 0 || max_query_len < min_query_len)
@@ -82,15 +82,15 @@ void bind_attention(py::module_& m) {
               "paged_launch_plan: need 0 <= min_query_len <= max_query_len");
         const auto plan = mmcore::kernels::plan_paged_attention(
             head_dim, num_seqs, num_tokens, num_kv_heads, num_q_heads / num_kv_heads, min_query_len,
-            max_query_len, max_seq_len, num_sms);
+            max_query_len, max_seq_len, num_sms, min_tiles_per_split);
         return py::make_tuple(plan.decode_splits, plan.prefill_splits);
       },
       py::arg("num_seqs"), py::arg("num_tokens"), py::arg("num_q_heads"), py::arg("num_kv_heads"),
       py::arg("min_query_len"), py::arg("max_query_len"), py::arg("max_seq_len"),
-      py::arg("num_sms"), py::arg("head_dim") = 128,
+      py::arg("num_sms"), py::arg("head_dim") = 128, py::arg("min_tiles_per_split") = 1,
       "(decode_splits, prefill_splits) of a paged step: KV splits of the decode-variant launch "
       "(sequences of <= 16 query rows) and of the prefill-variant launch (longer ones); 0 = "
-      "that launch is not needed.");
+      "that launch is not needed; a split gets at least min_tiles_per_split tiles of 64 keys.");
   m.def(
       "paged_attention",
       [](uintptr_t q, Strides2 q_strides, uintptr_t key_cache, Strides3 k_strides,

@@ -86,6 +86,22 @@ def test_paged_attention_long_decode_uses_splits(dtype, d, batch, context):
     _check_close(out, reference.paged_attention(*args, scale), dtype)
 
 
+@pytest.mark.parametrize("context", [65, 300, 640, 1000])
+@pytest.mark.parametrize("hq,hkv", [(32, 32), (16, 16), (32, 8)])
+def test_short_batch1_decodes_split_by_the_tile_and_match_the_reference(context, hq, hkv):
+    # A batch-1 decode over a few hundred keys is latency: its keys split down to one 64-key
+    # tile per CTA (some splits may get none), merged in the kernel.
+    plan = ops._kernels().paged_launch_plan
+    sms = ops._num_sms(0)
+    fine = plan(1, 1, hq, hkv, 1, 1, context, sms, 128)[0]
+    coarse = plan(1, 1, hq, hkv, 1, 1, context, sms, 128, min_tiles_per_split=4)[0]
+    assert fine >= coarse and (context < 640 or fine > coarse)
+    gen = torch.Generator(device="cuda").manual_seed(context + hq + hkv)
+    args = _paged_batch([context], [1], hq, hkv, 128, 16, torch.bfloat16, gen)
+    out = ops.paged_attention(*args, 0.08)
+    _check_close(out, reference.paged_attention(*args, 0.08), torch.bfloat16)
+
+
 @pytest.mark.parametrize("d", [64, 72, 128, 256], ids=_d_id)
 @pytest.mark.parametrize("batch,context,hkv", [(1, 8192, 8), (3, 4100, 2), (5, 2000, 1)])
 def test_split_merge_in_the_kernel_equals_the_combine_kernel(monkeypatch, d, batch, context, hkv):

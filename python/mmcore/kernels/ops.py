@@ -55,6 +55,10 @@ def _num_sms(device_index: int) -> int:
 #: ``MMCORE_MIXED_STEP_SPLIT=0`` runs them through prefill tiles with the rest (one launch).
 MIXED_STEP_SPLIT = os.environ.get("MMCORE_MIXED_STEP_SPLIT", "1") != "0"
 
+#: Fewest 64-key tiles a KV split (flash-decoding) gets: short contexts split finely at batch 1,
+#: where a decode step's attention is latency, not bandwidth (4: the coarser split of before).
+SPLIT_MIN_KEY_TILES = 1
+
 #: Counters of the split-KV merge in the decode kernel (one per row-tile CTA and KV head).
 SPLIT_COUNTER_CAPACITY = 1 << 16
 _split_counters_by_device: dict[int, torch.Tensor] = {}
@@ -237,7 +241,7 @@ def _paged_attention_op(
     min_query_len = min(min_query_len, max_query_len) if MIXED_STEP_SPLIT else max_query_len
     decode_splits, prefill_splits = kernels.paged_launch_plan(
         num_seqs, num_tokens, num_q_heads, key_cache.shape[2], min_query_len, max_query_len,
-        max_seq_len, _num_sms(q.device.index or 0), head_dim,
+        max_seq_len, _num_sms(q.device.index or 0), head_dim, SPLIT_MIN_KEY_TILES,
     )  # fmt: skip
     num_splits = max(decode_splits, prefill_splits)
     counters = _split_counters(q.device)
