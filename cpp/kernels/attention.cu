@@ -14,6 +14,7 @@ constexpr int kDecodeRows = 16;
 constexpr int kPrefillRows = 128;
 constexpr int kKeysPerTile = 64;
 constexpr int kMaxSplits = 64;
+constexpr int kFixedTilesPerCta = 6;  // a split CTA's fixed work, in 64-key tiles
 
 // Shared checks of both launchers; `name` prefixes the messages.
 void check_common(const AttentionParams& p, DType dtype, int head_dim, const char* name) {
@@ -94,14 +95,17 @@ int attention_num_splits(AttentionVariant variant, int head_dim, int num_seqs, i
   const int64_t key_tiles = std::max<int64_t>(1, (max_seq_len + kKeysPerTile - 1) / kKeysPerTile);
   const int64_t max_useful =
       std::clamp<int64_t>(key_tiles / std::max(min_tiles_per_split, 1), 1, kMaxSplits);
-  // Equal-work CTAs run in waves of `slots`, each CTA its share of the key tiles plus about a
-  // tile's worth of fixed work (queries, partial write, merge); nudged towards fewer splits.
+  // Equal-work CTAs run in waves of `slots`, each CTA its share of the key tiles plus a fixed
+  // part worth ~6 tiles (launch, queries, first loads, partial write), each split adding ~3% (the
+  // merge reads every split). Fitted to batch-1 decodes on an H200 (bench/RESULTS.md, session 8):
+  // 1.4 us a tile, 8.3 us fixed.
   int best = 1;
   double best_cost = 0.0;
   for (int64_t s = 1; s <= max_useful; ++s) {
     const int64_t waves = (ctas * s + slots - 1) / slots;
     const int64_t tiles_per_split = (key_tiles + s - 1) / s;
-    const double cost = static_cast<double>(waves * (tiles_per_split + 1)) * (1.0 + 0.02 * (s - 1));
+    const double cost =
+        static_cast<double>(waves * (tiles_per_split + kFixedTilesPerCta)) * (1.0 + 0.03 * (s - 1));
     if (s == 1 || cost < best_cost) {
       best = static_cast<int>(s);
       best_cost = cost;
