@@ -31,7 +31,7 @@ def test_checkpoint_is_complete_small_and_loads_as_float32_on_cpu(model_dir):
     assert {str(p.dtype) for p in generator.model.parameters()} == {"torch.float32"}
 
 
-# The shipped checkpoint is trained on varied pictures (docs/demo_model.md, run 7): the checks
+# The shipped checkpoint is trained on varied pictures (docs/demo_model.md, run 9): the checks
 # use their held-out question set; the out-of-distribution set has its own test below.
 SHIPPED_SET = "held_out"
 
