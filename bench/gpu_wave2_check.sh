@@ -22,6 +22,9 @@
 #               graphs) and the FP8-KV engine
 #   kernels_bench  bench_gpu_kernels_wave2.py: d72 / d256 vs SDPA, FP8-KV decode vs bf16 against
 #               copy bandwidth
+#   decode      the decode-path attention tests (splits, mixed steps, launch plan, graphs), then
+#               bench_kernels.py's decode table (both split granularities) and the batch-1
+#               bf16 / FP8-KV decode against copy bandwidth
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
 #               served saturation rate
@@ -83,6 +86,14 @@ for s in $STAGES; do
       grep -E "^FAILED|^ERROR" "$LOG/kernels_tests.log" | cut -c1-300 | head -40 ;;
     kernels_bench) stage kernels_bench 300 python3 bench/bench_gpu_kernels_wave2.py --out "$LOG"
       cat "$LOG/kernels_bench.log" ;;
+    decode) stage decode_tests 150 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/test_kernels_cuda.py tests/python/test_kernels_cuda_spans_fp8.py \
+      tests/python/test_gpu_fp8_kv.py -k "split or short or mixed or plan or decode or graph or fp8"
+      grep -E "^FAILED|^ERROR" "$LOG/decode_tests.log" | cut -c1-300 | head -20
+      stage decode_table 120 python3 bench/bench_kernels.py --only decode
+      grep -E "^\|" "$LOG/decode_table.log"
+      stage decode_fp8 90 python3 bench/bench_gpu_kernels_wave2.py --quick --out "$LOG"
+      grep -A6 "Decode batch 1" "$LOG/decode_fp8.log" ;;
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
       grep WARNING "$LOG/serving.log"
       tail -5 "$LOG/serving_server.log" 2>/dev/null | cut -c1-300 ;;
