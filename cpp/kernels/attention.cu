@@ -10,9 +10,6 @@
 namespace mmcore::kernels {
 namespace {
 
-constexpr int kDecodeRows = kPagedDecodeRows;
-constexpr int kMaxSplits = kAttentionMaxSplits;
-
 // Shared checks of both launchers; `name` prefixes the messages.
 void check_common(const AttentionParams& p, DType dtype, int head_dim, const char* name) {
   const std::string n(name);
@@ -42,8 +39,8 @@ void check_common(const AttentionParams& p, DType dtype, int head_dim, const cha
   }
   require(p.out_stride_head % 2 == 0, n + ": bad out stride");
   require(std::isfinite(p.scale_log2) && p.scale_log2 > 0.f, n + ": scale must be positive");
-  require(p.num_splits >= 1 && p.num_splits <= kMaxSplits,
-          n + ": num_splits must be in [1, " + std::to_string(kMaxSplits) + "]");
+  require(p.num_splits >= 1 && p.num_splits <= kAttentionMaxSplits,
+          n + ": num_splits must be in [1, " + std::to_string(kAttentionMaxSplits) + "]");
   require(p.num_splits == 1 || (p.partial_out && p.partial_lse),
           n + ": split-KV needs partial_out and partial_lse buffers");
 }
@@ -113,7 +110,7 @@ void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int 
     AttentionParams d = p;
     d.num_splits = plan.decode_splits;
     d.one_tile_per_seq = true;
-    d.max_rows = kDecodeRows;
+    d.max_rows = kPagedDecodeRows;
     check_launch(run_for_head_dim(d, dtype, head_dim, AttentionVariant::kPagedDecode, stream),
                  "paged_attention");
   }
@@ -121,7 +118,7 @@ void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int 
     AttentionParams f = p;
     f.num_splits = plan.prefill_splits;
     f.one_tile_per_seq = false;
-    if (plan.decode_splits > 0) f.min_rows = kDecodeRows + 1;
+    if (plan.decode_splits > 0) f.min_rows = kPagedDecodeRows + 1;
     check_launch(run_for_head_dim(f, dtype, head_dim, AttentionVariant::kPagedPrefill, stream),
                  "paged_attention");
   }

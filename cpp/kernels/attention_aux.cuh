@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "kernels/attention_config.cuh"
 #include "kernels/attention_params.h"
 #include "kernels/mma_utils.cuh"
 
@@ -43,15 +44,8 @@ template <typename T>
 __global__ void combine_splits_kernel(const AttentionParams p, int head_dim) {
   const int token = blockIdx.x, head = blockIdx.y;
   if (p.min_rows > 0 || p.max_rows < 0x7fffffff) {
-    int lo = 0, hi = p.num_seqs - 1;  // the largest b with query_start_loc[b] <= token
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (p.query_start_loc[mid] <= token)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
-    const int rows = (p.query_start_loc[lo + 1] - p.query_start_loc[lo]) * p.group;
+    const int seq = last_at_most(p.query_start_loc, p.num_seqs, token);
+    const int rows = (p.query_start_loc[seq + 1] - p.query_start_loc[seq]) * p.group;
     if (rows < p.min_rows || rows > p.max_rows) return;
   }
   const int64_t stride_split = static_cast<int64_t>(p.num_tokens) * p.num_q_heads;

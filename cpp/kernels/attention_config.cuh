@@ -4,10 +4,25 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace mmcore::kernels {
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// The largest b in [0, count) with values[b] <= x, for ascending values with values[0] <= x
+// (a row tile's or token's sequence from the prefix sums of tiles or queries).
+__device__ __forceinline__ int last_at_most(const int32_t* values, int count, int x) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (values[mid] <= x)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
 
 template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kFp8 = false>
 struct AttentionConfig {

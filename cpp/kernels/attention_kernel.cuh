@@ -43,17 +43,8 @@ __global__ void __launch_bounds__(
   const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   int seq = tile;  // one_tile_per_seq: CTA x is sequence x
   if (!p.one_tile_per_seq) {
-    // The largest b with tile_offsets[b] <= tile.
     if (tile >= p.tile_offsets[p.num_seqs]) return;
-    int lo = 0, hi = p.num_seqs - 1;
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if (p.tile_offsets[mid] <= tile)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
-    seq = lo;
+    seq = last_at_most(p.tile_offsets, p.num_seqs, tile);
   } else if (seq >= p.num_seqs) {
     return;
   }

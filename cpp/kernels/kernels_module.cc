@@ -70,7 +70,6 @@ AttentionParams attention_params(uintptr_t q, Strides2 q_strides, uintptr_t out,
 }
 
 void bind_attention(py::module_& m) {
-  using mmcore::kernels::AttentionVariant;
   m.def(
       "paged_launch_plan",
       [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int min_query_len,
