@@ -3,8 +3,9 @@
 // One CTA owns a tile of kBlockM "rows" of one sequence and one KV head, where row r is query
 // token r / group with query head kv_head * group + r % group: the query heads of a GQA group
 // share every K/V tile they load. Warps are laid out kWarpsM (16 * kMFrags rows each) by kWarpsN
-// (each a slice of the keys of a tile); with kWarpsN > 1 the slices merge through shared memory at
-// the end (decode: few rows, long contexts). K/V tiles of 64 keys are multi-buffered with cp.async.
+// (each a slice of the keys of a tile); with kWarpsN > 1 each warp loads its own slice's rows and
+// the slices merge through shared memory at the end (decode: few rows, long contexts), so the
+// tile loop synchronises warps only. K/V tiles of 64 keys are multi-buffered with cp.async.
 // Keys come either from a paged cache through block tables or from packed [T, Hkv, D] rows;
 // paged K/V may be FP8 (e4m3, converted to T in shared memory, per-head scales folded in).
 // Softmax is online, in float32, in the log2 domain.
@@ -114,15 +115,30 @@ __global__ void __launch_bounds__(
   }
   cp_async_commit();
 
-  // Each thread copies chunk column `ch` of rows r, r + kRowsPerPass, ... of every K/V tile, so
+  // Key-sliced warps (decode) read only their own keys of each K/V tile, so each warp loads (and
+  // for FP8 converts) its own rows and the tile loop needs no CTA barrier, only warp ones; the
+  // other variants share every row among all warps.
+  constexpr bool kWarpOwnsKeys = kWarpsN > 1;
+  constexpr int kLoaders = kWarpOwnsKeys ? 32 : Cfg::kThreads;
+  constexpr int kLoadRows = kWarpOwnsKeys ? Cfg::kKeysPerWarp : kBlockN;
+  const int loader = kWarpOwnsKeys ? lane : tid;
+  const int row_base = kWarpOwnsKeys ? wn * Cfg::kKeysPerWarp : 0;
+  auto tile_sync = [] {
+    if constexpr (kWarpOwnsKeys) {
+      __syncwarp();
+    } else {
+      __syncthreads();
+    }
+  };
+  // Each loader copies chunk column `ch` of rows r, r + kRowsPerPass, ... of every K/V tile, so
   // the per-tile address work is one multiply-add per row (the chunk loop of a general thread
   // count would redo the index math per chunk).
   constexpr int kLoadChunks = kFp8 ? Cfg::kF8ChunksPerRow : Cfg::kChunksPerRow;
   constexpr int kLoadReal = kFp8 ? Cfg::kF8RealChunks : Cfg::kRealChunks;
   constexpr int kChunkElems = kFp8 ? Cfg::kF8Chunk : 8;
-  constexpr int kChunks = kBlockN * kLoadChunks;
-  constexpr bool kFixedColumn = Cfg::kThreads % kLoadChunks == 0;
-  constexpr int kRowsPerPass = kFixedColumn ? Cfg::kThreads / kLoadChunks : 1;
+  constexpr int kChunks = kLoadRows * kLoadChunks;
+  constexpr bool kFixedColumn = kLoaders % kLoadChunks == 0;
+  constexpr int kRowsPerPass = kFixedColumn ? kLoaders / kLoadChunks : 1;
   const int64_t k_head_off = kv_head * p.k_stride_head;
   const int64_t v_head_off = kv_head * p.v_stride_head;
   // Element (= byte for FP8) offsets of row `key`'s head slice; copies chunk `ch` to stage `stage`.
@@ -164,15 +180,16 @@ __global__ void __launch_bounds__(
     }
   };
   auto load_kv = [&](int kv_tile, int stage) {
-    const int n0 = kv_begin + kv_tile * kBlockN;
+    const int n0 = kv_begin + kv_tile * kBlockN + row_base;
     if constexpr (kFixedColumn) {
-      const int r0 = tid / kLoadChunks, ch = tid % kLoadChunks;
+      const int r0 = loader / kLoadChunks, ch = loader % kLoadChunks;
 #pragma unroll
-      for (int r = r0; r < kBlockN; r += kRowsPerPass) copy_row_chunk(stage, r, n0 + r, ch);
+      for (int r = r0; r < kLoadRows; r += kRowsPerPass)
+        copy_row_chunk(stage, row_base + r, n0 + r, ch);
     } else {
-      for (int c = tid; c < kChunks; c += Cfg::kThreads) {
+      for (int c = loader; c < kChunks; c += kLoaders) {
         const int r = c / kLoadChunks, ch = c % kLoadChunks;
-        copy_row_chunk(stage, r, n0 + r, ch);
+        copy_row_chunk(stage, row_base + r, n0 + r, ch);
       }
     }
   };
@@ -181,8 +198,8 @@ __global__ void __launch_bounds__(
     constexpr int kGroups = Cfg::kPadDim / 8;
     const uint8_t* fk = s_f8 + stage * 2 * Cfg::kF8TileBytes;
     const uint8_t* fv = fk + Cfg::kF8TileBytes;
-    for (int c = tid; c < kBlockN * kGroups; c += Cfg::kThreads) {
-      const int r = c / kGroups, g = c % kGroups;
+    for (int c = loader; c < kLoadRows * kGroups; c += kLoaders) {
+      const int r = row_base + c / kGroups, g = c % kGroups;
       const uint2 kr = *reinterpret_cast<const uint2*>(fk + r * Cfg::kPadDim + g * 8);
       const uint2 vr = *reinterpret_cast<const uint2*>(fv + r * Cfg::kPadDim + g * 8);
       *reinterpret_cast<uint4*>(s_k + r * kStride + g * 8) = fp8x8_to<T>(kr);
@@ -236,10 +253,10 @@ __global__ void __launch_bounds__(
     if (ahead < n_tiles) load_kv(tile_begin + ahead, ahead % Cfg::kStages);
     cp_async_commit();
     cp_async_wait<Cfg::kStages - 1>();
-    __syncthreads();
+    tile_sync();
     if constexpr (kFp8) {
       convert_kv(stage);
-      __syncthreads();
+      tile_sync();
     }
     const int compute_stage = kFp8 ? 0 : stage;
     // Tiles wholly inside every row's key range skip the per-element mask (own code path).
@@ -373,7 +390,7 @@ __global__ void __launch_bounds__(
       else
         compute_tile(std::false_type{});
     }
-    __syncthreads();
+    tile_sync();  // this stage's rows are reloaded kStages - 1 tiles on
   }
 
 #pragma unroll
