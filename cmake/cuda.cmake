@@ -37,6 +37,11 @@ target_include_directories(_kernels SYSTEM PRIVATE ${CMAKE_CUDA_TOOLKIT_INCLUDE_
 if(MMCORE_CUTLASS_INCLUDE_DIR)
   target_include_directories(_kernels SYSTEM PRIVATE ${MMCORE_CUTLASS_INCLUDE_DIR})
   target_compile_definitions(_kernels PRIVATE MMCORE_HAS_CUTLASS=1)
+  # The Hopper attention kernel (CuTe GMMA) needs the sm90a target.
+  if("90a" IN_LIST MMCORE_CUDA_ARCHS)
+    target_compile_definitions(_kernels PRIVATE MMCORE_SM90A_ATTENTION=1)
+    message(STATUS "mmcore: Hopper (sm90a) attention kernel enabled")
+  endif()
 endif()
 target_compile_options(_kernels PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -lineinfo>)
 set_target_properties(_kernels PROPERTIES CUDA_RUNTIME_LIBRARY Static)

@@ -1,6 +1,9 @@
 // Validation and variant selection for the attention launchers (see attention.h).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -67,7 +70,53 @@ cudaError_t run_for_head_dim(const AttentionParams& p, DType dtype, int head_dim
   }
 }
 
+// Prefill / packed launches: the Hopper kernel where sm90_attention_selected says so.
+cudaError_t run_prefill(const AttentionParams& p, DType dtype, int head_dim,
+                        AttentionVariant variant, cudaStream_t stream) {
+#if MMCORE_SM90A_ATTENTION
+  if (sm90_attention_selected(head_dim, p.kv_fp8, p.num_splits)) {
+    const bool paged = variant == AttentionVariant::kPagedPrefill;
+    return head_dim == 64 ? run_attention_sm90<64>(p, dtype, paged, stream)
+                          : run_attention_sm90<128>(p, dtype, paged, stream);
+  }
+#endif
+  return run_for_head_dim(p, dtype, head_dim, variant, stream);
+}
+
+// Compute capability major * 10 + minor of the current device, looked up once per device.
+int current_device_capability() {
+  constexpr int kMaxDevices = 64;
+  static int capability[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
+  if (capability[device] == 0) {
+    int major = 0, minor = 0;
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+    capability[device] = major * 10 + minor;
+  }
+  return capability[device];
+}
+
+// Off with MMCORE_SM90_ATTENTION=0 in the environment, or set_sm90_attention_enabled(false).
+std::atomic<bool> g_sm90_enabled{[] {
+  const char* env = std::getenv("MMCORE_SM90_ATTENTION");
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}()};
+
 }  // namespace
+
+void set_sm90_attention_enabled(bool enabled) { g_sm90_enabled.store(enabled); }
+
+bool sm90_attention_selected(int head_dim, bool kv_fp8, int num_splits) {
+#if MMCORE_SM90A_ATTENTION
+  return g_sm90_enabled.load(std::memory_order_relaxed) && (head_dim == 64 || head_dim == 128) &&
+         !kv_fp8 && num_splits == 1 && current_device_capability() == 90;
+#else
+  (void)head_dim, (void)kv_fp8, (void)num_splits;
+  return false;
+#endif
+}
 
 void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int head_dim,
                             PagedLaunchPlan plan, cudaStream_t stream) {
@@ -119,7 +168,7 @@ void launch_paged_attention(AttentionParams p, DType dtype, DType kv_dtype, int 
     f.num_splits = plan.prefill_splits;
     f.one_tile_per_seq = false;
     if (plan.decode_splits > 0) f.min_rows = kPagedDecodeRows + 1;
-    check_launch(run_for_head_dim(f, dtype, head_dim, AttentionVariant::kPagedPrefill, stream),
+    check_launch(run_prefill(f, dtype, head_dim, AttentionVariant::kPagedPrefill, stream),
                  "paged_attention");
   }
 }
@@ -133,7 +182,7 @@ void launch_varlen_attention(AttentionParams p, DType dtype, int head_dim, cudaS
   p.attend_until = nullptr;
   p.kv_fp8 = false;
   if (p.num_seqs == 0 || p.num_tokens == 0) return;
-  check_launch(run_for_head_dim(p, dtype, head_dim, AttentionVariant::kPacked, stream),
+  check_launch(run_prefill(p, dtype, head_dim, AttentionVariant::kPacked, stream),
                "varlen_attention");
 }
 

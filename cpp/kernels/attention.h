@@ -26,4 +26,18 @@ template <int kHeadDim>
 [[nodiscard]] cudaError_t run_attention(const AttentionParams& p, DType dtype,
                                         AttentionVariant variant, cudaStream_t stream);
 
+// Hopper prefill / packed attention on wgmma (attention_sm90_d*.cu): head dims 64 and 128,
+// float16 / bfloat16 K/V, no split-KV. Built when the architectures include 90a and the CUTLASS
+// headers were found (MMCORE_SM90A_ATTENTION); launched on compute capability 9.0 devices.
+template <int kHeadDim>
+[[nodiscard]] cudaError_t run_attention_sm90(const AttentionParams& p, DType dtype, bool paged,
+                                             cudaStream_t stream);
+
+// Whether prefill / packed launches of this head dim, K/V dtype and split count run the Hopper
+// kernel on the current device (false when not built, on other devices, or with
+// MMCORE_SM90_ATTENTION=0 in the environment or after set_sm90_attention_enabled(false)).
+bool sm90_attention_selected(int head_dim, bool kv_fp8, int num_splits);
+// Turns the Hopper kernel on or off process-wide (A/B measurements and tests).
+void set_sm90_attention_enabled(bool enabled);
+
 }  // namespace mmcore::kernels

@@ -71,6 +71,18 @@ AttentionParams attention_params(uintptr_t q, Strides2 q_strides, uintptr_t out,
 
 void bind_attention(py::module_& m) {
   m.def(
+      "sm90_attention_selected",
+      [](int head_dim, bool kv_fp8, int num_splits) {
+        return mmcore::kernels::sm90_attention_selected(head_dim, kv_fp8, num_splits);
+      },
+      py::arg("head_dim"), py::arg("kv_fp8") = false, py::arg("num_splits") = 1,
+      "Whether prefill / packed attention of this head dim runs the Hopper (sm90a, wgmma) kernel "
+      "on the current device.");
+  m.def("set_sm90_attention_enabled", &mmcore::kernels::set_sm90_attention_enabled,
+        py::arg("enabled"),
+        "Turns the Hopper attention kernel on or off for this process (default on; "
+        "MMCORE_SM90_ATTENTION=0 starts it off).");
+  m.def(
       "paged_launch_plan",
       [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int min_query_len,
          int max_query_len, int max_seq_len, int num_sms, int head_dim, int min_tiles_per_split) {

@@ -18,6 +18,7 @@ The fused elementwise ops (``rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -462,3 +463,26 @@ def varlen_attention(
     """
     check_varlen(query, key, value, cu_seqlens)
     return torch.ops.mmcore.varlen_attention(query, key, value, cu_seqlens, float(scale))
+
+
+def hopper_attention_selected(head_dim: int) -> bool:
+    """Whether prefill and packed (ViT) attention of this head dim run the Hopper kernel (wgmma,
+    sm90a) on the current CUDA device: built for 90a with CUTLASS, a compute-capability 9.0
+    device, head dim 64 or 128, not turned off (``MMCORE_SM90_ATTENTION=0`` or
+    :func:`hopper_attention`). FP8 caches and split-KV launches keep the sm80 kernel."""
+    kernels = _kernels()
+    return bool(kernels is not None and kernels.sm90_attention_selected(int(head_dim)))
+
+
+@contextlib.contextmanager
+def hopper_attention(enabled: bool):
+    """Runs the block with the Hopper attention kernel on or off (process-wide; A/B checks)."""
+    kernels = _kernels()
+    if kernels is None:
+        yield
+        return
+    kernels.set_sm90_attention_enabled(bool(enabled))
+    try:
+        yield
+    finally:
+        kernels.set_sm90_attention_enabled(os.environ.get("MMCORE_SM90_ATTENTION", "1") != "0")

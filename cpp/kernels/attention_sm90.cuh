@@ -1,0 +1,320 @@
+// Prefill and packed (ViT) attention for Hopper (sm90a) on warpgroup MMAs (wgmma), through
+// CuTe's GMMA atoms: S = Q K^T with both operands in shared memory, O += P V with P in registers
+// (the S accumulators converted in place) and V read transposed from its K-major tile.
+//
+// A CTA owns 128 rows (two warpgroups of 64) of one sequence and one KV head, rows mapped to
+// (query token, GQA head) as in attention_kernel; K/V tiles of 128 keys arrive through cp.async
+// (paged block-table gathers or packed rows) into 128-byte-swizzled shared memory, two stages
+// deep, so the next tile loads while the tensor cores work on this one. Masks (causal, sliding
+// window, bidirectional image spans) and the online softmax (float32, log2 domain) match
+// attention_kernel. Only the kernel body is sm90a code: other targets compile an empty kernel,
+// and the host launches this one on compute capability 9.0 only.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/mma_atom.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cute/tensor.hpp>
+
+#include "kernels/attention_config.cuh"
+#include "kernels/attention_params.h"
+#include "kernels/mma_utils.cuh"
+
+namespace mmcore::kernels {
+
+template <typename T>
+struct CuteElement;
+template <>
+struct CuteElement<__nv_bfloat16> {
+  using type = cute::bfloat16_t;
+};
+template <>
+struct CuteElement<__half> {
+  using type = cute::half_t;
+};
+
+template <typename T, int kHeadDim>
+struct Sm90AttentionConfig {
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "128-byte swizzled rows: head dim 64 or 128");
+  using Element = typename CuteElement<T>::type;
+  static constexpr int kBlockM = 128;  // two warpgroups of 64 rows
+  static constexpr int kBlockN = 128;
+  static constexpr int kWarpGroups = kBlockM / 64;
+  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int kStages = 2;
+  using BlockM = cute::Int<kBlockM>;
+  using BlockN = cute::Int<kBlockN>;
+  using HeadDim = cute::Int<kHeadDim>;
+  using TileQK = cute::Shape<BlockM, BlockN, HeadDim>;
+  using TilePV = cute::Shape<BlockM, HeadDim, BlockN>;
+  using WarpGroups = cute::Layout<cute::Shape<cute::Int<kWarpGroups>, cute::_1, cute::_1>>;
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float, TileQK>(), WarpGroups{}));
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float, TilePV, cute::GMMA::Major::K,
+                                 cute::GMMA::Major::MN>(),
+      WarpGroups{}));
+  // Rows of 64 elements (128 bytes) swizzled in 8-row atoms: what wgmma reads without conflicts.
+  using SmemAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
+  using SmemLayoutQ = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<BlockM, HeadDim>{}));
+  using SmemLayoutKV =
+      decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<BlockN, HeadDim, cute::Int<kStages>>{}));
+  // V as (head dim, keys, stage): the B operand of P V, head dim contiguous (MN-major).
+  using SmemLayoutVt = decltype(cute::composition(
+      SmemLayoutKV{}, cute::make_ordered_layout(cute::Shape<HeadDim, BlockN, cute::Int<kStages>>{},
+                                                cute::Step<cute::_2, cute::_1, cute::_3>{})));
+  // P (bf16/f16) in the register layout of wgmma's A operand: the S accumulators' value order
+  // ((column pair, row half, 8-column block)) regrouped into 16-key k-blocks.
+  using LayoutP = cute::Layout<
+      cute::Shape<cute::Shape<cute::_2, cute::_2, cute::_2>, cute::_1, cute::Int<kBlockN / 16>>,
+      cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_8>>;
+  static constexpr int kQElems = cute::cosize_v<SmemLayoutQ>;
+  static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
+  // Swizzle atoms need 1024-byte alignment; the kernel aligns the dynamic buffer itself.
+  static constexpr size_t kSmemBytes = (kQElems + 2 * kKVElems) * sizeof(T) + 1024;
+};
+
+__device__ __forceinline__ void fence_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+template <typename T, int kHeadDim, bool kPaged>
+__global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace cute;
+  using Cfg = Sm90AttentionConfig<T, kHeadDim>;
+  using Element = typename Cfg::Element;
+  constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
+  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row
+  extern __shared__ unsigned char smem_raw[];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  unsigned char* smem = smem_raw + ((1024 - (raw_addr & 1023)) & 1023);
+  Element* smem_q = reinterpret_cast<Element*>(smem);
+  Element* smem_k = smem_q + Cfg::kQElems;
+  Element* smem_v = smem_k + Cfg::kKVElems;
+  Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVt{});
+
+  // Which sequence and row tile this CTA owns (as attention_kernel; heavy causal tiles first).
+  const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  if (tile >= p.tile_offsets[p.num_seqs]) return;
+  const int seq = last_at_most(p.tile_offsets, p.num_seqs, tile);
+  const int q_start = p.query_start_loc[seq];
+  const int num_q = p.query_start_loc[seq + 1] - q_start;
+  const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
+  const int group = p.group;
+  const int num_rows = num_q * group;
+  if (num_rows < p.min_rows || num_rows > p.max_rows) return;
+  const int row0 = (tile - p.tile_offsets[seq]) * kBlockM;
+  if (row0 >= num_rows) return;
+  const int kv_head = blockIdx.y;
+  const int context = seq_len - num_q;
+  const int tid = threadIdx.x, lane = tid % 32;
+
+  const int first_tok = row0 / group;
+  const int last_tok = (min(row0 + kBlockM, num_rows) - 1) / group;
+  int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
+  const bool spans = p.causal && p.attend_until != nullptr;
+  if (spans) {
+    // Image spans open keys past the diagonal: the tile reads up to its rows' furthest bound.
+    int until = -1;
+    for (int t = first_tok + tid; t <= last_tok; t += Cfg::kThreads)
+      until = max(until, p.attend_until[q_start + t]);
+    until = __reduce_max_sync(0xffffffff, until);
+    int* s_until = reinterpret_cast<int*>(smem_k);  // K stage 0 is not loaded yet
+    if (tid == 0) *s_until = -1;
+    __syncthreads();
+    if (lane == 0 && until >= 0) atomicMax(s_until, until);
+    __syncthreads();
+    kv_end = min(seq_len, max(kv_end, *s_until + 1));
+    __syncthreads();
+  }
+  int kv_begin = 0;
+  if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
+  const int kv_lo = kv_begin;  // keys below were never loaded (released window blocks)
+  kv_begin = kv_begin / kBlockN * kBlockN;
+  const int n_tiles = ceil_div(max(kv_end - kv_begin, 0), kBlockN);
+  const int min_hi = p.causal ? min(kv_end, context + first_tok + 1) : kv_end;
+  const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
+  const float scale_log2 = p.scale_log2;
+
+  // Q rows (zeros past the sequence's rows).
+  const T* q_base = static_cast<const T*>(p.q);
+  for (int c = tid; c < kBlockM * kChunks; c += Cfg::kThreads) {
+    const int r = c / kChunks, ch = c % kChunks;
+    const int row = row0 + r;
+    const bool valid = row < num_rows;
+    const T* src = q_base;
+    if (valid) {
+      src += (q_start + row / group) * p.q_stride_token +
+             (kv_head * group + row % group) * p.q_stride_head + ch * 8;
+    }
+    cp_async_16(raw_pointer_cast(&sQ(r, ch * 8)), src, valid);
+  }
+  cp_async_commit();
+
+  // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile.
+  constexpr int kRowsPerPass = Cfg::kThreads / kChunks;
+  const int load_ch = tid % kChunks, load_r0 = tid / kChunks;
+  const int64_t k_head_off = kv_head * p.k_stride_head + load_ch * 8;
+  const int64_t v_head_off = kv_head * p.v_stride_head + load_ch * 8;
+  const T* k_base = static_cast<const T*>(p.k);
+  const T* v_base = static_cast<const T*>(p.v);
+  auto load_kv = [&](int kv_tile, int stage) {
+    const int n0 = kv_begin + kv_tile * kBlockN;
+#pragma unroll
+    for (int r = load_r0; r < kBlockN; r += kRowsPerPass) {
+      const int key = n0 + r;
+      const bool valid = key < kv_end && key >= kv_lo;
+      int64_t k_off = 0, v_off = 0;
+      if (valid) {
+        if constexpr (kPaged) {
+          const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+          const int in_block = key - block_idx * p.block_size;
+          const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
+          k_off = block * p.k_stride_block + in_block * p.k_stride_token + k_head_off;
+          v_off = block * p.v_stride_block + in_block * p.v_stride_token + v_head_off;
+        } else {
+          k_off = static_cast<int64_t>(q_start + key) * p.k_stride_token + k_head_off;
+          v_off = static_cast<int64_t>(q_start + key) * p.v_stride_token + v_head_off;
+        }
+      }
+      cp_async_16(raw_pointer_cast(&sK(r, load_ch * 8, stage)), k_base + k_off, valid);
+      cp_async_16(raw_pointer_cast(&sV(r, load_ch * 8, stage)), v_base + v_off, valid);
+    }
+  };
+
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < n_tiles) load_kv(st, st);
+    cp_async_commit();
+  }
+
+  typename Cfg::TiledMmaQK mma_qk;
+  typename Cfg::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(tid);
+  auto thr_pv = mma_pv.get_thread_slice(tid);
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K) descriptors
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  Tensor tOrP = make_tensor<Element>(typename Cfg::LayoutP{});
+  static_assert(decltype(size(tSrS))::value == kBlockN / 2, "64 x kBlockN accumulators a WG");
+  static_assert(decltype(size(tOrP))::value == kBlockN / 2, "P holds S's values");
+  clear(tOrO);
+
+  // This thread's rows: h = 0 / 1 at 8 apart within its warp's 16 of its warpgroup's 64.
+  const int thread_row0 = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + lane / 4;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+
+  for (int j = 0; j < n_tiles; ++j) {
+    const int stage = j % kStages;
+    const int ahead = j + kStages - 1;
+    if (ahead < n_tiles) load_kv(ahead, ahead % kStages);
+    cp_async_commit();
+    cp_async_wait<kStages - 1>();
+    fence_async_shared();  // cp.async wrote through the generic proxy; wgmma reads via async
+    __syncthreads();
+
+    warpgroup_fence_operand(tSrS);
+    warpgroup_arrive();
+    mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
+#pragma unroll
+    for (int k = 0; k < size<2>(tSrQ); ++k) {
+      gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), tSrS);
+      mma_qk.accumulate_ = GMMA::ScaleOut::One;
+    }
+    warpgroup_commit_batch();
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tSrS);
+
+    const int n0 = kv_begin + j * kBlockN;
+    if (n0 + kBlockN > min_hi || n0 < max_lo) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int row = row0 + thread_row0 + 8 * h;
+        const int pos = context + row / group;
+        int hi = pos;  // last visible key (causal)
+        if (spans && row < num_rows) hi = max(hi, p.attend_until[q_start + row / group]);
+        const int key_hi = p.causal ? min(hi + 1, kv_end) : kv_end;
+        const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+#pragma unroll
+        for (int i = 0; i < size(tSrS); ++i) {
+          if (((i >> 1) & 1) != h) continue;
+          const int key = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
+          if (key >= key_hi || key < key_lo) tSrS(i) = -INFINITY;
+        }
+      }
+    }
+
+    float alpha[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        if (((i >> 1) & 1) == h) mx = fmaxf(mx, tSrS(i));
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx * scale_log2);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      alpha[h] = fast_exp2(m_run[h] - m_use);
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < size(tSrS); ++i) {
+        if (((i >> 1) & 1) != h) continue;
+        tSrS(i) = fast_exp2(fmaf(tSrS(i), scale_log2, -m_use));
+        sum += tSrS(i);
+      }
+      l_run[h] = l_run[h] * alpha[h] + sum;
+      m_run[h] = m_new;
+    }
+#pragma unroll
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+#pragma unroll
+    for (int i = 0; i < size(tSrS); ++i) tOrP(i) = static_cast<Element>(tSrS(i));
+
+    warpgroup_fence_operand(tOrP);
+    warpgroup_fence_operand(tOrO);
+    warpgroup_arrive();
+#pragma unroll
+    for (int k = 0; k < size<2>(tOrP); ++k)
+      gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
+    warpgroup_commit_batch();
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
+    __syncthreads();  // every warpgroup is done with this stage before it is refilled
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + thread_row0 + 8 * h;
+    if (row >= num_rows) continue;
+    const int token = q_start + row / group;
+    const int head = kv_head * group + row % group;
+    const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+    T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
+#pragma unroll
+    for (int i = 0; i < size(tOrO); i += 2) {
+      if (((i >> 1) & 1) != h) continue;
+      const int d = 8 * (i >> 2) + 2 * (lane % 4);
+      *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(tOrO(i) * inv, tOrO(i + 1) * inv);
+    }
+  }
+#endif
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,43 @@
+// Host launch of attention_sm90_kernel for one head dim (included by attention_sm90_d*.cu).
+#pragma once
+#include <cuda_runtime.h>
+
+#include "kernels/attention.h"
+#include "kernels/attention_aux.cuh"
+#include "kernels/attention_sm90.cuh"
+
+namespace mmcore::kernels {
+
+template <typename T, int kHeadDim, bool kPaged>
+cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t stream) {
+  using Cfg = Sm90AttentionConfig<T, kHeadDim>;
+  auto* kernel = attention_sm90_kernel<T, kHeadDim, kPaged>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(Cfg::kSmemBytes));
+  if (err != cudaSuccess) return err;
+  row_tile_offsets_kernel<<<1, 32, 0, stream>>>(
+      p.query_start_loc, p.num_seqs, p.group, Cfg::kBlockM, p.min_rows, p.max_rows, p.tile_offsets);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
+  const int max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
+  const dim3 grid(max_tiles, p.num_kv_heads, 1);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int kHeadDim>
+cudaError_t run_attention_sm90(const AttentionParams& p, DType dtype, bool paged,
+                               cudaStream_t stream) {
+  if (dtype == DType::kBFloat16) {
+    return paged ? launch_attention_sm90_variant<__nv_bfloat16, kHeadDim, true>(p, stream)
+                 : launch_attention_sm90_variant<__nv_bfloat16, kHeadDim, false>(p, stream);
+  }
+  if (dtype == DType::kFloat16) {
+    return paged ? launch_attention_sm90_variant<__half, kHeadDim, true>(p, stream)
+                 : launch_attention_sm90_variant<__half, kHeadDim, false>(p, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,129 @@
+"""The Hopper (sm90a, wgmma) prefill / packed attention kernel against the torch reference and
+against the sm80 kernel it replaces there (needs a compute-capability 9.0 GPU and
+mmcore._kernels built for 90a with the CUTLASS headers).
+
+Shapes are chosen around its tiles: 128 query rows (tokens x GQA group) and 128 keys, so ragged
+lengths at 127 / 128 / 129, groups that pack 16 tokens into a row tile, chunks over a cached
+prefix whose first query is not tile-aligned, non-power-of-two cache blocks, windows and image
+spans. Tolerances: those of test_kernels_cuda.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcore.kernels import ops, reference
+from mmcore.testing.attention_batches import random_paged_batch, span_bounds
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0),
+        reason="needs a compute-capability 9.0 (Hopper) GPU",
+    ),
+]
+
+TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2}
+DTYPES = [torch.bfloat16, torch.float16]
+_dtype_id = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get
+
+# name -> (seq_lens, num_queries, hq, hkv, block_size)
+PAGED_CASES = {
+    "ragged": ([1, 17, 127, 128, 129, 300, 1000], [1, 17, 127, 128, 129, 300, 1000], 8, 8, 16),
+    "group8": ([2100, 77], [2100, 77], 32, 4, 16),
+    "chunk_over_prefix": ([530, 4097, 1300], [130, 1000, 257], 16, 2, 16),
+    "block24": ([700, 333], [700, 300], 8, 2, 24),
+    "mqa": ([900], [900], 8, 1, 32),
+}
+
+
+def _check_close(out, ref, dtype):
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.isfinite(out.float()).all()
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= TOL[dtype], f"max abs error {err}"
+
+
+def test_hopper_kernel_is_selected_for_head_dims_64_and_128():
+    assert ops.hopper_attention_selected(128) and ops.hopper_attention_selected(64)
+    assert not ops.hopper_attention_selected(72)  # other head dims keep the sm80 kernel
+    with ops.hopper_attention(False):
+        assert not ops.hopper_attention_selected(128)
+    assert ops.hopper_attention_selected(128)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("case", list(PAGED_CASES))
+def test_paged_prefill_matches_reference_and_sm80_kernel(case, d, dtype):
+    seq_lens, num_q, hq, hkv, block_size = PAGED_CASES[case]
+    args, _ = random_paged_batch(
+        seq_lens, num_q, hq, hkv, d, block_size, dtype, seed=d + len(case), qkv_slice=True
+    )
+    scale = d**-0.5
+    out = ops.paged_attention(*args, scale)
+    _check_close(out, reference.paged_attention(*args, scale), dtype)
+    with ops.hopper_attention(False):
+        sm80 = ops.paged_attention(*args, scale)
+    _check_close(out, sm80, dtype)
+
+
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("window", [1, 100, 300])
+def test_sliding_window(d, window):
+    args, _ = random_paged_batch([700, 2100, 90], [300, 400, 90], 16, 4, d, 16, torch.bfloat16)
+    out = ops.paged_attention(*args, 0.1, sliding_window=window)
+    _check_close(out, reference.paged_attention(*args, 0.1, window), torch.bfloat16)
+
+
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+def test_image_spans_open_keys_past_the_diagonal(d):
+    seq_lens, num_q = [300, 530], [300, 130]
+    spans = [[(20, 150), (200, 290)], [(395, 420), (450, 470), (520, 600)]]
+    args, _ = random_paged_batch(seq_lens, num_q, 8, 2, d, 16, torch.bfloat16, seed=5)
+    until = span_bounds(seq_lens, num_q, spans)
+    out = ops.paged_attention(*args, d**-0.5, -1, until)
+    ref = reference.paged_attention(*args, d**-0.5, -1, until)
+    _check_close(out, ref, torch.bfloat16)
+    plain = reference.paged_attention(*args, d**-0.5)
+    assert (plain.float() - ref.float()).abs().max() > 0.05  # the spans change the result
+
+
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+def test_long_prefill_8k(d):
+    args, _ = random_paged_batch([8192, 3000], [8192, 1000], 8, 2, d, 16, torch.bfloat16, seed=8)
+    out = ops.paged_attention(*args, d**-0.5)
+    _check_close(out, reference.paged_attention(*args, d**-0.5), torch.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("lens", [[577] * 6, [1, 17, 64, 129, 1000], [4096]])
+def test_varlen_matches_reference_and_sm80_kernel(dtype, d, lens):
+    gen = torch.Generator(device="cuda").manual_seed(d + len(lens))
+    total, h = sum(lens), 16
+    qkv = torch.randn(total, 3, h, d, generator=gen, device="cuda").to(dtype)
+    q, k, v = qkv.unbind(1)  # strided views of a fused projection
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32).cuda()
+    out = ops.varlen_attention(q, k, v, cu, d**-0.5)
+    _check_close(out, reference.varlen_attention(q, k, v, cu, d**-0.5), dtype)
+    with ops.hopper_attention(False):
+        sm80 = ops.varlen_attention(q, k, v, cu, d**-0.5)
+    _check_close(out, sm80, dtype)
+
+
+def test_prefill_replays_in_a_cuda_graph():
+    args, _ = random_paged_batch([640, 300], [640, 44], 8, 2, 128, 16, torch.bfloat16, seed=3)
+    ref = reference.paged_attention(*args, 0.125)
+
+    def step(*a):
+        return ops.paged_attention(*a, 0.125, max_query_len=640, max_seq_len=1024)
+
+    step(*args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(*args)
+    out.zero_()
+    graph.replay()
+    _check_close(out, ref, torch.bfloat16)
