@@ -4,8 +4,9 @@
 //
 // A CTA owns 128 rows (two warpgroups of 64) of one sequence and one KV head, rows mapped to
 // (query token, GQA head) as in attention_kernel; K/V tiles of 128 keys arrive through cp.async
-// (paged block-table gathers or packed rows) into 128-byte-swizzled shared memory, two stages
-// deep, so the next tile loads while the tensor cores work on this one. Masks (causal, sliding
+// (paged block-table gathers or packed rows) into 128-byte-swizzled shared memory, three stages
+// deep. Software-pipelined: tile j's P V and tile j + 1's Q K^T are in flight on the tensor cores
+// while the softmax of tile j + 1 runs (after the latter completes). Masks (causal, sliding
 // window, bidirectional image spans) and the online softmax (float32, log2 domain) match
 // attention_kernel. Only the kernel body is sm90a code: other targets compile an empty kernel,
 // and the host launches this one on compute capability 9.0 only.
@@ -44,7 +45,9 @@ struct Sm90AttentionConfig {
   static constexpr int kBlockN = 128;
   static constexpr int kWarpGroups = kBlockM / 64;
   static constexpr int kThreads = 128 * kWarpGroups;
-  static constexpr int kStages = 2;
+  // K/V stages: tile j + 1's Q K^T is issued while tile j's P V still reads its stage, so the
+  // load of tile j + 2 needs a third.
+  static constexpr int kStages = 3;
   using BlockM = cute::Int<kBlockM>;
   using BlockN = cute::Int<kBlockN>;
   using HeadDim = cute::Int<kHeadDim>;
@@ -213,15 +216,7 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
   const int thread_row0 = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + lane / 4;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 
-  for (int j = 0; j < n_tiles; ++j) {
-    const int stage = j % kStages;
-    const int ahead = j + kStages - 1;
-    if (ahead < n_tiles) load_kv(ahead, ahead % kStages);
-    cp_async_commit();
-    cp_async_wait<kStages - 1>();
-    fence_async_shared();  // cp.async wrote through the generic proxy; wgmma reads via async
-    __syncthreads();
-
+  auto issue_qk = [&](int stage) {  // S = Q K^T of the tile in `stage`, asynchronously
     warpgroup_fence_operand(tSrS);
     warpgroup_arrive();
     mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
@@ -231,9 +226,19 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
       mma_qk.accumulate_ = GMMA::ScaleOut::One;
     }
     warpgroup_commit_batch();
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tSrS);
-
+  };
+  auto issue_pv = [&](int stage) {  // O += P V of the tile in `stage`, asynchronously
+    warpgroup_fence_operand(tOrP);
+    warpgroup_fence_operand(tOrO);
+    warpgroup_arrive();
+#pragma unroll
+    for (int k = 0; k < size<2>(tOrP); ++k)
+      gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
+    warpgroup_commit_batch();
+  };
+  // Masks tile j's scores and folds them into the running softmax: S holds 2^(s - m) after,
+  // alpha the factor that rescales the outputs of earlier tiles.
+  auto softmax_tile = [&](int j, float(&alpha)[2]) {
     const int n0 = kv_begin + j * kBlockN;
     if (n0 + kBlockN > min_hi || n0 < max_lo) {
 #pragma unroll
@@ -252,8 +257,6 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
         }
       }
     }
-
-    float alpha[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       float mx = -INFINITY;
@@ -276,21 +279,54 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
       l_run[h] = l_run[h] * alpha[h] + sum;
       m_run[h] = m_new;
     }
-#pragma unroll
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+  };
+  // The fences pin the conversion (and the O rescale before it) ahead of the next wgmma issue:
+  // defined inside a wgmma batch, those registers would make ptxas serialize the batch.
+  auto scores_to_p = [&] {
 #pragma unroll
     for (int i = 0; i < size(tSrS); ++i) tOrP(i) = static_cast<Element>(tSrS(i));
-
     warpgroup_fence_operand(tOrP);
     warpgroup_fence_operand(tOrO);
-    warpgroup_arrive();
-#pragma unroll
-    for (int k = 0; k < size<2>(tOrP); ++k)
-      gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
-    warpgroup_commit_batch();
+  };
+
+  // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores, the
+  // softmax of tile j + 1 waits only for the latter; loads run kStages - 1 tiles ahead.
+  if (n_tiles > 0) {
+    cp_async_wait<kStages - 2>();  // tile 0
+    fence_async_shared();          // cp.async wrote through the generic proxy; wgmma reads async
+    __syncthreads();
+    issue_qk(0);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tSrS);
+    float alpha[2];
+    softmax_tile(0, alpha);  // O is still zero: nothing to rescale
+    scores_to_p();
+  }
+  // The last tile is peeled off: a Q K^T issued under a condition inside the batch would make
+  // ptxas merge accumulator registers there and serialize the wgmmas.
+  for (int j = 0; j + 1 < n_tiles; ++j) {
+    cp_async_wait<kStages - 3>();  // tile j + 1 (loaded during the last iteration)
+    fence_async_shared();
+    __syncthreads();  // also: every warpgroup is past tile j - 1's P V, so its stage is free
+    const int ahead = j + kStages - 1;
+    if (ahead < n_tiles) load_kv(ahead, ahead % kStages);
+    cp_async_commit();
+    issue_qk((j + 1) % kStages);
+    issue_pv(j % kStages);
+    warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
+    warpgroup_fence_operand(tSrS);
+    float alpha[2];
+    softmax_tile(j + 1, alpha);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrO);
-    __syncthreads();  // every warpgroup is done with this stage before it is refilled
+#pragma unroll
+    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+    scores_to_p();
+  }
+  if (n_tiles > 0) {
+    issue_pv((n_tiles - 1) % kStages);
+    warpgroup_wait<0>();
+    warpgroup_fence_operand(tOrO);
   }
   cp_async_wait<0>();
 
