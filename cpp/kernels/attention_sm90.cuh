@@ -308,11 +308,12 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
     cp_async_wait<kStages - 3>();  // tile j + 1 (loaded during the last iteration)
     fence_async_shared();
     __syncthreads();  // also: every warpgroup is past tile j - 1's P V, so its stage is free
+    issue_qk((j + 1) % kStages);
+    issue_pv(j % kStages);
+    // The copies (block-table reads first) are issued while the tensor cores work.
     const int ahead = j + kStages - 1;
     if (ahead < n_tiles) load_kv(ahead, ahead % kStages);
     cp_async_commit();
-    issue_qk((j + 1) % kStages);
-    issue_pv(j % kStages);
     warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
     warpgroup_fence_operand(tSrS);
     float alpha[2];
