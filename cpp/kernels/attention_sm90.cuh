@@ -13,6 +13,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cutlass/numeric_conversion.h>
 #include <cfloat>
 #include <cstdint>
 #include <cute/arch/mma_sm90.hpp>
@@ -161,34 +162,46 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
   }
   cp_async_commit();
 
-  // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile.
+  // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile. Its rows
+  // are a multiple of 8 apart, so they share one swizzle phase: the shared-memory offsets are
+  // its first row's plus whole 1 KB atoms, computed once here rather than per copy.
   constexpr int kRowsPerPass = Cfg::kThreads / kChunks;
+  static_assert(kRowsPerPass % 8 == 0, "rows of one swizzle phase");
+  constexpr int kPasses = kBlockN / kRowsPerPass;
   const int load_ch = tid % kChunks, load_r0 = tid / kChunks;
-  const int64_t k_head_off = kv_head * p.k_stride_head + load_ch * 8;
-  const int64_t v_head_off = kv_head * p.v_stride_head + load_ch * 8;
-  const T* k_base = static_cast<const T*>(p.k);
-  const T* v_base = static_cast<const T*>(p.v);
+  const uint32_t dst0 =
+      static_cast<uint32_t>(raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)) - smem_k);
+  const uint32_t pass_stride =
+      static_cast<uint32_t>(raw_pointer_cast(&sK(load_r0 + kRowsPerPass, load_ch * 8, 0)) -
+                            raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)));
+  const uint32_t stage_stride =
+      static_cast<uint32_t>(raw_pointer_cast(&sK(0, 0, 1)) - raw_pointer_cast(&sK(0, 0, 0)));
+  const T* k_base = static_cast<const T*>(p.k) + kv_head * p.k_stride_head + load_ch * 8;
+  const T* v_base = static_cast<const T*>(p.v) + kv_head * p.v_stride_head + load_ch * 8;
+  const int32_t* table = kPaged ? p.block_tables + seq * p.block_table_stride : nullptr;
   auto load_kv = [&](int kv_tile, int stage) {
     const int n0 = kv_begin + kv_tile * kBlockN;
+    const uint32_t dst = dst0 + stage * stage_stride;
 #pragma unroll
-    for (int r = load_r0; r < kBlockN; r += kRowsPerPass) {
-      const int key = n0 + r;
+    for (int i = 0; i < kPasses; ++i) {
+      const int key = n0 + load_r0 + i * kRowsPerPass;
       const bool valid = key < kv_end && key >= kv_lo;
-      int64_t k_off = 0, v_off = 0;
+      const T* k_src = k_base;
+      const T* v_src = v_base;
       if (valid) {
         if constexpr (kPaged) {
           const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
           const int in_block = key - block_idx * p.block_size;
-          const int64_t block = p.block_tables[seq * p.block_table_stride + block_idx];
-          k_off = block * p.k_stride_block + in_block * p.k_stride_token + k_head_off;
-          v_off = block * p.v_stride_block + in_block * p.v_stride_token + v_head_off;
+          const int64_t block = table[block_idx];
+          k_src += block * p.k_stride_block + in_block * p.k_stride_token;
+          v_src += block * p.v_stride_block + in_block * p.v_stride_token;
         } else {
-          k_off = static_cast<int64_t>(q_start + key) * p.k_stride_token + k_head_off;
-          v_off = static_cast<int64_t>(q_start + key) * p.v_stride_token + v_head_off;
+          k_src += static_cast<int64_t>(q_start + key) * p.k_stride_token;
+          v_src += static_cast<int64_t>(q_start + key) * p.v_stride_token;
         }
       }
-      cp_async_16(raw_pointer_cast(&sK(r, load_ch * 8, stage)), k_base + k_off, valid);
-      cp_async_16(raw_pointer_cast(&sV(r, load_ch * 8, stage)), v_base + v_off, valid);
+      cp_async_16(smem_k + dst + i * pass_stride, k_src, valid);
+      cp_async_16(smem_v + dst + i * pass_stride, v_src, valid);
     }
   };
 
@@ -283,8 +296,10 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
   // The fences pin the conversion (and the O rescale before it) ahead of the next wgmma issue:
   // defined inside a wgmma batch, those registers would make ptxas serialize the batch.
   auto scores_to_p = [&] {
-#pragma unroll
-    for (int i = 0; i < size(tSrS); ++i) tOrP(i) = static_cast<Element>(tSrS(i));
+    constexpr int kN = decltype(size(tSrS))::value;
+    using Converter = cutlass::NumericArrayConverter<Element, float, kN>;  // paired conversions
+    *reinterpret_cast<cutlass::Array<Element, kN>*>(raw_pointer_cast(tOrP.data())) = Converter{}(
+        *reinterpret_cast<const cutlass::Array<float, kN>*>(raw_pointer_cast(tSrS.data())));
     warpgroup_fence_operand(tOrP);
     warpgroup_fence_operand(tOrO);
   };
@@ -320,8 +335,11 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
     softmax_tile(j + 1, alpha);
     warpgroup_wait<0>();
     warpgroup_fence_operand(tOrO);
+    // Rescale O only when some row's running max moved (rare once the maxima settle).
+    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-    for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+    }
     scores_to_p();
   }
   if (n_tiles > 0) {
