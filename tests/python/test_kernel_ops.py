@@ -170,3 +170,17 @@ def test_kernel_routing_raises_for_half_precision_head_dims_the_kernels_lack(mon
         assert ops._kernel_or_reference("paged_attention", q, fp8, fp8)
     with pytest.raises(ValueError, match="does not match the query"):
         ops._kernel_or_reference("varlen_attention", q, fp8[0], fp8[0])
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0),
+    reason="on Hopper the kernel is selected (test_attention_sm90_cuda.py checks that)",
+)
+def test_hopper_attention_is_not_selected_without_a_hopper_gpu():
+    # No compute-capability 9.0 device (or no kernels module): prefill keeps the other paths.
+    for head_dim in (64, 128, 80):
+        assert ops.hopper_attention_selected(head_dim) is False
+    with ops.hopper_attention(True):
+        assert ops.hopper_attention_selected(128) is False
+    with ops.hopper_attention(False):
+        assert ops.hopper_attention_selected(128) is False
