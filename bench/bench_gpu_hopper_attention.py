@@ -1,0 +1,88 @@
+"""End-to-end effect of the Hopper (sm90a, wgmma) attention kernel on an H100 / H200.
+
+Model: LLaVA-1.5-7B with random weights (``load_format="dummy"``). Offline throughput of requests
+of one 336x336 image + 64 text tokens (128 output tokens, ignore_eos), and the time to first
+token of long prompts (one image + 3,000 text tokens, batch 1), with the kernel on and off in
+turns (``ops.hopper_attention``) in one process and one engine, two rounds each.
+
+Usage: python bench/bench_gpu_hopper_attention.py --num-requests 300 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+from bench_gpu_offline import _throughput, make_requests
+from mmcore import Engine, SamplingParams
+from mmcore.kernels import ops
+from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
+
+
+def median_ttft(engine: Engine, prompts: list, params: SamplingParams) -> float:
+    """Median seconds from add_request to the step that returns a request's first token."""
+    times = []
+    for i, prompt in enumerate(prompts):
+        start = time.perf_counter()
+        engine.add_request(f"ttft-{time.time_ns()}-{i}", prompt, params)
+        first = None
+        while engine.has_unfinished_requests():
+            if engine.step() and first is None:
+                first = time.perf_counter()
+        times.append(first - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--num-requests", type=int, default=300)
+    parser.add_argument("--long-text-len", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default=".")
+    args = parser.parse_args()
+    print(f"device: {torch.cuda.get_device_name()}; Hopper kernel selectable: "
+          f"{ops.hopper_attention_selected(128)}", flush=True)  # fmt: skip
+    path = write_dummy_checkpoint("llava-1.5-7b", os.path.join(tempfile.mkdtemp(), "llava"))
+    engine = Engine(path, load_format="dummy", device="cuda", max_num_seqs=256)
+    params = SamplingParams(temperature=0.0, max_tokens=128, ignore_eos=True)
+    first_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
+    engine.generate(make_requests(8, 64, 336, seed=1), params, use_tqdm=False)  # warm-up
+    rows = []
+    for rnd in range(args.rounds):
+        for enabled in (False, True):
+            with ops.hopper_attention(enabled):
+                thr = _throughput(
+                    engine, make_requests(args.num_requests, 64, 336, seed=10 + rnd), params, 128
+                )
+                long_prompts = make_requests(5, args.long_text_len, 336, seed=20 + rnd)
+                median_ttft(engine, long_prompts[:1], first_token)  # warm-up of this shape
+                ttft = median_ttft(engine, long_prompts, first_token)
+            row = {"round": rnd, "hopper_attention": enabled, "req_per_s": thr["req_per_s"],
+                   "long_prompt_ttft_ms": ttft * 1e3}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    def mean(key, enabled):
+        return float(np.mean([r[key] for r in rows if r["hopper_attention"] == enabled]))
+
+    summary = {
+        "device": torch.cuda.get_device_name(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "rows": rows,
+        "req_per_s_ratio_on_off": mean("req_per_s", True) / mean("req_per_s", False),
+        "long_prompt_ttft_ratio_on_off": mean("long_prompt_ttft_ms", True)
+        / mean("long_prompt_ttft_ms", False),
+    }
+    print("summary", json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
+    with open(os.path.join(args.out, "bench_gpu_hopper_attention.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
