@@ -3,7 +3,9 @@
 Model: LLaVA-1.5-7B with random weights (``load_format="dummy"``). Offline throughput of requests
 of one 336x336 image + 64 text tokens (128 output tokens, ignore_eos), and the time to first
 token of long prompts (one image + 3,000 text tokens, batch 1), with the kernel on and off in
-turns (``ops.hopper_attention``) in one process and one engine, two rounds each.
+turns (``ops.hopper_attention``) in one process and one engine, two rounds each. Prefix caching
+is off and every measurement has its own random prompts and images, so no run reuses another's
+KV blocks or encoder outputs.
 
 Usage: python bench/bench_gpu_hopper_attention.py --num-requests 300 --out DIR
 """
@@ -49,18 +51,21 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}; Hopper kernel selectable: "
           f"{ops.hopper_attention_selected(128)}", flush=True)  # fmt: skip
     path = write_dummy_checkpoint("llava-1.5-7b", os.path.join(tempfile.mkdtemp(), "llava"))
-    engine = Engine(path, load_format="dummy", device="cuda", max_num_seqs=256)
+    engine = Engine(
+        path, load_format="dummy", device="cuda", max_num_seqs=256, enable_prefix_caching=False
+    )
     params = SamplingParams(temperature=0.0, max_tokens=128, ignore_eos=True)
     first_token = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     engine.generate(make_requests(8, 64, 336, seed=1), params, use_tqdm=False)  # warm-up
     rows = []
     for rnd in range(args.rounds):
         for enabled in (False, True):
+            seed = 100 + 10 * rnd + int(enabled)  # fresh prompts and images for every run
             with ops.hopper_attention(enabled):
                 thr = _throughput(
-                    engine, make_requests(args.num_requests, 64, 336, seed=10 + rnd), params, 128
+                    engine, make_requests(args.num_requests, 64, 336, seed=seed), params, 128
                 )
-                long_prompts = make_requests(5, args.long_text_len, 336, seed=20 + rnd)
+                long_prompts = make_requests(5, args.long_text_len, 336, seed=seed + 5)
                 median_ttft(engine, long_prompts[:1], first_token)  # warm-up of this shape
                 ttft = median_ttft(engine, long_prompts, first_token)
             row = {"round": rnd, "hopper_attention": enabled, "req_per_s": thr["req_per_s"],
