@@ -168,8 +168,8 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
   __syncthreads();
 
   if (tid < Cfg::kProducerThreads) {
-    // Producer warpgroup: Q and the K/V tiles through cp.async, kStages deep. Each thread fences
-    // its landed copies (generic proxy) before signalling them to the wgmmas (async proxy).
+    // Producer warpgroup: Q and the K/V tiles through cp.async, kStages deep; each stage's full
+    // barrier completes when the copies land (the consumers fence before their wgmmas read it).
     cutlass::arch::warpgroup_reg_dealloc<40>();
     const int ptid = tid;
     // Q rows (zeros past the sequence's rows).
@@ -233,18 +233,10 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
       const int st = t % kStages;
       if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
       load_kv(t, st);
-      cp_async_commit();
-      if (t >= 1) {
-        cp_async_wait<1>();
-        fence_async_shared();
-        Barrier::arrive(&full[(t - 1) % kStages]);
-      }
+      // full[st] completes when every producer thread's copies so far have landed.
+      cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);
     }
     cp_async_wait<0>();
-    if (n_tiles > 0) {
-      fence_async_shared();
-      Barrier::arrive(&full[(n_tiles - 1) % kStages]);
-    }
   } else {
     cutlass::arch::warpgroup_reg_alloc<232>();
     const int ctid = tid - Cfg::kProducerThreads;
@@ -349,6 +341,7 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
     // serialize the wgmmas.
     if (n_tiles > 0) {
       Barrier::wait(&full[0], 0);  // Q and tile 0
+      fence_async_shared();        // cp.async wrote through the generic proxy; wgmma reads async
       issue_qk(0);
       warpgroup_wait<0>();
       warpgroup_fence_operand(tSrS);
@@ -358,6 +351,7 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
     }
     for (int j = 0; j + 1 < n_tiles; ++j) {
       Barrier::wait(&full[(j + 1) % kStages], ((j + 1) / kStages) & 1);
+      fence_async_shared();
       issue_qk((j + 1) % kStages);
       issue_pv(j % kStages);
       warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
