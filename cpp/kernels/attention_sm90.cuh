@@ -91,6 +91,14 @@ __device__ __forceinline__ void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Named barriers (ids 1-15; 0 is __syncthreads) over `threads` threads of the CTA.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 template <typename T, int kHeadDim, bool kPaged>
 __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -240,6 +248,13 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
   } else {
     cutlass::arch::warpgroup_reg_alloc<232>();
     const int ctid = tid - Cfg::kProducerThreads;
+    // Ping-pong: the two consumer warpgroups take turns issuing their wgmmas (named barriers 1
+    // and 2), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
+    // Warpgroup 0 goes first; warpgroup 1 skips its last hand-over, which nobody waits for.
+    const int cw = ctid / 128;
+    auto wait_turn = [&] { named_barrier_sync(1 + cw, Cfg::kConsumerThreads); };
+    auto pass_turn = [&] { named_barrier_arrive(2 - cw, Cfg::kConsumerThreads); };
+    if (cw == 1 && n_tiles > 0) pass_turn();
     typename Cfg::TiledMmaQK mma_qk;
     typename Cfg::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
@@ -342,7 +357,9 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
     if (n_tiles > 0) {
       Barrier::wait(&full[0], 0);  // Q and tile 0
       fence_async_shared();        // cp.async wrote through the generic proxy; wgmma reads async
+      wait_turn();
       issue_qk(0);
+      pass_turn();
       warpgroup_wait<0>();
       warpgroup_fence_operand(tSrS);
       float alpha[2];
@@ -352,8 +369,10 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
     for (int j = 0; j + 1 < n_tiles; ++j) {
       Barrier::wait(&full[(j + 1) % kStages], ((j + 1) / kStages) & 1);
       fence_async_shared();
+      wait_turn();
       issue_qk((j + 1) % kStages);
       issue_pv(j % kStages);
+      pass_turn();
       warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
       warpgroup_fence_operand(tSrS);
       float alpha[2];
@@ -369,7 +388,9 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
       scores_to_p();
     }
     if (n_tiles > 0) {
+      wait_turn();
       issue_pv((n_tiles - 1) % kStages);
+      if (cw == 0) pass_turn();
       warpgroup_wait<0>();
       warpgroup_fence_operand(tOrO);
     }
