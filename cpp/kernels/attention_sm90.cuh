@@ -18,6 +18,7 @@
 #include <cutlass/numeric_conversion.h>
 #include <cfloat>
 #include <cstdint>
+#include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/arch/mma_sm90.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
@@ -25,6 +26,7 @@
 
 #include "kernels/attention_config.cuh"
 #include "kernels/attention_params.h"
+#include "kernels/attention_sm90_tma.h"
 #include "kernels/mma_utils.cuh"
 
 namespace mmcore::kernels {
@@ -84,7 +86,7 @@ struct Sm90AttentionConfig {
   // Swizzle atoms need 1024-byte alignment; the kernel aligns the dynamic buffer itself.
   // + the stage barriers (full and empty per stage).
   static constexpr size_t kSmemBytes =
-      (kQElems + 2 * kKVElems) * sizeof(T) + 2 * kStages * sizeof(uint64_t) + 1024;
+      (kQElems + 2 * kKVElems) * sizeof(T) + (2 * kStages + 1) * sizeof(uint64_t) + 1024;
 };
 
 __device__ __forceinline__ void fence_async_shared() {
@@ -100,7 +102,8 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 }
 
 template <typename T, int kHeadDim, bool kPaged>
-__global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(384, 1)
+    attention_sm90_kernel(const AttentionParams p, const __grid_constant__ Sm90KvMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Cfg = Sm90AttentionConfig<T, kHeadDim>;
@@ -121,6 +124,7 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
   // warpgroups are done reading it.
   uint64_t* full = reinterpret_cast<uint64_t*>(smem_v + Cfg::kKVElems);
   uint64_t* empty = full + kStages;
+  uint64_t* q_full = empty + kStages;  // the Q tile landed
   using Barrier = cutlass::arch::ClusterBarrier;
 
   // Which sequence and row tile this CTA owns (as attention_kernel; heavy causal tiles first).
@@ -169,9 +173,11 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
   if (tid == 0) {
 #pragma unroll
     for (int st = 0; st < kStages; ++st) {
-      Barrier::init(&full[st], Cfg::kProducerThreads);
+      // TMA: one arrival (with the expected bytes) a stage; cp.async: one per producer thread.
+      Barrier::init(&full[st], maps.tma ? 1 : Cfg::kProducerThreads);
       Barrier::init(&empty[st], Cfg::kConsumerThreads);
     }
+    Barrier::init(q_full, Cfg::kProducerThreads);
   }
   __syncthreads();
 
@@ -193,6 +199,7 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
       }
       cp_async_16(raw_pointer_cast(&sQ(r, ch * 8)), src, valid);
     }
+    cutlass::arch::cpasync_barrier_arrive_noinc(q_full);
 
     // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile. Its rows
     // are a multiple of 8 apart, so they share one swizzle phase: the shared-memory offsets are
@@ -237,12 +244,52 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
       }
     };
 
-    for (int t = 0; t < n_tiles; ++t) {
-      const int st = t % kStages;
-      if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
-      load_kv(t, st);
-      // full[st] completes when every producer thread's copies so far have landed.
-      cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);
+    if (maps.tma) {
+      // Bulk tensor copies by the first warp: paged, lane b copies the tile's block b (blocks
+      // outside the key range read block -1: zeros, no block-table entry needed); packed, lane 0
+      // copies the tile's rows. Each box is 64 columns (128 swizzled bytes) wide.
+      const int lane = ptid % 32;
+      const int block_size = kPaged ? p.block_size : kBlockN;
+      const int blocks_per_tile = kBlockN / block_size;
+      const uint64_t hint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+      constexpr uint32_t kStageBytes = 2 * kBlockN * kHeadDim * sizeof(T);
+      for (int t = 0; t < n_tiles && ptid < 32; ++t) {
+        const int st = t % kStages;
+        if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
+        if (lane == 0)
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[st], kStageBytes);
+        __syncwarp();
+        const int n0 = kv_begin + t * kBlockN;
+        if (lane < blocks_per_tile) {
+          const int key0 = n0 + lane * block_size;
+          Element* k_dst = smem_k + st * stage_stride + lane * block_size * 64;
+          Element* v_dst = smem_v + st * stage_stride + lane * block_size * 64;
+#pragma unroll
+          for (int h = 0; h < kHeadDim / 64; ++h) {
+            if constexpr (kPaged) {
+              const bool inside = key0 < kv_end && key0 + block_size > kv_lo;
+              const int block = inside ? table[key0 / block_size] : -1;
+              SM90_TMA_LOAD_4D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, 0, block);
+              SM90_TMA_LOAD_4D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, 0, block);
+            } else {
+              SM90_TMA_LOAD_3D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, q_start + n0);
+              SM90_TMA_LOAD_3D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, q_start + n0);
+            }
+          }
+        }
+      }
+    } else {
+      for (int t = 0; t < n_tiles; ++t) {
+        const int st = t % kStages;
+        if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
+        load_kv(t, st);
+        // full[st] completes when every producer thread's copies so far have landed.
+        cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);
+      }
     }
     cp_async_wait<0>();
   } else {
@@ -355,7 +402,8 @@ __global__ void __launch_bounds__(384, 1) attention_sm90_kernel(const AttentionP
     // under a condition inside the batch would make ptxas merge accumulator registers there and
     // serialize the wgmmas.
     if (n_tiles > 0) {
-      Barrier::wait(&full[0], 0);  // Q and tile 0
+      Barrier::wait(q_full, 0);
+      Barrier::wait(&full[0], 0);  // tile 0
       fence_async_shared();        // cp.async wrote through the generic proxy; wgmma reads async
       wait_turn();
       issue_qk(0);
