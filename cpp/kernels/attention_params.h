@@ -25,7 +25,8 @@ struct AttentionParams {
   const int32_t* block_tables = nullptr;  // [B, max_blocks] (paged only)
   int64_t block_table_stride = 0;
   int block_size = 0;
-  int block_shift = -1;  // log2(block_size) when it is a power of two, else -1
+  int block_shift = -1;          // log2(block_size) when it is a power of two, else -1
+  int64_t num_cache_blocks = 0;  // blocks in each paged cache (0: unknown; the TMA path needs it)
   // FP8 (e4m3) K/V: stored value * scale[kv_head] is the real one (float32 [Hkv] each).
   bool kv_fp8 = false;
   const float* k_scale = nullptr;

@@ -13,9 +13,12 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
 #include <cutlass/numeric_conversion.h>
 #include <cfloat>
 #include <cstdint>
+#include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/arch/mma_sm90.hpp>
 #include <cute/atom/mma_atom.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
@@ -23,6 +26,7 @@
 
 #include "kernels/attention_config.cuh"
 #include "kernels/attention_params.h"
+#include "kernels/attention_sm90_tma.h"
 #include "kernels/mma_utils.cuh"
 
 namespace mmcore::kernels {
@@ -44,8 +48,10 @@ struct Sm90AttentionConfig {
   using Element = typename CuteElement<T>::type;
   static constexpr int kBlockM = 128;  // two warpgroups of 64 rows
   static constexpr int kBlockN = 128;
-  static constexpr int kWarpGroups = kBlockM / 64;
-  static constexpr int kThreads = 128 * kWarpGroups;
+  static constexpr int kWarpGroups = kBlockM / 64;  // consumers: the MMAs and the softmax
+  static constexpr int kConsumerThreads = 128 * kWarpGroups;
+  static constexpr int kProducerThreads = 128;  // one warpgroup issues the copies
+  static constexpr int kThreads = kConsumerThreads + kProducerThreads;
   // K/V stages: tile j + 1's Q K^T is issued while tile j's P V still reads its stage, so the
   // load of tile j + 2 needs a third.
   static constexpr int kStages = 3;
@@ -78,15 +84,26 @@ struct Sm90AttentionConfig {
   static constexpr int kQElems = cute::cosize_v<SmemLayoutQ>;
   static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
   // Swizzle atoms need 1024-byte alignment; the kernel aligns the dynamic buffer itself.
-  static constexpr size_t kSmemBytes = (kQElems + 2 * kKVElems) * sizeof(T) + 1024;
+  // + the stage barriers (full and empty per stage).
+  static constexpr size_t kSmemBytes =
+      (kQElems + 2 * kKVElems) * sizeof(T) + (2 * kStages + 1) * sizeof(uint64_t) + 1024;
 };
 
 __device__ __forceinline__ void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
+// Named barriers (ids 1-15; 0 is __syncthreads) over `threads` threads of the CTA.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 template <typename T, int kHeadDim, bool kPaged>
-__global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionParams p) {
+__global__ void __launch_bounds__(384, 1)
+    attention_sm90_kernel(const AttentionParams p, const __grid_constant__ Sm90KvMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Cfg = Sm90AttentionConfig<T, kHeadDim>;
@@ -103,6 +120,12 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVt{});
+  // full[s]: stage s holds its tile (the producer's copies landed); empty[s]: both consumer
+  // warpgroups are done reading it.
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem_v + Cfg::kKVElems);
+  uint64_t* empty = full + kStages;
+  uint64_t* q_full = empty + kStages;  // the Q tile landed
+  using Barrier = cutlass::arch::ClusterBarrier;
 
   // Which sequence and row tile this CTA owns (as attention_kernel; heavy causal tiles first).
   const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
@@ -147,226 +170,298 @@ __global__ void __launch_bounds__(256, 1) attention_sm90_kernel(const AttentionP
   const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
   const float scale_log2 = p.scale_log2;
 
-  // Q rows (zeros past the sequence's rows).
-  const T* q_base = static_cast<const T*>(p.q);
-  for (int c = tid; c < kBlockM * kChunks; c += Cfg::kThreads) {
-    const int r = c / kChunks, ch = c % kChunks;
-    const int row = row0 + r;
-    const bool valid = row < num_rows;
-    const T* src = q_base;
-    if (valid) {
-      src += (q_start + row / group) * p.q_stride_token +
-             (kv_head * group + row % group) * p.q_stride_head + ch * 8;
-    }
-    cp_async_16(raw_pointer_cast(&sQ(r, ch * 8)), src, valid);
-  }
-  cp_async_commit();
-
-  // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile. Its rows
-  // are a multiple of 8 apart, so they share one swizzle phase: the shared-memory offsets are
-  // its first row's plus whole 1 KB atoms, computed once here rather than per copy.
-  constexpr int kRowsPerPass = Cfg::kThreads / kChunks;
-  static_assert(kRowsPerPass % 8 == 0, "rows of one swizzle phase");
-  constexpr int kPasses = kBlockN / kRowsPerPass;
-  const int load_ch = tid % kChunks, load_r0 = tid / kChunks;
-  const uint32_t dst0 =
-      static_cast<uint32_t>(raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)) - smem_k);
-  const uint32_t pass_stride =
-      static_cast<uint32_t>(raw_pointer_cast(&sK(load_r0 + kRowsPerPass, load_ch * 8, 0)) -
-                            raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)));
-  const uint32_t stage_stride =
-      static_cast<uint32_t>(raw_pointer_cast(&sK(0, 0, 1)) - raw_pointer_cast(&sK(0, 0, 0)));
-  const T* k_base = static_cast<const T*>(p.k) + kv_head * p.k_stride_head + load_ch * 8;
-  const T* v_base = static_cast<const T*>(p.v) + kv_head * p.v_stride_head + load_ch * 8;
-  const int32_t* table = kPaged ? p.block_tables + seq * p.block_table_stride : nullptr;
-  auto load_kv = [&](int kv_tile, int stage) {
-    const int n0 = kv_begin + kv_tile * kBlockN;
-    const uint32_t dst = dst0 + stage * stage_stride;
+  if (tid == 0) {
 #pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-      const int key = n0 + load_r0 + i * kRowsPerPass;
-      const bool valid = key < kv_end && key >= kv_lo;
-      const T* k_src = k_base;
-      const T* v_src = v_base;
+    for (int st = 0; st < kStages; ++st) {
+      // TMA: one arrival (with the expected bytes) a stage; cp.async: one per producer thread.
+      Barrier::init(&full[st], maps.tma ? 1 : Cfg::kProducerThreads);
+      Barrier::init(&empty[st], Cfg::kConsumerThreads);
+    }
+    Barrier::init(q_full, Cfg::kProducerThreads);
+  }
+  __syncthreads();
+
+  if (tid < Cfg::kProducerThreads) {
+    // Producer warpgroup: Q and the K/V tiles through cp.async, kStages deep; each stage's full
+    // barrier completes when the copies land (the consumers fence before their wgmmas read it).
+    cutlass::arch::warpgroup_reg_dealloc<40>();
+    const int ptid = tid;
+    // Q rows (zeros past the sequence's rows).
+    const T* q_base = static_cast<const T*>(p.q);
+    for (int c = ptid; c < kBlockM * kChunks; c += Cfg::kProducerThreads) {
+      const int r = c / kChunks, ch = c % kChunks;
+      const int row = row0 + r;
+      const bool valid = row < num_rows;
+      const T* src = q_base;
       if (valid) {
-        if constexpr (kPaged) {
-          const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
-          const int in_block = key - block_idx * p.block_size;
-          const int64_t block = table[block_idx];
-          k_src += block * p.k_stride_block + in_block * p.k_stride_token;
-          v_src += block * p.v_stride_block + in_block * p.v_stride_token;
-        } else {
-          k_src += static_cast<int64_t>(q_start + key) * p.k_stride_token;
-          v_src += static_cast<int64_t>(q_start + key) * p.v_stride_token;
+        src += (q_start + row / group) * p.q_stride_token +
+               (kv_head * group + row % group) * p.q_stride_head + ch * 8;
+      }
+      cp_async_16(raw_pointer_cast(&sQ(r, ch * 8)), src, valid);
+    }
+    cutlass::arch::cpasync_barrier_arrive_noinc(q_full);
+
+    // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile. Its rows
+    // are a multiple of 8 apart, so they share one swizzle phase: the shared-memory offsets are
+    // its first row's plus whole 1 KB atoms, computed once here rather than per copy.
+    constexpr int kRowsPerPass = Cfg::kProducerThreads / kChunks;
+    static_assert(kRowsPerPass % 8 == 0, "rows of one swizzle phase");
+    constexpr int kPasses = kBlockN / kRowsPerPass;
+    const int load_ch = ptid % kChunks, load_r0 = ptid / kChunks;
+    const uint32_t dst0 =
+        static_cast<uint32_t>(raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)) - smem_k);
+    const uint32_t pass_stride =
+        static_cast<uint32_t>(raw_pointer_cast(&sK(load_r0 + kRowsPerPass, load_ch * 8, 0)) -
+                              raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)));
+    const uint32_t stage_stride =
+        static_cast<uint32_t>(raw_pointer_cast(&sK(0, 0, 1)) - raw_pointer_cast(&sK(0, 0, 0)));
+    const T* k_base = static_cast<const T*>(p.k) + kv_head * p.k_stride_head + load_ch * 8;
+    const T* v_base = static_cast<const T*>(p.v) + kv_head * p.v_stride_head + load_ch * 8;
+    const int32_t* table = kPaged ? p.block_tables + seq * p.block_table_stride : nullptr;
+    auto load_kv = [&](int kv_tile, int stage) {
+      const int n0 = kv_begin + kv_tile * kBlockN;
+      const uint32_t dst = dst0 + stage * stage_stride;
+#pragma unroll
+      for (int i = 0; i < kPasses; ++i) {
+        const int key = n0 + load_r0 + i * kRowsPerPass;
+        const bool valid = key < kv_end && key >= kv_lo;
+        const T* k_src = k_base;
+        const T* v_src = v_base;
+        if (valid) {
+          if constexpr (kPaged) {
+            const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+            const int in_block = key - block_idx * p.block_size;
+            const int64_t block = table[block_idx];
+            k_src += block * p.k_stride_block + in_block * p.k_stride_token;
+            v_src += block * p.v_stride_block + in_block * p.v_stride_token;
+          } else {
+            k_src += static_cast<int64_t>(q_start + key) * p.k_stride_token;
+            v_src += static_cast<int64_t>(q_start + key) * p.v_stride_token;
+          }
+        }
+        cp_async_16(smem_k + dst + i * pass_stride, k_src, valid);
+        cp_async_16(smem_v + dst + i * pass_stride, v_src, valid);
+      }
+    };
+
+    if (maps.tma) {
+      // Bulk tensor copies by the first warp: paged, lane b copies the tile's block b (blocks
+      // outside the key range read block -1: zeros, no block-table entry needed); packed, lane 0
+      // copies the tile's rows. Each box is 64 columns (128 swizzled bytes) wide.
+      const int lane = ptid % 32;
+      const int block_size = kPaged ? p.block_size : kBlockN;
+      const int blocks_per_tile = kBlockN / block_size;
+      const uint64_t hint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+      constexpr uint32_t kStageBytes = 2 * kBlockN * kHeadDim * sizeof(T);
+      for (int t = 0; t < n_tiles && ptid < 32; ++t) {
+        const int st = t % kStages;
+        if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
+        if (lane == 0)
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[st], kStageBytes);
+        __syncwarp();
+        const int n0 = kv_begin + t * kBlockN;
+        if (lane < blocks_per_tile) {
+          const int key0 = n0 + lane * block_size;
+          Element* k_dst = smem_k + st * stage_stride + lane * block_size * 64;
+          Element* v_dst = smem_v + st * stage_stride + lane * block_size * 64;
+#pragma unroll
+          for (int h = 0; h < kHeadDim / 64; ++h) {
+            if constexpr (kPaged) {
+              const bool inside = key0 < kv_end && key0 + block_size > kv_lo;
+              const int block = inside ? table[key0 / block_size] : -1;
+              SM90_TMA_LOAD_4D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, 0, block);
+              SM90_TMA_LOAD_4D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, 0, block);
+            } else {
+              SM90_TMA_LOAD_3D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, q_start + n0);
+              SM90_TMA_LOAD_3D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
+                                     kv_head, q_start + n0);
+            }
+          }
         }
       }
-      cp_async_16(smem_k + dst + i * pass_stride, k_src, valid);
-      cp_async_16(smem_v + dst + i * pass_stride, v_src, valid);
+    } else {
+      for (int t = 0; t < n_tiles; ++t) {
+        const int st = t % kStages;
+        if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
+        load_kv(t, st);
+        // full[st] completes when every producer thread's copies so far have landed.
+        cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);
+      }
     }
-  };
+    cp_async_wait<0>();
+  } else {
+    cutlass::arch::warpgroup_reg_alloc<232>();
+    const int ctid = tid - Cfg::kProducerThreads;
+    // Ping-pong: the two consumer warpgroups take turns issuing their wgmmas (named barriers 1
+    // and 2), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
+    // Warpgroup 0 goes first; warpgroup 1 skips its last hand-over, which nobody waits for.
+    const int cw = ctid / 128;
+    auto wait_turn = [&] { named_barrier_sync(1 + cw, Cfg::kConsumerThreads); };
+    auto pass_turn = [&] { named_barrier_arrive(2 - cw, Cfg::kConsumerThreads); };
+    if (cw == 1 && n_tiles > 0) pass_turn();
+    typename Cfg::TiledMmaQK mma_qk;
+    typename Cfg::TiledMmaPV mma_pv;
+    auto thr_qk = mma_qk.get_thread_slice(ctid);
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K) descriptors
+    Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
+    Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+    Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    Tensor tOrP = make_tensor<Element>(typename Cfg::LayoutP{});
+    static_assert(decltype(size(tSrS))::value == kBlockN / 2, "64 x kBlockN accumulators a WG");
+    static_assert(decltype(size(tOrP))::value == kBlockN / 2, "P holds S's values");
+    clear(tOrO);
 
+    // This thread's rows: h = 0 / 1 at 8 apart within its warp's 16 of its warpgroup's 64.
+    const int thread_row0 = (ctid / 128) * 64 + ((ctid % 128) / 32) * 16 + lane / 4;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+
+    auto issue_qk = [&](int stage) {  // S = Q K^T of the tile in `stage`, asynchronously
+      warpgroup_fence_operand(tSrS);
+      warpgroup_arrive();
+      mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < n_tiles) load_kv(st, st);
-    cp_async_commit();
-  }
-
-  typename Cfg::TiledMmaQK mma_qk;
-  typename Cfg::TiledMmaPV mma_pv;
-  auto thr_qk = mma_qk.get_thread_slice(tid);
-  auto thr_pv = mma_pv.get_thread_slice(tid);
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K) descriptors
-  Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-  Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-  Tensor tOrP = make_tensor<Element>(typename Cfg::LayoutP{});
-  static_assert(decltype(size(tSrS))::value == kBlockN / 2, "64 x kBlockN accumulators a WG");
-  static_assert(decltype(size(tOrP))::value == kBlockN / 2, "P holds S's values");
-  clear(tOrO);
-
-  // This thread's rows: h = 0 / 1 at 8 apart within its warp's 16 of its warpgroup's 64.
-  const int thread_row0 = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + lane / 4;
-  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-
-  auto issue_qk = [&](int stage) {  // S = Q K^T of the tile in `stage`, asynchronously
-    warpgroup_fence_operand(tSrS);
-    warpgroup_arrive();
-    mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
+      for (int k = 0; k < size<2>(tSrQ); ++k) {
+        gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), tSrS);
+        mma_qk.accumulate_ = GMMA::ScaleOut::One;
+      }
+      warpgroup_commit_batch();
+    };
+    auto issue_pv = [&](int stage) {  // O += P V of the tile in `stage`, asynchronously
+      warpgroup_fence_operand(tOrP);
+      warpgroup_fence_operand(tOrO);
+      warpgroup_arrive();
 #pragma unroll
-    for (int k = 0; k < size<2>(tSrQ); ++k) {
-      gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), tSrS);
-      mma_qk.accumulate_ = GMMA::ScaleOut::One;
-    }
-    warpgroup_commit_batch();
-  };
-  auto issue_pv = [&](int stage) {  // O += P V of the tile in `stage`, asynchronously
-    warpgroup_fence_operand(tOrP);
-    warpgroup_fence_operand(tOrO);
-    warpgroup_arrive();
+      for (int k = 0; k < size<2>(tOrP); ++k)
+        gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
+      warpgroup_commit_batch();
+    };
+    // Masks tile j's scores and folds them into the running softmax: S holds 2^(s - m) after,
+    // alpha the factor that rescales the outputs of earlier tiles.
+    auto softmax_tile = [&](int j, float(&alpha)[2]) {
+      const int n0 = kv_begin + j * kBlockN;
+      if (n0 + kBlockN > min_hi || n0 < max_lo) {
 #pragma unroll
-    for (int k = 0; k < size<2>(tOrP); ++k)
-      gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
-    warpgroup_commit_batch();
-  };
-  // Masks tile j's scores and folds them into the running softmax: S holds 2^(s - m) after,
-  // alpha the factor that rescales the outputs of earlier tiles.
-  auto softmax_tile = [&](int j, float(&alpha)[2]) {
-    const int n0 = kv_begin + j * kBlockN;
-    if (n0 + kBlockN > min_hi || n0 < max_lo) {
+        for (int h = 0; h < 2; ++h) {
+          const int row = row0 + thread_row0 + 8 * h;
+          const int pos = context + row / group;
+          int hi = pos;  // last visible key (causal)
+          if (spans && row < num_rows) hi = max(hi, p.attend_until[q_start + row / group]);
+          const int key_hi = p.causal ? min(hi + 1, kv_end) : kv_end;
+          const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+#pragma unroll
+          for (int i = 0; i < size(tSrS); ++i) {
+            if (((i >> 1) & 1) != h) continue;
+            const int key = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
+            if (key >= key_hi || key < key_lo) tSrS(i) = -INFINITY;
+          }
+        }
+      }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = row0 + thread_row0 + 8 * h;
-        const int pos = context + row / group;
-        int hi = pos;  // last visible key (causal)
-        if (spans && row < num_rows) hi = max(hi, p.attend_until[q_start + row / group]);
-        const int key_hi = p.causal ? min(hi + 1, kv_end) : kv_end;
-        const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < size(tSrS); ++i) {
+          if (((i >> 1) & 1) == h) mx = fmaxf(mx, tSrS(i));
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+        const float m_new = fmaxf(m_run[h], mx * scale_log2);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        alpha[h] = fast_exp2(m_run[h] - m_use);
+        float sum = 0.f;
 #pragma unroll
         for (int i = 0; i < size(tSrS); ++i) {
           if (((i >> 1) & 1) != h) continue;
-          const int key = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
-          if (key >= key_hi || key < key_lo) tSrS(i) = -INFINITY;
+          tSrS(i) = fast_exp2(fmaf(tSrS(i), scale_log2, -m_use));
+          sum += tSrS(i);
         }
+        l_run[h] = l_run[h] * alpha[h] + sum;
+        m_run[h] = m_new;
       }
+    };
+    // The fences pin the conversion (and the O rescale before it) ahead of the next wgmma issue:
+    // defined inside a wgmma batch, those registers would make ptxas serialize the batch.
+    auto scores_to_p = [&] {
+      constexpr int kN = decltype(size(tSrS))::value;
+      using Converter = cutlass::NumericArrayConverter<Element, float, kN>;  // paired conversions
+      *reinterpret_cast<cutlass::Array<Element, kN>*>(raw_pointer_cast(tOrP.data())) = Converter{}(
+          *reinterpret_cast<const cutlass::Array<float, kN>*>(raw_pointer_cast(tSrS.data())));
+      warpgroup_fence_operand(tOrP);
+      warpgroup_fence_operand(tOrO);
+    };
+
+    // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores, the
+    // softmax of tile j + 1 waits only for the latter; loads run kStages - 1 tiles ahead.
+    // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores, the
+    // softmax of tile j + 1 waits only for the latter. The last tile is peeled off: a Q K^T issued
+    // under a condition inside the batch would make ptxas merge accumulator registers there and
+    // serialize the wgmmas.
+    if (n_tiles > 0) {
+      Barrier::wait(q_full, 0);
+      Barrier::wait(&full[0], 0);  // tile 0
+      fence_async_shared();        // cp.async wrote through the generic proxy; wgmma reads async
+      wait_turn();
+      issue_qk(0);
+      pass_turn();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tSrS);
+      float alpha[2];
+      softmax_tile(0, alpha);  // O is still zero: nothing to rescale
+      scores_to_p();
+    }
+    for (int j = 0; j + 1 < n_tiles; ++j) {
+      Barrier::wait(&full[(j + 1) % kStages], ((j + 1) / kStages) & 1);
+      fence_async_shared();
+      wait_turn();
+      issue_qk((j + 1) % kStages);
+      issue_pv(j % kStages);
+      pass_turn();
+      warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
+      warpgroup_fence_operand(tSrS);
+      float alpha[2];
+      softmax_tile(j + 1, alpha);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+      Barrier::arrive(&empty[j % kStages]);  // tile j's K and V are read
+      // Rescale O only when some row's running max moved (rare once the maxima settle).
+      if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+      }
+      scores_to_p();
+    }
+    if (n_tiles > 0) {
+      wait_turn();
+      issue_pv((n_tiles - 1) % kStages);
+      if (cw == 0) pass_turn();
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(tOrO);
+    }
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
+      l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
+      const int row = row0 + thread_row0 + 8 * h;
+      if (row >= num_rows) continue;
+      const int token = q_start + row / group;
+      const int head = kv_head * group + row % group;
+      const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+      T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
 #pragma unroll
-      for (int i = 0; i < size(tSrS); ++i) {
-        if (((i >> 1) & 1) == h) mx = fmaxf(mx, tSrS(i));
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-      const float m_new = fmaxf(m_run[h], mx * scale_log2);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      alpha[h] = fast_exp2(m_run[h] - m_use);
-      float sum = 0.f;
-#pragma unroll
-      for (int i = 0; i < size(tSrS); ++i) {
+      for (int i = 0; i < size(tOrO); i += 2) {
         if (((i >> 1) & 1) != h) continue;
-        tSrS(i) = fast_exp2(fmaf(tSrS(i), scale_log2, -m_use));
-        sum += tSrS(i);
+        const int d = 8 * (i >> 2) + 2 * (lane % 4);
+        *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(tOrO(i) * inv, tOrO(i + 1) * inv);
       }
-      l_run[h] = l_run[h] * alpha[h] + sum;
-      m_run[h] = m_new;
-    }
-  };
-  // The fences pin the conversion (and the O rescale before it) ahead of the next wgmma issue:
-  // defined inside a wgmma batch, those registers would make ptxas serialize the batch.
-  auto scores_to_p = [&] {
-    constexpr int kN = decltype(size(tSrS))::value;
-    using Converter = cutlass::NumericArrayConverter<Element, float, kN>;  // paired conversions
-    *reinterpret_cast<cutlass::Array<Element, kN>*>(raw_pointer_cast(tOrP.data())) = Converter{}(
-        *reinterpret_cast<const cutlass::Array<float, kN>*>(raw_pointer_cast(tSrS.data())));
-    warpgroup_fence_operand(tOrP);
-    warpgroup_fence_operand(tOrO);
-  };
-
-  // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores, the
-  // softmax of tile j + 1 waits only for the latter; loads run kStages - 1 tiles ahead.
-  if (n_tiles > 0) {
-    cp_async_wait<kStages - 2>();  // tile 0
-    fence_async_shared();          // cp.async wrote through the generic proxy; wgmma reads async
-    __syncthreads();
-    issue_qk(0);
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tSrS);
-    float alpha[2];
-    softmax_tile(0, alpha);  // O is still zero: nothing to rescale
-    scores_to_p();
-  }
-  // The last tile is peeled off: a Q K^T issued under a condition inside the batch would make
-  // ptxas merge accumulator registers there and serialize the wgmmas.
-  for (int j = 0; j + 1 < n_tiles; ++j) {
-    cp_async_wait<kStages - 3>();  // tile j + 1 (loaded during the last iteration)
-    fence_async_shared();
-    __syncthreads();  // also: every warpgroup is past tile j - 1's P V, so its stage is free
-    issue_qk((j + 1) % kStages);
-    issue_pv(j % kStages);
-    // The copies (block-table reads first) are issued while the tensor cores work.
-    const int ahead = j + kStages - 1;
-    if (ahead < n_tiles) load_kv(ahead, ahead % kStages);
-    cp_async_commit();
-    warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
-    warpgroup_fence_operand(tSrS);
-    float alpha[2];
-    softmax_tile(j + 1, alpha);
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tOrO);
-    // Rescale O only when some row's running max moved (rare once the maxima settle).
-    if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-      for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
-    }
-    scores_to_p();
-  }
-  if (n_tiles > 0) {
-    issue_pv((n_tiles - 1) % kStages);
-    warpgroup_wait<0>();
-    warpgroup_fence_operand(tOrO);
-  }
-  cp_async_wait<0>();
-
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
-  }
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int row = row0 + thread_row0 + 8 * h;
-    if (row >= num_rows) continue;
-    const int token = q_start + row / group;
-    const int head = kv_head * group + row % group;
-    const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
-    T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
-#pragma unroll
-    for (int i = 0; i < size(tOrO); i += 2) {
-      if (((i >> 1) & 1) != h) continue;
-      const int d = 8 * (i >> 2) + 2 * (lane % 4);
-      *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(tOrO(i) * inv, tOrO(i + 1) * inv);
     }
   }
 #endif

@@ -2,9 +2,13 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "kernels/attention.h"
 #include "kernels/attention_aux.cuh"
 #include "kernels/attention_sm90.cuh"
+#include "kernels/attention_sm90_tma.h"
 
 namespace mmcore::kernels {
 
@@ -22,7 +26,13 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
   // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
   const int max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
   const dim3 grid(max_tiles, p.num_kv_heads, 1);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p);
+  Sm90KvMaps maps;
+  static const bool tma_allowed = [] {
+    const char* env = std::getenv("MMCORE_SM90_TMA");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  if (tma_allowed) make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kBlockN, maps);
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, maps);
   return cudaGetLastError();
 }
 

@@ -111,8 +111,8 @@ void bind_attention(py::module_& m) {
          int num_q_heads, int num_kv_heads, int head_dim, int dtype, double scale,
          int sliding_window, int decode_splits, int prefill_splits, uintptr_t partial_out,
          uintptr_t partial_lse, uintptr_t stream, uintptr_t attend_until, int kv_dtype,
-         uintptr_t k_scale, uintptr_t v_scale, uintptr_t split_counters,
-         int split_counter_capacity) {
+         uintptr_t k_scale, uintptr_t v_scale, uintptr_t split_counters, int split_counter_capacity,
+         int64_t num_cache_blocks) {
         AttentionParams p = attention_params(q, q_strides, out, out_strides, query_start_loc,
                                              tile_offsets, num_seqs, num_tokens, num_q_heads,
                                              num_kv_heads, scale, 1, partial_out, partial_lse);
@@ -134,6 +134,7 @@ void bind_attention(py::module_& m) {
         p.v_scale = as_ptr<const float>(v_scale);
         p.split_counters = as_ptr<uint32_t>(split_counters);
         p.split_counter_capacity = split_counters ? split_counter_capacity : 0;
+        p.num_cache_blocks = num_cache_blocks;
         py::gil_scoped_release release;
         mmcore::kernels::launch_paged_attention(p, as_dtype(dtype),
                                                 as_dtype(kv_dtype < 0 ? dtype : kv_dtype), head_dim,
@@ -148,6 +149,7 @@ void bind_attention(py::module_& m) {
       py::arg("prefill_splits"), py::arg("partial_out"), py::arg("partial_lse"), py::arg("stream"),
       py::arg("attend_until") = 0, py::arg("kv_dtype") = -1, py::arg("k_scale") = 0,
       py::arg("v_scale") = 0, py::arg("split_counters") = 0, py::arg("split_counter_capacity") = 0,
+      py::arg("num_cache_blocks") = 0,
       "Causal paged attention over a mixed prefill/decode batch (device pointers as ints; "
       "attend_until 0 = plain causal; kv_dtype -1 = the query's, 3 = FP8 e4m3 with per-KV-head "
       "float32 k_scale / v_scale; split_counters: zeroed uint32 counters that let the last "

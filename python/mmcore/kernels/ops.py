@@ -289,6 +289,7 @@ def _paged_attention_op(
             v_scale=0 if v_scale is None else v_scale.contiguous().data_ptr(),
             split_counters=0 if counters is None else counters.data_ptr(),
             split_counter_capacity=0 if counters is None else counters.numel(),
+            num_cache_blocks=key_cache.shape[0],
         )
     return out
 
