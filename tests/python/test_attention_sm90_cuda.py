@@ -127,3 +127,22 @@ def test_prefill_replays_in_a_cuda_graph():
     out.zero_()
     graph.replay()
     _check_close(out, ref, torch.bfloat16)
+
+
+@pytest.mark.parametrize("block_size", [16, 24], ids=["tma", "cp_async"])
+def test_released_blocks_before_the_window_are_never_read(block_size):
+    # A hybrid (sliding-window) KV cache frees blocks that no query of the step can see: their
+    # block-table entries are -1. Garbage (NaN) in those blocks must not reach the output.
+    window, seq_lens, num_q = 100, [2100], [400]
+    args, _ = random_paged_batch(seq_lens, num_q, 8, 2, 128, block_size, torch.bfloat16, seed=9)
+    query, key_cache, value_cache, tables, lens, starts = args
+    first_visible = seq_lens[0] - num_q[0] - window + 1
+    released = first_visible // block_size  # blocks wholly before every query's window
+    for b in range(released):
+        key_cache[tables[0, b]] = float("nan")
+        value_cache[tables[0, b]] = float("nan")
+    tables[0, :released] = -1
+    out = ops.paged_attention(*args, 0.1, sliding_window=window)
+    clean = [key_cache.nan_to_num(0.0), value_cache.nan_to_num(0.0)]
+    ref = reference.paged_attention(query, *clean, tables, lens, starts, 0.1, window)
+    _check_close(out, ref, torch.bfloat16)
