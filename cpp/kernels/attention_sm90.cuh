@@ -2,14 +2,19 @@
 // CuTe's GMMA atoms: S = Q K^T with both operands in shared memory, O += P V with P in registers
 // (the S accumulators converted in place) and V read transposed from its K-major tile.
 //
-// A CTA owns 128 rows (two warpgroups of 64) of one sequence and one KV head, rows mapped to
-// (query token, GQA head) as in attention_kernel; K/V tiles of 128 keys arrive through cp.async
-// (paged block-table gathers or packed rows) into 128-byte-swizzled shared memory, three stages
-// deep. Software-pipelined: tile j's P V and tile j + 1's Q K^T are in flight on the tensor cores
-// while the softmax of tile j + 1 runs (after the latter completes). Masks (causal, sliding
-// window, bidirectional image spans) and the online softmax (float32, log2 domain) match
-// attention_kernel. Only the kernel body is sm90a code: other targets compile an empty kernel,
-// and the host launches this one on compute capability 9.0 only.
+// A CTA owns 128 rows of one sequence and one KV head, rows mapped to (query token, GQA head) as
+// in attention_kernel, and runs three warpgroups:
+// - a producer (registers handed to the others with setmaxnreg) fills three stages of 128-key
+//   K/V tiles in 128-byte-swizzled shared memory: bulk tensor copies (TMA) by its first warp,
+//   one box per cache block (paged) or per tile (packed), where the layout allows it
+//   (attention_sm90_tma.h), else cp.async by all its threads; mbarriers say when a stage is
+//   full and when both consumers are done with it;
+// - two consumers of 64 rows each, software-pipelined (tile j's P V and tile j + 1's Q K^T in
+//   flight during tile j + 1's softmax) and taking turns to issue their wgmmas (named
+//   barriers), so one's softmax overlaps the other's GEMMs.
+// Masks (causal, sliding window, bidirectional image spans) and the online softmax (float32,
+// log2 domain) match attention_kernel. Only the kernel body is sm90a code: other targets compile
+// an empty kernel, and the host launches this one on compute capability 9.0 only.
 #pragma once
 #include <cuda_runtime.h>
 

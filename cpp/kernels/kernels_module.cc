@@ -153,7 +153,8 @@ void bind_attention(py::module_& m) {
       "Causal paged attention over a mixed prefill/decode batch (device pointers as ints; "
       "attend_until 0 = plain causal; kv_dtype -1 = the query's, 3 = FP8 e4m3 with per-KV-head "
       "float32 k_scale / v_scale; split_counters: zeroed uint32 counters that let the last "
-      "split merge the others, 0 = a combine kernel).");
+      "split merge the others, 0 = a combine kernel; num_cache_blocks: blocks in each cache, which "
+      "the Hopper kernel's TMA loads need, 0 = its cp.async loads).");
   m.def(
       "varlen_attention",
       [](uintptr_t q, Strides2 q_strides, uintptr_t k, Strides2 k_strides, uintptr_t v,
