@@ -15,7 +15,7 @@ struct Sm90KvMaps {
 };
 
 // Fills `maps` for 16-bit K/V of head dim `head_dim` (64 or 128) read in `tile_keys`-key tiles:
-// paged caches ([blocks, block_size, Hkv, D], one box a block; needs a block_size of at least 8
+// paged caches ([blocks, block_size, Hkv, D], one box a block; needs a block_size of at least 16
 // that divides tile_keys, and p.num_cache_blocks > 0) or packed rows ([T, Hkv, D], one box a
 // tile). Boxes are 64 elements (128 bytes) wide and 128-byte swizzled, as the kernel's
 // shared-memory tiles.
