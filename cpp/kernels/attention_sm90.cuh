@@ -88,8 +88,8 @@ struct Sm90AttentionConfig {
       cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_8>>;
   static constexpr int kQElems = cute::cosize_v<SmemLayoutQ>;
   static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
-  // Swizzle atoms need 1024-byte alignment; the kernel aligns the dynamic buffer itself.
-  // + the stage barriers (full and empty per stage).
+  // Q, the K/V stages and the mbarriers (full and empty per stage, Q's); swizzle atoms need
+  // 1024-byte alignment, which the kernel makes itself inside the extra 1 KB.
   static constexpr size_t kSmemBytes =
       (kQElems + 2 * kKVElems) * sizeof(T) + (2 * kStages + 1) * sizeof(uint64_t) + 1024;
 };
@@ -107,7 +107,7 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 }
 
 template <typename T, int kHeadDim, bool kPaged>
-__global__ void __launch_bounds__(384, 1)
+__global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     attention_sm90_kernel(const AttentionParams p, const __grid_constant__ Sm90KvMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
