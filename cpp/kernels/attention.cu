@@ -83,6 +83,7 @@ cudaError_t run_prefill(const AttentionParams& p, DType dtype, int head_dim,
   return run_for_head_dim(p, dtype, head_dim, variant, stream);
 }
 
+#if MMCORE_SM90A_ATTENTION
 // Compute capability major * 10 + minor of the current device, looked up once per device.
 int current_device_capability() {
   constexpr int kMaxDevices = 64;
@@ -97,6 +98,7 @@ int current_device_capability() {
   }
   return capability[device];
 }
+#endif
 
 // Off with MMCORE_SM90_ATTENTION=0 in the environment, or set_sm90_attention_enabled(false).
 std::atomic<bool> g_sm90_enabled{[] {
@@ -107,6 +109,8 @@ std::atomic<bool> g_sm90_enabled{[] {
 }  // namespace
 
 void set_sm90_attention_enabled(bool enabled) { g_sm90_enabled.store(enabled); }
+
+bool sm90_attention_enabled() { return g_sm90_enabled.load(); }
 
 bool sm90_attention_selected(int head_dim, bool kv_fp8, int num_splits) {
 #if MMCORE_SM90A_ATTENTION

@@ -37,7 +37,9 @@ template <int kHeadDim>
 // kernel on the current device (false when not built, on other devices, or with
 // MMCORE_SM90_ATTENTION=0 in the environment or after set_sm90_attention_enabled(false)).
 bool sm90_attention_selected(int head_dim, bool kv_fp8, int num_splits);
-// Turns the Hopper kernel on or off process-wide (A/B measurements and tests).
+// Turns the Hopper kernel on or off process-wide (A/B measurements and tests); the getter says
+// which was set last (on by default unless MMCORE_SM90_ATTENTION=0).
 void set_sm90_attention_enabled(bool enabled);
+bool sm90_attention_enabled();
 
 }  // namespace mmcore::kernels

@@ -82,6 +82,8 @@ void bind_attention(py::module_& m) {
         py::arg("enabled"),
         "Turns the Hopper attention kernel on or off for this process (default on; "
         "MMCORE_SM90_ATTENTION=0 starts it off).");
+  m.def("sm90_attention_enabled", &mmcore::kernels::sm90_attention_enabled,
+        "Whether the Hopper attention kernel is turned on for this process (whatever the device).");
   m.def(
       "paged_launch_plan",
       [](int num_seqs, int num_tokens, int num_q_heads, int num_kv_heads, int min_query_len,

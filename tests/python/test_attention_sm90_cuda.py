@@ -50,6 +50,9 @@ def test_hopper_kernel_is_selected_for_head_dims_64_and_128():
     assert not ops.hopper_attention_selected(72)  # other head dims keep the sm80 kernel
     with ops.hopper_attention(False):
         assert not ops.hopper_attention_selected(128)
+        with ops.hopper_attention(True):  # nested: each level restores what it found
+            assert ops.hopper_attention_selected(128)
+        assert not ops.hopper_attention_selected(128)
     assert ops.hopper_attention_selected(128)
 
 

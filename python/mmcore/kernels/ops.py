@@ -477,13 +477,15 @@ def hopper_attention_selected(head_dim: int) -> bool:
 
 @contextlib.contextmanager
 def hopper_attention(enabled: bool):
-    """Runs the block with the Hopper attention kernel on or off (process-wide; A/B checks)."""
+    """Runs the block with the Hopper attention kernel on or off (process-wide; A/B checks),
+    then restores the setting it found."""
     kernels = _kernels()
     if kernels is None:
         yield
         return
+    before = kernels.sm90_attention_enabled()
     kernels.set_sm90_attention_enabled(bool(enabled))
     try:
         yield
     finally:
-        kernels.set_sm90_attention_enabled(os.environ.get("MMCORE_SM90_ATTENTION", "1") != "0")
+        kernels.set_sm90_attention_enabled(before)
