@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/attention_params.h"
+
 namespace mmcore::kernels {
 
 __host__ __device__ constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -22,6 +24,21 @@ __device__ __forceinline__ int last_at_most(const int32_t* values, int count, in
       hi = mid - 1;
   }
   return lo;
+}
+
+// Keys [lo, hi) query row `row` of a sequence sees: causal up to its own position (or to its
+// image span's end, with `spans`), never past kv_end; not before its sliding window.
+struct KeyRange {
+  int lo, hi;
+};
+__device__ __forceinline__ KeyRange row_key_range(const AttentionParams& p, int row, int group,
+                                                  int context, int q_start, int num_rows,
+                                                  int kv_end, bool spans) {
+  const int pos = context + row / group;
+  int last = pos;  // last visible key (causal)
+  if (spans && row < num_rows) last = max(last, p.attend_until[q_start + row / group]);
+  return {p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0,
+          p.causal ? min(last + 1, kv_end) : kv_end};
 }
 
 template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kFp8 = false>

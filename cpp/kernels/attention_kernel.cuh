@@ -306,17 +306,14 @@ __global__ void __launch_bounds__(
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int row = row0 + warp_row0 + mf * 16 + lane / 4 + h * 8;
-            const int pos = context + row / group;
-            int hi = pos;  // last visible key (causal)
-            if (spans && row < num_rows) hi = max(hi, p.attend_until[q_start + row / group]);
-            const int key_hi = p.causal ? min(hi + 1, kv_end) : kv_end;
-            const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+            const KeyRange keys =
+                row_key_range(p, row, group, context, q_start, num_rows, kv_end, spans);
 #pragma unroll
             for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
               for (int i = 2 * h; i < 2 * h + 2; ++i) {
                 const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
-                if (key >= key_hi || key < key_lo) s[mf][nt][i] = -INFINITY;
+                if (key >= keys.hi || key < keys.lo) s[mf][nt][i] = -INFINITY;
               }
             }
           }

@@ -352,17 +352,13 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       if (n0 + kBlockN > min_hi || n0 < max_lo) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int row = row0 + thread_row0 + 8 * h;
-          const int pos = context + row / group;
-          int hi = pos;  // last visible key (causal)
-          if (spans && row < num_rows) hi = max(hi, p.attend_until[q_start + row / group]);
-          const int key_hi = p.causal ? min(hi + 1, kv_end) : kv_end;
-          const int key_lo = p.sliding_window > 0 ? pos - p.sliding_window + 1 : 0;
+          const KeyRange keys = row_key_range(p, row0 + thread_row0 + 8 * h, group, context,
+                                              q_start, num_rows, kv_end, spans);
 #pragma unroll
           for (int i = 0; i < size(tSrS); ++i) {
             if (((i >> 1) & 1) != h) continue;
             const int key = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
-            if (key >= key_hi || key < key_lo) tSrS(i) = -INFINITY;
+            if (key >= keys.hi || key < keys.lo) tSrS(i) = -INFINITY;
           }
         }
       }
