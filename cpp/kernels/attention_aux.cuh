@@ -38,6 +38,16 @@ static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query
   }
 }
 
+// Launches row_tile_offsets_kernel for tiles of block_m rows and sets max_tiles to the grid's x
+// extent: an upper bound of sum_b ceil(rows_b / block_m) (surplus CTAs exit at once).
+static inline cudaError_t launch_row_tile_offsets(const AttentionParams& p, int block_m,
+                                                  cudaStream_t stream, int& max_tiles) {
+  row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group, block_m,
+                                                p.min_rows, p.max_rows, p.tile_offsets);
+  max_tiles = ceil_div(p.num_tokens * p.group, block_m) + p.num_seqs;
+  return cudaGetLastError();
+}
+
 // One CTA per (token, head): out = sum_s exp2(lse_s - lse) * partial_s over the splits, for the
 // tokens of sequences whose rows lie in [p.min_rows, p.max_rows] (the launch's own).
 template <typename T>

@@ -17,15 +17,10 @@ cudaError_t launch_attention_variant(const AttentionParams& p, cudaStream_t stre
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
-  int max_tiles = p.num_seqs;
+  int max_tiles = p.num_seqs;  // one_tile_per_seq: CTA x is sequence x
   if (!p.one_tile_per_seq) {
-    row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group,
-                                                  Cfg::kBlockM, p.min_rows, p.max_rows,
-                                                  p.tile_offsets);
-    err = cudaGetLastError();
+    err = launch_row_tile_offsets(p, Cfg::kBlockM, stream, max_tiles);
     if (err != cudaSuccess) return err;
-    // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
-    max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
   }
   const dim3 grid(max_tiles, p.num_kv_heads, p.num_splits);
   AttentionParams q = p;

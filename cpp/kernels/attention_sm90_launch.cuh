@@ -19,12 +19,9 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
-  row_tile_offsets_kernel<<<1, 32, 0, stream>>>(
-      p.query_start_loc, p.num_seqs, p.group, Cfg::kBlockM, p.min_rows, p.max_rows, p.tile_offsets);
-  err = cudaGetLastError();
+  int max_tiles = 0;  // the kernel always maps CTAs through the prefix sums
+  err = launch_row_tile_offsets(p, Cfg::kBlockM, stream, max_tiles);
   if (err != cudaSuccess) return err;
-  // Upper bound of sum_b ceil(rows_b / kBlockM); surplus CTAs exit at once.
-  const int max_tiles = ceil_div(p.num_tokens * p.group, Cfg::kBlockM) + p.num_seqs;
   const dim3 grid(max_tiles, p.num_kv_heads, 1);
   Sm90KvMaps maps;
   static const bool tma_allowed = [] {
