@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from mmcore.kernels import ops, reference
-from mmcore.testing.attention_batches import random_paged_batch, span_bounds
+from mmcore.testing.attention_batches import (
+    random_packed_qkv,
+    random_paged_batch,
+    replay_in_cuda_graph,
+    span_bounds,
+)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -104,11 +109,7 @@ def test_long_prefill_8k(d):
 @pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("lens", [[577] * 6, [1, 17, 64, 129, 1000], [4096]])
 def test_varlen_matches_reference_and_sm80_kernel(dtype, d, lens):
-    gen = torch.Generator(device="cuda").manual_seed(d + len(lens))
-    total, h = sum(lens), 16
-    qkv = torch.randn(total, 3, h, d, generator=gen, device="cuda").to(dtype)
-    q, k, v = qkv.unbind(1)  # strided views of a fused projection
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32).cuda()
+    (q, k, v), cu = random_packed_qkv(lens, 16, d, dtype, seed=d + len(lens))
     out = ops.varlen_attention(q, k, v, cu, d**-0.5)
     _check_close(out, reference.varlen_attention(q, k, v, cu, d**-0.5), dtype)
     with ops.hopper_attention(False):
@@ -123,12 +124,7 @@ def test_prefill_replays_in_a_cuda_graph():
     def step(*a):
         return ops.paged_attention(*a, 0.125, max_query_len=640, max_seq_len=1024)
 
-    step(*args)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step(*args)
-    out.zero_()
-    graph.replay()
+    out, _graph = replay_in_cuda_graph(step, args)
     _check_close(out, ref, torch.bfloat16)
 
 

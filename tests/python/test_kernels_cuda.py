@@ -9,6 +9,7 @@ import torch
 
 import mmcore
 from mmcore.kernels import ops, reference
+from mmcore.testing.attention_batches import random_packed_qkv, replay_in_cuda_graph
 
 pytestmark = [
     pytest.mark.cuda,
@@ -208,12 +209,7 @@ def test_paged_attention_in_cuda_graph_and_compile(d):
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     _check_close(compiled(*args), ref, torch.bfloat16)
-    step(*args)  # warm up outside the capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step(*args)
-    out.zero_()
-    graph.replay()
+    out, _graph = replay_in_cuda_graph(step, args)
     _check_close(out, ref, torch.bfloat16)
 
 
@@ -221,11 +217,7 @@ def test_paged_attention_in_cuda_graph_and_compile(d):
 @pytest.mark.parametrize("d", HEAD_DIMS, ids=_d_id)
 @pytest.mark.parametrize("lens", [[577], [1, 17, 64, 129, 1000], [577] * 6, [729] * 4])
 def test_varlen_attention(dtype, d, lens):
-    gen = torch.Generator(device="cuda").manual_seed(d + len(lens) + lens[0])
-    total, h = sum(lens), 16
-    qkv = torch.randn(total, 3, h, d, generator=gen, device="cuda").to(dtype)
-    q, k, v = qkv.unbind(1)  # strided views of a fused projection
-    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32).cuda()
+    (q, k, v), cu = random_packed_qkv(lens, 16, d, dtype, seed=d + len(lens) + lens[0])
     out = ops.varlen_attention(q, k, v, cu, d**-0.5)
     _check_close(out, reference.varlen_attention(q, k, v, cu, d**-0.5), dtype)
 

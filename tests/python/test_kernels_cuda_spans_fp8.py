@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmcore.kernels import ops, reference
-from mmcore.testing.attention_batches import random_paged_batch, span_bounds
+from mmcore.testing.attention_batches import random_paged_batch, replay_in_cuda_graph, span_bounds
 
 pytestmark = [
     pytest.mark.cuda,
@@ -112,12 +112,7 @@ def test_image_spans_in_cuda_graph():
     def step(*a):
         return ops.paged_attention(*a, 0.1, -1, until, max_query_len=200, max_seq_len=1024)
 
-    step(*args)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step(*args)
-    out.zero_()
-    graph.replay()
+    out, _graph = replay_in_cuda_graph(step, args)
     _check_close(out, ref, torch.bfloat16)
 
 
@@ -188,10 +183,5 @@ def test_fp8_cache_in_cuda_graph_and_compile(d):
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
     _check_close(compiled(*args), ref, torch.bfloat16)
-    step(*args)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step(*args)
-    out.zero_()
-    graph.replay()
+    out, _graph = replay_in_cuda_graph(step, args)
     _check_close(out, ref, torch.bfloat16)

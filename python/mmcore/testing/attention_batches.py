@@ -1,4 +1,5 @@
-"""Random paged-attention batches for kernel tests and benches (any device).
+"""Random paged and packed attention inputs for kernel tests and benches (any device), and a
+CUDA-graph replay helper.
 
 Block tables are shuffled so that no request's blocks are contiguous, every cache block is filled
 (unused ones too, so a kernel reading a wrong block gives wrong numbers), and FP8 caches are
@@ -111,3 +112,40 @@ def span_bounds(
                     until = end - 1
             bounds.append(until)
     return torch.tensor(bounds, dtype=torch.int32, device=device)
+
+
+def random_packed_qkv(
+    lens: list[int],
+    num_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    *,
+    seed: int,
+    device: str | torch.device = "cuda",
+) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Packed (varlen) attention inputs: sequences of ``lens`` tokens back to back.
+
+    Returns:
+        ``((q, k, v), cu_seqlens)``: q / k / v ``[T, H, D]`` strided views of one fused
+        ``[T, 3, H, D]`` projection, cu_seqlens int32 ``[N + 1]``.
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
+    qkv = torch.randn(sum(lens), 3, num_heads, head_dim, generator=gen, device=device).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    return qkv.unbind(1), cu.to(device)
+
+
+def replay_in_cuda_graph(step, args: tuple) -> tuple[torch.Tensor, torch.cuda.CUDAGraph]:
+    """Runs ``step(*args)`` once eagerly (warm-up outside the capture), captures it in a CUDA
+    graph, zeroes the captured output and replays the graph.
+
+    Returns:
+        ``(output the replay wrote, the graph)``; keep the graph while the output is used.
+    """
+    step(*args)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(*args)
+    out.zero_()
+    graph.replay()
+    return out, graph
