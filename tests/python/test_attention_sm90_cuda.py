@@ -145,3 +145,24 @@ def test_released_blocks_before_the_window_are_never_read(block_size):
     clean = [key_cache.nan_to_num(0.0), value_cache.nan_to_num(0.0)]
     ref = reference.paged_attention(query, *clean, tables, lens, starts, 0.1, window)
     _check_close(out, ref, torch.bfloat16)
+
+
+@pytest.mark.parametrize("block_size", [16, 24], ids=["tma", "cp_async"])
+@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+def test_persistent_ctas_run_many_uneven_items_in_turn(d, block_size):
+    # Far more (row tile, KV head) items than a 132-SM grid, of very uneven cost (1 to 16 key
+    # tiles), some with image spans: each persistent CTA takes many items in turn, its K/V and Q
+    # stages wrapping around across items of different lengths.
+    gen = torch.Generator().manual_seed(d + block_size)
+    seq_lens = torch.randint(1, 2000, (48,), generator=gen).tolist()
+    num_q = [max(1, int(n * f)) for n, f in zip(seq_lens, torch.rand(48, generator=gen).tolist())]
+    spans = [
+        [(n - q, n - q + 40)] if i % 5 == 0 else [] for i, (n, q) in enumerate(zip(seq_lens, num_q))
+    ]
+    args, _ = random_paged_batch(seq_lens, num_q, 16, 4, d, block_size, torch.bfloat16, seed=d)
+    until = span_bounds(seq_lens, num_q, spans)
+    out = ops.paged_attention(*args, d**-0.5, -1, until)
+    _check_close(out, reference.paged_attention(*args, d**-0.5, -1, until), torch.bfloat16)
+    (q, k, v), cu = random_packed_qkv([577] * 40 + [1, 130, 3000], 16, d, torch.bfloat16, seed=d)
+    out = ops.varlen_attention(q, k, v, cu, d**-0.5)
+    _check_close(out, reference.varlen_attention(q, k, v, cu, d**-0.5), torch.bfloat16)
