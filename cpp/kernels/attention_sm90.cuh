@@ -327,11 +327,13 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     const int ctid = tid - Cfg::kProducerThreads;
     // Ping-pong: the two consumer warpgroups take turns issuing their wgmmas (named barriers 1
     // and 2), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
-    // Per item, warpgroup 0 goes first; warpgroup 1 skips its last hand-over, which nobody waits
-    // for (so the next item starts balanced).
+    // Warpgroup 0 goes first and each hands over after every issue, across items too (so
+    // warpgroup 0 starts an item's Q K^T while warpgroup 1 still writes its outputs); warpgroup
+    // 0 takes the last hand-over when the items run out.
     const int cw = ctid / 128;
     auto wait_turn = [&] { named_barrier_sync(1 + cw, Cfg::kConsumerThreads); };
     auto pass_turn = [&] { named_barrier_arrive(2 - cw, Cfg::kConsumerThreads); };
+    if (cw == 1) pass_turn();
     typename Cfg::TiledMmaQK mma_qk;
     typename Cfg::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
@@ -353,7 +355,10 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       Barrier::wait(&q_full[qs], (item / Cfg::kQStages) & 1);
       compiler_fence();
       const int w = work[qs];
-      if (w < 0) break;
+      if (w < 0) {
+        if (cw == 0) wait_turn();  // warpgroup 1's last hand-over
+        break;
+      }
       // The row tile stays in shared memory (the rarely masked tiles read it there), except
       // what the loop and the output need.
       const RowTile& rt = tiles[qs];
@@ -361,7 +366,6 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       const int n_tiles = ceil_div(max(rt.kv_end - kv_begin, 0), kBlockN);
       float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
       clear(tOrO);
-      if (cw == 1 && n_tiles > 0) pass_turn();
       auto stage_of = [&](int j) { return (kv_iter + j) % kStages; };
       auto phase_of = [&](int j) { return ((kv_iter + j) / kStages) & 1; };
 
@@ -482,7 +486,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       if (n_tiles > 0) {
         wait_turn();
         issue_pv(stage_of(n_tiles - 1));
-        if (cw == 0) pass_turn();
+        pass_turn();
         warpgroup_wait<0>();
         warpgroup_fence_operand(tOrO);
         Barrier::arrive(&empty[stage_of(n_tiles - 1)]);
