@@ -51,8 +51,15 @@ struct CuteElement<__half> {
 
 template <typename T, int kHeadDim>
 struct Sm90AttentionConfig {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "128-byte swizzled rows: head dim 64 or 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 72 || kHeadDim == 80 || kHeadDim == 128,
+                "head dims 64, 72, 80 and 128");
   using Element = typename CuteElement<T>::type;
+  // wgmma k-steps are 16 wide: head dim 72 computes as 80, its extra Q / K / V columns zero
+  // (they add nothing to the scores; the extra output columns are never written).
+  static constexpr int kDim = (kHeadDim + 15) / 16 * 16;
+  // Shared-memory rows in swizzle atoms of kAtomCols columns: 64 (128-byte swizzle) where the
+  // dim is a multiple of 64, else 16 (32-byte swizzle); the TMA boxes have the atoms' width.
+  static constexpr int kAtomCols = kDim % 64 == 0 ? 64 : 16;
   static constexpr int kBlockM = 128;  // two warpgroups of 64 rows
   static constexpr int kBlockN = 128;
   static constexpr int kWarpGroups = kBlockM / 64;  // consumers: the MMAs and the softmax
@@ -63,11 +70,11 @@ struct Sm90AttentionConfig {
   // load of tile j + 2 needs a third.
   static constexpr int kStages = 3;
   // Q tiles: the producer loads the next work item's while the consumers finish the current
-  // one; two where they fit in shared memory (head dim 64), else one.
-  static constexpr int kQStages = kHeadDim <= 64 ? 2 : 1;
+  // one; two where they fit in shared memory (head dims up to 80), else one.
+  static constexpr int kQStages = kDim <= 80 ? 2 : 1;
   using BlockM = cute::Int<kBlockM>;
   using BlockN = cute::Int<kBlockN>;
-  using HeadDim = cute::Int<kHeadDim>;
+  using HeadDim = cute::Int<kDim>;
   using TileQK = cute::Shape<BlockM, BlockN, HeadDim>;
   using TilePV = cute::Shape<BlockM, HeadDim, BlockN>;
   using WarpGroups = cute::Layout<cute::Shape<cute::Int<kWarpGroups>, cute::_1, cute::_1>>;
@@ -77,8 +84,10 @@ struct Sm90AttentionConfig {
       cute::GMMA::rs_op_selector<Element, Element, float, TilePV, cute::GMMA::Major::K,
                                  cute::GMMA::Major::MN>(),
       WarpGroups{}));
-  // Rows of 64 elements (128 bytes) swizzled in 8-row atoms: what wgmma reads without conflicts.
-  using SmemAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
+  // Rows swizzled in 8-row atoms: what wgmma reads without bank conflicts. Atoms tile the rows
+  // first, so each kAtomCols-column block of a tile is contiguous (a TMA box's destination).
+  using SmemAtom = std::conditional_t<kAtomCols == 64, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                      cute::GMMA::Layout_K_SW32_Atom<Element>>;
   using SmemLayoutQ = decltype(cute::tile_to_shape(
       SmemAtom{}, cute::Shape<BlockM, HeadDim, cute::Int<kQStages>>{}));
   using SmemLayoutKV =
@@ -96,8 +105,8 @@ struct Sm90AttentionConfig {
   static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
   // The Q and K/V stages, the mbarriers (full and empty per K/V stage and per Q stage), the
   // work items and their row tiles (one per Q stage; two items the producer passes between its
-  // threads); swizzle atoms
-  // need 1024-byte alignment, which the kernel makes itself inside the extra 1 KB.
+  // threads); swizzle atoms need 1024-byte alignment, which the kernel makes itself inside the
+  // extra 1 KB.
   static constexpr size_t kSmemBytes =
       (kQElems + 2 * kKVElems) * sizeof(T) + 2 * (kStages + kQStages) * sizeof(uint64_t) +
       kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) + 1024;
@@ -127,7 +136,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   using Cfg = Sm90AttentionConfig<T, kHeadDim>;
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
-  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row
+  constexpr int kDim = Cfg::kDim, kAtomCols = Cfg::kAtomCols;
+  constexpr int kChunks = kDim / 8;          // 16-byte chunks of a (padded) row
+  constexpr int kRealChunks = kHeadDim / 8;  // those holding data; the rest are zeros
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + ((1024 - (raw_addr & 1023)) & 1023);
@@ -178,11 +189,13 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     cutlass::arch::warpgroup_reg_dealloc<56>();
     const int ptid = tid;
     const T* q_base = static_cast<const T*>(p.q);
-    // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile. Its rows
-    // are a multiple of 8 apart, so they share one swizzle phase: the shared-memory offsets are
-    // its first row's plus whole 1 KB atoms, computed once here rather than per copy.
-    constexpr int kRowsPerPass = Cfg::kProducerThreads / kChunks;
-    static_assert(kRowsPerPass % 8 == 0, "rows of one swizzle phase");
+    // cp.async path: each loader copies chunk column `ch` of every kRowsPerPass-th row of a K/V
+    // tile. Its rows are a multiple of 8 apart, so they share one swizzle phase: the
+    // shared-memory offsets are its first row's plus whole swizzle atoms, computed once here
+    // rather than per copy.
+    constexpr int kRowsPerPass = Cfg::kProducerThreads / kChunks / 8 * 8;
+    static_assert(kRowsPerPass >= 8 && kBlockN % kRowsPerPass == 0, "rows of one swizzle phase");
+    constexpr int kLoaders = kRowsPerPass * kChunks;  // the other producer threads only arrive
     constexpr int kPasses = kBlockN / kRowsPerPass;
     const int load_ch = ptid % kChunks, load_r0 = ptid / kChunks;
     const uint32_t dst0 =
@@ -195,7 +208,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     const int block_size = kPaged ? p.block_size : kBlockN;
     const int blocks_per_tile = kBlockN / block_size;
     const uint64_t hint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-    constexpr uint32_t kStageBytes = 2 * kBlockN * kHeadDim * sizeof(T);
+    constexpr uint32_t kStageBytes = 2 * kBlockN * kDim * sizeof(T);  // zero fill counts too
 
     // Items are (row tile, KV head) pairs of the prefix sums in p.tile_offsets, heavy (late)
     // causal tiles first; p.tile_offsets[num_seqs + 1] counts items claimed past the grid's first.
@@ -217,7 +230,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
         for (int c = ptid; c < kBlockM * kChunks; c += Cfg::kProducerThreads) {
           const int r = c / kChunks, ch = c % kChunks;
           const int row = rt.row0 + r;
-          const bool inside = row < rt.num_rows;  // zeros past the sequence's rows
+          const bool inside = row < rt.num_rows && ch < kRealChunks;  // else zeros
           const T* src = q_base;
           if (inside) {
             src += (rt.q_start + row / group) * p.q_stride_token +
@@ -249,7 +262,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       if (maps.tma) {
         // Bulk tensor copies by the first warp: paged, lane b copies the tile's block b (blocks
         // outside the key range read block -1: zeros, no block-table entry needed); packed, lane 0
-        // copies the tile's rows. Each box is 64 columns (128 swizzled bytes) wide.
+        // copies the tile's rows. Each box is one swizzle atom (kAtomCols columns) wide.
         const int32_t* table = kPaged ? p.block_tables + rt.seq * p.block_table_stride : nullptr;
         for (int t = 0; t < n_tiles && ptid < 32; ++t) {
           const int g = kv_iter + t, st = g % kStages;
@@ -260,22 +273,22 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
           const int n0 = rt.kv_begin + t * kBlockN;
           if (lane < blocks_per_tile) {
             const int key0 = n0 + lane * block_size;
-            Element* k_dst = smem_k + st * stage_stride + lane * block_size * 64;
-            Element* v_dst = smem_v + st * stage_stride + lane * block_size * 64;
+            Element* k_dst = smem_k + st * stage_stride + lane * block_size * kAtomCols;
+            Element* v_dst = smem_v + st * stage_stride + lane * block_size * kAtomCols;
 #pragma unroll
-            for (int h = 0; h < kHeadDim / 64; ++h) {
+            for (int h = 0; h < kDim / kAtomCols; ++h) {
               if constexpr (kPaged) {
                 const bool inside = key0 < rt.kv_end && key0 + block_size > rt.kv_lo;
                 const int block = inside ? table[key0 / block_size] : -1;
-                SM90_TMA_LOAD_4D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
-                                       kv_head, 0, block);
-                SM90_TMA_LOAD_4D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
-                                       kv_head, 0, block);
+                SM90_TMA_LOAD_4D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, 0, block);
+                SM90_TMA_LOAD_4D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, 0, block);
               } else {
-                SM90_TMA_LOAD_3D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
-                                       kv_head, rt.q_start + n0);
-                SM90_TMA_LOAD_3D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
-                                       kv_head, rt.q_start + n0);
+                SM90_TMA_LOAD_3D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, rt.q_start + n0);
+                SM90_TMA_LOAD_3D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, rt.q_start + n0);
               }
             }
           }
@@ -290,9 +303,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
           const int n0 = rt.kv_begin + t * kBlockN;
           const uint32_t dst = dst0 + st * stage_stride;
 #pragma unroll
-          for (int i = 0; i < kPasses; ++i) {
+          for (int i = 0; i < kPasses && ptid < kLoaders; ++i) {
             const int key = n0 + load_r0 + i * kRowsPerPass;
-            const bool inside = key < rt.kv_end && key >= rt.kv_lo;
+            const bool inside = key < rt.kv_end && key >= rt.kv_lo && load_ch < kRealChunks;
             const T* k_src = k_base;
             const T* v_src = v_base;
             if (inside) {
@@ -342,7 +355,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
     Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
     Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kDim>>{});
     Tensor tOrP = make_tensor<Element>(typename Cfg::LayoutP{});
     static_assert(decltype(size(tSrS))::value == kBlockN / 2, "64 x kBlockN accumulators a WG");
     static_assert(decltype(size(tOrP))::value == kBlockN / 2, "P holds S's values");
@@ -508,7 +521,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
         T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
 #pragma unroll
         for (int i = 0; i < size(tOrO); i += 2) {
-          if (((i >> 1) & 1) != h) continue;
+          if (((i >> 1) & 1) != h || 8 * (i >> 2) >= kHeadDim) continue;  // padding columns
           const int d = 8 * (i >> 2) + 2 * (lane % 4);
           *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(tOrO(i) * inv, tOrO(i + 1) * inv);
         }

@@ -50,7 +50,7 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
   const int64_t items = static_cast<int64_t>(max_tiles) * p.num_kv_heads;
   const int64_t ctas = persistent ? std::min<int64_t>(items, current_device_sm_count()) : items;
   Sm90KvMaps maps;
-  if (tma_allowed) make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kBlockN, maps);
+  if (tma_allowed) make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kAtomCols, Cfg::kBlockN, maps);
   kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, maps);
   return cudaGetLastError();
 }
