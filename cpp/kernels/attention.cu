@@ -76,14 +76,27 @@ cudaError_t run_prefill(const AttentionParams& p, DType dtype, int head_dim,
 #if MMCORE_SM90A_ATTENTION
   if (sm90_attention_selected(head_dim, p.kv_fp8, p.num_splits)) {
     const bool paged = variant == AttentionVariant::kPagedPrefill;
-    return head_dim == 64 ? run_attention_sm90<64>(p, dtype, paged, stream)
-                          : run_attention_sm90<128>(p, dtype, paged, stream);
+    switch (head_dim) {
+      case 64:
+        return run_attention_sm90<64>(p, dtype, paged, stream);
+      case 72:
+        return run_attention_sm90<72>(p, dtype, paged, stream);
+      case 80:
+        return run_attention_sm90<80>(p, dtype, paged, stream);
+      default:
+        return run_attention_sm90<128>(p, dtype, paged, stream);
+    }
   }
 #endif
   return run_for_head_dim(p, dtype, head_dim, variant, stream);
 }
 
 #if MMCORE_SM90A_ATTENTION
+// Head dims the Hopper kernel is built for (attention_sm90_d*.cu).
+constexpr bool sm90_head_dim(int head_dim) {
+  return head_dim == 64 || head_dim == 72 || head_dim == 80 || head_dim == 128;
+}
+
 // Compute capability major * 10 + minor of the current device, looked up once per device.
 int current_device_capability() {
   constexpr int kMaxDevices = 64;
@@ -114,8 +127,8 @@ bool sm90_attention_enabled() { return g_sm90_enabled.load(); }
 
 bool sm90_attention_selected(int head_dim, bool kv_fp8, int num_splits) {
 #if MMCORE_SM90A_ATTENTION
-  return g_sm90_enabled.load(std::memory_order_relaxed) && (head_dim == 64 || head_dim == 128) &&
-         !kv_fp8 && num_splits == 1 && current_device_capability() == 90;
+  return g_sm90_enabled.load(std::memory_order_relaxed) && sm90_head_dim(head_dim) && !kv_fp8 &&
+         num_splits == 1 && current_device_capability() == 90;
 #else
   (void)head_dim, (void)kv_fp8, (void)num_splits;
   return false;

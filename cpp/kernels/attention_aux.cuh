@@ -13,12 +13,16 @@ namespace mmcore::kernels {
 
 // One warp: tile_offsets[b + 1] = sum over b' <= b of ceil(rows(b') / block_m), rows(b) =
 // num_q(b) * group, counting only sequences whose rows lie in [min_rows, max_rows].
+// With `work_counter`, also zeroes tile_offsets[num_seqs + 1] (the Hopper kernel's count of
+// claimed work items).
 static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query_start_loc,
                                                int num_seqs, int group, int block_m, int min_rows,
-                                               int max_rows, int32_t* __restrict__ tile_offsets) {
+                                               int max_rows, bool work_counter,
+                                               int32_t* __restrict__ tile_offsets) {
   const int lane = threadIdx.x;
   int running = 0;
   if (lane == 0) tile_offsets[0] = 0;
+  if (lane == 0 && work_counter) tile_offsets[num_seqs + 1] = 0;
   for (int base = 0; base < num_seqs; base += 32) {
     const int b = base + lane;
     int tiles = 0;
@@ -41,9 +45,11 @@ static __global__ void row_tile_offsets_kernel(const int32_t* __restrict__ query
 // Launches row_tile_offsets_kernel for tiles of block_m rows and sets max_tiles to the grid's x
 // extent: an upper bound of sum_b ceil(rows_b / block_m) (surplus CTAs exit at once).
 static inline cudaError_t launch_row_tile_offsets(const AttentionParams& p, int block_m,
-                                                  cudaStream_t stream, int& max_tiles) {
+                                                  cudaStream_t stream, int& max_tiles,
+                                                  bool work_counter = false) {
   row_tile_offsets_kernel<<<1, 32, 0, stream>>>(p.query_start_loc, p.num_seqs, p.group, block_m,
-                                                p.min_rows, p.max_rows, p.tile_offsets);
+                                                p.min_rows, p.max_rows, work_counter,
+                                                p.tile_offsets);
   max_tiles = ceil_div(p.num_tokens * p.group, block_m) + p.num_seqs;
   return cudaGetLastError();
 }

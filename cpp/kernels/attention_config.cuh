@@ -41,6 +41,59 @@ __device__ __forceinline__ KeyRange row_key_range(const AttentionParams& p, int 
           p.causal ? min(last + 1, kv_end) : kv_end};
 }
 
+// One row tile of a launch: its sequence, its rows and the keys they can see.
+struct RowTile {
+  int seq, q_start, num_q, seq_len, num_rows, row0, context;
+  int first_tok, last_tok;  // query tokens (within the sequence) of the tile's first / last row
+  int kv_lo;                // first key any row sees (keys below may sit in released blocks)
+  int kv_begin;             // kv_lo rounded down to whole key tiles: where the tile loop starts
+  int kv_end;               // one past the last key any row sees
+  int min_hi, max_lo;       // every row sees [max_lo, min_hi): key tiles inside need no mask
+  bool spans;               // causal with image spans (row_key_range's `spans`)
+};
+
+// Locates row tile `tile` of the prefix sums in p.tile_offsets (or, with one_tile_per_seq,
+// sequence `tile`) for tiles of block_m rows and keys in tiles of block_n; false when the tile
+// has no rows in this launch. Warp-collective: every lane of the calling warp must call it with
+// the same tile (image spans widen kv_end by a warp reduction over the tile's tokens).
+__device__ __forceinline__ bool locate_row_tile(const AttentionParams& p, int tile, int block_m,
+                                                int block_n, RowTile& t) {
+  t.seq = tile;
+  if (!p.one_tile_per_seq) {
+    if (tile >= p.tile_offsets[p.num_seqs]) return false;
+    t.seq = last_at_most(p.tile_offsets, p.num_seqs, tile);
+  } else if (tile >= p.num_seqs) {
+    return false;
+  }
+  t.q_start = p.query_start_loc[t.seq];
+  t.num_q = p.query_start_loc[t.seq + 1] - t.q_start;
+  t.seq_len = p.seq_lens != nullptr ? p.seq_lens[t.seq] : t.num_q;
+  t.num_rows = t.num_q * p.group;
+  if (t.num_rows < p.min_rows || t.num_rows > p.max_rows) return false;  // the other launch's
+  t.row0 = p.one_tile_per_seq ? 0 : (tile - p.tile_offsets[t.seq]) * block_m;
+  if (t.row0 >= t.num_rows) return false;  // a sequence without queries this step
+  t.context = t.seq_len - t.num_q;         // position of the first query token
+  t.first_tok = t.row0 / p.group;
+  t.last_tok = (min(t.row0 + block_m, t.num_rows) - 1) / p.group;
+  t.kv_end = p.causal ? min(t.seq_len, t.context + t.last_tok + 1) : t.seq_len;
+  t.spans = p.causal && p.attend_until != nullptr;
+  if (t.spans) {
+    // Image spans open keys past the diagonal: the tile reads up to its rows' furthest bound.
+    const int lane = threadIdx.x % 32;
+    int until = -1;
+    for (int tok = t.first_tok + lane; tok <= t.last_tok; tok += 32)
+      until = max(until, p.attend_until[t.q_start + tok]);
+    until = __reduce_max_sync(0xffffffff, until);
+    t.kv_end = min(t.seq_len, max(t.kv_end, until + 1));
+  }
+  t.kv_lo = p.sliding_window > 0 ? max(0, t.context + t.first_tok - p.sliding_window + 1) : 0;
+  t.kv_begin = t.kv_lo / block_n * block_n;
+  // A row's bound is never below its own position, so spans only ever widen min_hi's keys.
+  t.min_hi = p.causal ? min(t.kv_end, t.context + t.first_tok + 1) : t.kv_end;
+  t.max_lo = p.sliding_window > 0 ? t.context + t.last_tok - p.sliding_window + 1 : 0;
+  return true;
+}
+
 template <typename T, int kHeadDim, int kWarpsM, int kWarpsN, int kMFrags, bool kFp8 = false>
 struct AttentionConfig {
   static_assert(kHeadDim % 8 == 0 && kHeadDim <= 256, "head dim must be a multiple of 8, <= 256");

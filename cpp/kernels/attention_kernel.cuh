@@ -39,60 +39,25 @@ __global__ void __launch_bounds__(
   // FP8 only: kStages (K tile, V tile) pairs of e4m3 bytes.
   uint8_t* s_f8 = reinterpret_cast<uint8_t*>(s_v + Cfg::kComputeStages * Cfg::kTileElems);
 
-  // Which sequence and row tile this CTA owns.
+  // Which sequence and row tile this CTA owns, and the keys its rows see.
   // Causal: heavy (late) row tiles first, so the light ones fill the tail of the grid.
-  const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  int seq = tile;  // one_tile_per_seq: CTA x is sequence x
-  if (!p.one_tile_per_seq) {
-    if (tile >= p.tile_offsets[p.num_seqs]) return;
-    seq = last_at_most(p.tile_offsets, p.num_seqs, tile);
-  } else if (seq >= p.num_seqs) {
+  RowTile rt;
+  if (!locate_row_tile(p, p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x, kBlockM, kBlockN, rt))
     return;
-  }
-  const int q_start = p.query_start_loc[seq];
-  const int num_q = p.query_start_loc[seq + 1] - q_start;
-  const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
-  const int group = p.group;
-  const int num_rows = num_q * group;
-  if (num_rows < p.min_rows || num_rows > p.max_rows) return;  // the other launch's sequence
-  const int row0 = p.one_tile_per_seq ? 0 : (tile - p.tile_offsets[seq]) * kBlockM;
-  if (row0 >= num_rows) return;  // a sequence without queries this step
+  const int q_start = rt.q_start, num_rows = rt.num_rows, row0 = rt.row0;
+  const int context = rt.context, kv_begin = rt.kv_begin, kv_lo = rt.kv_lo, kv_end = rt.kv_end;
+  const int min_hi = rt.min_hi, max_lo = rt.max_lo;
+  const bool spans = rt.spans;
+  const int seq = rt.seq, group = p.group;
   const int kv_head = blockIdx.y;
-  const int context = seq_len - num_q;  // position of the first query token
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int wm = warp % kWarpsM, wn = warp / kWarpsM;
 
-  // Keys this row tile can see, split evenly (in whole tiles) over blockIdx.z.
-  const int first_tok = row0 / group;
-  const int last_tok = (min(row0 + kBlockM, num_rows) - 1) / group;
-  int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
-  const bool spans = p.causal && p.attend_until != nullptr;
-  if (spans) {
-    // Image spans open keys past the diagonal: the tile reads up to its rows' furthest bound.
-    __shared__ int s_until;
-    if (tid == 0) s_until = -1;
-    __syncthreads();
-    int until = -1;
-    for (int t = first_tok + tid; t <= last_tok; t += Cfg::kThreads)
-      until = max(until, p.attend_until[q_start + t]);
-    if (until >= 0) atomicMax(&s_until, until);
-    __syncthreads();
-    kv_end = min(seq_len, max(kv_end, s_until + 1));
-  }
-  int kv_begin = 0;
-  if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
-  // Keys before the window are never loaded: their blocks may be released (hybrid KV cache:
-  // a -1 block-table entry), even inside the first tile (rounded down to kBlockN).
-  const int kv_lo = kv_begin;
-  kv_begin = kv_begin / kBlockN * kBlockN;
+  // Key tiles split evenly (in whole tiles) over blockIdx.z.
   const int kv_tiles = ceil_div(max(kv_end - kv_begin, 0), kBlockN);
   const int tiles_per_split = ceil_div(kv_tiles, p.num_splits);
   const int tile_begin = blockIdx.z * tiles_per_split;
   const int n_tiles = max(0, min(kv_tiles, tile_begin + tiles_per_split) - tile_begin);
-  // Tiles wholly inside every row's window need no masking (a row's bound is never below its
-  // own position, so spans only ever widen this).
-  const int min_hi = p.causal ? min(kv_end, context + first_tok + 1) : kv_end;
-  const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
 
   // FP8: the per-head scales fold into the softmax scale (K) and the output (V).
   float scale_log2 = p.scale_log2, out_scale = 1.f;

@@ -34,8 +34,9 @@ struct AttentionParams {
 
   const int32_t* query_start_loc = nullptr;  // [B + 1]
   const int32_t* seq_lens = nullptr;         // [B]; nullptr: sequence length = query count
-  int32_t* tile_offsets = nullptr;           // [B + 1] workspace: prefix sums of row tiles
-  bool one_tile_per_seq = false;             // every sequence fits one row tile: no prefix sums
+  // [B + 2] workspace: prefix sums of row tiles, then the Hopper kernel's work-item counter.
+  int32_t* tile_offsets = nullptr;
+  bool one_tile_per_seq = false;  // every sequence fits one row tile: no prefix sums
   // Query rows (query tokens x group) of the sequences this launch takes; a mixed step's other
   // launch takes the rest (paged decode rows go to the decode variant, longer runs to prefill).
   int min_rows = 0;

@@ -2,8 +2,10 @@
 // CuTe's GMMA atoms: S = Q K^T with both operands in shared memory, O += P V with P in registers
 // (the S accumulators converted in place) and V read transposed from its K-major tile.
 //
-// A CTA owns 128 rows of one sequence and one KV head, rows mapped to (query token, GQA head) as
-// in attention_kernel, and runs three warpgroups:
+// Work items are row tiles of 128 rows of one sequence and one KV head, rows mapped to (query
+// token, GQA head) as in attention_kernel. CTAs are persistent: each takes items in turn (heavy
+// causal tiles first) from a counter until none are left, and the producer loads the next item's
+// Q and first K/V tiles while the consumers finish the current one. A CTA runs three warpgroups:
 // - a producer (registers handed to the others with setmaxnreg) fills three stages of 128-key
 //   K/V tiles in 128-byte-swizzled shared memory: bulk tensor copies (TMA) by its first warp,
 //   one box per cache block (paged) or per tile (packed), where the layout allows it
@@ -49,8 +51,15 @@ struct CuteElement<__half> {
 
 template <typename T, int kHeadDim>
 struct Sm90AttentionConfig {
-  static_assert(kHeadDim == 64 || kHeadDim == 128, "128-byte swizzled rows: head dim 64 or 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 72 || kHeadDim == 80 || kHeadDim == 128,
+                "head dims 64, 72, 80 and 128");
   using Element = typename CuteElement<T>::type;
+  // wgmma k-steps are 16 wide: head dim 72 computes as 80, its extra Q / K / V columns zero
+  // (they add nothing to the scores; the extra output columns are never written).
+  static constexpr int kDim = (kHeadDim + 15) / 16 * 16;
+  // Shared-memory rows in swizzle atoms of kAtomCols columns: 64 (128-byte swizzle) where the
+  // dim is a multiple of 64, else 16 (32-byte swizzle); the TMA boxes have the atoms' width.
+  static constexpr int kAtomCols = kDim % 64 == 0 ? 64 : 16;
   static constexpr int kBlockM = 128;  // two warpgroups of 64 rows
   static constexpr int kBlockN = 128;
   static constexpr int kWarpGroups = kBlockM / 64;  // consumers: the MMAs and the softmax
@@ -60,9 +69,12 @@ struct Sm90AttentionConfig {
   // K/V stages: tile j + 1's Q K^T is issued while tile j's P V still reads its stage, so the
   // load of tile j + 2 needs a third.
   static constexpr int kStages = 3;
+  // Q tiles: the producer loads the next work item's while the consumers finish the current
+  // one; two where they fit in shared memory (head dims up to 80), else one.
+  static constexpr int kQStages = kDim <= 80 ? 2 : 1;
   using BlockM = cute::Int<kBlockM>;
   using BlockN = cute::Int<kBlockN>;
-  using HeadDim = cute::Int<kHeadDim>;
+  using HeadDim = cute::Int<kDim>;
   using TileQK = cute::Shape<BlockM, BlockN, HeadDim>;
   using TilePV = cute::Shape<BlockM, HeadDim, BlockN>;
   using WarpGroups = cute::Layout<cute::Shape<cute::Int<kWarpGroups>, cute::_1, cute::_1>>;
@@ -72,9 +84,12 @@ struct Sm90AttentionConfig {
       cute::GMMA::rs_op_selector<Element, Element, float, TilePV, cute::GMMA::Major::K,
                                  cute::GMMA::Major::MN>(),
       WarpGroups{}));
-  // Rows of 64 elements (128 bytes) swizzled in 8-row atoms: what wgmma reads without conflicts.
-  using SmemAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
-  using SmemLayoutQ = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<BlockM, HeadDim>{}));
+  // Rows swizzled in 8-row atoms: what wgmma reads without bank conflicts. Atoms tile the rows
+  // first, so each kAtomCols-column block of a tile is contiguous (a TMA box's destination).
+  using SmemAtom = std::conditional_t<kAtomCols == 64, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                      cute::GMMA::Layout_K_SW32_Atom<Element>>;
+  using SmemLayoutQ = decltype(cute::tile_to_shape(
+      SmemAtom{}, cute::Shape<BlockM, HeadDim, cute::Int<kQStages>>{}));
   using SmemLayoutKV =
       decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<BlockN, HeadDim, cute::Int<kStages>>{}));
   // V as (head dim, keys, stage): the B operand of P V, head dim contiguous (MN-major).
@@ -88,15 +103,22 @@ struct Sm90AttentionConfig {
       cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_8>>;
   static constexpr int kQElems = cute::cosize_v<SmemLayoutQ>;
   static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
-  // Q, the K/V stages and the mbarriers (full and empty per stage, Q's); swizzle atoms need
-  // 1024-byte alignment, which the kernel makes itself inside the extra 1 KB.
+  // The Q and K/V stages, the mbarriers (full and empty per K/V stage and per Q stage), the
+  // work items and their row tiles (one per Q stage; two items the producer passes between its
+  // threads); swizzle atoms need 1024-byte alignment, which the kernel makes itself inside the
+  // extra 1 KB.
   static constexpr size_t kSmemBytes =
-      (kQElems + 2 * kKVElems) * sizeof(T) + (2 * kStages + 1) * sizeof(uint64_t) + 1024;
+      (kQElems + 2 * kKVElems) * sizeof(T) + 2 * (kStages + kQStages) * sizeof(uint64_t) +
+      kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) + 1024;
 };
 
 __device__ __forceinline__ void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+
+// Keeps the compiler from moving this thread's plain memory accesses across it: CUTLASS's
+// mbarrier arrive / wait asm has no memory clobber, and work items pass through plain stores.
+__device__ __forceinline__ void compiler_fence() { asm volatile("" ::: "memory"); }
 
 // Named barriers (ids 1-15; 0 is __syncthreads) over `threads` threads of the CTA.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
@@ -114,7 +136,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   using Cfg = Sm90AttentionConfig<T, kHeadDim>;
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
-  constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row
+  constexpr int kDim = Cfg::kDim, kAtomCols = Cfg::kAtomCols;
+  constexpr int kChunks = kDim / 8;          // 16-byte chunks of a (padded) row
+  constexpr int kRealChunks = kHeadDim / 8;  // those holding data; the rest are zeros
   extern __shared__ unsigned char smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + ((1024 - (raw_addr & 1023)) & 1023);
@@ -126,53 +150,20 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVt{});
   // full[s]: stage s holds its tile (the producer's copies landed); empty[s]: both consumer
-  // warpgroups are done reading it.
+  // warpgroups are done reading it. q_full / q_empty the same for the Q stages; work[qs] is the
+  // item whose Q sits in Q stage qs (-1: no more items) and tiles[qs] its row tile (located by
+  // the producer; no rows when invalid), next_work the producer's hand-over.
   uint64_t* full = reinterpret_cast<uint64_t*>(smem_v + Cfg::kKVElems);
   uint64_t* empty = full + kStages;
-  uint64_t* q_full = empty + kStages;  // the Q tile landed
+  uint64_t* q_full = empty + kStages;
+  uint64_t* q_empty = q_full + Cfg::kQStages;
+  RowTile* tiles = reinterpret_cast<RowTile*>(q_empty + Cfg::kQStages);
+  int* work = reinterpret_cast<int*>(tiles + Cfg::kQStages);
+  int* next_work = work + Cfg::kQStages;
   using Barrier = cutlass::arch::ClusterBarrier;
 
-  // Which sequence and row tile this CTA owns (as attention_kernel; heavy causal tiles first).
-  const int tile = p.causal ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
-  if (tile >= p.tile_offsets[p.num_seqs]) return;
-  const int seq = last_at_most(p.tile_offsets, p.num_seqs, tile);
-  const int q_start = p.query_start_loc[seq];
-  const int num_q = p.query_start_loc[seq + 1] - q_start;
-  const int seq_len = p.seq_lens != nullptr ? p.seq_lens[seq] : num_q;
   const int group = p.group;
-  const int num_rows = num_q * group;
-  if (num_rows < p.min_rows || num_rows > p.max_rows) return;
-  const int row0 = (tile - p.tile_offsets[seq]) * kBlockM;
-  if (row0 >= num_rows) return;
-  const int kv_head = blockIdx.y;
-  const int context = seq_len - num_q;
   const int tid = threadIdx.x, lane = tid % 32;
-
-  const int first_tok = row0 / group;
-  const int last_tok = (min(row0 + kBlockM, num_rows) - 1) / group;
-  int kv_end = p.causal ? min(seq_len, context + last_tok + 1) : seq_len;
-  const bool spans = p.causal && p.attend_until != nullptr;
-  if (spans) {
-    // Image spans open keys past the diagonal: the tile reads up to its rows' furthest bound.
-    int until = -1;
-    for (int t = first_tok + tid; t <= last_tok; t += Cfg::kThreads)
-      until = max(until, p.attend_until[q_start + t]);
-    until = __reduce_max_sync(0xffffffff, until);
-    int* s_until = reinterpret_cast<int*>(smem_k);  // K stage 0 is not loaded yet
-    if (tid == 0) *s_until = -1;
-    __syncthreads();
-    if (lane == 0 && until >= 0) atomicMax(s_until, until);
-    __syncthreads();
-    kv_end = min(seq_len, max(kv_end, *s_until + 1));
-    __syncthreads();
-  }
-  int kv_begin = 0;
-  if (p.sliding_window > 0) kv_begin = max(0, context + first_tok - p.sliding_window + 1);
-  const int kv_lo = kv_begin;  // keys below were never loaded (released window blocks)
-  kv_begin = kv_begin / kBlockN * kBlockN;
-  const int n_tiles = ceil_div(max(kv_end - kv_begin, 0), kBlockN);
-  const int min_hi = p.causal ? min(kv_end, context + first_tok + 1) : kv_end;
-  const int max_lo = p.sliding_window > 0 ? context + last_tok - p.sliding_window + 1 : 0;
   const float scale_log2 = p.scale_log2;
 
   if (tid == 0) {
@@ -182,35 +173,29 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       Barrier::init(&full[st], maps.tma ? 1 : Cfg::kProducerThreads);
       Barrier::init(&empty[st], Cfg::kConsumerThreads);
     }
-    Barrier::init(q_full, Cfg::kProducerThreads);
+#pragma unroll
+    for (int qs = 0; qs < Cfg::kQStages; ++qs) {
+      // Each producer thread's Q copies, and thread 0's publication of the item.
+      Barrier::init(&q_full[qs], Cfg::kProducerThreads + 1);
+      Barrier::init(&q_empty[qs], Cfg::kConsumerThreads);
+    }
   }
   __syncthreads();
 
   if (tid < Cfg::kProducerThreads) {
-    // Producer warpgroup: Q and the K/V tiles through cp.async, kStages deep; each stage's full
-    // barrier completes when the copies land (the consumers fence before their wgmmas read it).
-    cutlass::arch::warpgroup_reg_dealloc<40>();
+    // Producer warpgroup: per item, Q by cp.async (all threads), then the K/V tiles kStages deep
+    // by TMA (first warp) or cp.async (all threads); each stage's full barrier completes when its
+    // copies land (the consumers fence before their wgmmas read it).
+    cutlass::arch::warpgroup_reg_dealloc<56>();
     const int ptid = tid;
-    // Q rows (zeros past the sequence's rows).
     const T* q_base = static_cast<const T*>(p.q);
-    for (int c = ptid; c < kBlockM * kChunks; c += Cfg::kProducerThreads) {
-      const int r = c / kChunks, ch = c % kChunks;
-      const int row = row0 + r;
-      const bool valid = row < num_rows;
-      const T* src = q_base;
-      if (valid) {
-        src += (q_start + row / group) * p.q_stride_token +
-               (kv_head * group + row % group) * p.q_stride_head + ch * 8;
-      }
-      cp_async_16(raw_pointer_cast(&sQ(r, ch * 8)), src, valid);
-    }
-    cutlass::arch::cpasync_barrier_arrive_noinc(q_full);
-
-    // Each thread copies chunk column `ch` of every kRowsPerPass-th row of a K/V tile. Its rows
-    // are a multiple of 8 apart, so they share one swizzle phase: the shared-memory offsets are
-    // its first row's plus whole 1 KB atoms, computed once here rather than per copy.
-    constexpr int kRowsPerPass = Cfg::kProducerThreads / kChunks;
-    static_assert(kRowsPerPass % 8 == 0, "rows of one swizzle phase");
+    // cp.async path: each loader copies chunk column `ch` of every kRowsPerPass-th row of a K/V
+    // tile. Its rows are a multiple of 8 apart, so they share one swizzle phase: the
+    // shared-memory offsets are its first row's plus whole swizzle atoms, computed once here
+    // rather than per copy.
+    constexpr int kRowsPerPass = Cfg::kProducerThreads / kChunks / 8 * 8;
+    static_assert(kRowsPerPass >= 8 && kBlockN % kRowsPerPass == 0, "rows of one swizzle phase");
+    constexpr int kLoaders = kRowsPerPass * kChunks;  // the other producer threads only arrive
     constexpr int kPasses = kBlockN / kRowsPerPass;
     const int load_ch = ptid % kChunks, load_r0 = ptid / kChunks;
     const uint32_t dst0 =
@@ -220,248 +205,326 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
                               raw_pointer_cast(&sK(load_r0, load_ch * 8, 0)));
     const uint32_t stage_stride =
         static_cast<uint32_t>(raw_pointer_cast(&sK(0, 0, 1)) - raw_pointer_cast(&sK(0, 0, 0)));
-    const T* k_base = static_cast<const T*>(p.k) + kv_head * p.k_stride_head + load_ch * 8;
-    const T* v_base = static_cast<const T*>(p.v) + kv_head * p.v_stride_head + load_ch * 8;
-    const int32_t* table = kPaged ? p.block_tables + seq * p.block_table_stride : nullptr;
-    auto load_kv = [&](int kv_tile, int stage) {
-      const int n0 = kv_begin + kv_tile * kBlockN;
-      const uint32_t dst = dst0 + stage * stage_stride;
-#pragma unroll
-      for (int i = 0; i < kPasses; ++i) {
-        const int key = n0 + load_r0 + i * kRowsPerPass;
-        const bool valid = key < kv_end && key >= kv_lo;
-        const T* k_src = k_base;
-        const T* v_src = v_base;
-        if (valid) {
-          if constexpr (kPaged) {
-            const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
-            const int in_block = key - block_idx * p.block_size;
-            const int64_t block = table[block_idx];
-            k_src += block * p.k_stride_block + in_block * p.k_stride_token;
-            v_src += block * p.v_stride_block + in_block * p.v_stride_token;
-          } else {
-            k_src += static_cast<int64_t>(q_start + key) * p.k_stride_token;
-            v_src += static_cast<int64_t>(q_start + key) * p.v_stride_token;
-          }
-        }
-        cp_async_16(smem_k + dst + i * pass_stride, k_src, valid);
-        cp_async_16(smem_v + dst + i * pass_stride, v_src, valid);
-      }
-    };
+    const int block_size = kPaged ? p.block_size : kBlockN;
+    const int blocks_per_tile = kBlockN / block_size;
+    const uint64_t hint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+    constexpr uint32_t kStageBytes = 2 * kBlockN * kDim * sizeof(T);  // zero fill counts too
 
-    if (maps.tma) {
-      // Bulk tensor copies by the first warp: paged, lane b copies the tile's block b (blocks
-      // outside the key range read block -1: zeros, no block-table entry needed); packed, lane 0
-      // copies the tile's rows. Each box is 64 columns (128 swizzled bytes) wide.
-      const int lane = ptid % 32;
-      const int block_size = kPaged ? p.block_size : kBlockN;
-      const int blocks_per_tile = kBlockN / block_size;
-      const uint64_t hint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-      constexpr uint32_t kStageBytes = 2 * kBlockN * kHeadDim * sizeof(T);
-      for (int t = 0; t < n_tiles && ptid < 32; ++t) {
-        const int st = t % kStages;
-        if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
-        if (lane == 0)
-          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[st], kStageBytes);
-        __syncwarp();
-        const int n0 = kv_begin + t * kBlockN;
-        if (lane < blocks_per_tile) {
-          const int key0 = n0 + lane * block_size;
-          Element* k_dst = smem_k + st * stage_stride + lane * block_size * 64;
-          Element* v_dst = smem_v + st * stage_stride + lane * block_size * 64;
+    // Items are (row tile, KV head) pairs of the prefix sums in p.tile_offsets, heavy (late)
+    // causal tiles first; p.tile_offsets[num_seqs + 1] counts items claimed past the grid's first.
+    const int total_tiles = p.tile_offsets[p.num_seqs];
+    const int num_items = total_tiles * p.num_kv_heads;
+    auto item_tile = [&](int w) {
+      const int t = w / p.num_kv_heads;
+      return p.causal ? total_tiles - 1 - t : t;
+    };
+    int kv_iter = 0;  // K/V tiles loaded so far, over all items
+    int w = blockIdx.x;
+    for (int item = 0;; ++item) {
+      const int qs = item % Cfg::kQStages;
+      if (item >= Cfg::kQStages) Barrier::wait(&q_empty[qs], ((item / Cfg::kQStages) - 1) & 1);
+      RowTile rt;
+      const int kv_head = w % p.num_kv_heads;
+      const bool valid = w < num_items && locate_row_tile(p, item_tile(w), kBlockM, kBlockN, rt);
+      if (valid) {
+        for (int c = ptid; c < kBlockM * kChunks; c += Cfg::kProducerThreads) {
+          const int r = c / kChunks, ch = c % kChunks;
+          const int row = rt.row0 + r;
+          const bool inside = row < rt.num_rows && ch < kRealChunks;  // else zeros
+          const T* src = q_base;
+          if (inside) {
+            src += (rt.q_start + row / group) * p.q_stride_token +
+                   (kv_head * group + row % group) * p.q_stride_head + ch * 8;
+          }
+          cp_async_16(raw_pointer_cast(&sQ(r, ch * 8, qs)), src, inside);
+        }
+      }
+      cutlass::arch::cpasync_barrier_arrive_noinc(&q_full[qs]);
+      if (w >= num_items) {
+        if (ptid == 0) {
+          work[qs] = -1;
+          compiler_fence();
+          Barrier::arrive(&q_full[qs]);  // publishes work[qs] (release; the consumers acquire)
+        }
+        break;
+      }
+      if (ptid == 0) {
+        if (!valid) rt = RowTile{};  // no rows, no keys
+        tiles[qs] = rt;
+        work[qs] = w;
+        compiler_fence();
+        Barrier::arrive(&q_full[qs]);
+        // Claim the next item now, so its latency hides behind this item's loads.
+        next_work[item & 1] = atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x;
+      }
+      const int n_tiles = valid ? ceil_div(max(rt.kv_end - rt.kv_begin, 0), kBlockN) : 0;
+
+      if (maps.tma) {
+        // Bulk tensor copies by the first warp: paged, lane b copies the tile's block b (blocks
+        // outside the key range read block -1: zeros, no block-table entry needed); packed, lane 0
+        // copies the tile's rows. Each box is one swizzle atom (kAtomCols columns) wide.
+        const int32_t* table = kPaged ? p.block_tables + rt.seq * p.block_table_stride : nullptr;
+        for (int t = 0; t < n_tiles && ptid < 32; ++t) {
+          const int g = kv_iter + t, st = g % kStages;
+          if (g >= kStages) Barrier::wait(&empty[st], ((g / kStages) - 1) & 1);
+          if (lane == 0)
+            cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&full[st], kStageBytes);
+          __syncwarp();
+          const int n0 = rt.kv_begin + t * kBlockN;
+          if (lane < blocks_per_tile) {
+            const int key0 = n0 + lane * block_size;
+            Element* k_dst = smem_k + st * stage_stride + lane * block_size * kAtomCols;
+            Element* v_dst = smem_v + st * stage_stride + lane * block_size * kAtomCols;
 #pragma unroll
-          for (int h = 0; h < kHeadDim / 64; ++h) {
-            if constexpr (kPaged) {
-              const bool inside = key0 < kv_end && key0 + block_size > kv_lo;
-              const int block = inside ? table[key0 / block_size] : -1;
-              SM90_TMA_LOAD_4D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
-                                     kv_head, 0, block);
-              SM90_TMA_LOAD_4D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
-                                     kv_head, 0, block);
-            } else {
-              SM90_TMA_LOAD_3D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * 64, h * 64,
-                                     kv_head, q_start + n0);
-              SM90_TMA_LOAD_3D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * 64, h * 64,
-                                     kv_head, q_start + n0);
+            for (int h = 0; h < kDim / kAtomCols; ++h) {
+              if constexpr (kPaged) {
+                const bool inside = key0 < rt.kv_end && key0 + block_size > rt.kv_lo;
+                const int block = inside ? table[key0 / block_size] : -1;
+                SM90_TMA_LOAD_4D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, 0, block);
+                SM90_TMA_LOAD_4D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, 0, block);
+              } else {
+                SM90_TMA_LOAD_3D::copy(&maps.k, &full[st], hint, k_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, rt.q_start + n0);
+                SM90_TMA_LOAD_3D::copy(&maps.v, &full[st], hint, v_dst + h * kBlockN * kAtomCols,
+                                       h * kAtomCols, kv_head, rt.q_start + n0);
+              }
             }
           }
         }
+      } else {
+        const T* k_base = static_cast<const T*>(p.k) + kv_head * p.k_stride_head + load_ch * 8;
+        const T* v_base = static_cast<const T*>(p.v) + kv_head * p.v_stride_head + load_ch * 8;
+        const int32_t* table = kPaged ? p.block_tables + rt.seq * p.block_table_stride : nullptr;
+        for (int t = 0; t < n_tiles; ++t) {
+          const int g = kv_iter + t, st = g % kStages;
+          if (g >= kStages) Barrier::wait(&empty[st], ((g / kStages) - 1) & 1);
+          const int n0 = rt.kv_begin + t * kBlockN;
+          const uint32_t dst = dst0 + st * stage_stride;
+#pragma unroll
+          for (int i = 0; i < kPasses && ptid < kLoaders; ++i) {
+            const int key = n0 + load_r0 + i * kRowsPerPass;
+            const bool inside = key < rt.kv_end && key >= rt.kv_lo && load_ch < kRealChunks;
+            const T* k_src = k_base;
+            const T* v_src = v_base;
+            if (inside) {
+              if constexpr (kPaged) {
+                const int block_idx =
+                    p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+                const int in_block = key - block_idx * p.block_size;
+                const int64_t block = table[block_idx];
+                k_src += block * p.k_stride_block + in_block * p.k_stride_token;
+                v_src += block * p.v_stride_block + in_block * p.v_stride_token;
+              } else {
+                k_src += static_cast<int64_t>(rt.q_start + key) * p.k_stride_token;
+                v_src += static_cast<int64_t>(rt.q_start + key) * p.v_stride_token;
+              }
+            }
+            cp_async_16(smem_k + dst + i * pass_stride, k_src, inside);
+            cp_async_16(smem_v + dst + i * pass_stride, v_src, inside);
+          }
+          // full[st] completes when every producer thread's copies so far have landed.
+          cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);
+        }
       }
-    } else {
-      for (int t = 0; t < n_tiles; ++t) {
-        const int st = t % kStages;
-        if (t >= kStages) Barrier::wait(&empty[st], ((t / kStages) - 1) & 1);
-        load_kv(t, st);
-        // full[st] completes when every producer thread's copies so far have landed.
-        cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);
-      }
+      kv_iter += n_tiles;
+      // Thread 0's claim reaches the others (next_work alternates: a slow reader of this item's
+      // slot is past this barrier before thread 0 writes that slot again).
+      named_barrier_sync(3, Cfg::kProducerThreads);
+      w = next_work[item & 1];
     }
     cp_async_wait<0>();
   } else {
-    cutlass::arch::warpgroup_reg_alloc<232>();
+    cutlass::arch::warpgroup_reg_alloc<224>();
     const int ctid = tid - Cfg::kProducerThreads;
     // Ping-pong: the two consumer warpgroups take turns issuing their wgmmas (named barriers 1
     // and 2), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
-    // Warpgroup 0 goes first; warpgroup 1 skips its last hand-over, which nobody waits for.
+    // Warpgroup 0 goes first and each hands over after every issue, across items too (so
+    // warpgroup 0 starts an item's Q K^T while warpgroup 1 still writes its outputs); warpgroup
+    // 0 takes the last hand-over when the items run out.
     const int cw = ctid / 128;
     auto wait_turn = [&] { named_barrier_sync(1 + cw, Cfg::kConsumerThreads); };
     auto pass_turn = [&] { named_barrier_arrive(2 - cw, Cfg::kConsumerThreads); };
-    if (cw == 1 && n_tiles > 0) pass_turn();
+    if (cw == 1) pass_turn();
     typename Cfg::TiledMmaQK mma_qk;
     typename Cfg::TiledMmaPV mma_pv;
     auto thr_qk = mma_qk.get_thread_slice(ctid);
     auto thr_pv = mma_pv.get_thread_slice(ctid);
-    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K) descriptors
+    Tensor tSrQ = thr_qk.partition_fragment_A(sQ);    // (MMA, MMA_M, MMA_K, Q stage)
     Tensor tSrK = thr_qk.partition_fragment_B(sK);    // (MMA, MMA_N, MMA_K, stage)
     Tensor tOrVt = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
     Tensor tSrS = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    Tensor tOrO = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kDim>>{});
     Tensor tOrP = make_tensor<Element>(typename Cfg::LayoutP{});
     static_assert(decltype(size(tSrS))::value == kBlockN / 2, "64 x kBlockN accumulators a WG");
     static_assert(decltype(size(tOrP))::value == kBlockN / 2, "P holds S's values");
-    clear(tOrO);
 
     // This thread's rows: h = 0 / 1 at 8 apart within its warp's 16 of its warpgroup's 64.
     const int thread_row0 = (ctid / 128) * 64 + ((ctid % 128) / 32) * 16 + lane / 4;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
-
-    auto issue_qk = [&](int stage) {  // S = Q K^T of the tile in `stage`, asynchronously
-      warpgroup_fence_operand(tSrS);
-      warpgroup_arrive();
-      mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
-#pragma unroll
-      for (int k = 0; k < size<2>(tSrQ); ++k) {
-        gemm(mma_qk, tSrQ(_, _, k), tSrK(_, _, k, stage), tSrS);
-        mma_qk.accumulate_ = GMMA::ScaleOut::One;
+    int kv_iter = 0;  // K/V tiles consumed so far, over all items
+    for (int item = 0;; ++item) {
+      const int qs = item % Cfg::kQStages;
+      Barrier::wait(&q_full[qs], (item / Cfg::kQStages) & 1);
+      compiler_fence();
+      const int w = work[qs];
+      if (w < 0) {
+        if (cw == 0) wait_turn();  // warpgroup 1's last hand-over
+        break;
       }
-      warpgroup_commit_batch();
-    };
-    auto issue_pv = [&](int stage) {  // O += P V of the tile in `stage`, asynchronously
-      warpgroup_fence_operand(tOrP);
-      warpgroup_fence_operand(tOrO);
-      warpgroup_arrive();
+      // The row tile stays in shared memory (the rarely masked tiles read it there), except
+      // what the loop and the output need.
+      const RowTile& rt = tiles[qs];
+      const int kv_begin = rt.kv_begin, min_hi = rt.min_hi, max_lo = rt.max_lo;
+      const int n_tiles = ceil_div(max(rt.kv_end - kv_begin, 0), kBlockN);
+      float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+      clear(tOrO);
+      auto stage_of = [&](int j) { return (kv_iter + j) % kStages; };
+      auto phase_of = [&](int j) { return ((kv_iter + j) / kStages) & 1; };
+
+      auto issue_qk = [&](int stage) {  // S = Q K^T of the tile in `stage`, asynchronously
+        warpgroup_fence_operand(tSrS);
+        warpgroup_arrive();
+        mma_qk.accumulate_ = GMMA::ScaleOut::Zero;
 #pragma unroll
-      for (int k = 0; k < size<2>(tOrP); ++k)
-        gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
-      warpgroup_commit_batch();
-    };
-    // Masks tile j's scores and folds them into the running softmax: S holds 2^(s - m) after,
-    // alpha the factor that rescales the outputs of earlier tiles.
-    auto softmax_tile = [&](int j, float(&alpha)[2]) {
-      const int n0 = kv_begin + j * kBlockN;
-      if (n0 + kBlockN > min_hi || n0 < max_lo) {
+        for (int k = 0; k < size<2>(tSrQ); ++k) {
+          gemm(mma_qk, tSrQ(_, _, k, qs), tSrK(_, _, k, stage), tSrS);
+          mma_qk.accumulate_ = GMMA::ScaleOut::One;
+        }
+        warpgroup_commit_batch();
+      };
+      auto issue_pv = [&](int stage) {  // O += P V of the tile in `stage`, asynchronously
+        warpgroup_fence_operand(tOrP);
+        warpgroup_fence_operand(tOrO);
+        warpgroup_arrive();
+#pragma unroll
+        for (int k = 0; k < size<2>(tOrP); ++k)
+          gemm(mma_pv, tOrP(_, _, k), tOrVt(_, _, k, stage), tOrO);
+        warpgroup_commit_batch();
+      };
+      // Masks tile j's scores and folds them into the running softmax: S holds 2^(s - m) after,
+      // alpha the factor that rescales the outputs of earlier tiles.
+      auto softmax_tile = [&](int j, float(&alpha)[2]) {
+        const int n0 = kv_begin + j * kBlockN;
+        if (n0 + kBlockN > min_hi || n0 < max_lo) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const KeyRange keys = row_key_range(p, rt.row0 + thread_row0 + 8 * h, group, rt.context,
+                                                rt.q_start, rt.num_rows, rt.kv_end, rt.spans);
+#pragma unroll
+            for (int i = 0; i < size(tSrS); ++i) {
+              if (((i >> 1) & 1) != h) continue;
+              const int key = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
+              if (key >= keys.hi || key < keys.lo) tSrS(i) = -INFINITY;
+            }
+          }
+        }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const KeyRange keys = row_key_range(p, row0 + thread_row0 + 8 * h, group, context,
-                                              q_start, num_rows, kv_end, spans);
+          float mx = -INFINITY;
+#pragma unroll
+          for (int i = 0; i < size(tSrS); ++i) {
+            if (((i >> 1) & 1) == h) mx = fmaxf(mx, tSrS(i));
+          }
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
+          const float m_new = fmaxf(m_run[h], mx * scale_log2);
+          const float m_use = m_new == -INFINITY ? 0.f : m_new;
+          alpha[h] = fast_exp2(m_run[h] - m_use);
+          float sum = 0.f;
 #pragma unroll
           for (int i = 0; i < size(tSrS); ++i) {
             if (((i >> 1) & 1) != h) continue;
-            const int key = n0 + 8 * (i >> 2) + 2 * (lane % 4) + (i & 1);
-            if (key >= keys.hi || key < keys.lo) tSrS(i) = -INFINITY;
+            tSrS(i) = fast_exp2(fmaf(tSrS(i), scale_log2, -m_use));
+            sum += tSrS(i);
           }
+          l_run[h] = l_run[h] * alpha[h] + sum;
+          m_run[h] = m_new;
         }
+      };
+      // The fences pin the conversion (and the O rescale before it) ahead of the next wgmma
+      // issue: defined inside a wgmma batch, those registers would make ptxas serialize it.
+      auto scores_to_p = [&] {
+        constexpr int kN = decltype(size(tSrS))::value;
+        using Converter = cutlass::NumericArrayConverter<Element, float, kN>;  // paired
+        *reinterpret_cast<cutlass::Array<Element, kN>*>(raw_pointer_cast(tOrP.data())) =
+            Converter{}(
+                *reinterpret_cast<const cutlass::Array<float, kN>*>(raw_pointer_cast(tSrS.data())));
+        warpgroup_fence_operand(tOrP);
+        warpgroup_fence_operand(tOrO);
+      };
+
+      // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores,
+      // the softmax of tile j + 1 waits only for the latter. The last tile is peeled off: a Q K^T
+      // issued under a condition inside the batch would make ptxas merge accumulator registers
+      // there and serialize the wgmmas.
+      if (n_tiles > 0) {
+        Barrier::wait(&full[stage_of(0)], phase_of(0));
+        fence_async_shared();  // cp.async wrote Q (and maybe K/V) through the generic proxy
+        wait_turn();
+        issue_qk(stage_of(0));
+        pass_turn();
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tSrS);
+        float alpha[2];
+        softmax_tile(0, alpha);  // O is still zero: nothing to rescale
+        scores_to_p();
+      }
+      for (int j = 0; j + 1 < n_tiles; ++j) {
+        Barrier::wait(&full[stage_of(j + 1)], phase_of(j + 1));
+        fence_async_shared();
+        wait_turn();
+        issue_qk(stage_of(j + 1));
+        issue_pv(stage_of(j));
+        pass_turn();
+        warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
+        warpgroup_fence_operand(tSrS);
+        float alpha[2];
+        softmax_tile(j + 1, alpha);
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        Barrier::arrive(&empty[stage_of(j)]);  // tile j's K and V are read
+        // Rescale O only when some row's running max moved (rare once the maxima settle).
+        if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+          for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
+        }
+        scores_to_p();
+      }
+      // Every Q K^T of the item is done: the producer may load the next item's Q (and row tile)
+      // into this stage now.
+      const int row0 = rt.row0, q_start = rt.q_start, num_rows = rt.num_rows;
+      compiler_fence();
+      Barrier::arrive(&q_empty[qs]);
+      if (n_tiles > 0) {
+        wait_turn();
+        issue_pv(stage_of(n_tiles - 1));
+        pass_turn();
+        warpgroup_wait<0>();
+        warpgroup_fence_operand(tOrO);
+        Barrier::arrive(&empty[stage_of(n_tiles - 1)]);
+      }
+      kv_iter += n_tiles;
+
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
+        l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
+        const int row = row0 + thread_row0 + 8 * h;
+        if (row >= num_rows) continue;
+        const int token = q_start + row / group;
+        const int head = w % p.num_kv_heads * group + row % group;
+        const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+        T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
 #pragma unroll
-        for (int i = 0; i < size(tSrS); ++i) {
-          if (((i >> 1) & 1) == h) mx = fmaxf(mx, tSrS(i));
+        for (int i = 0; i < size(tOrO); i += 2) {
+          if (((i >> 1) & 1) != h || 8 * (i >> 2) >= kHeadDim) continue;  // padding columns
+          const int d = 8 * (i >> 2) + 2 * (lane % 4);
+          *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(tOrO(i) * inv, tOrO(i + 1) * inv);
         }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-        const float m_new = fmaxf(m_run[h], mx * scale_log2);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        alpha[h] = fast_exp2(m_run[h] - m_use);
-        float sum = 0.f;
-#pragma unroll
-        for (int i = 0; i < size(tSrS); ++i) {
-          if (((i >> 1) & 1) != h) continue;
-          tSrS(i) = fast_exp2(fmaf(tSrS(i), scale_log2, -m_use));
-          sum += tSrS(i);
-        }
-        l_run[h] = l_run[h] * alpha[h] + sum;
-        m_run[h] = m_new;
-      }
-    };
-    // The fences pin the conversion (and the O rescale before it) ahead of the next wgmma issue:
-    // defined inside a wgmma batch, those registers would make ptxas serialize the batch.
-    auto scores_to_p = [&] {
-      constexpr int kN = decltype(size(tSrS))::value;
-      using Converter = cutlass::NumericArrayConverter<Element, float, kN>;  // paired conversions
-      *reinterpret_cast<cutlass::Array<Element, kN>*>(raw_pointer_cast(tOrP.data())) = Converter{}(
-          *reinterpret_cast<const cutlass::Array<float, kN>*>(raw_pointer_cast(tSrS.data())));
-      warpgroup_fence_operand(tOrP);
-      warpgroup_fence_operand(tOrO);
-    };
-
-    // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores, the
-    // softmax of tile j + 1 waits only for the latter; loads run kStages - 1 tiles ahead.
-    // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores, the
-    // softmax of tile j + 1 waits only for the latter. The last tile is peeled off: a Q K^T issued
-    // under a condition inside the batch would make ptxas merge accumulator registers there and
-    // serialize the wgmmas.
-    if (n_tiles > 0) {
-      Barrier::wait(q_full, 0);
-      Barrier::wait(&full[0], 0);  // tile 0
-      fence_async_shared();        // cp.async wrote through the generic proxy; wgmma reads async
-      wait_turn();
-      issue_qk(0);
-      pass_turn();
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tSrS);
-      float alpha[2];
-      softmax_tile(0, alpha);  // O is still zero: nothing to rescale
-      scores_to_p();
-    }
-    for (int j = 0; j + 1 < n_tiles; ++j) {
-      Barrier::wait(&full[(j + 1) % kStages], ((j + 1) / kStages) & 1);
-      fence_async_shared();
-      wait_turn();
-      issue_qk((j + 1) % kStages);
-      issue_pv(j % kStages);
-      pass_turn();
-      warpgroup_wait<1>();  // Q K^T of tile j + 1 (committed before P V of tile j)
-      warpgroup_fence_operand(tSrS);
-      float alpha[2];
-      softmax_tile(j + 1, alpha);
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-      Barrier::arrive(&empty[j % kStages]);  // tile j's K and V are read
-      // Rescale O only when some row's running max moved (rare once the maxima settle).
-      if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
-#pragma unroll
-        for (int i = 0; i < size(tOrO); ++i) tOrO(i) *= alpha[(i >> 1) & 1];
-      }
-      scores_to_p();
-    }
-    if (n_tiles > 0) {
-      wait_turn();
-      issue_pv((n_tiles - 1) % kStages);
-      if (cw == 0) pass_turn();
-      warpgroup_wait<0>();
-      warpgroup_fence_operand(tOrO);
-    }
-
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 1);
-      l_run[h] += __shfl_xor_sync(0xffffffff, l_run[h], 2);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = row0 + thread_row0 + 8 * h;
-      if (row >= num_rows) continue;
-      const int token = q_start + row / group;
-      const int head = kv_head * group + row % group;
-      const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
-      T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
-#pragma unroll
-      for (int i = 0; i < size(tOrO); i += 2) {
-        if (((i >> 1) & 1) != h) continue;
-        const int d = 8 * (i >> 2) + 2 * (lane % 4);
-        *reinterpret_cast<uint32_t*>(dst + d) = pack2<T>(tOrO(i) * inv, tOrO(i + 1) * inv);
       }
     }
   }

@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -12,6 +13,26 @@
 
 namespace mmcore::kernels {
 
+// An on-by-default switch: false only when the variable is set to "0".
+inline bool env_flag(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// Multiprocessors of the current device, looked up once per device.
+inline int current_device_sm_count() {
+  constexpr int kMaxDevices = 64;
+  static int sms[kMaxDevices] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 1;
+  if (sms[device] == 0) {
+    int count = 0;
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    sms[device] = count > 0 ? count : 1;
+  }
+  return sms[device];
+}
+
 template <typename T, int kHeadDim, bool kPaged>
 cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t stream) {
   using Cfg = Sm90AttentionConfig<T, kHeadDim>;
@@ -19,17 +40,18 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
-  int max_tiles = 0;  // the kernel always maps CTAs through the prefix sums
-  err = launch_row_tile_offsets(p, Cfg::kBlockM, stream, max_tiles);
+  int max_tiles = 0;  // the kernel always maps items through the prefix sums
+  err = launch_row_tile_offsets(p, Cfg::kBlockM, stream, max_tiles, /*work_counter=*/true);
   if (err != cudaSuccess) return err;
-  const dim3 grid(max_tiles, p.num_kv_heads, 1);
+  // Persistent CTAs, one an SM (its shared memory allows no second); with
+  // MMCORE_SM90_PERSISTENT=0 one CTA an item instead (the grid the hardware schedules).
+  static const bool persistent = env_flag("MMCORE_SM90_PERSISTENT");
+  static const bool tma_allowed = env_flag("MMCORE_SM90_TMA");
+  const int64_t items = static_cast<int64_t>(max_tiles) * p.num_kv_heads;
+  const int64_t ctas = persistent ? std::min<int64_t>(items, current_device_sm_count()) : items;
   Sm90KvMaps maps;
-  static const bool tma_allowed = [] {
-    const char* env = std::getenv("MMCORE_SM90_TMA");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
-  if (tma_allowed) make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kBlockN, maps);
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, maps);
+  if (tma_allowed) make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kAtomCols, Cfg::kBlockN, maps);
+  kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, maps);
   return cudaGetLastError();
 }
 

@@ -26,7 +26,7 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
 
 // One operand's map: dims innermost first; strides in bytes of dims 1.. (multiples of 16).
 bool encode(CUtensorMap& map, const void* base, int rank, const cuuint64_t* dims,
-            const cuuint64_t* strides, const cuuint32_t* box) {
+            const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapSwizzle swizzle) {
   auto fn = encode_tiled();
   if (fn == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
   for (int i = 0; i + 1 < rank; ++i) {
@@ -34,16 +34,20 @@ bool encode(CUtensorMap& map, const void* base, int rank, const cuuint64_t* dims
   }
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   return fn(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, const_cast<void*>(base), dims, strides,
-            box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+            box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 }  // namespace
 
-void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int tile_keys,
-                       Sm90KvMaps& maps) {
+void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int box_cols,
+                       int tile_keys, Sm90KvMaps& maps) {
   maps.tma = false;
   constexpr int kBytes = 2;  // bf16 / f16: the map's element type only sets the element size
+  if (box_cols != 64 && box_cols != 16) return;
+  const CUtensorMapSwizzle swizzle =
+      box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_32B;
+  const cuuint32_t cols = static_cast<cuuint32_t>(box_cols);
   bool ok = true;
   for (int operand = 0; operand < 2 && ok; ++operand) {
     const void* base = operand == 0 ? p.k : p.v;
@@ -53,8 +57,8 @@ void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int t
     CUtensorMap& map = operand == 0 ? maps.k : maps.v;
     if (paged) {
       // One lane issues each block's boxes. Blocks of >= 16 rows (those the GPU tests ran) start on
-      // whole 1 KB swizzle atoms in shared memory (the layout the 128-byte swizzle is defined on);
-      // smaller ones use cp.async, as block sizes that do not divide the tile do.
+      // whole swizzle atoms in shared memory (the layout the swizzle is defined on); smaller ones
+      // use cp.async, as block sizes that do not divide the tile do.
       if (p.num_cache_blocks <= 0 || p.block_size < 16 || p.block_size > 256 ||
           tile_keys % p.block_size != 0) {
         return;
@@ -65,16 +69,16 @@ void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int t
       const cuuint64_t strides[3] = {static_cast<cuuint64_t>(s_head * kBytes),
                                      static_cast<cuuint64_t>(s_token * kBytes),
                                      static_cast<cuuint64_t>(s_block * kBytes)};
-      const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(p.block_size), 1};
-      ok = encode(map, base, 4, dims, strides, box);
+      const cuuint32_t box[4] = {cols, 1, static_cast<cuuint32_t>(p.block_size), 1};
+      ok = encode(map, base, 4, dims, strides, box, swizzle);
     } else {
       const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim),
                                   static_cast<cuuint64_t>(p.num_kv_heads),
                                   static_cast<cuuint64_t>(p.num_tokens)};
       const cuuint64_t strides[2] = {static_cast<cuuint64_t>(s_head * kBytes),
                                      static_cast<cuuint64_t>(s_token * kBytes)};
-      const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(tile_keys)};
-      ok = encode(map, base, 3, dims, strides, box);
+      const cuuint32_t box[3] = {cols, 1, static_cast<cuuint32_t>(tile_keys)};
+      ok = encode(map, base, 3, dims, strides, box, swizzle);
     }
   }
   maps.tma = ok;

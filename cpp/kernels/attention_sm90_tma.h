@@ -14,13 +14,13 @@ struct Sm90KvMaps {
   bool tma = false;
 };
 
-// Fills `maps` for 16-bit K/V of head dim `head_dim` (64 or 128) read in `tile_keys`-key tiles:
-// paged caches ([blocks, block_size, Hkv, D], one box a block; needs a block_size of at least 16
-// that divides tile_keys, and p.num_cache_blocks > 0) or packed rows ([T, Hkv, D], one box a
-// tile). Boxes are 64 elements (128 bytes) wide and 128-byte swizzled, as the kernel's
-// shared-memory tiles.
+// Fills `maps` for 16-bit K/V of head dim `head_dim` read in `tile_keys`-key tiles: paged caches
+// ([blocks, block_size, Hkv, D], one box a block and column block; needs a block_size of at
+// least 16 that divides tile_keys, and p.num_cache_blocks > 0) or packed rows ([T, Hkv, D], one
+// box a tile and column block). Boxes are `box_cols` elements wide (64 or 16: 128- or 32-byte
+// swizzled, as the kernel's shared-memory atoms); columns past the head dim read as zeros.
 // Leaves maps.tma false (cp.async) when the layout does not allow it or the driver refuses.
-void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int tile_keys,
-                       Sm90KvMaps& maps);
+void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int box_cols,
+                       int tile_keys, Sm90KvMaps& maps);
 
 }  // namespace mmcore::kernels

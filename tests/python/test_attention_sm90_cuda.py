@@ -5,7 +5,7 @@ mmcore._kernels built for 90a with the CUTLASS headers).
 Shapes are chosen around its tiles: 128 query rows (tokens x GQA group) and 128 keys, so ragged
 lengths at 127 / 128 / 129, groups that pack 16 tokens into a row tile, chunks over a cached
 prefix whose first query is not tile-aligned, non-power-of-two cache blocks, windows and image
-spans. Tolerances: those of test_kernels_cuda.py.
+spans, head dims of both shared-memory swizzles. Tolerances: those of test_kernels_cuda.py.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ pytestmark = [
 ]
 
 TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2}
+# 64 / 128: 128-byte swizzled rows; 80 (Qwen2.5-VL's ViT): 32-byte swizzle; 72 (SigLIP's ViT):
+# computed as 80 with zero columns past the head dim.
+DIMS = [64, 72, 80, 128]
 DTYPES = [torch.bfloat16, torch.float16]
 _dtype_id = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get
 
@@ -50,9 +53,9 @@ def _check_close(out, ref, dtype):
     assert err <= TOL[dtype], f"max abs error {err}"
 
 
-def test_hopper_kernel_is_selected_for_head_dims_64_and_128():
-    assert ops.hopper_attention_selected(128) and ops.hopper_attention_selected(64)
-    assert not ops.hopper_attention_selected(72)  # other head dims keep the sm80 kernel
+def test_hopper_kernel_is_selected_for_its_head_dims():
+    assert all(ops.hopper_attention_selected(d) for d in DIMS)
+    assert not ops.hopper_attention_selected(256)  # other head dims keep the sm80 kernel
     with ops.hopper_attention(False):
         assert not ops.hopper_attention_selected(128)
         with ops.hopper_attention(True):  # nested: each level restores what it found
@@ -62,7 +65,7 @@ def test_hopper_kernel_is_selected_for_head_dims_64_and_128():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
-@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("case", list(PAGED_CASES))
 def test_paged_prefill_matches_reference_and_sm80_kernel(case, d, dtype):
     seq_lens, num_q, hq, hkv, block_size = PAGED_CASES[case]
@@ -77,7 +80,7 @@ def test_paged_prefill_matches_reference_and_sm80_kernel(case, d, dtype):
     _check_close(out, sm80, dtype)
 
 
-@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("window", [1, 100, 300])
 def test_sliding_window(d, window):
     args, _ = random_paged_batch([700, 2100, 90], [300, 400, 90], 16, 4, d, 16, torch.bfloat16)
@@ -85,7 +88,7 @@ def test_sliding_window(d, window):
     _check_close(out, reference.paged_attention(*args, 0.1, window), torch.bfloat16)
 
 
-@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
 def test_image_spans_open_keys_past_the_diagonal(d):
     seq_lens, num_q = [300, 530], [300, 130]
     spans = [[(20, 150), (200, 290)], [(395, 420), (450, 470), (520, 600)]]
@@ -98,7 +101,7 @@ def test_image_spans_open_keys_past_the_diagonal(d):
     assert (plain.float() - ref.float()).abs().max() > 0.05  # the spans change the result
 
 
-@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
 def test_long_prefill_8k(d):
     args, _ = random_paged_batch([8192, 3000], [8192, 1000], 8, 2, d, 16, torch.bfloat16, seed=8)
     out = ops.paged_attention(*args, d**-0.5)
@@ -106,7 +109,7 @@ def test_long_prefill_8k(d):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
-@pytest.mark.parametrize("d", [64, 128], ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("lens", [[577] * 6, [1, 17, 64, 129, 1000], [4096]])
 def test_varlen_matches_reference_and_sm80_kernel(dtype, d, lens):
     (q, k, v), cu = random_packed_qkv(lens, 16, d, dtype, seed=d + len(lens))
@@ -145,3 +148,24 @@ def test_released_blocks_before_the_window_are_never_read(block_size):
     clean = [key_cache.nan_to_num(0.0), value_cache.nan_to_num(0.0)]
     ref = reference.paged_attention(query, *clean, tables, lens, starts, 0.1, window)
     _check_close(out, ref, torch.bfloat16)
+
+
+@pytest.mark.parametrize("block_size", [16, 24], ids=["tma", "cp_async"])
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
+def test_persistent_ctas_run_many_uneven_items_in_turn(d, block_size):
+    # Far more (row tile, KV head) items than a 132-SM grid, of very uneven cost (1 to 16 key
+    # tiles), some with image spans: each persistent CTA takes many items in turn, its K/V and Q
+    # stages wrapping around across items of different lengths.
+    gen = torch.Generator().manual_seed(d + block_size)
+    seq_lens = torch.randint(1, 2000, (48,), generator=gen).tolist()
+    num_q = [max(1, int(n * f)) for n, f in zip(seq_lens, torch.rand(48, generator=gen).tolist())]
+    spans = [
+        [(n - q, n - q + 40)] if i % 5 == 0 else [] for i, (n, q) in enumerate(zip(seq_lens, num_q))
+    ]
+    args, _ = random_paged_batch(seq_lens, num_q, 16, 4, d, block_size, torch.bfloat16, seed=d)
+    until = span_bounds(seq_lens, num_q, spans)
+    out = ops.paged_attention(*args, d**-0.5, -1, until)
+    _check_close(out, reference.paged_attention(*args, d**-0.5, -1, until), torch.bfloat16)
+    (q, k, v), cu = random_packed_qkv([577] * 40 + [1, 130, 3000], 16, d, torch.bfloat16, seed=d)
+    out = ops.varlen_attention(q, k, v, cu, d**-0.5)
+    _check_close(out, reference.varlen_attention(q, k, v, cu, d**-0.5), torch.bfloat16)

@@ -263,7 +263,7 @@ def test_unsupported_half_precision_head_dim_raises():
 
 def _raw_varlen(q, cu, head_dim, dtype_code, num_kv_heads=None):
     """Calls the launcher binding directly (bypassing the op's fallback)."""
-    ws = torch.empty(cu.numel(), dtype=torch.int32, device="cuda")
+    ws = torch.empty(cu.numel() + 1, dtype=torch.int32, device="cuda")
     out = torch.empty_like(q)
     ops._kernels().varlen_attention(
         q=q.data_ptr(), q_strides=q.stride()[:2], k=q.data_ptr(), k_strides=q.stride()[:2],

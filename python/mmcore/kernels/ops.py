@@ -232,7 +232,7 @@ def _paged_attention_op(
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs = seq_lens.shape[0]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    tile_offsets = torch.empty(num_seqs + 1, dtype=torch.int32, device=q.device)
+    tile_offsets = torch.empty(num_seqs + 2, dtype=torch.int32, device=q.device)
     tables = _int32(block_tables)
     lens = _int32(seq_lens)
     starts = _int32(query_start_loc)
@@ -315,7 +315,7 @@ def _varlen_attention_op(
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs = cu_seqlens.shape[0] - 1
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    tile_offsets = torch.empty(num_seqs + 1, dtype=torch.int32, device=q.device)
+    tile_offsets = torch.empty(num_seqs + 2, dtype=torch.int32, device=q.device)
     starts = _int32(cu_seqlens)
     with torch.cuda.device(q.device):
         _kernels().varlen_attention(
@@ -469,7 +469,7 @@ def varlen_attention(
 def hopper_attention_selected(head_dim: int) -> bool:
     """Whether prefill and packed (ViT) attention of this head dim run the Hopper kernel (wgmma,
     sm90a) on the current CUDA device: built for 90a with CUTLASS, a compute-capability 9.0
-    device, head dim 64 or 128, not turned off (``MMCORE_SM90_ATTENTION=0`` or
+    device, head dim 64, 72, 80 or 128, not turned off (``MMCORE_SM90_ATTENTION=0`` or
     :func:`hopper_attention`). FP8 caches and split-KV launches keep the sm80 kernel."""
     kernels = _kernels()
     return bool(kernels is not None and kernels.sm90_attention_selected(int(head_dim)))
