@@ -220,6 +220,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     };
     int kv_iter = 0;  // K/V tiles loaded so far, over all items
     int w = blockIdx.x;
+    // Thread 0 claims items one ahead of the hand-over, so an atomic's latency hides behind a
+    // whole item; a CTA's claims only grow, so none it holds at the end is below num_items.
+    int claimed = ptid == 0 ? atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x : 0;
     for (int item = 0;; ++item) {
       const int qs = item % Cfg::kQStages;
       if (item >= Cfg::kQStages) Barrier::wait(&q_empty[qs], ((item / Cfg::kQStages) - 1) & 1);
@@ -254,8 +257,8 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
         work[qs] = w;
         compiler_fence();
         Barrier::arrive(&q_full[qs]);
-        // Claim the next item now, so its latency hides behind this item's loads.
-        next_work[item & 1] = atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x;
+        next_work[item & 1] = claimed;
+        claimed = atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x;
       }
       const int n_tiles = valid ? ceil_div(max(rt.kv_end - rt.kv_begin, 0), kBlockN) : 0;
 
