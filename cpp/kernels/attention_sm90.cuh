@@ -130,7 +130,7 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
 
 template <typename T, int kHeadDim, bool kPaged>
 __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
-    attention_sm90_kernel(const AttentionParams p, const __grid_constant__ Sm90KvMaps maps) {
+    attention_sm90_kernel(const AttentionParams p, const __grid_constant__ Sm90TensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
   using Cfg = Sm90AttentionConfig<T, kHeadDim>;
@@ -175,8 +175,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     }
 #pragma unroll
     for (int qs = 0; qs < Cfg::kQStages; ++qs) {
-      // Each producer thread's Q copies, and thread 0's publication of the item.
-      Barrier::init(&q_full[qs], Cfg::kProducerThreads + 1);
+      // TMA: thread 0's publication of the item, with the Q bytes to expect; cp.async: also each
+      // producer thread's copies.
+      Barrier::init(&q_full[qs], maps.tma_q ? 1 : Cfg::kProducerThreads + 1);
       Barrier::init(&q_empty[qs], Cfg::kConsumerThreads);
     }
   }
@@ -220,13 +221,16 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     };
     int kv_iter = 0;  // K/V tiles loaded so far, over all items
     int w = blockIdx.x;
+    // Thread 0 claims items one ahead of the hand-over, so an atomic's latency hides behind a
+    // whole item; a CTA's claims only grow, so none it holds at the end is below num_items.
+    int claimed = ptid == 0 ? atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x : 0;
     for (int item = 0;; ++item) {
       const int qs = item % Cfg::kQStages;
       if (item >= Cfg::kQStages) Barrier::wait(&q_empty[qs], ((item / Cfg::kQStages) - 1) & 1);
       RowTile rt;
       const int kv_head = w % p.num_kv_heads;
       const bool valid = w < num_items && locate_row_tile(p, item_tile(w), kBlockM, kBlockN, rt);
-      if (valid) {
+      if (valid && !maps.tma_q) {
         for (int c = ptid; c < kBlockM * kChunks; c += Cfg::kProducerThreads) {
           const int r = c / kChunks, ch = c % kChunks;
           const int row = rt.row0 + r;
@@ -239,7 +243,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
           cp_async_16(raw_pointer_cast(&sQ(r, ch * 8, qs)), src, inside);
         }
       }
-      cutlass::arch::cpasync_barrier_arrive_noinc(&q_full[qs]);
+      if (!maps.tma_q) cutlass::arch::cpasync_barrier_arrive_noinc(&q_full[qs]);
       if (w >= num_items) {
         if (ptid == 0) {
           work[qs] = -1;
@@ -253,9 +257,22 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
         tiles[qs] = rt;
         work[qs] = w;
         compiler_fence();
-        Barrier::arrive(&q_full[qs]);
-        // Claim the next item now, so its latency hides behind this item's loads.
-        next_work[item & 1] = atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x;
+        if (maps.tma_q && valid) {
+          // One box a column block: the tile's tokens x the group's heads (rows past the
+          // sequence's read other tokens or zeros; their outputs are never written).
+          constexpr uint32_t kQBytes = kBlockM * kDim * sizeof(T);
+          cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&q_full[qs], kQBytes);
+          Element* q_dst = raw_pointer_cast(&sQ(0, 0, qs));
+#pragma unroll
+          for (int h = 0; h < kDim / kAtomCols; ++h) {
+            SM90_TMA_LOAD_4D::copy(&maps.q, &q_full[qs], hint, q_dst + h * kBlockM * kAtomCols,
+                                   h * kAtomCols, 0, kv_head, rt.q_start + rt.first_tok);
+          }
+        } else {
+          Barrier::arrive(&q_full[qs]);
+        }
+        next_work[item & 1] = claimed;
+        claimed = atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x;
       }
       const int n_tiles = valid ? ceil_div(max(rt.kv_end - rt.kv_begin, 0), kBlockN) : 0;
 

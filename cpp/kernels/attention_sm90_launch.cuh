@@ -49,8 +49,11 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
   static const bool tma_allowed = env_flag("MMCORE_SM90_TMA");
   const int64_t items = static_cast<int64_t>(max_tiles) * p.num_kv_heads;
   const int64_t ctas = persistent ? std::min<int64_t>(items, current_device_sm_count()) : items;
-  Sm90KvMaps maps;
-  if (tma_allowed) make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kAtomCols, Cfg::kBlockN, maps);
+  Sm90TensorMaps maps;
+  if (tma_allowed) {
+    make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kAtomCols, Cfg::kBlockN, maps);
+    make_sm90_q_map(p, kHeadDim, Cfg::kAtomCols, Cfg::kBlockM, maps);
+  }
   kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, maps);
   return cudaGetLastError();
 }

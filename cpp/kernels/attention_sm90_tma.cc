@@ -1,4 +1,4 @@
-// Tensor maps of the Hopper attention kernel's K/V (see attention_sm90_tma.h).
+// Tensor maps of the Hopper attention kernel's Q / K / V (see attention_sm90_tma.h).
 #include "kernels/attention_sm90_tma.h"
 
 #include <cudaTypedefs.h>
@@ -41,7 +41,7 @@ bool encode(CUtensorMap& map, const void* base, int rank, const cuuint64_t* dims
 }  // namespace
 
 void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int box_cols,
-                       int tile_keys, Sm90KvMaps& maps) {
+                       int tile_keys, Sm90TensorMaps& maps) {
   maps.tma = false;
   constexpr int kBytes = 2;  // bf16 / f16: the map's element type only sets the element size
   if (box_cols != 64 && box_cols != 16) return;
@@ -82,6 +82,26 @@ void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int b
     }
   }
   maps.tma = ok;
+}
+
+void make_sm90_q_map(const AttentionParams& p, int head_dim, int box_cols, int tile_rows,
+                     Sm90TensorMaps& maps) {
+  maps.tma_q = false;
+  constexpr int kBytes = 2;
+  if ((box_cols != 64 && box_cols != 16) || p.group <= 0 || tile_rows % p.group != 0 ||
+      p.num_kv_heads * p.group != p.num_q_heads) {
+    return;
+  }
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(p.group),
+                              static_cast<cuuint64_t>(p.num_kv_heads),
+                              static_cast<cuuint64_t>(p.num_tokens)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(p.q_stride_head * kBytes),
+                                 static_cast<cuuint64_t>(p.q_stride_head * p.group * kBytes),
+                                 static_cast<cuuint64_t>(p.q_stride_token * kBytes)};
+  const cuuint32_t box[4] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(p.group), 1,
+                             static_cast<cuuint32_t>(tile_rows / p.group)};
+  maps.tma_q = encode(maps.q, p.q, 4, dims, strides, box,
+                      box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_32B);
 }
 
 }  // namespace mmcore::kernels
