@@ -6,10 +6,12 @@
 // token, GQA head) as in attention_kernel. CTAs are persistent: each takes items in turn (heavy
 // causal tiles first) from a counter until none are left, and the producer loads the next item's
 // Q and first K/V tiles while the consumers finish the current one. A CTA runs three warpgroups:
-// - a producer (registers handed to the others with setmaxnreg) fills three stages of 128-key
-//   K/V tiles in 128-byte-swizzled shared memory: bulk tensor copies (TMA) by its first warp,
-//   one box per cache block (paged) or per tile (packed), where the layout allows it
-//   (attention_sm90_tma.h), else cp.async by all its threads; mbarriers say when a stage is
+// - a producer (registers handed to the others with setmaxnreg) loads each item's Q tile (TMA
+//   by its first thread where the GQA group divides 128, else cp.async by all its threads) and
+//   fills three stages of 128-key K/V tiles in swizzled shared memory (128-byte swizzle for
+//   head dims 64 / 128, 32-byte for 72 / 80): bulk tensor copies (TMA) by its first warp, one
+//   box per cache block (paged) or per tile (packed) and column block, where the layout allows
+//   it (attention_sm90_tma.h), else cp.async by all its threads; mbarriers say when a stage is
 //   full and when both consumers are done with it;
 // - two consumers of 64 rows each, software-pipelined (tile j's P V and tile j + 1's Q K^T in
 //   flight during tile j + 1's softmax) and taking turns to issue their wgmmas (named
