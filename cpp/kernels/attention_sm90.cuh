@@ -186,9 +186,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   __syncthreads();
 
   if (tid < Cfg::kProducerThreads) {
-    // Producer warpgroup: per item, Q by cp.async (all threads), then the K/V tiles kStages deep
-    // by TMA (first warp) or cp.async (all threads); each stage's full barrier completes when its
-    // copies land (the consumers fence before their wgmmas read it).
+    // Producer warpgroup: per item, its Q tile (TMA by thread 0, or cp.async by all threads) and
+    // publication, then its K/V tiles kStages deep by TMA (first warp) or cp.async (all threads);
+    // each barrier completes when its copies land (the consumers fence before their wgmmas).
     cutlass::arch::warpgroup_reg_dealloc<56>();
     const int ptid = tid;
     const T* q_base = static_cast<const T*>(p.q);
