@@ -2,8 +2,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -99,25 +97,18 @@ constexpr bool sm90_head_dim(int head_dim) {
 
 // Compute capability major * 10 + minor of the current device, looked up once per device.
 int current_device_capability() {
-  constexpr int kMaxDevices = 64;
-  static int capability[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 0;
-  if (capability[device] == 0) {
+  static int capability[kMaxCachedDevices] = {};
+  return current_device_cached(capability, 0, [](int device) {
     int major = 0, minor = 0;
     cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
     cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-    capability[device] = major * 10 + minor;
-  }
-  return capability[device];
+    return major * 10 + minor;
+  });
 }
 #endif
 
 // Off with MMCORE_SM90_ATTENTION=0 in the environment, or set_sm90_attention_enabled(false).
-std::atomic<bool> g_sm90_enabled{[] {
-  const char* env = std::getenv("MMCORE_SM90_ATTENTION");
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}()};
+std::atomic<bool> g_sm90_enabled{env_flag("MMCORE_SM90_ATTENTION")};
 
 }  // namespace
 

@@ -3,34 +3,23 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 
 #include "kernels/attention.h"
 #include "kernels/attention_aux.cuh"
 #include "kernels/attention_sm90.cuh"
 #include "kernels/attention_sm90_tma.h"
+#include "kernels/launch_utils.h"
 
 namespace mmcore::kernels {
 
-// An on-by-default switch: false only when the variable is set to "0".
-inline bool env_flag(const char* name) {
-  const char* env = std::getenv(name);
-  return env == nullptr || std::strcmp(env, "0") != 0;
-}
-
 // Multiprocessors of the current device, looked up once per device.
 inline int current_device_sm_count() {
-  constexpr int kMaxDevices = 64;
-  static int sms[kMaxDevices] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return 1;
-  if (sms[device] == 0) {
+  static int sms[kMaxCachedDevices] = {};
+  return current_device_cached(sms, 1, [](int device) {
     int count = 0;
     cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    sms[device] = count > 0 ? count : 1;
-  }
-  return sms[device];
+    return count > 0 ? count : 1;
+  });
 }
 
 template <typename T, int kHeadDim, bool kPaged>

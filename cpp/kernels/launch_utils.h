@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -21,6 +23,24 @@ inline void check_launch(cudaError_t err, const char* name) {
   if (err != cudaSuccess) {
     throw std::runtime_error(std::string(name) + ": CUDA error: " + cudaGetErrorString(err));
   }
+}
+
+// An on-by-default switch: false only when the environment variable is set to "0".
+inline bool env_flag(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
+// A property of the current CUDA device, computed by compute(device) once per device and kept in
+// `cache` (one per property; 0 means not looked up yet); `fallback` when there is no device.
+constexpr int kMaxCachedDevices = 64;
+template <typename Compute>
+int current_device_cached(int (&cache)[kMaxCachedDevices], int fallback, Compute compute) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxCachedDevices)
+    return fallback;
+  if (cache[device] == 0) cache[device] = compute(device);
+  return cache[device];
 }
 
 inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
