@@ -24,11 +24,15 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_tiled() {
   return fn;
 }
 
-// One operand's map: dims innermost first; strides in bytes of dims 1.. (multiples of 16).
+// One operand's map: dims innermost first; strides in bytes of dims 1.. (multiples of 16). The
+// box's rows are one shared-memory swizzle atom: 64 elements (128-byte swizzle) or 16 (32-byte).
 bool encode(CUtensorMap& map, const void* base, int rank, const cuuint64_t* dims,
-            const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapSwizzle swizzle) {
+            const cuuint64_t* strides, const cuuint32_t* box) {
   auto fn = encode_tiled();
   if (fn == nullptr || reinterpret_cast<uintptr_t>(base) % 16 != 0) return false;
+  if (box[0] != 64 && box[0] != 16) return false;
+  const CUtensorMapSwizzle swizzle =
+      box[0] == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_32B;
   for (int i = 0; i + 1 < rank; ++i) {
     if (strides[i] % 16 != 0 || strides[i] >= (cuuint64_t{1} << 40)) return false;
   }
@@ -44,9 +48,6 @@ void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int b
                        int tile_keys, Sm90TensorMaps& maps) {
   maps.tma = false;
   constexpr int kBytes = 2;  // bf16 / f16: the map's element type only sets the element size
-  if (box_cols != 64 && box_cols != 16) return;
-  const CUtensorMapSwizzle swizzle =
-      box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_32B;
   const cuuint32_t cols = static_cast<cuuint32_t>(box_cols);
   bool ok = true;
   for (int operand = 0; operand < 2 && ok; ++operand) {
@@ -70,7 +71,7 @@ void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int b
                                      static_cast<cuuint64_t>(s_token * kBytes),
                                      static_cast<cuuint64_t>(s_block * kBytes)};
       const cuuint32_t box[4] = {cols, 1, static_cast<cuuint32_t>(p.block_size), 1};
-      ok = encode(map, base, 4, dims, strides, box, swizzle);
+      ok = encode(map, base, 4, dims, strides, box);
     } else {
       const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim),
                                   static_cast<cuuint64_t>(p.num_kv_heads),
@@ -78,7 +79,7 @@ void make_sm90_kv_maps(const AttentionParams& p, bool paged, int head_dim, int b
       const cuuint64_t strides[2] = {static_cast<cuuint64_t>(s_head * kBytes),
                                      static_cast<cuuint64_t>(s_token * kBytes)};
       const cuuint32_t box[3] = {cols, 1, static_cast<cuuint32_t>(tile_keys)};
-      ok = encode(map, base, 3, dims, strides, box, swizzle);
+      ok = encode(map, base, 3, dims, strides, box);
     }
   }
   maps.tma = ok;
@@ -88,8 +89,7 @@ void make_sm90_q_map(const AttentionParams& p, int head_dim, int box_cols, int t
                      Sm90TensorMaps& maps) {
   maps.tma_q = false;
   constexpr int kBytes = 2;
-  if ((box_cols != 64 && box_cols != 16) || p.group <= 0 || tile_rows % p.group != 0 ||
-      p.num_kv_heads * p.group != p.num_q_heads) {
+  if (p.group <= 0 || tile_rows % p.group != 0 || p.num_kv_heads * p.group != p.num_q_heads) {
     return;
   }
   const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(p.group),
@@ -100,8 +100,7 @@ void make_sm90_q_map(const AttentionParams& p, int head_dim, int box_cols, int t
                                  static_cast<cuuint64_t>(p.q_stride_token * kBytes)};
   const cuuint32_t box[4] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(p.group), 1,
                              static_cast<cuuint32_t>(tile_rows / p.group)};
-  maps.tma_q = encode(maps.q, p.q, 4, dims, strides, box,
-                      box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_32B);
+  maps.tma_q = encode(maps.q, p.q, 4, dims, strides, box);
 }
 
 }  // namespace mmcore::kernels
