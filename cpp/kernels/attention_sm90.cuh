@@ -149,7 +149,6 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   Element* smem_v = smem_k + Cfg::kKVElems;
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});
-  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVt{});
   // full[s]: stage s holds its tile (the producer's copies landed); empty[s]: both consumer
   // warpgroups are done reading it. q_full / q_empty the same for the Q stages; work[qs] is the
