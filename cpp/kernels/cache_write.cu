@@ -1,10 +1,13 @@
-// KV-cache write by slot mapping: one CTA per token, threads over (head, dim) of K and V.
+// KV-cache write by slot mapping: CTAs per token, threads over (head, column vector) of K and V.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cache_write.h"
 #include "kernels/launch_utils.h"
@@ -12,13 +15,29 @@
 namespace mmcore::kernels {
 namespace {
 
-template <typename T>
-__device__ __forceinline__ float to_float(T x) {
-  return static_cast<float>(x);
+// kVec elements of a row, moved as one aligned vector access.
+template <typename T, int kVec>
+struct alignas(sizeof(T) * kVec) Vec {
+  T v[kVec];
+};
+
+template <typename TDst>
+__device__ __forceinline__ TDst convert(float x, float /*inv_scale*/) {
+  return static_cast<TDst>(x);
+}
+// FP8 (e4m3) caches: x / scale[head], rounded to nearest and saturated to +-448 (the torch
+// reference clamps, then casts; both round to nearest even).
+template <>
+__device__ __forceinline__ __nv_fp8_storage_t convert<__nv_fp8_storage_t>(float x, float scale) {
+  return __nv_cvt_float_to_fp8(x / scale, __NV_SATFINITE, __NV_E4M3);
 }
 
-template <typename TSrc, typename TDst>
+// One CTA row per token (blockIdx.x), its (head, kVec-column) vectors spread over blockIdx.y and
+// the threads: at batch 1 the K/V row of every head is written by several CTAs at once, each
+// thread issuing its loads before its stores.
+template <typename TSrc, typename TDst, int kVec>
 __global__ void reshape_and_cache_kernel(const CacheWriteParams p) {
+  constexpr bool kFp8 = std::is_same_v<TDst, __nv_fp8_storage_t>;
   const int token = blockIdx.x;
   const int64_t slot = p.slot_mapping[token];
   if (slot < 0) return;
@@ -30,55 +49,69 @@ __global__ void reshape_and_cache_kernel(const CacheWriteParams p) {
   const auto* value = static_cast<const TSrc*>(p.value);
   auto* key_cache = static_cast<TDst*>(p.key_cache);
   auto* value_cache = static_cast<TDst*>(p.value_cache);
-  const int elems = p.num_kv_heads * p.head_dim;
-  for (int e = threadIdx.x; e < elems; e += blockDim.x) {
-    const int h = e / p.head_dim, d = e % p.head_dim;
-    const TSrc k = key[token * p.key_stride_token + h * p.key_stride_head + d];
-    const TSrc v = value[token * p.value_stride_token + h * p.value_stride_head + d];
-    key_cache[block * p.kc_stride_block + offset * p.kc_stride_token + h * p.kc_stride_head + d] =
-        static_cast<TDst>(to_float(k));
-    value_cache[block * p.vc_stride_block + offset * p.vc_stride_token + h * p.vc_stride_head + d] =
-        static_cast<TDst>(to_float(v));
+  const int vecs_per_head = p.head_dim / kVec;
+  const int vecs = p.num_kv_heads * vecs_per_head;
+  for (int i = blockIdx.y * blockDim.x + threadIdx.x; i < vecs; i += gridDim.y * blockDim.x) {
+    const int h = i / vecs_per_head, d = (i - h * vecs_per_head) * kVec;
+    const auto k = *reinterpret_cast<const Vec<TSrc, kVec>*>(key + token * p.key_stride_token +
+                                                             h * p.key_stride_head + d);
+    const auto v = *reinterpret_cast<const Vec<TSrc, kVec>*>(value + token * p.value_stride_token +
+                                                             h * p.value_stride_head + d);
+    const float k_scale = kFp8 ? p.k_scale[h] : 1.f, v_scale = kFp8 ? p.v_scale[h] : 1.f;
+    Vec<TDst, kVec> k_out, v_out;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      k_out.v[j] = convert<TDst>(static_cast<float>(k.v[j]), k_scale);
+      v_out.v[j] = convert<TDst>(static_cast<float>(v.v[j]), v_scale);
+    }
+    *reinterpret_cast<Vec<TDst, kVec>*>(key_cache + block * p.kc_stride_block +
+                                        offset * p.kc_stride_token + h * p.kc_stride_head + d) =
+        k_out;
+    *reinterpret_cast<Vec<TDst, kVec>*>(value_cache + block * p.vc_stride_block +
+                                        offset * p.vc_stride_token + h * p.vc_stride_head + d) =
+        v_out;
   }
 }
 
-// FP8 (e4m3) caches: x / scale[head], rounded to nearest and saturated to +-448 (the torch
-// reference clamps, then casts; both round to nearest even).
-template <typename TSrc>
-__global__ void reshape_and_cache_fp8_kernel(const CacheWriteParams p) {
-  const int token = blockIdx.x;
-  const int64_t slot = p.slot_mapping[token];
-  if (slot < 0) return;
-  const int64_t block = slot / p.block_size;
-  const int64_t offset = slot % p.block_size;
-  if (block >= p.num_blocks) return;
-  const auto* key = static_cast<const TSrc*>(p.key);
-  const auto* value = static_cast<const TSrc*>(p.value);
-  auto* key_cache = static_cast<__nv_fp8_storage_t*>(p.key_cache);
-  auto* value_cache = static_cast<__nv_fp8_storage_t*>(p.value_cache);
-  const int elems = p.num_kv_heads * p.head_dim;
-  for (int e = threadIdx.x; e < elems; e += blockDim.x) {
-    const int h = e / p.head_dim, d = e % p.head_dim;
-    const float k = to_float(key[token * p.key_stride_token + h * p.key_stride_head + d]);
-    const float v = to_float(value[token * p.value_stride_token + h * p.value_stride_head + d]);
-    key_cache[block * p.kc_stride_block + offset * p.kc_stride_token + h * p.kc_stride_head + d] =
-        __nv_cvt_float_to_fp8(k / p.k_scale[h], __NV_SATFINITE, __NV_E4M3);
-    value_cache[block * p.vc_stride_block + offset * p.vc_stride_token + h * p.vc_stride_head + d] =
-        __nv_cvt_float_to_fp8(v / p.v_scale[h], __NV_SATFINITE, __NV_E4M3);
+// Whether rows move as kVec-element vectors: every pointer, stride and the head dim aligned.
+template <typename TSrc, typename TDst>
+bool vectorizable(const CacheWriteParams& p, int vec) {
+  const auto aligned = [](const void* ptr, int bytes) {
+    return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+  };
+  const int64_t src_strides[] = {p.key_stride_token, p.key_stride_head, p.value_stride_token,
+                                 p.value_stride_head};
+  const int64_t dst_strides[] = {p.kc_stride_block, p.kc_stride_token, p.kc_stride_head,
+                                 p.vc_stride_block, p.vc_stride_token, p.vc_stride_head};
+  bool ok = p.head_dim % vec == 0;
+  for (int64_t s : src_strides) ok = ok && s % vec == 0;
+  for (int64_t s : dst_strides) ok = ok && s % vec == 0;
+  const int src_bytes = vec * sizeof(TSrc), dst_bytes = vec * sizeof(TDst);
+  return ok && aligned(p.key, src_bytes) && aligned(p.value, src_bytes) &&
+         aligned(p.key_cache, dst_bytes) && aligned(p.value_cache, dst_bytes);
+}
+
+template <typename TSrc, typename TDst>
+cudaError_t launch_typed(const CacheWriteParams& p, cudaStream_t stream) {
+  constexpr int kThreads = 128;
+  constexpr int kVec = 16 / sizeof(TSrc);  // 16-byte loads
+  const bool vec = vectorizable<TSrc, TDst>(p, kVec);
+  const int vecs = p.num_kv_heads * (vec ? p.head_dim / kVec : p.head_dim);
+  // Enough CTAs a token that each thread moves one vector, capped for long rows.
+  const dim3 grid(p.num_tokens, std::min((vecs + kThreads - 1) / kThreads, 32));
+  if (vec) {
+    reshape_and_cache_kernel<TSrc, TDst, kVec><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    reshape_and_cache_kernel<TSrc, TDst, 1><<<grid, kThreads, 0, stream>>>(p);
   }
+  return cudaGetLastError();
 }
 
 template <typename TSrc>
 cudaError_t launch_for_cache(const CacheWriteParams& p, DType cache_dtype, cudaStream_t stream) {
-  const int threads = p.num_kv_heads * p.head_dim >= 256 ? 256 : 128;
-  if (cache_dtype == DType::kFloat8E4M3) {
-    reshape_and_cache_fp8_kernel<TSrc><<<p.num_tokens, threads, 0, stream>>>(p);
-    return cudaGetLastError();
-  }
+  if (cache_dtype == DType::kFloat8E4M3) return launch_typed<TSrc, __nv_fp8_storage_t>(p, stream);
   return dispatch_dtype(cache_dtype, [&](auto tag) {
-    using TDst = typename decltype(tag)::type;
-    reshape_and_cache_kernel<TSrc, TDst><<<p.num_tokens, threads, 0, stream>>>(p);
-    return cudaGetLastError();
+    return launch_typed<TSrc, typename decltype(tag)::type>(p, stream);
   });
 }
 

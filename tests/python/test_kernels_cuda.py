@@ -224,11 +224,16 @@ def test_varlen_attention(dtype, d, lens):
 
 @pytest.mark.parametrize("src,cache", [(torch.bfloat16,) * 2, (torch.float16,) * 2,
                                        (torch.float32,) * 2, (torch.float32, torch.bfloat16)])  # fmt: skip
-def test_reshape_and_cache(src, cache):
+# 80: 16-byte vectors; 36: vectors for float32 only; "offset": rows one element off 16-byte
+# alignment (the scalar path).
+@pytest.mark.parametrize("layout", ["d80", "d36", "offset"])
+def test_reshape_and_cache(src, cache, layout):
     gen = torch.Generator(device="cuda").manual_seed(1)
-    t, hkv, d, blocks, bs = 50, 4, 80, 12, 16
-    kv = torch.randn(t, 2, hkv, d, generator=gen, device="cuda").to(src)
-    key, value = kv.unbind(1)
+    t, hkv, blocks, bs = 50, 4, 12, 16
+    d = 36 if layout == "d36" else 80
+    flat = torch.randn(t, 2 * hkv * d + 1, generator=gen, device="cuda").to(src)
+    start = 1 if layout == "offset" else 0
+    key, value = flat[:, start : start + 2 * hkv * d].view(t, 2, hkv, d).unbind(1)
     slots = torch.randperm(blocks * bs, generator=gen, device="cuda")[:t]
     slots[::7] = -1
     caches = [torch.randn(blocks, bs, hkv, d, generator=gen, device="cuda").to(cache) for _ in "kv"]
