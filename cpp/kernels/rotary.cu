@@ -14,22 +14,36 @@ namespace {
 constexpr int kThreads = 128;
 
 // kFloatMath: a float32 cache, float32 arithmetic, one rounding (RotaryParams::float_math).
-template <typename T, int kWidth, bool kFloatMath>
+// kCache: the fused KV-cache write (RotaryParams::key_cache): value-head items follow the key
+// heads, and key/value rows go to their token's cache slot instead of key_out.
+template <typename T, int kWidth, bool kFloatMath, bool kCache>
 __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) {
   using V = Vec<T, kWidth>;
   const int half = p.head_dim / 2;
   const int chunks = half / kWidth;
   const int item = blockIdx.x * kThreads + threadIdx.x;
-  if (item >= (p.num_q_heads + p.num_kv_heads) * chunks) return;
+  const int kv_heads = kCache ? 2 * p.num_kv_heads : p.num_kv_heads;
+  if (item >= (p.num_q_heads + kv_heads) * chunks) return;
   const int head = item / chunks;
   const int offset = (item % chunks) * kWidth;
   const bool is_query = head < p.num_q_heads;
-  const int h = is_query ? head : head - p.num_q_heads;
-  const T* src = static_cast<const T*>(is_query ? p.query : p.key) +
-                 h * (is_query ? p.q_stride_head : p.k_stride_head) + offset;
-  T* dst = static_cast<T*>(is_query ? p.query_out : p.key_out) +
-           h * (is_query ? p.qo_stride_head : p.ko_stride_head) + offset;
-  const int64_t src_stride = is_query ? p.q_stride_token : p.k_stride_token;
+  const bool is_value = kCache && head >= p.num_q_heads + p.num_kv_heads;
+  const bool to_cache = kCache && !is_query;
+  const int h = is_query ? head : head - p.num_q_heads - (is_value ? p.num_kv_heads : 0);
+  const T* src = static_cast<const T*>(is_query   ? p.query
+                                       : is_value ? p.value
+                                                  : p.key) +
+                 h * (is_query   ? p.q_stride_head
+                      : is_value ? p.v_stride_head
+                                 : p.k_stride_head) +
+                 offset;
+  T* dst = to_cache ? static_cast<T*>(is_value ? p.value_cache : p.key_cache) +
+                          h * (is_value ? p.vc_stride_head : p.kc_stride_head) + offset
+                    : static_cast<T*>(is_query ? p.query_out : p.key_out) +
+                          h * (is_query ? p.qo_stride_head : p.ko_stride_head) + offset;
+  const int64_t src_stride = is_query   ? p.q_stride_token
+                             : is_value ? p.v_stride_token
+                                        : p.k_stride_token;
   const int64_t dst_stride = is_query ? p.qo_stride_token : p.ko_stride_token;
   // M-RoPE: the position row of this chunk's frequencies (a chunk never straddles sections).
   const int row = offset < p.mrope_section[0]                        ? 0
@@ -39,10 +53,26 @@ __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) 
   const int64_t row_offset = mrope ? row * p.positions_row_stride : 0;
 
   for (int64_t token = blockIdx.y; token < p.num_tokens; token += gridDim.y) {
+    T* dst_row = dst + token * dst_stride;
+    if constexpr (kCache) {
+      if (to_cache) {
+        // reshape_and_cache's rule: negative and out-of-range slots are not written.
+        const int64_t slot = p.slot_mapping[token];
+        if (slot < 0 || slot / p.block_size >= p.num_blocks) continue;
+        dst_row = dst + (slot / p.block_size) * (is_value ? p.vc_stride_block : p.kc_stride_block) +
+                  (slot % p.block_size) * (is_value ? p.vc_stride_token : p.kc_stride_token);
+        if (is_value) {
+          const T* x = src + token * src_stride;
+          *reinterpret_cast<V*>(dst_row) = *reinterpret_cast<const V*>(x);
+          *reinterpret_cast<V*>(dst_row + half) = *reinterpret_cast<const V*>(x + half);
+          continue;
+        }
+      }
+    }
     const int64_t index = row_offset + token;
     const int64_t pos = p.positions_int64 ? static_cast<const int64_t*>(p.positions)[index]
                                           : static_cast<const int32_t*>(p.positions)[index];
-    V* out = reinterpret_cast<V*>(dst + token * dst_stride);
+    V* out = reinterpret_cast<V*>(dst_row);
     V o1, o2;
     if (pos < 0 || pos >= p.max_positions) {
 #pragma unroll
@@ -84,12 +114,20 @@ __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) 
 
 template <typename T, int kWidth>
 cudaError_t launch_width(const RotaryParams& p, cudaStream_t stream) {
-  const int items = (p.num_q_heads + p.num_kv_heads) * (p.head_dim / 2 / kWidth);
+  const bool cache = p.key_cache != nullptr;
+  const int heads = p.num_q_heads + (cache ? 2 : 1) * p.num_kv_heads;
+  const int items = heads * (p.head_dim / 2 / kWidth);
   const dim3 grid((items + kThreads - 1) / kThreads, std::min(p.num_tokens, kMaxGridY));
-  if (p.float_math) {
-    rotary_kernel<T, kWidth, true><<<grid, kThreads, 0, stream>>>(p);
+  if (cache) {
+    if (p.float_math) {
+      rotary_kernel<T, kWidth, true, true><<<grid, kThreads, 0, stream>>>(p);
+    } else {
+      rotary_kernel<T, kWidth, false, true><<<grid, kThreads, 0, stream>>>(p);
+    }
+  } else if (p.float_math) {
+    rotary_kernel<T, kWidth, true, false><<<grid, kThreads, 0, stream>>>(p);
   } else {
-    rotary_kernel<T, kWidth, false><<<grid, kThreads, 0, stream>>>(p);
+    rotary_kernel<T, kWidth, false, false><<<grid, kThreads, 0, stream>>>(p);
   }
   return cudaGetLastError();
 }
@@ -103,11 +141,15 @@ bool fits_width(const RotaryParams& p, int width) {
   // A float32 cache is read per element; a cache of T by vectors.
   bool fits = (p.head_dim / 2) % width == 0 &&
               (p.float_math || (p.cache_stride % width == 0 && aligned(p.cos_sin_cache)));
-  const void* ptrs[] = {p.query, p.key, p.query_out, p.key_out};
+  // The fused cache write's pointers and strides are null / zero without it.
+  const void* ptrs[] = {p.query,     p.key,   p.query_out,  p.key_out,
+                        p.key_cache, p.value, p.value_cache};
   for (const void* ptr : ptrs) fits = fits && aligned(ptr);
-  const int64_t strides[] = {p.q_stride_token,  p.q_stride_head,   p.k_stride_token,
-                             p.k_stride_head,   p.qo_stride_token, p.qo_stride_head,
-                             p.ko_stride_token, p.ko_stride_head};
+  const int64_t strides[] = {
+      p.q_stride_token,  p.q_stride_head,   p.k_stride_token,  p.k_stride_head,
+      p.qo_stride_token, p.qo_stride_head,  p.ko_stride_token, p.ko_stride_head,
+      p.v_stride_token,  p.v_stride_head,   p.kc_stride_block, p.kc_stride_token,
+      p.kc_stride_head,  p.vc_stride_block, p.vc_stride_token, p.vc_stride_head};
   for (int64_t s : strides) fits = fits && s % width == 0;
   // M-RoPE section boundaries must fall between vectors.
   return fits && p.mrope_section[0] % width == 0 &&
@@ -136,10 +178,25 @@ void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t st
           n + ": head_dim must be positive and even, got " + std::to_string(p.head_dim));
   require(p.max_positions > 0 && p.cache_stride >= p.head_dim,
           n + ": cos_sin_cache must have rows of at least head_dim elements");
-  require(p.qo_stride_head >= p.head_dim && p.ko_stride_head >= p.head_dim &&
-              p.qo_stride_token >= p.num_q_heads * p.qo_stride_head &&
-              p.ko_stride_token >= p.num_kv_heads * p.ko_stride_head,
+  const bool cache = p.key_cache != nullptr;
+  // With the fused cache write, key_out is unused.
+  require(p.qo_stride_head >= p.head_dim && p.qo_stride_token >= p.num_q_heads * p.qo_stride_head &&
+              (cache || (p.ko_stride_head >= p.head_dim &&
+                         p.ko_stride_token >= p.num_kv_heads * p.ko_stride_head)),
           n + ": output strides overlap");
+  require(cache || !p.value_cache, n + ": value_cache given without key_cache");
+  if (cache) {
+    require(p.block_size > 0 && p.num_blocks >= 0,
+            n + ": block_size must be positive and num_blocks non-negative, got " +
+                std::to_string(p.block_size) + " and " + std::to_string(p.num_blocks));
+    require(p.kc_stride_head >= p.head_dim &&
+                p.kc_stride_token >= p.num_kv_heads * p.kc_stride_head &&
+                p.kc_stride_block >= p.block_size * p.kc_stride_token &&
+                p.vc_stride_head >= p.head_dim &&
+                p.vc_stride_token >= p.num_kv_heads * p.vc_stride_head &&
+                p.vc_stride_block >= p.block_size * p.vc_stride_token,
+            n + ": KV cache strides overlap (expected [num_blocks, block_size, Hkv, head_dim])");
+  }
   const int sections = p.mrope_section[0] + p.mrope_section[1] + p.mrope_section[2];
   require(p.mrope_section[0] >= 0 && p.mrope_section[1] >= 0 && p.mrope_section[2] >= 0 &&
               (sections == 0 || sections == p.head_dim / 2),
@@ -147,8 +204,10 @@ void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t st
   require(sections == 0 || p.positions_row_stride >= p.num_tokens,
           n + ": M-RoPE position rows overlap");
   if (p.num_tokens == 0) return;
-  require(p.positions && p.query && p.key && p.query_out && p.key_out && p.cos_sin_cache,
+  require(p.positions && p.query && p.key && p.query_out && (cache || p.key_out) && p.cos_sin_cache,
           n + ": null device pointer");
+  require(!cache || (p.value && p.value_cache && p.slot_mapping),
+          n + ": the KV-cache write needs value, value_cache and slot_mapping");
   check_launch(
       dispatch_dtype(
           dtype, [&](auto tag) { return launch_dtype<typename decltype(tag)::type>(p, stream); }),

@@ -32,6 +32,19 @@ struct RotaryParams {
   int64_t cache_stride = 0;
   int max_positions = 0;
   int num_tokens = 0, num_q_heads = 0, num_kv_heads = 0, head_dim = 0;
+  // Fused KV-cache write (reshape_and_cache), on when key_cache is set: the rotated key rows go
+  // to key_cache at slot_mapping[token] (key_out unused), the value rows [num_tokens, Hkv,
+  // head_dim] unrotated to value_cache; tokens whose slot is negative or past num_blocks are
+  // not written. Caches [num_blocks, block_size, Hkv, head_dim] of q/k's dtype, last dim
+  // contiguous, strides (block, token, head) in elements.
+  const void* value = nullptr;
+  int64_t v_stride_token = 0, v_stride_head = 0;
+  void* key_cache = nullptr;
+  void* value_cache = nullptr;
+  int64_t kc_stride_block = 0, kc_stride_token = 0, kc_stride_head = 0;
+  int64_t vc_stride_block = 0, vc_stride_token = 0, vc_stride_head = 0;
+  const int64_t* slot_mapping = nullptr;  // [num_tokens]
+  int block_size = 0, num_blocks = 0;
 };
 
 // With h = head_dim / 2, c/s = the cache row of the token's position, for i < h:
@@ -42,6 +55,8 @@ struct RotaryParams {
 // With float_math (a float32 cache): out[i] = round(x[i] * c[i] - x[i + h] * s[i]), each
 // product and the sum in float32 (no fused multiply-add), one rounding to the output dtype.
 // Positions outside [0, max_positions) give zero rows. Outputs must not alias the inputs.
+// With key_cache set, the cache rows written equal those of this op followed by
+// launch_reshape_and_cache (same dtype caches), in one launch.
 // Throws std::invalid_argument on bad arguments, std::runtime_error on a CUDA error.
 void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t stream);
 
