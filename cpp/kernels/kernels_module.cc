@@ -293,6 +293,39 @@ void bind_quant(py::module_& m) {
       "Per-row FP8 e4m3 quantisation of [num_tokens, hidden] (device pointers as ints).");
 }
 
+// RotaryParams fields shared by the plain and the cache-writing rotary bindings.
+mmcore::kernels::RotaryParams rotary_params(uintptr_t positions, bool positions_int64,
+                                            std::array<int, 3> mrope_section,
+                                            int64_t positions_row_stride, uintptr_t query,
+                                            Strides2 q_strides, uintptr_t key, Strides2 k_strides,
+                                            uintptr_t query_out, Strides2 qo_strides,
+                                            uintptr_t cos_sin_cache, int64_t cache_stride,
+                                            int max_positions, int num_tokens, int num_q_heads,
+                                            int num_kv_heads, int head_dim) {
+  mmcore::kernels::RotaryParams p;
+  p.positions = as_ptr<const void>(positions);
+  p.positions_int64 = positions_int64;
+  p.positions_row_stride = positions_row_stride;
+  for (int i = 0; i < 3; ++i) p.mrope_section[i] = mrope_section[i];
+  p.query = as_ptr<const void>(query);
+  p.q_stride_token = q_strides[0];
+  p.q_stride_head = q_strides[1];
+  p.key = as_ptr<const void>(key);
+  p.k_stride_token = k_strides[0];
+  p.k_stride_head = k_strides[1];
+  p.query_out = as_ptr<void>(query_out);
+  p.qo_stride_token = qo_strides[0];
+  p.qo_stride_head = qo_strides[1];
+  p.cos_sin_cache = as_ptr<const void>(cos_sin_cache);
+  p.cache_stride = cache_stride;
+  p.max_positions = max_positions;
+  p.num_tokens = num_tokens;
+  p.num_q_heads = num_q_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.head_dim = head_dim;
+  return p;
+}
+
 void bind_fused(py::module_& m) {
   m.def(
       "rms_norm",
@@ -382,31 +415,14 @@ void bind_fused(py::module_& m) {
          int max_positions, int num_tokens, int num_q_heads, int num_kv_heads, int head_dim,
          int dtype, uintptr_t stream, std::array<int, 3> mrope_section,
          int64_t positions_row_stride, bool float_math) {
-        mmcore::kernels::RotaryParams p;
+        auto p = rotary_params(positions, positions_int64, mrope_section, positions_row_stride,
+                               query, q_strides, key, k_strides, query_out, qo_strides,
+                               cos_sin_cache, cache_stride, max_positions, num_tokens, num_q_heads,
+                               num_kv_heads, head_dim);
         p.float_math = float_math;
-        p.positions = as_ptr<const void>(positions);
-        p.positions_int64 = positions_int64;
-        p.positions_row_stride = positions_row_stride;
-        for (int i = 0; i < 3; ++i) p.mrope_section[i] = mrope_section[i];
-        p.query = as_ptr<const void>(query);
-        p.q_stride_token = q_strides[0];
-        p.q_stride_head = q_strides[1];
-        p.key = as_ptr<const void>(key);
-        p.k_stride_token = k_strides[0];
-        p.k_stride_head = k_strides[1];
-        p.query_out = as_ptr<void>(query_out);
-        p.qo_stride_token = qo_strides[0];
-        p.qo_stride_head = qo_strides[1];
         p.key_out = as_ptr<void>(key_out);
         p.ko_stride_token = ko_strides[0];
         p.ko_stride_head = ko_strides[1];
-        p.cos_sin_cache = as_ptr<const void>(cos_sin_cache);
-        p.cache_stride = cache_stride;
-        p.max_positions = max_positions;
-        p.num_tokens = num_tokens;
-        p.num_q_heads = num_q_heads;
-        p.num_kv_heads = num_kv_heads;
-        p.head_dim = head_dim;
         py::gil_scoped_release release;
         mmcore::kernels::launch_rotary_embedding(p, as_dtype(dtype), as_stream(stream));
       },
@@ -420,6 +436,50 @@ void bind_fused(py::module_& m) {
       "NeoX rotary embedding of q/k into new tensors (device pointers as ints); with a non-zero "
       "mrope_section, positions are 3 rows positions_row_stride apart (M-RoPE); float_math: a "
       "float32 cache and float32 arithmetic rounded once.");
+  m.def(
+      "rotary_embedding_and_cache",
+      [](uintptr_t positions, bool positions_int64, uintptr_t query, Strides2 q_strides,
+         uintptr_t key, Strides2 k_strides, uintptr_t value, Strides2 v_strides,
+         uintptr_t query_out, Strides2 qo_strides, uintptr_t cos_sin_cache, int64_t cache_stride,
+         int max_positions, uintptr_t key_cache, Strides3 kc_strides, uintptr_t value_cache,
+         Strides3 vc_strides, uintptr_t slot_mapping, int block_size, int num_blocks,
+         int num_tokens, int num_q_heads, int num_kv_heads, int head_dim, int dtype,
+         uintptr_t stream, std::array<int, 3> mrope_section, int64_t positions_row_stride) {
+        auto p = rotary_params(positions, positions_int64, mrope_section, positions_row_stride,
+                               query, q_strides, key, k_strides, query_out, qo_strides,
+                               cos_sin_cache, cache_stride, max_positions, num_tokens, num_q_heads,
+                               num_kv_heads, head_dim);
+        p.value = as_ptr<const void>(value);
+        p.v_stride_token = v_strides[0];
+        p.v_stride_head = v_strides[1];
+        p.key_cache = as_ptr<void>(key_cache);
+        p.kc_stride_block = kc_strides[0];
+        p.kc_stride_token = kc_strides[1];
+        p.kc_stride_head = kc_strides[2];
+        p.value_cache = as_ptr<void>(value_cache);
+        p.vc_stride_block = vc_strides[0];
+        p.vc_stride_token = vc_strides[1];
+        p.vc_stride_head = vc_strides[2];
+        p.slot_mapping = as_ptr<const int64_t>(slot_mapping);
+        p.block_size = block_size;
+        p.num_blocks = num_blocks;
+        // launch_rotary_embedding takes a null key_cache for the unfused op: refuse it here.
+        if (num_tokens > 0 && !p.key_cache)
+          throw std::invalid_argument("rotary_embedding_and_cache: null key_cache");
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_rotary_embedding(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("positions"), py::arg("positions_int64"), py::arg("query"), py::arg("q_strides"),
+      py::arg("key"), py::arg("k_strides"), py::arg("value"), py::arg("v_strides"),
+      py::arg("query_out"), py::arg("qo_strides"), py::arg("cos_sin_cache"),
+      py::arg("cache_stride"), py::arg("max_positions"), py::arg("key_cache"),
+      py::arg("kc_strides"), py::arg("value_cache"), py::arg("vc_strides"), py::arg("slot_mapping"),
+      py::arg("block_size"), py::arg("num_blocks"), py::arg("num_tokens"), py::arg("num_q_heads"),
+      py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("dtype"), py::arg("stream"),
+      py::arg("mrope_section") = std::array<int, 3>{0, 0, 0}, py::arg("positions_row_stride") = 0,
+      "rotary_embedding of q into a new tensor and of k straight into the paged key cache at "
+      "slot_mapping (int64; negative = skip), v copied into the value cache: the rotary kernel "
+      "and reshape_and_cache in one launch (caches of q's dtype).");
 }
 
 }  // namespace
