@@ -2,12 +2,13 @@
 
 ``mmcore::rms_norm``, ``mmcore::fused_add_rms_norm``, ``mmcore::silu_and_mul`` and
 ``mmcore::rotary_embedding`` (and its M-RoPE variant ``mmcore::mrope_rotary_embedding``) are
-functional (new outputs, nothing mutated) and carry fake
-implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. They give the
-results of :mod:`mmcore.kernels.reference` (HF Llama numerics op by op) bit for bit, except that
-the RMSNorm mean is summed in another order. CUDA tensors whose operands share one dtype
-(float32, float16 or bfloat16) go to ``mmcore._kernels``; CPU tensors, mixed dtypes (say a
-float32 norm weight) and a missing module go to the reference. :mod:`mmcore.kernels.ops`
+functional (new outputs, nothing mutated); ``mmcore::rotary_embedding_and_cache`` (rope and the
+KV-cache write of the rotated keys and the values, one launch) mutates the caches. All carry
+fake implementations, so they trace under ``torch.compile`` and replay in CUDA graphs. They
+give the results of :mod:`mmcore.kernels.reference` (HF Llama numerics op by op) bit for bit,
+except that the RMSNorm mean is summed in another order. CUDA tensors whose operands share one
+dtype (float32, float16 or bfloat16) go to ``mmcore._kernels``; CPU tensors, mixed dtypes (say
+a float32 norm weight) and a missing module go to the reference. :mod:`mmcore.kernels.ops`
 re-exports the public wrappers, which is where ``select_op`` finds them.
 """
 
@@ -120,21 +121,28 @@ def _(x):
     return x.new_empty((*x.shape[:-1], x.shape[-1] // 2))
 
 
-def _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section=None, float_math=False):
-    """The rotary kernel into new q/k tensors; ``mrope_section`` set: 3-row M-RoPE positions;
-    ``float_math``: a float32 cache, float32 arithmetic rounded once."""
-    q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
-    pos = positions.to(device=q.device)
+def _rope_positions(positions: torch.Tensor, device: torch.device, mrope_section):
+    """Positions as the rope kernels read them (int32 / int64, contiguous, on ``device``) and
+    the M-RoPE keyword arguments (none for plain 1-D positions)."""
+    pos = positions.to(device=device)
     if pos.dtype not in (torch.int32, torch.int64):
         pos = pos.long()
     pos = pos.contiguous()
-    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     mrope = (
         {}
         if mrope_section is None
         else {"mrope_section": list(mrope_section), "positions_row_stride": pos.stride(0)}
     )
+    return pos, mrope
+
+
+def _rotary_kernel(positions, query, key, cos_sin_cache, mrope_section=None, float_math=False):
+    """The rotary kernel into new q/k tensors; ``mrope_section`` set: 3-row M-RoPE positions;
+    ``float_math``: a float32 cache, float32 arithmetic rounded once."""
+    q, k, cache = (_last_dim_contiguous(t) for t in (query, key, cos_sin_cache))
+    pos, mrope = _rope_positions(positions, q.device, mrope_section)
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     with torch.cuda.device(q.device):
         _kernels().rotary_embedding(
             positions=pos.data_ptr(), positions_int64=pos.dtype == torch.int64,
@@ -182,6 +190,81 @@ def _mrope_rotary_embedding_op(
 @_mrope_rotary_embedding_op.register_fake
 def _(positions, query, key, cos_sin_cache, mrope_section):
     return query.new_empty(query.shape), key.new_empty(key.shape)
+
+
+def rope_cache_kernel_applies(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+) -> bool:
+    """Whether ``mmcore::rotary_embedding_and_cache`` runs the fused CUDA kernel for these
+    tensors: all on one CUDA device in one of float32 / float16 / bfloat16 (an FP8 cache does
+    not qualify), caches with a contiguous last dim, and a built module that has the kernel."""
+    module = _kernels()
+    return (
+        _use_kernel(query, key, value, cos_sin_cache, key_cache, value_cache)
+        and key_cache.stride(-1) == 1
+        and value_cache.stride(-1) == 1
+        and hasattr(module, "rotary_embedding_and_cache")
+    )
+
+
+@torch.library.custom_op(
+    "mmcore::rotary_embedding_and_cache", mutates_args=("key_cache", "value_cache")
+)
+def _rotary_embedding_and_cache_op(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    mrope_section: list[int] | None = None,
+) -> torch.Tensor:
+    if not rope_cache_kernel_applies(query, key, value, cos_sin_cache, key_cache, value_cache):
+        return reference.rotary_embedding_and_cache(
+            positions, query, key, value, cos_sin_cache, key_cache, value_cache, slot_mapping,
+            mrope_section,
+        )  # fmt: skip
+    q, k, v, cache = (_last_dim_contiguous(t) for t in (query, key, value, cos_sin_cache))
+    pos, mrope = _rope_positions(positions, q.device, mrope_section)
+    slots = slot_mapping.to(device=q.device, dtype=torch.int64).contiguous()
+    q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    with torch.cuda.device(q.device):
+        _kernels().rotary_embedding_and_cache(
+            positions=pos.data_ptr(), positions_int64=pos.dtype == torch.int64,
+            query=q.data_ptr(), q_strides=q.stride()[:2], key=k.data_ptr(),
+            k_strides=k.stride()[:2], value=v.data_ptr(), v_strides=v.stride()[:2],
+            query_out=q_out.data_ptr(), qo_strides=q_out.stride()[:2],
+            cos_sin_cache=cache.data_ptr(), cache_stride=cache.stride(0),
+            max_positions=cache.shape[0], key_cache=key_cache.data_ptr(),
+            kc_strides=key_cache.stride()[:3], value_cache=value_cache.data_ptr(),
+            vc_strides=value_cache.stride()[:3], slot_mapping=slots.data_ptr(),
+            block_size=key_cache.shape[1], num_blocks=key_cache.shape[0],
+            num_tokens=q.shape[0], num_q_heads=q.shape[1], num_kv_heads=k.shape[1],
+            head_dim=q.shape[2], dtype=_DTYPE_CODES[q.dtype], stream=_stream(q), **mrope,
+        )  # fmt: skip
+    return q_out
+
+
+@_rotary_embedding_and_cache_op.register_fake
+def _(
+    positions,
+    query,
+    key,
+    value,
+    cos_sin_cache,
+    key_cache,
+    value_cache,
+    slot_mapping,
+    mrope_section=None,
+):
+    return query.new_empty(query.shape, dtype=torch.promote_types(query.dtype, cos_sin_cache.dtype))
 
 
 # -------------------------------------------------------------------------- public wrappers
@@ -348,3 +431,80 @@ def mrope_rotary_embedding(
             f"{tuple(cos_sin_cache.shape)}"
         )
     return torch.ops.mmcore.mrope_rotary_embedding(positions, query, key, cos_sin_cache, section)
+
+
+def rotary_embedding_and_cache(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    mrope_section: list[int] | None = None,
+) -> torch.Tensor:
+    """Rope of queries and keys, and the KV-cache write of the rotated keys and the values.
+
+    The result equals :func:`rotary_embedding` (:func:`mrope_rotary_embedding` with
+    ``mrope_section``) followed by ``reshape_and_cache`` of the rotated keys and ``value``; on
+    CUDA (see :func:`rope_cache_kernel_applies`) it is one launch, the rotated keys going
+    straight to the cache.
+
+    Args:
+        positions: ``[T]`` ints, or ``[3, T]`` with ``mrope_section``.
+        query: ``[T, Hq, D]``; key, value: ``[T, Hkv, D]`` (last dim contiguous).
+        cos_sin_cache: ``[max_positions, D]`` as for :func:`rotary_embedding`.
+        key_cache, value_cache: ``[num_blocks, block_size, Hkv, D]``, written in place; not
+            FP8 (FP8 caches take the two ops, which quantise with the layer's scales).
+        slot_mapping: ``[T]`` ints, ``block_id * block_size + offset`` (negative = skip).
+        mrope_section: 3 frequency counts summing to ``D / 2`` (M-RoPE), or None.
+
+    Returns:
+        New contiguous rotated queries.
+    """
+    name = "rotary_embedding_and_cache"
+    if query.dim() != 3 or key.dim() != 3 or value.shape != key.shape:
+        raise ValueError(
+            f"{name}: expected query [T, Hq, D] and key/value [T, Hkv, D], got "
+            f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}"
+        )
+    num_tokens, _, head_dim = query.shape
+    if key.shape[0] != num_tokens or key.shape[2] != head_dim or head_dim % 2 or not head_dim:
+        raise ValueError(
+            f"{name}: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
+        )
+    want = (num_tokens,) if mrope_section is None else (3, num_tokens)
+    if positions.shape != want or not _is_integer(positions):
+        raise ValueError(
+            f"{name}: positions must be {list(want)} integers, got {tuple(positions.shape)} "
+            f"{positions.dtype}"
+        )
+    section = None if mrope_section is None else [int(v) for v in mrope_section]
+    if section is not None and (
+        len(section) != 3 or min(section) < 0 or sum(section) != head_dim // 2
+    ):
+        raise ValueError(
+            f"{name}: mrope_section must be 3 sizes summing to {head_dim // 2}, got {section}"
+        )
+    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim or not cos_sin_cache.shape[0]:
+        raise ValueError(
+            f"{name}: cos_sin_cache must be [max_positions > 0, {head_dim}], got "
+            f"{tuple(cos_sin_cache.shape)}"
+        )
+    if (
+        key_cache.dim() != 4
+        or key_cache.shape[2:] != key.shape[1:]
+        or value_cache.shape != key_cache.shape
+    ):
+        raise ValueError(
+            f"{name}: K/V rows {tuple(key.shape[1:])} do not fit caches {tuple(key_cache.shape)} "
+            f"and {tuple(value_cache.shape)}"
+        )
+    if key_cache.dtype == torch.float8_e4m3fn or value_cache.dtype == torch.float8_e4m3fn:
+        raise ValueError(f"{name}: FP8 caches take rotary_embedding and reshape_and_cache (scales)")
+    if slot_mapping.shape != (num_tokens,) or not _is_integer(slot_mapping):
+        raise ValueError(f"{name}: slot_mapping must be [T] = [{num_tokens}] integers")
+    return torch.ops.mmcore.rotary_embedding_and_cache(
+        positions, query, key, value, cos_sin_cache, key_cache, value_cache, slot_mapping, section
+    )

@@ -13,7 +13,8 @@ KV caches may be FP8 (``torch.float8_e4m3fn``) with float32 per-KV-head ``k_scal
 ``v_scale`` (``[Hkv]``): the stored value times the scale is the real one.
 
 The fused elementwise ops (``rms_norm``, ``fused_add_rms_norm``, ``silu_and_mul``,
-``rotary_embedding``) live in :mod:`mmcore.kernels.fused_ops` and are re-exported here.
+``rotary_embedding``, ``rotary_embedding_and_cache``) live in :mod:`mmcore.kernels.fused_ops`
+and are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op fi
     fused_add_rms_norm,
     mrope_rotary_embedding,
     rms_norm,
+    rope_cache_kernel_applies,
     rotary_embedding,
+    rotary_embedding_and_cache,
     silu_and_mul,
 )
 from mmcore.kernels.op_checks import FP8_KV_DTYPE, check_paged, check_scales, check_varlen

@@ -279,6 +279,31 @@ def mrope_rotary_embedding(
     return rotate(query), rotate(key)
 
 
+def rotary_embedding_and_cache(
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    mrope_section: list[int] | None = None,
+) -> torch.Tensor:
+    """:func:`rotary_embedding` (:func:`mrope_rotary_embedding` with ``mrope_section``), then
+    :func:`reshape_and_cache` of the rotated keys and the values (caches written in place).
+
+    Returns:
+        The rotated queries.
+    """
+    if mrope_section is None:
+        query, key = rotary_embedding(positions, query, key, cos_sin_cache)
+    else:
+        query, key = mrope_rotary_embedding(positions, query, key, cos_sin_cache, mrope_section)
+    reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    return query
+
+
 def per_token_quant_fp8(x: torch.Tensor, min_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row FP8 (e4m3) quantisation of ``[R, C]``: ``scale = max(amax / 448, min_scale)``
     (float32 ``[R, 1]``), ``x_fp8 = (x / scale)`` rounded to e4m3 (no clamp needed:
