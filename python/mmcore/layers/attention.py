@@ -1,6 +1,6 @@
 """Attention metadata of one step and the single dispatch to CUDA kernels or torch references.
 
-Every attention layer of every model goes through the three functions below; they pick
+Every attention layer of every model goes through the functions below; they pick
 ``mmcore.kernels.ops.<op>`` for CUDA tensors when that module imports, else the batched CPU
 path ``mmcore.kernels.cpu.<op>`` where it has the op, else ``mmcore.kernels.reference.<op>``
 (same signatures).
@@ -186,6 +186,48 @@ def write_kv(
     select_op("reshape_and_cache", key)(
         key, value, key_cache, value_cache, attn.slot_mapping, **_scales(kv_cache)
     )
+
+
+def rotate_and_write_kv(
+    rotary,
+    positions: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: tuple[torch.Tensor, ...],
+    attn: AttentionMetadata,
+) -> torch.Tensor:
+    """Rope of the step's queries and keys, and the cache write of the rotated keys and the
+    values (:func:`write_kv`).
+
+    One fused CUDA launch when the cache is not FP8 and the kernel takes the tensors
+    (``mmcore.kernels.ops.rope_cache_kernel_applies``); else ``rotary`` then :func:`write_kv`,
+    with the same result.
+
+    Args:
+        rotary: a :class:`mmcore.layers.rotary.RotaryEmbedding` (or ``MRotaryEmbedding``).
+        positions: ``[T]`` (or ``[3, T]`` for M-RoPE) positions of the step's tokens.
+        query: ``[T, Hq, D]``; key, value: ``[T, Hkv, D]``.
+
+    Returns:
+        The rotated queries ``[T, Hq, D]``.
+    """
+    key_cache, value_cache = kv_cache[:2]
+    ops = _cuda_ops() if query.is_cuda else None
+    # FP8 caches quantise with the layer's scales: only the two-op path does that.
+    if (
+        len(kv_cache) == 2
+        and ops is not None
+        and ops.rope_cache_kernel_applies(
+            query, key, value, rotary.cos_sin_cache, key_cache, value_cache
+        )
+    ):
+        return rotary.rotate_and_cache(
+            positions, query, key, value, key_cache, value_cache, attn.slot_mapping
+        )
+    query, key = rotary(positions, query, key)
+    write_kv(key, value, kv_cache, attn)
+    return query
 
 
 def paged_attention(

@@ -79,6 +79,33 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
         return select_op("rotary_embedding", query)(positions, query, key, cache)
 
+    def rotate_and_cache(
+        self,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rotated copy of ``query``; the rotated ``key`` and ``value`` ``[T, Hk, D]`` go to the
+        caches at ``slot_mapping`` (one CUDA launch; the caches of the queries' dtype)."""
+        return self._rotate_and_cache(
+            positions, query, key, value, key_cache, value_cache, slot_mapping, None
+        )
+
+    def _rotate_and_cache(
+        self, positions, query, key, value, key_cache, value_cache, slot_mapping, section
+    ) -> torch.Tensor:
+        cache = self.cos_sin_cache
+        if cache.dtype != query.dtype:
+            raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
+        op = select_op("rotary_embedding_and_cache", query)
+        return op(
+            positions, query, key, value, cache, key_cache, value_cache, slot_mapping, section
+        )
+
 
 def mrope_section(config) -> list[int]:
     """The config's ``mrope_section`` (3 frequency counts summing to head_dim / 2).
@@ -128,6 +155,22 @@ class MRotaryEmbedding(RotaryEmbedding):
             raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
         op = select_op("mrope_rotary_embedding", query)
         return op(positions, query, key, cache, self.mrope_section)
+
+    def rotate_and_cache(
+        self,
+        positions: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`RotaryEmbedding.rotate_and_cache` with M-RoPE for ``[3, T]`` positions."""
+        section = None if positions.dim() == 1 else self.mrope_section
+        return self._rotate_and_cache(
+            positions, query, key, value, key_cache, value_cache, slot_mapping, section
+        )
 
 
 def rotary_embedding_for(

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from mmcore.layers.activations import get_gated_activation
-from mmcore.layers.attention import AttentionMetadata, paged_attention, write_kv
+from mmcore.layers.attention import AttentionMetadata, paged_attention, rotate_and_write_kv
 from mmcore.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from mmcore.layers.norm import RMSNorm
 from mmcore.layers.rotary import RotaryEmbedding, rotary_embedding_for
@@ -80,8 +80,7 @@ class LlamaAttention(nn.Module):
         q = q.view(num_tokens, self.num_heads, self.head_dim)
         k = k.view(num_tokens, self.num_kv_heads, self.head_dim)
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k)
-        write_kv(k, v, kv_cache, attn)
+        q = rotate_and_write_kv(rotary, positions, q, k, v, kv_cache, attn)
         out = paged_attention(q, kv_cache, attn, self.scale, self.sliding_window)
         return self.o_proj(out.reshape(num_tokens, -1))
 

@@ -21,7 +21,12 @@ import torch
 from torch import nn
 
 from mmcore.layers.activations import get_gated_activation
-from mmcore.layers.attention import AttentionMetadata, paged_attention, select_op, write_kv
+from mmcore.layers.attention import (
+    AttentionMetadata,
+    paged_attention,
+    rotate_and_write_kv,
+    select_op,
+)
 from mmcore.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from mmcore.layers.rotary import RotaryEmbedding
 from mmcore.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -112,8 +117,7 @@ class Gemma3Attention(nn.Module):
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k)
-        write_kv(k, v, kv_cache, attn)
+        q = rotate_and_write_kv(rotary, positions, q, k, v, kv_cache, attn)
         out = paged_attention(q, kv_cache, attn, self.scale, self.sliding_window)
         return self.o_proj(out.reshape(t, -1))
 
