@@ -213,7 +213,7 @@ def rotate_and_write_kv(
         The rotated queries ``[T, Hq, D]``.
     """
     key_cache, value_cache = kv_cache[:2]
-    ops = _cuda_ops() if query.is_cuda else None
+    ops = _cuda_ops()  # rope_cache_kernel_applies is False for CPU tensors
     # FP8 caches quantise with the layer's scales: only the two-op path does that.
     if (
         len(kv_cache) == 2
