@@ -1,7 +1,8 @@
 """Fused elementwise CUDA kernels (RMSNorm, add + RMSNorm, SiLU-and-mul, rope) against the
 pure-torch references run with torch on the same GPU (needs a GPU and the built mmcore._kernels).
 
-silu_and_mul and rotary_embedding must match bit for bit. The norms sum x^2 in another order
+silu_and_mul and rotary_embedding must match bit for bit, and rope fused with the KV-cache
+write must match the rotary kernel followed by reshape_and_cache bit for bit. The norms sum x^2 in another order
 than torch's mean, so a row's float32 scale can differ by an ulp; the rounded output then moves
 by an ulp on rare elements (two where the weight product lands on a binade edge; a CPU
 emulation of the two orders gives ~3e-5 of elements in float16, ~1e-6 in bfloat16).
@@ -212,6 +213,201 @@ def test_rotary_embedding_scalar_path(dtype, d):
     positions = torch.randperm(512, generator=gen, device=DEV)[:100]
     _assert_rope_matches(positions, q, k, cache)
     _assert_rope_matches(positions, q_misaligned, k, cache)
+
+
+# ------------------------------------------------------------- rotary + KV-cache write fused
+
+
+ROPE_CACHE_BLOCKS, ROPE_CACHE_BLOCK_SIZE = 64, 16
+
+
+def _kv_caches(hk, d, dtype, gen, misaligned=False):
+    """Random ``[blocks, block_size, hk, d]`` K/V caches (a skipped slot keeps its old row);
+    ``misaligned``: views one element off a 16-byte boundary (the scalar path)."""
+    shape = (ROPE_CACHE_BLOCKS, ROPE_CACHE_BLOCK_SIZE, hk, d)
+    n = ROPE_CACHE_BLOCKS * ROPE_CACHE_BLOCK_SIZE * hk * d
+    off = 1 if misaligned else 0
+    return tuple(
+        torch.randn(n + off, generator=gen, device=DEV).to(dtype)[off:].view(shape)
+        for _ in range(2)
+    )
+
+
+def _slots(num_tokens, gen):
+    """Distinct slots in random order, every third token skipped (-1), one past the cache."""
+    slots = torch.randperm(ROPE_CACHE_BLOCKS * ROPE_CACHE_BLOCK_SIZE, generator=gen, device=DEV)
+    slots = slots[:num_tokens].clone()
+    slots[::3] = -1
+    if num_tokens > 1:
+        slots[1] = ROPE_CACHE_BLOCKS * ROPE_CACHE_BLOCK_SIZE + 5  # block >= num_blocks: skipped
+    return slots
+
+
+def _assert_fused_matches_two_ops(positions, q, k, v, cos_sin, caches, slots, section=None):
+    """The fused kernel against the rotary kernel then reshape_and_cache, bit for bit."""
+    kc, vc = caches
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    if section is None:
+        q_ref, k_ref = ops.rotary_embedding(positions, q, k, cos_sin)
+    else:
+        q_ref, k_ref = ops.mrope_rotary_embedding(positions, q, k, cos_sin, section)
+    ops.reshape_and_cache(k_ref, v, kc_ref, vc_ref, slots)
+    before = kc.clone()
+    q_out = ops.rotary_embedding_and_cache(positions, q, k, v, cos_sin, kc, vc, slots, section)
+    assert q_out.is_contiguous()
+    assert torch.equal(q_out.view(torch.int16), q_ref.view(torch.int16))
+    assert torch.equal(kc.view(torch.int16), kc_ref.view(torch.int16))
+    assert torch.equal(vc.view(torch.int16), vc_ref.view(torch.int16))
+    assert not torch.equal(kc, before) or bool((slots < 0).all())  # the op wrote something
+
+
+def test_rope_cache_kernel_is_built():
+    assert hasattr(fused_ops._kernels(), "rotary_embedding_and_cache")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("num_tokens", [1, 5, 300])
+@pytest.mark.parametrize("d,hq,hk", [(64, 8, 8), (80, 8, 2), (128, 32, 8), (128, 32, 32)])
+def test_rope_cache_fused_equals_two_ops(dtype, num_tokens, d, hq, hk):
+    gen = _gen(num_tokens * 3 + d + hq + hk)
+    qkv = torch.randn(num_tokens, (hq + 2 * hk) * d, generator=gen, device=DEV).to(dtype)
+    q = qkv[:, : hq * d].view(num_tokens, hq, d)  # strided views of one qkv projection
+    k = qkv[:, hq * d : (hq + hk) * d].view(num_tokens, hk, d)
+    v = qkv[:, (hq + hk) * d :].view(num_tokens, hk, d)
+    cos_sin = _cache(d, 4096, dtype)
+    positions = torch.randint(0, 4096, (num_tokens,), generator=gen, device=DEV)
+    slots = _slots(num_tokens, gen)
+    assert fused_ops.rope_cache_kernel_applies(q, k, v, cos_sin, *_kv_caches(hk, d, dtype, gen))
+    _assert_fused_matches_two_ops(positions, q, k, v, cos_sin, _kv_caches(hk, d, dtype, gen), slots)
+    positions32 = positions.to(torch.int32)
+    _assert_fused_matches_two_ops(
+        positions32, q, k, v, cos_sin, _kv_caches(hk, d, dtype, gen), slots
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("section", [[16, 24, 24], [12, 8, 12], [10, 10, 12]])
+def test_rope_cache_fused_mrope_equals_two_ops(dtype, section):
+    """M-RoPE: Qwen2-VL's sections, ones that split 16-byte vectors (half vectors) and ones
+    that split those too (scalars)."""
+    d = 2 * sum(section)
+    gen = _gen(sum(section[:2]))
+    q, k = _qkv_views(77, 8, 2, d, dtype, gen)
+    v = torch.randn(77, 2, d, generator=gen, device=DEV).to(dtype)
+    cos_sin = _cache(d, 2048, dtype)
+    positions = torch.randint(0, 2048, (3, 77), generator=gen, device=DEV)
+    caches = _kv_caches(2, d, dtype, gen)
+    _assert_fused_matches_two_ops(positions, q, k, v, cos_sin, caches, _slots(77, gen), section)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "case", ["misaligned_query", "misaligned_value", "misaligned_cache", "d20"]
+)
+def test_rope_cache_fused_scalar_path(dtype, case):
+    """Rows no 16-byte vector fits: the scalar kernel, still equal to the two ops."""
+    d = 20 if case == "d20" else 128
+    gen = _gen(d + len(case))
+    q, k = _qkv_views(50, 4, 2, d, dtype, gen)
+    v = torch.randn(50, 2, d, generator=gen, device=DEV).to(dtype)
+    if case == "misaligned_query":
+        q = torch.randn(50 * 4 * d + 1, generator=gen, device=DEV).to(dtype)[1:].view(50, 4, d)
+    if case == "misaligned_value":
+        v = torch.randn(50 * 2 * d + 1, generator=gen, device=DEV).to(dtype)[1:].view(50, 2, d)
+    caches = _kv_caches(2, d, dtype, gen, misaligned=case == "misaligned_cache")
+    cos_sin = _cache(d, 512, dtype, scaling=1.25)
+    positions = torch.randperm(512, generator=gen, device=DEV)[:50]
+    _assert_fused_matches_two_ops(positions, q, k, v, cos_sin, caches, _slots(50, gen))
+
+
+def test_rope_cache_all_slots_skipped_leaves_the_caches():
+    gen = _gen(11)
+    q, k = _qkv_views(4, 4, 2, 64, torch.bfloat16, gen)
+    v = torch.randn(4, 2, 64, generator=gen, device=DEV).to(torch.bfloat16)
+    kc, vc = _kv_caches(2, 64, torch.bfloat16, gen)
+    kc0, vc0 = kc.clone(), vc.clone()
+    slots = torch.full((4,), -1, dtype=torch.int64, device=DEV)
+    cos_sin = _cache(64, 64, torch.bfloat16)
+    q_out = ops.rotary_embedding_and_cache(
+        torch.arange(4, device=DEV), q, k, v, cos_sin, kc, vc, slots
+    )
+    assert torch.equal(kc, kc0) and torch.equal(vc, vc0)
+    assert torch.equal(q_out, ops.rotary_embedding(torch.arange(4, device=DEV), q, k, cos_sin)[0])
+
+
+class _RopeConfig:
+    rope_theta = 10000.0
+    max_position_embeddings = 4096
+    rope_parameters = {"rope_type": "default", "rope_theta": 10000.0}
+
+
+def _rope_attn(slots):
+    from mmcore.layers.attention import AttentionMetadata
+
+    t = slots.shape[0]
+    return AttentionMetadata(
+        slot_mapping=slots,
+        block_tables=torch.zeros(1, 1, dtype=torch.int32, device=DEV),
+        seq_lens=torch.tensor([t], dtype=torch.int32, device=DEV),
+        query_start_loc=torch.tensor([0, t], dtype=torch.int32, device=DEV),
+        max_seq_len=t,
+        max_query_len=t,
+    )
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_rotate_and_write_kv_fuses_unless_the_cache_is_fp8(fp8, monkeypatch):
+    from mmcore.layers.attention import rotate_and_write_kv
+    from mmcore.layers.rotary import RotaryEmbedding
+
+    dtype, d = torch.bfloat16, 128
+    gen = _gen(21)
+    rotary = RotaryEmbedding(_RopeConfig(), d, device=torch.device(DEV), dtype=dtype)
+    q, k = _qkv_views(9, 8, 2, d, dtype, gen)
+    v = torch.randn(9, 2, d, generator=gen, device=DEV).to(dtype)
+    positions = torch.randint(0, 4096, (9,), generator=gen, device=DEV)
+    slots = _slots(9, gen)
+    kc, vc = _kv_caches(2, d, dtype, gen)
+    scales = ()
+    if fp8:
+        kc, vc = kc.to(torch.float8_e4m3fn), vc.to(torch.float8_e4m3fn)
+        scales = (torch.full((2,), 0.05, device=DEV), torch.full((2,), 0.03, device=DEV))
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref, k_ref = ops.rotary_embedding(positions, q, k, rotary.cos_sin_cache)
+    ops.reshape_and_cache(k_ref, v, kc_ref, vc_ref, slots, *scales)
+
+    calls = []
+    real = ops.rotary_embedding_and_cache
+    monkeypatch.setattr(ops, "rotary_embedding_and_cache", lambda *a: calls.append(a) or real(*a))
+    q_out = rotate_and_write_kv(rotary, positions, q, k, v, (kc, vc, *scales), _rope_attn(slots))
+    assert len(calls) == (0 if fp8 else 1)
+    assert torch.equal(q_out, q_ref)
+    assert torch.equal(kc.view(torch.uint8), kc_ref.view(torch.uint8))
+    assert torch.equal(vc.view(torch.uint8), vc_ref.view(torch.uint8))
+
+
+def test_rope_cache_replays_in_cuda_graph():
+    gen = _gen(31)
+    dtype, d = torch.bfloat16, 128
+    q, k = _qkv_views(8, 8, 2, d, dtype, gen)
+    v = torch.randn(8, 2, d, generator=gen, device=DEV).to(dtype)
+    cos_sin = _cache(d, 4096, dtype)
+    positions = torch.randint(0, 4096, (8,), generator=gen, device=DEV)
+    slots = _slots(8, gen)
+    kc, vc = _kv_caches(2, d, dtype, gen)
+    ops.rotary_embedding_and_cache(positions, q, k, v, cos_sin, kc, vc, slots)  # warm up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        q_out = ops.rotary_embedding_and_cache(positions, q, k, v, cos_sin, kc, vc, slots)
+    for t in (q, k, v):
+        t.copy_(torch.randn(t.shape, generator=gen, device=DEV))
+    positions.copy_(torch.randint(0, 4096, (8,), generator=gen, device=DEV))
+    slots.copy_(_slots(8, gen))
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = ops.rotary_embedding_and_cache(positions, q, k, v, cos_sin, kc_ref, vc_ref, slots)
+    graph.replay()
+    assert torch.equal(q_out, q_ref)
+    assert torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
 
 
 # ------------------------------------------------------------------ CUDA graphs and compile

@@ -89,6 +89,21 @@ def test_fused_op_traces_and_has_a_fake():
     )
 
 
+def test_fused_op_compiles_fullgraph():
+    q, k, v, kc, vc, slots = _inputs(5, 4, 2, 16, torch.bfloat16, seed=8)
+    cos_sin = _cos_sin(16, 32, torch.bfloat16)
+    positions = torch.arange(5)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q_ref = _two_op(positions, q, k, v, cos_sin, kc_ref, vc_ref, slots)
+
+    def step(kc, vc):
+        return ops.rotary_embedding_and_cache(positions, q, k, v, cos_sin, kc, vc, slots) * 1
+
+    q_out = torch.compile(step, backend="aot_eager", fullgraph=True)(kc, vc)
+    assert torch.equal(q_out, q_ref)
+    assert torch.equal(kc, kc_ref) and torch.equal(vc, vc_ref)
+
+
 def _fp8_cache():
     kc = torch.zeros(NUM_BLOCKS, BLOCK_SIZE, 2, 16, dtype=torch.float8_e4m3fn)
     return kc, kc.clone()
