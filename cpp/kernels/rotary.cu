@@ -170,7 +170,7 @@ cudaError_t launch_dtype(const RotaryParams& p, cudaStream_t stream) {
 }  // namespace
 
 void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t stream) {
-  const std::string n = "rotary_embedding";
+  const std::string n = p.key_cache ? "rotary_embedding_and_cache" : "rotary_embedding";
   require(valid_dtype(dtype), n + ": dtype must be float32, float16 or bfloat16");
   require(p.num_tokens >= 0, n + ": negative num_tokens");
   require(p.num_q_heads > 0 && p.num_kv_heads > 0, n + ": head counts must be positive");
@@ -211,7 +211,7 @@ void launch_rotary_embedding(const RotaryParams& p, DType dtype, cudaStream_t st
   check_launch(
       dispatch_dtype(
           dtype, [&](auto tag) { return launch_dtype<typename decltype(tag)::type>(p, stream); }),
-      "rotary_embedding");
+      n.c_str());
 }
 
 }  // namespace mmcore::kernels
