@@ -81,8 +81,12 @@ cudaError_t run_prefill(const AttentionParams& p, DType dtype, int head_dim,
         return run_attention_sm90<72>(p, dtype, paged, stream);
       case 80:
         return run_attention_sm90<80>(p, dtype, paged, stream);
-      default:
+      case 128:
         return run_attention_sm90<128>(p, dtype, paged, stream);
+      case 256:
+        return run_attention_sm90<256>(p, dtype, paged, stream);
+      default:
+        return cudaErrorInvalidValue;  // sm90_head_dim lists the cases above
     }
   }
 #endif
@@ -92,7 +96,7 @@ cudaError_t run_prefill(const AttentionParams& p, DType dtype, int head_dim,
 #if MMCORE_SM90A_ATTENTION
 // Head dims the Hopper kernel is built for (attention_sm90_d*.cu).
 constexpr bool sm90_head_dim(int head_dim) {
-  return head_dim == 64 || head_dim == 72 || head_dim == 80 || head_dim == 128;
+  return head_dim == 64 || head_dim == 72 || head_dim == 80 || head_dim == 128 || head_dim == 256;
 }
 
 // Compute capability major * 10 + minor of the current device, looked up once per device.

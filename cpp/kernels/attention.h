@@ -27,8 +27,9 @@ template <int kHeadDim>
                                         AttentionVariant variant, cudaStream_t stream);
 
 // Hopper prefill / packed attention on wgmma (attention_sm90_d*.cu): head dims 64, 72, 80, 128,
-// float16 / bfloat16 K/V, no split-KV. Built when the architectures include 90a and the CUTLASS
-// headers were found (MMCORE_SM90A_ATTENTION); launched on compute capability 9.0 devices.
+// 256, float16 / bfloat16 K/V, no split-KV. Built when the architectures include 90a and the
+// CUTLASS headers were found (MMCORE_SM90A_ATTENTION); launched on compute capability 9.0
+// devices.
 template <int kHeadDim>
 [[nodiscard]] cudaError_t run_attention_sm90(const AttentionParams& p, DType dtype, bool paged,
                                              cudaStream_t stream);

@@ -8,11 +8,11 @@
 // Q and first K/V tiles while the consumers finish the current one. A CTA runs three warpgroups:
 // - a producer (registers handed to the others with setmaxnreg) loads each item's Q tile (TMA
 //   by its first thread where the GQA group divides 128, else cp.async by all its threads) and
-//   fills three stages of 128-key K/V tiles in swizzled shared memory (128-byte swizzle for
-//   head dims 64 / 128, 32-byte for 72 / 80): bulk tensor copies (TMA) by its first warp, one
-//   box per cache block (paged) or per tile (packed) and column block, where the layout allows
-//   it (attention_sm90_tma.h), else cp.async by all its threads; mbarriers say when a stage is
-//   full and when both consumers are done with it;
+//   fills three stages of 128-key K/V tiles (48-key at head dim 256) in swizzled shared memory
+//   (128-byte swizzle for head dims 64 / 128 / 256, 32-byte for 72 / 80): bulk tensor copies
+//   (TMA) by its first warp, one box per cache block (paged) or per tile (packed) and column
+//   block, where the layout allows it (attention_sm90_tma.h), else cp.async by all its threads;
+//   mbarriers say when a stage is full and when both consumers are done with it;
 // - two consumers of 64 rows each, software-pipelined (tile j's P V and tile j + 1's Q K^T in
 //   flight during tile j + 1's softmax) and taking turns to issue their wgmmas (named
 //   barriers), so one's softmax overlaps the other's GEMMs.
@@ -53,8 +53,9 @@ struct CuteElement<__half> {
 
 template <typename T, int kHeadDim>
 struct Sm90AttentionConfig {
-  static_assert(kHeadDim == 64 || kHeadDim == 72 || kHeadDim == 80 || kHeadDim == 128,
-                "head dims 64, 72, 80 and 128");
+  static_assert(kHeadDim == 64 || kHeadDim == 72 || kHeadDim == 80 || kHeadDim == 128 ||
+                    kHeadDim == 256,
+                "head dims 64, 72, 80, 128 and 256");
   using Element = typename CuteElement<T>::type;
   // wgmma k-steps are 16 wide: head dim 72 computes as 80, its extra Q / K / V columns zero
   // (they add nothing to the scores; the extra output columns are never written).
@@ -63,7 +64,10 @@ struct Sm90AttentionConfig {
   // dim is a multiple of 64, else 16 (32-byte swizzle); the TMA boxes have the atoms' width.
   static constexpr int kAtomCols = kDim % 64 == 0 ? 64 : 16;
   static constexpr int kBlockM = 128;  // two warpgroups of 64 rows
-  static constexpr int kBlockN = 128;
+  // Keys per K/V tile: 128, or 48 at head dim 256, where three stages of 128-key K and V tiles
+  // (384 KB) cannot fit beside the 64 KB Q tile.
+  static constexpr int kBlockN = kDim <= 128 ? 128 : 48;
+  static_assert(kBlockN % 16 == 0, "whole 16-key k-blocks of P V");
   static constexpr int kWarpGroups = kBlockM / 64;  // consumers: the MMAs and the softmax
   static constexpr int kConsumerThreads = 128 * kWarpGroups;
   static constexpr int kProducerThreads = 128;  // one warpgroup issues the copies
@@ -112,6 +116,7 @@ struct Sm90AttentionConfig {
   static constexpr size_t kSmemBytes =
       (kQElems + 2 * kKVElems) * sizeof(T) + 2 * (kStages + kQStages) * sizeof(uint64_t) +
       kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "beyond a Hopper CTA's 227 KB of shared memory");
 };
 
 __device__ __forceinline__ void fence_async_shared() {
@@ -192,12 +197,16 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     const int ptid = tid;
     const T* q_base = static_cast<const T*>(p.q);
     // cp.async path: each loader copies chunk column `ch` of every kRowsPerPass-th row of a K/V
-    // tile. Its rows are a multiple of 8 apart, so they share one swizzle phase: the
-    // shared-memory offsets are its first row's plus whole swizzle atoms, computed once here
-    // rather than per copy.
-    constexpr int kRowsPerPass = Cfg::kProducerThreads / kChunks / 8 * 8;
-    static_assert(kRowsPerPass >= 8 && kBlockN % kRowsPerPass == 0, "rows of one swizzle phase");
+    // tile. Where a pass spans whole swizzle phases (kPhaseRows), its rows are a multiple of 8
+    // apart and share one phase: the shared-memory offsets are its first row's plus whole
+    // swizzle atoms, computed once here rather than per copy. Head dim 256 has 4-row passes
+    // (32 chunks a row): each copy's offset comes from the layout, in a loop left rolled.
+    constexpr int kThreadRows = Cfg::kProducerThreads / kChunks;
+    constexpr bool kPhaseRows = kThreadRows >= 8;
+    constexpr int kRowsPerPass = kPhaseRows ? kThreadRows / 8 * 8 : kThreadRows;
+    static_assert(kRowsPerPass >= 1 && kBlockN % kRowsPerPass == 0, "whole passes a tile");
     constexpr int kLoaders = kRowsPerPass * kChunks;  // the other producer threads only arrive
+    static_assert(kPhaseRows || kLoaders == Cfg::kProducerThreads, "short passes use every thread");
     constexpr int kPasses = kBlockN / kRowsPerPass;
     const int load_ch = ptid % kChunks, load_r0 = ptid / kChunks;
     const uint32_t dst0 =
@@ -320,8 +329,8 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
           if (g >= kStages) Barrier::wait(&empty[st], ((g / kStages) - 1) & 1);
           const int n0 = rt.kv_begin + t * kBlockN;
           const uint32_t dst = dst0 + st * stage_stride;
-#pragma unroll
-          for (int i = 0; i < kPasses && ptid < kLoaders; ++i) {
+          // Pass i: this loader's chunk of row load_r0 + i * kRowsPerPass, into k_dst / v_dst.
+          auto copy_pass = [&](int i, Element* k_dst, Element* v_dst) {
             const int key = n0 + load_r0 + i * kRowsPerPass;
             const bool inside = key < rt.kv_end && key >= rt.kv_lo && load_ch < kRealChunks;
             const T* k_src = k_base;
@@ -339,8 +348,19 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
                 v_src += static_cast<int64_t>(rt.q_start + key) * p.v_stride_token;
               }
             }
-            cp_async_16(smem_k + dst + i * pass_stride, k_src, inside);
-            cp_async_16(smem_v + dst + i * pass_stride, v_src, inside);
+            cp_async_16(k_dst, k_src, inside);
+            cp_async_16(v_dst, v_src, inside);
+          };
+          if constexpr (kPhaseRows) {
+#pragma unroll
+            for (int i = 0; i < kPasses && ptid < kLoaders; ++i)
+              copy_pass(i, smem_k + dst + i * pass_stride, smem_v + dst + i * pass_stride);
+          } else {
+#pragma unroll 1
+            for (int i = 0; i < kPasses; ++i) {  // every producer thread loads (kLoaders)
+              Element* k_dst = raw_pointer_cast(&sK(load_r0 + i * kRowsPerPass, load_ch * 8, st));
+              copy_pass(i, k_dst, smem_v + (k_dst - smem_k));
+            }
           }
           // full[st] completes when every producer thread's copies so far have landed.
           cutlass::arch::cpasync_barrier_arrive_noinc(&full[st]);

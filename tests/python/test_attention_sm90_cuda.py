@@ -2,10 +2,12 @@
 against the sm80 kernel it replaces there (needs a compute-capability 9.0 GPU and
 mmcore._kernels built for 90a with the CUTLASS headers).
 
-Shapes are chosen around its tiles: 128 query rows (tokens x GQA group) and 128 keys, so ragged
-lengths at 127 / 128 / 129, groups that pack 16 tokens into a row tile, chunks over a cached
-prefix whose first query is not tile-aligned, non-power-of-two cache blocks, windows and image
-spans, head dims of both shared-memory swizzles. Tolerances: those of test_kernels_cuda.py.
+Shapes are chosen around its tiles: 128 query rows (tokens x GQA group) and 128 keys (48 at
+head dim 256), so ragged lengths at 127 / 128 / 129 and 47 / 48 / 49, groups that pack 16 tokens
+into a row tile, chunks over a cached prefix whose first query is not tile-aligned,
+non-power-of-two cache blocks, cache blocks on both K/V paths (TMA and cp.async) at every head
+dim, windows and image spans, head dims of both shared-memory swizzles. Tolerances: those of
+test_kernels_cuda.py.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ pytestmark = [
 
 TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2}
 # 64 / 128: 128-byte swizzled rows; 80 (Qwen2.5-VL's ViT): 32-byte swizzle; 72 (SigLIP's ViT):
-# computed as 80 with zero columns past the head dim.
-DIMS = [64, 72, 80, 128]
+# computed as 80 with zero columns past the head dim; 256 (Gemma 3): 48-key K/V tiles.
+DIMS = [64, 72, 80, 128, 256]
 DTYPES = [torch.bfloat16, torch.float16]
 _dtype_id = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get
 
@@ -43,9 +45,28 @@ PAGED_CASES = {
     "chunk_over_prefix": ([530, 4097, 1300], [130, 1000, 257], 16, 2, 16),
     "block24": ([700, 333], [700, 300], 8, 2, 24),
     "mqa": ([900], [900], 8, 1, 32),
+    # Around head dim 256's 48-key tiles; 48-key blocks: one TMA box a tile there.
+    "ragged48": ([47, 48, 49, 95, 96, 97, 145], [47, 48, 49, 60, 96, 1, 145], 8, 4, 16),
+    "block48": ([500, 97], [400, 97], 8, 2, 48),
+    "block8": ([300, 49], [250, 49], 8, 2, 8),
     # 7 query heads a KV head (Qwen2.5-7B) do not divide 128-row tiles: Q by cp.async, not TMA.
     "group7": ([900, 130], [700, 130], 28, 4, 16),
 }
+
+
+def _kv_tile_keys(d):
+    return 48 if d > 128 else 128  # Sm90AttentionConfig::kBlockN
+
+
+def _paged_tma(d, block_size):
+    # make_sm90_kv_maps: one box a cache block, so blocks of >= 16 keys that divide the key tile.
+    return block_size >= 16 and _kv_tile_keys(d) % block_size == 0
+
+
+# (head dim, cache block size) pairs that take each paged K/V path: 16 divides both key tiles;
+# 24 divides only 48 and 32 only 128.
+PATHS = [(128, 16), (128, 24), (256, 24), (256, 32)]
+PATH_IDS = [f"d{d}-{'tma' if _paged_tma(d, b) else 'cp_async'}{b}" for d, b in PATHS]
 
 
 def _check_close(out, ref, dtype):
@@ -57,7 +78,7 @@ def _check_close(out, ref, dtype):
 
 def test_hopper_kernel_is_selected_for_its_head_dims():
     assert all(ops.hopper_attention_selected(d) for d in DIMS)
-    assert not ops.hopper_attention_selected(256)  # other head dims keep the sm80 kernel
+    assert not any(map(ops.hopper_attention_selected, (16, 32)))  # these keep the sm80 kernel
     with ops.hopper_attention(False):
         assert not ops.hopper_attention_selected(128)
         with ops.hopper_attention(True):  # nested: each level restores what it found
@@ -133,12 +154,12 @@ def test_prefill_replays_in_a_cuda_graph():
     _check_close(out, ref, torch.bfloat16)
 
 
-@pytest.mark.parametrize("block_size", [16, 24], ids=["tma", "cp_async"])
-def test_released_blocks_before_the_window_are_never_read(block_size):
+@pytest.mark.parametrize(("d", "block_size"), PATHS, ids=PATH_IDS)
+def test_released_blocks_before_the_window_are_never_read(d, block_size):
     # A hybrid (sliding-window) KV cache frees blocks that no query of the step can see: their
     # block-table entries are -1. Garbage (NaN) in those blocks must not reach the output.
     window, seq_lens, num_q = 100, [2100], [400]
-    args, _ = random_paged_batch(seq_lens, num_q, 8, 2, 128, block_size, torch.bfloat16, seed=9)
+    args, _ = random_paged_batch(seq_lens, num_q, 8, 2, d, block_size, torch.bfloat16, seed=9)
     query, key_cache, value_cache, tables, lens, starts = args
     first_visible = seq_lens[0] - num_q[0] - window + 1
     released = first_visible // block_size  # blocks wholly before every query's window
@@ -152,12 +173,13 @@ def test_released_blocks_before_the_window_are_never_read(block_size):
     _check_close(out, ref, torch.bfloat16)
 
 
-@pytest.mark.parametrize("block_size", [16, 24], ids=["tma", "cp_async"])
+@pytest.mark.parametrize("tma", [True, False], ids=["tma", "cp_async"])
 @pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
-def test_persistent_ctas_run_many_uneven_items_in_turn(d, block_size):
+def test_persistent_ctas_run_many_uneven_items_in_turn(d, tma):
     # Far more (row tile, KV head) items than a 132-SM grid, of very uneven cost (1 to 16 key
-    # tiles), some with image spans: each persistent CTA takes many items in turn, its K/V and Q
+    # tiles; 42 at head dim 256), some with image spans: each persistent CTA takes many items in turn, its K/V and Q
     # stages wrapping around across items of different lengths.
+    block_size = next(b for b in (16, 24, 32) if _paged_tma(d, b) == tma)
     gen = torch.Generator().manual_seed(d + block_size)
     seq_lens = torch.randint(1, 2000, (48,), generator=gen).tolist()
     num_q = [max(1, int(n * f)) for n, f in zip(seq_lens, torch.rand(48, generator=gen).tolist())]

@@ -472,7 +472,7 @@ def varlen_attention(
 def hopper_attention_selected(head_dim: int) -> bool:
     """Whether prefill and packed (ViT) attention of this head dim run the Hopper kernel (wgmma,
     sm90a) on the current CUDA device: built for 90a with CUTLASS, a compute-capability 9.0
-    device, head dim 64, 72, 80 or 128, not turned off (``MMCORE_SM90_ATTENTION=0`` or
+    device, head dim 64, 72, 80, 128 or 256, not turned off (``MMCORE_SM90_ATTENTION=0`` or
     :func:`hopper_attention`). FP8 caches and split-KV launches keep the sm80 kernel."""
     kernels = _kernels()
     return bool(kernels is not None and kernels.sm90_attention_selected(int(head_dim)))

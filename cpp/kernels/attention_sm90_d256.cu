@@ -1,0 +1,9 @@
+// Hopper (sm90a) prefill / packed attention for head dim 256; empty without CUTLASS or sm90a.
+#include "kernels/attention.h"
+#if MMCORE_SM90A_ATTENTION
+#include "kernels/attention_sm90_launch.cuh"
+
+namespace mmcore::kernels {
+template cudaError_t run_attention_sm90<256>(const AttentionParams&, DType, bool, cudaStream_t);
+}  // namespace mmcore::kernels
+#endif
