@@ -27,14 +27,14 @@ template <int kHeadDim>
                                         AttentionVariant variant, cudaStream_t stream);
 
 // Hopper prefill / packed attention on wgmma (attention_sm90_d*.cu): head dims 64, 72, 80, 128,
-// float16 / bfloat16 K/V (paged FP8 K/V too at the head dims of sm90_kv_fp8_head_dim), no
-// split-KV. Built when the architectures include 90a and the CUTLASS headers were found
-// (MMCORE_SM90A_ATTENTION); launched on compute capability 9.0 devices.
+// float16 / bfloat16 K/V, no split-KV. Built when the architectures include 90a and the CUTLASS
+// headers were found (MMCORE_SM90A_ATTENTION); launched on compute capability 9.0 devices.
 template <int kHeadDim>
 [[nodiscard]] cudaError_t run_attention_sm90(const AttentionParams& p, DType dtype, bool paged,
                                              cudaStream_t stream);
 
-// Head dims whose Hopper kernel also reads FP8 (e4m3) paged caches (instantiated for them only).
+// Head dims whose Hopper kernel also reads FP8 (e4m3) paged caches (paged prefill; the FP8
+// variants are instantiated for them only).
 constexpr bool sm90_kv_fp8_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
 // Whether prefill / packed launches of this head dim, K/V dtype and split count run the Hopper

@@ -12,13 +12,13 @@
 //   head dims 64 / 128, 32-byte for 72 / 80): bulk tensor copies (TMA) by its first warp, one
 //   box per cache block (paged) or per tile (packed) and column block, where the layout allows
 //   it (attention_sm90_tma.h), else cp.async by all its threads; mbarriers say when a stage is
-//   full and when both consumers are done with it. FP8 (e4m3) paged caches (head dims 64 and
-//   128, kKvFp8; 64-key tiles at 128): all its threads cp.async each tile's bytes into a
-//   double-buffered staging area and convert them into the stage (k_scale / v_scale fold into
-//   each item's softmax scale and output);
+//   full and when both consumers are done with it;
 // - two consumers of 64 rows each, software-pipelined (tile j's P V and tile j + 1's Q K^T in
 //   flight during tile j + 1's softmax) and taking turns to issue their wgmmas (named
 //   barriers), so one's softmax overlaps the other's GEMMs.
+// FP8 (e4m3) paged caches (head dims 64 and 128, kKvFp8; 64-key tiles at 128): the producer's
+// threads cp.async each K/V tile's bytes into a double-buffered staging area and convert them
+// into the stage; k_scale / v_scale fold into each item's softmax scale and output.
 // Masks (causal, sliding window, bidirectional image spans) and the online softmax (float32,
 // log2 domain) match attention_kernel. Only the kernel body is sm90a code: other targets compile
 // an empty kernel, and the host launches this one on compute capability 9.0 only.
@@ -58,7 +58,6 @@ template <typename T, int kHeadDim, bool kKvFp8 = false>
 struct Sm90AttentionConfig {
   static_assert(kHeadDim == 64 || kHeadDim == 72 || kHeadDim == 80 || kHeadDim == 128,
                 "head dims 64, 72, 80 and 128");
-  static_assert(!kKvFp8 || kHeadDim == 64 || kHeadDim == 128, "FP8 K/V at head dims 64 and 128");
   using Element = typename CuteElement<T>::type;
   // wgmma k-steps are 16 wide: head dim 72 computes as 80, its extra Q / K / V columns zero
   // (they add nothing to the scores; the extra output columns are never written).
@@ -116,18 +115,17 @@ struct Sm90AttentionConfig {
   static constexpr int kQElems = cute::cosize_v<SmemLayoutQ>;
   static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
   // FP8: two buffers (the next tile's bytes land while the producer converts this one's) of a
-  // K and a V tile of e4m3 bytes, rows of kDim bytes.
+  // K and a V tile of e4m3 bytes, rows of kDim bytes, after the V stages.
   static constexpr int kF8TileBytes = kBlockN * kDim;
   static constexpr int kF8Bytes = kKvFp8 ? 2 * 2 * kF8TileBytes : 0;
-  // The Q and K/V stages, the FP8 staging buffers, the mbarriers (full and empty per K/V stage
-  // and per Q stage), the work items and their row tiles (one per Q stage; two items the
-  // producer passes between its threads); swizzle atoms need 1024-byte alignment, which the
-  // kernel makes itself inside the extra 1 KB.
-  static constexpr size_t kSmemBytes = (kQElems + 2 * kKVElems) * sizeof(T) + kF8Bytes +
-                                       2 * (kStages + kQStages) * sizeof(uint64_t) +
-                                       kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) +
-                                       1024;
-  static_assert(kSmemBytes <= 227 * 1024, "beyond an sm90's 227 KB of dynamic shared memory");
+  // The Q and K/V stages, the mbarriers (full and empty per K/V stage and per Q stage), the
+  // work items and their row tiles (one per Q stage; two items the producer passes between its
+  // threads); swizzle atoms need 1024-byte alignment, which the kernel makes itself inside the
+  // extra 1 KB.
+  static constexpr size_t kSmemBytes =
+      (kQElems + 2 * kKVElems) * sizeof(T) + 2 * (kStages + kQStages) * sizeof(uint64_t) +
+      kF8Bytes + kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "beyond a Hopper CTA's 227 KB of shared memory");
 };
 
 __device__ __forceinline__ void fence_async_shared() {
@@ -161,6 +159,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim, kKvFp8>::kThr
   using namespace cute;
   using Cfg = Sm90AttentionConfig<T, kHeadDim, kKvFp8>;
   static_assert(kPaged || !kKvFp8, "FP8 K/V come from the paged cache only");
+  static_assert(!kKvFp8 || kHeadDim == 64 || kHeadDim == 128, "FP8 K/V at head dims 64 and 128");
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
   constexpr int kDim = Cfg::kDim, kAtomCols = Cfg::kAtomCols;

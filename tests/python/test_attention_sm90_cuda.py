@@ -5,10 +5,7 @@ mmcore._kernels built for 90a with the CUTLASS headers).
 Shapes are chosen around its tiles: 128 query rows (tokens x GQA group) and 128 keys, so ragged
 lengths at 127 / 128 / 129, groups that pack 16 tokens into a row tile, chunks over a cached
 prefix whose first query is not tile-aligned, non-power-of-two cache blocks, windows and image
-spans, head dims of both shared-memory swizzles. FP8 (e4m3) paged caches at head dims 64 (128-key
-tiles) and 128 (64-key tiles) run it too, converted to the query's dtype in shared memory.
-Tolerances: those of test_kernels_cuda.py, FP8 included: the reference runs in float32 on the same
-FP8 caches dequantised, so only the kernel's 16-bit rounding of P and of the output remains.
+spans, head dims of both shared-memory swizzles. Tolerances: those of test_kernels_cuda.py.
 """
 
 from __future__ import annotations
@@ -51,14 +48,6 @@ PAGED_CASES = {
 }
 
 
-FP8 = torch.float8_e4m3fn
-FP8_DIMS = [64, 128]
-# Factors on each KV head's cache scales (real K/V = stored value * scale): distinct per head and
-# between K and V, so a kernel applying another head's scale, or K's to V, fails.
-K_SCALE_FACTORS = [1.0, 1.6, 0.6, 1.3]
-V_SCALE_FACTORS = [1.0, 0.55, 0.8, 0.3]
-
-
 def _check_close(out, ref, dtype):
     assert out.shape == ref.shape and out.dtype == ref.dtype
     assert torch.isfinite(out.float()).all()
@@ -75,6 +64,17 @@ def test_hopper_kernel_is_selected_for_its_head_dims():
             assert ops.hopper_attention_selected(128)
         assert not ops.hopper_attention_selected(128)
     assert ops.hopper_attention_selected(128)
+
+
+# FP8 (e4m3) paged caches at head dims 64 (128-key tiles) and 128 (64-key tiles), converted to
+# the query's dtype in shared memory. Tolerance: TOL, since the reference runs in float32 on the
+# same caches dequantised, so only the kernel's 16-bit rounding of P and of the output remains.
+FP8 = torch.float8_e4m3fn
+FP8_DIMS = [64, 128]
+# Factors on each KV head's cache scales (real K/V = stored value * scale): distinct per head and
+# between K and V, so a kernel applying another head's scale, or K's to V, fails.
+K_SCALE_FACTORS = [1.0, 1.6, 0.6, 1.3]
+V_SCALE_FACTORS = [1.0, 0.55, 0.8, 0.3]
 
 
 def _fp8_paged_batch(seq_lens, num_q, hq, hkv, d, block_size, dtype, seed):
