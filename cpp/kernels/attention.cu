@@ -122,8 +122,9 @@ bool sm90_attention_enabled() { return g_sm90_enabled.load(); }
 
 bool sm90_attention_selected(int head_dim, bool kv_fp8, int num_splits) {
 #if MMCORE_SM90A_ATTENTION
-  return g_sm90_enabled.load(std::memory_order_relaxed) && sm90_head_dim(head_dim) && !kv_fp8 &&
-         num_splits == 1 && current_device_capability() == 90;
+  return g_sm90_enabled.load(std::memory_order_relaxed) && sm90_head_dim(head_dim) &&
+         (!kv_fp8 || sm90_kv_fp8_head_dim(head_dim)) && num_splits == 1 &&
+         current_device_capability() == 90;
 #else
   (void)head_dim, (void)kv_fp8, (void)num_splits;
   return false;

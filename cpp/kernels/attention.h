@@ -34,6 +34,10 @@ template <int kHeadDim>
 [[nodiscard]] cudaError_t run_attention_sm90(const AttentionParams& p, DType dtype, bool paged,
                                              cudaStream_t stream);
 
+// Head dims whose Hopper kernel also reads FP8 (e4m3) paged caches (paged prefill; the FP8
+// variants are instantiated for them only).
+constexpr bool sm90_kv_fp8_head_dim(int head_dim) { return head_dim == 64 || head_dim == 128; }
+
 // Whether prefill / packed launches of this head dim, K/V dtype and split count run the Hopper
 // kernel on the current device (false when not built, on other devices, or with
 // MMCORE_SM90_ATTENTION=0 in the environment or after set_sm90_attention_enabled(false)).

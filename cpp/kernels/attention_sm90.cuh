@@ -16,6 +16,9 @@
 // - two consumers of 64 rows each, software-pipelined (tile j's P V and tile j + 1's Q K^T in
 //   flight during tile j + 1's softmax) and taking turns to issue their wgmmas (named
 //   barriers), so one's softmax overlaps the other's GEMMs.
+// FP8 (e4m3) paged caches (head dims 64 and 128, kKvFp8; 64-key tiles at 128): the producer's
+// threads cp.async each K/V tile's bytes into a double-buffered staging area and convert them
+// into the stage; k_scale / v_scale fold into each item's softmax scale and output.
 // Masks (causal, sliding window, bidirectional image spans) and the online softmax (float32,
 // log2 domain) match attention_kernel. Only the kernel body is sm90a code: other targets compile
 // an empty kernel, and the host launches this one on compute capability 9.0 only.
@@ -51,7 +54,7 @@ struct CuteElement<__half> {
   using type = cute::half_t;
 };
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kKvFp8 = false>
 struct Sm90AttentionConfig {
   static_assert(kHeadDim == 64 || kHeadDim == 72 || kHeadDim == 80 || kHeadDim == 128 ||
                     kHeadDim == 256,
@@ -64,14 +67,20 @@ struct Sm90AttentionConfig {
   // dim is a multiple of 64, else 16 (32-byte swizzle); the TMA boxes have the atoms' width.
   static constexpr int kAtomCols = kDim % 64 == 0 ? 64 : 16;
   static constexpr int kBlockM = 128;  // two warpgroups of 64 rows
-  // Keys per K/V tile: 128, or 48 at head dim 256, where three stages of 128-key K and V tiles
-  // (384 KB) cannot fit beside the 64 KB Q tile.
-  static constexpr int kBlockN = kDim <= 128 ? 128 : 48;
+  // Keys per K/V tile: 128; 48 at head dim 256, where three stages of 128-key K and V tiles
+  // (384 KB) cannot fit beside the 64 KB Q tile; 64 for FP8 K/V at head dim 128, where 128
+  // would leave no room for the e4m3 staging.
+  static constexpr int kBlockN = kDim > 128 ? 48 : kKvFp8 && kDim > 64 ? 64 : 128;
   static_assert(kBlockN % 16 == 0, "whole 16-key k-blocks of P V");
   static constexpr int kWarpGroups = kBlockM / 64;  // consumers: the MMAs and the softmax
   static constexpr int kConsumerThreads = 128 * kWarpGroups;
   static constexpr int kProducerThreads = 128;  // one warpgroup issues the copies
   static constexpr int kThreads = kConsumerThreads + kProducerThreads;
+  // Registers a thread after setmaxnreg: the FP8 producer's gather and conversion spill at 56.
+  static constexpr int kProducerRegs = kKvFp8 ? 72 : 56;
+  static constexpr int kConsumerRegs = kKvFp8 ? 216 : 224;
+  static_assert(kProducerThreads * kProducerRegs + kConsumerThreads * kConsumerRegs <= 65536,
+                "register file");
   // K/V stages: tile j + 1's Q K^T is issued while tile j's P V still reads its stage, so the
   // load of tile j + 2 needs a third.
   static constexpr int kStages = 3;
@@ -109,13 +118,17 @@ struct Sm90AttentionConfig {
       cute::Stride<cute::Stride<cute::_1, cute::_2, cute::_4>, cute::_0, cute::_8>>;
   static constexpr int kQElems = cute::cosize_v<SmemLayoutQ>;
   static constexpr int kKVElems = cute::cosize_v<SmemLayoutKV>;
+  // FP8: two buffers (the next tile's bytes land while the producer converts this one's) of a
+  // K and a V tile of e4m3 bytes, rows of kDim bytes, after the V stages.
+  static constexpr int kF8TileBytes = kBlockN * kDim;
+  static constexpr int kF8Bytes = kKvFp8 ? 2 * 2 * kF8TileBytes : 0;
   // The Q and K/V stages, the mbarriers (full and empty per K/V stage and per Q stage), the
   // work items and their row tiles (one per Q stage; two items the producer passes between its
   // threads); swizzle atoms need 1024-byte alignment, which the kernel makes itself inside the
   // extra 1 KB.
   static constexpr size_t kSmemBytes =
       (kQElems + 2 * kKVElems) * sizeof(T) + 2 * (kStages + kQStages) * sizeof(uint64_t) +
-      kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) + 1024;
+      kF8Bytes + kQStages * sizeof(RowTile) + (kQStages + 2) * sizeof(int) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "beyond a Hopper CTA's 227 KB of shared memory");
 };
 
@@ -135,12 +148,22 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <typename T, int kHeadDim, bool kPaged>
-__global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
+// Key tiles of `keys` keys. FP8 kernels divide inline: a second constant divisor of ceil_div in
+// the translation unit (64-key tiles at head dim 128) would change the 16-bit kernels' code.
+template <int kBlockN, bool kKvFp8>
+__device__ __forceinline__ int key_tiles(int keys) {
+  if constexpr (kKvFp8) return (max(keys, 0) + kBlockN - 1) / kBlockN;
+  return ceil_div(max(keys, 0), kBlockN);
+}
+
+template <typename T, int kHeadDim, bool kPaged, bool kKvFp8 = false>
+__global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim, kKvFp8>::kThreads, 1)
     attention_sm90_kernel(const AttentionParams p, const __grid_constant__ Sm90TensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace cute;
-  using Cfg = Sm90AttentionConfig<T, kHeadDim>;
+  using Cfg = Sm90AttentionConfig<T, kHeadDim, kKvFp8>;
+  static_assert(kPaged || !kKvFp8, "FP8 K/V come from the paged cache only");
+  static_assert(!kKvFp8 || kHeadDim == 64 || kHeadDim == 128, "FP8 K/V at head dims 64 and 128");
   using Element = typename Cfg::Element;
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStages = Cfg::kStages;
   constexpr int kDim = Cfg::kDim, kAtomCols = Cfg::kAtomCols;
@@ -159,7 +182,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   // warpgroups are done reading it. q_full / q_empty the same for the Q stages; work[qs] is the
   // item whose Q sits in Q stage qs (-1: no more items) and tiles[qs] its row tile (located by
   // the producer; no rows when invalid), next_work the producer's hand-over.
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem_v + Cfg::kKVElems);
+  // FP8 only: the staging buffers of e4m3 bytes (kF8Bytes is 0 otherwise).
+  uint8_t* f8_stage = reinterpret_cast<uint8_t*>(smem_v + Cfg::kKVElems);
+  uint64_t* full = reinterpret_cast<uint64_t*>(f8_stage + Cfg::kF8Bytes);
   uint64_t* empty = full + kStages;
   uint64_t* q_full = empty + kStages;
   uint64_t* q_empty = q_full + Cfg::kQStages;
@@ -175,8 +200,9 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
   if (tid == 0) {
 #pragma unroll
     for (int st = 0; st < kStages; ++st) {
-      // TMA: one arrival (with the expected bytes) a stage; cp.async: one per producer thread.
-      Barrier::init(&full[st], maps.tma ? 1 : Cfg::kProducerThreads);
+      // TMA: one arrival (with the expected bytes) a stage; cp.async and FP8: one per producer
+      // thread.
+      Barrier::init(&full[st], !kKvFp8 && maps.tma ? 1 : Cfg::kProducerThreads);
       Barrier::init(&empty[st], Cfg::kConsumerThreads);
     }
 #pragma unroll
@@ -193,7 +219,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     // Producer warpgroup: per item, its Q tile (TMA by thread 0, or cp.async by all threads) and
     // publication, then its K/V tiles kStages deep by TMA (first warp) or cp.async (all threads);
     // each barrier completes when its copies land (the consumers fence before their wgmmas).
-    cutlass::arch::warpgroup_reg_dealloc<56>();
+    cutlass::arch::warpgroup_reg_dealloc<Cfg::kProducerRegs>();
     const int ptid = tid;
     const T* q_base = static_cast<const T*>(p.q);
     // cp.async path: each loader copies chunk column `ch` of every kRowsPerPass-th row of a K/V
@@ -220,6 +246,24 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     const int blocks_per_tile = kBlockN / block_size;
     const uint64_t hint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
     constexpr uint32_t kStageBytes = 2 * kBlockN * kDim * sizeof(T);  // zero fill counts too
+    // FP8 path: each thread copies the 16-byte chunk column `f8_ch` (16 e4m3 values) of every
+    // kF8RowsPerPass-th row of a tile into the staging buffer and converts those same chunks, so
+    // its own cp.async wait orders the staging (no barrier). A chunk becomes two 8-column chunks
+    // of the swizzled stage; its rows share one swizzle phase (kF8RowsPerPass is a multiple of 8).
+    constexpr int kF8Chunks = kDim / 16;
+    constexpr int kF8RowsPerPass = Cfg::kProducerThreads / kF8Chunks;
+    constexpr int kF8Passes = kBlockN / kF8RowsPerPass;
+    static_assert(!kKvFp8 || (kF8RowsPerPass % 8 == 0 && kBlockN % kF8RowsPerPass == 0),
+                  "FP8 chunk rows");
+    // Stages and passes move by whole swizzle atoms, so by constant offsets (kept out of the
+    // CuTe address math, which the compiler would redo per tile).
+    constexpr int kF8StageElems = kBlockN * kDim, kF8PassElems = kF8RowsPerPass * kAtomCols;
+    static_assert(!kKvFp8 || Cfg::kKVElems == kStages * kF8StageElems, "stages of N x D");
+    const int f8_ch = ptid % kF8Chunks, f8_r0 = ptid / kF8Chunks;
+    const int f8_src0 = f8_r0 * kDim + f8_ch * 16;  // this thread's bytes in a staging tile
+    const int f8_dst0 = static_cast<int>(raw_pointer_cast(&sK(f8_r0, f8_ch * 16, 0)) - smem_k);
+    const int f8_hi = static_cast<int>(raw_pointer_cast(&sK(f8_r0, f8_ch * 16 + 8, 0)) -
+                                       raw_pointer_cast(&sK(f8_r0, f8_ch * 16, 0)));
 
     // Items are (row tile, KV head) pairs of the prefix sums in p.tile_offsets, heavy (late)
     // causal tiles first; p.tile_offsets[num_seqs + 1] counts items claimed past the grid's first.
@@ -284,9 +328,68 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
         next_work[item & 1] = claimed;
         claimed = atomicAdd(&p.tile_offsets[p.num_seqs + 1], 1) + gridDim.x;
       }
-      const int n_tiles = valid ? ceil_div(max(rt.kv_end - rt.kv_begin, 0), kBlockN) : 0;
+      const int n_tiles = valid ? key_tiles<kBlockN, kKvFp8>(rt.kv_end - rt.kv_begin) : 0;
 
-      if (maps.tma) {
+      if constexpr (kKvFp8) {
+        const uint8_t* k_base =
+            static_cast<const uint8_t*>(p.k) + kv_head * p.k_stride_head + f8_ch * 16;
+        const uint8_t* v_base =
+            static_cast<const uint8_t*>(p.v) + kv_head * p.v_stride_head + f8_ch * 16;
+        const int32_t* table = p.block_tables + rt.seq * p.block_table_stride;
+        // Tile t's e4m3 bytes into staging buffer (kv_iter + t) % 2, one commit group a tile.
+        auto stage_bytes = [&](int t) {
+          const int n0 = rt.kv_begin + t * kBlockN;
+          uint8_t* dst = f8_stage + ((kv_iter + t) & 1) * 2 * Cfg::kF8TileBytes + f8_src0;
+#pragma unroll
+          for (int i = 0; i < kF8Passes; ++i) {
+            const int key = n0 + f8_r0 + i * kF8RowsPerPass;
+            const bool inside = key < rt.kv_end && key >= rt.kv_lo;
+            const uint8_t* k_src = k_base;
+            const uint8_t* v_src = v_base;
+            if (inside) {
+              const int block_idx = p.block_shift >= 0 ? key >> p.block_shift : key / p.block_size;
+              const int in_block = key - block_idx * p.block_size;
+              const int64_t block = table[block_idx];
+              k_src += block * p.k_stride_block + in_block * p.k_stride_token;
+              v_src += block * p.v_stride_block + in_block * p.v_stride_token;
+            }
+            cp_async_16(dst + i * kF8RowsPerPass * kDim, k_src, inside);
+            cp_async_16(dst + Cfg::kF8TileBytes + i * kF8RowsPerPass * kDim, v_src, inside);
+          }
+          cp_async_commit();
+        };
+        if (n_tiles > 0) stage_bytes(0);
+        for (int t = 0; t < n_tiles; ++t) {
+          const int g = kv_iter + t, st = g % kStages;
+          // The next tile's bytes fly while this one converts.
+          if (t + 1 < n_tiles) {
+            stage_bytes(t + 1);
+            cp_async_wait<1>();
+          } else {
+            cp_async_wait<0>();
+          }
+          if (g >= kStages) Barrier::wait(&empty[st], ((g / kStages) - 1) & 1);
+          compiler_fence();  // the waits' asm has no memory clobber
+          const uint8_t* src = f8_stage + (g & 1) * 2 * Cfg::kF8TileBytes + f8_src0;
+          Element* k_dst = smem_k + st * kF8StageElems + f8_dst0;
+          Element* v_dst = smem_v + st * kF8StageElems + f8_dst0;
+#pragma unroll
+          for (int i = 0; i < kF8Passes; ++i) {
+            const uint4 kb = *reinterpret_cast<const uint4*>(src + i * kF8RowsPerPass * kDim);
+            const uint4 vb = *reinterpret_cast<const uint4*>(src + Cfg::kF8TileBytes +
+                                                             i * kF8RowsPerPass * kDim);
+            Element* kd = k_dst + i * kF8PassElems;
+            Element* vd = v_dst + i * kF8PassElems;
+            *reinterpret_cast<uint4*>(kd) = fp8x8_to<T>(make_uint2(kb.x, kb.y));
+            *reinterpret_cast<uint4*>(kd + f8_hi) = fp8x8_to<T>(make_uint2(kb.z, kb.w));
+            *reinterpret_cast<uint4*>(vd) = fp8x8_to<T>(make_uint2(vb.x, vb.y));
+            *reinterpret_cast<uint4*>(vd + f8_hi) = fp8x8_to<T>(make_uint2(vb.z, vb.w));
+          }
+          // The generic-proxy stores become visible to the consumers' wgmmas (async proxy).
+          fence_async_shared();
+          Barrier::arrive(&full[st]);
+        }
+      } else if (maps.tma) {
         // Bulk tensor copies by the first warp: paged, lane b copies the tile's block b (blocks
         // outside the key range read block -1: zeros, no block-table entry needed); packed, lane 0
         // copies the tile's rows. Each box is one swizzle atom (kAtomCols columns) wide.
@@ -374,7 +477,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
     }
     cp_async_wait<0>();
   } else {
-    cutlass::arch::warpgroup_reg_alloc<224>();
+    cutlass::arch::warpgroup_reg_alloc<Cfg::kConsumerRegs>();
     const int ctid = tid - Cfg::kProducerThreads;
     // Ping-pong: the two consumer warpgroups take turns issuing their wgmmas (named barriers 1
     // and 2), so one warpgroup's softmax runs while the other's GEMMs hold the tensor cores.
@@ -414,8 +517,14 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
       // what the loop and the output need.
       const RowTile& rt = tiles[qs];
       const int kv_begin = rt.kv_begin, min_hi = rt.min_hi, max_lo = rt.max_lo;
-      const int n_tiles = ceil_div(max(rt.kv_end - kv_begin, 0), kBlockN);
+      const int n_tiles = key_tiles<kBlockN, kKvFp8>(rt.kv_end - kv_begin);
       float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+      // FP8: the KV head's scales fold into the softmax scale (K) and the output (V).
+      float qk_scale_log2 = scale_log2, out_scale = 1.f;
+      if constexpr (kKvFp8) {
+        qk_scale_log2 *= p.k_scale[w % p.num_kv_heads];
+        out_scale = p.v_scale[w % p.num_kv_heads];
+      }
       clear(tOrO);
       auto stage_of = [&](int j) { return (kv_iter + j) % kStages; };
       auto phase_of = [&](int j) { return ((kv_iter + j) / kStages) & 1; };
@@ -466,14 +575,14 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
           }
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-          const float m_new = fmaxf(m_run[h], mx * scale_log2);
+          const float m_new = fmaxf(m_run[h], mx * qk_scale_log2);
           const float m_use = m_new == -INFINITY ? 0.f : m_new;
           alpha[h] = fast_exp2(m_run[h] - m_use);
           float sum = 0.f;
 #pragma unroll
           for (int i = 0; i < size(tSrS); ++i) {
             if (((i >> 1) & 1) != h) continue;
-            tSrS(i) = fast_exp2(fmaf(tSrS(i), scale_log2, -m_use));
+            tSrS(i) = fast_exp2(fmaf(tSrS(i), qk_scale_log2, -m_use));
             sum += tSrS(i);
           }
           l_run[h] = l_run[h] * alpha[h] + sum;
@@ -555,7 +664,8 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim>::kThreads, 1)
         if (row >= num_rows) continue;
         const int token = q_start + row / group;
         const int head = w % p.num_kv_heads * group + row % group;
-        const float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+        float inv = l_run[h] > 0.f ? 1.f / l_run[h] : 0.f;
+        if constexpr (kKvFp8) inv *= out_scale;
         T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
 #pragma unroll
         for (int i = 0; i < size(tOrO); i += 2) {

@@ -22,10 +22,10 @@ inline int current_device_sm_count() {
   });
 }
 
-template <typename T, int kHeadDim, bool kPaged>
+template <typename T, int kHeadDim, bool kPaged, bool kKvFp8 = false>
 cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t stream) {
-  using Cfg = Sm90AttentionConfig<T, kHeadDim>;
-  auto* kernel = attention_sm90_kernel<T, kHeadDim, kPaged>;
+  using Cfg = Sm90AttentionConfig<T, kHeadDim, kKvFp8>;
+  auto* kernel = attention_sm90_kernel<T, kHeadDim, kPaged, kKvFp8>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(Cfg::kSmemBytes));
   if (err != cudaSuccess) return err;
@@ -40,7 +40,9 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
   const int64_t ctas = persistent ? std::min<int64_t>(items, current_device_sm_count()) : items;
   Sm90TensorMaps maps;
   if (tma_allowed) {
-    make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kAtomCols, Cfg::kBlockN, maps);
+    // FP8 K/V go through the producer's conversion, never TMA (maps.tma stays false).
+    if constexpr (!kKvFp8)
+      make_sm90_kv_maps(p, kPaged, kHeadDim, Cfg::kAtomCols, Cfg::kBlockN, maps);
     make_sm90_q_map(p, kHeadDim, Cfg::kAtomCols, Cfg::kBlockM, maps);
   }
   kernel<<<static_cast<unsigned>(ctas), Cfg::kThreads, Cfg::kSmemBytes, stream>>>(p, maps);
@@ -50,6 +52,14 @@ cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t
 template <int kHeadDim>
 cudaError_t run_attention_sm90(const AttentionParams& p, DType dtype, bool paged,
                                cudaStream_t stream) {
+  // FP8 caches (paged only) at the head dims sm90_kv_fp8_head_dim names; no other instantiation.
+  if constexpr (sm90_kv_fp8_head_dim(kHeadDim)) {
+    if (p.kv_fp8 && paged && dtype == DType::kBFloat16)
+      return launch_attention_sm90_variant<__nv_bfloat16, kHeadDim, true, true>(p, stream);
+    if (p.kv_fp8 && paged && dtype == DType::kFloat16)
+      return launch_attention_sm90_variant<__half, kHeadDim, true, true>(p, stream);
+  }
+  if (p.kv_fp8) return cudaErrorInvalidValue;
   if (dtype == DType::kBFloat16) {
     return paged ? launch_attention_sm90_variant<__nv_bfloat16, kHeadDim, true>(p, stream)
                  : launch_attention_sm90_variant<__nv_bfloat16, kHeadDim, false>(p, stream);

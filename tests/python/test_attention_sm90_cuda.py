@@ -87,6 +87,70 @@ def test_hopper_kernel_is_selected_for_its_head_dims():
     assert ops.hopper_attention_selected(128)
 
 
+# FP8 (e4m3) paged caches at head dims 64 (128-key tiles) and 128 (64-key tiles), converted to
+# the query's dtype in shared memory. Tolerance: TOL, since the reference runs in float32 on the
+# same caches dequantised, so only the kernel's 16-bit rounding of P and of the output remains.
+FP8 = torch.float8_e4m3fn
+FP8_DIMS = [64, 128]
+# Factors on each KV head's cache scales (real K/V = stored value * scale): distinct per head and
+# between K and V, so a kernel applying another head's scale, or K's to V, fails.
+K_SCALE_FACTORS = [1.0, 1.6, 0.6, 1.3]
+V_SCALE_FACTORS = [1.0, 0.55, 0.8, 0.3]
+
+
+def _fp8_paged_batch(seq_lens, num_q, hq, hkv, d, block_size, dtype, seed):
+    args, scales = random_paged_batch(
+        seq_lens, num_q, hq, hkv, d, block_size, dtype, seed=seed, kv_dtype=FP8, qkv_slice=True
+    )
+    heads = torch.arange(hkv) % 4
+    for name, factors in (("k_scale", K_SCALE_FACTORS), ("v_scale", V_SCALE_FACTORS)):
+        scales[name] = scales[name] * torch.tensor(factors, device=scales[name].device)[heads]
+    return args, scales
+
+
+def test_hopper_kernel_takes_fp8_caches_at_64_and_128_only():
+    assert all(ops.hopper_attention_selected(d, kv_fp8=True) for d in FP8_DIMS)
+    assert not ops.hopper_attention_selected(80, kv_fp8=True)  # the sm80 kernel's FP8 path
+    assert not ops.hopper_attention_selected(72, kv_fp8=True)
+    with ops.hopper_attention(False):
+        assert not ops.hopper_attention_selected(128, kv_fp8=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
+@pytest.mark.parametrize("d", FP8_DIMS, ids=lambda d: f"d{d}")
+@pytest.mark.parametrize("case", list(PAGED_CASES))
+def test_paged_prefill_fp8_cache_matches_reference_and_sm80_kernel(case, d, dtype):
+    seq_lens, num_q, hq, hkv, block_size = PAGED_CASES[case]
+    args, scales = _fp8_paged_batch(seq_lens, num_q, hq, hkv, d, block_size, dtype, d + len(case))
+    scale = d**-0.5
+    out = ops.paged_attention(*args, scale, **scales)
+    _check_close(out, reference.paged_attention(*args, scale, **scales), dtype)
+    with ops.hopper_attention(False):
+        sm80 = ops.paged_attention(*args, scale, **scales)
+    _check_close(out, sm80, dtype)
+
+
+@pytest.mark.parametrize("block_size", [16, 24])
+@pytest.mark.parametrize("d", FP8_DIMS, ids=lambda d: f"d{d}")
+def test_fp8_cache_many_items_with_spans_and_windows(d, block_size):
+    # Many uneven items a persistent CTA takes in turn (the staging buffers and stages wrap across
+    # items), image spans, then a sliding window whose lower bound is not tile-aligned.
+    gen = torch.Generator().manual_seed(d + block_size)
+    seq_lens = torch.randint(1, 2000, (40,), generator=gen).tolist()
+    num_q = [max(1, int(n * f)) for n, f in zip(seq_lens, torch.rand(40, generator=gen).tolist())]
+    spans = [
+        [(n - q, n - q + 40)] if i % 5 == 0 else [] for i, (n, q) in enumerate(zip(seq_lens, num_q))
+    ]
+    args, scales = _fp8_paged_batch(seq_lens, num_q, 16, 4, d, block_size, torch.bfloat16, d)
+    until = span_bounds(seq_lens, num_q, spans)
+    out = ops.paged_attention(*args, d**-0.5, -1, until, **scales)
+    ref = reference.paged_attention(*args, d**-0.5, -1, until, **scales)
+    _check_close(out, ref, torch.bfloat16)
+    out = ops.paged_attention(*args, d**-0.5, sliding_window=100, **scales)
+    ref = reference.paged_attention(*args, d**-0.5, 100, **scales)
+    _check_close(out, ref, torch.bfloat16)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=_dtype_id)
 @pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
 @pytest.mark.parametrize("case", list(PAGED_CASES))

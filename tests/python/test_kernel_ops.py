@@ -180,6 +180,7 @@ def test_hopper_attention_is_not_selected_without_a_hopper_gpu():
     # No compute-capability 9.0 device (or no kernels module): prefill keeps the other paths.
     for head_dim in (64, 128, 80):
         assert ops.hopper_attention_selected(head_dim) is False
+        assert ops.hopper_attention_selected(head_dim, kv_fp8=True) is False
     with ops.hopper_attention(True):
         assert ops.hopper_attention_selected(128) is False
     with ops.hopper_attention(False):

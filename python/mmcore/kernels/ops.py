@@ -469,13 +469,16 @@ def varlen_attention(
     return torch.ops.mmcore.varlen_attention(query, key, value, cu_seqlens, float(scale))
 
 
-def hopper_attention_selected(head_dim: int) -> bool:
+def hopper_attention_selected(head_dim: int, kv_fp8: bool = False) -> bool:
     """Whether prefill and packed (ViT) attention of this head dim run the Hopper kernel (wgmma,
     sm90a) on the current CUDA device: built for 90a with CUTLASS, a compute-capability 9.0
     device, head dim 64, 72, 80, 128 or 256, not turned off (``MMCORE_SM90_ATTENTION=0`` or
-    :func:`hopper_attention`). FP8 caches and split-KV launches keep the sm80 kernel."""
+    :func:`hopper_attention`). ``kv_fp8``: paged prefill over an FP8 (e4m3) cache, which it
+    reads at head dims 64 and 128 only. Split-KV launches keep the sm80 kernel."""
     kernels = _kernels()
-    return bool(kernels is not None and kernels.sm90_attention_selected(int(head_dim)))
+    return bool(
+        kernels is not None and kernels.sm90_attention_selected(int(head_dim), kv_fp8=bool(kv_fp8))
+    )
 
 
 @contextlib.contextmanager
