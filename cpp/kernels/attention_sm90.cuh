@@ -70,7 +70,7 @@ struct Sm90AttentionConfig {
   // Keys per K/V tile: 128; 48 at head dim 256, where three stages of 128-key K and V tiles
   // (384 KB) cannot fit beside the 64 KB Q tile; 64 for FP8 K/V at head dim 128, where 128
   // would leave no room for the e4m3 staging.
-  static constexpr int kBlockN = kDim > 128 ? 48 : kKvFp8&& kDim > 64 ? 64 : 128;
+  static constexpr int kBlockN = kDim > 128 ? 48 : kKvFp8 ? (kDim > 64 ? 64 : 128) : 128;
   static_assert(kBlockN % 16 == 0, "whole 16-key k-blocks of P V");
   static constexpr int kWarpGroups = kBlockM / 64;  // consumers: the MMAs and the softmax
   static constexpr int kConsumerThreads = 128 * kWarpGroups;
