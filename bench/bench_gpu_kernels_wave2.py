@@ -8,8 +8,10 @@ Tables (markdown; medians of CUDA-event timings of CUDA-graph replays, baselines
 
 - ViT / SigLIP (packed varlen, 729 tokens per image, 16 heads, d 72) vs SDPA: flash when it
   takes the shape, and the fastest torch backend that does.
-- Gemma-3-12B shapes (16 q / 8 KV heads, d 256): causal prefill at 4k / 8k vs SDPA flash (or the
-  best backend), and decode batch 1.
+- Gemma-3-12B shapes (16 q / 8 KV heads, d 256): causal prefill at 1k / 4k / 8k vs the sm80
+  kernel (the Hopper kernel off) and SDPA flash (or the best backend).
+- Causal prefill over an FP8 KV cache (d 128 and d 64): the Hopper kernel vs the sm80 kernel's FP8
+  path vs the bf16 cache.
 - Decode batch 1 at 4k / 16k, bf16 KV vs FP8 (e4m3) KV: bytes/s against a device copy's
   bandwidth measured in the run (LLaVA-1.5-7B: 32 / 32 heads, d 128; Gemma-3-12B: 16 / 8, d 256).
 
@@ -94,8 +96,9 @@ def bench_vit_d72(gen, batches, rows):
 
 def bench_prefill_d256(gen, lengths, rows):
     print("\n### Causal prefill, Gemma-3-12B shapes (16 q / 8 KV heads, d 256, block 16), bf16")
-    print("| tokens | ours ms | ours TFLOP/s | SDPA flash ms | best SDPA ms | speedup vs best |")
-    print("|---|---|---|---|---|---|")
+    print("| tokens | ours ms | ours TFLOP/s | sm80 kernel ms | SDPA flash ms | best SDPA ms | "
+          "speedup vs best |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     hq, hkv, d, bs = 16, 8, 256, 16
     for n in lengths:
         blocks = math.ceil(n / bs)
@@ -105,18 +108,65 @@ def bench_prefill_d256(gen, lengths, rows):
         q = torch.randn(n, hq, d, generator=gen, device=DEV).to(DT)
         lens = torch.tensor([n], dtype=torch.int32, device=DEV)
         starts = torch.tensor([0, n], dtype=torch.int32, device=DEV)
-        ours = time_ms(lambda q=q, kc=kc, vc=vc, t=tables, lens=lens, s=starts, n=n:
-                       ops.paged_attention(q, kc, vc, t, lens, s, d**-0.5, max_query_len=n,
-                                           min_query_len=n, max_seq_len=n))  # fmt: skip
+
+        def run(q=q, kc=kc, vc=vc, t=tables, lens=lens, s=starts, n=n):
+            return ops.paged_attention(q, kc, vc, t, lens, s, d**-0.5, max_query_len=n,
+                                       min_query_len=n, max_seq_len=n)  # fmt: skip
+
+        ours = time_ms(run)
+        with ops.hopper_attention(False):  # the sm80 kernel (what Hopper ran before)
+            sm80 = time_ms(run)
         qs = q.view(1, n, hq, d).transpose(1, 2).contiguous()
         ks = kc.view(1, -1, hkv, d)[:, :n].repeat_interleave(hq // hkv, 2).transpose(1, 2)
         vs = vc.view(1, -1, hkv, d)[:, :n].repeat_interleave(hq // hkv, 2).transpose(1, 2)
         times = sdpa_times(qs, ks.contiguous(), vs.contiguous(), causal=True)
         flash, best_cell, best = _baseline_cells(times)
         flops = 4 * n * n * hq * d / 2
-        print(f"| {n} | {ours:.3f} | {flops / ours / 1e9:.0f} | {flash} | {best_cell} | "
-              f"{best / ours:.2f}x |")  # fmt: skip
-        rows.append({"table": "prefill_d256", "tokens": n, "ours_ms": ours, "sdpa_best_ms": best})
+        print(f"| {n} | {ours:.3f} | {flops / ours / 1e9:.0f} | {sm80:.3f} | {flash} | "
+              f"{best_cell} | {best / ours:.2f}x |")  # fmt: skip
+        rows.append({"table": "prefill_d256", "tokens": n, "ours_ms": ours, "sm80_ms": sm80,
+                     "sdpa_best_ms": best})  # fmt: skip
+
+
+def _paged_prefill_ms(q, tables, lens, starts, scale, key_cache, value_cache, **kw) -> float:
+    return time_ms(
+        lambda: ops.paged_attention(q, key_cache, value_cache, tables, lens, starts, scale, **kw)
+    )
+
+
+def bench_prefill_fp8(gen, lengths, rows):
+    """Causal paged prefill over an FP8 cache: our kernel (Hopper on sm90) vs the sm80 kernel's
+    FP8 path vs our kernel over a bf16 cache of the same values."""
+    print("\n### Causal prefill over an FP8 (e4m3) KV cache (block 16), bf16 queries")
+    print("| shape | tokens | bf16 KV ms | FP8 KV ms | FP8 KV sm80 kernel ms | FP8 vs sm80 kernel | "
+          "FP8 / bf16 KV |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    shapes = [("LLaVA-7B 32/32 d128", 32, 32, 128), ("Qwen2.5-7B 28/4 d128", 28, 4, 128),
+              ("64/8 d64", 64, 8, 64)]  # fmt: skip
+    bs = 16
+    for label, hq, hkv, d in shapes:
+        for n in lengths:
+            blocks = math.ceil(n / bs)
+            kc = torch.randn(blocks, bs, hkv, d, generator=gen, device=DEV).to(DT)
+            vc = torch.randn(blocks, bs, hkv, d, generator=gen, device=DEV).to(DT)
+            scale = torch.full((hkv,), 0.02, device=DEV)
+            kf, vf = (reference.quantize_fp8(c.view(-1, hkv, d), scale).view(c.shape)
+                      for c in (kc, vc))  # fmt: skip
+            tables = torch.arange(blocks, dtype=torch.int32, device=DEV).view(1, -1)
+            q = torch.randn(n, hq, d, generator=gen, device=DEV).to(DT)
+            lens = torch.tensor([n], dtype=torch.int32, device=DEV)
+            starts = torch.tensor([0, n], dtype=torch.int32, device=DEV)
+            kw = dict(max_query_len=n, min_query_len=n, max_seq_len=n)
+            fp8 = dict(k_scale=scale, v_scale=scale.clone(), **kw)
+            args = (q, tables, lens, starts, d**-0.5)
+            bf16_ms = _paged_prefill_ms(*args, kc, vc, **kw)
+            fp8_ms = _paged_prefill_ms(*args, kf, vf, **fp8)
+            with ops.hopper_attention(False):
+                sm80_ms = _paged_prefill_ms(*args, kf, vf, **fp8)
+            print(f"| {label} | {n} | {bf16_ms:.3f} | {fp8_ms:.3f} | {sm80_ms:.3f} | "
+                  f"{sm80_ms / fp8_ms:.2f}x | {bf16_ms / fp8_ms:.2f}x |")  # fmt: skip
+            rows.append({"table": "prefill_fp8", "shape": label, "tokens": n,
+                         "bf16_ms": bf16_ms, "fp8_ms": fp8_ms, "fp8_sm80_ms": sm80_ms})  # fmt: skip
 
 
 def _decode_inputs(context, hq, hkv, d, kv_dtype, gen, rotations):
@@ -192,6 +242,7 @@ def main() -> None:
     rows: list[dict] = []
     bench_vit_d72(gen, [1, 16] if args.quick else [1, 8, 32, 64], rows)
     bench_prefill_d256(gen, [4096] if args.quick else [1024, 4096, 8192], rows)
+    bench_prefill_fp8(gen, [4096] if args.quick else [1024, 4096, 8192], rows)
     shapes = [("llava-1.5-7b 32/32 d128", 32, 32, 128), ("gemma-3-12b 16/8 d256", 16, 8, 256)]
     bench_decode_fp8(gen, copy_bandwidth(), [4096, 16384], rows, shapes)
     if args.out:
