@@ -25,6 +25,9 @@
 #   decode      the decode-path attention tests (splits, mixed steps, launch plan, graphs), then
 #               bench_kernels.py's decode table (both split granularities) and the batch-1
 #               bf16 / FP8-KV decode against copy bandwidth
+#   sanitize    compute-sanitizer (memcheck, synccheck, racecheck) over the Hopper attention
+#               kernel's small launches, bf16 and FP8 caches (gpu_sanitize_attention.py)
+#   decode_probe  profile_gpu_decode_kernels.py: every kernel of a batch-1 decode step
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
 #               served saturation rate
@@ -94,6 +97,17 @@ for s in $STAGES; do
       grep -E "^\|" "$LOG/decode_table.log"
       stage decode_fp8 90 python3 bench/bench_gpu_kernels_wave2.py --quick --out "$LOG"
       grep -A6 "Decode batch 1" "$LOG/decode_fp8.log" ;;
+    sanitize) for tool in memcheck synccheck racecheck; do
+        dims=64,72,80,128,256; [ "$tool" = racecheck ] && dims=64,80
+        stage "sanitize_$tool" 120 compute-sanitizer --tool "$tool" --kernel-name kns=attention_sm90 \
+          python3 bench/gpu_sanitize_attention.py --dims "$dims"
+        grep -E "SUMMARY" "$LOG/sanitize_$tool.log"
+        stage "sanitize_fp8_$tool" 90 compute-sanitizer --tool "$tool" --kernel-name \
+          kns=attention_sm90 python3 bench/gpu_sanitize_attention.py --fp8 --dims 64,128
+        grep -E "SUMMARY" "$LOG/sanitize_fp8_$tool.log"
+      done ;;
+    decode_probe) stage decode_probe 150 python3 bench/profile_gpu_decode_kernels.py
+      grep -E "^###|^\| [0-9]" "$LOG/decode_probe.log" | head -40 ;;
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
       grep WARNING "$LOG/serving.log"
       tail -5 "$LOG/serving_server.log" 2>/dev/null | cut -c1-300 ;;
