@@ -22,7 +22,7 @@ struct alignas(sizeof(T) * kVec) Vec {
 };
 
 template <typename TDst>
-__device__ __forceinline__ TDst convert(float x, float /*inv_scale*/) {
+__device__ __forceinline__ TDst convert(float x, float /*scale*/) {
   return static_cast<TDst>(x);
 }
 // FP8 (e4m3) caches: x / scale[head], rounded to nearest and saturated to +-448 (the torch

@@ -1,7 +1,9 @@
 // Rotary embedding: a 2-D grid, y over tokens, x over (head, chunk) items of the query heads
-// then the key heads; a chunk is kWidth elements of each half of a head (16-byte vectors when
-// aligned, scalars otherwise), rotated against the same chunk of the cache's cos and sin rows.
-// M-RoPE (3 position rows): each chunk reads the position of its frequency section's row.
+// then the key heads (then the value heads, copied unrotated, when it writes the KV cache too:
+// rotated keys and the values go to their paged cache slots); a chunk is kWidth elements of each
+// half of a head (16-byte vectors when aligned, scalars otherwise), rotated against the same chunk
+// of the cache's cos and sin rows. M-RoPE (3 position rows): each chunk reads the position of its
+// frequency section's row.
 #include <algorithm>
 #include <string>
 

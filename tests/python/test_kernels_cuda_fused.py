@@ -320,6 +320,21 @@ def test_rope_cache_fused_scalar_path(dtype, case):
     _assert_fused_matches_two_ops(positions, q, k, v, cos_sin, caches, _slots(50, gen))
 
 
+def test_rope_cache_zero_tokens_writes_nothing():
+    gen = _gen(13)
+    q, k = _qkv_views(0, 4, 2, 64, torch.bfloat16, gen)
+    v = torch.empty(0, 2, 64, dtype=torch.bfloat16, device=DEV)
+    kc, vc = _kv_caches(2, 64, torch.bfloat16, gen)
+    kc0, vc0 = kc.clone(), vc.clone()
+    slots = torch.empty(0, dtype=torch.int64, device=DEV)
+    positions = torch.empty(0, dtype=torch.int64, device=DEV)
+    q_out = ops.rotary_embedding_and_cache(
+        positions, q, k, v, _cache(64, 64, torch.bfloat16), kc, vc, slots
+    )
+    assert q_out.shape == (0, 4, 64)
+    assert torch.equal(kc, kc0) and torch.equal(vc, vc0)
+
+
 def test_rope_cache_all_slots_skipped_leaves_the_caches():
     gen = _gen(11)
     q, k = _qkv_views(4, 4, 2, 64, torch.bfloat16, gen)

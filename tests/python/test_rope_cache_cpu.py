@@ -233,3 +233,15 @@ def _spy(fn, calls):
         return fn(*args, **kwargs)
 
     return wrapped
+
+
+def test_fused_kernel_only_takes_block_token_head_caches():
+    # The kernel addresses [blocks, block_size, Hkv, D] caches; another layout (here an
+    # [blocks, Hkv, block_size, D] buffer viewed token-major) must take the two-op path.
+    from mmcore.kernels.fused_ops import _block_token_head_layout
+
+    cache = torch.zeros(6, 16, 4, 64)
+    assert _block_token_head_layout(cache)
+    assert not _block_token_head_layout(torch.zeros(6, 4, 16, 64).transpose(1, 2))
+    assert not _block_token_head_layout(torch.zeros(6, 16, 64, 4).transpose(2, 3))
+    assert not _block_token_head_layout(torch.zeros(6, 16, 4 * 64))

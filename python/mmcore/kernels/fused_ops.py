@@ -189,7 +189,10 @@ def _mrope_rotary_embedding_op(
 
 @_mrope_rotary_embedding_op.register_fake
 def _(positions, query, key, cos_sin_cache, mrope_section):
-    return query.new_empty(query.shape), key.new_empty(key.shape)
+    return (
+        query.new_empty(query.shape, dtype=torch.promote_types(query.dtype, cos_sin_cache.dtype)),
+        key.new_empty(key.shape, dtype=torch.promote_types(key.dtype, cos_sin_cache.dtype)),
+    )
 
 
 def rope_cache_kernel_applies(
@@ -202,14 +205,24 @@ def rope_cache_kernel_applies(
 ) -> bool:
     """Whether ``mmcore::rotary_embedding_and_cache`` runs the fused CUDA kernel for these
     tensors: all on one CUDA device in one of float32 / float16 / bfloat16 (an FP8 cache does
-    not qualify), caches with a contiguous last dim, and a built module that has the kernel."""
+    not qualify), caches laid out ``[num_blocks, block_size, Hkv, D]`` with a contiguous last dim
+    (the layout the kernel checks), and a built module that has the kernel."""
     module = _kernels()
     return (
         _use_kernel(query, key, value, cos_sin_cache, key_cache, value_cache)
-        and key_cache.stride(-1) == 1
-        and value_cache.stride(-1) == 1
+        and _block_token_head_layout(key_cache)
+        and _block_token_head_layout(value_cache)
         and hasattr(module, "rotary_embedding_and_cache")
     )
+
+
+def _block_token_head_layout(cache: torch.Tensor) -> bool:
+    """``[blocks, block_size, heads, D]`` rows that do not overlap, head dim contiguous."""
+    if cache.dim() != 4 or cache.stride(-1) != 1:
+        return False
+    _, block_size, heads, dim = cache.shape
+    s_block, s_token, s_head, _ = cache.stride()
+    return s_head >= dim and s_token >= heads * s_head and s_block >= block_size * s_token
 
 
 @torch.library.custom_op(

@@ -89,8 +89,9 @@ class RotaryEmbedding(nn.Module):
         value_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
     ) -> torch.Tensor:
-        """Rotated copy of ``query``; the rotated ``key`` and ``value`` ``[T, Hk, D]`` go to the
-        caches at ``slot_mapping`` (one CUDA launch; the caches of the queries' dtype)."""
+        """Rotated copy of ``query``; the rotated ``key`` and the unrotated ``value``
+        ``[T, Hk, D]`` go to the caches at ``slot_mapping`` (one CUDA launch; the caches of the
+        queries' dtype)."""
         return self._rotate_and_cache(
             positions, query, key, value, key_cache, value_cache, slot_mapping, None
         )
