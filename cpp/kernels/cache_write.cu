@@ -10,16 +10,11 @@
 #include <type_traits>
 
 #include "kernels/cache_write.h"
+#include "kernels/elementwise_utils.cuh"
 #include "kernels/launch_utils.h"
 
 namespace mmcore::kernels {
 namespace {
-
-// kVec elements of a row, moved as one aligned vector access.
-template <typename T, int kVec>
-struct alignas(sizeof(T) * kVec) Vec {
-  T v[kVec];
-};
 
 template <typename TDst>
 __device__ __forceinline__ TDst convert(float x, float /*scale*/) {
@@ -76,9 +71,6 @@ __global__ void reshape_and_cache_kernel(const CacheWriteParams p) {
 // Whether rows move as kVec-element vectors: every pointer, stride and the head dim aligned.
 template <typename TSrc, typename TDst>
 bool vectorizable(const CacheWriteParams& p, int vec) {
-  const auto aligned = [](const void* ptr, int bytes) {
-    return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
-  };
   const int64_t src_strides[] = {p.key_stride_token, p.key_stride_head, p.value_stride_token,
                                  p.value_stride_head};
   const int64_t dst_strides[] = {p.kc_stride_block, p.kc_stride_token, p.kc_stride_head,
@@ -87,14 +79,14 @@ bool vectorizable(const CacheWriteParams& p, int vec) {
   for (int64_t s : src_strides) ok = ok && s % vec == 0;
   for (int64_t s : dst_strides) ok = ok && s % vec == 0;
   const int src_bytes = vec * sizeof(TSrc), dst_bytes = vec * sizeof(TDst);
-  return ok && aligned(p.key, src_bytes) && aligned(p.value, src_bytes) &&
-         aligned(p.key_cache, dst_bytes) && aligned(p.value_cache, dst_bytes);
+  return ok && aligned_to(p.key, src_bytes) && aligned_to(p.value, src_bytes) &&
+         aligned_to(p.key_cache, dst_bytes) && aligned_to(p.value_cache, dst_bytes);
 }
 
 template <typename TSrc, typename TDst>
 cudaError_t launch_typed(const CacheWriteParams& p, cudaStream_t stream) {
   constexpr int kThreads = 128;
-  constexpr int kVec = 16 / sizeof(TSrc);  // 16-byte loads
+  constexpr int kVec = kVecWidth<TSrc>;  // 16-byte loads
   const bool vec = vectorizable<TSrc, TDst>(p, kVec);
   const int vecs = p.num_kv_heads * (vec ? p.head_dim / kVec : p.head_dim);
   // Enough CTAs a token that each thread moves one vector, capped for long rows.

@@ -43,7 +43,11 @@ int current_device_cached(int (&cache)[kMaxCachedDevices], int fallback, Compute
   return cache[device];
 }
 
-inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+// Whether ptr is a multiple of `bytes` (a vector access of that size may use it).
+inline bool aligned_to(const void* ptr, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
+}
+inline bool aligned16(const void* ptr) { return aligned_to(ptr, 16); }
 
 inline bool valid_dtype(DType d) {
   return d == DType::kFloat32 || d == DType::kFloat16 || d == DType::kBFloat16;

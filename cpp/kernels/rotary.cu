@@ -137,9 +137,7 @@ cudaError_t launch_width(const RotaryParams& p, cudaStream_t stream) {
 // Whether kWidth-element vectors fit every pointer, stride and section boundary.
 template <typename T>
 bool fits_width(const RotaryParams& p, int width) {
-  const auto aligned = [&](const void* ptr) {
-    return reinterpret_cast<uintptr_t>(ptr) % (width * sizeof(T)) == 0;
-  };
+  const auto aligned = [&](const void* ptr) { return aligned_to(ptr, width * sizeof(T)); };
   // A float32 cache is read per element; a cache of T by vectors.
   bool fits = (p.head_dim / 2) % width == 0 &&
               (p.float_math || (p.cache_stride % width == 0 && aligned(p.cos_sin_cache)));
