@@ -355,6 +355,45 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mmcore.silu_and_mul(x)
 
 
+def _check_rope_args(name, positions, query, key, cos_sin_cache, mrope_section):
+    """Shapes and dtypes of a rope op's inputs; returns the M-RoPE section as ints (None for
+    plain rope, whose positions are ``[T]``; M-RoPE's are ``[3, T]``)."""
+    if query.dim() != 3 or key.dim() != 3:
+        raise ValueError(
+            f"{name}: expected query [T, Hq, D] and key [T, Hk, D], got "
+            f"{tuple(query.shape)} and {tuple(key.shape)}"
+        )
+    num_tokens, _, head_dim = query.shape
+    if key.shape[0] != num_tokens or key.shape[2] != head_dim:
+        raise ValueError(
+            f"{name}: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
+        )
+    if head_dim == 0 or head_dim % 2 != 0:
+        raise ValueError(f"{name}: head dim must be even and positive, got {head_dim}")
+    want = (num_tokens,) if mrope_section is None else (3, num_tokens)
+    if positions.shape != want or not _is_integer(positions):
+        shape = "[T]" if mrope_section is None else "[3, T]"
+        raise ValueError(
+            f"{name}: positions must be {shape} = {list(want)} integers, got "
+            f"{tuple(positions.shape)} {positions.dtype}"
+        )
+    section = None if mrope_section is None else [int(v) for v in mrope_section]
+    if section is not None and (
+        len(section) != 3 or min(section) < 0 or sum(section) != head_dim // 2
+    ):
+        raise ValueError(
+            f"{name}: mrope_section must be 3 sizes summing to {head_dim // 2}, got {section}"
+        )
+    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim:
+        raise ValueError(
+            f"{name}: cos_sin_cache must be [max_positions, {head_dim}], got "
+            f"{tuple(cos_sin_cache.shape)}"
+        )
+    if cos_sin_cache.shape[0] == 0:
+        raise ValueError(f"{name}: cos_sin_cache has no positions")
+    return section
+
+
 def rotary_embedding(
     positions: torch.Tensor,
     query: torch.Tensor,
@@ -374,30 +413,7 @@ def rotary_embedding(
     Returns:
         New contiguous ``(query, key)`` after the rotation.
     """
-    if query.dim() != 3 or key.dim() != 3:
-        raise ValueError(
-            f"rotary_embedding: expected query [T, Hq, D] and key [T, Hk, D], got "
-            f"{tuple(query.shape)} and {tuple(key.shape)}"
-        )
-    num_tokens, _, head_dim = query.shape
-    if key.shape[0] != num_tokens or key.shape[2] != head_dim:
-        raise ValueError(
-            f"rotary_embedding: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
-        )
-    if head_dim == 0 or head_dim % 2 != 0:
-        raise ValueError(f"rotary_embedding: head dim must be even and positive, got {head_dim}")
-    if positions.shape != (num_tokens,) or not _is_integer(positions):
-        raise ValueError(
-            f"rotary_embedding: positions must be [T] = [{num_tokens}] integers, got "
-            f"{tuple(positions.shape)} {positions.dtype}"
-        )
-    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim:
-        raise ValueError(
-            f"rotary_embedding: cos_sin_cache must be [max_positions, {head_dim}], got "
-            f"{tuple(cos_sin_cache.shape)}"
-        )
-    if cos_sin_cache.shape[0] == 0:
-        raise ValueError("rotary_embedding: cos_sin_cache has no positions")
+    _check_rope_args("rotary_embedding", positions, query, key, cos_sin_cache, None)
     return torch.ops.mmcore.rotary_embedding(positions, query, key, cos_sin_cache)
 
 
@@ -421,28 +437,9 @@ def mrope_rotary_embedding(
     Returns:
         New contiguous ``(query, key)`` after the rotation.
     """
-    if query.dim() != 3 or key.dim() != 3 or key.shape[0] != query.shape[0]:
-        raise ValueError(
-            f"mrope_rotary_embedding: expected query [T, Hq, D] and key [T, Hk, D], got "
-            f"{tuple(query.shape)} and {tuple(key.shape)}"
-        )
-    num_tokens, _, head_dim = query.shape
-    if positions.shape != (3, num_tokens) or not _is_integer(positions):
-        raise ValueError(
-            f"mrope_rotary_embedding: positions must be [3, T] = [3, {num_tokens}] integers, got "
-            f"{tuple(positions.shape)} {positions.dtype}"
-        )
-    section = [int(v) for v in mrope_section]
-    if len(section) != 3 or min(section) < 0 or sum(section) != head_dim // 2:
-        raise ValueError(
-            f"mrope_rotary_embedding: mrope_section must be 3 sizes summing to {head_dim // 2}, "
-            f"got {section}"
-        )
-    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim:
-        raise ValueError(
-            f"mrope_rotary_embedding: cos_sin_cache must be [max_positions, {head_dim}], got "
-            f"{tuple(cos_sin_cache.shape)}"
-        )
+    section = _check_rope_args(
+        "mrope_rotary_embedding", positions, query, key, cos_sin_cache, mrope_section
+    )
     return torch.ops.mmcore.mrope_rotary_embedding(positions, query, key, cos_sin_cache, section)
 
 
@@ -477,34 +474,13 @@ def rotary_embedding_and_cache(
         New contiguous rotated queries.
     """
     name = "rotary_embedding_and_cache"
-    if query.dim() != 3 or key.dim() != 3 or value.shape != key.shape:
+    if value.shape != key.shape:
         raise ValueError(
             f"{name}: expected query [T, Hq, D] and key/value [T, Hkv, D], got "
             f"{tuple(query.shape)}, {tuple(key.shape)} and {tuple(value.shape)}"
         )
-    num_tokens, _, head_dim = query.shape
-    if key.shape[0] != num_tokens or key.shape[2] != head_dim or head_dim % 2 or not head_dim:
-        raise ValueError(
-            f"{name}: key {tuple(key.shape)} does not match query {tuple(query.shape)}"
-        )
-    want = (num_tokens,) if mrope_section is None else (3, num_tokens)
-    if positions.shape != want or not _is_integer(positions):
-        raise ValueError(
-            f"{name}: positions must be {list(want)} integers, got {tuple(positions.shape)} "
-            f"{positions.dtype}"
-        )
-    section = None if mrope_section is None else [int(v) for v in mrope_section]
-    if section is not None and (
-        len(section) != 3 or min(section) < 0 or sum(section) != head_dim // 2
-    ):
-        raise ValueError(
-            f"{name}: mrope_section must be 3 sizes summing to {head_dim // 2}, got {section}"
-        )
-    if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != head_dim or not cos_sin_cache.shape[0]:
-        raise ValueError(
-            f"{name}: cos_sin_cache must be [max_positions > 0, {head_dim}], got "
-            f"{tuple(cos_sin_cache.shape)}"
-        )
+    section = _check_rope_args(name, positions, query, key, cos_sin_cache, mrope_section)
+    num_tokens = query.shape[0]
     if (
         key_cache.dim() != 4
         or key_cache.shape[2:] != key.shape[1:]

@@ -74,10 +74,19 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotated copies of ``query`` ``[T, Hq, D]`` and ``key`` ``[T, Hk, D]``."""
+        cache = self._cache_for(query)
+        return select_op("rotary_embedding", query)(positions, query, key, cache)
+
+    def _cache_for(self, query: torch.Tensor) -> torch.Tensor:
+        """The cos/sin cache, which must have the queries' dtype."""
         cache = self.cos_sin_cache
         if cache.dtype != query.dtype:
             raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
-        return select_op("rotary_embedding", query)(positions, query, key, cache)
+        return cache
+
+    def _section_for(self, positions: torch.Tensor) -> list[int] | None:
+        """The M-RoPE section these positions rotate by (None: plain rope)."""
+        return None
 
     def rotate_and_cache(
         self,
@@ -91,21 +100,12 @@ class RotaryEmbedding(nn.Module):
     ) -> torch.Tensor:
         """Rotated copy of ``query``; the rotated ``key`` and the unrotated ``value``
         ``[T, Hk, D]`` go to the caches at ``slot_mapping`` (one CUDA launch; the caches of the
-        queries' dtype)."""
-        return self._rotate_and_cache(
-            positions, query, key, value, key_cache, value_cache, slot_mapping, None
-        )
-
-    def _rotate_and_cache(
-        self, positions, query, key, value, key_cache, value_cache, slot_mapping, section
-    ) -> torch.Tensor:
-        cache = self.cos_sin_cache
-        if cache.dtype != query.dtype:
-            raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
+        queries' dtype). M-RoPE layers rotate ``[3, T]`` positions by their section."""
         op = select_op("rotary_embedding_and_cache", query)
         return op(
-            positions, query, key, value, cache, key_cache, value_cache, slot_mapping, section
-        )
+            positions, query, key, value, self._cache_for(query), key_cache, value_cache,
+            slot_mapping, self._section_for(positions),
+        )  # fmt: skip
 
 
 def mrope_section(config) -> list[int]:
@@ -151,27 +151,12 @@ class MRotaryEmbedding(RotaryEmbedding):
         """Rotated copies of ``query`` ``[T, Hq, D]`` and ``key`` ``[T, Hk, D]``."""
         if positions.dim() == 1:
             return super().forward(positions, query, key)
-        cache = self.cos_sin_cache
-        if cache.dtype != query.dtype:
-            raise ValueError(f"rope cache is {cache.dtype} but the queries are {query.dtype}")
         op = select_op("mrope_rotary_embedding", query)
-        return op(positions, query, key, cache, self.mrope_section)
+        return op(positions, query, key, self._cache_for(query), self.mrope_section)
 
-    def rotate_and_cache(
-        self,
-        positions: torch.Tensor,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        key_cache: torch.Tensor,
-        value_cache: torch.Tensor,
-        slot_mapping: torch.Tensor,
-    ) -> torch.Tensor:
-        """:meth:`RotaryEmbedding.rotate_and_cache` with M-RoPE for ``[3, T]`` positions."""
-        section = None if positions.dim() == 1 else self.mrope_section
-        return self._rotate_and_cache(
-            positions, query, key, value, key_cache, value_cache, slot_mapping, section
-        )
+    def _section_for(self, positions: torch.Tensor) -> list[int] | None:
+        """``[T]`` positions (all rows equal) take the plain rope; ``[3, T]`` the section."""
+        return None if positions.dim() == 1 else self.mrope_section
 
 
 def rotary_embedding_for(
