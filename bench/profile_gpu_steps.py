@@ -8,8 +8,8 @@ tokens (ignore_eos):
   * ``prefill-13-requests``: the first step of 13 requests (8,192 prompt tokens, 13 images);
   * ``offline-300``: 300 requests at once (max_num_seqs 256): steps from the middle of the run,
     as many requests decoding as the KV cache holds.
-Steps run eagerly under the profiler (CUDA graphs hide kernels from it); the GPU time per step
-of the graph mode is timed separately with CUDA events. Prints one ``profile`` JSON line per
+Steps run eagerly under the profiler (``profiled_steps(graphs=True)`` profiles graph replays
+instead); the GPU time per step of the graph mode is timed separately with CUDA events. Prints one ``profile`` JSON line per
 scenario (GPU ms per step by kernel category, kernel launches per step, top kernels) and writes
 ``profile_gpu_steps.json`` to ``--out``.
 
@@ -63,8 +63,8 @@ def finish(engine: Engine) -> None:
     torch.cuda.synchronize()
 
 
-def kernel_table(prof, steps: int) -> dict:
-    """GPU time per step by category and the top kernels (ms per step)."""
+def kernel_table(prof, steps: int, top: int = 25) -> dict:
+    """GPU time per step by category and the ``top`` kernels (ms per step)."""
     by_cat: dict[str, float] = {}
     kernels = []
     launches = 0
@@ -85,20 +85,33 @@ def kernel_table(prof, steps: int) -> dict:
         "by_category_ms": dict(sorted(by_cat.items(), key=lambda kv: -kv[1])),
         "top": [
             {"ms": round(ms, 4), "per_step": round(n, 1), "cat": c, "name": k}
-            for ms, n, c, k in kernels[:25]
+            for ms, n, c, k in kernels[:top]
         ],
     }
 
 
-def profiled_steps(engine: Engine, steps: int) -> dict:
-    engine.runner.use_decode_graphs = False
+def profiled_steps(engine: Engine, steps: int, graphs: bool = False, top: int = 25) -> dict:
+    """:func:`kernel_table` of ``steps`` steps, eager or (``graphs``) replayed from the decode
+    graphs, whose kernels the profiler also records."""
+    engine.runner.use_decode_graphs = graphs and engine.runner.decode_graphs is not None
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             engine.step()
         torch.cuda.synchronize()
     engine.runner.use_decode_graphs = engine.runner.decode_graphs is not None
-    return kernel_table(prof, steps)
+    return kernel_table(prof, steps, top)
+
+
+def dummy_engine(model: str) -> Engine:
+    """``model``'s architecture with random weights, one step per ``step()`` call (no async
+    scheduling: profiles attribute to steps exactly), prefix caching off."""
+    path = write_dummy_checkpoint(model, os.path.join(tempfile.mkdtemp(), model))
+    engine = Engine(
+        path, load_format="dummy", device="cuda", max_num_seqs=256, enable_prefix_caching=False
+    )
+    engine.async_scheduling = False
+    return engine
 
 
 def timed_steps(engine: Engine, steps: int, graphs: bool) -> float:
@@ -151,11 +164,7 @@ def main() -> None:
     parser.add_argument("--model", default="llava-1.5-7b")
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
-    path = write_dummy_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
-    engine = Engine(
-        path, load_format="dummy", device="cuda", max_num_seqs=256, enable_prefix_caching=False
-    )
-    engine.async_scheduling = False  # one step per call: profiles attribute to steps exactly
+    engine = dummy_engine(args.model)
     start(engine, 4, seed=1)
     finish(engine)  # warm-up
     rows = [
