@@ -178,6 +178,7 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim, kKvFp8>::kThr
   Tensor sQ = make_tensor(make_smem_ptr(smem_q), typename Cfg::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem_k), typename Cfg::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutVt{});
+  Tensor sV = make_tensor(make_smem_ptr(smem_v), typename Cfg::SmemLayoutKV{});  // (key, dim)
   // full[s]: stage s holds its tile (the producer's copies landed); empty[s]: both consumer
   // warpgroups are done reading it. q_full / q_empty the same for the Q stages; work[qs] is the
   // item whose Q sits in Q stage qs (-1: no more items) and tiles[qs] its row tile (located by
@@ -601,6 +602,28 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim, kKvFp8>::kThr
         warpgroup_fence_operand(tOrO);
       };
 
+      // A TMA box copies a whole cache block (paged) or tile (packed): the last tile's rows past
+      // kv_end hold a former owner's rows or the next sequence's. Their P is 0, but 0 x NaN / Inf
+      // is not, so each consumer warpgroup zeroes them in V (both write the same zeros, the only
+      // writers while the stage is full) and fences; the turn's bar.sync then orders the
+      // warpgroup's stores before its last P V. Paged blocks wholly past kv_end came in as zeros
+      // (block -1), as did every row past kv_end on the cp.async and FP8 paths.
+      auto zero_rows_past_end = [&](int j, int end) {
+        const int n0 = kv_begin + j * kBlockN;
+        int stale_end = n0 + kBlockN;
+        if constexpr (kPaged) {
+          stale_end = min(stale_end, (end + p.block_size - 1) / p.block_size * p.block_size);
+        }
+        const int rows = stale_end - end;
+        if (rows <= 0) return;
+        const int first = end - n0, st = stage_of(j);
+        for (int c = ctid % 128; c < rows * kChunks; c += 128) {
+          Element* dst = raw_pointer_cast(&sV(first + c / kChunks, c % kChunks * 8, st));
+          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+        }
+        fence_async_shared();
+      };
+
       // Software pipeline: while tile j's P V and tile j + 1's Q K^T run on the tensor cores,
       // the softmax of tile j + 1 waits only for the latter. The last tile is peeled off: a Q K^T
       // issued under a condition inside the batch would make ptxas merge accumulator registers
@@ -641,9 +664,13 @@ __global__ void __launch_bounds__(Sm90AttentionConfig<T, kHeadDim, kKvFp8>::kThr
       // Every Q K^T of the item is done: the producer may load the next item's Q (and row tile)
       // into this stage now.
       const int row0 = rt.row0, q_start = rt.q_start, num_rows = rt.num_rows;
+      const int kv_end = rt.kv_end;
       compiler_fence();
       Barrier::arrive(&q_empty[qs]);
       if (n_tiles > 0) {
+        if constexpr (!kKvFp8) {
+          if (maps.tma) zero_rows_past_end(n_tiles - 1, kv_end);
+        }
         wait_turn();
         issue_pv(stage_of(n_tiles - 1));
         pass_turn();

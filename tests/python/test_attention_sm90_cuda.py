@@ -31,6 +31,23 @@ pytestmark = [
     ),
 ]
 
+
+@pytest.fixture(autouse=True)
+def _unsplit_launches(monkeypatch):
+    # Small prefill launches split their keys over CTAs to fill the GPU, and split launches keep
+    # the sm80 kernel: with no splits, every prefill case here runs the Hopper kernel.
+    monkeypatch.setattr(ops, "SPLIT_MIN_KEY_TILES", 1 << 20)
+
+
+def test_small_prefill_launches_run_unsplit_here():
+    # What the fixture buys: a small launch (636 tokens, 2 KV heads) the planner would split.
+    kernels = ops._kernels()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    case = (4, 636, 8, 2, 2, 300, 1000, sms, 128)
+    assert kernels.paged_launch_plan(*case, 1)[1] > 1  # the engine's setting: split
+    assert kernels.paged_launch_plan(*case, ops.SPLIT_MIN_KEY_TILES)[1] == 1
+
+
 TOL = {torch.bfloat16: 2e-2, torch.float16: 1e-2}
 # 64 / 128: 128-byte swizzled rows; 80 (Qwen2.5-VL's ViT): 32-byte swizzle; 72 (SigLIP's ViT):
 # computed as 80 with zero columns past the head dim; 256 (Gemma 3): 48-key K/V tiles.
@@ -235,6 +252,78 @@ def test_released_blocks_before_the_window_are_never_read(d, block_size):
     clean = [key_cache.nan_to_num(0.0), value_cache.nan_to_num(0.0)]
     ref = reference.paged_attention(query, *clean, tables, lens, starts, 0.1, window)
     _check_close(out, ref, torch.bfloat16)
+
+
+# Non-finite values: NaN where the index is even, Inf where odd.
+def _poison(t: torch.Tensor) -> None:
+    if t.dtype == FP8:  # e4m3 has no Inf: its NaN byte throughout
+        t.view(torch.uint8).fill_(0x7F)
+        return
+    pattern = torch.full(t.shape, float("nan"), dtype=t.dtype, device=t.device)
+    pattern.view(-1)[1::2] = float("inf")
+    t.copy_(pattern)  # in place: t may be a strided view
+
+
+# Head dims x cache blocks on every paged K/V path (TMA where the block divides the key tile),
+# blocks larger than a 48-key tile's rows past the end (head dim 256), and FP8 caches.
+STALE_CASES = [
+    (64, 16, None),
+    (80, 16, None),
+    (128, 16, None),
+    (128, 32, None),
+    (128, 24, None),
+    (256, 16, None),
+    (256, 24, None),
+    (256, 48, None),
+    (128, 16, FP8),
+    (64, 32, FP8),
+]
+
+
+@pytest.mark.parametrize(
+    ("d", "block_size", "kv_dtype"),
+    STALE_CASES,
+    ids=[f"d{d}-b{b}{'-fp8' if k else ''}" for d, b, k in STALE_CASES],
+)
+def test_non_finite_slots_past_a_sequence_end_never_reach_the_output(d, block_size, kv_dtype):
+    # A sequence's last cache block is partly used: its slots past the end keep a former owner's
+    # rows. A TMA box copies the block whole; NaN / Inf there must not reach P V (as 0 x Inf).
+    # Several row tiles a sequence (causal), a chunk over a cached prefix and a decode-like row.
+    seq_lens, num_q = [300, 1000, 77, 130], [300, 257, 77, 2]
+    args, scales = random_paged_batch(
+        seq_lens, num_q, 8, 2, d, block_size, torch.bfloat16, seed=11, kv_dtype=kv_dtype
+    )
+    query, key_cache, value_cache, tables, lens, starts = args
+    clean = [key_cache.clone(), value_cache.clone()]
+    poisoned = 0
+    for s, n in enumerate(seq_lens):
+        if n % block_size:
+            block = int(tables[s, n // block_size])
+            _poison(key_cache[block, n % block_size :])
+            _poison(value_cache[block, n % block_size :])
+            poisoned += 1
+    assert poisoned >= 3
+    ref = reference.paged_attention(query, *clean, tables, lens, starts, d**-0.5, **scales)
+    _check_close(ops.paged_attention(*args, d**-0.5, **scales), ref, torch.bfloat16)
+    with ops.hopper_attention(False):
+        _check_close(ops.paged_attention(*args, d**-0.5, **scales), ref, torch.bfloat16)
+
+
+@pytest.mark.parametrize("d", DIMS, ids=lambda d: f"d{d}")
+def test_packed_sequences_never_read_their_neighbours_rows(d):
+    # A packed K/V tile of a sequence's last keys reaches into the next sequence's rows (577 =
+    # 4 x 128 + 65; 577 = 12 x 48 + 1). Non-finite values there must not reach its outputs.
+    lens = [577, 300, 129]
+    (q, k, v), cu = random_packed_qkv(lens, 16, d, torch.bfloat16, seed=d + 3)
+    ref = reference.varlen_attention(q, k.clone(), v.clone(), cu, d**-0.5)
+    _poison(k[577:877])
+    _poison(v[577:877])
+    keep = torch.ones(sum(lens), dtype=torch.bool, device=q.device)
+    keep[577:877] = False  # the poisoned sequence's own outputs are NaN, as in the reference
+    for hopper in (True, False):
+        with ops.hopper_attention(hopper):
+            out = ops.varlen_attention(q, k, v, cu, d**-0.5)
+        _check_close(out[keep], ref[keep], torch.bfloat16)
 
 
 @pytest.mark.parametrize("tma", [True, False], ids=["tma", "cp_async"])
