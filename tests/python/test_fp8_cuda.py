@@ -37,6 +37,21 @@ def test_scaled_gemm_on_gpu_matches_float32(dtype, tokens):
     assert ((y.float() - ref).abs() <= bound).all()
 
 
+def test_float16_layers_take_the_gemms_float16_output():
+    # Not a bfloat16 output cast to float16: that rounds to bfloat16's 8-bit mantissa (and costs
+    # a copy of the output).
+    torch.manual_seed(2)
+    x = torch.randn(300, 4096, device="cuda", dtype=torch.float16)
+    w_fp8, w_scale = fp8.quantize_rows(torch.randn(1024, 4096, device="cuda") * 0.02)
+    y = fp8.fp8_linear(x, w_fp8, w_scale.view(-1), None)
+    x_fp8, x_scale = fp8.quantize_rows(x)
+    want = torch._scaled_mm(
+        x_fp8, w_fp8.t(), scale_a=x_scale, scale_b=w_scale.view(1, -1), out_dtype=torch.float16
+    )
+    assert torch.equal(y, want)
+    assert not torch.equal(want, want.to(torch.bfloat16).to(torch.float16))
+
+
 def test_fp8_layer_replays_in_a_cuda_graph():
     layer = MergedColumnParallelLinear(
         256, {"gate_proj": 512, "up_proj": 512}, bias=False, dtype=torch.bfloat16, device="cuda"

@@ -74,8 +74,12 @@ def dequantize_blocks(
 
 
 def _gemm_out_dtype(out_dtype: torch.dtype, device: torch.device) -> torch.dtype:
-    # Row-wise scaled GEMMs on CUDA produce bfloat16; other dtypes are cast after.
-    return torch.bfloat16 if device.type == "cuda" else out_dtype
+    # Row-wise scaled GEMMs on CUDA write float16 or bfloat16 (torch >= 2.11); float32 models
+    # take bfloat16 and a cast. Writing a float16 model's dtype directly saves a copy of every
+    # output (1.2-1.4x a prefill GEMM on an H200) and bfloat16's rounding.
+    if device.type == "cuda" and out_dtype not in (torch.float16, torch.bfloat16):
+        return torch.bfloat16
+    return out_dtype
 
 
 #: ``torch._scaled_mm`` needs both the input and output features in multiples of this.
