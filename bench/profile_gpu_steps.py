@@ -11,9 +11,11 @@ tokens (ignore_eos):
 Steps run eagerly under the profiler (``profiled_steps(graphs=True)`` profiles graph replays
 instead); the GPU time per step of the graph mode is timed separately with CUDA events. Prints one ``profile`` JSON line per
 scenario (GPU ms per step by kernel category, kernel launches per step, top kernels) and writes
-``profile_gpu_steps.json`` to ``--out``.
+``profile_gpu_steps.json`` to ``--out`` (``profile_gpu_steps_w_fp8_kv_fp8.json`` with
+``--quantization fp8 --kv-cache-dtype fp8``).
 
-Usage: python bench/profile_gpu_steps.py --out DIR
+Usage: python bench/profile_gpu_steps.py --out DIR [--quantization fp8] [--kv-cache-dtype fp8]
+       [--scenarios prefill,offline]
 """
 
 from __future__ import annotations
@@ -103,12 +105,18 @@ def profiled_steps(engine: Engine, steps: int, graphs: bool = False, top: int = 
     return kernel_table(prof, steps, top)
 
 
-def dummy_engine(model: str) -> Engine:
+def dummy_engine(model: str, **engine_args) -> Engine:
     """``model``'s architecture with random weights, one step per ``step()`` call (no async
-    scheduling: profiles attribute to steps exactly), prefix caching off."""
+    scheduling: profiles attribute to steps exactly), prefix caching off; ``engine_args`` (e.g.
+    ``quantization``, ``kv_cache_dtype``) go to the Engine."""
     path = write_dummy_checkpoint(model, os.path.join(tempfile.mkdtemp(), model))
     engine = Engine(
-        path, load_format="dummy", device="cuda", max_num_seqs=256, enable_prefix_caching=False
+        path,
+        load_format="dummy",
+        device="cuda",
+        max_num_seqs=256,
+        enable_prefix_caching=False,
+        **engine_args,
     )
     engine.async_scheduling = False
     return engine
@@ -163,16 +171,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="llava-1.5-7b")
     parser.add_argument("--out", default=".")
+    parser.add_argument("--quantization", default=None, help="e.g. fp8 (FP8 weights)")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="e.g. fp8 (FP8 KV cache)")
+    parser.add_argument(
+        "--scenarios", default="decode-1,decode-64,prefill,offline", help="which rows to run"
+    )
     args = parser.parse_args()
-    engine = dummy_engine(args.model)
+    engine = dummy_engine(
+        args.model, quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype
+    )
     start(engine, 4, seed=1)
     finish(engine)  # warm-up
-    rows = [
-        decode_scenario(engine, 1, seed=2),
-        decode_scenario(engine, 64, seed=3),
-        prefill_scenario(engine, 13, seed=5),
-        offline_scenario(engine, 300, seed=4),
-    ]
+    scenarios = {
+        "decode-1": lambda: decode_scenario(engine, 1, seed=2),
+        "decode-64": lambda: decode_scenario(engine, 64, seed=3),
+        "prefill": lambda: prefill_scenario(engine, 13, seed=5),
+        "offline": lambda: offline_scenario(engine, 300, seed=4),
+    }
+    unknown = set(args.scenarios.split(",")) - set(scenarios)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose from {sorted(scenarios)}")
+    rows = [run() for name, run in scenarios.items() if name in args.scenarios.split(",")]
     for row in rows:
         print("profile", json.dumps(row), flush=True)
     result = {
@@ -180,9 +199,16 @@ def main() -> None:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": args.model,
+        "quantization": args.quantization,
+        "kv_cache_dtype": args.kv_cache_dtype,
         "rows": rows,
     }
-    with open(os.path.join(args.out, "profile_gpu_steps.json"), "w") as f:
+    tag = "".join(
+        f"_{name}_{value}"
+        for name, value in (("w", args.quantization), ("kv", args.kv_cache_dtype))
+        if value not in (None, "auto")
+    )
+    with open(os.path.join(args.out, f"profile_gpu_steps{tag}.json"), "w") as f:
         json.dump(result, f, indent=2)
 
 
