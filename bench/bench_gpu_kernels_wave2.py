@@ -14,6 +14,11 @@ Tables (markdown; medians of CUDA-event timings of CUDA-graph replays, baselines
   path vs the bf16 cache.
 - Decode batch 1 at 4k / 16k, bf16 KV vs FP8 (e4m3) KV: bytes/s against a device copy's
   bandwidth measured in the run (LLaVA-1.5-7B: 32 / 32 heads, d 128; Gemma-3-12B: 16 / 8, d 256).
+- Batched decode (LLaVA-1.5-7B shape, block 16), bf16 KV vs FP8 KV: batch 16 at 4k keys, 64 and
+  256 at 700 (an offline run's decode steps), 256 at 2,000.
+
+``--tables`` picks tables by name (vit_d72, prefill_d256, prefill_fp8, decode_fp8,
+decode_batched; all by default).
 
 ``--out DIR`` also writes the rows as ``DIR/kernels_wave2.json``.
 """
@@ -230,21 +235,81 @@ def bench_decode_fp8(gen, copy_bw, contexts, rows, shapes):
                              "copy_bytes_per_s": copy_bw})  # fmt: skip
 
 
+def bench_decode_batched(gen, copy_bw, cases, rows):
+    print(f"\n### Batched decode, bf16 KV vs FP8 (e4m3) KV (32 / 32 heads, d 128, block 16); "
+          f"copy bandwidth {copy_bw / 1e12:.2f} TB/s")  # fmt: skip
+    print("| batch | context | KV | ours us | KV GB/s | of copy BW | FP8 speedup |")
+    print("|---|---|---|---|---|---|---|")
+    hq = hkv = 32
+    d, bs = 128, 16
+    for batch, ctx in cases:
+        base_us = None
+        for kv_dtype, kv_name in ((DT, "bf16"), (FP8, "fp8")):
+            blocks = math.ceil(ctx / bs)
+            shape = (batch * blocks, bs, hkv, d)  # distinct blocks a sequence: >= 360 MB, past L2
+            scales = {}
+            kc = torch.randn(shape, generator=gen, device=DEV)
+            vc = torch.randn(shape, generator=gen, device=DEV)
+            if kv_dtype == FP8:
+                scale = torch.full((hkv,), 0.01, device=DEV)
+                scales = {"k_scale": scale, "v_scale": scale.clone()}
+                kc = reference.quantize_fp8(kc.view(-1, hkv, d), scale).view(shape)
+                vc = reference.quantize_fp8(vc.view(-1, hkv, d), scale).view(shape)
+            else:
+                kc, vc = kc.to(DT), vc.to(DT)
+            perm = torch.randperm(batch * blocks, generator=gen, device=DEV).to(torch.int32)
+            tables = perm.view(batch, blocks)
+            q = torch.randn(batch, hq, d, generator=gen, device=DEV).to(DT)
+            lens = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
+            starts = torch.arange(batch + 1, dtype=torch.int32, device=DEV)
+
+            def run(q=q, kc=kc, vc=vc, tables=tables, lens=lens, starts=starts, ctx=ctx,
+                    scales=scales):  # fmt: skip
+                ops.paged_attention(q, kc, vc, tables, lens, starts, d**-0.5, max_query_len=1,
+                                    max_seq_len=ctx, **scales)  # fmt: skip
+
+            us = time_ms(run) * 1e3
+            bw = 2 * batch * ctx * hkv * d * kv_dtype.itemsize / (us * 1e-6)
+            speedup = "" if base_us is None else f"{base_us / us:.2f}x"
+            base_us = base_us or us
+            print(f"| {batch} | {ctx} | {kv_name} | {us:.1f} | {bw / 1e9:.0f} | "
+                  f"{bw / copy_bw:.0%} | {speedup} |")  # fmt: skip
+            rows.append({"table": "decode_batched", "batch": batch, "context": ctx,
+                         "kv": kv_name, "us": us, "bytes_per_s": bw,
+                         "copy_bytes_per_s": copy_bw})  # fmt: skip
+            del kc, vc
+
+
+TABLES = ("vit_d72", "prefill_d256", "prefill_fp8", "decode_fp8", "decode_batched")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
     parser.add_argument("--out", default=None, help="folder for kernels_wave2.json")
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated table names")
     args = parser.parse_args()
+    tables = set(args.tables.split(","))
+    if tables - set(TABLES):
+        parser.error(f"unknown tables {sorted(tables - set(TABLES))}; choose from {TABLES}")
     if not torch.cuda.is_available() or ops._kernels() is None:
         raise SystemExit("needs a CUDA GPU and the built mmcore._kernels")
     gen = torch.Generator(device=DEV).manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     rows: list[dict] = []
-    bench_vit_d72(gen, [1, 16] if args.quick else [1, 8, 32, 64], rows)
-    bench_prefill_d256(gen, [4096] if args.quick else [1024, 4096, 8192], rows)
-    bench_prefill_fp8(gen, [4096] if args.quick else [1024, 4096, 8192], rows)
-    shapes = [("llava-1.5-7b 32/32 d128", 32, 32, 128), ("gemma-3-12b 16/8 d256", 16, 8, 256)]
-    bench_decode_fp8(gen, copy_bandwidth(), [4096, 16384], rows, shapes)
+    if "vit_d72" in tables:
+        bench_vit_d72(gen, [1, 16] if args.quick else [1, 8, 32, 64], rows)
+    if "prefill_d256" in tables:
+        bench_prefill_d256(gen, [4096] if args.quick else [1024, 4096, 8192], rows)
+    if "prefill_fp8" in tables:
+        bench_prefill_fp8(gen, [4096] if args.quick else [1024, 4096, 8192], rows)
+    copy_bw = copy_bandwidth() if tables & {"decode_fp8", "decode_batched"} else 0.0
+    if "decode_fp8" in tables:
+        shapes = [("llava-1.5-7b 32/32 d128", 32, 32, 128), ("gemma-3-12b 16/8 d256", 16, 8, 256)]
+        bench_decode_fp8(gen, copy_bw, [4096, 16384], rows, shapes)
+    if "decode_batched" in tables:
+        cases = [(256, 700)] if args.quick else [(16, 4096), (64, 700), (256, 700), (256, 2000)]
+        bench_decode_batched(gen, copy_bw, cases, rows)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "kernels_wave2.json"), "w") as f:
