@@ -10,15 +10,24 @@
 
 namespace mmcore::kernels {
 
+// Column of accumulator element (n-tile dt, pair element c) of lane `lane` in mma's C layout.
+struct MmaColumn {
+  __device__ __forceinline__ int operator()(int dt, int lane, int c) const {
+    return dt * 8 + 2 * (lane % 4) + c;
+  }
+};
+
 // Merges the per-warp (m, l, O) states of kWarpsN key slices of one 16-row tile through shared
 // memory (`smem`, free K/V buffers) and writes the normalized rows (or split partials) of the
 // first kHeadDim of kPadDim columns, times `out_scale` (an FP8 cache's V scale, else 1).
-template <typename T, int kHeadDim, int kPadDim, int kWarpsN, int kThreads>
+// `column(dt, lane, c)` says which head dim o_acc[dt][2h + c] holds (kernels may permute them).
+template <typename T, int kHeadDim, int kPadDim, int kWarpsN, int kThreads,
+          typename Column = MmaColumn>
 __device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float* smem,
                                                  const float (&o_acc)[kPadDim / 8][4],
                                                  const float (&m_run)[2], const float (&l_run)[2],
                                                  int row0, int num_rows, int q_start, int kv_head,
-                                                 int wn, float out_scale) {
+                                                 int wn, float out_scale, Column column = {}) {
   constexpr int kDT = kPadDim / 8;
   const int tid = threadIdx.x, lane = tid % 32;
   constexpr int kOStride = kPadDim + 2;
@@ -30,9 +39,8 @@ __device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float
     const int r = lane / 4 + h * 8;
 #pragma unroll
     for (int dt = 0; dt < kDT; ++dt) {
-      const int d = dt * 8 + 2 * (lane % 4);
-      s_o[(wn * 16 + r) * kOStride + d] = o_acc[dt][2 * h];
-      s_o[(wn * 16 + r) * kOStride + d + 1] = o_acc[dt][2 * h + 1];
+      s_o[(wn * 16 + r) * kOStride + column(dt, lane, 0)] = o_acc[dt][2 * h];
+      s_o[(wn * 16 + r) * kOStride + column(dt, lane, 1)] = o_acc[dt][2 * h + 1];
     }
     if (lane % 4 == 0) {
       s_ml[(wn * 16 + r) * 2] = m_run[h];

@@ -185,3 +185,42 @@ def test_fp8_cache_in_cuda_graph_and_compile(d):
     _check_close(compiled(*args), ref, torch.bfloat16)
     out, _graph = replay_in_cuda_graph(step, args)
     _check_close(out, ref, torch.bfloat16)
+
+
+# Head dim 128 decodes over FP8 convert K/V in registers (attention_decode_fp8.cuh): its own
+# e4m3 stages, swizzle and block-table walk. Block sizes: powers of two and not (24), smaller and
+# larger than a 64-key tile; GQA groups 1, 4 and 16 rows; windows; forced splits.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("block_size", [16, 24, 32, 128], ids=lambda b: f"block{b}")
+@pytest.mark.parametrize(
+    "shape",
+    [
+        ([1, 63, 64, 65, 700, 4097], [1] * 6, 32, 32, -1),  # group 1, tile edges
+        ([129, 2000], [4, 1], 32, 8, -1),  # group 4, a request with 4 queries (16 rows)
+        ([3000, 517], [1, 1], 16, 1, 100),  # group 16, sliding window
+    ],
+    ids=["group1", "group4_multiquery", "group16_window"],
+)
+def test_fp8_decode_head_dim_128(shape, block_size, dtype):
+    seq_lens, num_q, hq, hkv, window = shape
+    args, scales = random_paged_batch(
+        seq_lens, num_q, hq, hkv, 128, block_size, dtype, seed=block_size, kv_dtype=FP8
+    )
+    ref = reference.paged_attention(*args, 128**-0.5, window, **scales)
+    out = ops.paged_attention(*args, 128**-0.5, window, **scales)
+    _check_close(out, ref, dtype)
+
+
+def test_fp8_decode_bfloat16_queries_beyond_float16_range():
+    """The register path multiplies in float16: a bfloat16 query past 65504 is scaled down by a
+    power of two first (the factor goes into the softmax scale), not turned into inf."""
+    args, scales = random_paged_batch(
+        [900, 77], [1, 1], 8, 8, 128, 16, torch.bfloat16, seed=11, kv_dtype=FP8
+    )
+    query = args[0]
+    query[0, 3] *= 3e5  # one head with entries ~1e5-1e6
+    query[1] *= 1e-3  # tiny queries: near-uniform attention
+    scale = 128**-0.5 * 1e-5  # keeps the big head's scores in a range softmax resolves
+    ref = reference.paged_attention(*args, scale, **scales)
+    out = ops.paged_attention(*args, scale, **scales)
+    _check_close(out, ref, torch.bfloat16)
