@@ -31,28 +31,43 @@ from mmcore.testing.dummy_checkpoint import write_dummy_checkpoint
 
 
 class StepEvents:
-    """Records CUDA events around every runner launch of ``engine``."""
+    """Records CUDA events around every step of ``engine``: from its forward's launch to the
+    end of its sampling's launch (the runner's ``forward`` then ``sample``)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.records: list[tuple[torch.cuda.Event, torch.cuda.Event, bool, float, float]] = []
-        self._launch = engine.runner.launch
-        engine.runner.launch = self._timed_launch
+        self._forward, self._sample = engine.runner.forward, engine.runner.sample
+        self._open: tuple[torch.cuda.Event, bool, float] | None = None
+        engine.runner.forward = self._timed_forward
+        engine.runner.sample = self._timed_sample
 
-    def _timed_launch(self, out):
+    def _timed_forward(self, out):
         if out.num_tokens == 0:
-            return self._launch(out)
+            return self._forward(out)
         decode = out.num_tokens == out.num_reqs and len(out.encoder_handles) == 0
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = torch.cuda.Event(enable_timing=True)
         host_start = time.perf_counter()
         start.record()
-        pending = self._launch(out)
-        end.record()
-        self.records.append((start, end, decode, host_start, time.perf_counter()))
+        self._open = (start, decode, host_start)
+        return self._forward(out)
+
+    def _timed_sample(self, step, host_masks=None):
+        pending = self._sample(step, host_masks)
+        if self._open is not None:
+            start, decode, host_start = self._open
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self.records.append((start, end, decode, host_start, time.perf_counter()))
+            self._open = None
         return pending
 
+    def restore(self) -> None:
+        """Puts the runner's own methods back."""
+        self.engine.runner.forward, self.engine.runner.sample = self._forward, self._sample
+
     def close(self, batch: int) -> dict:
-        self.engine.runner.launch = self._launch
+        self.restore()
         torch.cuda.synchronize()
         gaps, busy, walls, launch_host = [], [], [], []
         decode_flags = [r[2] for r in self.records]

@@ -42,7 +42,7 @@ def main() -> None:
     engine.generate(requests, params, use_tqdm=False)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
-    engine.runner.launch = events._launch
+    events.restore()
     first_launch = events.records[0][3] - start
     busy = {"decode": 0.0, "prefill_or_mixed": 0.0}
     idle = 0.0

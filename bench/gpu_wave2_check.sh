@@ -26,7 +26,8 @@
 #               bench_kernels.py's decode table (both split granularities) and the batch-1
 #               bf16 / FP8-KV decode against copy bandwidth
 #   sanitize    compute-sanitizer (memcheck, synccheck, racecheck) over the Hopper attention
-#               kernel's small launches, bf16 and FP8 caches (gpu_sanitize_attention.py)
+#               kernel's small launches, bf16 and FP8 caches, and the FP8 decode kernel
+#               (gpu_sanitize_attention.py)
 #   decode_probe  profile_gpu_decode_kernels.py: every kernel of a batch-1 decode step
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
@@ -105,6 +106,9 @@ for s in $STAGES; do
         stage "sanitize_fp8_$tool" 90 compute-sanitizer --tool "$tool" --kernel-name \
           kns=attention_sm90 python3 bench/gpu_sanitize_attention.py --fp8 --dims 64,128
         grep -E "SUMMARY" "$LOG/sanitize_fp8_$tool.log"
+        stage "sanitize_fp8_decode_$tool" 90 compute-sanitizer --tool "$tool" --kernel-name \
+          kns=attention_decode_fp8 python3 bench/gpu_sanitize_attention.py --fp8 --decode --dims 128
+        grep -E "SUMMARY" "$LOG/sanitize_fp8_decode_$tool.log"
       done ;;
     decode_probe) stage decode_probe 150 python3 bench/profile_gpu_decode_kernels.py
       grep -E "^###|^\| [0-9]" "$LOG/decode_probe.log" | head -40 ;;
