@@ -2,9 +2,10 @@
 
 Run on a GPU with mmcore._kernels built:  ``python bench/bench_fused_ops.py [--dtype bfloat16]``.
 Llama-2-7B sizes (hidden 4096, intermediate 11008, 32 heads x 128, q/k as views of a fused qkv
-output). Both sides are captured in a CUDA graph and timed by CUDA events (median of the
-replays), so launch overhead stays out. Prints one JSON line per (op, tokens): microseconds,
-speedup, bytes the fused kernel must move and its bandwidth against a device copy's.
+output; the FP8 activation quantiser at both widths). Both sides are captured in a CUDA graph
+and timed by CUDA events (median of the replays), so launch overhead stays out. Prints one JSON
+line per (op, tokens): microseconds, speedup, bytes the fused kernel must move and its bandwidth
+against a device copy's. ``--ops per_token_quant`` runs only the ops named so.
 At small T the data sits in L2 between replays: read those rows as latency, not bandwidth.
 """
 
@@ -17,6 +18,8 @@ import torch
 
 from bench_kernels import copy_bandwidth, time_ms
 from mmcore.kernels import ops, reference
+from mmcore.kernels.quant_ops import per_token_quant_fp8
+from mmcore.layers.fp8 import MIN_SCALE
 
 DEV = "cuda"
 HIDDEN, INTERMEDIATE, HEADS, HEAD_DIM, MAX_POSITIONS = 4096, 11008, 32, 128, 4096
@@ -63,12 +66,21 @@ def cases(num_tokens: int, dtype: torch.dtype, gen: torch.Generator):
         lambda: reference.rotary_embedding(positions, q, k, cache),
         2 * qk_bytes + num_tokens * (HEAD_DIM * size + 8),
     )
+    for width in (HIDDEN, INTERMEDIATE):  # the inputs of qkv / o / gate_up, and of down
+        a = randn(num_tokens, width)
+        yield (
+            f"per_token_quant_fp8_{width}",
+            lambda a=a: per_token_quant_fp8(a, MIN_SCALE),
+            lambda a=a: reference.per_token_quant_fp8(a, MIN_SCALE),
+            num_tokens * width * (size + 1) + 4 * num_tokens,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--tokens", default="1,64,256,8192", help="comma-separated T values")
+    parser.add_argument("--ops", default="", help="only ops whose name starts with one of these")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     gen = torch.Generator(device=DEV).manual_seed(0)
@@ -76,6 +88,8 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     for num_tokens in (int(t) for t in args.tokens.split(",")):
         for name, fused, unfused, moved in cases(num_tokens, dtype, gen):
+            if args.ops and not name.startswith(tuple(args.ops.split(","))):
+                continue
             ours_ms = time_ms(fused, reps=50)
             torch_ms = time_ms(unfused, reps=50)
             bandwidth = moved / (ours_ms * 1e-3)

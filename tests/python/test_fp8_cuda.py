@@ -128,3 +128,25 @@ def test_per_token_quant_kernel_equals_torch_bit_for_bit(dtype, shape):
     graph.replay()
     want, _ = reference.per_token_quant_fp8(x * 2, fp8.MIN_SCALE)
     assert torch.equal(captured.view(torch.uint8), want.view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_per_token_quant_kernel_divides_as_torch_over_wide_ranges(dtype):
+    """The quantiser divides by the scale through its reciprocal plus one correction (exact for
+    normal scales): 16M values spread over 2^-24 .. 2^15 around each row's maximum land on
+    every e4m3 rounding boundary, and must give torch's bytes; a row holding an inf takes the
+    full division (inf / inf = NaN, finite / inf = 0)."""
+    from mmcore.kernels import reference
+    from mmcore.kernels.quant_ops import per_token_quant_fp8
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    rows, hidden = 4096, 4096
+    magnitude = torch.exp2(torch.randint(-24, 16, (rows, hidden), generator=gen, device="cuda"))
+    x = torch.randn(rows, hidden, generator=gen, device="cuda") * magnitude
+    x = x.clamp(-6e4, 6e4).to(dtype)  # float16's range
+    x[3, 17] = float("inf")
+    got, got_scale = per_token_quant_fp8(x, fp8.MIN_SCALE)
+    want, want_scale = reference.per_token_quant_fp8(x, fp8.MIN_SCALE)
+    assert torch.equal(got_scale, want_scale)
+    assert torch.equal(got.view(torch.uint8), want.view(torch.uint8))
+    assert got[3].float().isnan().sum() == 1 and float(got[3].float().nan_to_num().abs().sum()) == 0
