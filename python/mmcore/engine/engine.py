@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,6 @@ from mmcore.engine.cpu_thread_tuner import cpu_thread_tuner_for
 from mmcore.engine.engine_front import build_input_processor, chat_prompt
 from mmcore.engine.engine_logging import StatLogger, log_startup
 from mmcore.engine.fault_isolation import RequestFault, newest_requests
-from mmcore.engine.inputs import ProcessedPrompt
 from mmcore.engine.request_tracker import RequestTracker, TokenTexts
 from mmcore.engine.runner import LaunchedStep
 from mmcore.engine.step_recovery import fail_completion, recover_failed_step
@@ -304,7 +303,12 @@ class Engine(RequestAdmission, ProfilingCalls):
             One RequestOutput per prompt, in input order.
 
         Raises:
-            ValueError: a prompt or sampling value is invalid; no prompt of the batch is run.
+            ValueError: a prompt or sampling value is invalid; every request of the batch is
+                aborted. A batch of fewer than 16 prompts is processed whole before any of it
+                runs; a larger one starts running as soon as its first prompts are processed
+                (later ones are processed in worker threads meanwhile, as vLLM's engine core
+                runs requests while ``LLM.generate`` adds the rest), so the engine may have
+                computed part of it before a bad prompt is found.
         """
         prompt_list = prompts if isinstance(prompts, list) else [prompts]
         if isinstance(sampling_params, list):
@@ -315,42 +319,69 @@ class Engine(RequestAdmission, ProfilingCalls):
             params_list = sampling_params
         else:
             params_list = [sampling_params or self.get_default_sampling_params()] * len(prompt_list)
-        processed = self._process_all(prompt_list)  # validate all before running
         ids = [f"gen-{next(self._next_request_id)}" for _ in prompt_list]
+        if len(prompt_list) >= _PARALLEL_INPUT_MIN:
+            processing = self._process_in_workers(prompt_list)
+            return self._run_to_completion(ids, use_tqdm, processing, params_list)
+        processed = [self.inputs.process(p) for p in prompt_list]  # validate all before running
         try:
             for request_id, proc, params in zip(ids, processed, params_list):
                 self._add_processed(request_id, proc, params)
         except ValueError:
-            for request_id in ids:
-                self.abort_request(request_id)
+            self._abort_all(ids)
             raise
         return self._run_to_completion(ids, use_tqdm)
 
-    def _process_all(self, prompts: list) -> list[ProcessedPrompt]:
-        """Process prompts in input order; large batches in worker threads (image decoding and
-        resizing release the GIL), so a 1,000-image batch does not wait on one core."""
-        if len(prompts) < _PARALLEL_INPUT_MIN:
-            return [self.inputs.process(p) for p in prompts]
+    def _process_in_workers(self, prompts: list) -> list[Future]:
+        """Start processing ``prompts`` in worker threads (image decoding and resizing release
+        the GIL, so a 1,000-image batch does not wait on one core); futures in input order."""
         if self._input_pool is None:
             workers = min(_MAX_INPUT_WORKERS, os.cpu_count() or 1)
             self._input_pool = ThreadPoolExecutor(workers, thread_name_prefix="mmcore-inputs")
-        return list(self._input_pool.map(self.inputs.process, prompts))
+        return [self._input_pool.submit(self.inputs.process, p) for p in prompts]
 
-    def _run_to_completion(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def _abort_all(self, ids: list[str]) -> None:
+        """Abort ``ids`` and settle a step still in flight, so the engine is left idle."""
+        for request_id in ids:
+            self.abort_request(request_id)
+        if self._in_flight is not None and not self._trackers:
+            previous, self._in_flight = self._in_flight, None
+            self._apply(previous[0], previous[1].resolve())  # tokens of aborted requests only
+
+    def _run_to_completion(
+        self,
+        ids: list[str],
+        use_tqdm: bool,
+        processing: list[Future] | None = None,
+        params_list: list[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Step until every request of ``ids`` finished. With ``processing`` (futures of the
+        prompts of ``ids``, in order), each prompt is added once its processing is done: between
+        steps while the engine has work, waiting for the next one only when it has none."""
         results: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(ids), desc="generate", disable=not use_tqdm or len(ids) < 2)
         wanted = set(ids)
+        next_added = 0 if processing is not None else len(ids)
+        finished = False
         try:
             while len(results) < len(ids):
+                while next_added < len(ids) and (
+                    processing[next_added].done() or not self.has_unfinished_requests()
+                ):
+                    proc = processing[next_added].result()  # raises the prompt's ValueError
+                    self._add_processed(ids[next_added], proc, params_list[next_added])
+                    next_added += 1
                 for output in self.step():
                     if output.finished and output.request_id in wanted:
                         results[output.request_id] = output
                         bar.update(1)
+            finished = True
         finally:
             bar.close()
-            for request_id in ids:
-                if request_id not in results:
-                    self.abort_request(request_id)
+            if not finished:
+                for future in processing or []:
+                    future.cancel()
+                self._abort_all([i for i in ids if i not in results])
         return [results[i] for i in ids]
 
     def chat(
