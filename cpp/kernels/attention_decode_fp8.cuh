@@ -26,6 +26,7 @@
 #include "kernels/attention_config.cuh"
 #include "kernels/attention_merge.cuh"
 #include "kernels/attention_params.h"
+#include "kernels/attention_tile_softmax.cuh"
 #include "kernels/mma_utils.cuh"
 
 namespace mmcore::kernels {
@@ -218,43 +219,11 @@ __global__ void __launch_bounds__(DecodeFp8Config<kWarpsN>::kThreads)
       }
 
       if constexpr (decltype(masked)::value) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = row0 + g + h * 8;
-          const KeyRange keys =
-              row_key_range(p, row, group, context, q_start, num_rows, kv_end, spans);
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-            for (int i = 2 * h; i < 2 * h + 2; ++i) {
-              const int key = n0 + row_base + nt * 8 + 2 * t + (i & 1);
-              if (key >= keys.hi || key < keys.lo) s[nt][i] = -INFINITY;
-            }
-          }
-        }
+        mask_tile_scores(s, p, row0 + g, n0 + row_base + 2 * t, group, context, q_start, num_rows,
+                         kv_end, spans);
       }
-
       float alpha[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-        const float m_new = fmaxf(m_run[h], mx * scale_log2);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        alpha[h] = fast_exp2(m_run[h] - m_use);
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kNT; ++nt) {
-          s[nt][2 * h] = fast_exp2(fmaf(s[nt][2 * h], scale_log2, -m_use));
-          s[nt][2 * h + 1] = fast_exp2(fmaf(s[nt][2 * h + 1], scale_log2, -m_use));
-          sum += s[nt][2 * h] + s[nt][2 * h + 1];
-        }
-        l_run[h] = l_run[h] * alpha[h] + sum;
-        m_run[h] = m_new;
-      }
+      online_softmax_tile(s, m_run, l_run, alpha, scale_log2);
       if (__any_sync(0xffffffff, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
         for (int dt = 0; dt < kDT; ++dt) {

@@ -19,6 +19,7 @@
 #include "kernels/attention_config.cuh"
 #include "kernels/attention_merge.cuh"
 #include "kernels/attention_params.h"
+#include "kernels/attention_tile_softmax.cuh"
 #include "kernels/mma_utils.cuh"
 
 namespace mmcore::kernels {
@@ -268,44 +269,11 @@ __global__ void __launch_bounds__(
         if constexpr (decltype(masked)::value) {
           // Key bounds of this thread's rows (lane / 4 and lane / 4 + 8 of the 16-row tile),
           // recomputed here rather than held in registers across the loop.
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int row = row0 + warp_row0 + mf * 16 + lane / 4 + h * 8;
-            const KeyRange keys =
-                row_key_range(p, row, group, context, q_start, num_rows, kv_end, spans);
-#pragma unroll
-            for (int nt = 0; nt < kNT; ++nt) {
-#pragma unroll
-              for (int i = 2 * h; i < 2 * h + 2; ++i) {
-                const int key = n0 + warp_key0 + nt * 8 + 2 * (lane % 4) + (i & 1);
-                if (key >= keys.hi || key < keys.lo) s[mf][nt][i] = -INFINITY;
-              }
-            }
-          }
+          mask_tile_scores(s[mf], p, row0 + warp_row0 + mf * 16 + lane / 4,
+                           n0 + warp_key0 + 2 * (lane % 4), group, context, q_start, num_rows,
+                           kv_end, spans);
         }
-
-        // Online softmax on raw scores; the scale folds into the exp2's FMA.
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          float mx = -INFINITY;
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt)
-            mx = fmaxf(mx, fmaxf(s[mf][nt][2 * h], s[mf][nt][2 * h + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-          const float m_new = fmaxf(m_run[mf][h], mx * scale_log2);
-          const float m_use = m_new == -INFINITY ? 0.f : m_new;
-          alpha[mf][h] = fast_exp2(m_run[mf][h] - m_use);
-          float sum = 0.f;
-#pragma unroll
-          for (int nt = 0; nt < kNT; ++nt) {
-            s[mf][nt][2 * h] = fast_exp2(fmaf(s[mf][nt][2 * h], scale_log2, -m_use));
-            s[mf][nt][2 * h + 1] = fast_exp2(fmaf(s[mf][nt][2 * h + 1], scale_log2, -m_use));
-            sum += s[mf][nt][2 * h] + s[mf][nt][2 * h + 1];
-          }
-          l_run[mf][h] = l_run[mf][h] * alpha[mf][h] + sum;
-          m_run[mf][h] = m_new;
-        }
+        online_softmax_tile(s[mf], m_run[mf], l_run[mf], alpha[mf], scale_log2);
       }
       // Rescale O only when some row's running max moved (rare once the max settles).
       bool moved = false;
