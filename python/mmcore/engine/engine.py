@@ -209,11 +209,15 @@ class Engine(RequestAdmission, ProfilingCalls):
         self._in_flight = (out, pending) if out.num_reqs else None
         if previous is not None:
             outputs = self._apply(previous[0], previous[1].resolve())
-        if self._in_flight is not None and not self._trackers:
-            # Only finished requests remain in the step in flight: settle it now so an idle
-            # engine holds no pending step.
-            outputs += self._apply(self._in_flight[0], self._in_flight[1].resolve())
-            self._in_flight = None
+        return outputs + self._settle_idle_step()
+
+    def _settle_idle_step(self) -> list[RequestOutput]:
+        """When only finished (or aborted) requests remain in the step in flight, apply it now
+        so an idle engine holds no pending step."""
+        if self._in_flight is None or self._trackers:
+            return []
+        outputs = self._apply(self._in_flight[0], self._in_flight[1].resolve())
+        self._in_flight = None
         return outputs
 
     def _note_first_scheduled(self, out) -> None:
@@ -344,9 +348,7 @@ class Engine(RequestAdmission, ProfilingCalls):
         """Abort ``ids`` and settle a step still in flight, so the engine is left idle."""
         for request_id in ids:
             self.abort_request(request_id)
-        if self._in_flight is not None and not self._trackers:
-            previous, self._in_flight = self._in_flight, None
-            self._apply(previous[0], previous[1].resolve())  # tokens of aborted requests only
+        self._settle_idle_step()
 
     def _run_to_completion(
         self,
