@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -30,9 +28,6 @@ from mmcore.outputs import RequestOutput
 from mmcore.sampling.sampler import PendingSample, SampledBatch
 from mmcore.sampling_params import SamplingParams
 from mmcore.structured_outputs import GrammarCompiler, StructuredOutputManager
-
-_PARALLEL_INPUT_MIN = 16  # fewer prompts are processed inline
-_MAX_INPUT_WORKERS = 8
 
 
 class Engine(RequestAdmission, ProfilingCalls):
@@ -100,7 +95,6 @@ class Engine(RequestAdmission, ProfilingCalls):
         self.async_scheduling = cfg.async_scheduling
         # Overlapped mode: the launched step whose tokens are not yet applied.
         self._in_flight: tuple[Any, PendingSample] | None = None
-        self._input_pool: ThreadPoolExecutor | None = None  # generate()'s input workers
         self.num_generated_tokens = 0  # read by the stats logger
         self.num_prompt_tokens = 0  # prompt tokens accepted (each of n completions counts)
         self._stat_logger = None if engine_args.disable_log_stats else StatLogger(self)
@@ -307,12 +301,8 @@ class Engine(RequestAdmission, ProfilingCalls):
             One RequestOutput per prompt, in input order.
 
         Raises:
-            ValueError: a prompt or sampling value is invalid; every request of the batch is
-                aborted. A batch of fewer than 16 prompts is processed whole before any of it
-                runs; a larger one starts running as soon as its first prompts are processed
-                (later ones are processed in worker threads meanwhile, as vLLM's engine core
-                runs requests while ``LLM.generate`` adds the rest), so the engine may have
-                computed part of it before a bad prompt is found.
+            ValueError: a prompt or sampling value is invalid. The whole batch is processed
+                before any of it runs, so nothing of it has run or holds KV blocks then.
         """
         prompt_list = prompts if isinstance(prompts, list) else [prompts]
         if isinstance(sampling_params, list):
@@ -324,9 +314,6 @@ class Engine(RequestAdmission, ProfilingCalls):
         else:
             params_list = [sampling_params or self.get_default_sampling_params()] * len(prompt_list)
         ids = [f"gen-{next(self._next_request_id)}" for _ in prompt_list]
-        if len(prompt_list) >= _PARALLEL_INPUT_MIN:
-            processing = self._process_in_workers(prompt_list)
-            return self._run_to_completion(ids, use_tqdm, processing, params_list)
         processed = [self.inputs.process(p) for p in prompt_list]  # validate all before running
         try:
             for request_id, proc, params in zip(ids, processed, params_list):
@@ -336,43 +323,20 @@ class Engine(RequestAdmission, ProfilingCalls):
             raise
         return self._run_to_completion(ids, use_tqdm)
 
-    def _process_in_workers(self, prompts: list) -> list[Future]:
-        """Start processing ``prompts`` in worker threads (image decoding and resizing release
-        the GIL, so a 1,000-image batch does not wait on one core); futures in input order."""
-        if self._input_pool is None:
-            workers = min(_MAX_INPUT_WORKERS, os.cpu_count() or 1)
-            self._input_pool = ThreadPoolExecutor(workers, thread_name_prefix="mmcore-inputs")
-        return [self._input_pool.submit(self.inputs.process, p) for p in prompts]
-
     def _abort_all(self, ids: list[str]) -> None:
         """Abort ``ids`` and settle a step still in flight, so the engine is left idle."""
         for request_id in ids:
             self.abort_request(request_id)
         self._settle_idle_step()
 
-    def _run_to_completion(
-        self,
-        ids: list[str],
-        use_tqdm: bool,
-        processing: list[Future] | None = None,
-        params_list: list[SamplingParams] | None = None,
-    ) -> list[RequestOutput]:
-        """Step until every request of ``ids`` finished. With ``processing`` (futures of the
-        prompts of ``ids``, in order), each prompt is added once its processing is done: between
-        steps while the engine has work, waiting for the next one only when it has none."""
+    def _run_to_completion(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        """Step until every request of ``ids`` finished; abort the rest if interrupted."""
         results: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(ids), desc="generate", disable=not use_tqdm or len(ids) < 2)
         wanted = set(ids)
-        next_added = 0 if processing is not None else len(ids)
         finished = False
         try:
             while len(results) < len(ids):
-                while next_added < len(ids) and (
-                    processing[next_added].done() or not self.has_unfinished_requests()
-                ):
-                    proc = processing[next_added].result()  # raises the prompt's ValueError
-                    self._add_processed(ids[next_added], proc, params_list[next_added])
-                    next_added += 1
                 for output in self.step():
                     if output.finished and output.request_id in wanted:
                         results[output.request_id] = output
@@ -381,8 +345,6 @@ class Engine(RequestAdmission, ProfilingCalls):
         finally:
             bar.close()
             if not finished:
-                for future in processing or []:
-                    future.cancel()
                 self._abort_all([i for i in ids if i not in results])
         return [results[i] for i in ids]
 
