@@ -28,6 +28,7 @@
 #   sanitize    compute-sanitizer (memcheck, synccheck, racecheck) over the Hopper attention
 #               kernel's small launches, bf16 and FP8 caches, and the FP8 decode kernel
 #               (gpu_sanitize_attention.py)
+#   gemv        the dense decode GEMV's tests, then bench_gpu_gemv.py: it against cuBLAS per shape
 #   decode_probe  profile_gpu_decode_kernels.py: every kernel of a batch-1 decode step
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
@@ -110,6 +111,9 @@ for s in $STAGES; do
           kns=attention_decode_fp8 python3 bench/gpu_sanitize_attention.py --fp8 --decode --dims 128
         grep -E "SUMMARY" "$LOG/sanitize_fp8_decode_$tool.log"
       done ;;
+    gemv) stage gemv_tests 100 python3 -m pytest -q -p no:cacheprovider \
+      tests/python/test_dense_gemv_cuda.py
+      stage gemv_bench 90 python3 bench/bench_gpu_gemv.py --rows 1,2,4 --out "$LOG/gemv.json" ;;
     decode_probe) stage decode_probe 150 python3 bench/profile_gpu_decode_kernels.py
       grep -E "^###|^\| [0-9]" "$LOG/decode_probe.log" | head -40 ;;
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"

@@ -13,6 +13,7 @@
 #include "kernels/activation.h"
 #include "kernels/attention.h"
 #include "kernels/cache_write.h"
+#include "kernels/dense_gemv.h"
 #include "kernels/fp8_gemv.h"
 #include "kernels/norm.h"
 #include "kernels/peer_norm.h"
@@ -293,6 +294,34 @@ void bind_quant(py::module_& m) {
       "Per-row FP8 e4m3 quantisation of [num_tokens, hidden] (device pointers as ints).");
 }
 
+void bind_gemv(py::module_& m) {
+  m.def(
+      "dense_gemv",
+      [](uintptr_t x, int64_t x_stride, uintptr_t weight, int64_t w_stride, uintptr_t bias,
+         uintptr_t out, int64_t out_stride, int rows, int n, int k, int dtype, uintptr_t stream) {
+        mmcore::kernels::DenseGemvParams p;
+        p.x = as_ptr<const void>(x);
+        p.x_stride = x_stride;
+        p.weight = as_ptr<const void>(weight);
+        p.w_stride = w_stride;
+        p.bias = bias ? as_ptr<const void>(bias) : nullptr;
+        p.out = as_ptr<void>(out);
+        p.out_stride = out_stride;
+        p.rows = rows;
+        p.n = n;
+        p.k = k;
+        py::gil_scoped_release release;
+        mmcore::kernels::launch_dense_gemv(p, as_dtype(dtype), as_stream(stream));
+      },
+      py::arg("x"), py::arg("x_stride"), py::arg("weight"), py::arg("w_stride"), py::arg("bias"),
+      py::arg("out"), py::arg("out_stride"), py::arg("rows"), py::arg("n"), py::arg("k"),
+      py::arg("dtype"), py::arg("stream"),
+      "out = x @ weight.T (+ bias) for at most 4 rows, 16-bit weights (device pointers as ints).");
+  m.attr("DENSE_GEMV_MAX_ROWS") = mmcore::kernels::kDenseGemvMaxRows;
+  m.attr("DENSE_GEMV_MAX_K") =
+      8 * mmcore::kernels::kDenseGemvThreads * mmcore::kernels::kDenseGemvMaxChunksPerThread;
+}
+
 // RotaryParams fields shared by the plain and the cache-writing rotary bindings.
 mmcore::kernels::RotaryParams rotary_params(uintptr_t positions, bool positions_int64,
                                             std::array<int, 3> mrope_section,
@@ -504,4 +533,5 @@ PYBIND11_MODULE(_kernels, m) {
   bind_cache_write(m);
   bind_fused(m);
   bind_quant(m);
+  bind_gemv(m);
 }

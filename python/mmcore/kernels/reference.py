@@ -355,3 +355,11 @@ def vision_rotary_embedding(
         return (xf * cos + rotated * sin).to(x.dtype)
 
     return rotate(query), rotate(key)
+
+
+def dense_gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [R, K] @ weight [N, K].T (+ bias)`` in float32, rounded once to ``x``'s dtype."""
+    out = x.float() @ weight.float().t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(x.dtype)

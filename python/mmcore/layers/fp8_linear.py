@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mmcore.distributed.communication import all_reduce_max
+from mmcore.kernels.gemv_ops import decode_linear
 from mmcore.layers.fp8 import (
     FP8_DTYPE,
     dequantize_blocks,
@@ -98,7 +98,7 @@ class Fp8LinearMixin:
 
     def _linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if not self.is_fp8:
-            return F.linear(x, self.weight, bias)
+            return decode_linear(x, self.weight, bias)
         return fp8_linear(x, self.weight, self.weight_scale, bias, self.input_scale)
 
     # -- online ------------------------------------------------------------------------------

@@ -1,0 +1,188 @@
+// Dense GEMV for decode (see dense_gemv.h). One CTA per SM owns a contiguous range of output
+// channels; its 512 threads split k into 16-byte chunks (thread t holds chunks t, t + 512, ...
+// of every row, so a warp reads 512 contiguous bytes), keep their chunks of the activation rows
+// in registers, and stream the weight rows kRowGroup at a time with every load of a group
+// issued before the first use (~64 KB in flight an SM). Each row's per-thread sums meet in a
+// warp reduction and then in shared memory.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <string>
+
+#include "kernels/dense_gemv.h"
+#include "kernels/elementwise_utils.cuh"
+
+namespace mmcore::kernels {
+namespace {
+
+constexpr int kThreads = kDenseGemvThreads;
+constexpr int kWarps = kThreads / 32;
+constexpr int kLoadsInFlight = 8;  // 16-byte weight loads a thread issues before using them
+constexpr int kMaxPartials = 48 * 1024 / sizeof(float);
+
+template <typename T>
+__device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
+  const auto* wv = reinterpret_cast<const T*>(&w);
+  const auto* xv = reinterpret_cast<const T*>(&x);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) acc = fmaf(to_float(wv[e]), to_float(xv[e]), acc);
+  return acc;
+}
+
+// kChunks: 16-byte chunks of a row per thread; kRows: activation rows.
+template <typename T, int kChunks, int kRows>
+__global__ void __launch_bounds__(kThreads, 1)
+    dense_gemv_kernel(const DenseGemvParams p, int rows_per_cta) {
+  constexpr int kRowGroup = std::max(1, kLoadsInFlight / kChunks);
+  extern __shared__ float partial[];  // [rows_per_cta][kRows][kWarps]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int row_begin = blockIdx.x * rows_per_cta;
+  const int row_end = min(p.n, row_begin + rows_per_cta);
+  const int num_chunks = p.k / 8;
+
+  // The activation chunks stay in registers when few; else they are re-read (L1 hits) per row.
+  constexpr bool kXInRegs = kChunks * kRows <= 8;
+  auto load_x = [&](int j, int r) {
+    const int c = tid + j * kThreads;
+    return c < num_chunks
+               ? reinterpret_cast<const uint4*>(static_cast<const T*>(p.x) + r * p.x_stride)[c]
+               : make_uint4(0, 0, 0, 0);
+  };
+  uint4 xr[kXInRegs ? kChunks : 1][kXInRegs ? kRows : 1];
+  if constexpr (kXInRegs) {
+#pragma unroll
+    for (int j = 0; j < kChunks; ++j) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) xr[j][r] = load_x(j, r);
+    }
+  }
+
+  const T* weight = static_cast<const T*>(p.weight);
+  for (int row0 = row_begin; row0 < row_end; row0 += kRowGroup) {
+    uint4 w[kRowGroup][kChunks];
+#pragma unroll
+    for (int u = 0; u < kRowGroup; ++u) {
+#pragma unroll
+      for (int j = 0; j < kChunks; ++j) {
+        const int c = tid + j * kThreads;
+        const int row = row0 + u;
+        w[u][j] = row < row_end && c < num_chunks
+                      ? reinterpret_cast<const uint4*>(weight + row * p.w_stride)[c]
+                      : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kRowGroup; ++u) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < kChunks; ++j) {
+          if constexpr (kXInRegs) {
+            acc = dot8<T>(w[u][j], xr[j][r], acc);
+          } else {
+            acc = dot8<T>(w[u][j], load_x(j, r), acc);
+          }
+        }
+        acc = warp_sum(acc);
+        const int local = row0 + u - row_begin;
+        if (lane == 0 && row0 + u < row_end) partial[(local * kRows + r) * kWarps + warp] = acc;
+      }
+    }
+  }
+  __syncthreads();
+
+  const int outputs = (row_end - row_begin) * kRows;
+  for (int o = tid; o < outputs; o += kThreads) {
+    const float* sums = partial + o * kWarps;
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) acc += sums[w];
+    const int row = row_begin + o / kRows, r = o % kRows;
+    if (p.bias != nullptr) acc += to_float(static_cast<const T*>(p.bias)[row]);
+    static_cast<T*>(p.out)[r * p.out_stride + row] = from_float<T>(acc);
+  }
+}
+
+int sm_count() {
+  static int cache[kMaxCachedDevices] = {};
+  return current_device_cached(cache, 1, [](int device) {
+    int n = 0;
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
+    return std::max(n, 1);
+  });
+}
+
+template <typename T, int kChunks, int kRows>
+cudaError_t launch_shape(const DenseGemvParams& p, cudaStream_t stream) {
+  // One CTA an SM, each a contiguous share of the rows (wide outputs take several waves, their
+  // partial sums bounded by 48 KB of shared memory).
+  const int rows_per_cta =
+      std::min((p.n + sm_count() - 1) / sm_count(), kMaxPartials / (kRows * kWarps));
+  const int blocks = (p.n + rows_per_cta - 1) / rows_per_cta;
+  const size_t smem = static_cast<size_t>(rows_per_cta) * kRows * kWarps * sizeof(float);
+  dense_gemv_kernel<T, kChunks, kRows><<<blocks, kThreads, smem, stream>>>(p, rows_per_cta);
+  return cudaGetLastError();
+}
+
+template <typename T, int kChunks>
+cudaError_t launch_chunks(const DenseGemvParams& p, cudaStream_t stream) {
+  switch (p.rows) {
+    case 1:
+      return launch_shape<T, kChunks, 1>(p, stream);
+    case 2:
+      return launch_shape<T, kChunks, 2>(p, stream);
+    case 3:
+      return launch_shape<T, kChunks, 3>(p, stream);
+    default:
+      return launch_shape<T, kChunks, 4>(p, stream);
+  }
+}
+
+template <typename T>
+cudaError_t launch_dtype(const DenseGemvParams& p, cudaStream_t stream) {
+  switch ((p.k / 8 + kThreads - 1) / kThreads) {
+    case 1:
+      return launch_chunks<T, 1>(p, stream);
+    case 2:
+      return launch_chunks<T, 2>(p, stream);
+    case 3:
+      return launch_chunks<T, 3>(p, stream);
+    case 4:
+      return launch_chunks<T, 4>(p, stream);
+    case 5:
+      return launch_chunks<T, 5>(p, stream);
+    case 6:
+      return launch_chunks<T, 6>(p, stream);
+    case 7:
+      return launch_chunks<T, 7>(p, stream);
+    default:
+      return launch_chunks<T, 8>(p, stream);
+  }
+}
+
+}  // namespace
+
+void launch_dense_gemv(const DenseGemvParams& p, DType dtype, cudaStream_t stream) {
+  const std::string n = "dense_gemv";
+  require(dtype == DType::kFloat16 || dtype == DType::kBFloat16,
+          n + ": tensors must be float16 or bfloat16");
+  require(p.rows >= 1 && p.rows <= kDenseGemvMaxRows, n + ": rows must be in 1.." +
+                                                          std::to_string(kDenseGemvMaxRows) +
+                                                          ", got " + std::to_string(p.rows));
+  require(p.n > 0 && p.k > 0 && p.k % 8 == 0 &&
+              p.k <= 8 * kDenseGemvThreads * kDenseGemvMaxChunksPerThread,
+          n + ": n must be positive and k a multiple of 8 in 8.." +
+              std::to_string(8 * kDenseGemvThreads * kDenseGemvMaxChunksPerThread) + ", got n " +
+              std::to_string(p.n) + ", k " + std::to_string(p.k));
+  require(p.x && p.weight && p.out, n + ": null device pointer");
+  require(aligned16(p.x) && aligned16(p.weight) && p.x_stride % 8 == 0 && p.w_stride % 8 == 0 &&
+              p.x_stride >= p.k && p.w_stride >= p.k && p.out_stride >= p.n,
+          n + ": x rows and weight rows must be 16-byte aligned (strides multiples of 8)");
+  check_launch(dtype == DType::kFloat16 ? launch_dtype<__half>(p, stream)
+                                        : launch_dtype<__nv_bfloat16>(p, stream),
+               "dense_gemv");
+}
+
+}  // namespace mmcore::kernels

@@ -1,0 +1,126 @@
+"""Torch custom op over the dense GEMV of decode steps (``cpp/kernels/dense_gemv.cu``).
+
+``mmcore::dense_gemv`` multiplies at most ``DENSE_GEMV_MAX_ROWS`` float16 / bfloat16 rows by a
+16-bit ``[N, K]`` weight, reading the weight once with one CTA an SM and no split-K pass:
+cuBLAS splits ``K`` for batch-1 products with ``N`` = the hidden size (o_proj, down_proj) and
+adds a reduction kernel. The linear layers take it through :func:`decode_linear` for a single
+CUDA row, where ``bench/bench_gpu_gemv.py`` measured it 1.04-1.25x cuBLAS on LLaVA-1.5-7B's
+shapes (at 2-4 rows cuBLAS is as fast or faster). CPU tensors take the reference; a CUDA
+tensor without the kernel raises (no silent fallback on a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mmcore.kernels import reference
+from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
+
+#: Most activation rows ``dense_gemv`` takes (``kDenseGemvMaxRows`` in cpp/kernels/dense_gemv.h).
+DENSE_GEMV_MAX_ROWS = 4
+#: Largest ``K`` it takes (8 elements x 512 threads x 8 chunks).
+DENSE_GEMV_MAX_K = 32768
+_GEMV_THREADS = 512
+
+
+def dense_gemv_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`dense_gemv` takes this product on CUDA (few rows, 16-byte rows)."""
+    return (
+        x.is_cuda
+        and x.dim() == 2
+        and 1 <= x.shape[0] <= DENSE_GEMV_MAX_ROWS
+        and x.dtype in (torch.float16, torch.bfloat16)
+        and weight.dtype == x.dtype
+        and weight.dim() == 2
+        and weight.stride(1) == 1
+        and weight.stride(0) % 8 == 0
+        and weight.shape[1] % 8 == 0
+        and weight.shape[1] <= DENSE_GEMV_MAX_K
+        and weight.data_ptr() % 16 == 0
+    )
+
+
+@torch.library.custom_op("mmcore::dense_gemv", mutates_args=())
+def _dense_gemv_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if not x.is_cuda:
+        return reference.dense_gemv(x, weight, bias)
+    module = kernels_module()
+    if not hasattr(module, "dense_gemv"):
+        raise ValueError("dense_gemv: mmcore._kernels was built without the dense GEMV kernel")
+    rows = x.contiguous() if x.stride(-1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16 else x
+    out = torch.empty((rows.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    b = bias.contiguous() if bias is not None else None
+    with torch.cuda.device(x.device):
+        module.dense_gemv(
+            x=rows.data_ptr(), x_stride=rows.stride(0), weight=weight.data_ptr(),
+            w_stride=weight.stride(0), bias=b.data_ptr() if b is not None else 0,
+            out=out.data_ptr(), out_stride=out.stride(0), rows=rows.shape[0],
+            n=weight.shape[0], k=weight.shape[1], dtype=DTYPE_CODES[x.dtype],
+            stream=stream_handle(x),
+        )  # fmt: skip
+    return out
+
+
+@_dense_gemv_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+def dense_gemv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ weight.T (+ bias)`` for a few rows, summed in float32 and rounded once.
+
+    Args:
+        x: ``[R, K]`` float16 / bfloat16, ``R <= DENSE_GEMV_MAX_ROWS`` on CUDA.
+        weight: ``[N, K]`` in ``x``'s dtype, last dim contiguous, ``K`` a multiple of 8 (at
+            most ``DENSE_GEMV_MAX_K``) on CUDA.
+        bias: ``[N]`` in ``x``'s dtype, or None.
+
+    Returns:
+        ``[R, N]`` in ``x``'s dtype.
+
+    Raises:
+        ValueError: shapes that do not multiply, or a CUDA product the kernel does not take.
+    """
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"dense_gemv: expected x [R, K] and weight [N, K], got {tuple(x.shape)} and "
+            f"{tuple(weight.shape)}"
+        )
+    if bias is not None and (tuple(bias.shape) != (weight.shape[0],) or bias.dtype != x.dtype):
+        raise ValueError(
+            f"dense_gemv: bias must be [{weight.shape[0]}] {x.dtype}, got {tuple(bias.shape)} "
+            f"{bias.dtype}"
+        )
+    if x.is_cuda and not dense_gemv_takes(x, weight):
+        raise ValueError(
+            f"dense_gemv: {x.shape[0]} rows of {x.dtype} against a {tuple(weight.shape)} "
+            f"{weight.dtype} weight is not a product the CUDA kernel takes"
+        )
+    return torch.ops.mmcore.dense_gemv(x, weight, bias)
+
+
+def _fills_gemv_block(k: int) -> bool:
+    """Whether the kernel's 512 threads are at least 7/8 busy over ``k``'s 16-byte chunks (its
+    losses to cuBLAS were at k = 2048 and 5504, half and two thirds busy)."""
+    chunks = k // 8
+    rounds = -(-chunks // _GEMV_THREADS)
+    return chunks * 8 >= 7 * _GEMV_THREADS * rounds
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; one CUDA row (a batch-1 decode step) goes to the GEMV
+    where its block is busy enough to beat cuBLAS."""
+    one_row = x.dim() == 2 and x.shape[0] == 1
+    if (
+        one_row
+        and dense_gemv_takes(x, weight)
+        and (bias is None or bias.dtype == x.dtype)
+        and _fills_gemv_block(weight.shape[1])
+    ):
+        return torch.ops.mmcore.dense_gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
