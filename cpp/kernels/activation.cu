@@ -6,6 +6,7 @@
 
 #include "kernels/activation.h"
 #include "kernels/elementwise_utils.cuh"
+#include "kernels/pdl.cuh"
 
 namespace mmcore::kernels {
 namespace {
@@ -14,6 +15,8 @@ constexpr int kThreads = 256;
 
 template <typename T, int kWidth>
 __global__ void __launch_bounds__(kThreads) silu_and_mul_kernel(const SiluAndMulParams p) {
+  pdl_wait();  // reads the previous kernel's output
+  pdl_launch_dependents();
   using V = Vec<T, kWidth>;
   const int i = blockIdx.x * kThreads + threadIdx.x;
   if (i >= p.intermediate / kWidth) return;
@@ -36,8 +39,7 @@ template <typename T, int kWidth>
 cudaError_t launch_width(const SiluAndMulParams& p, cudaStream_t stream) {
   const int num_vecs = p.intermediate / kWidth;
   const dim3 grid((num_vecs + kThreads - 1) / kThreads, std::min(p.num_tokens, kMaxGridY));
-  silu_and_mul_kernel<T, kWidth><<<grid, kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_pdl(silu_and_mul_kernel<T, kWidth>, grid, dim3(kThreads), 0, stream, p);
 }
 
 template <typename T>

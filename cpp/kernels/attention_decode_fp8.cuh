@@ -28,6 +28,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/attention_tile_softmax.cuh"
 #include "kernels/mma_utils.cuh"
+#include "kernels/pdl.cuh"
 
 namespace mmcore::kernels {
 
@@ -65,6 +66,8 @@ template <typename T, int kWarpsN>
 __global__ void __launch_bounds__(DecodeFp8Config<kWarpsN>::kThreads)
     attention_decode_fp8_kernel(const AttentionParams p) {
   using Cfg = DecodeFp8Config<kWarpsN>;
+  pdl_wait();  // row-tile offsets, q and the cache come from earlier kernels
+  pdl_launch_dependents();
   constexpr int kBlockN = Cfg::kBlockN, kQStride = Cfg::kQStride;
   constexpr int kNT = Cfg::kKeysPerWarp / 8;  // 8-key score tiles a warp
   constexpr int kDT = 16;                     // 8-wide output tiles of head dim 128

@@ -7,6 +7,7 @@
 #include "kernels/attention_aux.cuh"
 #include "kernels/attention_decode_fp8.cuh"
 #include "kernels/attention_kernel.cuh"
+#include "kernels/pdl.cuh"
 
 namespace mmcore::kernels {
 
@@ -28,8 +29,7 @@ cudaError_t launch_attention_grid(void (*kernel)(AttentionParams), int threads, 
   if (static_cast<int64_t>(max_tiles) * p.num_kv_heads > p.split_counter_capacity) {
     q.split_counters = nullptr;  // too few counters for this grid: the combine kernel merges
   }
-  kernel<<<grid, threads, smem_bytes, stream>>>(q);
-  err = cudaGetLastError();
+  err = launch_pdl(kernel, grid, dim3(threads), smem_bytes, stream, q);
   if (err != cudaSuccess || p.num_splits == 1 || q.split_counters != nullptr) return err;
   combine_splits_kernel<T><<<dim3(p.num_tokens, p.num_q_heads), 128, 0, stream>>>(p, kHeadDim);
   return cudaGetLastError();

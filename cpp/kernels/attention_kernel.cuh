@@ -21,6 +21,7 @@
 #include "kernels/attention_params.h"
 #include "kernels/attention_tile_softmax.cuh"
 #include "kernels/mma_utils.cuh"
+#include "kernels/pdl.cuh"
 
 namespace mmcore::kernels {
 
@@ -29,6 +30,8 @@ __global__ void __launch_bounds__(
     AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>::kThreads)
     attention_kernel(const AttentionParams p) {
   using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>;
+  pdl_wait();  // row-tile offsets, q and the cache come from earlier kernels
+  pdl_launch_dependents();
   static_assert(kPaged || !kFp8, "FP8 K/V come from the paged cache only");
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStride = Cfg::kRowStride;
   constexpr int kNT = Cfg::kKeysPerWarp / 8;  // 8-key accumulator tiles per warp

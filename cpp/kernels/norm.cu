@@ -10,6 +10,7 @@
 
 #include "kernels/elementwise_utils.cuh"
 #include "kernels/norm.h"
+#include "kernels/pdl.cuh"
 
 namespace mmcore::kernels {
 namespace {
@@ -18,6 +19,8 @@ constexpr int kCachedVecs = 4;  // vectors per thread kept in registers between 
 
 template <typename T, int kWidth, bool kAdd>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(const RmsNormParams p, float inv_hidden) {
+  pdl_wait();  // reads the previous kernel's output
+  pdl_launch_dependents();
   using V = Vec<T, kWidth>;
   const int64_t row = blockIdx.x;
   const int num_vecs = p.hidden / kWidth;
@@ -129,8 +132,8 @@ cudaError_t launch_width(const RmsNormParams& p, cudaStream_t stream) {
   // torch's mean factor, float(rows) / float(rows * hidden): 1/hidden rounded to float.
   const float inv_hidden = static_cast<float>(p.num_tokens) /
                            static_cast<float>(static_cast<int64_t>(p.num_tokens) * p.hidden);
-  rms_norm_kernel<T, kWidth, kAdd><<<p.num_tokens, threads, 0, stream>>>(p, inv_hidden);
-  return cudaGetLastError();
+  return launch_pdl(rms_norm_kernel<T, kWidth, kAdd>, dim3(p.num_tokens), dim3(threads), 0, stream,
+                    p, inv_hidden);
 }
 
 template <typename T, bool kAdd>

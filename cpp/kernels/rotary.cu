@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/elementwise_utils.cuh"
+#include "kernels/pdl.cuh"
 #include "kernels/rotary.h"
 
 namespace mmcore::kernels {
@@ -20,6 +21,8 @@ constexpr int kThreads = 128;
 // heads, and key/value rows go to their token's cache slot instead of key_out.
 template <typename T, int kWidth, bool kFloatMath, bool kCache>
 __global__ void __launch_bounds__(kThreads) rotary_kernel(const RotaryParams p) {
+  pdl_wait();  // reads the previous kernel's output
+  pdl_launch_dependents();
   using V = Vec<T, kWidth>;
   const int half = p.head_dim / 2;
   const int chunks = half / kWidth;
@@ -120,18 +123,15 @@ cudaError_t launch_width(const RotaryParams& p, cudaStream_t stream) {
   const int heads = p.num_q_heads + (cache ? 2 : 1) * p.num_kv_heads;
   const int items = heads * (p.head_dim / 2 / kWidth);
   const dim3 grid((items + kThreads - 1) / kThreads, std::min(p.num_tokens, kMaxGridY));
+  const dim3 block(kThreads);
   if (cache) {
-    if (p.float_math) {
-      rotary_kernel<T, kWidth, true, true><<<grid, kThreads, 0, stream>>>(p);
-    } else {
-      rotary_kernel<T, kWidth, false, true><<<grid, kThreads, 0, stream>>>(p);
-    }
-  } else if (p.float_math) {
-    rotary_kernel<T, kWidth, true, false><<<grid, kThreads, 0, stream>>>(p);
-  } else {
-    rotary_kernel<T, kWidth, false, false><<<grid, kThreads, 0, stream>>>(p);
+    return p.float_math
+               ? launch_pdl(rotary_kernel<T, kWidth, true, true>, grid, block, 0, stream, p)
+               : launch_pdl(rotary_kernel<T, kWidth, false, true>, grid, block, 0, stream, p);
   }
-  return cudaGetLastError();
+  return p.float_math
+             ? launch_pdl(rotary_kernel<T, kWidth, true, false>, grid, block, 0, stream, p)
+             : launch_pdl(rotary_kernel<T, kWidth, false, false>, grid, block, 0, stream, p);
 }
 
 // Whether kWidth-element vectors fit every pointer, stride and section boundary.
