@@ -29,6 +29,8 @@
 #               kernel's small launches, bf16 and FP8 caches, and the FP8 decode kernel
 #               (gpu_sanitize_attention.py)
 #   gemv        the dense decode GEMV's tests, then bench_gpu_gemv.py: it against cuBLAS per shape
+#   pdl         bench_gpu_latency.py with MMCORE_PDL=0 / 1 alternating (programmatic dependent
+#               launch of the decode step's small kernels: batch-1 ITL and batch 2-8 steps)
 #   decode_probe  profile_gpu_decode_kernels.py: every kernel of a batch-1 decode step
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
@@ -114,6 +116,10 @@ for s in $STAGES; do
     gemv) stage gemv_tests 100 python3 -m pytest -q -p no:cacheprovider \
       tests/python/test_dense_gemv_cuda.py
       stage gemv_bench 90 python3 bench/bench_gpu_gemv.py --rows 1,2,4 --out "$LOG/gemv.json" ;;
+    pdl) for pdl in 0 1 0 1; do  # alternating, for the spread
+        MMCORE_PDL=$pdl stage "latency_pdl$pdl" 90 python3 bench/bench_gpu_latency.py --out /tmp
+        grep -E "^latency" "$LOG/latency_pdl$pdl.log"
+      done ;;
     decode_probe) stage decode_probe 150 python3 bench/profile_gpu_decode_kernels.py
       grep -E "^###|^\| [0-9]" "$LOG/decode_probe.log" | head -40 ;;
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
