@@ -12,16 +12,6 @@
 
 namespace mmcore::kernels {
 
-// Multiprocessors of the current device, looked up once per device.
-inline int current_device_sm_count() {
-  static int sms[kMaxCachedDevices] = {};
-  return current_device_cached(sms, 1, [](int device) {
-    int count = 0;
-    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    return count > 0 ? count : 1;
-  });
-}
-
 template <typename T, int kHeadDim, bool kPaged, bool kKvFp8 = false>
 cudaError_t launch_attention_sm90_variant(const AttentionParams& p, cudaStream_t stream) {
   using Cfg = Sm90AttentionConfig<T, kHeadDim, kKvFp8>;

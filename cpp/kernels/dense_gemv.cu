@@ -105,21 +105,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-int sm_count() {
-  static int cache[kMaxCachedDevices] = {};
-  return current_device_cached(cache, 1, [](int device) {
-    int n = 0;
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device);
-    return std::max(n, 1);
-  });
-}
-
 template <typename T, int kChunks, int kRows>
 cudaError_t launch_shape(const DenseGemvParams& p, cudaStream_t stream) {
   // One CTA an SM, each a contiguous share of the rows (wide outputs take several waves, their
   // partial sums bounded by 48 KB of shared memory).
-  const int rows_per_cta =
-      std::min((p.n + sm_count() - 1) / sm_count(), kMaxPartials / (kRows * kWarps));
+  const int sms = current_device_sm_count();
+  const int rows_per_cta = std::min((p.n + sms - 1) / sms, kMaxPartials / (kRows * kWarps));
   const int blocks = (p.n + rows_per_cta - 1) / rows_per_cta;
   const size_t smem = static_cast<size_t>(rows_per_cta) * kRows * kWarps * sizeof(float);
   dense_gemv_kernel<T, kChunks, kRows><<<blocks, kThreads, smem, stream>>>(p, rows_per_cta);

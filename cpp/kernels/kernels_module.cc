@@ -317,9 +317,6 @@ void bind_gemv(py::module_& m) {
       py::arg("out"), py::arg("out_stride"), py::arg("rows"), py::arg("n"), py::arg("k"),
       py::arg("dtype"), py::arg("stream"),
       "out = x @ weight.T (+ bias) for at most 4 rows, 16-bit weights (device pointers as ints).");
-  m.attr("DENSE_GEMV_MAX_ROWS") = mmcore::kernels::kDenseGemvMaxRows;
-  m.attr("DENSE_GEMV_MAX_K") =
-      8 * mmcore::kernels::kDenseGemvThreads * mmcore::kernels::kDenseGemvMaxChunksPerThread;
 }
 
 // RotaryParams fields shared by the plain and the cache-writing rotary bindings.

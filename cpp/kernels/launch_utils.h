@@ -43,6 +43,16 @@ int current_device_cached(int (&cache)[kMaxCachedDevices], int fallback, Compute
   return cache[device];
 }
 
+// Multiprocessors of the current device, looked up once per device.
+inline int current_device_sm_count() {
+  static int sms[kMaxCachedDevices] = {};
+  return current_device_cached(sms, 1, [](int device) {
+    int count = 0;
+    cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+    return count > 0 ? count : 1;
+  });
+}
+
 // Whether ptr is a multiple of `bytes` (a vector access of that size may use it).
 inline bool aligned_to(const void* ptr, size_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;

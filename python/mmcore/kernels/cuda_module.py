@@ -23,6 +23,12 @@ def kernels_module():
     return _kernels
 
 
+def rows_aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim is contiguous and other strides are 16-byte multiples."""
+    ok = t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
+    return t if ok else t.contiguous()
+
+
 def stream_handle(t: torch.Tensor) -> int:
     """The current CUDA stream of ``t``'s device, as the integer handle the launchers take."""
     return torch.cuda.current_stream(t.device).cuda_stream

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from mmcore.kernels import reference
-from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
+from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, rows_aligned, stream_handle
 
 #: Most activation rows ``dense_gemv`` takes (``kDenseGemvMaxRows`` in cpp/kernels/dense_gemv.h).
 DENSE_GEMV_MAX_ROWS = 4
 #: Largest ``K`` it takes (8 elements x 512 threads x 8 chunks).
 DENSE_GEMV_MAX_K = 32768
-_GEMV_THREADS = 512
+_GEMV_THREADS = 512  # kDenseGemvThreads
 
 
 def dense_gemv_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -50,7 +50,7 @@ def _dense_gemv_op(
     module = kernels_module()
     if not hasattr(module, "dense_gemv"):
         raise ValueError("dense_gemv: mmcore._kernels was built without the dense GEMV kernel")
-    rows = x.contiguous() if x.stride(-1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16 else x
+    rows = rows_aligned(x)
     out = torch.empty((rows.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     b = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):

@@ -30,6 +30,7 @@ from mmcore.kernels.cuda_module import (
     DTYPE_CODES,
     FP8_E4M3_CODE,
     kernels_module,
+    rows_aligned,
     stream_handle,
 )
 from mmcore.kernels.fused_ops import (  # noqa: F401  (re-exported: select_op finds ops.<name>)
@@ -143,12 +144,6 @@ def _int32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
-def _rows_aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when its last dim is contiguous and other strides are 16-byte multiples."""
-    ok = t.stride(-1) == 1 and all(s % 8 == 0 for s in t.stride()[:-1]) and t.data_ptr() % 16 == 0
-    return t if ok else t.contiguous()
-
-
 _stream = stream_handle
 
 
@@ -231,7 +226,7 @@ def _paged_attention_op(
         raise ValueError("paged_attention: key and value caches differ in dtype")
     if key_cache.stride(-1) != 1 or value_cache.stride(-1) != 1:
         raise ValueError("paged_attention: caches need a contiguous head dim")
-    q = _rows_aligned(query)
+    q = rows_aligned(query)
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs = seq_lens.shape[0]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -314,7 +309,7 @@ def _varlen_attention_op(
 ) -> torch.Tensor:
     if not _kernel_or_reference("varlen_attention", query, key, value):
         return reference.varlen_attention(query, key, value, cu_seqlens, scale)
-    q, k, v = (_rows_aligned(t) for t in (query, key, value))
+    q, k, v = (rows_aligned(t) for t in (query, key, value))
     num_tokens, num_q_heads, head_dim = q.shape
     num_seqs = cu_seqlens.shape[0] - 1
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from mmcore.kernels import reference
-from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, stream_handle
+from mmcore.kernels.cuda_module import DTYPE_CODES, kernels_module, rows_aligned, stream_handle
 
 #: Most activation rows ``fp8_gemv`` takes (``kFp8GemvMaxRows`` in cpp/kernels/fp8_gemv.h).
 FP8_GEMV_MAX_ROWS = 8
@@ -99,7 +99,7 @@ def _fp8_gemv_op(
     kernel = _kernel("fp8_gemv")
     if kernel is None:
         raise ValueError("fp8_gemv: mmcore._kernels was built without the FP8 GEMV kernel")
-    rows = x.contiguous() if x.stride(-1) != 1 or x.stride(0) % 8 or x.data_ptr() % 16 else x
+    rows = rows_aligned(x)
     scale = weight_scale.reshape(-1).float().contiguous()
     out = torch.empty((rows.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
     b = bias.contiguous() if bias is not None else None
