@@ -52,11 +52,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="llava-1.5-7b")
     parser.add_argument("--out", default=".")
+    parser.add_argument("--runs", type=int, default=2, help="engines built one after the other")
     args = parser.parse_args()
     machine = measure_machine()
     path = write_dummy_checkpoint(args.model, os.path.join(tempfile.mkdtemp(), args.model))
     rows, shapes = [], None
-    for run in range(2):
+    for run in range(args.runs):
         engine = Engine(path, load_format="dummy", device="cuda", max_num_seqs=16)
         shapes = model_shapes(engine)
         step_period_ms(engine, 2, seed=1)  # warm-up

@@ -3,7 +3,8 @@
 // of every row, so a warp reads 512 contiguous bytes), keep their chunks of the activation rows
 // in registers, and stream the weight rows kRowGroup at a time with every load of a group
 // issued before the first use (~64 KB in flight an SM). Each row's per-thread sums meet in a
-// warp reduction and then in shared memory.
+// warp reduction and then in shared memory. Launched as a programmatic dependent launch (pdl.cuh)
+// it prefetches its first weight rows into the L2 before the previous kernel has finished.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -12,14 +13,16 @@
 
 #include "kernels/dense_gemv.h"
 #include "kernels/elementwise_utils.cuh"
+#include "kernels/pdl.cuh"
 
 namespace mmcore::kernels {
 namespace {
 
 constexpr int kThreads = kDenseGemvThreads;
 constexpr int kWarps = kThreads / 32;
-constexpr int kLoadsInFlight = 8;  // 16-byte weight loads a thread issues before using them
+constexpr int kLoadsInFlight = 8;  // fewest 16-byte weight loads a thread issues before use
 constexpr int kMaxPartials = 48 * 1024 / sizeof(float);
+constexpr int kPrefetchGroups = 2;  // row groups a CTA prefetches into the L2 before pdl_wait
 
 template <typename T>
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc) {
@@ -33,13 +36,31 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x, float acc)
 // kChunks: 16-byte chunks of a row per thread; kRows: activation rows.
 template <typename T, int kChunks, int kRows>
 __global__ void __launch_bounds__(kThreads, 1)
-    dense_gemv_kernel(const DenseGemvParams p, int rows_per_cta) {
-  constexpr int kRowGroup = std::max(1, kLoadsInFlight / kChunks);
+    dense_gemv_kernel(const DenseGemvParams p, int rows_per_cta, bool warm_l2) {
+  // Whole rows a group: one activation row rounds up (k = 11008, 3 chunks, keeps 9 loads in
+  // flight, not 6); more rows round down, their x chunks and sums already fill the registers.
+  constexpr int kRowGroup =
+      std::max(1, (kLoadsInFlight + (kRows == 1 ? kChunks - 1 : 0)) / kChunks);
   extern __shared__ float partial[];  // [rows_per_cta][kRows][kWarps]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int row_begin = blockIdx.x * rows_per_cta;
   const int row_end = min(p.n, row_begin + rows_per_cta);
   const int num_chunks = p.k / 8;
+
+  // Under PDL, warm the L2 with this CTA's first weight rows while the kernel that writes x
+  // finishes (weights are never an earlier kernel's output). The loop below is left as it was:
+  // loading those rows into registers ahead of it slowed the k = 4096 shapes 1.2x, and without
+  // PDL the prefetch is ~1 us of latency a launch, so it is skipped.
+  const T* weight = static_cast<const T*>(p.weight);
+  const int lines_per_row = (p.k * static_cast<int>(sizeof(T)) + 127) / 128;
+  const int prefetch_lines =
+      warm_l2 ? min(row_end - row_begin, kPrefetchGroups * kRowGroup) * lines_per_row : 0;
+  for (int i = tid; i < prefetch_lines; i += kThreads) {
+    const T* row = weight + (row_begin + i / lines_per_row) * p.w_stride;
+    const char* line = reinterpret_cast<const char*>(row) + (i % lines_per_row) * 128;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
+  }
+  pdl_wait();
 
   // The activation chunks stay in registers when few; else they are re-read (L1 hits) per row.
   constexpr bool kXInRegs = kChunks * kRows <= 8;
@@ -58,7 +79,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
 
-  const T* weight = static_cast<const T*>(p.weight);
   for (int row0 = row_begin; row0 < row_end; row0 += kRowGroup) {
     uint4 w[kRowGroup][kChunks];
 #pragma unroll
@@ -91,6 +111,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  pdl_launch_dependents();  // the next kernel's CTAs may start; they wait for this one's writes
   __syncthreads();
 
   const int outputs = (row_end - row_begin) * kRows;
@@ -113,8 +134,8 @@ cudaError_t launch_shape(const DenseGemvParams& p, cudaStream_t stream) {
   const int rows_per_cta = std::min((p.n + sms - 1) / sms, kMaxPartials / (kRows * kWarps));
   const int blocks = (p.n + rows_per_cta - 1) / rows_per_cta;
   const size_t smem = static_cast<size_t>(rows_per_cta) * kRows * kWarps * sizeof(float);
-  dense_gemv_kernel<T, kChunks, kRows><<<blocks, kThreads, smem, stream>>>(p, rows_per_cta);
-  return cudaGetLastError();
+  return launch_pdl(dense_gemv_kernel<T, kChunks, kRows>, dim3(blocks), dim3(kThreads), smem,
+                    stream, p, rows_per_cta, pdl_enabled());
 }
 
 template <typename T, int kChunks>

@@ -1,13 +1,14 @@
-// Programmatic dependent launch (sm_90+), opt-in with MMCORE_PDL=1: a kernel launched with
+// Programmatic dependent launch (sm_90+; MMCORE_PDL=0 turns it off): a kernel launched with
 // launch_pdl may then start while the previous kernel in its stream is still running; its CTAs
 // pdl_wait() until that kernel has completed and its writes are visible, then
 // pdl_launch_dependents() to let the next kernel start the same way. Between the small kernels
-// of a decode step (add + RMSNorm, rope + KV write, attention, SiLU-and-mul) that hides each
-// launch's latency and ramp. Every CTA of such a kernel calls pdl_wait() before it reads another
-// kernel's output or exits, so completion stays transitive along the stream; kernels launched
-// normally (cuBLAS, torch, the dense GEMV) wait for the whole previous kernel as usual. Off by
-// default until measured at batch 1 with the dense GEMV (bench/RESULTS.md, session 15); without
-// it the device-side calls are no-ops.
+// of a decode step (add + RMSNorm, rope + KV write, attention, SiLU-and-mul) and before the dense
+// GEMV (which warms the L2 with its first weight rows meanwhile) that hides each launch's latency
+// and ramp. Every CTA of such a kernel calls pdl_wait() before it reads another kernel's output
+// or exits, so completion stays transitive along the stream; kernels launched normally (cuBLAS,
+// torch) wait for the whole previous kernel as usual. On an H200 it took LLaVA-1.5-7B's batch-1
+// ITL from 4.39 to 4.10 ms (bench/RESULTS.md, session 16); without it the device-side calls are
+// no-ops.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -32,14 +33,14 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 }
 
 // Whether launches on the current device use programmatic dependent launch (compute capability
-// 9.0+ and MMCORE_PDL=1).
+// 9.0+ unless MMCORE_PDL=0).
 inline bool pdl_enabled() {
   static int cache[kMaxCachedDevices] = {};
   return current_device_cached(cache, 1, [](int device) {
            const char* env = std::getenv("MMCORE_PDL");
            int major = 0;
            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-           return major >= 9 && env != nullptr && std::strcmp(env, "1") == 0 ? 2 : 1;
+           return major >= 9 && (env == nullptr || std::strcmp(env, "0") != 0) ? 2 : 1;
          }) == 2;
 }
 
