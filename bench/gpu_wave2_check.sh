@@ -30,8 +30,10 @@
 #               (gpu_sanitize_attention.py)
 #   gemv        the dense decode GEMV's tests, then bench_gpu_gemv.py: it against cuBLAS per shape
 #   pdl         bench_gpu_latency.py with MMCORE_PDL=0 / 1 alternating (programmatic dependent
-#               launch of the decode step's small kernels: batch-1 ITL and batch 2-8 steps)
+#               launch of the decode step's kernels, on by default: batch-1 ITL, batch 2-8 steps)
 #   decode_probe  profile_gpu_decode_kernels.py: every kernel of a batch-1 decode step
+#   attn_probe  probe_gpu_decode_attention.py: batch-1 decode attention at forced KV splits vs
+#               SDPA flash, a copy of the KV bytes and an empty launch
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
 #               served saturation rate
@@ -122,6 +124,8 @@ for s in $STAGES; do
       done ;;
     decode_probe) stage decode_probe 150 python3 bench/profile_gpu_decode_kernels.py
       grep -E "^###|^\| [0-9]" "$LOG/decode_probe.log" | head -40 ;;
+    attn_probe) stage attn_probe 120 python3 bench/probe_gpu_decode_attention.py
+      grep -E "^\|" "$LOG/attn_probe.log" ;;
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
       grep WARNING "$LOG/serving.log"
       tail -5 "$LOG/serving_server.log" 2>/dev/null | cut -c1-300 ;;
