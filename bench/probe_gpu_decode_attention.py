@@ -20,7 +20,8 @@ from mmcore.kernels import ops
 
 ROTATIONS = 16
 CONTEXTS = (16, 64, 128, 256, 673, 1024, 4096)
-MIN_TILES = (1, 2, 3, 6, 1000)  # 1 is the planner's setting; 1000 forces one split
+PLANNER_MIN_TILES = ops.SPLIT_MIN_KEY_TILES
+MIN_TILES = (PLANNER_MIN_TILES, 2, 3, 6, 1000)  # 1000 forces one split
 DTYPE = torch.float16
 
 
@@ -39,7 +40,7 @@ def probe(hq: int, hkv: int, d: int, ctx: int, gen: torch.Generator) -> str:
         ops.SPLIT_MIN_KEY_TILES = min_tiles
         splits = plan(1, 1, hq, hkv, 1, 1, ctx, ops._num_sms(0), d, min_tiles)[0]
         cells.append(f"{time_ms(ours, reps=20, calls=ROTATIONS) * 1e3:.1f} ({splits})")
-    ops.SPLIT_MIN_KEY_TILES = 1
+    ops.SPLIT_MIN_KEY_TILES = PLANNER_MIN_TILES
 
     keys = torch.randn(ROTATIONS, 1, hkv, ctx, d, device="cuda", dtype=DTYPE)
     values = torch.randn_like(keys)

@@ -7,8 +7,8 @@
 // and ramp. Every CTA of such a kernel calls pdl_wait() before it reads another kernel's output
 // or exits, so completion stays transitive along the stream; kernels launched normally (cuBLAS,
 // torch) wait for the whole previous kernel as usual. On an H200 it took LLaVA-1.5-7B's batch-1
-// ITL from 4.39 to 4.10 ms (bench/RESULTS.md, session 16); without it the device-side calls are
-// no-ops.
+// ITL from 4.25 to 4.07-4.09 ms (bench/RESULTS.md, session 16); without it the device-side calls
+// are no-ops.
 #pragma once
 #include <cuda_runtime.h>
 
