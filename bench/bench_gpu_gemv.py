@@ -1,7 +1,9 @@
 """Dense GEMV (cpp/kernels/dense_gemv.cu) against cuBLAS (``F.linear``) for decode-sized
 products: the linear shapes of LLaVA-1.5-7B, Qwen2-VL-7B's LM and Llama-3-8B-class LMs at 1-4
 rows, each timed in a CUDA graph over 8 weight copies (more bytes than the L2 holds, as in a
-decode step, where every layer's weights are new), on the same GPU in the same run.
+decode step, where every layer's weights are new), on the same GPU in the same run. The
+gate_up shapes also time the GEMV with its SiLU-and-mul epilogue against the GEMV followed by
+the silu_and_mul kernel (``gated_us`` vs ``gemv_then_silu_us``).
 
 Usage: python bench/bench_gpu_gemv.py [--dtype float16] [--out results.json]
 """
@@ -15,7 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mmcore.kernels.gemv_ops import dense_gemv
+from mmcore.kernels.gemv_ops import dense_gemv, dense_gemv_silu_mul
+from mmcore.kernels.ops import silu_and_mul
 
 SHAPES = {  # name: (n, k)
     "llava7b.qkv": (12288, 4096),
@@ -83,6 +86,11 @@ def main() -> None:
                 "cublas_TBps": round(n * k * dtype.itemsize / cublas / 1e6, 3),
                 "max_abs_diff_vs_cublas": float(err),
             }  # fmt: skip
+            if name.endswith(".gate_up"):
+                gated = graph_us(lambda x=x, ws=weights: [dense_gemv_silu_mul(x, w) for w in ws])
+                two = graph_us(lambda x=x, ws=weights: [silu_and_mul(dense_gemv(x, w)) for w in ws])
+                row["gated_us"] = round(gated / COPIES, 2)
+                row["gemv_then_silu_us"] = round(two / COPIES, 2)
             print(json.dumps(row), flush=True)
             results.append(row)
         weights.clear()  # free this shape's copies before the next

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "kernels/attention_config.cuh"
+#include "kernels/attention_merge.cuh"
 #include "kernels/attention_params.h"
 #include "kernels/mma_utils.cuh"
 
@@ -66,19 +67,10 @@ __global__ void combine_splits_kernel(const AttentionParams p, int head_dim) {
   }
   const int64_t stride_split = static_cast<int64_t>(p.num_tokens) * p.num_q_heads;
   const int64_t slot = static_cast<int64_t>(token) * p.num_q_heads + head;
-  float m = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) m = fmaxf(m, p.partial_lse[s * stride_split + slot]);
   T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float acc = 0.f, total = 0.f;
-    if (m != -INFINITY) {
-      for (int s = 0; s < p.num_splits; ++s) {
-        const float w = exp2f(p.partial_lse[s * stride_split + slot] - m);
-        total += w;
-        acc += w * p.partial_out[(s * stride_split + slot) * head_dim + d];
-      }
-    }
-    dst[d] = static_cast<T>(total > 0.f ? acc / total : 0.f);
+    dst[d] = static_cast<T>(merge_split_partials<float>(p.partial_out, p.partial_lse, stride_split,
+                                                        slot, head_dim, d, p.num_splits));
   }
 }
 

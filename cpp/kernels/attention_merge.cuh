@@ -81,13 +81,66 @@ __device__ __forceinline__ void merge_key_slices(const AttentionParams& p, float
   }
 }
 
+// Splits whose partials a thread loads before using any (one L2 round trip a batch).
+inline constexpr int kMergeBatch = 8;
+
+__device__ __forceinline__ float scaled(float a, float r) { return a * r; }
+__device__ __forceinline__ float4 scaled(float4 a, float r) {
+  return make_float4(a.x * r, a.y * r, a.z * r, a.w * r);
+}
+__device__ __forceinline__ float fma_into(float w, float o, float a) { return fmaf(w, o, a); }
+__device__ __forceinline__ float4 fma_into(float w, float4 o, float4 a) {
+  return make_float4(fmaf(w, o.x, a.x), fmaf(w, o.y, a.y), fmaf(w, o.z, a.z), fmaf(w, o.w, a.w));
+}
+
+// The merged output (V = float or float4: head dims d ...) of one (token, head) slot from its
+// splits' partials (normalized outputs `partial_out` [split][slot][head_dim], log2-sum-exps
+// `partial_lse` [split][slot]): the weights are exp2(lse - running max), the running sums
+// rescaled when a batch raises the max. The in-kernel merge and the combine kernel both call it,
+// so they give the same bits.
+template <typename V>
+__device__ __forceinline__ V merge_split_partials(const float* partial_out,
+                                                  const float* partial_lse, int64_t stride_split,
+                                                  int64_t slot, int head_dim, int d,
+                                                  int num_splits) {
+  float m = -INFINITY, total = 0.f;
+  V acc{};
+  for (int s0 = 0; s0 < num_splits; s0 += kMergeBatch) {
+    float lse[kMergeBatch];
+    V o[kMergeBatch];
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const int64_t at = (s0 + i) * stride_split + slot;
+      const bool in = s0 + i < num_splits;
+      lse[i] = in ? __ldcg(partial_lse + at) : -INFINITY;
+      o[i] = in ? __ldcg(reinterpret_cast<const V*>(partial_out + at * head_dim + d)) : V{};
+    }
+    float m_new = m;
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) m_new = fmaxf(m_new, lse[i]);
+    if (m_new == -INFINITY) continue;  // no keys in these splits (yet)
+    const float rescale = exp2f(m - m_new);
+    total *= rescale;
+    acc = scaled(acc, rescale);
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const float w = exp2f(lse[i] - m_new);
+      total += w;
+      acc = fma_into(w, o[i], acc);
+    }
+    m = m_new;
+  }
+  return total > 0.f ? scaled(acc, 1.f / total) : acc;
+}
+
 // Split-KV without a combine launch: every split CTA of a (row tile, KV head) counts itself in
 // once its partials are written; the last one merges all splits' partials of the tile's rows
-// [row_begin, row_end) (as combine_splits_kernel does) and resets the counter for the next
-// launch or graph replay.
+// [row_begin, row_end), four head dims a thread (as combine_splits_kernel does), and resets the
+// counter for the next launch or graph replay.
 template <typename T, int kHeadDim, int kThreads>
 __device__ __forceinline__ void merge_splits_if_last(const AttentionParams& p, int row_begin,
                                                      int row_end, int q_start, int kv_head) {
+  static_assert(kHeadDim % 4 == 0, "a thread merges four head dims");
   __shared__ bool s_last;
   __threadfence();  // this CTA's partials before its count
   __syncthreads();
@@ -100,29 +153,17 @@ __device__ __forceinline__ void merge_splits_if_last(const AttentionParams& p, i
   if (!s_last) return;
   __threadfence();  // the other splits' partials after their counts
   const int64_t stride_split = static_cast<int64_t>(p.num_tokens) * p.num_q_heads;
-  constexpr int kPairs = kHeadDim / 2;
-  for (int e = threadIdx.x; e < (row_end - row_begin) * kPairs; e += kThreads) {
-    const int row = row_begin + e / kPairs, d = 2 * (e % kPairs);
+  constexpr int kQuads = kHeadDim / 4;
+  for (int e = threadIdx.x; e < (row_end - row_begin) * kQuads; e += kThreads) {
+    const int row = row_begin + e / kQuads, d = 4 * (e % kQuads);
     const int token = q_start + row / p.group;
     const int head = kv_head * p.group + row % p.group;
     const int64_t slot = static_cast<int64_t>(token) * p.num_q_heads + head;
-    float m = -INFINITY;
-    for (int s = 0; s < p.num_splits; ++s)
-      m = fmaxf(m, __ldcg(p.partial_lse + s * stride_split + slot));
-    float acc0 = 0.f, acc1 = 0.f, total = 0.f;
-    if (m != -INFINITY) {
-      for (int s = 0; s < p.num_splits; ++s) {
-        const float w = exp2f(__ldcg(p.partial_lse + s * stride_split + slot) - m);
-        const float2 o = __ldcg(reinterpret_cast<const float2*>(
-            p.partial_out + (s * stride_split + slot) * kHeadDim + d));
-        total += w;
-        acc0 += w * o.x;
-        acc1 += w * o.y;
-      }
-    }
+    const float4 o = merge_split_partials<float4>(p.partial_out, p.partial_lse, stride_split, slot,
+                                                  kHeadDim, d, p.num_splits);
     T* dst = static_cast<T*>(p.out) + token * p.out_stride_token + head * p.out_stride_head + d;
-    *reinterpret_cast<uint32_t*>(dst) =
-        pack2<T>(total > 0.f ? acc0 / total : 0.f, total > 0.f ? acc1 / total : 0.f);
+    reinterpret_cast<uint32_t*>(dst)[0] = pack2<T>(o.x, o.y);
+    reinterpret_cast<uint32_t*>(dst)[1] = pack2<T>(o.z, o.w);
   }
 }
 

@@ -5,6 +5,8 @@
 // issued before the first use (~64 KB in flight an SM). Each row's per-thread sums meet in a
 // warp reduction and then in shared memory. Launched as a programmatic dependent launch (pdl.cuh)
 // it prefetches its first weight rows into the L2 before the previous kernel has finished.
+// A gated MLP's gate_up product can end in silu(gate) * up: a CTA then owns a range of output
+// channels and streams both their gate rows and their up rows, so the activation needs no launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -41,10 +43,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   // flight, not 6); more rows round down, their x chunks and sums already fill the registers.
   constexpr int kRowGroup =
       std::max(1, (kLoadsInFlight + (kRows == 1 ? kChunks - 1 : 0)) / kChunks);
-  extern __shared__ float partial[];  // [rows_per_cta][kRows][kWarps]
+  extern __shared__ float partial[];  // [weight rows of the CTA][kRows][kWarps]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // Output channels [row_begin, row_end); gated, weight row v of the CTA is channel v's gate row
+  // for v < count, else channel (v - count)'s up row, half rows on.
+  const int half = p.silu_mul ? p.n / 2 : p.n;
   const int row_begin = blockIdx.x * rows_per_cta;
-  const int row_end = min(p.n, row_begin + rows_per_cta);
+  const int row_end = min(half, row_begin + rows_per_cta);
+  const int count = row_end - row_begin;
+  const int weight_rows = p.silu_mul ? 2 * count : count;
+  auto weight_row = [&](int v) { return v < count ? row_begin + v : half + row_begin + v - count; };
   const int num_chunks = p.k / 8;
 
   // Under PDL, warm the L2 with this CTA's first weight rows while the kernel that writes x
@@ -54,9 +62,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const T* weight = static_cast<const T*>(p.weight);
   const int lines_per_row = (p.k * static_cast<int>(sizeof(T)) + 127) / 128;
   const int prefetch_lines =
-      warm_l2 ? min(row_end - row_begin, kPrefetchGroups * kRowGroup) * lines_per_row : 0;
+      warm_l2 ? min(weight_rows, kPrefetchGroups * kRowGroup) * lines_per_row : 0;
   for (int i = tid; i < prefetch_lines; i += kThreads) {
-    const T* row = weight + (row_begin + i / lines_per_row) * p.w_stride;
+    const T* row = weight + static_cast<int64_t>(weight_row(i / lines_per_row)) * p.w_stride;
     const char* line = reinterpret_cast<const char*>(row) + (i % lines_per_row) * 128;
     asm volatile("prefetch.global.L2 [%0];" ::"l"(line));
   }
@@ -79,19 +87,20 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
 
-  for (int row0 = row_begin; row0 < row_end; row0 += kRowGroup) {
-    uint4 w[kRowGroup][kChunks];
+  using Group = uint4[kRowGroup][kChunks];
+  auto load_group = [&](Group& w, int v0) {
 #pragma unroll
     for (int u = 0; u < kRowGroup; ++u) {
+      const T* row = weight + static_cast<int64_t>(weight_row(v0 + u)) * p.w_stride;
 #pragma unroll
       for (int j = 0; j < kChunks; ++j) {
         const int c = tid + j * kThreads;
-        const int row = row0 + u;
-        w[u][j] = row < row_end && c < num_chunks
-                      ? reinterpret_cast<const uint4*>(weight + row * p.w_stride)[c]
-                      : make_uint4(0, 0, 0, 0);
+        w[u][j] = v0 + u < weight_rows && c < num_chunks ? reinterpret_cast<const uint4*>(row)[c]
+                                                         : make_uint4(0, 0, 0, 0);
       }
     }
+  };
+  auto use_group = [&](const Group& w, int v0) {
 #pragma unroll
     for (int u = 0; u < kRowGroup; ++u) {
 #pragma unroll
@@ -106,23 +115,53 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         }
         acc = warp_sum(acc);
-        const int local = row0 + u - row_begin;
-        if (lane == 0 && row0 + u < row_end) partial[(local * kRows + r) * kWarps + warp] = acc;
+        if (lane == 0 && v0 + u < weight_rows)
+          partial[((v0 + u) * kRows + r) * kWarps + warp] = acc;
       }
+    }
+  };
+  // Two groups in registers: the next group's loads are in flight while this one is summed.
+  // One activation row of at most 5 chunks leaves the registers for it (more chunks spill).
+  constexpr bool kDoubleBuffer = kRows == 1 && kChunks <= 5;
+  if constexpr (kDoubleBuffer) {
+    Group wa, wb;
+    load_group(wa, 0);
+    for (int v0 = 0; v0 < weight_rows; v0 += 2 * kRowGroup) {
+      load_group(wb, v0 + kRowGroup);
+      use_group(wa, v0);
+      load_group(wa, v0 + 2 * kRowGroup);
+      use_group(wb, v0 + kRowGroup);
+    }
+  } else {
+    for (int v0 = 0; v0 < weight_rows; v0 += kRowGroup) {
+      Group w;
+      load_group(w, v0);
+      use_group(w, v0);
     }
   }
   pdl_launch_dependents();  // the next kernel's CTAs may start; they wait for this one's writes
   __syncthreads();
 
-  const int outputs = (row_end - row_begin) * kRows;
-  for (int o = tid; o < outputs; o += kThreads) {
-    const float* sums = partial + o * kWarps;
+  // Sum of weight row v's per-warp partials for activation row r, plus its bias.
+  auto output = [&](int v, int r) {
+    const float* sums = partial + (v * kRows + r) * kWarps;
     float acc = 0.f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) acc += sums[w];
-    const int row = row_begin + o / kRows, r = o % kRows;
-    if (p.bias != nullptr) acc += to_float(static_cast<const T*>(p.bias)[row]);
-    static_cast<T*>(p.out)[r * p.out_stride + row] = from_float<T>(acc);
+    if (p.bias != nullptr) acc += to_float(static_cast<const T*>(p.bias)[weight_row(v)]);
+    return acc;
+  };
+  for (int o = tid; o < count * kRows; o += kThreads) {
+    const int local = o / kRows, r = o % kRows;
+    float y;
+    if (p.silu_mul) {
+      // Round gate and up to T first and compute silu as silu_and_mul_kernel does (bit-equal).
+      const float g = round_to<T>(output(local, r)), up = round_to<T>(output(count + local, r));
+      y = __fmul_rn(round_to<T>(g / (1.f + expf(-g))), up);
+    } else {
+      y = output(local, r);
+    }
+    static_cast<T*>(p.out)[r * p.out_stride + row_begin + local] = from_float<T>(y);
   }
 }
 
@@ -130,10 +169,14 @@ template <typename T, int kChunks, int kRows>
 cudaError_t launch_shape(const DenseGemvParams& p, cudaStream_t stream) {
   // One CTA an SM, each a contiguous share of the rows (wide outputs take several waves, their
   // partial sums bounded by 48 KB of shared memory).
+  // Gated, a CTA's channels each take two weight rows (gate, up).
   const int sms = current_device_sm_count();
-  const int rows_per_cta = std::min((p.n + sms - 1) / sms, kMaxPartials / (kRows * kWarps));
-  const int blocks = (p.n + rows_per_cta - 1) / rows_per_cta;
-  const size_t smem = static_cast<size_t>(rows_per_cta) * kRows * kWarps * sizeof(float);
+  const int outputs = p.silu_mul ? p.n / 2 : p.n, rows_per_output = p.silu_mul ? 2 : 1;
+  const int rows_per_cta =
+      std::min((outputs + sms - 1) / sms, kMaxPartials / (rows_per_output * kRows * kWarps));
+  const int blocks = (outputs + rows_per_cta - 1) / rows_per_cta;
+  const size_t smem =
+      static_cast<size_t>(rows_per_cta) * rows_per_output * kRows * kWarps * sizeof(float);
   return launch_pdl(dense_gemv_kernel<T, kChunks, kRows>, dim3(blocks), dim3(kThreads), smem,
                     stream, p, rows_per_cta, pdl_enabled());
 }
@@ -188,9 +231,12 @@ void launch_dense_gemv(const DenseGemvParams& p, DType dtype, cudaStream_t strea
           n + ": n must be positive and k a multiple of 8 in 8.." +
               std::to_string(8 * kDenseGemvThreads * kDenseGemvMaxChunksPerThread) + ", got n " +
               std::to_string(p.n) + ", k " + std::to_string(p.k));
+  require(!p.silu_mul || p.n % 2 == 0,
+          n + ": silu_mul needs an even n ([gate | up] rows), got " + std::to_string(p.n));
   require(p.x && p.weight && p.out, n + ": null device pointer");
   require(aligned16(p.x) && aligned16(p.weight) && p.x_stride % 8 == 0 && p.w_stride % 8 == 0 &&
-              p.x_stride >= p.k && p.w_stride >= p.k && p.out_stride >= p.n,
+              p.x_stride >= p.k && p.w_stride >= p.k &&
+              p.out_stride >= (p.silu_mul ? p.n / 2 : p.n),
           n + ": x rows and weight rows must be 16-byte aligned (strides multiples of 8)");
   check_launch(dtype == DType::kFloat16 ? launch_dtype<__half>(p, stream)
                                         : launch_dtype<__nv_bfloat16>(p, stream),

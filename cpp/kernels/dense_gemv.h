@@ -25,12 +25,17 @@ struct DenseGemvParams {
   void* out = nullptr;         // [rows, n], last dim contiguous
   int64_t out_stride = 0;
   int rows = 0, n = 0, k = 0;
+  // Gated MLP epilogue: weight rows are [gate | up] (n even) and out [rows, n / 2] holds
+  // silu(gate) * up, each product first rounded to the dtype (as silu_and_mul reads them).
+  bool silu_mul = false;
 };
 
 // out[r, j] = round(sum_i x[r, i] * w[j, i] + bias[j]), products and sum in float32. All
 // tensors in `dtype` (float16 / bfloat16), rows in 1..kDenseGemvMaxRows, k a multiple of 8 and
 // at most 8 * kDenseGemvThreads * kDenseGemvMaxChunksPerThread, x rows and weight rows 16-byte
-// aligned. Throws std::invalid_argument on bad arguments, std::runtime_error on a CUDA error.
+// aligned. With silu_mul, out[r, j] = silu(out'[r, j]) * out'[r, n / 2 + j] of the plain
+// product out', rounded as launch_silu_and_mul rounds it. Throws std::invalid_argument on bad
+// arguments, std::runtime_error on a CUDA error.
 void launch_dense_gemv(const DenseGemvParams& p, DType dtype, cudaStream_t stream);
 
 }  // namespace mmcore::kernels

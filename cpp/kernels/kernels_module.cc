@@ -298,7 +298,8 @@ void bind_gemv(py::module_& m) {
   m.def(
       "dense_gemv",
       [](uintptr_t x, int64_t x_stride, uintptr_t weight, int64_t w_stride, uintptr_t bias,
-         uintptr_t out, int64_t out_stride, int rows, int n, int k, int dtype, uintptr_t stream) {
+         uintptr_t out, int64_t out_stride, int rows, int n, int k, int dtype, uintptr_t stream,
+         bool silu_mul) {
         mmcore::kernels::DenseGemvParams p;
         p.x = as_ptr<const void>(x);
         p.x_stride = x_stride;
@@ -310,13 +311,15 @@ void bind_gemv(py::module_& m) {
         p.rows = rows;
         p.n = n;
         p.k = k;
+        p.silu_mul = silu_mul;
         py::gil_scoped_release release;
         mmcore::kernels::launch_dense_gemv(p, as_dtype(dtype), as_stream(stream));
       },
       py::arg("x"), py::arg("x_stride"), py::arg("weight"), py::arg("w_stride"), py::arg("bias"),
       py::arg("out"), py::arg("out_stride"), py::arg("rows"), py::arg("n"), py::arg("k"),
-      py::arg("dtype"), py::arg("stream"),
-      "out = x @ weight.T (+ bias) for at most 4 rows, 16-bit weights (device pointers as ints).");
+      py::arg("dtype"), py::arg("stream"), py::arg("silu_mul") = false,
+      "out = x @ weight.T (+ bias) for at most 4 rows, 16-bit weights (device pointers as ints); "
+      "silu_mul: weight rows are [gate | up] and out = silu(gate) * up.");
 }
 
 // RotaryParams fields shared by the plain and the cache-writing rotary bindings.

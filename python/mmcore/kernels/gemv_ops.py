@@ -5,8 +5,11 @@
 cuBLAS splits ``K`` for batch-1 products with ``N`` = the hidden size (o_proj, down_proj) and
 adds a reduction kernel. The linear layers take it through :func:`decode_linear` for a single
 CUDA row, where ``bench/bench_gpu_gemv.py`` measured it 1.04-1.25x cuBLAS on LLaVA-1.5-7B's
-shapes (at 2-4 rows cuBLAS is as fast or faster). CPU tensors take the reference; a CUDA
-tensor without the kernel raises (no silent fallback on a GPU).
+shapes (at 2-4 rows cuBLAS is as fast or faster). ``mmcore::dense_gemv_silu_mul`` is the
+same product over a gated MLP's ``[gate | up]`` rows ending in ``silu(gate) * up``: a CTA
+streams both rows of its channels, so the activation takes no launch of its own
+(:func:`decode_gate_up_silu`). CPU tensors take the reference; a CUDA tensor without the
+kernel raises (no silent fallback on a GPU).
 """
 
 from __future__ import annotations
@@ -41,17 +44,15 @@ def dense_gemv_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
 
 
-@torch.library.custom_op("mmcore::dense_gemv", mutates_args=())
-def _dense_gemv_op(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+def _launch(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu_mul: bool
 ) -> torch.Tensor:
-    if not x.is_cuda:
-        return reference.dense_gemv(x, weight, bias)
     module = kernels_module()
     if not hasattr(module, "dense_gemv"):
         raise ValueError("dense_gemv: mmcore._kernels was built without the dense GEMV kernel")
     rows = rows_aligned(x)
-    out = torch.empty((rows.shape[0], weight.shape[0]), dtype=x.dtype, device=x.device)
+    n_out = weight.shape[0] // 2 if silu_mul else weight.shape[0]
+    out = torch.empty((rows.shape[0], n_out), dtype=x.dtype, device=x.device)
     b = bias.contiguous() if bias is not None else None
     with torch.cuda.device(x.device):
         module.dense_gemv(
@@ -59,14 +60,37 @@ def _dense_gemv_op(
             w_stride=weight.stride(0), bias=b.data_ptr() if b is not None else 0,
             out=out.data_ptr(), out_stride=out.stride(0), rows=rows.shape[0],
             n=weight.shape[0], k=weight.shape[1], dtype=DTYPE_CODES[x.dtype],
-            stream=stream_handle(x),
+            stream=stream_handle(x), silu_mul=silu_mul,
         )  # fmt: skip
     return out
+
+
+@torch.library.custom_op("mmcore::dense_gemv", mutates_args=())
+def _dense_gemv_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if not x.is_cuda:
+        return reference.dense_gemv(x, weight, bias)
+    return _launch(x, weight, bias, silu_mul=False)
 
 
 @_dense_gemv_op.register_fake
 def _(x, weight, bias):
     return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.custom_op("mmcore::dense_gemv_silu_mul", mutates_args=())
+def _dense_gemv_silu_mul_op(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if not x.is_cuda:
+        return reference.silu_and_mul(reference.dense_gemv(x, weight, bias))
+    return _launch(x, weight, bias, silu_mul=True)
+
+
+@_dense_gemv_silu_mul_op.register_fake
+def _(x, weight, bias):
+    return x.new_empty((x.shape[0], weight.shape[0] // 2))
 
 
 def dense_gemv(
@@ -86,22 +110,54 @@ def dense_gemv(
     Raises:
         ValueError: shapes that do not multiply, or a CUDA product the kernel does not take.
     """
+    _check_product("dense_gemv", x, weight, bias)
+    return torch.ops.mmcore.dense_gemv(x, weight, bias)
+
+
+def _check_product(
+    name: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> None:
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(
-            f"dense_gemv: expected x [R, K] and weight [N, K], got {tuple(x.shape)} and "
+            f"{name}: expected x [R, K] and weight [N, K], got {tuple(x.shape)} and "
             f"{tuple(weight.shape)}"
         )
     if bias is not None and (tuple(bias.shape) != (weight.shape[0],) or bias.dtype != x.dtype):
         raise ValueError(
-            f"dense_gemv: bias must be [{weight.shape[0]}] {x.dtype}, got {tuple(bias.shape)} "
+            f"{name}: bias must be [{weight.shape[0]}] {x.dtype}, got {tuple(bias.shape)} "
             f"{bias.dtype}"
         )
     if x.is_cuda and not dense_gemv_takes(x, weight):
         raise ValueError(
-            f"dense_gemv: {x.shape[0]} rows of {x.dtype} against a {tuple(weight.shape)} "
+            f"{name}: {x.shape[0]} rows of {x.dtype} against a {tuple(weight.shape)} "
             f"{weight.dtype} weight is not a product the CUDA kernel takes"
         )
-    return torch.ops.mmcore.dense_gemv(x, weight, bias)
+
+
+def dense_gemv_silu_mul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``silu(y[:, :N/2]) * y[:, N/2:]`` of ``y = x @ weight.T (+ bias)``: a gated MLP's
+    gate_up projection (weight rows ``[gate | up]``) and its activation as one kernel, rounded
+    as :func:`dense_gemv` followed by ``silu_and_mul`` round (bit-equal on CUDA).
+
+    Args:
+        x, weight, bias: as for :func:`dense_gemv`; ``N`` even.
+
+    Returns:
+        ``[R, N / 2]`` in ``x``'s dtype.
+
+    Raises:
+        ValueError: shapes that do not multiply, an odd ``N``, or a CUDA product the kernel
+            does not take.
+    """
+    _check_product("dense_gemv_silu_mul", x, weight, bias)
+    if weight.shape[0] % 2:
+        raise ValueError(
+            f"dense_gemv_silu_mul: weight rows must be [gate | up] (an even count), got "
+            f"{weight.shape[0]}"
+        )
+    return torch.ops.mmcore.dense_gemv_silu_mul(x, weight, bias)
 
 
 def _fills_gemv_block(k: int) -> bool:
@@ -124,3 +180,20 @@ def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     ):
         return torch.ops.mmcore.dense_gemv(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+def decode_gate_up_silu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``silu(gate) * up`` of a ``[gate | up]`` projection in one GEMV for a single CUDA row
+    (a batch-1 decode step) where :func:`decode_linear` would take the GEMV; None otherwise
+    (the caller runs the projection and the activation as two ops)."""
+    takes = (
+        x.dim() == 2
+        and x.shape[0] == 1
+        and weight.shape[0] % 2 == 0
+        and dense_gemv_takes(x, weight)
+        and (bias is None or bias.dtype == x.dtype)
+        and _fills_gemv_block(weight.shape[1])
+    )
+    return torch.ops.mmcore.dense_gemv_silu_mul(x, weight, bias) if takes else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mmcore.kernels.gemv_ops import decode_gate_up_silu
 from mmcore.layers.activations import get_gated_activation
 from mmcore.layers.attention import AttentionMetadata, paged_attention, rotate_and_write_kv
 from mmcore.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -103,8 +104,14 @@ class LlamaMLP(nn.Module):
             i, h, bias=bias, dtype=dtype, device=device, reduce_results=reduce_results
         )
         self.act_and_mul = get_gated_activation(config.hidden_act)
+        self._silu = config.hidden_act in ("silu", "swish")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._silu and not self.gate_up_proj.is_fp8:
+            # A batch-1 decode row: gate_up and SiLU-and-mul as one GEMV (no activation launch).
+            gated = decode_gate_up_silu(x, self.gate_up_proj.weight, self.gate_up_proj.bias)
+            if gated is not None:
+                return self.down_proj(gated)
         return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
 
