@@ -26,7 +26,6 @@ cudaError_t launch_attention_grid(void (*kernel)(AttentionParams), int threads, 
   }
   const dim3 grid(max_tiles, p.num_kv_heads, p.num_splits);
   AttentionParams q = p;
-  q.warm_l2 = pdl_enabled();
   if (static_cast<int64_t>(max_tiles) * p.num_kv_heads > p.split_counter_capacity) {
     q.split_counters = nullptr;  // too few counters for this grid: the combine kernel merges
   }

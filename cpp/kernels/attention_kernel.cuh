@@ -30,12 +30,7 @@ __global__ void __launch_bounds__(
     AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>::kThreads)
     attention_kernel(const AttentionParams p) {
   using Cfg = AttentionConfig<T, kHeadDim, kWarpsM, kWarpsN, kMFrags, kFp8>;
-  // Under PDL a decode CTA (one row tile a sequence: no prefix sums to wait for) locates its
-  // keys from the host-written step arrays and prefetches its first K/V tiles into the L2
-  // while the previous kernel (rope and the KV write) finishes; the L2 stays coherent with
-  // that kernel's writes. Every other launch waits first.
-  const bool warm_l2 = kPaged && kWarpsN > 1 && !kFp8 && p.warm_l2 && p.one_tile_per_seq;
-  if (!warm_l2) pdl_wait();  // row-tile offsets, q and the cache come from earlier kernels
+  pdl_wait();  // row-tile offsets, q and the cache come from earlier kernels
   pdl_launch_dependents();
   static_assert(kPaged || !kFp8, "FP8 K/V come from the paged cache only");
   constexpr int kBlockM = Cfg::kBlockM, kBlockN = Cfg::kBlockN, kStride = Cfg::kRowStride;
@@ -75,6 +70,20 @@ __global__ void __launch_bounds__(
     out_scale = p.v_scale[kv_head];
   }
 
+  const T* q_base = static_cast<const T*>(p.q);
+  for (int c = tid; c < kBlockM * Cfg::kChunksPerRow; c += Cfg::kThreads) {
+    const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
+    const int row = row0 + r;
+    const bool valid = row < num_rows && ch < Cfg::kRealChunks;
+    const T* src = q_base;
+    if (valid) {
+      src += (q_start + row / group) * p.q_stride_token +
+             (kv_head * group + row % group) * p.q_stride_head + ch * 8;
+    }
+    cp_async_16(s_q + r * kStride + ch * 8, src, valid);
+  }
+  cp_async_commit();
+
   // Key-sliced warps (decode) read only their own keys of each K/V tile, so each warp loads (and
   // for FP8 converts) its own rows and the tile loop needs no CTA barrier, only warp ones; the
   // other variants share every row among all warps.
@@ -101,12 +110,10 @@ __global__ void __launch_bounds__(
   constexpr int kRowsPerPass = kFixedColumn ? kLoaders / kLoadChunks : 1;
   const int64_t k_head_off = kv_head * p.k_stride_head;
   const int64_t v_head_off = kv_head * p.v_stride_head;
-  // Element (= byte for FP8) offsets of chunk `ch` of row `key`'s head slice in K and V;
-  // whether the row is one of the CTA's keys.
-  auto kv_offsets = [&](int key, int ch, int64_t& k_off, int64_t& v_off) {
+  // Element (= byte for FP8) offsets of row `key`'s head slice; copies chunk `ch` to stage `stage`.
+  auto copy_row_chunk = [&](int stage, int r, int key, int ch) {
     const bool valid = key < kv_end && key >= kv_lo && ch < kLoadReal;
-    k_off = 0;
-    v_off = 0;
+    int64_t k_off = 0, v_off = 0;
     if (valid) {
       if constexpr (kPaged) {
         // Power-of-two block sizes (the usual case) avoid an integer division per row.
@@ -122,12 +129,6 @@ __global__ void __launch_bounds__(
       k_off += ch * kChunkElems;
       v_off += ch * kChunkElems;
     }
-    return valid;
-  };
-  // Copies chunk `ch` of row `key` to row `r` of stage `stage`.
-  auto copy_row_chunk = [&](int stage, int r, int key, int ch) {
-    int64_t k_off, v_off;
-    const bool valid = kv_offsets(key, ch, k_off, v_off);
     if constexpr (kFp8) {
       uint8_t* dk = s_f8 + stage * 2 * Cfg::kF8TileBytes + r * Cfg::kPadDim + ch * kChunkElems;
       uint8_t* dv = dk + Cfg::kF8TileBytes;
@@ -147,37 +148,20 @@ __global__ void __launch_bounds__(
       cp_async_16(dv, static_cast<const T*>(p.v) + v_off, valid);
     }
   };
-  // Calls row_chunk(r, key, ch) for this thread's chunks of key tile `kv_tile`.
-  auto for_tile_chunks = [&](int kv_tile, auto&& row_chunk) {
+  auto load_kv = [&](int kv_tile, int stage) {
     const int n0 = kv_begin + kv_tile * kBlockN + row_base;
     if constexpr (kFixedColumn) {
       const int r0 = loader / kLoadChunks, ch = loader % kLoadChunks;
 #pragma unroll
-      for (int r = r0; r < kLoadRows; r += kRowsPerPass) row_chunk(row_base + r, n0 + r, ch);
+      for (int r = r0; r < kLoadRows; r += kRowsPerPass)
+        copy_row_chunk(stage, row_base + r, n0 + r, ch);
     } else {
       for (int c = loader; c < kChunks; c += kLoaders) {
         const int r = c / kLoadChunks, ch = c % kLoadChunks;
-        row_chunk(row_base + r, n0 + r, ch);
+        copy_row_chunk(stage, row_base + r, n0 + r, ch);
       }
     }
   };
-  auto load_kv = [&](int kv_tile, int stage) {
-    for_tile_chunks(kv_tile, [&](int r, int key, int ch) { copy_row_chunk(stage, r, key, ch); });
-  };
-  if (warm_l2) {
-    // One prefetch a 128-byte line (8 chunks) of the tiles the prologue loads.
-#pragma unroll
-    for (int st = 0; st < Cfg::kStages - 1; ++st) {
-      if (st >= n_tiles) break;
-      for_tile_chunks(tile_begin + st, [&](int, int key, int ch) {
-        int64_t k_off, v_off;
-        if (ch % 8 != 0 || !kv_offsets(key, ch, k_off, v_off)) return;
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const T*>(p.k) + k_off));
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const T*>(p.v) + v_off));
-      });
-    }
-    pdl_wait();  // q and the newest keys come from the previous kernel
-  }
   // FP8: e4m3 stage -> the T tile pair (exact conversion; the scales are applied elsewhere).
   auto convert_kv = [&](int stage) {
     constexpr int kGroups = Cfg::kPadDim / 8;
@@ -191,20 +175,6 @@ __global__ void __launch_bounds__(
       *reinterpret_cast<uint4*>(s_v + r * kStride + g * 8) = fp8x8_to<T>(vr);
     }
   };
-
-  const T* q_base = static_cast<const T*>(p.q);
-  for (int c = tid; c < kBlockM * Cfg::kChunksPerRow; c += Cfg::kThreads) {
-    const int r = c / Cfg::kChunksPerRow, ch = c % Cfg::kChunksPerRow;
-    const int row = row0 + r;
-    const bool valid = row < num_rows && ch < Cfg::kRealChunks;
-    const T* src = q_base;
-    if (valid) {
-      src += (q_start + row / group) * p.q_stride_token +
-             (kv_head * group + row % group) * p.q_stride_head + ch * 8;
-    }
-    cp_async_16(s_q + r * kStride + ch * 8, src, valid);
-  }
-  cp_async_commit();
 
   // Prologue: tiles 0 .. kStages - 2 in flight (one commit group each), then wait for Q only.
 #pragma unroll

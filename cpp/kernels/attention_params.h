@@ -37,9 +37,6 @@ struct AttentionParams {
   // [B + 2] workspace: prefix sums of row tiles, then the Hopper kernel's work-item counter.
   int32_t* tile_offsets = nullptr;
   bool one_tile_per_seq = false;  // every sequence fits one row tile: no prefix sums
-  // Set by launches under programmatic dependent launch (pdl.cuh): the decode variant's CTAs
-  // prefetch their first K/V tiles into the L2 before waiting for the previous kernel.
-  bool warm_l2 = false;
   // Query rows (query tokens x group) of the sequences this launch takes; a mixed step's other
   // launch takes the rest (paged decode rows go to the decode variant, longer runs to prefill).
   int min_rows = 0;
