@@ -34,6 +34,8 @@
 #   decode_probe  profile_gpu_decode_kernels.py: every kernel of a batch-1 decode step
 #   attn_probe  probe_gpu_decode_attention.py: batch-1 decode attention at forced KV splits vs
 #               SDPA flash, a copy of the KV bytes and an empty launch
+#   step_bound  probe_gpu_step_bound.py: the batch-1 decode graph replayed back to back vs the
+#               engine's step period, and where the host thread's time goes (cProfile)
 #   serving     bench_gpu_serving.py: LLaVA-1.5-7B dummy, 500 requests through Engine.generate vs
 #               `mmcore serve` (served / offline ratio), then TTFT / TPOT at 50% and 90% of the
 #               served saturation rate
@@ -126,6 +128,8 @@ for s in $STAGES; do
       grep -E "^###|^\| [0-9]" "$LOG/decode_probe.log" | head -40 ;;
     attn_probe) stage attn_probe 120 python3 bench/probe_gpu_decode_attention.py
       grep -E "^\|" "$LOG/attn_probe.log" ;;
+    step_bound) stage step_bound 150 python3 bench/probe_gpu_step_bound.py
+      grep -E "graph replay|step period|cProfile" "$LOG/step_bound.log" ;;
     serving) stage serving 480 python3 bench/bench_gpu_serving.py --out "$LOG"
       grep WARNING "$LOG/serving.log"
       tail -5 "$LOG/serving_server.log" 2>/dev/null | cut -c1-300 ;;
