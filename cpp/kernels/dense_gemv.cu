@@ -2,7 +2,8 @@
 // channels; its 512 threads split k into 16-byte chunks (thread t holds chunks t, t + 512, ...
 // of every row, so a warp reads 512 contiguous bytes), keep their chunks of the activation rows
 // in registers, and stream the weight rows kRowGroup at a time with every load of a group
-// issued before the first use (~64 KB in flight an SM). Each row's per-thread sums meet in a
+// issued before the first use (~64 KB in flight an SM; one activation row keeps the next group's
+// loads in flight too, ~128 KB). Each row's per-thread sums meet in a
 // warp reduction and then in shared memory. Launched as a programmatic dependent launch (pdl.cuh)
 // it prefetches its first weight rows into the L2 before the previous kernel has finished.
 // A gated MLP's gate_up product can end in silu(gate) * up: a CTA then owns a range of output
@@ -56,9 +57,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int num_chunks = p.k / 8;
 
   // Under PDL, warm the L2 with this CTA's first weight rows while the kernel that writes x
-  // finishes (weights are never an earlier kernel's output). The loop below is left as it was:
-  // loading those rows into registers ahead of it slowed the k = 4096 shapes 1.2x, and without
-  // PDL the prefetch is ~1 us of latency a launch, so it is skipped.
+  // finishes (weights are never an earlier kernel's output). Loading those rows into registers
+  // before the wait instead slowed the k = 4096 shapes 1.2x, and without PDL the prefetch is
+  // ~1 us of latency a launch, so it is skipped.
   const T* weight = static_cast<const T*>(p.weight);
   const int lines_per_row = (p.k * static_cast<int>(sizeof(T)) + 127) / 128;
   const int prefetch_lines =
