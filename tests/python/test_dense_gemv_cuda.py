@@ -68,13 +68,19 @@ def test_strided_activation_rows_and_weight_rows():
     _check(dense_gemv(x, w), x, w, None)
 
 
+def _captured(fn):
+    """``(graph, output)`` of ``fn()`` captured in a CUDA graph after a warm-up call."""
+    fn()  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def test_replays_in_a_cuda_graph_with_new_inputs():
     _, w = _operands(1, 4096, 4096, torch.float16, seed=2)
     static = torch.zeros(2, 4096, device="cuda", dtype=torch.float16)
-    dense_gemv(static, w)  # warm-up outside capture
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = dense_gemv(static, w)
+    graph, out = _captured(lambda: dense_gemv(static, w))
     for seed in range(3):
         static.copy_(_operands(2, 1, 4096, torch.float16, seed=10 + seed)[0])
         graph.replay()
@@ -138,10 +144,7 @@ def test_gated_epilogue_equals_the_gemv_then_silu_and_mul(dtype, rows, inner, k)
 def test_gated_epilogue_replays_in_a_cuda_graph():
     _, w = _operands(1, 2 * 1536, 4096, torch.bfloat16, seed=7)
     static = torch.zeros(1, 4096, device="cuda", dtype=torch.bfloat16)
-    dense_gemv_silu_mul(static, w)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = dense_gemv_silu_mul(static, w)
+    graph, out = _captured(lambda: dense_gemv_silu_mul(static, w))
     for seed in range(3):
         static.copy_(_operands(1, 1, 4096, torch.bfloat16, seed=20 + seed)[0])
         graph.replay()

@@ -168,16 +168,22 @@ def _fills_gemv_block(k: int) -> bool:
     return chunks * 8 >= 7 * _GEMV_THREADS * rounds
 
 
-def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``; one CUDA row (a batch-1 decode step) goes to the GEMV
-    where its block is busy enough to beat cuBLAS."""
-    one_row = x.dim() == 2 and x.shape[0] == 1
-    if (
-        one_row
+def _decode_row_takes(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether one CUDA row (a batch-1 decode step) goes to the GEMV: a product it takes, with
+    its block busy enough to beat cuBLAS."""
+    return (
+        x.dim() == 2
+        and x.shape[0] == 1
         and dense_gemv_takes(x, weight)
         and (bias is None or bias.dtype == x.dtype)
         and _fills_gemv_block(weight.shape[1])
-    ):
+    )
+
+
+def decode_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; one CUDA row (a batch-1 decode step) goes to the GEMV
+    where its block is busy enough to beat cuBLAS."""
+    if _decode_row_takes(x, weight, bias):
         return torch.ops.mmcore.dense_gemv(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -188,12 +194,6 @@ def decode_gate_up_silu(
     """``silu(gate) * up`` of a ``[gate | up]`` projection in one GEMV for a single CUDA row
     (a batch-1 decode step) where :func:`decode_linear` would take the GEMV; None otherwise
     (the caller runs the projection and the activation as two ops)."""
-    takes = (
-        x.dim() == 2
-        and x.shape[0] == 1
-        and weight.shape[0] % 2 == 0
-        and dense_gemv_takes(x, weight)
-        and (bias is None or bias.dtype == x.dtype)
-        and _fills_gemv_block(weight.shape[1])
-    )
-    return torch.ops.mmcore.dense_gemv_silu_mul(x, weight, bias) if takes else None
+    if weight.shape[0] % 2 == 0 and _decode_row_takes(x, weight, bias):
+        return torch.ops.mmcore.dense_gemv_silu_mul(x, weight, bias)
+    return None
